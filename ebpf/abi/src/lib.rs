@@ -1,0 +1,62 @@
+//! The event ABI shared by bufscope's eBPF programs and its user space.
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes (ring buffer records, map values,
+//! globals set before load), so each is `#[repr(C)]`, has no padding holes, and has its size and
+//! alignment checked at compile time. Nothing here depends on anything but `core`; the `user`
+//! feature adds the `aya::Pod` impls user space needs.
+
+#![no_std]
+
+mod lock;
+mod stats;
+
+pub use lock::{LockFlags, LockWaitEvent, TracepointOffsets};
+pub use stats::Counter;
+
+/// The kind tag that starts every record in the event ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`LockWaitEvent`]: one paired contention_begin/contention_end.
+    LockWait = 1,
+}
+
+impl EventKind {
+    /// Reads the kind tag at the start of a ring-buffer record; `None` for records too short to
+    /// hold one or with a tag this build does not know.
+    pub fn of_record(record: &[u8]) -> Option<Self> {
+        let tag = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+        match tag {
+            1 => Some(Self::LockWait),
+            _ => None,
+        }
+    }
+}
+
+/// Names of the maps and globals in the eBPF object, shared so the two sides cannot drift apart.
+pub mod names {
+    /// Ring buffer of events (each starting with an [`EventKind`](crate::EventKind) tag).
+    pub const EVENTS_MAP: &str = "EVENTS";
+    /// Per-CPU array of `u64` counters indexed by [`Counter`](crate::Counter).
+    pub const COUNTERS_MAP: &str = "COUNTERS";
+    /// Global [`TracepointOffsets`](crate::TracepointOffsets) for the classic tracepoint programs.
+    pub const TRACEPOINT_OFFSETS_GLOBAL: &str = "TRACEPOINT_OFFSETS";
+    /// tp_btf programs (typed arguments, no tracefs needed).
+    pub const BEGIN_BTF_PROGRAM: &str = "contention_begin_btf";
+    pub const END_BTF_PROGRAM: &str = "contention_end_btf";
+    /// Classic tracepoint programs (field offsets from the tracepoint's format file).
+    pub const BEGIN_TP_PROGRAM: &str = "contention_begin_tp";
+    pub const END_TP_PROGRAM: &str = "contention_end_tp";
+}
+
+/// Fails the build when a type has padding: the sum of its fields' sizes must equal its size.
+macro_rules! assert_layout {
+    ($ty:ty, size = $size:expr, align = $align:expr, fields = [$($field:ty),* $(,)?]) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            assert!(core::mem::align_of::<$ty>() == $align);
+            assert!(0 $(+ core::mem::size_of::<$field>())* == $size, "padding hole");
+        };
+    };
+}
+pub(crate) use assert_layout;

@@ -1,0 +1,158 @@
+//! Lock contention: the event one paired wait produces, the kernel's contention flags, and the
+//! tracepoint field offsets handed to the classic tracepoint programs.
+
+use crate::assert_layout;
+
+/// One contended lock acquisition, from its first `lock:contention_begin` to its
+/// `lock:contention_end` on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockWaitEvent {
+    /// Always `EventKind::LockWait as u32`.
+    pub kind: u32,
+    /// The `flags` of the first contention_begin ([`LockFlags`] bits).
+    pub flags: u32,
+    /// Kernel thread id (user-space tid) of the waiter.
+    pub tid: u32,
+    /// Thread group id (user-space pid) of the waiter.
+    pub tgid: u32,
+    /// CPU that ran contention_end.
+    pub cpu: u32,
+    /// `ret` of contention_end: 0 when acquired, a negative errno (e.g. -EINTR) when given up.
+    pub ret: i32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first contention_begin.
+    pub start_ns: u64,
+    /// Nanoseconds from the first contention_begin to contention_end.
+    pub wait_ns: u64,
+    /// Kernel address of the lock.
+    pub lock_addr: u64,
+}
+assert_layout!(
+    LockWaitEvent,
+    size = 48,
+    align = 8,
+    fields = [u32, u32, u32, u32, u32, i32, u64, u64, u64]
+);
+
+/// Byte offsets of the fields the classic tracepoint programs read, taken at start-up from
+/// `events/lock/contention_{begin,end}/format` in tracefs rather than hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub begin_lock_addr: u32,
+    pub begin_flags: u32,
+    pub end_lock_addr: u32,
+    pub end_ret: u32,
+}
+assert_layout!(
+    TracepointOffsets,
+    size = 16,
+    align = 4,
+    fields = [u32, u32, u32, u32]
+);
+
+impl TracepointOffsets {
+    /// The layout of Linux 5.19 to 6.18 (8-byte common header, then the lock address, then
+    /// flags or ret); used only as the eBPF global's initial value.
+    pub const USUAL: Self = Self {
+        begin_lock_addr: 8,
+        begin_flags: 16,
+        end_lock_addr: 8,
+        end_ret: 16,
+    };
+}
+
+/// The `flags` argument of `lock:contention_begin` (include/trace/events/lock.h, LCB_F_*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockFlags(pub u32);
+
+impl LockFlags {
+    pub const SPIN: u32 = 1 << 0;
+    pub const READ: u32 = 1 << 1;
+    pub const WRITE: u32 = 1 << 2;
+    pub const RT: u32 = 1 << 3;
+    pub const PERCPU: u32 = 1 << 4;
+    pub const MUTEX: u32 = 1 << 5;
+
+    /// Spinning locks (spinlock, rwlock) wait with preemption off, on one CPU; everything else
+    /// may sleep and migrate. The eBPF side pairs the two kinds in different places.
+    pub const fn is_pure_spin(self) -> bool {
+        self.0 & (Self::SPIN | Self::MUTEX) == Self::SPIN
+    }
+
+    /// The lock type in `perf lock contention`'s vocabulary, so people's habits carry over.
+    pub const fn type_name(self) -> &'static str {
+        let f = self.0;
+        if f & Self::MUTEX != 0 {
+            return "mutex";
+        }
+        if f & Self::RT != 0 {
+            return match f & (Self::READ | Self::WRITE) {
+                Self::READ => "rwlock-rt:R",
+                Self::WRITE => "rwlock-rt:W",
+                _ => "rtmutex",
+            };
+        }
+        if f & Self::PERCPU != 0 {
+            return match f & (Self::READ | Self::WRITE) {
+                Self::READ => "pcpu-sem:R",
+                Self::WRITE => "pcpu-sem:W",
+                _ => "pcpu-sem",
+            };
+        }
+        if f & Self::SPIN != 0 {
+            return match f & (Self::READ | Self::WRITE) {
+                Self::READ => "rwlock:R",
+                Self::WRITE => "rwlock:W",
+                _ => "spinlock",
+            };
+        }
+        match f & (Self::READ | Self::WRITE) {
+            Self::READ => "rwsem:R",
+            Self::WRITE => "rwsem:W",
+            _ => "semaphore",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are #[repr(C)], Copy, and have no padding (checked by assert_layout!), so any
+    // bit pattern of their size is a valid value.
+    unsafe impl aya::Pod for super::LockWaitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_match_perf_lock_contention() {
+        let cases = [
+            (LockFlags::SPIN, "spinlock"),
+            (LockFlags::SPIN | LockFlags::READ, "rwlock:R"),
+            (LockFlags::SPIN | LockFlags::WRITE, "rwlock:W"),
+            (LockFlags::READ, "rwsem:R"),
+            (LockFlags::WRITE, "rwsem:W"),
+            (LockFlags::MUTEX, "mutex"),
+            (LockFlags::MUTEX | LockFlags::SPIN, "mutex"),
+            (LockFlags::RT, "rtmutex"),
+            (LockFlags::PERCPU | LockFlags::WRITE, "pcpu-sem:W"),
+            (0, "semaphore"),
+        ];
+        for (flags, name) in cases {
+            assert_eq!(LockFlags(flags).type_name(), name, "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn only_spin_without_mutex_is_pure_spin() {
+        assert!(LockFlags(LockFlags::SPIN).is_pure_spin());
+        assert!(LockFlags(LockFlags::SPIN | LockFlags::WRITE).is_pure_spin());
+        assert!(!LockFlags(LockFlags::SPIN | LockFlags::MUTEX).is_pure_spin());
+        assert!(!LockFlags(LockFlags::MUTEX).is_pure_spin());
+        assert!(!LockFlags(LockFlags::READ).is_pure_spin());
+    }
+}

@@ -1,0 +1,87 @@
+//! The trace file layout, byte by byte. All integers are little-endian.
+//!
+//! ```text
+//! file header
+//!   0   8  magic            b"BUFSCOPE"
+//!   8   2  format major     readers refuse a newer major
+//!  10   2  format minor     additions only: a reader skips record kinds it does not know
+//!  12   4  JSON length N
+//!  16   4  crc32c           of the N JSON bytes
+//!  20   4  crc32c           of bytes 0..20, checked before any length in them is trusted
+//!  24   N  JSON             TraceHeader
+//! record (repeated)
+//!   0   4  sync             b"BFSR"
+//!   4   1  kind             RecordKind
+//!   5   1  codec            Codec of the payload
+//!   6   2  reserved         0
+//!   8   4  stored length    payload bytes as stored
+//!  12   4  raw length       payload bytes after decompression
+//!  16   4  item count       events in a chunk, 1 for other records
+//!  20   4  crc32c           of the stored payload
+//!  24   4  crc32c           of bytes 0..24 of this header
+//!  28      payload
+//! ```
+//! Because each header's own checksum is checked before its lengths are used, a damaged length is
+//! reported as damage, and a file that simply stops is reported as cut short.
+//! The last record of a finished file is an end record; a file without one was cut short.
+
+/// First eight bytes of every trace file.
+pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
+/// Format major version this build writes and the newest it reads.
+pub const FORMAT_MAJOR: u16 = 1;
+/// Format minor version this build writes.
+pub const FORMAT_MINOR: u16 = 0;
+/// Size of the fixed part of the file header.
+pub const FILE_HEADER_LEN: usize = 24;
+/// Sync marker at the start of every record.
+pub const RECORD_SYNC: [u8; 4] = *b"BFSR";
+/// Size of a record header.
+pub const RECORD_HEADER_LEN: usize = 28;
+/// Largest JSON file header a reader accepts.
+pub const MAX_HEADER_LEN: u32 = 1 << 20;
+/// Largest stored or raw payload a reader accepts; anything larger is corruption, and the limit
+/// keeps a damaged length from turning into a huge allocation.
+pub const MAX_PAYLOAD_LEN: u32 = 64 << 20;
+/// Most events a writer puts in one chunk.
+pub const MAX_CHUNK_EVENTS: usize = 1 << 16;
+
+/// What a record holds.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A chunk of lock-wait events, columnar (see the chunk codec).
+    LockWaits = 1,
+    /// One JSON [`Metadata`](crate::Metadata) record.
+    Metadata = 2,
+    /// The JSON [`TraceEnd`](crate::TraceEnd) record that closes a finished file.
+    End = 3,
+}
+
+impl RecordKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::LockWaits),
+            2 => Some(Self::Metadata),
+            3 => Some(Self::End),
+            _ => None,
+        }
+    }
+}
+
+/// How a record's payload is stored.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Raw),
+            1 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+}

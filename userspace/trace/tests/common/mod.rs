@@ -1,0 +1,73 @@
+//! Shared builders for the trace crate's integration tests.
+
+use bufscope_trace::{LockWait, Metadata, TraceHeader, TraceWriter, WriterOptions};
+
+pub fn header() -> TraceHeader {
+    TraceHeader {
+        writer: "bufscope-trace tests".into(),
+        kernel_release: "6.12.0-test".into(),
+        host: "testhost".into(),
+        clock: "CLOCK_MONOTONIC".into(),
+        start_unix_ns: 1_700_000_000_000_000_000,
+        start_clock_ns: 5_000_000_000,
+        cpus: 2,
+        probes: vec!["lock:contention_begin (tp_btf)".into()],
+    }
+}
+
+/// Deterministic, plausible events: a few threads and locks, small gaps, varied waits.
+pub fn events(n: usize) -> Vec<LockWait> {
+    (0..n as u64)
+        .map(|i| LockWait {
+            start_ns: 5_000_000_000 + i * 1_733,
+            wait_ns: 100 + (i * 7_919) % 50_000,
+            lock_addr: 0xffff_8880_1234_0000 + (i % 4) * 0x40,
+            tid: 1000 + (i % 8) as u32,
+            tgid: 1000,
+            cpu: (i % 2) as u32,
+            flags: if i % 5 == 0 { 0x21 } else { 0x20 },
+            ret: if i == 3 { -4 } else { 0 },
+        })
+        .collect()
+}
+
+pub fn loss_counts() -> Metadata {
+    Metadata::LossCounts {
+        at_clock_ns: 6_000_000_000,
+        kernel: [
+            ("ringbuf_full".to_string(), 0),
+            ("unpaired_end".to_string(), 3),
+        ]
+        .into_iter()
+        .collect(),
+        user_dropped: 0,
+    }
+}
+
+/// A finished trace: `events` in chunks of `chunk_events`, one metadata record in the middle
+/// and one at the end.
+pub fn trace_bytes(events: &[LockWait], chunk_events: usize) -> Vec<u8> {
+    let options = WriterOptions {
+        chunk_events,
+        ..WriterOptions::default()
+    };
+    let mut writer =
+        TraceWriter::with_options(Vec::new(), &header(), options).expect("header written");
+    let half = events.len() / 2;
+    for e in &events[..half] {
+        writer.push(*e).expect("push");
+    }
+    writer
+        .write_metadata(&Metadata::Client {
+            addr: 0xffff_8880_4000_0000,
+            device: "253:2".into(),
+            block_size: 4096,
+        })
+        .expect("metadata");
+    for e in &events[half..] {
+        writer.push(*e).expect("push");
+    }
+    writer.write_metadata(&loss_counts()).expect("metadata");
+    let (bytes, _) = writer.finish(1_700_000_001_000_000_000).expect("finish");
+    bytes
+}

@@ -1,0 +1,103 @@
+//! Whatever is written reads back the same: events of any values, any chunk size, interleaved
+//! with metadata.
+
+mod common;
+
+use bufscope_trace::{LockWait, Metadata, Record, TraceReader, TraceWriter, WriterOptions};
+use proptest::prelude::*;
+
+fn any_event() -> impl Strategy<Value = LockWait> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        prop_oneof![
+            any::<u64>(),
+            (0u64..4).prop_map(|i| 0xffff_8880_0000_0000 + i * 64)
+        ],
+        any::<u32>(),
+        any::<u32>(),
+        0u32..512,
+        any::<u32>(),
+        any::<i32>(),
+    )
+        .prop_map(
+            |(start_ns, wait_ns, lock_addr, tid, tgid, cpu, flags, ret)| LockWait {
+                start_ns,
+                wait_ns,
+                lock_addr,
+                tid,
+                tgid,
+                cpu,
+                flags,
+                ret,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn events_and_metadata_round_trip(
+        events in proptest::collection::vec(any_event(), 0..400),
+        chunk_events in 1usize..64,
+        metadata_every in 1usize..200,
+        zstd_level in 1i32..4,
+    ) {
+        let options = WriterOptions { chunk_events, zstd_level };
+        let mut writer = TraceWriter::with_options(Vec::new(), &common::header(), options).unwrap();
+        let mut expected_metadata = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            writer.push(*e).unwrap();
+            if i % metadata_every == 0 {
+                let m = Metadata::Stack { id: i as u32, frames: vec![e.lock_addr, e.start_ns] };
+                writer.write_metadata(&m).unwrap();
+                expected_metadata.push(m);
+            }
+        }
+        let (bytes, end) = writer.finish(42).unwrap();
+        prop_assert_eq!(end.lock_waits, events.len() as u64);
+
+        let mut reader = TraceReader::new(&bytes[..], "roundtrip").unwrap();
+        prop_assert_eq!(reader.header(), &common::header());
+        let (mut got_events, mut got_metadata, mut got_end) = (Vec::new(), Vec::new(), None);
+        while let Some(record) = reader.next_record().unwrap() {
+            match record {
+                Record::LockWaits(chunk) => {
+                    prop_assert!(chunk.len() <= chunk_events);
+                    got_events.extend(chunk);
+                }
+                Record::Metadata(m) => got_metadata.push(m),
+                Record::End(e) => got_end = Some(e),
+            }
+        }
+        prop_assert_eq!(got_events, events);
+        prop_assert_eq!(got_metadata, expected_metadata);
+        prop_assert_eq!(got_end, Some(end));
+    }
+}
+
+#[test]
+fn dropping_a_writer_keeps_its_events() {
+    let mut file = Vec::new();
+    {
+        let mut writer = TraceWriter::new(&mut file, &common::header()).unwrap();
+        for e in common::events(10) {
+            writer.push(e).unwrap();
+        }
+    }
+    let mut reader = TraceReader::new(&file[..], "dropped").unwrap();
+    let Some(Record::LockWaits(events)) = reader.next_record().unwrap() else {
+        panic!("the dropped writer's events are missing");
+    };
+    assert_eq!(events, common::events(10));
+    let err = reader.next_record().expect_err("no end record");
+    assert!(err.is_truncation(), "{err}");
+    assert!(err.to_string().contains("did not finish"), "{err}");
+}
+
+#[test]
+fn unknown_metadata_from_a_newer_writer_is_kept_as_unknown() {
+    let m: Metadata = serde_json::from_str(r#"{"type":"from_the_future","x":1}"#).unwrap();
+    assert_eq!(m, Metadata::Unknown);
+}

@@ -1,0 +1,47 @@
+//! Developer and CI tasks for bufscope.
+//!
+//! `cargo xtask setup` installs everything the project needs on a fresh machine, `cargo xtask test`
+//! runs the whole suite as CI does, `cargo xtask run -- ARGS` builds and runs bufscope, and
+//! `cargo xtask bench` prints the benchmarks side by side.
+
+mod bench;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Developer and CI tasks for bufscope")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and Debian packages bufscope needs (idempotent).
+    Setup,
+    /// Build bufscope in release mode and run it with ARGS (eBPF commands need root).
+    Run {
+        /// Arguments passed to bufscope, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then formatting, clippy on every crate, and every test (root tests skip with a reason
+    /// when not root).
+    Test,
+    /// Benchmarks: throughput and size figures printed side by side with their targets.
+    Bench,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => run::run(&args),
+        Task::Test => test::run(),
+        Task::Bench => bench::run(),
+    }
+}

@@ -1,0 +1,183 @@
+//! `cargo xtask setup`: brings a fresh machine of the project's kind to a state where every crate
+//! builds and every test runs. Each step checks first and skips what is already present.
+
+use std::{process::Command, thread, time::Duration};
+
+use anyhow::{Context, bail};
+
+use crate::cmd::{heading, is_root, output_of, run_checked};
+
+/// Debian packages, with the reason each one is needed.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "llvm-22-dev",
+        "bpf-linker links against LLVM 22, rustc's LLVM",
+    ),
+    ("libpolly-22-dev", "LLVM 22's cmake files refer to Polly"),
+    ("libzstd-dev", "LLVM 22 link dependency"),
+    ("zlib1g-dev", "LLVM 22 link dependency"),
+    ("libxml2-dev", "LLVM 22 link dependency"),
+    (
+        "qemu-system-x86",
+        "the VM test bed boots Debian kernels with dm-bufio",
+    ),
+    ("busybox-static", "the VM test bed's initramfs userland"),
+    ("bpftrace", "cross-checks and the overhead benchmark"),
+    ("bpftool", "inspecting loaded programs and BTF"),
+    ("tmux", "end-to-end tests of the terminal UI"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    nightly_toolchain()?;
+    nightly_rust_src()?;
+    debian_packages()?;
+    bpf_linker()?;
+    heading("setup", "everything is in place");
+    Ok(())
+}
+
+fn nightly_toolchain() -> anyhow::Result<()> {
+    let toolchains = output_of("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        heading("setup", "nightly toolchain: present");
+        return Ok(());
+    }
+    heading(
+        "setup",
+        "nightly toolchain: installing (the eBPF build needs it)",
+    );
+    with_retries("rustup toolchain install nightly", || {
+        Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()
+            .map(|s| s.success())
+    })
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output_of(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        heading("setup", "nightly rust-src: present");
+        return Ok(());
+    }
+    heading(
+        "setup",
+        "nightly rust-src: installing (-Z build-std=core needs it)",
+    );
+    with_retries("rustup component add rust-src --toolchain nightly", || {
+        Command::new("rustup")
+            .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+            .status()
+            .map(|s| s.success())
+    })
+}
+
+/// rustup's server is not one of the registries this workplace promises, so its downloads are
+/// retried a few times before setup gives up with one clear line.
+fn with_retries(
+    what: &str,
+    mut attempt: impl FnMut() -> std::io::Result<bool>,
+) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 3;
+    for n in 1..=ATTEMPTS {
+        match attempt() {
+            Ok(true) => return Ok(()),
+            Ok(false) => heading(
+                "setup",
+                &format!("`{what}` failed (attempt {n}/{ATTEMPTS})"),
+            ),
+            Err(e) => bail!("could not start `{what}`: {e}"),
+        }
+        if n < ATTEMPTS {
+            thread::sleep(Duration::from_secs(5 * u64::from(n)));
+        }
+    }
+    bail!(
+        "`{what}` failed {ATTEMPTS} times; only the eBPF build needs it (the reference cache and \
+         trace format build on stable alone); try again later"
+    )
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !dpkg_installed(name))
+        .collect();
+    if missing.is_empty() {
+        heading("setup", "Debian packages: all present");
+        return Ok(());
+    }
+    for (name, why) in DEBIAN_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+        heading("setup", &format!("Debian package {name}: missing ({why})"));
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing: {}; apt-get needs root: run `sudo -E cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    run_checked(
+        "setup",
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run_checked(
+        "setup",
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output_of("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|status| status.contains("install ok installed"))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(version) = output_of("bpf-linker", &["--version"]) {
+        let version = version.trim();
+        if version.contains(&format!(" {BPF_LINKER_VERSION}.")) {
+            heading("setup", &format!("bpf-linker: present ({version})"));
+            return Ok(());
+        }
+        heading(
+            "setup",
+            &format!("bpf-linker: {version} found, want {BPF_LINKER_VERSION}.x: reinstalling"),
+        );
+    } else {
+        heading(
+            "setup",
+            "bpf-linker: installing from crates.io against LLVM 22 (about a minute)",
+        );
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    run_checked(
+        "setup",
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("^{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", format!("{LLVM_PREFIX}/bin:{path}")),
+    )
+    .context("building bpf-linker failed; is llvm-22-dev installed (see above)?")
+}

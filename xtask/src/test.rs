@@ -1,0 +1,75 @@
+//! `cargo xtask test`: the whole suite, exactly as CI runs it.
+
+use std::process::Command;
+
+use crate::{
+    cmd::{heading, is_root, run_checked},
+    setup,
+};
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run()?;
+    run_checked(
+        "test",
+        Command::new("cargo").args(["fmt", "--all", "--check"]),
+    )?;
+    run_checked(
+        "test",
+        Command::new("cargo").args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "bufscope-ebpf",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The eBPF crate only builds for the BPF target, with nightly and build-std; it gets its own
+    // target directory so the two toolchains never invalidate each other's artefacts.
+    run_checked(
+        "test",
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--package",
+                "bufscope-ebpf",
+                "--release",
+                "--locked",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                "target/ebpf-clippy",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "--cfg=bpf_target_arch=\"x86_64\"",
+            ),
+    )?;
+    if !is_root() {
+        heading(
+            "test",
+            "not root: the integration tests that load eBPF programs will print why they skip",
+        );
+    }
+    run_checked(
+        "test",
+        Command::new("cargo").args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "bufscope-ebpf",
+            "--locked",
+        ]),
+    )?;
+    heading("test", "all green");
+    Ok(())
+}
