@@ -1,4 +1,113 @@
-static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bufscope"));
-fn main() {
-    println!("{}", PROBES.len());
+//! The `bufscope` command line.
+
+mod cmd;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use bufscope::probe::{AttachMode, DEFAULT_RINGBUF_BYTES};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bufscope",
+    version,
+    about = "See lock contention in the Linux dm-bufio buffer cache",
+    long_about = "See lock contention in the Linux dm-bufio buffer cache.\n\n\
+        bufscope records who waited on which kernel lock and for how long (eBPF on \
+        lock:contention_begin/end), writes it to trace files, and summarises them."
+)]
+struct Cli {
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Record kernel lock contention to a trace file (root). Ctrl-C or SIGTERM ends it cleanly.
+    Record {
+        /// Trace file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Stop after this long, e.g. 10s, 2m, 500ms (default: until Ctrl-C).
+        #[arg(short, long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// How to attach to the lock tracepoints.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+        /// Ring buffer size in bytes: a power of two, at least one page.
+        #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_size)]
+        ringbuf_size: u32,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Summarise a trace file: header, time span, counts per event kind and lock type, losses.
+    Info {
+        /// Trace file to read.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report what this kernel offers bufscope (BTF, tracepoints, kprobes, fentry, dm-bufio,
+    /// privileges) and what bufscope does without each missing piece.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if n < page || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least one page ({page} bytes)"
+        ));
+    }
+    Ok(n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    let result = match cli.command {
+        Command::Record {
+            output,
+            duration,
+            attach,
+            ringbuf_size,
+            force,
+        } => cmd::record::run(cmd::record::Options {
+            output,
+            duration,
+            attach,
+            ringbuf_bytes: ringbuf_size,
+            force,
+        }),
+        Command::Info { file, json } => cmd::info::run(&file, json),
+        Command::Doctor { json } => cmd::doctor::run(json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bufscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -34,6 +35,12 @@ enum Task {
     Test,
     /// Benchmarks: throughput and size figures printed side by side with their targets.
     Bench,
+    /// Fuzz the trace reader with cargo-fuzz (nightly), starting from the seed corpus.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test => test::run(),
         Task::Bench => bench::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
     }
 }

@@ -1,10 +1,14 @@
-//! `cargo xtask run -- ARGS`: builds bufscope in release mode and runs it with ARGS.
+//! `cargo xtask run -- ARGS`: sets up what is missing, builds bufscope in release mode and runs
+//! it with ARGS.
 
 use std::{os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::cmd::{is_root, run_checked, workspace_root};
+use crate::{
+    cmd::{is_root, run_checked, workspace_root},
+    setup,
+};
 
 /// Subcommands and flags that never load eBPF programs and so run without root.
 const UNPRIVILEGED: &[&str] = &["info", "help", "--help", "-h", "--version", "-V"];
@@ -17,6 +21,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             args.join(" ")
         );
     }
+    setup::run()?;
     run_checked(
         "run",
         Command::new("cargo").args(["build", "--release", "--package", "bufscope"]),

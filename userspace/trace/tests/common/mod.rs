@@ -1,5 +1,7 @@
 //! Shared builders for the trace crate's integration tests.
 
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
 use bufscope_trace::{LockWait, Metadata, TraceHeader, TraceWriter, WriterOptions};
 
 pub fn header() -> TraceHeader {

@@ -1,0 +1,106 @@
+//! `bufscope info FILE`: what a trace file holds.
+
+use std::{path::Path, process::ExitCode};
+
+use bufscope::summary::{TraceSummary, summarize};
+
+use super::{duration_ns, thousands};
+
+pub fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let summary = summarize(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_text(&summary);
+    }
+    if let Some(problem) = &summary.problem {
+        eprintln!("bufscope: error: {problem}");
+        if summary.truncated {
+            eprintln!(
+                "bufscope: everything before that offset is shown above; the recording was cut short"
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(s: &TraceSummary) {
+    let h = &s.header;
+    println!("file            {}", s.file);
+    println!(
+        "format          {} (written by {})",
+        s.format_version, h.writer
+    );
+    println!(
+        "kernel          {} on {} ({} CPUs)",
+        h.kernel_release, h.host, h.cpus
+    );
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(h.start_unix_ns);
+    println!(
+        "started         {} (clock {})",
+        humantime::format_rfc3339_seconds(start),
+        h.clock
+    );
+    println!("probes          {}", h.probes.join(", "));
+    match (s.first_ns, s.last_ns) {
+        (Some(first), Some(last)) => println!(
+            "time span       {} (first wait began {} after the start)",
+            duration_ns(last.saturating_sub(first)),
+            duration_ns(first.saturating_sub(h.start_clock_ns))
+        ),
+        _ => println!("time span       no events"),
+    }
+    println!(
+        "records         {} ({} lock waits, {} metadata)",
+        thousands(s.records),
+        thousands(s.lock_waits),
+        thousands(s.metadata.values().sum())
+    );
+    for (kind, n) in &s.metadata {
+        println!("  metadata      {kind}: {n}");
+    }
+    println!(
+        "threads, locks  {} threads waited on {} distinct locks",
+        thousands(s.threads as u64),
+        thousands(s.locks as u64)
+    );
+    if !s.by_type.is_empty() {
+        println!();
+        println!(
+            "{:>12} {:>12} {:>12} {:>12}  type",
+            "contended", "total wait", "max wait", "avg wait"
+        );
+        let mut rows: Vec<_> = s.by_type.iter().collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.1.total_wait_ns));
+        for (kind, t) in rows {
+            println!(
+                "{:>12} {:>12} {:>12} {:>12}  {kind}",
+                thousands(t.contended),
+                duration_ns(t.total_wait_ns),
+                duration_ns(t.max_wait_ns),
+                duration_ns(t.total_wait_ns / t.contended.max(1)),
+            );
+        }
+    }
+    println!();
+    match &s.losses {
+        Some(l) => {
+            let get = |k: &str| l.kernel.get(k).copied().unwrap_or(0);
+            println!(
+                "lost            {} (ring buffer full), {} (user space)",
+                thousands(get("ringbuf_full")),
+                thousands(l.user_dropped)
+            );
+            println!(
+                "unpaired        {} ends without a begin, {} mismatched ends, {} nested begins, \
+                 {} repeated begins",
+                thousands(get("unpaired_end")),
+                thousands(get("mismatched_end")),
+                thousands(get("nested_begin")),
+                thousands(get("repeated_begin")),
+            );
+        }
+        None => println!("lost            unknown (the file has no loss record)"),
+    }
+}

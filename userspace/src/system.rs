@@ -1,0 +1,167 @@
+//! Facts about the running system that bufscope reports and depends on: kernel release, host,
+//! CPUs, privileges, clocks, and where tracefs is (mounting it when it is not).
+
+use std::{
+    ffi::CStr,
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+/// Where tracefs is normally mounted; aya looks here (then under debugfs).
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEFS_UNDER_DEBUGFS: &str = "/sys/kernel/debug/tracing";
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    uname_field(|u| &u.release)
+}
+
+/// `uname -n`.
+pub fn host_name() -> String {
+    uname_field(|u| &u.nodename)
+}
+
+/// `uname -m`.
+pub fn machine() -> String {
+    uname_field(|u| &u.machine)
+}
+
+fn uname_field(field: impl Fn(&libc::utsname) -> &[libc::c_char; 65]) -> String {
+    // SAFETY: utsname is plain data; uname fills it and cannot fail with a valid pointer.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates every field.
+    unsafe { CStr::from_ptr(field(&u).as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Online CPUs.
+pub fn online_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall-clock time in ns since the Unix epoch.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// True when running with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Linux capabilities bufscope cares about, by number.
+pub const CAPABILITIES: &[(u32, &str)] = &[
+    (21, "CAP_SYS_ADMIN"),
+    (24, "CAP_SYS_RESOURCE"),
+    (34, "CAP_SYSLOG"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
+/// The effective capability set of this process, from /proc/self/status.
+pub fn effective_capabilities() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Names of the capabilities in [`CAPABILITIES`] that `caps` holds, and of those it lacks.
+pub fn split_capabilities(caps: u64) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (held, missing): (Vec<_>, Vec<_>) = CAPABILITIES
+        .iter()
+        .partition(|(bit, _)| caps & (1 << bit) != 0);
+    let names = |v: Vec<&(u32, &'static str)>| v.into_iter().map(|(_, name)| *name).collect();
+    (names(held), names(missing))
+}
+
+/// Where tracefs is mounted, if it is.
+pub fn tracefs_mount() -> Option<PathBuf> {
+    [TRACEFS, TRACEFS_UNDER_DEBUGFS]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+        .map(Path::to_path_buf)
+}
+
+/// How tracefs became available.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tracefs {
+    AlreadyMounted(PathBuf),
+    MountedNow(PathBuf),
+}
+
+impl Tracefs {
+    pub fn path(&self) -> &Path {
+        match self {
+            Tracefs::AlreadyMounted(p) | Tracefs::MountedNow(p) => p,
+        }
+    }
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted (as perf does).
+pub fn ensure_tracefs() -> Result<Tracefs, String> {
+    if let Some(path) = tracefs_mount() {
+        return Ok(Tracefs::AlreadyMounted(path));
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); \
+             mount it with `mount -t tracefs tracefs {TRACEFS}`"
+        ));
+    }
+    Ok(Tracefs::MountedNow(PathBuf::from(TRACEFS)))
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels older than 5.11, which charge BPF maps to it. Newer kernels
+/// account BPF memory to cgroups, so failure (no CAP_SYS_RESOURCE) only matters on old kernels.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); kernels >= 5.11 do not need it",
+            std::io::Error::last_os_error()
+        );
+    }
+}

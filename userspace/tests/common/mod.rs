@@ -1,0 +1,154 @@
+//! Shared pieces of bufscope's integration tests: the real binary, a real lock-contention
+//! workload, and skips that say why.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+pub fn bufscope() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bufscope"))
+}
+
+/// True when running as root; otherwise prints why the calling test skips. The message goes
+/// straight to the process's stderr, past the test harness's capture, so a skip is never silent.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: loading eBPF programs needs root (run `sudo -E cargo xtask test`)"
+    );
+    false
+}
+
+/// Starts `bufscope record` and waits until its probes are attached.
+pub fn start_recording(args: &[&str]) -> (Child, Vec<String>) {
+    let mut child = bufscope()
+        .arg("record")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bufscope starts");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("bufscope record exited before attaching: {seen:#?}"))
+            .expect("stderr is text");
+        let attached = line.contains("recording lock contention");
+        seen.push(line);
+        if attached {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attach after 30 s: {seen:#?}");
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&collected);
+    thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, seen)
+}
+
+/// Eight or more threads writing 64-byte chunks into one pipe: writers contend on the pipe's
+/// mutex, so the kernel emits lock:contention_begin/end with the MUTEX flag from these threads.
+pub struct PipeContention {
+    stop: Arc<AtomicBool>,
+    writers: Vec<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
+    pub tids: Vec<u32>,
+    pub chunks: Arc<AtomicU64>,
+    write_fd: i32,
+}
+
+impl PipeContention {
+    pub fn start(threads: usize) -> Self {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds is a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe()");
+        let [read_fd, write_fd] = fds;
+        let stop = Arc::new(AtomicBool::new(false));
+        let chunks = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: buf is valid for its length; read_fd stays open until after join.
+                    let n = unsafe { libc::read(read_fd, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n <= 0 {
+                        break;
+                    }
+                }
+                // SAFETY: closing our own fd once.
+                unsafe { libc::close(read_fd) };
+            })
+        };
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let writers = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let chunks = Arc::clone(&chunks);
+                let tid_tx = tid_tx.clone();
+                thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                    let chunk = [b'x'; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: chunk is valid; write_fd stays open until the writers end.
+                        let n =
+                            unsafe { libc::write(write_fd, chunk.as_ptr().cast(), chunk.len()) };
+                        if n <= 0 {
+                            break;
+                        }
+                        chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let tids = (0..threads).map(|_| tid_rx.recv().unwrap()).collect();
+        Self {
+            stop,
+            writers,
+            reader: Some(reader),
+            tids,
+            chunks,
+            write_fd,
+        }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.writers.drain(..) {
+            w.join().unwrap();
+        }
+        // SAFETY: all writers have ended; closing the write end wakes the reader with EOF.
+        unsafe { libc::close(self.write_fd) };
+        self.reader.take().unwrap().join().unwrap();
+        self.chunks.load(Ordering::Relaxed)
+    }
+}
+
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
