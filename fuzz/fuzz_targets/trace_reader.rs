@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = bufscope_trace::read_all_from_bytes(data) {
+    if let Err(e) = bufscope_trace::fuzzing::read_all_from_bytes(data) {
         // Every error must render and say where it happened.
         assert!(e.to_string().contains("at offset"));
     }

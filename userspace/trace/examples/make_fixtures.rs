@@ -1,4 +1,4 @@
-//! Writes the seed corpus of the reader's fuzz target (fuzz/corpus/trace_reader/):
+//! Writes the seed corpora of the fuzz targets (fuzz/corpus/trace_reader/, chunk_decoder/):
 //! `cargo run -p bufscope-trace --example make_fixtures`. The seeds are committed; rerun this
 //! only when the format gains something the seeds should cover.
 
@@ -25,7 +25,28 @@ fn main() -> std::io::Result<()> {
     ];
     for (name, bytes) in seeds {
         fs::write(dir.join(name), bytes)?;
-        println!("{name}: {} bytes", bytes.len());
+        println!("trace_reader/{name}: {} bytes", bytes.len());
+    }
+
+    // The chunk decoder's input: claimed event count (u32 LE), then a raw chunk.
+    let dir = dir.join("../chunk_decoder");
+    fs::create_dir_all(&dir)?;
+    let chunk = |events: &[bufscope_trace::LockWait]| {
+        let mut input = (events.len() as u32).to_le_bytes().to_vec();
+        input.extend(bufscope_trace::fuzzing::encode_chunk(events));
+        input
+    };
+    let mut wrong_count = chunk(&common::events(20));
+    wrong_count[0] = 21;
+    let seeds: [(&str, Vec<u8>); 4] = [
+        ("seed-valid-20", chunk(&common::events(20))),
+        ("seed-valid-1", chunk(&common::events(1))),
+        ("seed-valid-0", chunk(&[])),
+        ("seed-wrong-count", wrong_count),
+    ];
+    for (name, bytes) in seeds {
+        fs::write(dir.join(name), &bytes)?;
+        println!("chunk_decoder/{name}: {} bytes", bytes.len());
     }
     Ok(())
 }

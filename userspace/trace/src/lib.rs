@@ -20,14 +20,32 @@ pub use reader::{Record, TraceReader};
 pub use records::{LockWait, Metadata, Symbol, TraceEnd, TraceHeader};
 pub use writer::{TraceWriter, WriterOptions};
 
-/// Reads a whole trace from bytes, as the fuzz target does; returns how many records were read.
-/// Exists for the fuzz target and its seed-corpus test, so both exercise exactly one entry point.
+/// Entry points for the fuzz targets (fuzz/) and their seed-corpus tests, so that both exercise
+/// exactly the same code. Not a public API.
 #[doc(hidden)]
-pub fn read_all_from_bytes(data: &[u8]) -> Result<usize, TraceError> {
-    let mut reader = TraceReader::new(data, "<bytes>")?;
-    let mut records = 0;
-    while reader.next_record()?.is_some() {
-        records += 1;
+pub mod fuzzing {
+    use crate::{LockWait, TraceError, TraceReader, chunk};
+
+    /// Reads a whole trace from bytes; returns how many records were read.
+    pub fn read_all_from_bytes(data: &[u8]) -> Result<usize, TraceError> {
+        let mut reader = TraceReader::new(data, "<bytes>")?;
+        let mut records = 0;
+        while reader.next_record()?.is_some() {
+            records += 1;
+        }
+        Ok(records)
     }
-    Ok(records)
+
+    /// Decodes the raw (decompressed) payload of a lock-wait chunk said to hold `expected`
+    /// events.
+    pub fn decode_chunk(raw: &[u8], expected: u32) -> Result<Vec<LockWait>, String> {
+        chunk::decode(raw, expected)
+    }
+
+    /// Encodes events as one chunk's raw payload.
+    pub fn encode_chunk(events: &[LockWait]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        chunk::ChunkEncoder::default().encode(events, &mut raw);
+        raw
+    }
 }

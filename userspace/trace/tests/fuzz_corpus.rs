@@ -1,11 +1,13 @@
-//! The reader fuzz target's seed corpus (fuzz/corpus/trace_reader/seed-*), run as a normal test
-//! through the same entry point the fuzz target calls.
+//! The fuzz targets' seed corpora (fuzz/corpus/*/seed-*), run as normal tests through the same
+//! entry points the fuzz targets call. Seeds named seed-valid-* must read; the others must fail
+//! cleanly.
 
 use std::{fs, path::PathBuf};
 
-#[test]
-fn seed_corpus_reads_or_fails_cleanly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/trace_reader");
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut seeds: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -15,13 +17,24 @@ fn seed_corpus_reads_or_fails_cleanly() {
                 .to_string_lossy()
                 .starts_with("seed-")
         })
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, fs::read(&p).unwrap())
+        })
         .collect();
     seeds.sort();
-    assert!(seeds.len() >= 5, "seed corpus has {} files", seeds.len());
-    for seed in seeds {
-        let name = seed.file_name().unwrap().to_string_lossy().into_owned();
-        let bytes = fs::read(&seed).unwrap();
-        match bufscope_trace::read_all_from_bytes(&bytes) {
+    assert!(
+        seeds.len() >= 4,
+        "{target} seed corpus has {} files",
+        seeds.len()
+    );
+    seeds
+}
+
+#[test]
+fn trace_reader_seeds_read_or_fail_cleanly() {
+    for (name, bytes) in seeds("trace_reader") {
+        match bufscope_trace::fuzzing::read_all_from_bytes(&bytes) {
             Ok(records) => {
                 assert!(name.starts_with("seed-valid"), "{name} read as valid");
                 assert!(records >= 1, "{name}: no end record");
@@ -30,6 +43,22 @@ fn seed_corpus_reads_or_fails_cleanly() {
                 assert!(!name.starts_with("seed-valid"), "{name}: {e}");
                 assert!(e.to_string().contains("at offset"), "{name}: {e}");
             }
+        }
+    }
+}
+
+#[test]
+fn chunk_decoder_seeds_decode_or_fail_cleanly() {
+    use bufscope_trace::fuzzing::{decode_chunk, encode_chunk};
+    for (name, bytes) in seeds("chunk_decoder") {
+        let (count, raw) = bytes.split_first_chunk::<4>().expect("4-byte count");
+        match decode_chunk(raw, u32::from_le_bytes(*count)) {
+            Ok(events) => {
+                assert!(name.starts_with("seed-valid"), "{name} decoded");
+                let again = decode_chunk(&encode_chunk(&events), events.len() as u32).unwrap();
+                assert_eq!(again, events, "{name}");
+            }
+            Err(e) => assert!(!name.starts_with("seed-valid"), "{name}: {e}"),
         }
     }
 }
