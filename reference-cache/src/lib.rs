@@ -1,6 +1,42 @@
-//! Faithful user-space models of the dm-bufio cache designs (the pre-6.4 single-mutex cache, the
-//! 6.4+ sharded cache, and designs of our own) with instrumented locks, for replaying recorded
-//! access streams. No eBPF and no root: builds and tests with stable Rust anywhere.
+//! Faithful user-space models of the dm-bufio cache designs, with instrumented locks, so that an
+//! access stream recorded from a kernel can be run through each design and its lock waits
+//! measured like for like.
 //!
-//! The models arrive with the reference-cache issue; this crate exists now so that the workspace
-//! has its final shape.
+//! - [`ClassicCache`]: Linux ≤ 6.3 (e.g. 6.1): one client mutex taken by every operation.
+//! - [`ShardedCache`]: Linux ≥ 6.4 (e.g. 6.12): per-tree rw-locks on the hit path, the client
+//!   mutex on misses, dirtying, writeback and eviction.
+//!
+//! Every design implements [`BufferCache`]; each shared field states which lock protects it.
+//! Buffers come from a [`BlockIo`]: memory or a real file or device. No eBPF and no root: this
+//! crate builds and tests with stable Rust anywhere.
+
+mod cache;
+mod classic;
+pub mod io;
+mod lock;
+mod lru;
+mod recorder;
+mod sharded;
+
+pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};
+pub use classic::ClassicCache;
+pub use io::{BlockIo, FileIo, FileIoOptions, Latency, MemoryIo};
+pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass};
+pub use recorder::{ClassStats, OpCounts, Report, ThreadRecorder};
+pub use sharded::ShardedCache;
+
+/// The designs this crate models, by the names `--design` takes.
+pub const DESIGNS: &[&str] = &["classic", "sharded"];
+
+/// Builds a design by name over `io`.
+pub fn build(
+    design: &str,
+    config: CacheConfig,
+    io: std::sync::Arc<dyn BlockIo>,
+) -> Option<Box<dyn BufferCache>> {
+    match design {
+        "classic" => Some(Box::new(ClassicCache::new(config, io))),
+        "sharded" => Some(Box::new(ShardedCache::new(config, io))),
+        _ => None,
+    }
+}

@@ -1,0 +1,292 @@
+//! The pre-6.4 design (Linux ≤ 6.3, e.g. the 6.1 kernels): every operation, release included,
+//! takes the one client mutex; one ordered tree; clean and dirty LRU lists relinked on every
+//! hit. A hit therefore costs two mutex acquisitions (lookup and release), and eviction cleans a
+//! dirty buffer synchronously while holding the mutex: that is what hotspot readers wait behind.
+//!
+//! Simplifications, each checked against what the lock waits depend on:
+//! - Allocation never fails. A miss that finds the cache full evicts down to 15/16 of capacity
+//!   itself, under the mutex. The kernel's global cleanup does the same from a worker, also under
+//!   the client mutex, so readers wait behind the same work.
+//! - Eviction passes over buffers with I/O in flight instead of waiting for them; if nothing can
+//!   be evicted the cache grows past capacity rather than sleeping for a free buffer.
+//! - Prefetch reads in the calling thread, outside the mutex, instead of asynchronously.
+//! - A read that fails removes its buffer, so a later read retries (the kernel frees buffers with
+//!   read errors on release).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, atomic::Ordering},
+};
+
+use crate::{
+    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
+    cache::{Buffer, ListMode, begin_write, is_idle, read_into, state, submit_writes},
+    lock::{InstrumentedMutex, LockClass, MutexGuard},
+    lru::Lists,
+    recorder::ThreadRecorder,
+};
+
+/// Everything here is protected by the client mutex.
+#[derive(Debug, Default)]
+struct State {
+    /// The one ordered tree of the client (an rbtree in the kernel).
+    tree: BTreeMap<u64, Arc<Buffer>>,
+    lists: Lists,
+}
+
+/// Linux ≤ 6.3 dm-bufio.
+pub struct ClassicCache {
+    config: CacheConfig,
+    io: Arc<dyn BlockIo>,
+    /// The client mutex (`c->lock`). Protects [`State`] and, for every buffer, its hold count,
+    /// state bits (except I/O completion), list membership and dirty range.
+    client: InstrumentedMutex<State>,
+}
+
+impl fmt::Debug for ClassicCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassicCache")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClassicCache {
+    pub fn new(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
+        Self {
+            config,
+            io,
+            client: InstrumentedMutex::new(LockClass::ClientMutex, State::default()),
+        }
+    }
+
+    /// The hit path under the mutex: hold, relink to the most recent end of its list.
+    fn hit(
+        &self,
+        state: &mut State,
+        rec: &ThreadRecorder,
+        block: u64,
+        for_get: bool,
+    ) -> Option<BufferRef> {
+        let buffer = state.tree.get(&block)?;
+        if for_get && buffer.has(state::READING) {
+            return None;
+        }
+        buffer.hold_count.fetch_add(1, Ordering::AcqRel);
+        buffer.last_accessed.store(now_ticks(), Ordering::Relaxed);
+        state.lists.relink(buffer);
+        rec.count(|ops| ops.hits += 1);
+        Some(BufferRef::new(Arc::clone(buffer)))
+    }
+
+    /// Makes room for one more buffer; dirty victims are written before the mutex is dropped.
+    fn make_room(&self, state: &mut State, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        if state.tree.len() < self.config.capacity {
+            return Ok(());
+        }
+        let target =
+            (self.config.capacity - self.config.capacity / 16).min(self.config.capacity - 1);
+        while state.tree.len() > target {
+            let victim = state
+                .lists
+                .least_recent(ListMode::Clean, is_idle)
+                .or_else(|| state.lists.least_recent(ListMode::Dirty, is_idle));
+            let Some(victim) = victim else { break };
+            if begin_write(&victim) {
+                // __make_buffer_clean: a synchronous write with the client mutex held.
+                submit_writes(self.io.as_ref(), rec, std::slice::from_ref(&victim))?;
+            }
+            state.lists.remove(&victim);
+            state.tree.remove(&victim.block());
+            rec.count(|ops| ops.evictions += 1);
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of every dirty buffer not already being written; the caller writes them
+    /// after dropping the mutex.
+    fn collect_writes(state: &mut State) -> Vec<Arc<Buffer>> {
+        let dirty: Vec<_> = state.lists.buffers(ListMode::Dirty).cloned().collect();
+        dirty
+            .into_iter()
+            .filter(|b| begin_write(b))
+            .inspect(|b| state.lists.move_to(b, ListMode::Clean))
+            .collect()
+    }
+
+    /// dm_bufio_read and dm_bufio_new (`fresh`: no read).
+    fn acquire(
+        &self,
+        rec: &ThreadRecorder,
+        block: u64,
+        fresh: bool,
+    ) -> Result<BufferRef, CacheError> {
+        let mut state = self.client.lock(rec);
+        if let Some(buffer) = self.hit(&mut state, rec, block, false) {
+            drop(state);
+            buffer.buffer().wait_for_io(state::READING);
+            return Ok(buffer);
+        }
+        rec.count(|ops| ops.misses += 1);
+        self.make_room(&mut state, rec)?;
+        // __check_watermark: async writeback when dirty > 3 × clean.
+        let writes = if state.lists.len(ListMode::Dirty) > 3 * state.lists.len(ListMode::Clean) {
+            Self::collect_writes(&mut state)
+        } else {
+            Vec::new()
+        };
+        let buffer = Arc::new(Buffer::new(
+            block,
+            self.config.block_size,
+            if fresh { 0 } else { state::READING },
+        ));
+        buffer.hold_count.store(1, Ordering::Release);
+        state.tree.insert(block, Arc::clone(&buffer));
+        state.lists.insert(Arc::clone(&buffer));
+        drop(state);
+
+        submit_writes(self.io.as_ref(), rec, &writes)?;
+        if !fresh && let Err(e) = read_into(self.io.as_ref(), rec, &buffer) {
+            self.discard(rec, &buffer);
+            return Err(e);
+        }
+        Ok(BufferRef::new(buffer))
+    }
+
+    /// Drops a buffer whose read failed, with the hold its reader had.
+    fn discard(&self, rec: &ThreadRecorder, buffer: &Arc<Buffer>) {
+        let mut state = self.client.lock(rec);
+        buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+        if is_idle(buffer) {
+            state.lists.remove(buffer);
+            state.tree.remove(&buffer.block());
+        }
+    }
+
+    fn forget_locked(state: &mut MutexGuard<'_, State>, block: u64) {
+        if let Some(buffer) = state.tree.get(&block).cloned()
+            && is_idle(&buffer)
+        {
+            state.lists.remove(&buffer);
+            state.tree.remove(&block);
+        }
+    }
+}
+
+/// A cheap timestamp for `last_accessed` (the kernel stores jiffies).
+fn now_ticks() -> u64 {
+    crate::recorder::clock().raw()
+}
+
+impl BufferCache for ClassicCache {
+    fn design(&self) -> &'static str {
+        "classic"
+    }
+
+    fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {
+        let mut state = self.client.lock(rec);
+        let hit = self.hit(&mut state, rec, block, true);
+        if hit.is_none() {
+            rec.count(|ops| ops.misses += 1);
+        }
+        hit
+    }
+
+    fn read(&self, rec: &ThreadRecorder, block: u64) -> Result<BufferRef, CacheError> {
+        self.acquire(rec, block, false)
+    }
+
+    fn new_buffer(&self, rec: &ThreadRecorder, block: u64) -> Result<BufferRef, CacheError> {
+        self.acquire(rec, block, true)
+    }
+
+    fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
+        for block in block..block.saturating_add(n) {
+            let mut state = self.client.lock(rec);
+            if state.tree.contains_key(&block) {
+                continue;
+            }
+            if state.tree.len() >= self.config.capacity {
+                return; // prefetch gives up rather than evict
+            }
+            let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
+            state.tree.insert(block, Arc::clone(&buffer));
+            state.lists.insert(Arc::clone(&buffer));
+            drop(state);
+            if read_into(self.io.as_ref(), rec, &buffer).is_err() {
+                let mut state = self.client.lock(rec);
+                Self::forget_locked(&mut state, block);
+            }
+        }
+    }
+
+    fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {
+        let buffer = buf.into_buffer();
+        let _state = self.client.lock(rec);
+        buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
+        let mut state = self.client.lock(rec);
+        let buffer = buf.buffer();
+        if buffer.has(state::DIRTY) {
+            buffer.dirty_start.fetch_min(start, Ordering::Relaxed);
+            buffer.dirty_end.fetch_max(end, Ordering::Relaxed);
+        } else {
+            buffer.dirty_start.store(start, Ordering::Relaxed);
+            buffer.dirty_end.store(end, Ordering::Relaxed);
+            buffer.set(state::DIRTY);
+            state.lists.move_to(buffer, ListMode::Dirty);
+        }
+    }
+
+    fn mark_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef) {
+        self.mark_partial_dirty(rec, buf, 0, self.config.block_size as u32);
+    }
+
+    fn write_dirty_buffers_async(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let writes = Self::collect_writes(&mut self.client.lock(rec));
+        submit_writes(self.io.as_ref(), rec, &writes)
+    }
+
+    fn write_dirty_buffers(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        self.write_dirty_buffers_async(rec)?;
+        let in_flight: Vec<_> = self
+            .client
+            .lock(rec)
+            .tree
+            .values()
+            .filter(|b| b.has(state::WRITING))
+            .cloned()
+            .collect();
+        for buffer in in_flight {
+            buffer.wait_for_io(state::WRITING);
+        }
+        self.io.flush().map_err(CacheError::Flush)
+    }
+
+    fn forget(&self, rec: &ThreadRecorder, block: u64) {
+        Self::forget_locked(&mut self.client.lock(rec), block);
+    }
+
+    fn forget_buffers(&self, rec: &ThreadRecorder, block: u64, n: u64) {
+        let mut state = self.client.lock(rec);
+        let blocks: Vec<u64> = state
+            .tree
+            .range(block..block.saturating_add(n))
+            .map(|(&b, _)| b)
+            .collect();
+        for block in blocks {
+            Self::forget_locked(&mut state, block);
+        }
+    }
+
+    fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {
+        let state = self.client.lock(rec);
+        Occupancy {
+            buffers: state.tree.len() as u64,
+            dirty: state.lists.len(ListMode::Dirty) as u64,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! What one thread saw: lock acquisitions, waits and holds per lock class, and cache events
+//! (hits, misses, I/O, evictions). Each thread owns a [`ThreadRecorder`] and passes it to every
+//! operation, like the kernel's `current`, so recording never touches shared memory and adds no
+//! contention of its own. Recorders are merged into a [`Report`] at the end.
+
+use std::{
+    cell::{Cell, RefCell},
+    fmt,
+    sync::OnceLock,
+};
+
+use hdrhistogram::Histogram;
+
+use crate::lock::LockClass;
+
+/// Waits and holds from 1 ns to 100 s at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The clock of every measurement: the TSC where it is usable (a few ns per read).
+pub(crate) fn clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
+/// One lock class's measurements.
+#[derive(Clone)]
+pub struct ClassStats {
+    /// Every acquisition, contended or not.
+    pub acquisitions: u64,
+    /// Acquisitions whose first try failed.
+    pub contended: u64,
+    /// Wait time of contended acquisitions, in ns.
+    pub wait_ns: Histogram<u64>,
+    /// Hold time of every acquisition, in ns.
+    pub hold_ns: Histogram<u64>,
+}
+
+impl ClassStats {
+    fn new() -> Self {
+        Self {
+            acquisitions: 0,
+            contended: 0,
+            wait_ns: new_histogram(),
+            hold_ns: new_histogram(),
+        }
+    }
+
+    fn merge(&mut self, other: &ClassStats) {
+        self.acquisitions += other.acquisitions;
+        self.contended += other.contended;
+        self.wait_ns.add(&other.wait_ns).expect("same bounds");
+        self.hold_ns.add(&other.hold_ns).expect("same bounds");
+    }
+}
+
+impl fmt::Debug for ClassStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassStats")
+            .field("acquisitions", &self.acquisitions)
+            .field("contended", &self.contended)
+            .field("wait_p50_ns", &self.wait_ns.value_at_quantile(0.5))
+            .field("wait_max_ns", &self.wait_ns.max())
+            .field("hold_p50_ns", &self.hold_ns.value_at_quantile(0.5))
+            .finish()
+    }
+}
+
+/// One thread's lock measurements. Not shareable between threads on purpose: each thread owns
+/// one and hands `&ThreadRecorder` to the operations it runs.
+pub struct ThreadRecorder {
+    classes: RefCell<[ClassStats; 4]>,
+    ops: Cell<OpCounts>,
+}
+
+/// Cache events, counted per thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub hits: u64,
+    pub misses: u64,
+    /// Blocks read from the device.
+    pub reads: u64,
+    /// Blocks written to the device.
+    pub writes: u64,
+    pub evictions: u64,
+}
+
+impl OpCounts {
+    fn add(&mut self, other: OpCounts) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.evictions += other.evictions;
+    }
+}
+
+impl fmt::Debug for ThreadRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.classes.borrow().iter())
+            .finish()
+    }
+}
+
+impl Default for ThreadRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ThreadRecorder {
+    pub fn new() -> Self {
+        Self {
+            classes: RefCell::new(std::array::from_fn(|_| ClassStats::new())),
+            ops: Cell::new(OpCounts::default()),
+        }
+    }
+
+    /// Counts a cache event.
+    pub(crate) fn count(&self, event: impl FnOnce(&mut OpCounts)) {
+        let mut ops = self.ops.get();
+        event(&mut ops);
+        self.ops.set(ops);
+    }
+
+    /// This thread's cache events.
+    pub fn ops(&self) -> OpCounts {
+        self.ops.get()
+    }
+
+    pub(crate) fn acquired(&self, class: LockClass, wait_ns: Option<u64>) {
+        let mut classes = self.classes.borrow_mut();
+        let stats = &mut classes[class.index()];
+        stats.acquisitions += 1;
+        if let Some(wait) = wait_ns {
+            stats.contended += 1;
+            stats.wait_ns.saturating_record(wait.max(1));
+        }
+    }
+
+    pub(crate) fn released(&self, class: LockClass, hold_ns: u64) {
+        self.classes.borrow_mut()[class.index()]
+            .hold_ns
+            .saturating_record(hold_ns.max(1));
+    }
+
+    /// This thread's measurements of one class.
+    pub fn class(&self, class: LockClass) -> ClassStats {
+        self.classes.borrow()[class.index()].clone()
+    }
+}
+
+/// Measurements merged over threads.
+#[derive(Clone, Debug)]
+pub struct Report {
+    classes: [ClassStats; 4],
+    ops: OpCounts,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            classes: std::array::from_fn(|_| ClassStats::new()),
+            ops: OpCounts::default(),
+        }
+    }
+}
+
+impl Report {
+    pub fn add(&mut self, recorder: &ThreadRecorder) {
+        for (mine, theirs) in self
+            .classes
+            .iter_mut()
+            .zip(recorder.classes.borrow().iter())
+        {
+            mine.merge(theirs);
+        }
+        self.ops.add(recorder.ops.get());
+    }
+
+    pub fn ops(&self) -> OpCounts {
+        self.ops
+    }
+
+    pub fn class(&self, class: LockClass) -> &ClassStats {
+        &self.classes[class.index()]
+    }
+}

@@ -1,0 +1,376 @@
+//! The 6.4+ design (e.g. the 6.12 kernels): the cache is sharded into `num_locks` ordered trees,
+//! each under its own rw-lock, chosen by the kernel's block hash. A hit takes one tree lock
+//! shared and touches only atomics (hold count, the clock's referenced bit), so readers of
+//! different or even the same blocks do not exclude each other. The client mutex remains for
+//! misses, dirtying, writeback, forget and eviction, and the LRU is a clock that needs no relink
+//! on a hit.
+//!
+//! Simplifications are those of [`ClassicCache`](crate::ClassicCache) (allocation never fails,
+//! busy buffers are passed over, prefetch reads in the caller), plus: the kernel's lock_history
+//! keeps one tree lock across consecutive buffers of the same tree during writeback, while this
+//! model takes the tree lock once per buffer.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, atomic::Ordering},
+};
+
+use crossbeam_utils::CachePadded;
+
+use crate::{
+    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
+    cache::{Buffer, ListMode, begin_write, is_idle, read_into, state, submit_writes},
+    lock::{InstrumentedMutex, InstrumentedRwLock, LockClass},
+    lru::Lists,
+    recorder::{ThreadRecorder, clock},
+};
+
+/// `dm_num_hash_locks()`: twice the CPUs rounded up to a power of two, at most 64.
+pub fn num_locks(cpus: usize) -> usize {
+    (cpus.max(1).next_power_of_two() << 1).min(64)
+}
+
+/// `dm_hash_locks_index()`: which tree a block lives in.
+pub fn tree_index(block: u64, num_locks: usize) -> usize {
+    const MULT: u64 = 4_294_967_291;
+    const SHIFT: u32 = 6;
+    let h1 = block.wrapping_mul(MULT) >> SHIFT;
+    let h2 = h1 >> SHIFT;
+    ((h1 ^ h2) & (num_locks as u64 - 1)) as usize
+}
+
+/// A buffer tree; each sits on its own cache line, as the kernel's are.
+type Tree = CachePadded<InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>>>;
+
+/// Linux ≥ 6.4 dm-bufio.
+pub struct ShardedCache {
+    config: CacheConfig,
+    io: Arc<dyn BlockIo>,
+    /// Each tree's rw-lock protects that tree's map (the buffers' `node`). Hits take it shared
+    /// and then change only atomics; insert, remove and list moves take it exclusive.
+    trees: Box<[Tree]>,
+    /// The client mutex (`c->lock`). Protects the clean and dirty lists and, for every buffer,
+    /// its state bits (except I/O completion), list membership and dirty range. Hold counts are
+    /// atomics changed under a tree lock instead.
+    client: InstrumentedMutex<Lists>,
+}
+
+impl fmt::Debug for ShardedCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardedCache")
+            .field("config", &self.config)
+            .field("num_locks", &self.trees.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardedCache {
+    pub fn new(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
+        let trees = (0..num_locks(config.cpus))
+            .map(|_| {
+                CachePadded::new(InstrumentedRwLock::new(
+                    LockClass::TreeRead,
+                    LockClass::TreeWrite,
+                    BTreeMap::new(),
+                ))
+            })
+            .collect();
+        Self {
+            config,
+            io,
+            trees,
+            client: InstrumentedMutex::new(LockClass::ClientMutex, Lists::default()),
+        }
+    }
+
+    /// Trees this cache was sized with.
+    pub fn num_trees(&self) -> usize {
+        self.trees.len()
+    }
+
+    fn tree(&self, block: u64) -> &InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>> {
+        &self.trees[tree_index(block, self.trees.len())]
+    }
+
+    /// `cache_get`: one tree read lock; on a hit the hold count and referenced bit change
+    /// atomically and the clock is not touched.
+    fn cache_get(&self, rec: &ThreadRecorder, block: u64, for_get: bool) -> Option<BufferRef> {
+        let tree = self.tree(block).read(rec);
+        let buffer = tree.get(&block)?;
+        if for_get && buffer.has(state::READING) {
+            return None;
+        }
+        buffer.hold_count.fetch_add(1, Ordering::AcqRel);
+        buffer.referenced.store(true, Ordering::Relaxed);
+        buffer.last_accessed.store(clock().raw(), Ordering::Relaxed);
+        rec.count(|ops| ops.hits += 1);
+        Some(BufferRef::new(Arc::clone(buffer)))
+    }
+
+    /// Removes `buffer` from its tree if `evictable` holds, judged under the tree's write lock
+    /// (a hit may take a hold at any moment without the client mutex).
+    fn remove_if(
+        &self,
+        rec: &ThreadRecorder,
+        buffer: &Buffer,
+        evictable: impl Fn(&Buffer) -> bool,
+    ) -> bool {
+        let mut tree = self.tree(buffer.block()).write(rec);
+        if !evictable(buffer) {
+            return false;
+        }
+        tree.remove(&buffer.block());
+        true
+    }
+
+    /// `cache_mark`: moves a buffer between the lists under its tree's write lock.
+    fn mark(&self, rec: &ThreadRecorder, lists: &mut Lists, buffer: &Arc<Buffer>, mode: ListMode) {
+        let _tree = self.tree(buffer.block()).write(rec);
+        lists.move_to(buffer, mode);
+    }
+
+    /// `__get_unclaimed_buffer` until the cache is below 15/16 of capacity: the clock over clean
+    /// buffers first, then dirty ones, which are written with the client mutex held.
+    fn make_room(&self, lists: &mut Lists, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let total = |lists: &Lists| lists.len(ListMode::Clean) + lists.len(ListMode::Dirty);
+        if total(lists) < self.config.capacity {
+            return Ok(());
+        }
+        let target =
+            (self.config.capacity - self.config.capacity / 16).min(self.config.capacity - 1);
+        while total(lists) > target {
+            let victim = lists
+                .clock_evict(ListMode::Clean, |b| self.remove_if(rec, b, is_idle))
+                .or_else(|| {
+                    lists.clock_evict(ListMode::Dirty, |b| self.remove_if(rec, b, is_idle))
+                });
+            let Some(victim) = victim else { break };
+            if begin_write(&victim) {
+                submit_writes(self.io.as_ref(), rec, std::slice::from_ref(&victim))?;
+            }
+            rec.count(|ops| ops.evictions += 1);
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of every dirty buffer not already being written (caller writes them
+    /// after dropping the client mutex).
+    fn collect_writes(&self, rec: &ThreadRecorder, lists: &mut Lists) -> Vec<Arc<Buffer>> {
+        let dirty: Vec<_> = lists.buffers(ListMode::Dirty).cloned().collect();
+        dirty
+            .into_iter()
+            .filter(|b| begin_write(b))
+            .inspect(|b| self.mark(rec, lists, b, ListMode::Clean))
+            .collect()
+    }
+
+    fn insert(&self, rec: &ThreadRecorder, lists: &mut Lists, buffer: &Arc<Buffer>) {
+        self.tree(buffer.block())
+            .write(rec)
+            .insert(buffer.block(), Arc::clone(buffer));
+        lists.insert(Arc::clone(buffer));
+    }
+
+    /// dm_bufio_read and dm_bufio_new (`fresh`: no read).
+    fn acquire(
+        &self,
+        rec: &ThreadRecorder,
+        block: u64,
+        fresh: bool,
+    ) -> Result<BufferRef, CacheError> {
+        if let Some(buffer) = self.cache_get(rec, block, false) {
+            buffer.buffer().wait_for_io(state::READING);
+            return Ok(buffer);
+        }
+        let mut lists = self.client.lock(rec);
+        // Another thread may have read it in while this one waited for the mutex.
+        if let Some(buffer) = self.cache_get(rec, block, false) {
+            drop(lists);
+            buffer.buffer().wait_for_io(state::READING);
+            return Ok(buffer);
+        }
+        rec.count(|ops| ops.misses += 1);
+        self.make_room(&mut lists, rec)?;
+        let writes = if lists.len(ListMode::Dirty) > 3 * lists.len(ListMode::Clean) {
+            self.collect_writes(rec, &mut lists)
+        } else {
+            Vec::new()
+        };
+        let buffer = Arc::new(Buffer::new(
+            block,
+            self.config.block_size,
+            if fresh { 0 } else { state::READING },
+        ));
+        buffer.hold_count.store(1, Ordering::Release);
+        self.insert(rec, &mut lists, &buffer);
+        drop(lists);
+
+        submit_writes(self.io.as_ref(), rec, &writes)?;
+        if !fresh && let Err(e) = read_into(self.io.as_ref(), rec, &buffer) {
+            let mut lists = self.client.lock(rec);
+            buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+            if self.remove_if(rec, &buffer, is_idle) {
+                lists.remove(&buffer);
+            }
+            return Err(e);
+        }
+        Ok(BufferRef::new(buffer))
+    }
+
+    fn forget_one(&self, rec: &ThreadRecorder, lists: &mut Lists, buffer: &Arc<Buffer>) {
+        if self.remove_if(rec, buffer, is_idle) {
+            lists.remove(buffer);
+        }
+    }
+}
+
+impl BufferCache for ShardedCache {
+    fn design(&self) -> &'static str {
+        "sharded"
+    }
+
+    fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {
+        let hit = self.cache_get(rec, block, true);
+        if hit.is_none() {
+            rec.count(|ops| ops.misses += 1);
+        }
+        hit
+    }
+
+    fn read(&self, rec: &ThreadRecorder, block: u64) -> Result<BufferRef, CacheError> {
+        self.acquire(rec, block, false)
+    }
+
+    fn new_buffer(&self, rec: &ThreadRecorder, block: u64) -> Result<BufferRef, CacheError> {
+        self.acquire(rec, block, true)
+    }
+
+    fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
+        for block in block..block.saturating_add(n) {
+            if self.tree(block).read(rec).contains_key(&block) {
+                continue;
+            }
+            let mut lists = self.client.lock(rec);
+            if self.tree(block).read(rec).contains_key(&block) {
+                continue;
+            }
+            if lists.len(ListMode::Clean) + lists.len(ListMode::Dirty) >= self.config.capacity {
+                return; // prefetch gives up rather than evict
+            }
+            let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
+            self.insert(rec, &mut lists, &buffer);
+            drop(lists);
+            if read_into(self.io.as_ref(), rec, &buffer).is_err() {
+                self.forget_one(rec, &mut self.client.lock(rec), &buffer);
+            }
+        }
+    }
+
+    fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {
+        // cache_put_and_wake: a tree read lock and an atomic decrement, no client mutex.
+        let buffer = buf.into_buffer();
+        let _tree = self.tree(buffer.block()).read(rec);
+        buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
+        let mut lists = self.client.lock(rec);
+        let buffer = buf.buffer();
+        if buffer.has(state::DIRTY) {
+            buffer.dirty_start.fetch_min(start, Ordering::Relaxed);
+            buffer.dirty_end.fetch_max(end, Ordering::Relaxed);
+        } else {
+            buffer.dirty_start.store(start, Ordering::Relaxed);
+            buffer.dirty_end.store(end, Ordering::Relaxed);
+            buffer.set(state::DIRTY);
+            self.mark(rec, &mut lists, buffer, ListMode::Dirty);
+        }
+    }
+
+    fn mark_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef) {
+        self.mark_partial_dirty(rec, buf, 0, self.config.block_size as u32);
+    }
+
+    fn write_dirty_buffers_async(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let writes = self.collect_writes(rec, &mut self.client.lock(rec));
+        submit_writes(self.io.as_ref(), rec, &writes)
+    }
+
+    fn write_dirty_buffers(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        self.write_dirty_buffers_async(rec)?;
+        let in_flight: Vec<_> = {
+            let lists = self.client.lock(rec);
+            lists
+                .buffers(ListMode::Clean)
+                .chain(lists.buffers(ListMode::Dirty))
+                .filter(|b| b.has(state::WRITING))
+                .cloned()
+                .collect()
+        };
+        for buffer in in_flight {
+            buffer.wait_for_io(state::WRITING);
+        }
+        self.io.flush().map_err(CacheError::Flush)
+    }
+
+    fn forget(&self, rec: &ThreadRecorder, block: u64) {
+        let mut lists = self.client.lock(rec);
+        let found = self.tree(block).read(rec).get(&block).cloned();
+        if let Some(buffer) = found {
+            self.forget_one(rec, &mut lists, &buffer);
+        }
+    }
+
+    fn forget_buffers(&self, rec: &ThreadRecorder, block: u64, n: u64) {
+        // cache_remove_range: every tree in turn, under its write lock.
+        let mut lists = self.client.lock(rec);
+        let range = block..block.saturating_add(n);
+        for tree in self.trees.iter() {
+            let mut tree = tree.write(rec);
+            let gone: Vec<_> = tree
+                .range(range.clone())
+                .filter(|(_, b)| is_idle(b))
+                .map(|(_, b)| Arc::clone(b))
+                .collect();
+            for buffer in gone {
+                tree.remove(&buffer.block());
+                lists.remove(&buffer);
+            }
+        }
+    }
+
+    fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {
+        let lists = self.client.lock(rec);
+        Occupancy {
+            buffers: (lists.len(ListMode::Clean) + lists.len(ListMode::Dirty)) as u64,
+            dirty: lists.len(ListMode::Dirty) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_count_follows_the_kernel() {
+        assert_eq!(num_locks(1), 2);
+        assert_eq!(num_locks(2), 4);
+        assert_eq!(num_locks(3), 8);
+        assert_eq!(num_locks(4), 8);
+        assert_eq!(num_locks(16), 32);
+        assert_eq!(num_locks(32), 64);
+        assert_eq!(num_locks(256), 64);
+    }
+
+    #[test]
+    fn block_hash_matches_the_kernel() {
+        // Computed independently from dm_hash_locks_index() in drivers/md/dm.h (u64 wrapping).
+        let blocks = [0, 12, 13, 14, 100, 1000, 4096, 262_143, 1_000_000_000_000];
+        let by_4: Vec<_> = blocks.iter().map(|&b| tree_index(b, 4)).collect();
+        let by_64: Vec<_> = blocks.iter().map(|&b| tree_index(b, 64)).collect();
+        assert_eq!(by_4, [0, 0, 1, 1, 3, 3, 3, 0, 3]);
+        assert_eq!(by_64, [0, 0, 1, 1, 7, 15, 59, 0, 43]);
+    }
+}

@@ -1,0 +1,222 @@
+//! Every design against the same expectations: hits and misses, hold counts, capacity, dirty
+//! accounting, forget, and leaks caught in debug builds.
+
+use std::sync::Arc;
+
+use reference_cache::{
+    BlockIo, BufferCache, CacheConfig, DESIGNS, Latency, MemoryIo, ThreadRecorder, build,
+};
+
+fn cache(design: &str, capacity: usize) -> (Box<dyn BufferCache>, Arc<MemoryIo>) {
+    let io = Arc::new(MemoryIo::new(64, Latency::None));
+    let cache = build(
+        design,
+        CacheConfig::new(64, capacity),
+        io.clone() as Arc<dyn BlockIo>,
+    )
+    .expect("known design");
+    (cache, io)
+}
+
+/// Forty clean buffers (blocks 1000..1040), so that dirtying a few stays under the writeback
+/// watermark (dirty > 3 × clean).
+fn warm_clean(cache: &dyn BufferCache, rec: &ThreadRecorder) {
+    for block in 1000..1040 {
+        let b = cache.read(rec, block).unwrap();
+        cache.release(rec, b);
+    }
+}
+
+#[test]
+fn dirty_over_three_times_clean_starts_writeback_on_the_next_miss() {
+    for design in DESIGNS {
+        let (cache, io) = cache(design, 64);
+        let rec = ThreadRecorder::new();
+        for block in 0..2u64 {
+            let b = cache.read(&rec, block).unwrap();
+            cache.release(&rec, b);
+        }
+        // 2 clean; dirtying 6 more leaves dirty (6) == 3 × clean (2): no writeback yet.
+        for block in 10..16u64 {
+            let b = cache.new_buffer(&rec, block).unwrap();
+            b.data().fill(7);
+            cache.mark_dirty(&rec, &b);
+            cache.release(&rec, b);
+            // A new buffer starts clean; marking it dirty moves it over.
+        }
+        assert_eq!(
+            rec.ops().writes,
+            0,
+            "{design}: at the watermark, not over it"
+        );
+        let b = cache.new_buffer(&rec, 16).unwrap();
+        cache.mark_dirty(&rec, &b);
+        cache.release(&rec, b);
+        assert_eq!(
+            rec.ops().writes,
+            0,
+            "{design}: 7 > 6 is noticed on the next miss only"
+        );
+        let b = cache.read(&rec, 17).unwrap();
+        cache.release(&rec, b);
+        assert_eq!(rec.ops().writes, 7, "{design}: every dirty buffer written");
+        assert_eq!(io.snapshot(12), vec![7; 64], "{design}");
+        assert_eq!(cache.occupancy(&rec).dirty, 0, "{design}");
+    }
+}
+
+#[test]
+fn reads_miss_then_hit_and_get_never_reads() {
+    for design in DESIGNS {
+        let (cache, _) = cache(design, 16);
+        let rec = ThreadRecorder::new();
+        assert!(
+            cache.get(&rec, 5).is_none(),
+            "{design}: get on an empty cache"
+        );
+        let buf = cache.read(&rec, 5).unwrap();
+        cache.release(&rec, buf);
+        let buf = cache.get(&rec, 5).expect("cached now");
+        cache.release(&rec, buf);
+        let buf = cache.read(&rec, 5).unwrap();
+        cache.release(&rec, buf);
+        let ops = rec.ops();
+        assert_eq!(
+            (ops.hits, ops.misses, ops.reads),
+            (2, 2, 1),
+            "{design}: {ops:?}"
+        );
+    }
+}
+
+#[test]
+fn held_buffers_survive_forget_and_eviction() {
+    for design in DESIGNS {
+        let (cache, _) = cache(design, 4);
+        let rec = ThreadRecorder::new();
+        let held = cache.read(&rec, 1).unwrap();
+        cache.forget(&rec, 1);
+        for block in 10..30 {
+            let b = cache.read(&rec, block).unwrap();
+            cache.release(&rec, b);
+        }
+        assert!(
+            cache.occupancy(&rec).buffers <= 5,
+            "{design}: capacity kept (+1 held)"
+        );
+        let again = cache
+            .get(&rec, 1)
+            .expect("a held buffer is never evicted or forgotten");
+        cache.release(&rec, again);
+        cache.release(&rec, held);
+        cache.forget(&rec, 1);
+        assert!(
+            cache.get(&rec, 1).is_none(),
+            "{design}: forgotten once released"
+        );
+        assert!(rec.ops().evictions >= 16, "{design}: {:?}", rec.ops());
+    }
+}
+
+#[test]
+fn dirty_buffers_are_counted_and_written_back() {
+    for design in DESIGNS {
+        let (cache, io) = cache(design, 64);
+        let rec = ThreadRecorder::new();
+        warm_clean(cache.as_ref(), &rec);
+        for block in 0..10u64 {
+            let b = cache.new_buffer(&rec, block).unwrap();
+            b.data().fill(block as u8 + 1);
+            cache.mark_dirty(&rec, &b);
+            cache.release(&rec, b);
+        }
+        let occ = cache.occupancy(&rec);
+        assert_eq!((occ.buffers, occ.dirty), (50, 10), "{design}");
+        assert_eq!(io.snapshot(3), vec![0; 64], "{design}: nothing written yet");
+        cache.write_dirty_buffers(&rec).unwrap();
+        assert_eq!(cache.occupancy(&rec).dirty, 0, "{design}");
+        for block in 0..10u64 {
+            assert_eq!(
+                io.snapshot(block),
+                vec![block as u8 + 1; 64],
+                "{design}: block {block}"
+            );
+        }
+        assert_eq!(rec.ops().writes, 10, "{design}");
+        assert_eq!(rec.ops().reads, 40, "{design}: new never reads");
+    }
+}
+
+#[test]
+fn forget_discards_unwritten_changes_and_ranges_work() {
+    for design in DESIGNS {
+        let (cache, io) = cache(design, 64);
+        let rec = ThreadRecorder::new();
+        warm_clean(cache.as_ref(), &rec);
+        for block in 0..8u64 {
+            let b = cache.read(&rec, block).unwrap();
+            b.data().fill(0xee);
+            cache.mark_dirty(&rec, &b);
+            cache.release(&rec, b);
+        }
+        cache.forget_buffers(&rec, 2, 4);
+        cache.forget(&rec, 7);
+        assert_eq!(
+            cache.occupancy(&rec).buffers,
+            43,
+            "{design}: blocks 0, 1, 6 remain"
+        );
+        cache.write_dirty_buffers(&rec).unwrap();
+        assert_eq!(io.snapshot(1), vec![0xee; 64], "{design}");
+        assert_eq!(
+            io.snapshot(3),
+            vec![0; 64],
+            "{design}: forgotten, never written"
+        );
+        let b = cache.read(&rec, 3).unwrap();
+        assert_eq!(
+            &b.data()[..],
+            &[0u8; 64][..],
+            "{design}: reread from the device"
+        );
+        cache.release(&rec, b);
+    }
+}
+
+#[test]
+fn every_design_takes_the_locks_its_kernel_takes() {
+    use reference_cache::LockClass::{ClientMutex, TreeRead};
+    // A hit and a release: classic takes the client mutex twice, sharded only tree read locks.
+    for (design, mutex, tree_reads) in [("classic", 2, 0), ("sharded", 0, 2)] {
+        let (cache, _) = cache(design, 16);
+        let warm = ThreadRecorder::new();
+        let b = cache.read(&warm, 9).unwrap();
+        cache.release(&warm, b);
+        let rec = ThreadRecorder::new();
+        let b = cache.read(&rec, 9).unwrap();
+        cache.release(&rec, b);
+        assert_eq!(rec.class(ClientMutex).acquisitions, mutex, "{design}");
+        assert_eq!(rec.class(TreeRead).acquisitions, tree_reads, "{design}");
+    }
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn a_leaked_handle_is_caught_in_debug_builds() {
+    for design in DESIGNS {
+        let (cache, _) = cache(design, 4);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let rec = ThreadRecorder::new();
+            let _leaked = cache.read(&rec, 1).unwrap();
+        }));
+        let message = result.expect_err("dropping a held buffer panics");
+        let text = message
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            text.contains("block 1 dropped without release"),
+            "{design}: {text}"
+        );
+    }
+}
