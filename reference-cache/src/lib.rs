@@ -17,6 +17,7 @@ mod lock;
 mod lru;
 mod recorder;
 mod sharded;
+pub mod workload;
 
 pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};
 pub use classic::ClassicCache;

@@ -29,7 +29,7 @@ fn read_trace(path: &std::path::Path) -> Recorded {
         match record {
             Record::LockWaits(w) => recorded.waits.extend(w),
             Record::Metadata(Metadata::LossCounts { .. }) => recorded.loss_counts = true,
-            Record::Metadata(_) => {}
+            Record::Metadata(_) | Record::BufioOps(_) => {}
             Record::End(_) => recorded.end = true,
         }
     }

@@ -52,9 +52,10 @@ fn print_text(s: &TraceSummary) {
         _ => println!("time span       no events"),
     }
     println!(
-        "records         {} ({} lock waits, {} metadata)",
+        "records         {} ({} lock waits, {} dm-bufio operations, {} metadata)",
         thousands(s.records),
         thousands(s.lock_waits),
+        thousands(s.bufio_ops),
         thousands(s.metadata.values().sum())
     );
     for (kind, n) in &s.metadata {
@@ -80,6 +81,26 @@ fn print_text(s: &TraceSummary) {
                 duration_ns(t.total_wait_ns),
                 duration_ns(t.max_wait_ns),
                 duration_ns(t.total_wait_ns / t.contended.max(1)),
+            );
+        }
+    }
+    if !s.by_op.is_empty() {
+        println!();
+        println!(
+            "{:>12} {:>8} {:>8} {:>12}  dm-bufio operation ({} clients)",
+            "count",
+            "hits",
+            "misses",
+            "avg time",
+            thousands(s.clients as u64)
+        );
+        for (function, op) in &s.by_op {
+            println!(
+                "{:>12} {:>8} {:>8} {:>12}  {function}",
+                thousands(op.count),
+                thousands(op.hits),
+                thousands(op.misses),
+                duration_ns(op.total_ns / op.count.max(1)),
             );
         }
     }

@@ -7,6 +7,8 @@ mod common;
 
 use std::{fs, path::PathBuf};
 
+use bufscope_trace::fuzzing::{encode_bufio_op_chunk, encode_lock_wait_chunk};
+
 fn main() -> std::io::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/trace_reader");
     fs::create_dir_all(&dir)?;
@@ -28,20 +30,26 @@ fn main() -> std::io::Result<()> {
         println!("trace_reader/{name}: {} bytes", bytes.len());
     }
 
-    // The chunk decoder's input: claimed event count (u32 LE), then a raw chunk.
+    // The chunk decoders' input: selector (even: lock waits, odd: operations), claimed count
+    // (u32 LE), then a raw chunk.
     let dir = dir.join("../chunk_decoder");
     fs::create_dir_all(&dir)?;
-    let chunk = |events: &[bufscope_trace::LockWait]| {
-        let mut input = (events.len() as u32).to_le_bytes().to_vec();
-        input.extend(bufscope_trace::fuzzing::encode_chunk(events));
+    let input = |selector: u8, count: usize, raw: Vec<u8>| {
+        let mut input = vec![selector];
+        input.extend((count as u32).to_le_bytes());
+        input.extend(raw);
         input
     };
-    let mut wrong_count = chunk(&common::events(20));
-    wrong_count[0] = 21;
-    let seeds: [(&str, Vec<u8>); 4] = [
-        ("seed-valid-20", chunk(&common::events(20))),
-        ("seed-valid-1", chunk(&common::events(1))),
-        ("seed-valid-0", chunk(&[])),
+    let waits = |n| input(0, n, encode_lock_wait_chunk(&common::events(n)));
+    let ops = |n| input(1, n, encode_bufio_op_chunk(&common::ops(n)));
+    let mut wrong_count = waits(20);
+    wrong_count[1] = 21;
+    let seeds: [(&str, Vec<u8>); 6] = [
+        ("seed-valid-waits-20", waits(20)),
+        ("seed-valid-waits-1", waits(1)),
+        ("seed-valid-waits-0", waits(0)),
+        ("seed-valid-ops-30", ops(30)),
+        ("seed-valid-ops-1", ops(1)),
         ("seed-wrong-count", wrong_count),
     ];
     for (name, bytes) in seeds {

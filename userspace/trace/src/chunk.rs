@@ -1,37 +1,71 @@
-//! The columnar encoding of a chunk of lock-wait events, before compression.
+//! The columnar encoding of event chunks, before compression. Both event kinds start alike:
 //!
 //! ```text
 //! varint n                      events in the chunk
-//! varint L, L × u64             lock address dictionary, in first-seen order
+//! varint K, K × u64             address dictionary (locks, or clients), first-seen order
 //! varint T, T × (varint tid, varint tgid)   thread dictionary
 //! n × zigzag varint             end time, delta from the previous event's (first from 0)
-//! n × varint                    wait ns
-//! n × varint                    lock index
+//! n × varint                    duration (wait ns, or op ns)
+//! n × varint                    address index
 //! n × varint                    thread index
 //! n × varint                    cpu
-//! n × varint                    flags
-//! n × zigzag varint             ret
 //! ```
+//! then, for lock waits: `n × varint flags`, `n × zigzag ret`; for dm-bufio operations:
+//! `n × varint kind`, `n × varint result`, `n × zigzag block delta` (from the previous op's
+//! block), `n × varint arg0`, `n × varint arg1`.
+//!
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
-//! order, so their deltas are small.
+//! order, so their deltas are small, and so are the block deltas of scans.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
 
 use integer_encoding::VarInt;
 
-use crate::LockWait;
+use crate::{BufioOp, LockWait, OpKind, OpResult};
 
-/// The smallest encoding of one event: one byte in each of the seven columns.
-const MIN_EVENT_BYTES: usize = 7;
+/// The smallest encoding of one lock wait and of one operation: a byte per column.
+const MIN_LOCK_WAIT_BYTES: usize = 7;
+const MIN_BUFIO_OP_BYTES: usize = 10;
 
-/// Reusable dictionaries, so encoding a chunk allocates nothing once warmed up.
+/// A dictionary in first-seen order, reused across chunks.
+#[derive(Debug, Default)]
+struct Dict<K> {
+    index: HashMap<K, u32>,
+    order: Vec<K>,
+}
+
+impl<K: Hash + Eq + Copy> Dict<K> {
+    fn clear(&mut self) {
+        self.index.clear();
+        self.order.clear();
+    }
+
+    fn index_of(&mut self, key: K) -> u32 {
+        let next = self.order.len() as u32;
+        let index = *self.index.entry(key).or_insert(next);
+        if index == next {
+            self.order.push(key);
+        }
+        index
+    }
+}
+
+/// What every event kind shares: an address, a thread, a cpu, an end time and a duration.
+struct Common {
+    addr: u64,
+    tid: u32,
+    tgid: u32,
+    cpu: u32,
+    end_ns: u64,
+    duration_ns: u64,
+}
+
+/// Reusable dictionaries and columns, so encoding allocates nothing once warmed up.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkEncoder {
-    locks: HashMap<u64, u32>,
-    lock_order: Vec<u64>,
-    threads: HashMap<(u32, u32), u32>,
-    thread_order: Vec<(u32, u32)>,
-    lock_column: Vec<u32>,
+    addrs: Dict<u64>,
+    threads: Dict<(u32, u32)>,
+    addr_column: Vec<u32>,
     thread_column: Vec<u32>,
 }
 
@@ -42,50 +76,43 @@ fn put<V: VarInt>(out: &mut Vec<u8>, value: V) {
 }
 
 impl ChunkEncoder {
-    /// Appends the encoding of `events` to `out`.
-    pub(crate) fn encode(&mut self, events: &[LockWait], out: &mut Vec<u8>) {
-        self.locks.clear();
-        self.lock_order.clear();
+    /// Writes the shared part: count, dictionaries and the five common columns.
+    fn encode_common(
+        &mut self,
+        events: impl Iterator<Item = Common> + Clone,
+        n: usize,
+        out: &mut Vec<u8>,
+    ) {
+        self.addrs.clear();
         self.threads.clear();
-        self.thread_order.clear();
-        self.lock_column.clear();
+        self.addr_column.clear();
         self.thread_column.clear();
-        for e in events {
-            let next = self.lock_order.len() as u32;
-            let lock = *self.locks.entry(e.lock_addr).or_insert(next);
-            if lock == next {
-                self.lock_order.push(e.lock_addr);
-            }
-            self.lock_column.push(lock);
-            let next = self.thread_order.len() as u32;
-            let thread = *self.threads.entry((e.tid, e.tgid)).or_insert(next);
-            if thread == next {
-                self.thread_order.push((e.tid, e.tgid));
-            }
+        for e in events.clone() {
+            let addr = self.addrs.index_of(e.addr);
+            self.addr_column.push(addr);
+            let thread = self.threads.index_of((e.tid, e.tgid));
             self.thread_column.push(thread);
         }
-
-        put(out, events.len() as u64);
-        put(out, self.lock_order.len() as u64);
-        for addr in &self.lock_order {
+        put(out, n as u64);
+        put(out, self.addrs.order.len() as u64);
+        for addr in &self.addrs.order {
             out.extend_from_slice(&addr.to_le_bytes());
         }
-        put(out, self.thread_order.len() as u64);
-        for &(tid, tgid) in &self.thread_order {
+        put(out, self.threads.order.len() as u64);
+        for &(tid, tgid) in &self.threads.order {
             put(out, tid);
             put(out, tgid);
         }
         let mut previous_end = 0u64;
-        for e in events {
-            let end = e.end_ns();
-            put(out, end.wrapping_sub(previous_end) as i64);
-            previous_end = end;
+        for e in events.clone() {
+            put(out, e.end_ns.wrapping_sub(previous_end) as i64);
+            previous_end = e.end_ns;
         }
-        for e in events {
-            put(out, e.wait_ns);
+        for e in events.clone() {
+            put(out, e.duration_ns);
         }
-        for &lock in &self.lock_column {
-            put(out, lock);
+        for &addr in &self.addr_column {
+            put(out, addr);
         }
         for &thread in &self.thread_column {
             put(out, thread);
@@ -93,11 +120,54 @@ impl ChunkEncoder {
         for e in events {
             put(out, e.cpu);
         }
+    }
+
+    /// Appends the encoding of lock waits to `out`.
+    pub(crate) fn encode_lock_waits(&mut self, events: &[LockWait], out: &mut Vec<u8>) {
+        let common = events.iter().map(|e| Common {
+            addr: e.lock_addr,
+            tid: e.tid,
+            tgid: e.tgid,
+            cpu: e.cpu,
+            end_ns: e.end_ns(),
+            duration_ns: e.wait_ns,
+        });
+        self.encode_common(common, events.len(), out);
         for e in events {
             put(out, e.flags);
         }
         for e in events {
             put(out, e.ret);
+        }
+    }
+
+    /// Appends the encoding of dm-bufio operations to `out`.
+    pub(crate) fn encode_bufio_ops(&mut self, ops: &[BufioOp], out: &mut Vec<u8>) {
+        let common = ops.iter().map(|o| Common {
+            addr: o.client,
+            tid: o.tid,
+            tgid: o.tgid,
+            cpu: o.cpu,
+            end_ns: o.end_ns(),
+            duration_ns: o.duration_ns,
+        });
+        self.encode_common(common, ops.len(), out);
+        for o in ops {
+            put(out, o.kind as u8);
+        }
+        for o in ops {
+            put(out, o.result as u8);
+        }
+        let mut previous_block = 0u64;
+        for o in ops {
+            put(out, o.block.wrapping_sub(previous_block) as i64);
+            previous_block = o.block;
+        }
+        for o in ops {
+            put(out, o.arg0);
+        }
+        for o in ops {
+            put(out, o.arg1);
         }
     }
 }
@@ -145,60 +215,148 @@ impl Cursor<'_> {
         }
         Ok(i)
     }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.pos != self.buf.len() {
+            return Err(format!(
+                "{} bytes left over after the last column of the chunk",
+                self.buf.len() - self.pos
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// Decodes a chunk that claims `expected` events.
-pub(crate) fn decode(raw: &[u8], expected: u32) -> Result<Vec<LockWait>, String> {
+/// Decodes the shared part into `n` events made by `make`, then hands the cursor back for the
+/// kind's own columns.
+fn decode_common<'a, E: Clone>(
+    raw: &'a [u8],
+    expected: u32,
+    min_event_bytes: usize,
+    addr_name: &str,
+    blank: E,
+    mut set: impl FnMut(&mut E, Common),
+) -> Result<(Vec<E>, Cursor<'a>), String> {
     let mut cur = Cursor { buf: raw, pos: 0 };
-    let n = cur.count("event count", raw.len() / MIN_EVENT_BYTES)?;
+    let n = cur.count("event count", raw.len() / min_event_bytes)?;
     if n != expected as usize {
         return Err(format!(
             "chunk holds {n} events but its record header says {expected}"
         ));
     }
-    let n_locks = cur.count("lock dictionary size", raw.len() / 8)?;
-    let mut locks = Vec::with_capacity(n_locks);
-    for _ in 0..n_locks {
-        locks.push(cur.u64_le("lock address")?);
+    let n_addrs = cur.count(&format!("{addr_name} dictionary size"), raw.len() / 8)?;
+    let mut addrs = Vec::with_capacity(n_addrs);
+    for _ in 0..n_addrs {
+        addrs.push(cur.u64_le(&format!("{addr_name} address"))?);
     }
     let n_threads = cur.count("thread dictionary size", raw.len() / 2)?;
     let mut threads = Vec::with_capacity(n_threads);
     for _ in 0..n_threads {
         threads.push((cur.varint::<u32>("tid")?, cur.varint::<u32>("tgid")?));
     }
-
-    let mut events = vec![LockWait::default(); n];
+    let mut common: Vec<Common> = Vec::with_capacity(n);
     let mut end = 0u64;
-    for e in events.iter_mut() {
+    for _ in 0..n {
         end = end.wrapping_add(cur.varint::<i64>("end time delta")? as u64);
-        e.start_ns = end; // becomes the start once the wait is known
+        common.push(Common {
+            addr: 0,
+            tid: 0,
+            tgid: 0,
+            cpu: 0,
+            end_ns: end,
+            duration_ns: 0,
+        });
     }
-    for e in events.iter_mut() {
-        e.wait_ns = cur.varint("wait time")?;
-        e.start_ns = e.start_ns.wrapping_sub(e.wait_ns);
+    for c in common.iter_mut() {
+        c.duration_ns = cur.varint("duration")?;
     }
-    for e in events.iter_mut() {
-        e.lock_addr = locks[cur.index("lock index", locks.len())?];
+    let index_name = format!("{addr_name} index");
+    for c in common.iter_mut() {
+        c.addr = addrs[cur.index(&index_name, addrs.len())?];
     }
-    for e in events.iter_mut() {
-        (e.tid, e.tgid) = threads[cur.index("thread index", threads.len())?];
+    for c in common.iter_mut() {
+        (c.tid, c.tgid) = threads[cur.index("thread index", threads.len())?];
     }
-    for e in events.iter_mut() {
-        e.cpu = cur.varint("cpu")?;
+    for c in common.iter_mut() {
+        c.cpu = cur.varint("cpu")?;
     }
+    let events = common
+        .into_iter()
+        .map(|c| {
+            let mut e = blank.clone();
+            set(&mut e, c);
+            e
+        })
+        .collect();
+    Ok((events, cur))
+}
+
+/// Decodes a lock-wait chunk that claims `expected` events.
+pub(crate) fn decode_lock_waits(raw: &[u8], expected: u32) -> Result<Vec<LockWait>, String> {
+    let (mut events, mut cur) = decode_common(
+        raw,
+        expected,
+        MIN_LOCK_WAIT_BYTES,
+        "lock",
+        LockWait::default(),
+        |e: &mut LockWait, c| {
+            e.lock_addr = c.addr;
+            (e.tid, e.tgid, e.cpu) = (c.tid, c.tgid, c.cpu);
+            e.wait_ns = c.duration_ns;
+            e.start_ns = c.end_ns.wrapping_sub(c.duration_ns);
+        },
+    )?;
     for e in events.iter_mut() {
         e.flags = cur.varint("flags")?;
     }
     for e in events.iter_mut() {
         e.ret = cur.varint("ret")?;
     }
-    if cur.pos != raw.len() {
-        return Err(format!(
-            "{} bytes left over after the last column of the chunk",
-            raw.len() - cur.pos
-        ));
-    }
+    cur.finish()?;
     Ok(events)
+}
+
+/// Decodes a dm-bufio operation chunk that claims `expected` operations.
+pub(crate) fn decode_bufio_ops(raw: &[u8], expected: u32) -> Result<Vec<BufioOp>, String> {
+    let (mut ops, mut cur) = decode_common(
+        raw,
+        expected,
+        MIN_BUFIO_OP_BYTES,
+        "client",
+        BufioOp::default(),
+        |o: &mut BufioOp, c| {
+            o.client = c.addr;
+            (o.tid, o.tgid, o.cpu) = (c.tid, c.tgid, c.cpu);
+            o.duration_ns = c.duration_ns;
+            o.start_ns = c.end_ns.wrapping_sub(c.duration_ns);
+        },
+    )?;
+    for o in ops.iter_mut() {
+        let at = cur.pos;
+        let kind: u8 = cur.varint("operation kind")?;
+        o.kind = OpKind::from_u8(kind)
+            .ok_or_else(|| format!("unknown operation kind {kind} at byte {at} of the chunk"))?;
+    }
+    for o in ops.iter_mut() {
+        let at = cur.pos;
+        let result: u8 = cur.varint("operation result")?;
+        o.result = OpResult::from_u8(result).ok_or_else(|| {
+            format!("unknown operation result {result} at byte {at} of the chunk")
+        })?;
+    }
+    let mut block = 0u64;
+    for o in ops.iter_mut() {
+        block = block.wrapping_add(cur.varint::<i64>("block delta")? as u64);
+        o.block = block;
+    }
+    for o in ops.iter_mut() {
+        o.arg0 = cur.varint("arg0")?;
+    }
+    for o in ops.iter_mut() {
+        o.arg1 = cur.varint("arg1")?;
+    }
+    cur.finish()?;
+    Ok(ops)
 }
 
 #[cfg(test)]
@@ -224,8 +382,8 @@ mod tests {
     fn round_trips_and_uses_dictionaries() {
         let events = sample();
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode(&events, &mut raw);
-        assert_eq!(decode(&raw, 100).expect("decodes"), events);
+        ChunkEncoder::default().encode_lock_waits(&events, &mut raw);
+        assert_eq!(decode_lock_waits(&raw, 100).expect("decodes"), events);
         // 3 locks × 8 bytes in the dictionary, not 100 × 8 in the column.
         assert!(raw.len() < 100 * 12, "encoded to {} bytes", raw.len());
     }
@@ -234,26 +392,65 @@ mod tests {
     fn wrong_count_and_bad_index_are_named() {
         let events = sample();
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode(&events, &mut raw);
-        let err = decode(&raw, 99).expect_err("count mismatch");
+        ChunkEncoder::default().encode_lock_waits(&events, &mut raw);
+        let err = decode_lock_waits(&raw, 99).expect_err("count mismatch");
         assert!(err.contains("holds 100 events"), "{err}");
 
         let one = [LockWait::default()];
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode(&one, &mut raw);
+        ChunkEncoder::default().encode_lock_waits(&one, &mut raw);
         // Layout: n=1, L=1, 8 address bytes, T=1, tid, tgid, then the seven columns.
         let lock_index_at = 1 + 1 + 8 + 1 + 1 + 1 + 1 + 1;
         raw[lock_index_at] = 5;
-        let err = decode(&raw, 1).expect_err("index outside the dictionary");
+        let err = decode_lock_waits(&raw, 1).expect_err("index outside the dictionary");
         assert!(err.contains("lock index 5"), "{err}");
     }
 
     #[test]
     fn leftover_bytes_are_an_error() {
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode(&sample(), &mut raw);
+        ChunkEncoder::default().encode_lock_waits(&sample(), &mut raw);
         raw.push(0);
-        let err = decode(&raw, 100).expect_err("trailing byte");
+        let err = decode_lock_waits(&raw, 100).expect_err("trailing byte");
         assert!(err.contains("1 bytes left over"), "{err}");
+    }
+
+    #[test]
+    fn bufio_ops_round_trip_with_small_block_deltas() {
+        let ops: Vec<BufioOp> = (0..200u64)
+            .map(|i| BufioOp {
+                start_ns: 10_000 + i * 300,
+                duration_ns: 40 + i % 7,
+                client: 0xffff_8881_2000_0000,
+                block: 1024 + i / 2,
+                tid: 500 + (i % 16) as u32,
+                tgid: 500,
+                cpu: (i % 2) as u32,
+                kind: if i % 2 == 0 {
+                    OpKind::Read
+                } else {
+                    OpKind::Release
+                },
+                result: if i % 2 == 0 {
+                    OpResult::Hit
+                } else {
+                    OpResult::None
+                },
+                arg0: 0,
+                arg1: 0,
+            })
+            .collect();
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_bufio_ops(&ops, &mut raw);
+        assert_eq!(decode_bufio_ops(&raw, 200).expect("decodes"), ops);
+        assert!(raw.len() < 200 * 12, "encoded to {} bytes", raw.len());
+
+        // From the end: arg1, arg0 (a byte each), block deltas (the first, 1024, takes two),
+        // result, then the kinds.
+        let kind_column = raw.len() - (4 * 200 + 201);
+        let mut bad = raw.clone();
+        bad[kind_column] = 99;
+        let err = decode_bufio_ops(&bad, 200).expect_err("unknown kind");
+        assert!(err.contains("unknown operation kind 99"), "{err}");
     }
 }

@@ -16,7 +16,7 @@
 //!   6   2  reserved         0
 //!   8   4  stored length    payload bytes as stored
 //!  12   4  raw length       payload bytes after decompression
-//!  16   4  item count       events in a chunk, 1 for other records
+//!  16   4  item count       events or operations in a chunk, 1 for other records
 //!  20   4  crc32c           of the stored payload
 //!  24   4  crc32c           of bytes 0..24 of this header
 //!  28      payload
@@ -24,13 +24,16 @@
 //! Because each header's own checksum is checked before its lengths are used, a damaged length is
 //! reported as damage, and a file that simply stops is reported as cut short.
 //! The last record of a finished file is an end record; a file without one was cut short.
+//!
+//! History: 1.0 lock waits, metadata, end. 1.1 adds dm-bufio operation chunks (record kind 4)
+//! and the end record's `bufio_ops` count.
 
 /// First eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.
@@ -42,7 +45,7 @@ pub const MAX_HEADER_LEN: u32 = 1 << 20;
 /// Largest stored or raw payload a reader accepts; anything larger is corruption, and the limit
 /// keeps a damaged length from turning into a huge allocation.
 pub const MAX_PAYLOAD_LEN: u32 = 64 << 20;
-/// Most events a writer puts in one chunk.
+/// Most events (or operations) a writer puts in one chunk.
 pub const MAX_CHUNK_EVENTS: usize = 1 << 16;
 
 /// What a record holds.
@@ -55,6 +58,8 @@ pub enum RecordKind {
     Metadata = 2,
     /// The JSON [`TraceEnd`](crate::TraceEnd) record that closes a finished file.
     End = 3,
+    /// A chunk of dm-bufio operations, columnar (format 1.1 on).
+    BufioOps = 4,
 }
 
 impl RecordKind {
@@ -63,6 +68,7 @@ impl RecordKind {
             1 => Some(Self::LockWaits),
             2 => Some(Self::Metadata),
             3 => Some(Self::End),
+            4 => Some(Self::BufioOps),
             _ => None,
         }
     }

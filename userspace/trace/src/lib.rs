@@ -3,7 +3,7 @@
 //! A file is a header (magic, format version, and a JSON description of where and how it was
 //! recorded) followed by records. Each record is length-prefixed and checksummed (crc32c) and its
 //! payload compressed (zstd): chunks of lock-wait events in a columnar encoding, metadata (loss
-//! counts, clients, stacks, symbols) and a closing end record. A file cut off at any byte reads
+//! counts, clients, stacks, symbols), chunks of dm-bufio operations, and a closing end record. A file cut off at any byte reads
 //! back up to its last whole record; every error names the file, the offset and what was wrong.
 //!
 //! The layout, byte by byte, is in [`format`]. Readers accept every older format version.
@@ -17,14 +17,14 @@ mod writer;
 
 pub use error::{TraceError, TraceErrorKind};
 pub use reader::{Record, TraceReader};
-pub use records::{LockWait, Metadata, Symbol, TraceEnd, TraceHeader};
+pub use records::{BufioOp, LockWait, Metadata, OpKind, OpResult, Symbol, TraceEnd, TraceHeader};
 pub use writer::{TraceWriter, WriterOptions};
 
 /// Entry points for the fuzz targets (fuzz/) and their seed-corpus tests, so that both exercise
 /// exactly the same code. Not a public API.
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::{LockWait, TraceError, TraceReader, chunk};
+    use crate::{BufioOp, LockWait, TraceError, TraceReader, chunk};
 
     /// Reads a whole trace from bytes; returns how many records were read.
     pub fn read_all_from_bytes(data: &[u8]) -> Result<usize, TraceError> {
@@ -36,16 +36,46 @@ pub mod fuzzing {
         Ok(records)
     }
 
-    /// Decodes the raw (decompressed) payload of a lock-wait chunk said to hold `expected`
-    /// events.
-    pub fn decode_chunk(raw: &[u8], expected: u32) -> Result<Vec<LockWait>, String> {
-        chunk::decode(raw, expected)
+    /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items, as lock
+    /// waits when `selector` is even and as dm-bufio operations when it is odd; whatever decodes
+    /// must survive an encode/decode round trip (panics otherwise). Returns the items decoded.
+    pub fn check_chunk(selector: u8, raw: &[u8], expected: u32) -> Result<usize, String> {
+        let mut encoder = chunk::ChunkEncoder::default();
+        let mut again = Vec::new();
+        if selector.is_multiple_of(2) {
+            let events = chunk::decode_lock_waits(raw, expected)?;
+            encoder.encode_lock_waits(&events, &mut again);
+            let decoded =
+                chunk::decode_lock_waits(&again, expected).expect("re-encoded chunk decodes");
+            assert_eq!(
+                decoded, events,
+                "lock waits changed in an encode/decode round trip"
+            );
+            Ok(events.len())
+        } else {
+            let ops = chunk::decode_bufio_ops(raw, expected)?;
+            encoder.encode_bufio_ops(&ops, &mut again);
+            let decoded =
+                chunk::decode_bufio_ops(&again, expected).expect("re-encoded chunk decodes");
+            assert_eq!(
+                decoded, ops,
+                "operations changed in an encode/decode round trip"
+            );
+            Ok(ops.len())
+        }
     }
 
-    /// Encodes events as one chunk's raw payload.
-    pub fn encode_chunk(events: &[LockWait]) -> Vec<u8> {
+    /// Encodes lock waits as one chunk's raw payload (for seeds).
+    pub fn encode_lock_wait_chunk(events: &[LockWait]) -> Vec<u8> {
         let mut raw = Vec::new();
-        chunk::ChunkEncoder::default().encode(events, &mut raw);
+        chunk::ChunkEncoder::default().encode_lock_waits(events, &mut raw);
+        raw
+    }
+
+    /// Encodes dm-bufio operations as one chunk's raw payload (for seeds).
+    pub fn encode_bufio_op_chunk(ops: &[BufioOp]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        chunk::ChunkEncoder::default().encode_bufio_ops(ops, &mut raw);
         raw
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    LockWait, Metadata, TraceEnd, TraceError, TraceErrorKind, TraceHeader, chunk,
+    BufioOp, LockWait, Metadata, TraceEnd, TraceError, TraceErrorKind, TraceHeader, chunk,
     format::{
         Codec, FILE_HEADER_LEN, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_HEADER_LEN, MAX_PAYLOAD_LEN,
         RECORD_HEADER_LEN, RECORD_SYNC, RecordKind,
@@ -19,6 +19,7 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     LockWaits(Vec<LockWait>),
+    BufioOps(Vec<BufioOp>),
     Metadata(Metadata),
     End(TraceEnd),
 }
@@ -32,6 +33,7 @@ pub struct TraceReader<R: Read> {
     offset: u64,
     records: u64,
     lock_waits: u64,
+    bufio_ops: u64,
     metadata_records: u64,
     end_seen: bool,
     stopped: bool,
@@ -160,6 +162,7 @@ impl<R: Read> TraceReader<R> {
             offset: json_offset + u64::from(json_len),
             records: 0,
             lock_waits: 0,
+            bufio_ops: 0,
             metadata_records: 0,
             end_seen: false,
             stopped: false,
@@ -287,10 +290,17 @@ impl<R: Read> TraceReader<R> {
             self.decompress(codec, raw_len)?;
             let record = match kind {
                 RecordKind::LockWaits => {
-                    let events = chunk::decode(&self.raw, item_count)
+                    let events = chunk::decode_lock_waits(&self.raw, item_count)
                         .map_err(|detail| self.error(corrupt("lock-wait chunk", detail)))?;
                     self.lock_waits += events.len() as u64;
                     Record::LockWaits(events)
+                }
+                RecordKind::BufioOps => {
+                    let ops = chunk::decode_bufio_ops(&self.raw, item_count).map_err(|detail| {
+                        self.error(corrupt("dm-bufio operation chunk", detail))
+                    })?;
+                    self.bufio_ops += ops.len() as u64;
+                    Record::BufioOps(ops)
                 }
                 RecordKind::Metadata => {
                     let metadata = serde_json::from_slice(&self.raw)
@@ -301,17 +311,14 @@ impl<R: Read> TraceReader<R> {
                 RecordKind::End => {
                     let end: TraceEnd = serde_json::from_slice(&self.raw)
                         .map_err(|e| self.error(corrupt("end record", e.to_string())))?;
-                    if (end.lock_waits, end.metadata_records)
-                        != (self.lock_waits, self.metadata_records)
-                    {
+                    let counted = (end.lock_waits, end.bufio_ops, end.metadata_records);
+                    let held = (self.lock_waits, self.bufio_ops, self.metadata_records);
+                    if counted != held {
                         return Err(self.error(corrupt(
                             "end record",
                             format!(
-                                "it counts {} events and {} metadata records, the file holds {} and {}",
-                                end.lock_waits,
-                                end.metadata_records,
-                                self.lock_waits,
-                                self.metadata_records
+                                "it counts {counted:?} (lock waits, operations, metadata records), \
+                                 the file holds {held:?}"
                             ),
                         )));
                     }

@@ -1,4 +1,5 @@
-//! What a trace holds: its header, lock-wait events, metadata and the end record.
+//! What a trace holds: its header, lock-wait events, dm-bufio operations, metadata and the end
+//! record.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,144 @@ impl LockWait {
     }
 }
 
+/// A dm-bufio operation, as the kernel's exported API names them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    Get = 1,
+    Read = 2,
+    New = 3,
+    /// `arg0` = number of blocks.
+    Prefetch = 4,
+    Release = 5,
+    MarkDirty = 6,
+    /// `arg0..arg1` = the byte range.
+    MarkPartialDirty = 7,
+    WriteDirtyAsync = 8,
+    WriteDirty = 9,
+    Forget = 10,
+    /// `arg0` = number of blocks.
+    ForgetBuffers = 11,
+    ClientCreate = 12,
+    ClientDestroy = 13,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 13] = [
+        OpKind::Get,
+        OpKind::Read,
+        OpKind::New,
+        OpKind::Prefetch,
+        OpKind::Release,
+        OpKind::MarkDirty,
+        OpKind::MarkPartialDirty,
+        OpKind::WriteDirtyAsync,
+        OpKind::WriteDirty,
+        OpKind::Forget,
+        OpKind::ForgetBuffers,
+        OpKind::ClientCreate,
+        OpKind::ClientDestroy,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u8 == value)
+    }
+
+    /// The kernel function, for reports.
+    pub fn function(self) -> &'static str {
+        match self {
+            OpKind::Get => "dm_bufio_get",
+            OpKind::Read => "dm_bufio_read",
+            OpKind::New => "dm_bufio_new",
+            OpKind::Prefetch => "dm_bufio_prefetch",
+            OpKind::Release => "dm_bufio_release",
+            OpKind::MarkDirty => "dm_bufio_mark_buffer_dirty",
+            OpKind::MarkPartialDirty => "dm_bufio_mark_partial_buffer_dirty",
+            OpKind::WriteDirtyAsync => "dm_bufio_write_dirty_buffers_async",
+            OpKind::WriteDirty => "dm_bufio_write_dirty_buffers",
+            OpKind::Forget => "dm_bufio_forget",
+            OpKind::ForgetBuffers => "dm_bufio_forget_buffers",
+            OpKind::ClientCreate => "dm_bufio_client_create",
+            OpKind::ClientDestroy => "dm_bufio_client_destroy",
+        }
+    }
+}
+
+/// How an operation ended.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OpResult {
+    /// Not applicable or not known (release, dirtying, writeback...).
+    #[default]
+    None = 0,
+    /// Found in the cache.
+    Hit = 1,
+    /// Not cached (for get: returned nothing; for read/new/prefetch: allocated).
+    Miss = 2,
+    /// Returned an error.
+    Error = 3,
+}
+
+impl OpResult {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        [
+            OpResult::None,
+            OpResult::Hit,
+            OpResult::Miss,
+            OpResult::Error,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == value)
+    }
+}
+
+/// One dm-bufio operation by one thread on one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufioOp {
+    /// Event clock at entry.
+    pub start_ns: u64,
+    /// Entry to return.
+    pub duration_ns: u64,
+    /// The client (kernel address, or an id in synthetic traces).
+    pub client: u64,
+    /// The block, for operations on one (0 otherwise).
+    pub block: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    pub kind: OpKind,
+    pub result: OpResult,
+    /// Kind-specific: block count (prefetch, forget_buffers), range start (partial dirty).
+    pub arg0: u32,
+    /// Kind-specific: range end (partial dirty).
+    pub arg1: u32,
+}
+
+impl Default for BufioOp {
+    fn default() -> Self {
+        Self {
+            start_ns: 0,
+            duration_ns: 0,
+            client: 0,
+            block: 0,
+            tid: 0,
+            tgid: 0,
+            cpu: 0,
+            kind: OpKind::Read,
+            result: OpResult::None,
+            arg0: 0,
+            arg1: 0,
+        }
+    }
+}
+
+impl BufioOp {
+    /// Event clock at return.
+    pub fn end_ns(&self) -> u64 {
+        self.start_ns.wrapping_add(self.duration_ns)
+    }
+}
+
 /// Metadata that lets a trace be read on another machine and tells what it is missing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -98,6 +237,8 @@ pub struct TraceEnd {
     pub end_unix_ns: u64,
     /// Lock-wait events in the file.
     pub lock_waits: u64,
+    /// dm-bufio operations in the file (format 1.1 on; absent, so 0, in 1.0 files).
+    pub bufio_ops: u64,
     /// Metadata records in the file.
     pub metadata_records: u64,
 }

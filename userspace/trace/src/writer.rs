@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use crate::{
-    LockWait, Metadata, TraceEnd, TraceHeader,
+    BufioOp, LockWait, Metadata, TraceEnd, TraceHeader,
     chunk::ChunkEncoder,
     format::{
         Codec, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_CHUNK_EVENTS, RECORD_HEADER_LEN, RECORD_SYNC,
@@ -37,11 +37,13 @@ pub struct TraceWriter<W: Write> {
     out: Option<W>,
     options: WriterOptions,
     pending: Vec<LockWait>,
+    pending_ops: Vec<BufioOp>,
     encoder: ChunkEncoder,
     compressor: zstd::bulk::Compressor<'static>,
     raw: Vec<u8>,
     stored: Vec<u8>,
     lock_waits: u64,
+    bufio_ops: u64,
     metadata_records: u64,
     bytes_written: u64,
 }
@@ -86,11 +88,13 @@ impl<W: Write> TraceWriter<W> {
                 ..options
             },
             pending: Vec::with_capacity(chunk_events),
+            pending_ops: Vec::new(),
             encoder: ChunkEncoder::default(),
             compressor: zstd::bulk::Compressor::new(options.zstd_level)?,
             raw: Vec::new(),
             stored: Vec::new(),
             lock_waits: 0,
+            bufio_ops: 0,
             metadata_records: 0,
             bytes_written: (fixed.len() + json.len()) as u64,
         })
@@ -100,7 +104,16 @@ impl<W: Write> TraceWriter<W> {
     pub fn push(&mut self, event: LockWait) -> io::Result<()> {
         self.pending.push(event);
         if self.pending.len() >= self.options.chunk_events {
-            self.write_chunk()?;
+            self.write_lock_waits()?;
+        }
+        Ok(())
+    }
+
+    /// Adds one dm-bufio operation; a full chunk is written out.
+    pub fn push_op(&mut self, op: BufioOp) -> io::Result<()> {
+        self.pending_ops.push(op);
+        if self.pending_ops.len() >= self.options.chunk_events {
+            self.write_bufio_ops()?;
         }
         Ok(())
     }
@@ -129,6 +142,7 @@ impl<W: Write> TraceWriter<W> {
         let end = TraceEnd {
             end_unix_ns,
             lock_waits: self.lock_waits,
+            bufio_ops: self.bufio_ops,
             metadata_records: self.metadata_records,
         };
         let json = serde_json::to_vec(&end).map_err(io::Error::other)?;
@@ -145,6 +159,11 @@ impl<W: Write> TraceWriter<W> {
         self.lock_waits + self.pending.len() as u64
     }
 
+    /// dm-bufio operations pushed so far.
+    pub fn bufio_ops(&self) -> u64 {
+        self.bufio_ops + self.pending_ops.len() as u64
+    }
+
     /// Bytes handed to the output so far (pending events not included).
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
@@ -154,16 +173,36 @@ impl<W: Write> TraceWriter<W> {
         self.out.as_mut().expect("present until finish")
     }
 
+    /// Writes whatever events and operations are pending.
     fn write_chunk(&mut self) -> io::Result<()> {
+        self.write_lock_waits()?;
+        self.write_bufio_ops()
+    }
+
+    fn write_lock_waits(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.raw.clear();
-        self.encoder.encode(&self.pending, &mut self.raw);
+        self.encoder.encode_lock_waits(&self.pending, &mut self.raw);
         let count = self.pending.len() as u32;
         self.write_record(RecordKind::LockWaits, count)?;
         self.lock_waits += u64::from(count);
         self.pending.clear();
+        Ok(())
+    }
+
+    fn write_bufio_ops(&mut self) -> io::Result<()> {
+        if self.pending_ops.is_empty() {
+            return Ok(());
+        }
+        self.raw.clear();
+        self.encoder
+            .encode_bufio_ops(&self.pending_ops, &mut self.raw);
+        let count = self.pending_ops.len() as u32;
+        self.write_record(RecordKind::BufioOps, count)?;
+        self.bufio_ops += u64::from(count);
+        self.pending_ops.clear();
         Ok(())
     }
 

@@ -1,10 +1,13 @@
-//! Format 1.0, frozen: `data/format-1.0.bftrace` was written once by the 1.0 writer and is never
-//! regenerated. Every later reader must read it exactly as below; that is the promise that old
-//! files stay readable. (Create it only if it is missing: BUFSCOPE_WRITE_GOLDEN=1.)
+//! Every format version, frozen: `data/format-X.Y.bftrace` was written once by the X.Y writer and
+//! is never regenerated. Every later reader must read each exactly as below; that is the promise
+//! that old files stay readable. (A missing file is written only with BUFSCOPE_WRITE_GOLDEN=1,
+//! by the writer of the newest version.)
 
 use std::{fs, path::PathBuf};
 
-use bufscope_trace::{LockWait, Metadata, Record, TraceHeader, TraceReader, TraceWriter};
+use bufscope_trace::{
+    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, TraceHeader, TraceReader, TraceWriter,
+};
 
 fn frozen_header() -> TraceHeader {
     TraceHeader {
@@ -76,6 +79,7 @@ fn format_1_0_reads_back_exactly() {
     while let Some(record) = reader.next_record().unwrap() {
         match record {
             Record::LockWaits(chunk) => events.extend(chunk),
+            Record::BufioOps(_) => panic!("format 1.0 has no operation records"),
             Record::Metadata(m) => metadata.push(m),
             Record::End(e) => end = Some(e),
         }
@@ -85,4 +89,99 @@ fn format_1_0_reads_back_exactly() {
     let end = end.expect("end record");
     assert_eq!(end.lock_waits, 300);
     assert_eq!(end.end_unix_ns, 1_795_460_010_000_000_000);
+}
+
+fn frozen_ops() -> Vec<BufioOp> {
+    // Two hotspot-like threads reading and releasing, a dirtier, a prefetch, a partial dirty.
+    let mut ops = Vec::new();
+    for i in 0..200u64 {
+        let thread = (i % 2) as u32;
+        let block = 1024 * u64::from(thread) + i / 4;
+        let kind = if i % 4 < 2 {
+            OpKind::Read
+        } else {
+            OpKind::Release
+        };
+        ops.push(BufioOp {
+            start_ns: 20_000_000_000 + i * 517,
+            duration_ns: 90 + (i * 13) % 400,
+            client: 0xffff_8881_7c00_0000,
+            block,
+            tid: 7000 + thread,
+            tgid: 7000,
+            cpu: thread,
+            kind,
+            result: if kind == OpKind::Read {
+                OpResult::Hit
+            } else {
+                OpResult::None
+            },
+            arg0: 0,
+            arg1: 0,
+        });
+    }
+    ops.push(BufioOp {
+        start_ns: 20_000_200_000,
+        duration_ns: 1_500,
+        client: 0xffff_8881_7c00_0000,
+        block: 5000,
+        tid: 7002,
+        tgid: 7000,
+        cpu: 1,
+        kind: OpKind::Prefetch,
+        result: OpResult::None,
+        arg0: 16,
+        arg1: 0,
+    });
+    ops.push(BufioOp {
+        start_ns: 20_000_300_000,
+        duration_ns: 700,
+        client: 0xffff_8881_7c00_0000,
+        block: 5003,
+        tid: 7002,
+        tgid: 7000,
+        cpu: 0,
+        kind: OpKind::MarkPartialDirty,
+        result: OpResult::None,
+        arg0: 128,
+        arg1: 512,
+    });
+    ops
+}
+
+#[test]
+fn format_1_1_reads_back_exactly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-1.1.bftrace");
+    if !path.exists() && std::env::var_os("BUFSCOPE_WRITE_GOLDEN").is_some() {
+        let file = fs::File::create(&path).unwrap();
+        let options = bufscope_trace::WriterOptions {
+            chunk_events: 64,
+            zstd_level: 3,
+        };
+        let mut writer = TraceWriter::with_options(file, &frozen_header(), options).unwrap();
+        for e in frozen_events().into_iter().take(100) {
+            writer.push(e).unwrap();
+        }
+        for op in frozen_ops() {
+            writer.push_op(op).unwrap();
+        }
+        writer.write_metadata(&frozen_metadata()).unwrap();
+        writer.finish(1_795_460_020_000_000_000).unwrap();
+    }
+    let mut reader = TraceReader::open(&path)
+        .unwrap_or_else(|e| panic!("the frozen 1.1 file must be readable: {e}"));
+    assert_eq!(reader.format_version(), (1, 1));
+    let (mut events, mut ops, mut end) = (Vec::new(), Vec::new(), None);
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(chunk) => events.extend(chunk),
+            Record::BufioOps(chunk) => ops.extend(chunk),
+            Record::Metadata(m) => assert_eq!(m, frozen_metadata()),
+            Record::End(e) => end = Some(e),
+        }
+    }
+    assert_eq!(events, frozen_events()[..100]);
+    assert_eq!(ops, frozen_ops());
+    let end = end.expect("end record");
+    assert_eq!((end.lock_waits, end.bufio_ops), (100, 202));
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use bufscope_trace::{LockWait, Metadata, Record, TraceReader, TraceWriter, WriterOptions};
+use bufscope_trace::{
+    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, TraceReader, TraceWriter, WriterOptions,
+};
 use proptest::prelude::*;
 
 fn any_event() -> impl Strategy<Value = LockWait> {
@@ -34,12 +36,49 @@ fn any_event() -> impl Strategy<Value = LockWait> {
         )
 }
 
+fn any_op() -> impl Strategy<Value = BufioOp> {
+    (
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![any::<u64>(), Just(0xffff_8881_0000_0000u64)],
+        ),
+        (any::<u64>(), any::<u32>(), any::<u32>(), 0u32..512),
+        (
+            0usize..OpKind::ALL.len(),
+            0u8..4,
+            any::<u32>(),
+            any::<u32>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (start_ns, duration_ns, client),
+                (block, tid, tgid, cpu),
+                (kind, result, arg0, arg1),
+            )| BufioOp {
+                start_ns,
+                duration_ns,
+                client,
+                block,
+                tid,
+                tgid,
+                cpu,
+                kind: OpKind::ALL[kind],
+                result: OpResult::from_u8(result).unwrap(),
+                arg0,
+                arg1,
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn events_and_metadata_round_trip(
         events in proptest::collection::vec(any_event(), 0..400),
+        ops in proptest::collection::vec(any_op(), 0..300),
         chunk_events in 1usize..64,
         metadata_every in 1usize..200,
         zstd_level in 1i32..4,
@@ -55,23 +94,33 @@ proptest! {
                 expected_metadata.push(m);
             }
         }
+        for op in &ops {
+            writer.push_op(*op).unwrap();
+        }
         let (bytes, end) = writer.finish(42).unwrap();
         prop_assert_eq!(end.lock_waits, events.len() as u64);
+        prop_assert_eq!(end.bufio_ops, ops.len() as u64);
 
         let mut reader = TraceReader::new(&bytes[..], "roundtrip").unwrap();
         prop_assert_eq!(reader.header(), &common::header());
-        let (mut got_events, mut got_metadata, mut got_end) = (Vec::new(), Vec::new(), None);
+        let (mut got_events, mut got_ops, mut got_metadata, mut got_end) =
+            (Vec::new(), Vec::new(), Vec::new(), None);
         while let Some(record) = reader.next_record().unwrap() {
             match record {
                 Record::LockWaits(chunk) => {
                     prop_assert!(chunk.len() <= chunk_events);
                     got_events.extend(chunk);
                 }
+                Record::BufioOps(chunk) => {
+                    prop_assert!(chunk.len() <= chunk_events);
+                    got_ops.extend(chunk);
+                }
                 Record::Metadata(m) => got_metadata.push(m),
                 Record::End(e) => got_end = Some(e),
             }
         }
         prop_assert_eq!(got_events, events);
+        prop_assert_eq!(got_ops, ops);
         prop_assert_eq!(got_metadata, expected_metadata);
         prop_assert_eq!(got_end, Some(end));
     }

@@ -2,7 +2,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use bufscope_trace::{LockWait, Metadata, TraceHeader, TraceWriter, WriterOptions};
+use bufscope_trace::{
+    BufioOp, LockWait, Metadata, OpKind, OpResult, TraceHeader, TraceWriter, WriterOptions,
+};
 
 pub fn header() -> TraceHeader {
     TraceHeader {
@@ -33,6 +35,37 @@ pub fn events(n: usize) -> Vec<LockWait> {
         .collect()
 }
 
+/// Deterministic dm-bufio operations: read/release pairs over a small region, some dirtying.
+pub fn ops(n: usize) -> Vec<BufioOp> {
+    (0..n as u64)
+        .map(|i| {
+            let kind = [
+                OpKind::Read,
+                OpKind::MarkDirty,
+                OpKind::Release,
+                OpKind::Prefetch,
+            ][(i % 4) as usize];
+            BufioOp {
+                start_ns: 5_000_000_000 + i * 911,
+                duration_ns: 80 + (i * 31) % 700,
+                client: 0xffff_8881_5000_0000,
+                block: 4096 + (i / 4) % 64,
+                tid: 2000 + (i % 3) as u32,
+                tgid: 2000,
+                cpu: (i % 2) as u32,
+                kind,
+                result: if kind == OpKind::Read {
+                    OpResult::Hit
+                } else {
+                    OpResult::None
+                },
+                arg0: if kind == OpKind::Prefetch { 8 } else { 0 },
+                arg1: 0,
+            }
+        })
+        .collect()
+}
+
 pub fn loss_counts() -> Metadata {
     Metadata::LossCounts {
         at_clock_ns: 6_000_000_000,
@@ -46,8 +79,8 @@ pub fn loss_counts() -> Metadata {
     }
 }
 
-/// A finished trace: `events` in chunks of `chunk_events`, one metadata record in the middle
-/// and one at the end.
+/// A finished trace: `events` in chunks of `chunk_events`, a third as many operations, one
+/// metadata record in the middle and one at the end.
 pub fn trace_bytes(events: &[LockWait], chunk_events: usize) -> Vec<u8> {
     let options = WriterOptions {
         chunk_events,
@@ -58,6 +91,9 @@ pub fn trace_bytes(events: &[LockWait], chunk_events: usize) -> Vec<u8> {
     let half = events.len() / 2;
     for e in &events[..half] {
         writer.push(*e).expect("push");
+    }
+    for op in ops(events.len() / 3) {
+        writer.push_op(op).expect("push op");
     }
     writer
         .write_metadata(&Metadata::Client {

@@ -1,0 +1,153 @@
+//! The reference cache's benchmarks, every design in one run, printed side by side:
+//! - the cost of lock instrumentation (an uncontended lock/unlock, instrumented vs plain);
+//! - single-thread throughput on the memory backend with every lookup a hit (target for
+//!   sharded: >= 10M ops/s, an op being one read or one release);
+//! - the hotspot workload (dmtest's t_hotspots, the test behind the kernel's "25x"): per-thread
+//!   buffer acquisitions/s and lock wait p50/p99 of the hotspot threads, and the ratio
+//!   sharded/classic.
+//!
+//! BUFSCOPE_BENCH_PASSES overrides the hotspot passes (default: the kernel test's 512).
+
+use std::{
+    hint::black_box,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reference_cache::{
+    BufferCache, CacheConfig, DESIGNS, InstrumentedMutex, Latency, LockClass, MemoryIo, Report,
+    ThreadRecorder, build,
+    workload::{HotspotParams, run_hotspot},
+};
+
+const BLOCK_SIZE: usize = 4096;
+const CAPACITY: usize = 76_800;
+
+fn new_cache(design: &str) -> Arc<dyn BufferCache> {
+    let io = Arc::new(MemoryIo::new(BLOCK_SIZE, Latency::None));
+    Arc::from(build(design, CacheConfig::new(BLOCK_SIZE, CAPACITY), io).expect("known design"))
+}
+
+fn instrumentation_cost() {
+    const N: u32 = 10_000_000;
+    let plain = parking_lot::Mutex::new(0u64);
+    let started = Instant::now();
+    for _ in 0..N {
+        *black_box(&plain).lock() += 1;
+    }
+    let plain_ns = started.elapsed().as_nanos() as f64 / f64::from(N);
+    let instrumented = InstrumentedMutex::new(LockClass::ClientMutex, 0u64);
+    let rec = ThreadRecorder::new();
+    let started = Instant::now();
+    for _ in 0..N {
+        *black_box(&instrumented).lock(&rec) += 1;
+    }
+    let instrumented_ns = started.elapsed().as_nanos() as f64 / f64::from(N);
+    println!("lock instrumentation (uncontended lock + unlock, {N} times)");
+    println!(
+        "  plain {plain_ns:.1} ns, instrumented {instrumented_ns:.1} ns: {:.1} ns added per acquisition",
+        instrumented_ns - plain_ns
+    );
+}
+
+fn single_thread_hits(design: &str) -> f64 {
+    let cache = new_cache(design);
+    let rec = ThreadRecorder::new();
+    for block in 0..1024 {
+        let b = cache.read(&rec, block).expect("memory reads succeed");
+        cache.release(&rec, b);
+    }
+    let rounds = 3_000u64;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for block in 0..1024 {
+            let b = cache.read(&rec, block).expect("hit");
+            cache.release(&rec, b);
+        }
+    }
+    (rounds * 1024 * 2) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile_us(report: &Report, q: f64) -> f64 {
+    let mut all = report.class(LockClass::ClientMutex).wait_ns.clone();
+    for class in [LockClass::TreeRead, LockClass::TreeWrite] {
+        all.add(&report.class(class).wait_ns).expect("same bounds");
+    }
+    if all.is_empty() {
+        return 0.0;
+    }
+    all.value_at_quantile(q) as f64 / 1e3
+}
+
+fn main() {
+    println!("reference-cache benchmarks (one run; shared 2-core machine, expect noise)\n");
+    instrumentation_cost();
+
+    println!("\nsingle thread, memory backend, every lookup a hit (op = one read or one release)");
+    for design in DESIGNS {
+        let rate = single_thread_hits(design);
+        let target = if *design == "sharded" {
+            "  target >= 10M"
+        } else {
+            ""
+        };
+        println!("  {design:<8} {:>6.2} M ops/s{target}", rate / 1e6);
+    }
+
+    let passes = std::env::var("BUFSCOPE_BENCH_PASSES")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(512);
+    let params = HotspotParams {
+        passes,
+        ..HotspotParams::default()
+    };
+    println!(
+        "\nhotspot: {} threads x {} blocks x {} passes of read+release, one dirtier over {} blocks, \
+         {} KiB blocks, {} buffers of cache",
+        params.hotspot_threads,
+        params.region_blocks,
+        params.passes,
+        params.dirtier_blocks,
+        BLOCK_SIZE / 1024,
+        CAPACITY
+    );
+    println!(
+        "  {:<8} {:>16} {:>10} {:>10} {:>12} {:>10} {:>10}",
+        "design", "acq/s per thread", "wait p50", "wait p99", "contended", "slowest", "dirtier"
+    );
+    let mut rates = Vec::new();
+    for design in DESIGNS {
+        let result = run_hotspot(new_cache(design), &params).expect("memory I/O succeeds");
+        let rate = result.acquisitions_per_thread_per_sec(&params);
+        let contended: u64 = LockClass::ALL
+            .iter()
+            .map(|&c| result.hotspot.class(c).contended)
+            .sum();
+        let slowest = result
+            .hotspot_elapsed
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default();
+        println!(
+            "  {:<8} {:>16.0} {:>8.1}us {:>8.1}us {:>12} {:>9.2}s {:>9.2}s",
+            design,
+            rate,
+            percentile_us(&result.hotspot, 0.5),
+            percentile_us(&result.hotspot, 0.99),
+            contended,
+            slowest.as_secs_f64(),
+            result
+                .dirtier_elapsed
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64()
+        );
+        rates.push((*design, rate));
+    }
+    let rate = |name: &str| rates.iter().find(|(d, _)| *d == name).map_or(0.0, |r| r.1);
+    println!(
+        "  ratio sharded/classic: {:.2}x acquisitions/s per hotspot thread (the kernel's test: about 25x)",
+        rate("sharded") / rate("classic").max(1e-9)
+    );
+}
