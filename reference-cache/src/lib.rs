@@ -16,6 +16,7 @@ pub mod io;
 mod lock;
 mod lru;
 mod recorder;
+pub mod replay;
 mod sharded;
 pub mod workload;
 

@@ -15,7 +15,8 @@ use bufscope::probe::{AttachMode, DEFAULT_RINGBUF_BYTES};
     about = "See lock contention in the Linux dm-bufio buffer cache",
     long_about = "See lock contention in the Linux dm-bufio buffer cache.\n\n\
         bufscope records who waited on which kernel lock and for how long (eBPF on \
-        lock:contention_begin/end), writes it to trace files, and summarises them."
+        lock:contention_begin/end), writes it to trace files and summarises them, and replays \
+        dm-bufio operation traces through models of the kernel's cache designs."
 )]
 struct Cli {
     /// More log output (repeat for more); RUST_LOG overrides.
@@ -53,6 +54,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a trace of dm-bufio operations without a kernel (e.g. the hotspot test).
+    Synth(cmd::synth::Options),
+    /// Run a trace's dm-bufio operations through the reference cache designs and measure their
+    /// lock waits.
+    Replay(cmd::replay::Options),
     /// Report what this kernel offers bufscope (BTF, tracepoints, kprobes, fentry, dm-bufio,
     /// privileges) and what bufscope does without each missing piece.
     Doctor {
@@ -102,6 +108,8 @@ fn main() -> ExitCode {
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Doctor { json } => cmd::doctor::run(json),
+        Command::Synth(options) => cmd::synth::run(&options),
+        Command::Replay(options) => cmd::replay::run(&options),
     };
     match result {
         Ok(code) => code,

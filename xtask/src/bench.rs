@@ -5,16 +5,25 @@ use std::process::Command;
 
 use crate::cmd::run_checked;
 
+/// (package, bench target) of every benchmark, in the order they print.
+const BENCHES: &[(&str, &str)] = &[
+    ("bufscope-trace", "trace_throughput"),
+    ("reference-cache", "designs"),
+];
+
 pub fn run() -> anyhow::Result<()> {
-    run_checked(
-        "bench",
-        Command::new("cargo").args([
+    for (package, bench) in BENCHES {
+        run_checked(
             "bench",
-            "--locked",
-            "--package",
-            "bufscope-trace",
-            "--bench",
-            "trace_throughput",
-        ]),
-    )
+            Command::new("cargo").args([
+                "bench",
+                "--locked",
+                "--package",
+                package,
+                "--bench",
+                bench,
+            ]),
+        )?;
+    }
+    Ok(())
 }

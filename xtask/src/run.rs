@@ -11,7 +11,16 @@ use crate::{
 };
 
 /// Subcommands and flags that never load eBPF programs and so run without root.
-const UNPRIVILEGED: &[&str] = &["info", "help", "--help", "-h", "--version", "-V"];
+const UNPRIVILEGED: &[&str] = &[
+    "info",
+    "synth",
+    "replay",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let first = args.first().map(String::as_str).unwrap_or("--help");

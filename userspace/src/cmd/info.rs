@@ -62,7 +62,7 @@ fn print_text(s: &TraceSummary) {
         println!("  metadata      {kind}: {n}");
     }
     println!(
-        "threads, locks  {} threads waited on {} distinct locks",
+        "threads         {} (lock waits on {} distinct locks)",
         thousands(s.threads as u64),
         thousands(s.locks as u64)
     );

@@ -3,6 +3,8 @@
 pub mod doctor;
 pub mod info;
 pub mod record;
+pub mod replay;
+pub mod synth;
 
 /// `1234567` → `1,234,567`, for counts people read.
 pub fn thousands(n: u64) -> String {

@@ -1,0 +1,443 @@
+//! Replays recorded access streams through a cache design: one replay thread per recorded thread
+//! (or the recorded threads dealt onto fewer), each thread's order preserved, recorded gaps
+//! honoured and scaled by a speed factor, or everything as fast as possible.
+//!
+//! Streams name blocks, not buffers, so a replay thread keeps the buffers it holds by block: a
+//! release or mark-dirty acts on one it holds. Where the design and the recording disagree (a get
+//! that hit here but missed in the kernel, a release of a buffer not held here), the replay does
+//! the sensible thing and counts it, so a result says how faithful the replay was.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Barrier},
+    thread,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+use crate::{BufferCache, BufferRef, Report, ThreadRecorder};
+
+/// One operation of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `missed`: the recording's get returned nothing (a buffer got here is released at once).
+    Get {
+        missed: bool,
+    },
+    Read,
+    New,
+    Prefetch {
+        blocks: u32,
+    },
+    Release,
+    MarkDirty,
+    MarkPartialDirty {
+        start: u32,
+        end: u32,
+    },
+    WriteDirtyAsync,
+    WriteDirty,
+    Forget,
+    ForgetBuffers {
+        blocks: u32,
+    },
+}
+
+impl Step {
+    /// Short names, for results.
+    pub const NAMES: [&'static str; 11] = [
+        "get",
+        "read",
+        "new",
+        "prefetch",
+        "release",
+        "mark_dirty",
+        "mark_partial_dirty",
+        "write_dirty_async",
+        "write_dirty",
+        "forget",
+        "forget_buffers",
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Step::Get { .. } => 0,
+            Step::Read => 1,
+            Step::New => 2,
+            Step::Prefetch { .. } => 3,
+            Step::Release => 4,
+            Step::MarkDirty => 5,
+            Step::MarkPartialDirty { .. } => 6,
+            Step::WriteDirtyAsync => 7,
+            Step::WriteDirty => 8,
+            Step::Forget => 9,
+            Step::ForgetBuffers { .. } => 10,
+        }
+    }
+}
+
+/// An operation at a time (ns from the start of the recording).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedStep {
+    pub at_ns: u64,
+    pub block: u64,
+    pub step: Step,
+}
+
+/// One recorded thread's operations, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Stream {
+    pub tid: u32,
+    pub steps: Vec<TimedStep>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayOptions {
+    /// Replay threads; `None`: one per stream.
+    pub threads: Option<usize>,
+    /// Time scale: 2.0 replays twice as fast as recorded. `None`: as fast as possible.
+    pub speed: Option<f64>,
+}
+
+/// Where the replay and the recording parted ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mismatches {
+    /// Release or mark-dirty of a block this replay thread did not hold.
+    pub not_held: u64,
+    /// Gets that hit here but missed in the recording (released at once).
+    pub extra_hits: u64,
+    /// Buffers still held at the end of a stream (released then).
+    pub held_at_end: u64,
+    /// Reads or news that failed (e.g. a block outside the device).
+    pub io_errors: u64,
+}
+
+impl Mismatches {
+    fn add(&mut self, o: Mismatches) {
+        self.not_held += o.not_held;
+        self.extra_hits += o.extra_hits;
+        self.held_at_end += o.held_at_end;
+        self.io_errors += o.io_errors;
+    }
+}
+
+/// What a replay measured.
+#[derive(Debug)]
+pub struct ReplayResult {
+    pub design: &'static str,
+    pub elapsed: Duration,
+    pub steps: u64,
+    /// Locks and cache events, all threads merged.
+    pub report: Report,
+    /// Latency of each step kind in ns, indexed like [`Step::NAMES`].
+    pub latency_ns: Vec<Histogram<u64>>,
+    pub mismatches: Mismatches,
+    /// The first I/O error's message, when there were any.
+    pub first_io_error: Option<String>,
+}
+
+impl ReplayResult {
+    pub fn steps_per_sec(&self) -> f64 {
+        self.steps as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn histograms() -> Vec<Histogram<u64>> {
+    (0..Step::NAMES.len())
+        .map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"))
+        .collect()
+}
+
+/// Runs `streams` through `cache`.
+pub fn replay(
+    cache: Arc<dyn BufferCache>,
+    streams: Vec<Stream>,
+    options: ReplayOptions,
+) -> ReplayResult {
+    let threads = options
+        .threads
+        .unwrap_or(streams.len())
+        .clamp(1, streams.len().max(1));
+    let mut dealt: Vec<Vec<Stream>> = vec![Vec::new(); threads];
+    for (i, stream) in streams.into_iter().enumerate() {
+        dealt[i % threads].push(stream);
+    }
+    let start = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = dealt
+        .into_iter()
+        .map(|streams| {
+            let (cache, start) = (Arc::clone(&cache), Arc::clone(&start));
+            thread::spawn(move || run_thread(cache.as_ref(), merge(streams), options.speed, &start))
+        })
+        .collect();
+    let began = Instant::now();
+    let mut result = ReplayResult {
+        design: cache.design(),
+        elapsed: Duration::ZERO,
+        steps: 0,
+        report: Report::default(),
+        latency_ns: histograms(),
+        mismatches: Mismatches::default(),
+        first_io_error: None,
+    };
+    for handle in handles {
+        let outcome = handle.join().expect("replay thread panicked");
+        let (rec, latency, steps, mismatches) = (
+            outcome.rec,
+            outcome.latency,
+            outcome.steps,
+            outcome.mismatches,
+        );
+        if result.first_io_error.is_none() {
+            result.first_io_error = outcome.first_io_error;
+        }
+        result.report.add(&rec);
+        for (mine, theirs) in result.latency_ns.iter_mut().zip(&latency) {
+            mine.add(theirs).expect("same bounds");
+        }
+        result.steps += steps;
+        result.mismatches.add(mismatches);
+    }
+    result.elapsed = began.elapsed();
+    result
+}
+
+/// Interleaves a replay thread's streams by time, each stream's own order kept.
+fn merge(streams: Vec<Stream>) -> Vec<(usize, TimedStep)> {
+    let mut merged: Vec<(usize, TimedStep)> = streams
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.steps.into_iter().map(move |step| (i, step)))
+        .collect();
+    // Stable: equal times keep each stream's order.
+    merged.sort_by_key(|(_, step)| step.at_ns);
+    merged
+}
+
+struct ThreadOutcome {
+    rec: ThreadRecorder,
+    latency: Vec<Histogram<u64>>,
+    steps: u64,
+    mismatches: Mismatches,
+    first_io_error: Option<String>,
+}
+
+fn run_thread(
+    cache: &dyn BufferCache,
+    steps: Vec<(usize, TimedStep)>,
+    speed: Option<f64>,
+    start: &Barrier,
+) -> ThreadOutcome {
+    let rec = ThreadRecorder::new();
+    let mut latency = histograms();
+    let mut mismatches = Mismatches::default();
+    let mut first_io_error = None;
+    let mut io_error = |mismatches: &mut Mismatches, e: crate::CacheError| {
+        mismatches.io_errors += 1;
+        first_io_error.get_or_insert_with(|| e.to_string());
+    };
+    // Buffers held, by (stream, block): a stream may hold a block more than once.
+    let mut held: HashMap<(usize, u64), Vec<BufferRef>> = HashMap::new();
+    let first_at = steps.first().map_or(0, |(_, s)| s.at_ns);
+    start.wait();
+    let began = Instant::now();
+    for &(stream, TimedStep { at_ns, block, step }) in &steps {
+        if let Some(speed) = speed {
+            let due = Duration::from_nanos(((at_ns - first_at) as f64 / speed) as u64);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+        let op_began = Instant::now();
+        let key = (stream, block);
+        match step {
+            Step::Get { missed } => match cache.get(&rec, block) {
+                Some(buf) if missed => {
+                    mismatches.extra_hits += 1;
+                    cache.release(&rec, buf);
+                }
+                Some(buf) => held.entry(key).or_default().push(buf),
+                None => {}
+            },
+            Step::Read | Step::New => {
+                let got = if step == Step::Read {
+                    cache.read(&rec, block)
+                } else {
+                    cache.new_buffer(&rec, block)
+                };
+                match got {
+                    Ok(buf) => held.entry(key).or_default().push(buf),
+                    Err(e) => io_error(&mut mismatches, e),
+                }
+            }
+            Step::Prefetch { blocks } => cache.prefetch(&rec, block, u64::from(blocks)),
+            Step::Release => match held.get_mut(&key).and_then(Vec::pop) {
+                Some(buf) => cache.release(&rec, buf),
+                None => mismatches.not_held += 1,
+            },
+            Step::MarkDirty | Step::MarkPartialDirty { .. } => {
+                match held.get(&key).and_then(|bufs| bufs.last()) {
+                    Some(buf) => match step {
+                        Step::MarkPartialDirty { start, end } => {
+                            cache.mark_partial_dirty(&rec, buf, start, end)
+                        }
+                        _ => cache.mark_dirty(&rec, buf),
+                    },
+                    None => mismatches.not_held += 1,
+                }
+            }
+            Step::WriteDirtyAsync => {
+                if let Err(e) = cache.write_dirty_buffers_async(&rec) {
+                    io_error(&mut mismatches, e);
+                }
+            }
+            Step::WriteDirty => {
+                if let Err(e) = cache.write_dirty_buffers(&rec) {
+                    io_error(&mut mismatches, e);
+                }
+            }
+            Step::Forget => cache.forget(&rec, block),
+            Step::ForgetBuffers { blocks } => cache.forget_buffers(&rec, block, u64::from(blocks)),
+        }
+        latency[step.index()].saturating_record(op_began.elapsed().as_nanos().max(1) as u64);
+    }
+    for (_, bufs) in held.drain() {
+        for buf in bufs {
+            mismatches.held_at_end += 1;
+            cache.release(&rec, buf);
+        }
+    }
+    ThreadOutcome {
+        rec,
+        latency,
+        steps: steps.len() as u64,
+        mismatches,
+        first_io_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheConfig, DESIGNS, Latency, LockClass, MemoryIo, build};
+
+    fn stream(tid: u32, steps: &[(u64, u64, Step)]) -> Stream {
+        Stream {
+            tid,
+            steps: steps
+                .iter()
+                .map(|&(at_ns, block, step)| TimedStep { at_ns, block, step })
+                .collect(),
+        }
+    }
+
+    fn cache(design: &str) -> Arc<dyn BufferCache> {
+        let io = Arc::new(MemoryIo::new(512, Latency::None));
+        Arc::from(build(design, CacheConfig::new(512, 64), io).unwrap())
+    }
+
+    #[test]
+    fn replays_every_step_and_counts_what_did_not_match() {
+        for design in DESIGNS {
+            let streams = vec![
+                stream(
+                    1,
+                    &[
+                        (0, 5, Step::Read),
+                        (10, 5, Step::MarkDirty),
+                        (20, 5, Step::Release),
+                        (30, 5, Step::Get { missed: true }),
+                        (40, 9, Step::Release),
+                        (45, 0, Step::WriteDirty),
+                        (50, 7, Step::Read),
+                    ],
+                ),
+                stream(2, &[(5, 6, Step::New), (15, 6, Step::Release)]),
+            ];
+            let result = replay(cache(design), streams, ReplayOptions::default());
+            assert_eq!(result.steps, 9, "{design}");
+            let m = result.mismatches;
+            assert_eq!(
+                (m.extra_hits, m.not_held, m.held_at_end, m.io_errors),
+                (1, 1, 1, 0),
+                "{design}"
+            );
+            assert_eq!(result.latency_ns[Step::Read.index()].len(), 2, "{design}");
+            assert!(
+                result.report.ops().writes >= 1,
+                "{design}: write_dirty wrote block 5"
+            );
+            assert_eq!(result.first_io_error, None, "{design}");
+            assert!(result.report.class(LockClass::ClientMutex).acquisitions > 0);
+        }
+    }
+
+    #[test]
+    fn speed_stretches_or_squeezes_recorded_gaps() {
+        // Two steps 40 ms apart: at speed 2 the replay takes about 20 ms, at speed 0.5 about 80.
+        let streams = || {
+            vec![stream(
+                1,
+                &[(0, 1, Step::Read), (40_000_000, 1, Step::Release)],
+            )]
+        };
+        let fast = replay(
+            cache("sharded"),
+            streams(),
+            ReplayOptions {
+                threads: None,
+                speed: Some(2.0),
+            },
+        );
+        let slow = replay(
+            cache("sharded"),
+            streams(),
+            ReplayOptions {
+                threads: None,
+                speed: Some(0.5),
+            },
+        );
+        assert!(
+            fast.elapsed >= Duration::from_millis(19),
+            "{:?}",
+            fast.elapsed
+        );
+        assert!(
+            slow.elapsed >= Duration::from_millis(79),
+            "{:?}",
+            slow.elapsed
+        );
+        assert!(slow.elapsed > fast.elapsed * 2);
+        assert_eq!(slow.mismatches, Mismatches::default());
+    }
+
+    #[test]
+    fn streams_dealt_onto_fewer_threads_keep_their_order() {
+        let streams: Vec<_> = (0..6)
+            .map(|t| {
+                stream(
+                    t,
+                    &[
+                        (u64::from(t), 100 + u64::from(t), Step::Read),
+                        (1000, 100 + u64::from(t), Step::Release),
+                    ],
+                )
+            })
+            .collect();
+        let result = replay(
+            cache("classic"),
+            streams,
+            ReplayOptions {
+                threads: Some(2),
+                speed: None,
+            },
+        );
+        assert_eq!(result.steps, 12);
+        assert_eq!(
+            result.mismatches,
+            Mismatches::default(),
+            "every release found its read"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! `bufscope synth` and `bufscope replay` as a user runs them: a small hotspot trace made, read
+//! back, and replayed through every design; bad input refused with clear messages.
+
+mod common;
+
+use common::bufscope;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = bufscope().args(args).output().expect("bufscope runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_synthetic_hotspot_trace_replays_through_every_design() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("hotspot.bftrace");
+    let trace = trace.to_str().unwrap();
+    let (ok, _, stderr) = run(&[
+        "synth",
+        "hotspot",
+        "-o",
+        trace,
+        "--hotspot-threads",
+        "4",
+        "--region-blocks",
+        "64",
+        "--passes",
+        "8",
+        "--dirtier-blocks",
+        "1000",
+    ]);
+    assert!(ok, "{stderr}");
+    // 4 threads x 64 blocks x 8 passes x (read + release), and the dirtier's 3 ops per block.
+    let expected = 4 * 64 * 8 * 2 + 1000 * 3;
+    let (ok, stdout, stderr) = run(&["info", "--json", trace]);
+    assert!(ok, "{stderr}");
+    let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(info["bufio_ops"], expected);
+    assert_eq!(info["by_op"]["dm_bufio_read"]["count"], 4 * 64 * 8 + 1000);
+    assert_eq!(info["threads"], 5);
+
+    let (ok, stdout, stderr) = run(&["replay", "--json", "--capacity", "500", trace]);
+    assert!(ok, "{stderr}");
+    let replay: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(replay["operations"], expected);
+    let designs = replay["designs"].as_array().unwrap();
+    assert_eq!(designs.len(), 2);
+    for d in designs {
+        let name = d["design"].as_str().unwrap();
+        let reads = 4 * 64 * 8 + 1000;
+        assert_eq!(
+            d["hits"].as_u64().unwrap() + d["misses"].as_u64().unwrap(),
+            reads,
+            "{name}"
+        );
+        assert!(
+            d["evictions"].as_u64().unwrap() > 0,
+            "{name}: 1,256 blocks through 500 buffers"
+        );
+        assert_eq!(
+            d["mismatches"]["not_held"], 0,
+            "{name}: every release found its read"
+        );
+        assert_eq!(d["mismatches"]["held_at_end"], 0, "{name}");
+        let mutex = d["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["class"] == "client mutex")
+            .unwrap()["acquisitions"]
+            .as_u64()
+            .unwrap();
+        if name == "classic" {
+            assert!(
+                mutex >= expected,
+                "{name}: every operation takes the mutex ({mutex})"
+            );
+        } else {
+            assert!(
+                mutex < expected / 2,
+                "{name}: hits and releases skip the mutex ({mutex})"
+            );
+        }
+    }
+
+    let (ok, stdout, _) = run(&["replay", "--design", "sharded", "--threads", "2", trace]);
+    assert!(ok);
+    assert!(
+        stdout.contains("sharded") && !stdout.contains("classic "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tree lock (read)"), "{stdout}");
+}
+
+#[test]
+fn replay_and_synth_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("trace/tests/data/format-1.0.bftrace");
+    let (ok, _, stderr) = run(&["replay", golden.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("holds no dm-bufio operations"), "{stderr}");
+
+    let (ok, _, stderr) = run(&["replay", "--design", "lru2", golden.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown design `lru2`; known: classic, sharded"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = run(&["replay", "--speed=0", golden.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--speed") && stderr.contains("not a positive number"),
+        "{stderr}"
+    );
+
+    let not_a_trace = dir.path().join("notes.txt");
+    std::fs::write(&not_a_trace, "hello").unwrap();
+    let (ok, _, stderr) = run(&["replay", not_a_trace.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("notes.txt: at offset 0"), "{stderr}");
+
+    let existing = dir.path().join("keep.bftrace");
+    std::fs::write(&existing, "precious").unwrap();
+    let (ok, _, stderr) = run(&["synth", "hotspot", "-o", existing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("exists; pass --force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+
+    let (ok, _, stderr) = run(&[
+        "replay",
+        "--device",
+        "/nonexistent/dev",
+        golden.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{stderr}");
+}
