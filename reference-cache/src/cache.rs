@@ -273,6 +273,32 @@ pub(crate) fn begin_write(buffer: &Buffer) -> bool {
     true
 }
 
+/// Records that bytes `start..end` of a buffer changed (caller holds the client mutex). True when
+/// the buffer was clean until now: the caller then moves it to the dirty list.
+pub(crate) fn mark_dirty_range(buffer: &Buffer, start: u32, end: u32) -> bool {
+    if buffer.has(state::DIRTY) {
+        buffer.dirty_start.fetch_min(start, Ordering::Relaxed);
+        buffer.dirty_end.fetch_max(end, Ordering::Relaxed);
+        return false;
+    }
+    buffer.dirty_start.store(start, Ordering::Relaxed);
+    buffer.dirty_end.store(end, Ordering::Relaxed);
+    buffer.set(state::DIRTY);
+    true
+}
+
+/// The end of dm_bufio_write_dirty_buffers: waits for writes in flight (without the client
+/// mutex), then flushes the device.
+pub(crate) fn finish_writeback(
+    io: &dyn BlockIo,
+    in_flight: Vec<Arc<Buffer>>,
+) -> Result<(), CacheError> {
+    for buffer in in_flight {
+        buffer.wait_for_io(state::WRITING);
+    }
+    io.flush().map_err(CacheError::Flush)
+}
+
 /// Writes buffers whose WRITING bit was set by [`begin_write`], and completes them.
 pub(crate) fn submit_writes(
     io: &dyn BlockIo,

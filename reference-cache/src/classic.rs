@@ -21,7 +21,10 @@ use std::{
 
 use crate::{
     BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
-    cache::{Buffer, ListMode, begin_write, is_idle, read_into, state, submit_writes},
+    cache::{
+        Buffer, ListMode, begin_write, finish_writeback, is_idle, mark_dirty_range, read_into,
+        state, submit_writes,
+    },
     lock::{InstrumentedMutex, LockClass, MutexGuard},
     lru::Lists,
     recorder::ThreadRecorder,
@@ -230,13 +233,7 @@ impl BufferCache for ClassicCache {
     fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
         let mut state = self.client.lock(rec);
         let buffer = buf.buffer();
-        if buffer.has(state::DIRTY) {
-            buffer.dirty_start.fetch_min(start, Ordering::Relaxed);
-            buffer.dirty_end.fetch_max(end, Ordering::Relaxed);
-        } else {
-            buffer.dirty_start.store(start, Ordering::Relaxed);
-            buffer.dirty_end.store(end, Ordering::Relaxed);
-            buffer.set(state::DIRTY);
+        if mark_dirty_range(buffer, start, end) {
             state.lists.move_to(buffer, ListMode::Dirty);
         }
     }
@@ -260,10 +257,7 @@ impl BufferCache for ClassicCache {
             .filter(|b| b.has(state::WRITING))
             .cloned()
             .collect();
-        for buffer in in_flight {
-            buffer.wait_for_io(state::WRITING);
-        }
-        self.io.flush().map_err(CacheError::Flush)
+        finish_writeback(self.io.as_ref(), in_flight)
     }
 
     fn forget(&self, rec: &ThreadRecorder, block: u64) {
