@@ -3,8 +3,8 @@
 //! - single-thread throughput on the memory backend with every lookup a hit (target for
 //!   sharded: >= 10M ops/s, an op being one read or one release);
 //! - the hotspot workload (dmtest's t_hotspots, the test behind the kernel's "25x"): per-thread
-//!   buffer acquisitions/s and lock wait p50/p99 of the hotspot threads, and the ratio
-//!   sharded/classic.
+//!   buffer acquisitions/s and lock wait p50/p99 of the hotspot threads, and the ratios
+//!   sharded/classic and ours (lockfree)/sharded.
 //!
 //! BUFSCOPE_BENCH_PASSES overrides the hotspot passes (default: the kernel test's 512).
 
@@ -149,5 +149,9 @@ fn main() {
     println!(
         "  ratio sharded/classic: {:.2}x acquisitions/s per hotspot thread (the kernel's test: about 25x)",
         rate("sharded") / rate("classic").max(1e-9)
+    );
+    println!(
+        "  ratio lockfree/sharded: {:.2}x acquisitions/s per hotspot thread (ours over 6.4+)",
+        rate("lockfree") / rate("sharded").max(1e-9)
     );
 }

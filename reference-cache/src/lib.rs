@@ -5,6 +5,7 @@
 //! - [`ClassicCache`]: Linux ≤ 6.3 (e.g. 6.1): one client mutex taken by every operation.
 //! - [`ShardedCache`]: Linux ≥ 6.4 (e.g. 6.12): per-tree rw-locks on the hit path, the client
 //!   mutex on misses, dirtying, writeback and eviction.
+//! - [`LockFreeCache`]: ours: lock-free lookups and holds, so hits and releases take no lock.
 //!
 //! Every design implements [`BufferCache`]; each shared field states which lock protects it.
 //! Buffers come from a [`BlockIo`]: memory or a real file or device. No eBPF and no root: this
@@ -14,6 +15,7 @@ mod cache;
 mod classic;
 pub mod io;
 mod lock;
+mod lockfree;
 mod lru;
 mod recorder;
 pub mod replay;
@@ -24,11 +26,12 @@ pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};
 pub use classic::ClassicCache;
 pub use io::{BlockIo, FileIo, FileIoOptions, Latency, MemoryIo};
 pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass};
+pub use lockfree::LockFreeCache;
 pub use recorder::{ClassStats, OpCounts, Report, ThreadRecorder};
 pub use sharded::ShardedCache;
 
 /// The designs this crate models, by the names `--design` takes.
-pub const DESIGNS: &[&str] = &["classic", "sharded"];
+pub const DESIGNS: &[&str] = &["classic", "sharded", "lockfree"];
 
 /// Builds a design by name over `io`.
 pub fn build(
@@ -39,6 +42,7 @@ pub fn build(
     match design {
         "classic" => Some(Box::new(ClassicCache::new(config, io))),
         "sharded" => Some(Box::new(ShardedCache::new(config, io))),
+        "lockfree" => Some(Box::new(LockFreeCache::new(config, io))),
         _ => None,
     }
 }

@@ -187,7 +187,8 @@ fn forget_discards_unwritten_changes_and_ranges_work() {
 fn every_design_takes_the_locks_its_kernel_takes() {
     use reference_cache::LockClass::{ClientMutex, TreeRead};
     // A hit and a release: classic takes the client mutex twice, sharded only tree read locks.
-    for (design, mutex, tree_reads) in [("classic", 2, 0), ("sharded", 0, 2)] {
+    // Ours takes no lock at all.
+    for (design, mutex, tree_reads) in [("classic", 2, 0), ("sharded", 0, 2), ("lockfree", 0, 0)] {
         let (cache, _) = cache(design, 16);
         let warm = ThreadRecorder::new();
         let b = cache.read(&warm, 9).unwrap();

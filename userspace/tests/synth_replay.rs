@@ -48,7 +48,7 @@ fn a_synthetic_hotspot_trace_replays_through_every_design() {
     let replay: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(replay["operations"], expected);
     let designs = replay["designs"].as_array().unwrap();
-    assert_eq!(designs.len(), 2);
+    assert_eq!(designs.len(), 3);
     for d in designs {
         let name = d["design"].as_str().unwrap();
         let reads = 4 * 64 * 8 + 1000;
@@ -108,7 +108,7 @@ fn replay_and_synth_refuse_bad_input() {
     let (ok, _, stderr) = run(&["replay", "--design", "lru2", golden.to_str().unwrap()]);
     assert!(!ok);
     assert!(
-        stderr.contains("unknown design `lru2`; known: classic, sharded"),
+        stderr.contains("unknown design `lru2`; known: classic, sharded, lockfree"),
         "{stderr}"
     );
 
