@@ -66,6 +66,11 @@ fn a_synthetic_hotspot_trace_replays_through_every_design() {
             "{name}: every release found its read"
         );
         assert_eq!(d["mismatches"]["held_at_end"], 0, "{name}");
+        assert_eq!(
+            d["latency"]["read"]["count"], reads,
+            "{name}: one latency sample per read"
+        );
+        assert_eq!(d["latency"]["mark_dirty"]["count"], 1000, "{name}");
         let mutex = d["locks"]
             .as_array()
             .unwrap()
@@ -139,4 +144,100 @@ fn replay_and_synth_refuse_bad_input() {
         golden.to_str().unwrap(),
     ]);
     assert!(!ok, "{stderr}");
+}
+
+#[test]
+fn every_workload_makes_a_trace_that_replays_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // (workload and its arguments, expected operations)
+    let cases: [(&[&str], u64); 5] = [
+        (
+            &[
+                "uniform",
+                "--threads",
+                "3",
+                "--reads",
+                "400",
+                "--blocks",
+                "500",
+                "--write-percent",
+                "0",
+            ],
+            3 * 400 * 2,
+        ),
+        (
+            &[
+                "zipf",
+                "--threads",
+                "2",
+                "--reads",
+                "300",
+                "--blocks",
+                "1000",
+                "--write-percent",
+                "0",
+            ],
+            2 * 300 * 2,
+        ),
+        (
+            &["scan", "--threads", "2", "--blocks", "300", "--passes", "2"],
+            2 * 2 * 300 * 2,
+        ),
+        // Each lookup: read and release every level's node.
+        (
+            &[
+                "btree",
+                "--threads",
+                "4",
+                "--lookups",
+                "100",
+                "--fanout",
+                "8",
+                "--depth",
+                "3",
+            ],
+            4 * 100 * 3 * 2,
+        ),
+        (
+            &[
+                "hotspot2",
+                "--hotspot-threads",
+                "2",
+                "--region-blocks",
+                "16",
+                "--passes",
+                "3",
+            ],
+            2 * 16 * 3 + 2 * 16 * 3 * 2,
+        ),
+    ];
+    for (args, expected) in cases {
+        let trace = dir.path().join(format!("{}.bftrace", args[0]));
+        let trace = trace.to_str().unwrap();
+        let mut synth = vec!["synth"];
+        synth.extend_from_slice(args);
+        synth.extend_from_slice(&["-o", trace]);
+        let (ok, _, stderr) = run(&synth);
+        assert!(ok, "{args:?}: {stderr}");
+        let (ok, stdout, _) = run(&["info", "--json", trace]);
+        assert!(ok);
+        let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(info["bufio_ops"], expected, "{args:?}");
+        let (ok, stdout, stderr) = run(&["replay", "--json", "--capacity", "200", trace]);
+        assert!(ok, "{args:?}: {stderr}");
+        let replay: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for d in replay["designs"].as_array().unwrap() {
+            let m = &d["mismatches"];
+            assert_eq!(
+                (
+                    m["not_held"].as_u64(),
+                    m["held_at_end"].as_u64(),
+                    m["io_errors"].as_u64()
+                ),
+                (Some(0), Some(0), Some(0)),
+                "{args:?} {}: {m}",
+                d["design"]
+            );
+        }
+    }
 }

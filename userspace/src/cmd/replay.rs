@@ -253,8 +253,23 @@ fn to_json(r: &ReplayResult) -> serde_json::Value {
             })
         })
         .collect();
+    let latency: serde_json::Map<String, serde_json::Value> = Step::NAMES
+        .iter()
+        .zip(&r.latency_ns)
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(name, h)| {
+            let stats = json!({
+                "count": h.len(),
+                "p50_ns": h.value_at_quantile(0.5),
+                "p99_ns": h.value_at_quantile(0.99),
+                "max_ns": h.max(),
+            });
+            (name.to_string(), stats)
+        })
+        .collect();
     json!({
         "design": r.design,
+        "latency": latency,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "ops_per_s": r.steps_per_sec(),
         "hits": ops.hits,
