@@ -17,6 +17,7 @@ use std::{
 use reference_cache::{
     BufferCache, CacheConfig, DESIGNS, InstrumentedMutex, Latency, LockClass, MemoryIo, Report,
     ThreadRecorder, build,
+    replay::{ReplayOptions, Step, Stream, TimedStep, replay},
     workload::{HotspotParams, run_hotspot},
 };
 
@@ -68,6 +69,41 @@ fn single_thread_hits(design: &str) -> f64 {
     (rounds * 1024 * 2) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The replay engine on one thread, every lookup a hit: what `bufscope replay` can sustain.
+fn single_thread_replay(design: &str) -> f64 {
+    let cache = new_cache(design);
+    let rec = ThreadRecorder::new();
+    for block in 0..1024 {
+        let b = cache.read(&rec, block).expect("memory reads succeed");
+        cache.release(&rec, b);
+    }
+    let steps: Vec<TimedStep> = (0..2_000u64)
+        .flat_map(|round| {
+            (0..1024u64).flat_map(move |block| {
+                let at_ns = (round * 1024 + block) * 1000;
+                [
+                    TimedStep {
+                        at_ns,
+                        block,
+                        step: Step::Read,
+                    },
+                    TimedStep {
+                        at_ns: at_ns + 500,
+                        block,
+                        step: Step::Release,
+                    },
+                ]
+            })
+        })
+        .collect();
+    let result = replay(
+        cache,
+        vec![Stream { tid: 1, steps }],
+        ReplayOptions::default(),
+    );
+    result.steps_per_sec()
+}
+
 fn percentile_us(report: &Report, q: f64) -> f64 {
     let mut all = report.class(LockClass::ClientMutex).wait_ns.clone();
     for class in [LockClass::TreeRead, LockClass::TreeWrite] {
@@ -90,6 +126,17 @@ fn main() {
             "  target >= 10M"
         } else {
             ""
+        };
+        println!("  {design:<8} {:>6.2} M ops/s{target}", rate / 1e6);
+    }
+
+    println!("\nreplay engine, one thread, memory backend, every lookup a hit (op = one step)");
+    for design in DESIGNS {
+        let rate = single_thread_replay(design);
+        let target = if *design == "classic" {
+            ""
+        } else {
+            "  target >= 10M"
         };
         println!("  {design:<8} {:>6.2} M ops/s{target}", rate / 1e6);
     }

@@ -9,7 +9,7 @@ use std::{
     fmt, io,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering},
     },
 };
 
@@ -40,8 +40,8 @@ pub(crate) enum ListMode {
 /// client mutex, except that I/O completion clears READING/WRITING on its own (as the kernel's
 /// end_io does) and wakes waiters through `io_wait`. `hold_count` is changed under the client
 /// mutex by the classic design and atomically under a tree read lock by the sharded one.
-/// `referenced` and `last_accessed` are written without locks (the kernel's atomic_set and
-/// WRITE_ONCE). The fields are atomics so Rust can share them; which lock guards them is the
+/// `referenced` is written without locks (the kernel's atomic_set). The kernel's `last_accessed`
+/// is left out: it serves only age-based eviction, which these models do not have. The fields are atomics so Rust can share them; which lock guards them is the
 /// designs' contract, stated here. `data` has a mutex of its own, a modelling convenience: in
 /// the kernel the callers (dm-block-manager) coordinate data access, and that lock is not
 /// instrumented because it is not dm-bufio's.
@@ -52,7 +52,6 @@ pub struct Buffer {
     pub(crate) state: AtomicU8,
     pub(crate) list_mode: AtomicU8,
     pub(crate) referenced: AtomicBool,
-    pub(crate) last_accessed: AtomicU64,
     pub(crate) dirty_start: AtomicU32,
     pub(crate) dirty_end: AtomicU32,
     io_wait: (Mutex<()>, Condvar),
@@ -77,7 +76,6 @@ impl Buffer {
             state: AtomicU8::new(initial_state),
             list_mode: AtomicU8::new(ListMode::Clean as u8),
             referenced: AtomicBool::new(false),
-            last_accessed: AtomicU64::new(0),
             dirty_start: AtomicU32::new(0),
             dirty_end: AtomicU32::new(0),
             io_wait: (Mutex::new(()), Condvar::new()),
@@ -139,8 +137,8 @@ impl Buffer {
 /// buffer from being evicted or forgotten. Dropping one without releasing it is a leak; debug
 /// builds panic on it, naming the block.
 pub struct BufferRef {
-    buffer: Arc<Buffer>,
-    released: bool,
+    /// Always `Some` until the cache's release path takes it.
+    buffer: Option<Arc<Buffer>>,
 }
 
 impl fmt::Debug for BufferRef {
@@ -152,37 +150,38 @@ impl fmt::Debug for BufferRef {
 impl BufferRef {
     pub(crate) fn new(buffer: Arc<Buffer>) -> Self {
         Self {
-            buffer,
-            released: false,
+            buffer: Some(buffer),
         }
     }
 
     pub fn block(&self) -> u64 {
-        self.buffer.block
+        self.buffer().block
     }
 
     /// The block's bytes, to read or modify (mark the buffer dirty after modifying it).
     pub fn data(&self) -> MutexGuard<'_, Box<[u8]>> {
-        self.buffer.data_mut()
+        self.buffer().data_mut()
     }
 
     pub(crate) fn buffer(&self) -> &Arc<Buffer> {
-        &self.buffer
+        self.buffer.as_ref().expect("held until released")
     }
 
     /// Hands the buffer back for the cache's release path.
     pub(crate) fn into_buffer(mut self) -> Arc<Buffer> {
-        self.released = true;
-        Arc::clone(&self.buffer)
+        self.buffer.take().expect("held until released")
     }
 }
 
 impl Drop for BufferRef {
     fn drop(&mut self) {
-        if cfg!(debug_assertions) && !self.released && !std::thread::panicking() {
+        if let Some(buffer) = &self.buffer
+            && cfg!(debug_assertions)
+            && !std::thread::panicking()
+        {
             panic!(
                 "buffer for block {} dropped without release (a leaked dm-bufio hold)",
-                self.buffer.block
+                buffer.block
             );
         }
     }

@@ -77,7 +77,6 @@ impl ClassicCache {
             return None;
         }
         buffer.hold_count.fetch_add(1, Ordering::AcqRel);
-        buffer.last_accessed.store(now_ticks(), Ordering::Relaxed);
         state.lists.relink(buffer);
         rec.count(|ops| ops.hits += 1);
         Some(BufferRef::new(Arc::clone(buffer)))
@@ -175,11 +174,6 @@ impl ClassicCache {
             state.tree.remove(&block);
         }
     }
-}
-
-/// A cheap timestamp for `last_accessed` (the kernel stores jiffies).
-fn now_ticks() -> u64 {
-    crate::recorder::clock().raw()
 }
 
 impl BufferCache for ClassicCache {

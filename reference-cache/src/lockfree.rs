@@ -30,7 +30,7 @@ use crate::{
     },
     lock::{InstrumentedMutex, LockClass},
     lru::Lists,
-    recorder::{ThreadRecorder, clock},
+    recorder::ThreadRecorder,
 };
 
 /// Set in a buffer's hold count while eviction or forget owns it: no new holds.
@@ -116,7 +116,6 @@ impl LockFreeCache {
             return None;
         }
         buffer.referenced.store(true, Ordering::Relaxed);
-        buffer.last_accessed.store(clock().raw(), Ordering::Relaxed);
         rec.count(|ops| ops.hits += 1);
         Some(BufferRef::new(Arc::clone(buffer)))
     }

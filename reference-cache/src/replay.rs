@@ -8,7 +8,6 @@
 //! the sensible thing and counts it, so a result says how faithful the replay was.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use crate::{BufferCache, BufferRef, Report, ThreadRecorder};
+use crate::{BufferCache, BufferRef, Report, ThreadRecorder, recorder::clock};
 
 /// One operation of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +162,9 @@ pub fn replay(
     for (i, stream) in streams.into_iter().enumerate() {
         dealt[i % threads].push(stream);
     }
-    let start = Arc::new(Barrier::new(threads));
+    // The caller waits at the barrier too, so the clock starts when every thread has its steps
+    // merged and ready.
+    let start = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = dealt
         .into_iter()
         .map(|streams| {
@@ -171,6 +172,7 @@ pub fn replay(
             thread::spawn(move || run_thread(cache.as_ref(), merge(streams), options.speed, &start))
         })
         .collect();
+    start.wait();
     let began = Instant::now();
     let mut result = ReplayResult {
         design: cache.design(),
@@ -215,6 +217,34 @@ fn merge(streams: Vec<Stream>) -> Vec<(usize, TimedStep)> {
     merged
 }
 
+/// The buffers one replay thread holds, by (stream, block). Kernel callers hold a handful at a
+/// time (dm-thin at most six per thread), so a short list searched from its most recent end beats
+/// a hash map; a stream may hold the same block more than once.
+#[derive(Default)]
+struct Held(Vec<((usize, u64), BufferRef)>);
+
+impl Held {
+    fn push(&mut self, key: (usize, u64), buf: BufferRef) {
+        self.0.push((key, buf));
+    }
+
+    fn position(&self, key: (usize, u64)) -> Option<usize> {
+        self.0.iter().rposition(|(k, _)| *k == key)
+    }
+
+    fn get(&self, key: (usize, u64)) -> Option<&BufferRef> {
+        self.position(key).map(|i| &self.0[i].1)
+    }
+
+    fn take(&mut self, key: (usize, u64)) -> Option<BufferRef> {
+        self.position(key).map(|i| self.0.remove(i).1)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = BufferRef> + '_ {
+        self.0.drain(..).map(|(_, buf)| buf)
+    }
+}
+
 struct ThreadOutcome {
     rec: ThreadRecorder,
     latency: Vec<Histogram<u64>>,
@@ -237,19 +267,24 @@ fn run_thread(
         mismatches.io_errors += 1;
         first_io_error.get_or_insert_with(|| e.to_string());
     };
-    // Buffers held, by (stream, block): a stream may hold a block more than once.
-    let mut held: HashMap<(usize, u64), Vec<BufferRef>> = HashMap::new();
+    let mut held = Held::default();
     let first_at = steps.first().map_or(0, |(_, s)| s.at_ns);
+    let clock = clock();
     start.wait();
     let began = Instant::now();
+    // As fast as possible, one clock read per step: each step ends when the next one begins.
+    let mut last_end = clock.raw();
     for &(stream, TimedStep { at_ns, block, step }) in &steps {
-        if let Some(speed) = speed {
-            let due = Duration::from_nanos(((at_ns - first_at) as f64 / speed) as u64);
-            if let Some(wait) = due.checked_sub(began.elapsed()) {
-                thread::sleep(wait);
+        let op_began = match speed {
+            Some(speed) => {
+                let due = Duration::from_nanos(((at_ns - first_at) as f64 / speed) as u64);
+                if let Some(wait) = due.checked_sub(began.elapsed()) {
+                    thread::sleep(wait);
+                }
+                clock.raw()
             }
-        }
-        let op_began = Instant::now();
+            None => last_end,
+        };
         let key = (stream, block);
         match step {
             Step::Get { missed } => match cache.get(&rec, block) {
@@ -257,7 +292,7 @@ fn run_thread(
                     mismatches.extra_hits += 1;
                     cache.release(&rec, buf);
                 }
-                Some(buf) => held.entry(key).or_default().push(buf),
+                Some(buf) => held.push(key, buf),
                 None => {}
             },
             Step::Read | Step::New => {
@@ -267,26 +302,24 @@ fn run_thread(
                     cache.new_buffer(&rec, block)
                 };
                 match got {
-                    Ok(buf) => held.entry(key).or_default().push(buf),
+                    Ok(buf) => held.push(key, buf),
                     Err(e) => io_error(&mut mismatches, e),
                 }
             }
             Step::Prefetch { blocks } => cache.prefetch(&rec, block, u64::from(blocks)),
-            Step::Release => match held.get_mut(&key).and_then(Vec::pop) {
+            Step::Release => match held.take(key) {
                 Some(buf) => cache.release(&rec, buf),
                 None => mismatches.not_held += 1,
             },
-            Step::MarkDirty | Step::MarkPartialDirty { .. } => {
-                match held.get(&key).and_then(|bufs| bufs.last()) {
-                    Some(buf) => match step {
-                        Step::MarkPartialDirty { start, end } => {
-                            cache.mark_partial_dirty(&rec, buf, start, end)
-                        }
-                        _ => cache.mark_dirty(&rec, buf),
-                    },
-                    None => mismatches.not_held += 1,
-                }
-            }
+            Step::MarkDirty | Step::MarkPartialDirty { .. } => match held.get(key) {
+                Some(buf) => match step {
+                    Step::MarkPartialDirty { start, end } => {
+                        cache.mark_partial_dirty(&rec, buf, start, end)
+                    }
+                    _ => cache.mark_dirty(&rec, buf),
+                },
+                None => mismatches.not_held += 1,
+            },
             Step::WriteDirtyAsync => {
                 if let Err(e) = cache.write_dirty_buffers_async(&rec) {
                     io_error(&mut mismatches, e);
@@ -300,13 +333,12 @@ fn run_thread(
             Step::Forget => cache.forget(&rec, block),
             Step::ForgetBuffers { blocks } => cache.forget_buffers(&rec, block, u64::from(blocks)),
         }
-        latency[step.index()].saturating_record(op_began.elapsed().as_nanos().max(1) as u64);
+        last_end = clock.raw();
+        latency[step.index()].saturating_record(clock.delta_as_nanos(op_began, last_end).max(1));
     }
-    for (_, bufs) in held.drain() {
-        for buf in bufs {
-            mismatches.held_at_end += 1;
-            cache.release(&rec, buf);
-        }
+    for buf in held.drain() {
+        mismatches.held_at_end += 1;
+        cache.release(&rec, buf);
     }
     ThreadOutcome {
         rec,

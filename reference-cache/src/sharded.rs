@@ -26,7 +26,7 @@ use crate::{
     },
     lock::{InstrumentedMutex, InstrumentedRwLock, LockClass},
     lru::Lists,
-    recorder::{ThreadRecorder, clock},
+    recorder::ThreadRecorder,
 };
 
 /// `dm_num_hash_locks()`: twice the CPUs rounded up to a power of two, at most 64.
@@ -106,7 +106,6 @@ impl ShardedCache {
         }
         buffer.hold_count.fetch_add(1, Ordering::AcqRel);
         buffer.referenced.store(true, Ordering::Relaxed);
-        buffer.last_accessed.store(clock().raw(), Ordering::Relaxed);
         rec.count(|ops| ops.hits += 1);
         Some(BufferRef::new(Arc::clone(buffer)))
     }
