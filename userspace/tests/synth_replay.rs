@@ -137,13 +137,77 @@ fn replay_and_synth_refuse_bad_input() {
     assert!(stderr.contains("exists; pass --force"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
 
+    let small = dir.path().join("small.bftrace");
+    let small = small.to_str().unwrap();
     let (ok, _, stderr) = run(&[
-        "replay",
-        "--device",
-        "/nonexistent/dev",
-        golden.to_str().unwrap(),
+        "synth",
+        "hotspot2",
+        "-o",
+        small,
+        "--hotspot-threads",
+        "1",
+        "--region-blocks",
+        "8",
+        "--passes",
+        "1",
     ]);
-    assert!(!ok, "{stderr}");
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run(&["replay", "--device", "/nonexistent/dev", small]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--device /nonexistent/dev") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+
+    // A device opened read-only: hotspot2 dirties every block it warms, the writeback watermark
+    // (dirty > 3 x clean) writes them back, and the refused writes are reported with their reason.
+    let device = dir.path().join("device.img");
+    std::fs::write(&device, vec![0u8; 4096 * 16]).unwrap();
+    let device = device.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&["replay", "--device", device, small]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("classic") && stdout.contains("lockfree"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("first I/O error: writing block"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("opened read-only; allow writes explicitly"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = run(&["replay", "--device", device, "--allow-writes", small]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("I/O error"), "{stdout}");
+
+    // A simulated device latency: every write of that writeback takes 20 ms.
+    let (ok, stdout, stderr) = run(&[
+        "replay",
+        "--json",
+        "--design",
+        "sharded",
+        "--io-latency",
+        "20ms",
+        small,
+    ]);
+    assert!(ok, "{stderr}");
+    let slow: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let design = &slow["designs"][0];
+    let writes = design["writes"].as_u64().unwrap();
+    assert!(writes >= 1, "{slow}");
+    let at_least = 0.02 * writes as f64;
+    assert!(design["elapsed_s"].as_f64().unwrap() >= at_least, "{slow}");
+    let (ok, _, stderr) = run(&["replay", "--io-latency", "1ms", "--device", device, small]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--io-latency") && stderr.contains("--device"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["replay", "--direct", small]);
+    assert!(!ok);
+    assert!(stderr.contains("--device"), "{stderr}");
 }
 
 #[test]

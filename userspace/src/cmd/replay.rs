@@ -33,6 +33,10 @@ pub struct Options {
     /// Open --device with O_DIRECT.
     #[arg(long, requires = "device")]
     pub direct: bool,
+    /// Without --device: how long each memory-backend read or write takes, e.g. 100us (a stand-in
+    /// for a device; default: none).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "device")]
+    pub io_latency: Option<std::time::Duration>,
     /// Time scale for recorded gaps: 2 replays twice as fast (default: as fast as possible).
     #[arg(long, value_parser = parse_speed)]
     pub speed: Option<f64>,
@@ -194,7 +198,10 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
                 )
                 .with_context(|| format!("opening --device {}", path.display()))?,
             ),
-            None => Arc::new(MemoryIo::new(loaded.block_size as usize, Latency::None)),
+            None => Arc::new(MemoryIo::new(
+                loaded.block_size as usize,
+                o.io_latency.map_or(Latency::None, Latency::Fixed),
+            )),
         };
         let mut config = CacheConfig::new(loaded.block_size as usize, o.capacity);
         if let Some(cpus) = o.cpus {
