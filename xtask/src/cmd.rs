@@ -37,8 +37,10 @@ pub fn run_checked(task: &str, cmd: &mut Command) -> anyhow::Result<()> {
     let line = describe(cmd);
     heading(task, &format!("$ {line}"));
     let started = Instant::now();
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(workspace_root());
+    }
     let status = cmd
-        .current_dir(workspace_root())
         .status()
         .with_context(|| format!("could not start `{line}`"))?;
     if !status.success() {

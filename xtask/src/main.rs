@@ -10,6 +10,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,18 @@ enum Task {
     Test,
     /// Benchmarks: throughput and size figures printed side by side with their targets.
     Bench,
+    /// Boot Debian kernels with dm-bufio under qemu (TCG) and run bufscope scenarios inside them.
+    VmTest {
+        /// Kernel line: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Scenario (a script in xtask/vm/), or all.
+        #[arg(long, default_value = "all")]
+        scenario: String,
+        /// Keep the results disk images under target/vm/.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Fuzz the trace reader with cargo-fuzz (nightly), starting from the seed corpus.
     Fuzz {
         /// How long to fuzz.
@@ -51,5 +64,13 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Bench => bench::run(),
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::VmTest {
+            kernel,
+            scenario,
+            keep,
+        } => {
+            setup::run()?;
+            vm::run(&kernel, &scenario, keep)
+        }
     }
 }

@@ -22,6 +22,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the VM test bed boots Debian kernels with dm-bufio",
     ),
     ("busybox-static", "the VM test bed's initramfs userland"),
+    (
+        "dmsetup",
+        "the VM test bed builds thin pools and verity devices with it",
+    ),
+    ("xz-utils", "the VM test bed decompresses kernel modules"),
     ("bpftrace", "cross-checks and the overhead benchmark"),
     ("bpftool", "inspecting loaded programs and BTF"),
     ("tmux", "end-to-end tests of the terminal UI"),
