@@ -43,7 +43,10 @@ const KERNELS: &[KernelLine] = &[
 ];
 
 /// Scenarios, each a script in xtask/vm/.
-pub const SCENARIOS: &[(&str, &str)] = &[("thin-hotspot", include_str!("../vm/thin-hotspot.sh"))];
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("thin-hotspot", include_str!("../vm/thin-hotspot.sh")),
+    ("small-cache", include_str!("../vm/small-cache.sh")),
+];
 
 const INIT: &str = include_str!("../vm/init.sh");
 
@@ -580,6 +583,23 @@ fn check_results(
         gets + reads > 0 && releases > 0,
         "{kernel}: no dm-bufio traffic counted (get {gets}, read {reads}, release {releases})"
     );
+    let params = fs::read_to_string(results.join("dm_bufio.txt"))?;
+    let param = |name: &str| -> u64 {
+        params
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    if scenario == "small-cache" {
+        let (max, current) = (
+            param("max_cache_size_bytes "),
+            param("current_allocated_bytes "),
+        );
+        ensure!(
+            max == 64 << 10 && current <= 2 * max,
+            "{kernel}: dm-bufio's cache was not held small (max {max}, current {current} bytes)"
+        );
+    }
     Ok(Outcome {
         kernel,
         scenario: scenario.to_string(),

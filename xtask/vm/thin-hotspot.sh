@@ -1,6 +1,8 @@
 # thin-hotspot: a thin pool on loop devices, the volume provisioned first, then 16 readers of hot
 # regions (btree lookups through dm_bufio_get) while a writer to the origin of a snapshot breaks
 # sharing (the dirtier), all recorded by bufscope; dm_bufio calls counted with kprobes.
+# Other scenarios reuse this one with SCENARIO set, after changing what they change.
+SCENARIO=${SCENARIO:-thin-hotspot}
 cd /tmp
 export DM_DISABLE_UDEV=1
 T=/sys/kernel/tracing
@@ -27,7 +29,7 @@ done
 echo 1 > $T/events/bufscope/enable
 
 /bin/bufscope doctor --json > /results/doctor.json
-/bin/bufscope record -o /results/thin-hotspot.bftrace --duration 12s 2> /results/record.log &
+/bin/bufscope record -o /results/$SCENARIO.bftrace --duration 12s 2> /results/record.log &
 recorder=$!
 sleep 4
 workers=""
@@ -41,6 +43,7 @@ wait $workers
 wait $recorder
 echo 0 > $T/events/bufscope/enable
 cat $T/kprobe_profile > /results/kprobes.txt
-/bin/bufscope info /results/thin-hotspot.bftrace > /results/info.txt
+/bin/bufscope info /results/$SCENARIO.bftrace > /results/info.txt
+for p in /sys/module/dm_bufio/parameters/*; do echo "$(basename $p) $(cat $p)"; done > /results/dm_bufio.txt
 echo "BUFSCOPE-STEP recorded"
 echo 0 > /tmp/scenario.rc
