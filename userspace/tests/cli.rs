@@ -172,3 +172,31 @@ fn record_refuses_to_overwrite_and_checks_its_options() {
         "nothing is written when the options are wrong"
     );
 }
+
+#[test]
+fn the_bundled_real_kernel_samples_read_back_and_show_the_64_rework() {
+    let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples");
+    let mutex_waits = |name: &str| -> u64 {
+        let path = samples.join(format!("{name}.bftrace"));
+        let (ok, stdout, stderr) = run(&["info", "--json", path.to_str().unwrap()]);
+        assert!(ok, "{name}: {stderr}");
+        let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert!(info["problem"].is_null(), "{name}: {}", info["problem"]);
+        assert!(
+            info["header"]["kernel_release"]
+                .as_str()
+                .unwrap()
+                .starts_with(name.split('-').next().unwrap())
+        );
+        info["by_type"]["mutex"]["contended"].as_u64().unwrap_or(0)
+    };
+    for scenario in ["thin-hotspot", "small-cache"] {
+        let old = mutex_waits(&format!("6.1-{scenario}"));
+        let new = mutex_waits(&format!("6.12-{scenario}"));
+        // 6.1 takes dm-bufio's client mutex on every get and release; 6.12 only on misses.
+        assert!(
+            old > 10 * new.max(1),
+            "{scenario}: 6.1 {old} vs 6.12 {new} mutex waits"
+        );
+    }
+}

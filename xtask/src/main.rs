@@ -47,6 +47,9 @@ enum Task {
         /// Keep the results disk images under target/vm/.
         #[arg(long)]
         keep: bool,
+        /// Copy each recording to samples/ and rewrite samples/README.md.
+        #[arg(long)]
+        save_samples: bool,
     },
     /// Fuzz the trace reader with cargo-fuzz (nightly), starting from the seed corpus.
     Fuzz {
@@ -68,9 +71,10 @@ fn main() -> anyhow::Result<()> {
             kernel,
             scenario,
             keep,
+            save_samples,
         } => {
             setup::run()?;
-            vm::run(&kernel, &scenario, keep)
+            vm::run(&kernel, &scenario, keep, save_samples)
         }
     }
 }

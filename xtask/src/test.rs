@@ -72,7 +72,7 @@ pub fn run() -> anyhow::Result<()> {
         ]),
     )?;
     // The real-kernel test bed: Debian 6.1 and 6.12 under qemu, with dm-bufio.
-    crate::vm::run("all", "all", false)?;
+    crate::vm::run("all", "all", false, false)?;
     heading("test", "all green");
     Ok(())
 }
