@@ -190,7 +190,7 @@ fn the_bundled_real_kernel_samples_read_back_and_show_the_64_rework() {
         );
         info["by_type"]["mutex"]["contended"].as_u64().unwrap_or(0)
     };
-    for scenario in ["thin-hotspot", "small-cache"] {
+    for scenario in ["thin-hotspot", "small-cache", "verity-read"] {
         let old = mutex_waits(&format!("6.1-{scenario}"));
         let new = mutex_waits(&format!("6.12-{scenario}"));
         // 6.1 takes dm-bufio's client mutex on every get and release; 6.12 only on misses.

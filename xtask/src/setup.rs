@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the VM test bed builds thin pools and verity devices with it",
     ),
     ("xz-utils", "the VM test bed decompresses kernel modules"),
+    (
+        "cryptsetup-bin",
+        "the VM test bed formats dm-verity hash images with veritysetup",
+    ),
     ("bpftrace", "cross-checks and the overhead benchmark"),
     ("bpftool", "inspecting loaded programs and BTF"),
     ("tmux", "end-to-end tests of the terminal UI"),

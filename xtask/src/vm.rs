@@ -46,7 +46,11 @@ const KERNELS: &[KernelLine] = &[
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("thin-hotspot", include_str!("../vm/thin-hotspot.sh")),
     ("small-cache", include_str!("../vm/small-cache.sh")),
+    ("verity-read", include_str!("../vm/verity-read.sh")),
 ];
+
+/// Shell functions every scenario sources.
+const SCENARIO_LIB: &str = include_str!("../vm/lib.sh");
 
 const INIT: &str = include_str!("../vm/init.sh");
 
@@ -417,13 +421,14 @@ fn build_initramfs(
     for (name, script) in SCENARIOS {
         fs::write(root.join("scenarios").join(format!("{name}.sh")), script)?;
     }
-    let dmsetup = Path::new("/sbin/dmsetup");
-    ensure!(
-        dmsetup.exists(),
-        "dmsetup is missing: run `cargo xtask setup`"
-    );
-    copy_executable(dmsetup, &root.join("sbin/dmsetup"))?;
-    copy_libraries(dmsetup, &root)?;
+    fs::write(root.join("scenarios/lib.sh"), SCENARIO_LIB)?;
+    // dmsetup builds the devices; veritysetup only formats verity hash images.
+    for tool in ["dmsetup", "veritysetup"] {
+        let path = Path::new("/sbin").join(tool);
+        ensure!(path.exists(), "{tool} is missing: run `cargo xtask setup`");
+        copy_executable(&path, &root.join("sbin").join(tool))?;
+        copy_libraries(&path, &root)?;
+    }
 
     let modules_dir = extracted.join("lib/modules");
     let mut done = BTreeSet::new();
@@ -698,9 +703,10 @@ fn check_results(
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
+    // dm-verity reads through dm_bufio_read_with_ioprio on kernels that have it (6.12).
     let (gets, reads, releases) = (
         hits("dm_bufio_get"),
-        hits("dm_bufio_read"),
+        hits("dm_bufio_read") + hits("dm_bufio_read_with_ioprio"),
         hits("dm_bufio_release"),
     );
     ensure!(

@@ -3,9 +3,8 @@
 # sharing (the dirtier), all recorded by bufscope; dm_bufio calls counted with kprobes.
 # Other scenarios reuse this one with SCENARIO set, after changing what they change.
 SCENARIO=${SCENARIO:-thin-hotspot}
+. /scenarios/lib.sh
 cd /tmp
-export DM_DISABLE_UDEV=1
-T=/sys/kernel/tracing
 
 truncate -s 64M meta.img
 truncate -s 160M data.img
@@ -21,17 +20,8 @@ dmsetup suspend thin
 dmsetup message pool 0 "create_snap 1 0"
 dmsetup resume thin
 
-# Count dm_bufio calls with kprobes; tracing_on 0 keeps the hits without writing events.
-echo 0 > $T/tracing_on
-for fn in dm_bufio_get dm_bufio_read dm_bufio_release; do
-    echo "p:bufscope/$fn dm_bufio:$fn" >> $T/kprobe_events
-done
-echo 1 > $T/events/bufscope/enable
-
-/bin/bufscope doctor --json > /results/doctor.json
-/bin/bufscope record -o /results/$SCENARIO.bftrace --duration 12s 2> /results/record.log &
-recorder=$!
-sleep 4
+count_bufio_calls
+start_recording 12
 workers=""
 for i in $(seq 0 15); do
     dd if=/dev/mapper/thin of=/dev/null bs=4096 iflag=direct skip=$((i * 1024)) count=1024 2>/dev/null &
@@ -40,10 +30,4 @@ done
 dd if=/dev/urandom of=/dev/mapper/thin bs=4096 oflag=direct seek=20000 count=2048 2>/dev/null &
 workers="$workers $!"
 wait $workers
-wait $recorder
-echo 0 > $T/events/bufscope/enable
-cat $T/kprobe_profile > /results/kprobes.txt
-/bin/bufscope info /results/$SCENARIO.bftrace > /results/info.txt
-for p in /sys/module/dm_bufio/parameters/*; do echo "$(basename $p) $(cat $p)"; done > /results/dm_bufio.txt
-echo "BUFSCOPE-STEP recorded"
-echo 0 > /tmp/scenario.rc
+finish
