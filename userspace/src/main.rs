@@ -59,6 +59,9 @@ enum Command {
     /// Run a trace's dm-bufio operations through the reference cache designs and measure their
     /// lock waits.
     Replay(cmd::replay::Options),
+    /// Drive a block device with reader (and writer) threads of direct I/O and report ops/s and
+    /// latency: the workload the VM test bed runs under dm-thin and dm-verity.
+    Stress(cmd::stress::Options),
     /// Report what this kernel offers bufscope (BTF, tracepoints, kprobes, fentry, dm-bufio,
     /// privileges) and what bufscope does without each missing piece.
     Doctor {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Doctor { json } => cmd::doctor::run(json),
         Command::Synth(options) => cmd::synth::run(&options),
         Command::Replay(options) => cmd::replay::run(&options),
+        Command::Stress(options) => cmd::stress::run(&options),
     };
     match result {
         Ok(code) => code,

@@ -305,3 +305,91 @@ fn every_workload_makes_a_trace_that_replays_cleanly() {
         }
     }
 }
+
+#[test]
+fn stress_drives_a_file_and_writes_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("device.img");
+    std::fs::write(&device, vec![0u8; 4096 * 256]).unwrap();
+    let device = device.to_str().unwrap();
+    // Buffered: the temporary directory may be on a filesystem without O_DIRECT; the test bed
+    // drives real block devices with O_DIRECT.
+    let (ok, stdout, stderr) = run(&[
+        "stress",
+        device,
+        "--threads",
+        "4",
+        "--pattern",
+        "hot",
+        "--region-blocks",
+        "64",
+        "--duration",
+        "300ms",
+        "--buffered",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["reads"]["ops"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["writes"]["ops"], 0);
+    assert!(
+        report["reads"]["p99_us"].as_f64().unwrap() >= report["reads"]["p50_us"].as_f64().unwrap()
+    );
+
+    let (ok, _, stderr) = run(&[
+        "stress",
+        device,
+        "--writers",
+        "1",
+        "--duration",
+        "100ms",
+        "--buffered",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("pass --allow-writes"), "{stderr}");
+    assert!(
+        std::fs::read(device).unwrap().iter().all(|&b| b == 0),
+        "nothing written"
+    );
+
+    let (ok, stdout, stderr) = run(&[
+        "stress",
+        device,
+        "--threads",
+        "1",
+        "--writers",
+        "1",
+        "--allow-writes",
+        "--duration",
+        "200ms",
+        "--buffered",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["writes"]["ops"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        std::fs::read(device).unwrap().iter().any(|&b| b != 0),
+        "the writer wrote"
+    );
+
+    let (ok, _, stderr) = run(&[
+        "stress",
+        device,
+        "--threads",
+        "8",
+        "--pattern",
+        "hot",
+        "--region-blocks",
+        "64",
+        "--buffered",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("exceed the device's 256 blocks"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["stress", "/nonexistent/disk", "--duration", "10ms"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/disk"), "{stderr}");
+}

@@ -120,13 +120,26 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<8} {:<14} {:>12} {:>14} {:>14} {:>17}  kernel release",
-        "kernel", "scenario", "lock waits", "dm_bufio_get", "dm_bufio_read", "dm_bufio_release",
+        "{:<8} {:<14} {:>10} {:>12} {:>13} {:>14} {:>17}  kernel release",
+        "kernel",
+        "scenario",
+        "reads/s",
+        "lock waits",
+        "dm_bufio_get",
+        "dm_bufio_read",
+        "dm_bufio_release",
     );
     for r in &rows {
         println!(
-            "{:<8} {:<14} {:>12} {:>14} {:>14} {:>17}  {}",
-            r.kernel, r.scenario, r.lock_waits, r.gets, r.reads, r.releases, r.release
+            "{:<8} {:<14} {:>10} {:>12} {:>13} {:>14} {:>17}  {}",
+            r.kernel,
+            r.scenario,
+            r.reads_per_sec,
+            r.lock_waits,
+            r.gets,
+            r.reads,
+            r.releases,
+            r.release
         );
     }
     Ok(())
@@ -160,11 +173,13 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
          kernel release: {release}\n\
          scenario: {scenario} (xtask/vm/{scenario}.sh)\n\
          made by: cargo xtask vm-test --kernel {kernel} --scenario {scenario} --save-samples\n\
+         workload driver: {rate} reads/s\n\
          lock waits recorded: {waits}\n\
          kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n",
         release = outcome.release,
         scenario = outcome.scenario,
         kernel = outcome.kernel,
+        rate = outcome.reads_per_sec,
         waits = outcome.lock_waits,
         gets = outcome.gets,
         reads = outcome.reads,
@@ -209,6 +224,8 @@ struct Outcome {
     scenario: String,
     release: String,
     lock_waits: u64,
+    /// The workload driver's reads per second.
+    reads_per_sec: u64,
     gets: u64,
     reads: u64,
     releases: u64,
@@ -730,11 +747,20 @@ fn check_results(
             "{kernel}: dm-bufio's cache was not held small (max {max}, current {current} bytes)"
         );
     }
+    let stress: serde_json::Value = serde_json::from_slice(
+        &fs::read(results.join("stress.json")).context("stress.json missing from the results")?,
+    )?;
+    let reads_per_sec = stress["reads"]["ops_per_s"].as_f64().unwrap_or(0.0) as u64;
+    ensure!(
+        reads_per_sec > 0,
+        "{kernel}: the workload driver read nothing: {stress}"
+    );
     Ok(Outcome {
         kernel,
         scenario: scenario.to_string(),
         release,
         lock_waits,
+        reads_per_sec,
         gets,
         reads,
         releases,

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod info;
 pub mod record;
 pub mod replay;
+pub mod stress;
 pub mod synth;
 
 /// `1234567` → `1,234,567`, for counts people read.
