@@ -243,14 +243,7 @@ impl BufferCache for ClassicCache {
 
     fn write_dirty_buffers(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
         self.write_dirty_buffers_async(rec)?;
-        let in_flight: Vec<_> = self
-            .client
-            .lock(rec)
-            .tree
-            .values()
-            .filter(|b| b.has(state::WRITING))
-            .cloned()
-            .collect();
+        let in_flight = self.client.lock(rec).lists.writing();
         finish_writeback(self.io.as_ref(), in_flight)
     }
 

@@ -29,7 +29,7 @@ use crate::{
         submit_writes,
     },
     lock::{InstrumentedMutex, LockClass},
-    lru::Lists,
+    lru::{Lists, clock_make_room},
     recorder::ThreadRecorder,
 };
 
@@ -129,26 +129,6 @@ impl LockFreeCache {
         true
     }
 
-    fn make_room(&self, lists: &mut Lists, rec: &ThreadRecorder) -> Result<(), CacheError> {
-        let total = |lists: &Lists| lists.len(ListMode::Clean) + lists.len(ListMode::Dirty);
-        if total(lists) < self.config.capacity {
-            return Ok(());
-        }
-        let target =
-            (self.config.capacity - self.config.capacity / 16).min(self.config.capacity - 1);
-        while total(lists) > target {
-            let victim = lists
-                .clock_evict(ListMode::Clean, |b| self.remove_if_unheld(b))
-                .or_else(|| lists.clock_evict(ListMode::Dirty, |b| self.remove_if_unheld(b)));
-            let Some(victim) = victim else { break };
-            if begin_write(&victim) {
-                submit_writes(self.io.as_ref(), rec, std::slice::from_ref(&victim))?;
-            }
-            rec.count(|ops| ops.evictions += 1);
-        }
-        Ok(())
-    }
-
     fn collect_writes(lists: &mut Lists) -> Vec<Arc<Buffer>> {
         let dirty: Vec<_> = lists.buffers(ListMode::Dirty).cloned().collect();
         dirty
@@ -180,7 +160,13 @@ impl LockFreeCache {
             return Ok(buffer);
         }
         rec.count(|ops| ops.misses += 1);
-        self.make_room(&mut lists, rec)?;
+        clock_make_room(
+            &mut lists,
+            self.config.capacity,
+            self.io.as_ref(),
+            rec,
+            |b| self.remove_if_unheld(b),
+        )?;
         let writes = if lists.len(ListMode::Dirty) > 3 * lists.len(ListMode::Clean) {
             Self::collect_writes(&mut lists)
         } else {
@@ -244,7 +230,7 @@ impl BufferCache for LockFreeCache {
             if self.index.pin().contains_key(&block) {
                 continue;
             }
-            if lists.len(ListMode::Clean) + lists.len(ListMode::Dirty) >= self.config.capacity {
+            if lists.total() >= self.config.capacity {
                 return; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
@@ -279,15 +265,7 @@ impl BufferCache for LockFreeCache {
 
     fn write_dirty_buffers(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
         self.write_dirty_buffers_async(rec)?;
-        let in_flight: Vec<_> = {
-            let lists = self.client.lock(rec);
-            lists
-                .buffers(ListMode::Clean)
-                .chain(lists.buffers(ListMode::Dirty))
-                .filter(|b| b.has(state::WRITING))
-                .cloned()
-                .collect()
-        };
+        let in_flight = self.client.lock(rec).writing();
         finish_writeback(self.io.as_ref(), in_flight)
     }
 
@@ -322,11 +300,7 @@ impl BufferCache for LockFreeCache {
     }
 
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {
-        let lists = self.client.lock(rec);
-        Occupancy {
-            buffers: (lists.len(ListMode::Clean) + lists.len(ListMode::Dirty)) as u64,
-            dirty: lists.len(ListMode::Dirty) as u64,
-        }
+        self.client.lock(rec).occupancy()
     }
 }
 

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use hashlink::LinkedHashMap;
 
-use crate::cache::{Buffer, ListMode};
+use crate::{
+    BlockIo, CacheError, Occupancy,
+    cache::{Buffer, ListMode, begin_write, state, submit_writes},
+    recorder::ThreadRecorder,
+};
 
 #[derive(Debug, Default)]
 pub(crate) struct Lists {
@@ -44,6 +48,27 @@ impl Lists {
 
     pub(crate) fn len(&self, mode: ListMode) -> usize {
         self.lists[mode as usize].len()
+    }
+
+    /// Buffers on both lists.
+    pub(crate) fn total(&self) -> usize {
+        self.len(ListMode::Clean) + self.len(ListMode::Dirty)
+    }
+
+    pub(crate) fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            buffers: self.total() as u64,
+            dirty: self.len(ListMode::Dirty) as u64,
+        }
+    }
+
+    /// Buffers with a write in flight, for write_dirty_buffers to wait on.
+    pub(crate) fn writing(&self) -> Vec<Arc<Buffer>> {
+        self.buffers(ListMode::Clean)
+            .chain(self.buffers(ListMode::Dirty))
+            .filter(|b| b.has(state::WRITING))
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn buffers(&self, mode: ListMode) -> impl Iterator<Item = &Arc<Buffer>> {
@@ -95,6 +120,34 @@ impl Lists {
         }
         None
     }
+}
+
+/// The 6.4+ `__get_unclaimed_buffer` until the cache is below 15/16 of `capacity`: the clock over
+/// clean buffers first, then dirty ones, which are written with the client mutex held. `remove`
+/// takes a victim out of the design's index if it may go (judged under whatever lock the design
+/// needs) and says whether it did. Caller holds the client mutex.
+pub(crate) fn clock_make_room(
+    lists: &mut Lists,
+    capacity: usize,
+    io: &dyn BlockIo,
+    rec: &ThreadRecorder,
+    remove: impl Fn(&Buffer) -> bool,
+) -> Result<(), CacheError> {
+    if lists.total() < capacity {
+        return Ok(());
+    }
+    let target = (capacity - capacity / 16).min(capacity - 1);
+    while lists.total() > target {
+        let victim = lists
+            .clock_evict(ListMode::Clean, |b| remove(b))
+            .or_else(|| lists.clock_evict(ListMode::Dirty, |b| remove(b)));
+        let Some(victim) = victim else { break };
+        if begin_write(&victim) {
+            submit_writes(io, rec, std::slice::from_ref(&victim))?;
+        }
+        rec.count(|ops| ops.evictions += 1);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

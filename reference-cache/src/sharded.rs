@@ -25,7 +25,7 @@ use crate::{
         state, submit_writes,
     },
     lock::{InstrumentedMutex, InstrumentedRwLock, LockClass},
-    lru::Lists,
+    lru::{Lists, clock_make_room},
     recorder::ThreadRecorder,
 };
 
@@ -132,30 +132,6 @@ impl ShardedCache {
         lists.move_to(buffer, mode);
     }
 
-    /// `__get_unclaimed_buffer` until the cache is below 15/16 of capacity: the clock over clean
-    /// buffers first, then dirty ones, which are written with the client mutex held.
-    fn make_room(&self, lists: &mut Lists, rec: &ThreadRecorder) -> Result<(), CacheError> {
-        let total = |lists: &Lists| lists.len(ListMode::Clean) + lists.len(ListMode::Dirty);
-        if total(lists) < self.config.capacity {
-            return Ok(());
-        }
-        let target =
-            (self.config.capacity - self.config.capacity / 16).min(self.config.capacity - 1);
-        while total(lists) > target {
-            let victim = lists
-                .clock_evict(ListMode::Clean, |b| self.remove_if(rec, b, is_idle))
-                .or_else(|| {
-                    lists.clock_evict(ListMode::Dirty, |b| self.remove_if(rec, b, is_idle))
-                });
-            let Some(victim) = victim else { break };
-            if begin_write(&victim) {
-                submit_writes(self.io.as_ref(), rec, std::slice::from_ref(&victim))?;
-            }
-            rec.count(|ops| ops.evictions += 1);
-        }
-        Ok(())
-    }
-
     /// Starts writeback of every dirty buffer not already being written (caller writes them
     /// after dropping the client mutex).
     fn collect_writes(&self, rec: &ThreadRecorder, lists: &mut Lists) -> Vec<Arc<Buffer>> {
@@ -193,7 +169,13 @@ impl ShardedCache {
             return Ok(buffer);
         }
         rec.count(|ops| ops.misses += 1);
-        self.make_room(&mut lists, rec)?;
+        clock_make_room(
+            &mut lists,
+            self.config.capacity,
+            self.io.as_ref(),
+            rec,
+            |b| self.remove_if(rec, b, is_idle),
+        )?;
         let writes = if lists.len(ListMode::Dirty) > 3 * lists.len(ListMode::Clean) {
             self.collect_writes(rec, &mut lists)
         } else {
@@ -257,7 +239,7 @@ impl BufferCache for ShardedCache {
             if self.tree(block).read(rec).contains_key(&block) {
                 continue;
             }
-            if lists.len(ListMode::Clean) + lists.len(ListMode::Dirty) >= self.config.capacity {
+            if lists.total() >= self.config.capacity {
                 return; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
@@ -295,15 +277,7 @@ impl BufferCache for ShardedCache {
 
     fn write_dirty_buffers(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
         self.write_dirty_buffers_async(rec)?;
-        let in_flight: Vec<_> = {
-            let lists = self.client.lock(rec);
-            lists
-                .buffers(ListMode::Clean)
-                .chain(lists.buffers(ListMode::Dirty))
-                .filter(|b| b.has(state::WRITING))
-                .cloned()
-                .collect()
-        };
+        let in_flight = self.client.lock(rec).writing();
         finish_writeback(self.io.as_ref(), in_flight)
     }
 
@@ -334,11 +308,7 @@ impl BufferCache for ShardedCache {
     }
 
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {
-        let lists = self.client.lock(rec);
-        Occupancy {
-            buffers: (lists.len(ListMode::Clean) + lists.len(ListMode::Dirty)) as u64,
-            dirty: lists.len(ListMode::Dirty) as u64,
-        }
+        self.client.lock(rec).occupancy()
     }
 }
 
