@@ -255,6 +255,33 @@ pub trait BufferCache: Send + Sync + fmt::Debug {
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy;
 }
 
+/// The buffer a miss allocates, held once by its caller: `fresh` (dm_bufio_new) needs no read,
+/// anything else is READING until [`complete_miss`] has read it.
+pub(crate) fn new_held_buffer(block: u64, block_size: usize, fresh: bool) -> Arc<Buffer> {
+    let buffer = Buffer::new(block, block_size, if fresh { 0 } else { state::READING });
+    buffer.hold_count.store(1, Ordering::Release);
+    Arc::new(buffer)
+}
+
+/// The end of every design's miss path, after the client mutex is dropped: write what the
+/// watermark collected, read the new buffer unless it is fresh, and on a read error let the
+/// design `discard` it (the caller's hold still counted) before returning the error.
+pub(crate) fn complete_miss(
+    io: &dyn BlockIo,
+    rec: &ThreadRecorder,
+    buffer: Arc<Buffer>,
+    fresh: bool,
+    writes: &[Arc<Buffer>],
+    discard: impl FnOnce(&Arc<Buffer>),
+) -> Result<BufferRef, CacheError> {
+    submit_writes(io, rec, writes)?;
+    if !fresh && let Err(e) = read_into(io, rec, &buffer) {
+        discard(&buffer);
+        return Err(e);
+    }
+    Ok(BufferRef::new(buffer))
+}
+
 /// Buffers a thread must not evict or forget: held, or with I/O in flight.
 pub(crate) fn is_idle(buffer: &Buffer) -> bool {
     buffer.hold_count.load(Ordering::Acquire) == 0 && !buffer.has(state::READING | state::WRITING)

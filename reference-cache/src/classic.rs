@@ -22,8 +22,8 @@ use std::{
 use crate::{
     BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
     cache::{
-        Buffer, ListMode, begin_write, finish_writeback, is_idle, mark_dirty_range, read_into,
-        state, submit_writes,
+        Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
+        new_held_buffer, read_into, state, submit_writes,
     },
     lock::{InstrumentedMutex, LockClass, MutexGuard},
     lru::Lists,
@@ -132,28 +132,19 @@ impl ClassicCache {
         }
         rec.count(|ops| ops.misses += 1);
         self.make_room(&mut state, rec)?;
-        // __check_watermark: async writeback when dirty > 3 × clean.
-        let writes = if state.lists.len(ListMode::Dirty) > 3 * state.lists.len(ListMode::Clean) {
+        let writes = if state.lists.over_writeback_watermark() {
             Self::collect_writes(&mut state)
         } else {
             Vec::new()
         };
-        let buffer = Arc::new(Buffer::new(
-            block,
-            self.config.block_size,
-            if fresh { 0 } else { state::READING },
-        ));
-        buffer.hold_count.store(1, Ordering::Release);
+        let buffer = new_held_buffer(block, self.config.block_size, fresh);
         state.tree.insert(block, Arc::clone(&buffer));
         state.lists.insert(Arc::clone(&buffer));
         drop(state);
 
-        submit_writes(self.io.as_ref(), rec, &writes)?;
-        if !fresh && let Err(e) = read_into(self.io.as_ref(), rec, &buffer) {
-            self.discard(rec, &buffer);
-            return Err(e);
-        }
-        Ok(BufferRef::new(buffer))
+        complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
+            self.discard(rec, b)
+        })
     }
 
     /// Drops a buffer whose read failed, with the hold its reader had.

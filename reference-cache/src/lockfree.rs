@@ -25,8 +25,8 @@ use std::{
 use crate::{
     BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
     cache::{
-        Buffer, ListMode, begin_write, finish_writeback, mark_dirty_range, read_into, state,
-        submit_writes,
+        Buffer, ListMode, begin_write, complete_miss, finish_writeback, mark_dirty_range,
+        new_held_buffer, read_into, state, submit_writes,
     },
     lock::{InstrumentedMutex, LockClass},
     lru::{Lists, clock_make_room},
@@ -167,30 +167,22 @@ impl LockFreeCache {
             rec,
             |b| self.remove_if_unheld(b),
         )?;
-        let writes = if lists.len(ListMode::Dirty) > 3 * lists.len(ListMode::Clean) {
+        let writes = if lists.over_writeback_watermark() {
             Self::collect_writes(&mut lists)
         } else {
             Vec::new()
         };
-        let buffer = Arc::new(Buffer::new(
-            block,
-            self.config.block_size,
-            if fresh { 0 } else { state::READING },
-        ));
-        buffer.hold_count.store(1, Ordering::Release);
+        let buffer = new_held_buffer(block, self.config.block_size, fresh);
         self.insert(&mut lists, &buffer);
         drop(lists);
 
-        submit_writes(self.io.as_ref(), rec, &writes)?;
-        if !fresh && let Err(e) = read_into(self.io.as_ref(), rec, &buffer) {
+        complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
             let mut lists = self.client.lock(rec);
-            buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
-            if self.remove_if_unheld(&buffer) {
-                lists.remove(&buffer);
+            b.hold_count.fetch_sub(1, Ordering::AcqRel);
+            if self.remove_if_unheld(b) {
+                lists.remove(b);
             }
-            return Err(e);
-        }
-        Ok(BufferRef::new(buffer))
+        })
     }
 
     fn forget_one(&self, lists: &mut Lists, buffer: &Arc<Buffer>) {

@@ -50,6 +50,13 @@ impl Lists {
         self.lists[mode as usize].len()
     }
 
+    /// `__check_watermark`: more than DM_BUFIO_WRITEBACK_RATIO dirty buffers per clean one
+    /// start async writeback on the next miss.
+    pub(crate) fn over_writeback_watermark(&self) -> bool {
+        const WRITEBACK_RATIO: usize = 3;
+        self.len(ListMode::Dirty) > WRITEBACK_RATIO * self.len(ListMode::Clean)
+    }
+
     /// Buffers on both lists.
     pub(crate) fn total(&self) -> usize {
         self.len(ListMode::Clean) + self.len(ListMode::Dirty)

@@ -21,8 +21,8 @@ use crossbeam_utils::CachePadded;
 use crate::{
     BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
     cache::{
-        Buffer, ListMode, begin_write, finish_writeback, is_idle, mark_dirty_range, read_into,
-        state, submit_writes,
+        Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
+        new_held_buffer, read_into, state, submit_writes,
     },
     lock::{InstrumentedMutex, InstrumentedRwLock, LockClass},
     lru::{Lists, clock_make_room},
@@ -176,30 +176,22 @@ impl ShardedCache {
             rec,
             |b| self.remove_if(rec, b, is_idle),
         )?;
-        let writes = if lists.len(ListMode::Dirty) > 3 * lists.len(ListMode::Clean) {
+        let writes = if lists.over_writeback_watermark() {
             self.collect_writes(rec, &mut lists)
         } else {
             Vec::new()
         };
-        let buffer = Arc::new(Buffer::new(
-            block,
-            self.config.block_size,
-            if fresh { 0 } else { state::READING },
-        ));
-        buffer.hold_count.store(1, Ordering::Release);
+        let buffer = new_held_buffer(block, self.config.block_size, fresh);
         self.insert(rec, &mut lists, &buffer);
         drop(lists);
 
-        submit_writes(self.io.as_ref(), rec, &writes)?;
-        if !fresh && let Err(e) = read_into(self.io.as_ref(), rec, &buffer) {
+        complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
             let mut lists = self.client.lock(rec);
-            buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
-            if self.remove_if(rec, &buffer, is_idle) {
-                lists.remove(&buffer);
+            b.hold_count.fetch_sub(1, Ordering::AcqRel);
+            if self.remove_if(rec, b, is_idle) {
+                lists.remove(b);
             }
-            return Err(e);
-        }
-        Ok(BufferRef::new(buffer))
+        })
     }
 
     fn forget_one(&self, rec: &ThreadRecorder, lists: &mut Lists, buffer: &Arc<Buffer>) {
