@@ -47,6 +47,8 @@ pub enum ProbeError {
     Btf(#[from] aya::BtfError),
     #[error("{0}")]
     Tracefs(String),
+    #[error("program {0} is missing from bufscope's eBPF object (a mismatched build?)")]
+    MissingProgram(&'static str),
     #[error("map {name}: {detail}")]
     Map { name: &'static str, detail: String },
     #[error(
@@ -214,10 +216,8 @@ fn program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut aya::programs::Program, ProbeError> {
-    ebpf.program_mut(name).ok_or(ProbeError::Map {
-        name,
-        detail: "program missing from the eBPF object".into(),
-    })
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
