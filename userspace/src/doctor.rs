@@ -7,7 +7,7 @@ use aya::maps::MapType;
 use serde::Serialize;
 
 use crate::{
-    probe::{AttachMode, LockProbes},
+    probe::{AttachOptions, BufioReport, LockProbes},
     system,
 };
 
@@ -83,6 +83,7 @@ pub fn run() -> Report {
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe");
     let root = system::is_root();
+    let (attach, bufio_probes) = trial_attach(root);
     let checks = vec![
         privileges(root),
         if btf.exists() {
@@ -96,7 +97,7 @@ pub fn run() -> Report {
         ring_buffer(),
         lock_tracepoints_in_btf(btf),
         tracefs(),
-        trial_attach(root),
+        attach,
         if kprobe_pmu.exists() {
             check("kprobes", Status::Ok, kprobe_pmu.display().to_string())
         } else {
@@ -112,6 +113,7 @@ pub fn run() -> Report {
         ),
         fentry(),
         dm_bufio(),
+        bufio_probes,
     ];
     Report {
         kernel_release: system::kernel_release(),
@@ -216,22 +218,66 @@ fn tracefs() -> Check {
     }
 }
 
-fn trial_attach(root: bool) -> Check {
+/// Attaches everything for real and detaches again: the lock probes, then the dm-bufio ones.
+fn trial_attach(root: bool) -> (Check, Check) {
     let name = "lock probes attach";
+    let bufio_name = "dm-bufio probes";
     if !root {
-        return check(name, Status::Skipped, "needs root")
-            .otherwise("run `sudo -E bufscope doctor` to try attaching");
+        return (
+            check(name, Status::Skipped, "needs root")
+                .otherwise("run `sudo -E bufscope doctor` to try attaching"),
+            check(bufio_name, Status::Skipped, "needs root")
+                .otherwise("run `sudo -E bufscope doctor` to try attaching"),
+        );
     }
-    match LockProbes::attach(AttachMode::Auto, 4096 * 16) {
+    let options = AttachOptions {
+        ringbuf_bytes: 4096 * 16,
+        ..AttachOptions::default()
+    };
+    match LockProbes::attach(options) {
         Ok(probes) => {
             let mut detail = format!("attached and detached again as {}", probes.mode());
             for note in probes.notes() {
                 detail.push_str(&format!("; {note}"));
             }
-            check(name, Status::Ok, detail)
+            (
+                check(name, Status::Ok, detail),
+                bufio_check(bufio_name, probes.bufio()),
+            )
         }
-        Err(e) => check(name, Status::Refused, error_chain(&e))
-            .otherwise("lock contention cannot be recorded"),
+        Err(e) => (
+            check(name, Status::Refused, error_chain(&e))
+                .otherwise("lock contention cannot be recorded"),
+            check(bufio_name, Status::Skipped, "the lock probes did not load")
+                .otherwise("nothing can be recorded"),
+        ),
+    }
+}
+
+/// Which dm-bufio probe points attached, and why the others did not.
+fn bufio_check(name: &'static str, report: &BufioReport) -> Check {
+    if let Some(why) = &report.unavailable {
+        return check(name, Status::Missing, why.clone()).otherwise(
+            "no dm-bufio operations or named dm-bufio locks; kernel-wide lock contention is \
+             still recorded",
+        );
+    }
+    let attached = report.attached().count();
+    let total = report.points.len();
+    let design = report.design.map_or("unknown design", |d| d.describe());
+    let mut detail = format!("{attached} of {total} probe points attached; {design}");
+    let missing: Vec<String> = report
+        .missing()
+        .map(|p| format!("{}: {}", p.function, p.status.as_ref().unwrap_err()))
+        .collect();
+    if !missing.is_empty() {
+        detail.push_str(&format!("; missing {}", missing.join("; ")));
+    }
+    if report.sees_operations() {
+        check(name, Status::Ok, detail)
+    } else {
+        check(name, Status::Refused, detail)
+            .otherwise("no dm-bufio operations; lock waits are still recorded")
     }
 }
 

@@ -4,8 +4,12 @@
 //! ([`probe`]), what the kernel offers ([`doctor`], [`system`]), and trace summaries
 //! ([`summary`]). Trace files themselves are the `bufscope-trace` crate.
 
+pub mod bufio;
 pub mod doctor;
+pub mod kretprobe;
+pub mod naming;
 pub mod probe;
 pub mod summary;
+pub mod symbols;
 pub mod system;
 pub mod tracepoint_format;

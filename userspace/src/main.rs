@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Record kernel lock contention to a trace file (root). Ctrl-C or SIGTERM ends it cleanly.
+    /// Record kernel lock contention and dm-bufio operations to a trace file (root). Ctrl-C or
+    /// SIGTERM ends it cleanly.
     Record {
         /// Trace file to write.
         #[arg(short, long, value_name = "FILE")]
@@ -45,6 +46,12 @@ enum Command {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
+        /// Take no kernel stacks (they cost a stack walk per contention).
+        #[arg(long)]
+        no_stacks: bool,
+        /// Leave dm-bufio's functions alone: lock contention only.
+        #[arg(long)]
+        no_bufio: bool,
     },
     /// Summarise a trace file: header, time span, counts per event kind and lock type, losses.
     Info {
@@ -102,12 +109,16 @@ fn main() -> ExitCode {
             attach,
             ringbuf_size,
             force,
+            no_stacks,
+            no_bufio,
         } => cmd::record::run(cmd::record::Options {
             output,
             duration,
             attach,
             ringbuf_bytes: ringbuf_size,
             force,
+            stacks: !no_stacks,
+            bufio: !no_bufio,
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Doctor { json } => cmd::doctor::run(json),

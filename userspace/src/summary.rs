@@ -1,5 +1,7 @@
 //! A trace file's summary, as `bufscope info` shows it: header, time span, counts per event kind
-//! and lock type, dm-bufio operations per kind, and what was lost or left unpaired.
+//! and lock type, the most contended locks by name and their callers, dm-bufio clients and
+//! operations per kind, which probes were missing, the probes' own cost, and what was lost or
+//! left unpaired.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -7,8 +9,58 @@ use std::{
 };
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{Metadata, OpResult, Record, TraceError, TraceHeader, TraceReader};
+use bufscope_trace::{
+    ClientLock, Metadata, OpKind, OpResult, ProgramRun, Record, TraceError, TraceHeader,
+    TraceReader,
+};
 use serde::Serialize;
+
+use crate::naming::Names;
+
+/// How many named locks and callers a summary lists.
+pub const TOP_ROWS: usize = 15;
+
+/// Waits on one lock (or from one caller).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WaitRow {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+    pub contended: u64,
+    pub total_wait_ns: u64,
+    pub max_wait_ns: u64,
+    /// Waits made inside dm-bufio operations, by operation function.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inside_ops: BTreeMap<&'static str, u64>,
+}
+
+impl WaitRow {
+    fn add(&mut self, wait_ns: u64, op: Option<OpKind>) {
+        self.contended += 1;
+        self.total_wait_ns += wait_ns;
+        self.max_wait_ns = self.max_wait_ns.max(wait_ns);
+        if let Some(op) = op {
+            *self.inside_ops.entry(op.function()).or_default() += 1;
+        }
+    }
+}
+
+/// A dm-bufio client seen in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientRow {
+    pub addr: u64,
+    pub device: String,
+    pub block_size: u32,
+    /// Tree locks (6.4+), 0 for a single-mutex client.
+    pub trees: u32,
+    pub ops: u64,
+    /// The highest block an operation named.
+    pub max_block: u64,
+    pub waits_on_its_locks: u64,
+    /// ...of which on its client mutex, and on its tree locks.
+    pub waits_on_mutex: u64,
+    pub waits_on_trees: u64,
+}
 
 /// Waits of one lock type, in perf lock contention's terms.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -53,6 +105,22 @@ pub struct TraceSummary {
     pub by_op: BTreeMap<&'static str, OpStats>,
     /// dm-bufio clients seen in operations.
     pub clients: usize,
+    /// Clients described by the file (device, block size, locks).
+    pub client_list: Vec<ClientRow>,
+    /// The most contended locks by total wait, named.
+    pub top_locks: Vec<WaitRow>,
+    /// The callers with most total wait (from kernel stacks), named.
+    pub top_callers: Vec<WaitRow>,
+    /// Lock waits by the dm-bufio operation the waiter was inside ("-" for none).
+    pub waits_by_op: BTreeMap<&'static str, TypeStats>,
+    /// Lock waits with a kernel stack, and stacks the file carries.
+    pub waits_with_stack: u64,
+    pub stacks: u64,
+    /// dm-bufio design seen at recording, and probe points that were missing, with why.
+    pub bufio_design: Option<String>,
+    pub missing_probes: BTreeMap<String, String>,
+    /// The eBPF programs' runs over the recording.
+    pub programs: Vec<ProgramRun>,
     /// Metadata records by type.
     pub metadata: BTreeMap<String, u64>,
     pub losses: Option<LossSummary>,
@@ -81,6 +149,15 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
         by_type: BTreeMap::new(),
         by_op: BTreeMap::new(),
         clients: 0,
+        client_list: Vec::new(),
+        top_locks: Vec::new(),
+        top_callers: Vec::new(),
+        waits_by_op: BTreeMap::new(),
+        waits_with_stack: 0,
+        stacks: 0,
+        bufio_design: None,
+        missing_probes: BTreeMap::new(),
+        programs: Vec::new(),
         metadata: BTreeMap::new(),
         losses: None,
         problem: None,
@@ -89,6 +166,11 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
     let mut threads = HashSet::new();
     let mut locks = HashSet::new();
     let mut clients = HashSet::new();
+    let mut names = Names::default();
+    let mut by_lock: BTreeMap<(u64, u32), WaitRow> = BTreeMap::new();
+    let mut by_stack: BTreeMap<u32, WaitRow> = BTreeMap::new();
+    let mut client_rows: BTreeMap<u64, ClientRow> = BTreeMap::new();
+    let mut ops_by_client: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     loop {
         match reader.next_record() {
             Ok(None) => break,
@@ -111,6 +193,27 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                             stats.contended += 1;
                             stats.total_wait_ns += e.wait_ns;
                             stats.max_wait_ns = stats.max_wait_ns.max(e.wait_ns);
+                            // A mutex's spinning and sleeping begins are one lock type.
+                            let type_key = if e.flags & LockFlags::MUTEX != 0 {
+                                LockFlags::MUTEX
+                            } else {
+                                e.flags
+                            };
+                            by_lock
+                                .entry((e.lock_addr, type_key))
+                                .or_default()
+                                .add(e.wait_ns, e.op);
+                            if let Some(id) = e.stack_id {
+                                summary.waits_with_stack += 1;
+                                by_stack.entry(id).or_default().add(e.wait_ns, e.op);
+                            }
+                            let op = summary
+                                .waits_by_op
+                                .entry(e.op.map_or("-", |op| op.function()))
+                                .or_default();
+                            op.contended += 1;
+                            op.total_wait_ns += e.wait_ns;
+                            op.max_wait_ns = op.max_wait_ns.max(e.wait_ns);
                         }
                     }
                     Record::BufioOps(ops) => {
@@ -122,6 +225,9 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                                 Some(summary.last_ns.map_or(op.end_ns(), |l| l.max(op.end_ns())));
                             threads.insert(op.tid);
                             clients.insert(op.client);
+                            let (count, max_block) = ops_by_client.entry(op.client).or_default();
+                            *count += 1;
+                            *max_block = (*max_block).max(op.block);
                             let stats = summary.by_op.entry(op.kind.function()).or_default();
                             stats.count += 1;
                             stats.total_ns += op.duration_ns;
@@ -135,16 +241,44 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                     }
                     Record::Metadata(m) => {
                         *summary.metadata.entry(metadata_type(&m)).or_default() += 1;
-                        if let Metadata::LossCounts {
-                            kernel,
-                            user_dropped,
-                            ..
-                        } = m
-                        {
-                            summary.losses = Some(LossSummary {
+                        names.add(&m);
+                        match m {
+                            Metadata::LossCounts {
                                 kernel,
                                 user_dropped,
-                            });
+                                ..
+                            } => {
+                                summary.losses = Some(LossSummary {
+                                    kernel,
+                                    user_dropped,
+                                });
+                            }
+                            Metadata::Client {
+                                addr,
+                                device,
+                                block_size,
+                                locks,
+                                ..
+                            } => {
+                                let row = client_rows.entry(addr).or_default();
+                                row.addr = addr;
+                                row.device = device;
+                                row.block_size = block_size;
+                                if let Some(locks) = locks {
+                                    row.trees = locks.trees;
+                                }
+                            }
+                            Metadata::Stack { .. } => summary.stacks += 1,
+                            Metadata::Probes {
+                                bufio_design,
+                                missing,
+                                programs,
+                            } => {
+                                summary.bufio_design = bufio_design;
+                                summary.missing_probes = missing;
+                                summary.programs = programs;
+                            }
+                            _ => {}
                         }
                     }
                     Record::End(_) => {}
@@ -160,7 +294,66 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
     summary.threads = threads.len();
     summary.locks = locks.len();
     summary.clients = clients.len();
+
+    // Names come last: clients, stacks and symbols may be written after the events.
+    for ((addr, flags), mut row) in by_lock {
+        row.name = names.lock_name(addr, flags);
+        row.type_name = LockFlags(flags).type_name();
+        if let Some((device, which)) = names.bufio_lock(addr)
+            && let Some(client) = client_rows.values_mut().find(|c| c.device == device)
+        {
+            client.waits_on_its_locks += row.contended;
+            match which {
+                ClientLock::Mutex => client.waits_on_mutex += row.contended,
+                ClientLock::Tree(_) => client.waits_on_trees += row.contended,
+            }
+        }
+        summary.top_locks.push(row);
+    }
+    summary.top_locks = top(summary.top_locks);
+    // Callers: stacks merged by the name of their caller frame.
+    let mut callers: BTreeMap<String, WaitRow> = BTreeMap::new();
+    for (id, row) in by_stack {
+        let name = names
+            .caller(id)
+            .unwrap_or_else(|| "(unknown caller)".into());
+        let merged = callers.entry(name.clone()).or_default();
+        merged.name = name;
+        merged.type_name = "";
+        merged.contended += row.contended;
+        merged.total_wait_ns += row.total_wait_ns;
+        merged.max_wait_ns = merged.max_wait_ns.max(row.max_wait_ns);
+        for (op, n) in row.inside_ops {
+            *merged.inside_ops.entry(op).or_default() += n;
+        }
+    }
+    summary.top_callers = top(callers.into_values().collect());
+    for (addr, (n, max_block)) in ops_by_client {
+        client_rows.entry(addr).or_insert_with(|| ClientRow {
+            addr,
+            device: names
+                .client_device(addr)
+                .map_or_else(|| format!("{addr:#x}"), str::to_string),
+            ..ClientRow::default()
+        });
+        if let Some(row) = client_rows.get_mut(&addr) {
+            row.ops = n;
+            row.max_block = max_block;
+        }
+    }
+    summary.client_list = client_rows.into_values().collect();
     Ok(summary)
+}
+
+/// The rows with the most total wait, most first.
+fn top(mut rows: Vec<WaitRow>) -> Vec<WaitRow> {
+    rows.sort_by(|a, b| {
+        b.total_wait_ns
+            .cmp(&a.total_wait_ns)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    rows.truncate(TOP_ROWS);
+    rows
 }
 
 fn metadata_type(m: &Metadata) -> String {
@@ -169,6 +362,7 @@ fn metadata_type(m: &Metadata) -> String {
         Metadata::Client { .. } => "client",
         Metadata::Stack { .. } => "stack",
         Metadata::Symbols { .. } => "symbols",
+        Metadata::Probes { .. } => "probes",
         Metadata::Unknown => "unknown (newer format)",
     }
     .to_string()

@@ -35,6 +35,7 @@ fn write_trace(path: &Path, events: u64, finish: bool) {
                 cpu: 0,
                 flags: if i % 2 == 0 { 0x20 } else { 0x04 },
                 ret: 0,
+                ..LockWait::default()
             })
             .unwrap();
     }

@@ -120,18 +120,22 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<8} {:<14} {:>10} {:>12} {:>13} {:>14} {:>17}  kernel release",
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  kernel release",
         "kernel",
         "scenario",
         "reads/s",
         "lock waits",
-        "dm_bufio_get",
-        "dm_bufio_read",
-        "dm_bufio_release",
+        "kp get",
+        "kp read",
+        "kp rel",
+        "bufio ops",
+        "mutex w",
+        "tree w",
+        "lost",
     );
     for r in &rows {
         println!(
-            "{:<8} {:<14} {:>10} {:>12} {:>13} {:>14} {:>17}  {}",
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -139,6 +143,10 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.gets,
             r.reads,
             r.releases,
+            r.bufio_ops,
+            r.mutex_waits,
+            r.tree_waits,
+            r.returns_missed + r.ringbuf_full,
             r.release
         );
     }
@@ -175,7 +183,15 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
          made by: cargo xtask vm-test --kernel {kernel} --scenario {scenario} --save-samples\n\
          workload driver: {rate} reads/s\n\
          lock waits recorded: {waits}\n\
-         kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n",
+         kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n\
+         dm-bufio operations recorded: {ops}\n\
+         waits named: client mutex {mutex}, tree locks {trees}\n\
+         lost: {missed} operation returns, {full} events (ring buffer full)\n",
+        ops = outcome.bufio_ops,
+        mutex = outcome.mutex_waits,
+        trees = outcome.tree_waits,
+        missed = outcome.returns_missed,
+        full = outcome.ringbuf_full,
         release = outcome.release,
         scenario = outcome.scenario,
         kernel = outcome.kernel,
@@ -229,6 +245,14 @@ struct Outcome {
     gets: u64,
     reads: u64,
     releases: u64,
+    /// dm-bufio operations bufscope recorded, and lock waits it named as a client's mutex or
+    /// tree locks.
+    bufio_ops: u64,
+    mutex_waits: u64,
+    tree_waits: u64,
+    /// Operations lost for want of a kretprobe instance, and events lost to a full ring buffer.
+    returns_missed: u64,
+    ringbuf_full: u64,
 }
 
 /// bufscope built static, for the initramfs (and usable on the host to read results back).
@@ -688,7 +712,12 @@ fn check_results(
             .unwrap_or("absent")
             .to_string()
     };
-    for check in ["kprobes", "dm-bufio", "lock probes attach"] {
+    for check in [
+        "kprobes",
+        "dm-bufio",
+        "lock probes attach",
+        "dm-bufio probes",
+    ] {
         ensure!(
             status(check) == "ok",
             "{kernel}: bufscope doctor in the guest says {check} is {}",
@@ -755,6 +784,7 @@ fn check_results(
         reads_per_sec > 0,
         "{kernel}: the workload driver read nothing: {stress}"
     );
+    let bufio = check_bufio(kernel, scenario, &info, results)?;
     Ok(Outcome {
         kernel,
         scenario: scenario.to_string(),
@@ -764,7 +794,100 @@ fn check_results(
         gets,
         reads,
         releases,
+        bufio_ops: bufio.0,
+        mutex_waits: bufio.1,
+        tree_waits: bufio.2,
+        returns_missed: bufio.3,
+        ringbuf_full: bufio.4,
     })
+}
+
+/// What the dm-bufio probes recorded: operations of the expected kinds on blocks inside their
+/// devices, clients named by device, and waits named as the design predicts (6.1: the client
+/// mutex; 6.12: tree locks, and the client mutex where misses or writeback take it). Returns
+/// operations, mutex waits, tree waits, missed returns and ring-buffer losses.
+fn check_bufio(
+    kernel: &str,
+    scenario: &str,
+    info: &serde_json::Value,
+    results: &Path,
+) -> anyhow::Result<(u64, u64, u64, u64, u64)> {
+    let ops = info["bufio_ops"].as_u64().unwrap_or(0);
+    ensure!(
+        ops > 0,
+        "{kernel} {scenario}: no dm-bufio operations recorded"
+    );
+    let count = |function: &str| info["by_op"][function]["count"].as_u64().unwrap_or(0);
+    let reads = count("dm_bufio_read") + count("dm_bufio_get");
+    ensure!(
+        reads > 0 && count("dm_bufio_release") > 0,
+        "{kernel} {scenario}: expected reads and releases among the operations: {}",
+        info["by_op"]
+    );
+    let hits: u64 = ["dm_bufio_read", "dm_bufio_get"]
+        .iter()
+        .map(|f| info["by_op"][f]["hits"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        hits > 0,
+        "{kernel} {scenario}: no read was a hit: {}",
+        info["by_op"]
+    );
+
+    // "major:minor sectors" of the guest's block devices.
+    let devices: std::collections::HashMap<String, u64> =
+        fs::read_to_string(results.join("devices.txt"))?
+            .lines()
+            .filter_map(|l| {
+                let (dev, sectors) = l.split_once(' ')?;
+                Some((dev.to_string(), sectors.trim().parse().ok()?))
+            })
+            .collect();
+    let clients = info["client_list"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        !clients.is_empty(),
+        "{kernel} {scenario}: no dm-bufio client was described"
+    );
+    let (mut mutex_waits, mut tree_waits) = (0, 0);
+    for c in &clients {
+        let device = c["device"].as_str().unwrap_or("?");
+        let sectors = *devices.get(device).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{kernel} {scenario}: client device {device} is not a block device of the guest"
+            )
+        })?;
+        let block_size = c["block_size"].as_u64().unwrap_or(0);
+        ensure!(
+            block_size >= 512 && block_size.is_power_of_two(),
+            "{kernel} {scenario}: client {device} has block size {block_size}"
+        );
+        let blocks = sectors * 512 / block_size;
+        let max_block = c["max_block"].as_u64().unwrap_or(0);
+        ensure!(
+            c["ops"].as_u64().unwrap_or(0) == 0 || max_block < blocks,
+            "{kernel} {scenario}: client {device} read block {max_block}, past its {blocks} blocks"
+        );
+        mutex_waits += c["waits_on_mutex"].as_u64().unwrap_or(0);
+        tree_waits += c["waits_on_trees"].as_u64().unwrap_or(0);
+    }
+    match kernel {
+        "6.1" => ensure!(
+            mutex_waits > 0 && tree_waits == 0,
+            "{kernel} {scenario}: expected waits on the client mutex only (mutex {mutex_waits}, trees {tree_waits})"
+        ),
+        _ => ensure!(
+            tree_waits + mutex_waits > 0,
+            "{kernel} {scenario}: no waits named as dm-bufio locks (mutex {mutex_waits}, trees {tree_waits})"
+        ),
+    }
+    let kernel_counter = |name: &str| info["losses"]["kernel"][name].as_u64();
+    let (Some(missed), Some(full)) = (
+        kernel_counter("op_return_missed"),
+        kernel_counter("ringbuf_full"),
+    ) else {
+        anyhow::bail!("{kernel} {scenario}: the recording has no loss counts");
+    };
+    Ok((ops, mutex_waits, tree_waits, missed, full))
 }
 
 #[cfg(test)]

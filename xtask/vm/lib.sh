@@ -30,6 +30,8 @@ finish() {
     cat $T/kprobe_profile > /results/kprobes.txt
     /bin/bufscope info "/results/$SCENARIO.bftrace" > /results/info.txt
     for p in /sys/module/dm_bufio/parameters/*; do echo "$(basename $p) $(cat $p)"; done > /results/dm_bufio.txt
+    # "major:minor sectors" of every block device, to check recorded blocks against.
+    for d in /sys/block/*; do echo "$(cat $d/dev) $(cat $d/size)"; done > /results/devices.txt
     echo "BUFSCOPE-STEP recorded"
     echo 0 > /tmp/scenario.rc
 }

@@ -7,9 +7,14 @@
 
 #![no_std]
 
+mod bufio;
 mod lock;
 mod stats;
 
+pub use bufio::{
+    BufioOffsets, BufioOpEvent, ClientEvent, HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig,
+    WaitHist, WaitHistKey, op, result,
+};
 pub use lock::{LockFlags, LockWaitEvent, TracepointOffsets};
 pub use stats::Counter;
 
@@ -19,6 +24,10 @@ pub use stats::Counter;
 pub enum EventKind {
     /// A [`LockWaitEvent`]: one paired contention_begin/contention_end.
     LockWait = 1,
+    /// A [`BufioOpEvent`]: one dm-bufio operation, entry to return.
+    BufioOp = 2,
+    /// A [`ClientEvent`]: a dm-bufio client appeared or went away.
+    Client = 3,
 }
 
 impl EventKind {
@@ -28,6 +37,8 @@ impl EventKind {
         let tag = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
         match tag {
             1 => Some(Self::LockWait),
+            2 => Some(Self::BufioOp),
+            3 => Some(Self::Client),
             _ => None,
         }
     }
@@ -41,6 +52,24 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     /// Global [`TracepointOffsets`](crate::TracepointOffsets) for the classic tracepoint programs.
     pub const TRACEPOINT_OFFSETS_GLOBAL: &str = "TRACEPOINT_OFFSETS";
+    /// Kernel stacks taken at contention_begin (a BPF stack trace map).
+    pub const STACKS_MAP: &str = "STACKS";
+    /// Per-CPU hash of [`WaitHist`](crate::WaitHist) by [`WaitHistKey`](crate::WaitHistKey).
+    pub const WAIT_HIST_MAP: &str = "WAIT_HIST";
+    /// Per-CPU hash of [`OpStats`](crate::OpStats) by [`OpStatsKey`](crate::OpStatsKey).
+    pub const OP_STATS_MAP: &str = "OP_STATS";
+    /// Global [`ProbeConfig`](crate::ProbeConfig).
+    pub const PROBE_CONFIG_GLOBAL: &str = "PROBE_CONFIG";
+    /// Global [`BufioOffsets`](crate::BufioOffsets).
+    pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
+    /// The one return program, attached to every operation function as a kretprobe.
+    pub const OP_RETURN_PROGRAM: &str = "bufio_op_return";
+    /// Entry of the function that runs only on a cache miss (6.4+: __bufio_new; before:
+    /// __link_buffer): marks the operation in progress as a miss.
+    pub const MISS_PROGRAM: &str = "bufio_miss";
+    /// Entries of dm_bufio_lock / dm_bufio_unlock: client-mutex hold times.
+    pub const LOCK_PROGRAM: &str = "bufio_lock";
+    pub const UNLOCK_PROGRAM: &str = "bufio_unlock";
     /// tp_btf programs (typed arguments, no tracefs needed).
     pub const BEGIN_BTF_PROGRAM: &str = "contention_begin_btf";
     pub const END_BTF_PROGRAM: &str = "contention_end_btf";

@@ -26,12 +26,19 @@ pub struct LockWaitEvent {
     pub wait_ns: u64,
     /// Kernel address of the lock.
     pub lock_addr: u64,
+    /// The dm-bufio client whose operation the waiter was inside, 0 for none.
+    pub op_client: u64,
+    /// Kernel stack id in the `STACKS` map at contention_begin, negative when none was taken
+    /// (stacks off, or the map full: counted as `stack_lost`).
+    pub stack_id: i32,
+    /// The dm-bufio operation ([`crate::op`]) the waiter was inside, 0 for none.
+    pub op: u32,
 }
 assert_layout!(
     LockWaitEvent,
-    size = 48,
+    size = 64,
     align = 8,
-    fields = [u32, u32, u32, u32, u32, i32, u64, u64, u64]
+    fields = [u32, u32, u32, u32, u32, i32, u64, u64, u64, u64, i32, u32]
 );
 
 /// Byte offsets of the fields the classic tracepoint programs read, taken at start-up from

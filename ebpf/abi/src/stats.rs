@@ -11,7 +11,7 @@ pub enum Counter {
     EndSeen,
     /// Lock-wait events handed to the ring buffer.
     Submitted,
-    /// Ring buffer full: the event was lost.
+    /// Ring buffer full: an event (lock wait, operation or client) was lost.
     ReserveFailed,
     /// A begin for the lock this thread already waits on (a mutex spins, then sleeps, then may
     /// spin again): the first begin is kept, as perf does.
@@ -26,11 +26,28 @@ pub enum Counter {
     MismatchedEnd,
     /// The per-thread pending map was full: the begin was dropped.
     PendingFull,
+    /// No kernel stack could be stored (the stack map was full): the wait has no stack.
+    StackLost,
+    /// The wait histogram map was full: the wait is missing from the live histograms.
+    HistFull,
+    /// dm-bufio operation entries seen.
+    OpEntries,
+    /// dm-bufio operations handed to the ring buffer.
+    OpsSubmitted,
+    /// Operations whose return never came (a kretprobe instance was missing); dropped.
+    OpReturnMissed,
+    /// A dm-bufio operation inside another (e.g. mark_buffer_dirty calling the partial
+    /// variant): folded into the outer one.
+    OpNested,
+    /// Operations nested deeper than the per-thread frame stack: ignored.
+    OpTooDeep,
+    /// A return with no matching entry (the entry came before bufscope attached).
+    OpUnmatchedReturn,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 17;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -42,6 +59,14 @@ impl Counter {
         Counter::UnpairedEnd,
         Counter::MismatchedEnd,
         Counter::PendingFull,
+        Counter::StackLost,
+        Counter::HistFull,
+        Counter::OpEntries,
+        Counter::OpsSubmitted,
+        Counter::OpReturnMissed,
+        Counter::OpNested,
+        Counter::OpTooDeep,
+        Counter::OpUnmatchedReturn,
     ];
 
     /// A stable name for reports and trace files.
@@ -56,6 +81,14 @@ impl Counter {
             Counter::UnpairedEnd => "unpaired_end",
             Counter::MismatchedEnd => "mismatched_end",
             Counter::PendingFull => "pending_full",
+            Counter::StackLost => "stack_lost",
+            Counter::HistFull => "hist_full",
+            Counter::OpEntries => "op_entries",
+            Counter::OpsSubmitted => "ops_submitted",
+            Counter::OpReturnMissed => "op_return_missed",
+            Counter::OpNested => "op_nested",
+            Counter::OpTooDeep => "op_too_deep",
+            Counter::OpUnmatchedReturn => "op_unmatched_return",
         }
     }
 }

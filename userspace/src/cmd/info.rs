@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::ExitCode};
 
-use bufscope::summary::{TraceSummary, summarize};
+use bufscope::summary::{TraceSummary, WaitRow, summarize};
 
 use super::{duration_ns, thousands};
 
@@ -104,6 +104,73 @@ fn print_text(s: &TraceSummary) {
             );
         }
     }
+    if !s.client_list.is_empty() {
+        println!();
+        println!(
+            "{:>12} {:>8} {:>6} {:>12}  dm-bufio client",
+            "operations", "block", "trees", "lock waits"
+        );
+        for c in &s.client_list {
+            println!(
+                "{:>12} {:>8} {:>6} {:>12}  {} ({:#x})",
+                thousands(c.ops),
+                c.block_size,
+                c.trees,
+                thousands(c.waits_on_its_locks),
+                c.device,
+                c.addr
+            );
+        }
+    }
+    print_rows("lock", &s.top_locks, true);
+    print_rows("caller", &s.top_callers, false);
+    if s.waits_by_op.keys().any(|op| *op != "-") {
+        println!();
+        println!(
+            "{:>12} {:>12} {:>12}  lock waits inside dm-bufio operation",
+            "contended", "total wait", "max wait"
+        );
+        for (op, t) in &s.waits_by_op {
+            println!(
+                "{:>12} {:>12} {:>12}  {}",
+                thousands(t.contended),
+                duration_ns(t.total_wait_ns),
+                duration_ns(t.max_wait_ns),
+                if *op == "-" { "(none)" } else { op }
+            );
+        }
+    }
+    if s.lock_waits > 0 {
+        println!();
+        println!(
+            "stacks          {} of {} waits have a kernel stack ({} distinct)",
+            thousands(s.waits_with_stack),
+            thousands(s.lock_waits),
+            thousands(s.stacks)
+        );
+    }
+    if let Some(design) = &s.bufio_design {
+        println!("dm-bufio        {design}");
+    }
+    for (function, why) in &s.missing_probes {
+        println!("missing probe   {function}: {why}");
+    }
+    if !s.programs.is_empty() {
+        println!();
+        println!(
+            "{:>12} {:>10} {:>12}  eBPF program (run-time statistics while attached)",
+            "runs", "avg", "total"
+        );
+        for p in &s.programs {
+            println!(
+                "{:>12} {:>10} {:>12}  {}",
+                thousands(p.run_count),
+                duration_ns(p.run_time_ns / p.run_count.max(1)),
+                duration_ns(p.run_time_ns),
+                p.program
+            );
+        }
+    }
     println!();
     match &s.losses {
         Some(l) => {
@@ -123,5 +190,40 @@ fn print_text(s: &TraceSummary) {
             );
         }
         None => println!("lost            unknown (the file has no loss record)"),
+    }
+}
+
+/// Named locks or callers, perf lock contention's columns, with the dm-bufio operations the
+/// waits were made in.
+fn print_rows(what: &str, rows: &[WaitRow], with_type: bool) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    let type_header = if with_type { "type" } else { "" };
+    println!(
+        "{:>12} {:>12} {:>12} {:>12} {type_header:>10}  {what}",
+        "contended", "total wait", "max wait", "avg wait",
+    );
+    for r in rows {
+        let ops: Vec<String> = r
+            .inside_ops
+            .iter()
+            .map(|(op, n)| format!("{} {}", op.trim_start_matches("dm_bufio_"), thousands(*n)))
+            .collect();
+        println!(
+            "{:>12} {:>12} {:>12} {:>12} {:>10}  {}{}",
+            thousands(r.contended),
+            duration_ns(r.total_wait_ns),
+            duration_ns(r.max_wait_ns),
+            duration_ns(r.total_wait_ns / r.contended.max(1)),
+            r.type_name,
+            r.name,
+            if ops.is_empty() {
+                String::new()
+            } else {
+                format!("  [in {}]", ops.join(", "))
+            }
+        );
     }
 }

@@ -1,8 +1,10 @@
-//! `bufscope record`: kernel lock contention to a trace file, until a duration passes, Ctrl-C or
-//! SIGTERM. The file is flushed every second, so a crash loses at most the last second; a clean
-//! stop drains the ring buffer and writes loss counts and the end record.
+//! `bufscope record`: kernel lock contention and dm-bufio operations to a trace file, until a
+//! duration passes, Ctrl-C or SIGTERM. The file is flushed every second, so a crash loses at most
+//! the last second; a clean stop drains the ring buffer, then writes the stacks the waits used
+//! with their symbols, what the probes covered and cost, the loss counts and the end record.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{BufWriter, IsTerminal, Write},
     path::PathBuf,
@@ -12,10 +14,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use bufscope::{
-    probe::{AttachMode, LockProbes},
+    probe::{AttachMode, AttachOptions, ClientHow, ClientSighting, Event, LockProbes},
+    symbols::{LockText, symbolize_kernel},
     system,
 };
-use bufscope_trace::{Metadata, TraceHeader, TraceWriter};
+use bufscope_abi::ProbeConfig;
+use bufscope_trace::{Metadata, ProgramRun, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::thousands;
@@ -27,6 +31,8 @@ pub struct Options {
     pub attach: AttachMode,
     pub ringbuf_bytes: u32,
     pub force: bool,
+    pub stacks: bool,
+    pub bufio: bool,
 }
 
 pub fn run(options: Options) -> anyhow::Result<ExitCode> {
@@ -50,7 +56,15 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     // Taken before attaching, so that every recorded wait begins after the trace's start.
     let start_unix_ns = system::unix_ns();
     let start_clock_ns = system::monotonic_ns();
-    let mut probes = LockProbes::attach(options.attach, options.ringbuf_bytes)?;
+    let mut probes = LockProbes::attach(AttachOptions {
+        mode: options.attach,
+        ringbuf_bytes: options.ringbuf_bytes,
+        config: ProbeConfig {
+            stream_events: 1,
+            stacks: u32::from(options.stacks),
+        },
+        bufio: options.bufio,
+    })?;
     let mut stream = probes
         .event_stream()
         .context("opening the event ring buffer")?;
@@ -73,8 +87,14 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     for note in probes.notes() {
         eprintln!("bufscope: {note}");
     }
+    report_bufio_probes(&probes);
     eprintln!(
-        "bufscope: recording lock contention ({} probes) to {}; {}",
+        "bufscope: recording {} ({} probes) to {}; {}",
+        if probes.bufio().sees_operations() {
+            "lock contention and dm-bufio operations"
+        } else {
+            "lock contention"
+        },
         probes.mode(),
         options.output.display(),
         match options.duration {
@@ -92,13 +112,12 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     let second = Duration::from_secs(1);
     let mut flush_tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     let mut batch = Vec::with_capacity(4096);
+    let mut sink = Sink::default();
     let stopped_by = loop {
         tokio::select! {
             ready = stream.next_batch(&mut batch) => {
                 ready.context("reading the event ring buffer")?;
-                for event in batch.drain(..) {
-                    writer.push(event).with_context(write_context)?;
-                }
+                sink.write(&mut writer, &probes, &mut batch).with_context(write_context)?;
             }
             _ = flush_tick.tick() => {
                 writer.flush().with_context(write_context)?;
@@ -114,9 +133,36 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     // Stop new events first, then take everything still in the ring buffer.
     probes.detach();
     stream.drain_now(&mut batch);
-    for event in batch.drain(..) {
-        writer.push(event).with_context(write_context)?;
-    }
+    sink.write(&mut writer, &probes, &mut batch)
+        .with_context(write_context)?;
+    write_stacks(&mut writer, &probes, &sink.stack_ids).with_context(write_context)?;
+    let bufio = probes.bufio();
+    writer
+        .write_metadata(&Metadata::Probes {
+            bufio_design: bufio.design.map(|d| d.describe().to_string()),
+            missing: match &bufio.unavailable {
+                Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
+                None => bufio
+                    .missing()
+                    .map(|p| {
+                        (
+                            p.function.to_string(),
+                            p.status.clone().err().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            },
+            programs: probes
+                .program_stats()
+                .into_iter()
+                .map(|p| ProgramRun {
+                    program: p.program,
+                    run_count: p.run_count,
+                    run_time_ns: p.run_time_ns,
+                })
+                .collect(),
+        })
+        .with_context(write_context)?;
     let kernel = probes
         .counters()
         .context("reading the in-kernel counters")?;
@@ -128,6 +174,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         })
         .with_context(write_context)?;
     let events = writer.lock_waits();
+    let ops = writer.bufio_ops();
     let (mut out, _) = writer
         .finish(system::unix_ns())
         .with_context(write_context)?;
@@ -136,8 +183,11 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
 
     let counter = |name: &str| kernel.get(name).copied().unwrap_or(0);
     eprintln!(
-        "bufscope: {stopped_by}: {} lock waits in {:.1} s, {} bytes, to {}",
+        "bufscope: {stopped_by}: {} lock waits, {} dm-bufio operations, {} clients in {:.1} s, \
+         {} bytes, to {}",
         thousands(events),
+        thousands(ops),
+        sink.clients.len(),
         started.elapsed().as_secs_f64(),
         thousands(bytes),
         options.output.display()
@@ -154,6 +204,98 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         options.output.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says which dm-bufio probe points are missing and why, once, at the start.
+fn report_bufio_probes(probes: &LockProbes) {
+    let bufio = probes.bufio();
+    if let Some(why) = &bufio.unavailable {
+        eprintln!("bufscope: dm-bufio probes: none ({why}); recording lock contention only");
+        return;
+    }
+    let attached = bufio.attached().count();
+    eprintln!(
+        "bufscope: dm-bufio probes: {attached} of {} points attached ({})",
+        bufio.points.len(),
+        bufio.design.map_or("design unknown", |d| d.describe())
+    );
+    for point in bufio.missing() {
+        eprintln!(
+            "bufscope:   missing {}: {}",
+            point.function,
+            point.status.as_ref().err().map_or("", String::as_str)
+        );
+    }
+}
+
+/// Where events go: lock waits and operations into chunks, clients into metadata records (with
+/// their lock addresses), and the stack ids used remembered for the end.
+#[derive(Default)]
+struct Sink {
+    clients: BTreeMap<u64, ClientSighting>,
+    stack_ids: BTreeSet<u32>,
+}
+
+impl Sink {
+    fn write<W: Write>(
+        &mut self,
+        writer: &mut TraceWriter<W>,
+        probes: &LockProbes,
+        batch: &mut Vec<Event>,
+    ) -> std::io::Result<()> {
+        for event in batch.drain(..) {
+            match event {
+                Event::LockWait(wait) => {
+                    if let Some(id) = wait.stack_id {
+                        self.stack_ids.insert(id);
+                    }
+                    writer.push(wait)?;
+                }
+                Event::Op(op) => writer.push_op(op)?,
+                Event::Client(client) => {
+                    let seen_ns = match self.clients.get(&client.addr) {
+                        Some(earlier) if client.how == ClientHow::Destroyed => earlier.at_ns,
+                        _ => client.at_ns,
+                    };
+                    writer.write_metadata(&Metadata::Client {
+                        addr: client.addr,
+                        device: client.device.clone(),
+                        block_size: client.block_size,
+                        locks: probes.client_locks(client.addr, client.num_locks),
+                        seen_ns,
+                        destroyed_ns: (client.how == ClientHow::Destroyed).then_some(client.at_ns),
+                    })?;
+                    self.clients.insert(client.addr, client);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stacks the recorded waits refer to, and the symbols of their frames and of the locks
+/// (so the file names them on any machine).
+fn write_stacks<W: Write>(
+    writer: &mut TraceWriter<W>,
+    probes: &LockProbes,
+    ids: &BTreeSet<u32>,
+) -> std::io::Result<()> {
+    let mut addrs = BTreeSet::new();
+    for &id in ids {
+        if let Some(frames) = probes.stack(id) {
+            addrs.extend(frames.iter().copied());
+            writer.write_metadata(&Metadata::Stack { id, frames })?;
+        }
+    }
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let addrs: Vec<u64> = addrs.into_iter().collect();
+    let (symbols, note) = symbolize_kernel(&addrs, &LockText::from_kallsyms());
+    if let Some(note) = note {
+        eprintln!("bufscope: {note}; stacks are kept as addresses");
+    }
+    writer.write_metadata(&Metadata::Symbols { symbols })
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -402,6 +402,9 @@ fn write_trace(
             addr: SYNTHETIC_CLIENT,
             device: "synthetic".into(),
             block_size,
+            locks: None,
+            seen_ns: 0,
+            destroyed_ns: None,
         })
         .with_context(context)?;
     let mut step = 0u64;
@@ -420,8 +423,7 @@ fn write_trace(
                     cpu: 0,
                     kind,
                     result: OpResult::None,
-                    arg0: 0,
-                    arg1: 0,
+                    ..BufioOp::default()
                 };
                 match writer.push_op(op) {
                     Ok(()) => true,

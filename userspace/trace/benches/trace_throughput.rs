@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use bufscope_trace::{LockWait, Record, TraceHeader, TraceReader, TraceWriter};
+use bufscope_trace::{LockWait, OpKind, Record, TraceHeader, TraceReader, TraceWriter};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 const EVENTS: usize = 10_000_000;
@@ -28,6 +28,7 @@ fn synthetic_events(n: usize) -> Vec<LockWait> {
                 rng.random_range(4..1000u64)
             };
             let tid = 2000 + rng.random_range(0..16u32);
+            let inside_op = rng.random_bool(0.6);
             LockWait {
                 start_ns: end - wait_ns,
                 wait_ns,
@@ -37,6 +38,10 @@ fn synthetic_events(n: usize) -> Vec<LockWait> {
                 cpu: rng.random_range(0..2),
                 flags: if rng.random_bool(0.9) { 0x20 } else { 0x02 },
                 ret: 0,
+                // A recording's stacks repeat: a few hundred distinct call paths.
+                stack_id: Some(rng.random_range(0..300)),
+                op: inside_op.then_some(OpKind::Read),
+                op_client: if inside_op { 0xffff_8881_4000_0000 } else { 0 },
             }
         })
         .collect()

@@ -30,8 +30,8 @@ fn main() -> std::io::Result<()> {
         println!("trace_reader/{name}: {} bytes", bytes.len());
     }
 
-    // The chunk decoders' input: selector (even: lock waits, odd: operations), claimed count
-    // (u32 LE), then a raw chunk.
+    // The chunk decoders' input: selector (modulo 4: lock waits V1, operations V1, lock waits
+    // V2, operations V2), claimed count (u32 LE), then a raw chunk. The helpers encode V2.
     let dir = dir.join("../chunk_decoder");
     fs::create_dir_all(&dir)?;
     let input = |selector: u8, count: usize, raw: Vec<u8>| {
@@ -40,17 +40,17 @@ fn main() -> std::io::Result<()> {
         input.extend(raw);
         input
     };
-    let waits = |n| input(0, n, encode_lock_wait_chunk(&common::events(n)));
-    let ops = |n| input(1, n, encode_bufio_op_chunk(&common::ops(n)));
+    let waits = |n| input(2, n, encode_lock_wait_chunk(&common::events(n)));
+    let ops = |n| input(3, n, encode_bufio_op_chunk(&common::ops(n)));
     let mut wrong_count = waits(20);
     wrong_count[1] = 21;
     let seeds: [(&str, Vec<u8>); 6] = [
-        ("seed-valid-waits-20", waits(20)),
-        ("seed-valid-waits-1", waits(1)),
-        ("seed-valid-waits-0", waits(0)),
-        ("seed-valid-ops-30", ops(30)),
-        ("seed-valid-ops-1", ops(1)),
-        ("seed-wrong-count", wrong_count),
+        ("seed-valid-v2-waits-20", waits(20)),
+        ("seed-valid-v2-waits-1", waits(1)),
+        ("seed-valid-v2-waits-0", waits(0)),
+        ("seed-valid-v2-ops-30", ops(30)),
+        ("seed-valid-v2-ops-1", ops(1)),
+        ("seed-v2-wrong-count", wrong_count),
     ];
     for (name, bytes) in seeds {
         fs::write(dir.join(name), &bytes)?;

@@ -14,6 +14,11 @@
 //! `n × varint kind`, `n × varint result`, `n × zigzag block delta` (from the previous op's
 //! block), `n × varint arg0`, `n × varint arg1`.
 //!
+//! Layout V2 (format 1.2, record kinds 5 and 6) appends, for lock waits: `n × varint stack`
+//! (id + 1, 0 for none), `n × varint operation` (0 for none), `varint C, C × u64` client
+//! dictionary, `n × varint client` (index + 1, 0 for none); for operations: `n × varint`
+//! client-mutex wait ns, `n × varint` hold ns.
+//!
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
 //! order, so their deltas are small, and so are the block deltas of scans.
 
@@ -23,9 +28,18 @@ use integer_encoding::VarInt;
 
 use crate::{BufioOp, LockWait, OpKind, OpResult};
 
-/// The smallest encoding of one lock wait and of one operation: a byte per column.
+/// The smallest encoding of one lock wait and of one operation: a byte per column (V1).
 const MIN_LOCK_WAIT_BYTES: usize = 7;
 const MIN_BUFIO_OP_BYTES: usize = 10;
+
+/// Which columns a chunk has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Formats 1.0 and 1.1 (record kinds 1 and 4).
+    V1,
+    /// Format 1.2 on (record kinds 5 and 6).
+    V2,
+}
 
 /// A dictionary in first-seen order, reused across chunks.
 #[derive(Debug, Default)]
@@ -123,7 +137,12 @@ impl ChunkEncoder {
     }
 
     /// Appends the encoding of lock waits to `out`.
-    pub(crate) fn encode_lock_waits(&mut self, events: &[LockWait], out: &mut Vec<u8>) {
+    pub(crate) fn encode_lock_waits(
+        &mut self,
+        events: &[LockWait],
+        layout: Layout,
+        out: &mut Vec<u8>,
+    ) {
         let common = events.iter().map(|e| Common {
             addr: e.lock_addr,
             tid: e.tid,
@@ -139,10 +158,36 @@ impl ChunkEncoder {
         for e in events {
             put(out, e.ret);
         }
+        if layout == Layout::V1 {
+            return;
+        }
+        for e in events {
+            put(out, e.stack_id.map_or(0, |id| u64::from(id) + 1));
+        }
+        for e in events {
+            put(out, e.op.map_or(0, |op| op as u8));
+        }
+        self.addrs.clear();
+        self.addr_column.clear();
+        for e in events {
+            let index = if e.op_client == 0 {
+                0
+            } else {
+                self.addrs.index_of(e.op_client) + 1
+            };
+            self.addr_column.push(index);
+        }
+        put(out, self.addrs.order.len() as u64);
+        for addr in &self.addrs.order {
+            out.extend_from_slice(&addr.to_le_bytes());
+        }
+        for &index in &self.addr_column {
+            put(out, index);
+        }
     }
 
     /// Appends the encoding of dm-bufio operations to `out`.
-    pub(crate) fn encode_bufio_ops(&mut self, ops: &[BufioOp], out: &mut Vec<u8>) {
+    pub(crate) fn encode_bufio_ops(&mut self, ops: &[BufioOp], layout: Layout, out: &mut Vec<u8>) {
         let common = ops.iter().map(|o| Common {
             addr: o.client,
             tid: o.tid,
@@ -168,6 +213,15 @@ impl ChunkEncoder {
         }
         for o in ops {
             put(out, o.arg1);
+        }
+        if layout == Layout::V1 {
+            return;
+        }
+        for o in ops {
+            put(out, o.lock_wait_ns);
+        }
+        for o in ops {
+            put(out, o.lock_hold_ns);
         }
     }
 }
@@ -292,7 +346,11 @@ fn decode_common<'a, E: Clone>(
 }
 
 /// Decodes a lock-wait chunk that claims `expected` events.
-pub(crate) fn decode_lock_waits(raw: &[u8], expected: u32) -> Result<Vec<LockWait>, String> {
+pub(crate) fn decode_lock_waits(
+    raw: &[u8],
+    expected: u32,
+    layout: Layout,
+) -> Result<Vec<LockWait>, String> {
     let (mut events, mut cur) = decode_common(
         raw,
         expected,
@@ -312,12 +370,47 @@ pub(crate) fn decode_lock_waits(raw: &[u8], expected: u32) -> Result<Vec<LockWai
     for e in events.iter_mut() {
         e.ret = cur.varint("ret")?;
     }
+    if layout == Layout::V2 {
+        for e in events.iter_mut() {
+            let at = cur.pos;
+            let id: u64 = cur.varint("stack id")?;
+            e.stack_id = match id {
+                0 => None,
+                id => Some(u32::try_from(id - 1).map_err(|_| {
+                    format!("stack id {} at byte {at} of the chunk is too large", id - 1)
+                })?),
+            };
+        }
+        for e in events.iter_mut() {
+            let at = cur.pos;
+            let op: u8 = cur.varint("operation")?;
+            e.op = match op {
+                0 => None,
+                op => Some(OpKind::from_u8(op).ok_or_else(|| {
+                    format!("unknown operation kind {op} at byte {at} of the chunk")
+                })?),
+            };
+        }
+        let n_clients = cur.count("client dictionary size", raw.len() / 8)?;
+        let mut clients = Vec::with_capacity(n_clients);
+        for _ in 0..n_clients {
+            clients.push(cur.u64_le("client address")?);
+        }
+        for e in events.iter_mut() {
+            let index = cur.index("client index", clients.len() + 1)?;
+            e.op_client = if index == 0 { 0 } else { clients[index - 1] };
+        }
+    }
     cur.finish()?;
     Ok(events)
 }
 
 /// Decodes a dm-bufio operation chunk that claims `expected` operations.
-pub(crate) fn decode_bufio_ops(raw: &[u8], expected: u32) -> Result<Vec<BufioOp>, String> {
+pub(crate) fn decode_bufio_ops(
+    raw: &[u8],
+    expected: u32,
+    layout: Layout,
+) -> Result<Vec<BufioOp>, String> {
     let (mut ops, mut cur) = decode_common(
         raw,
         expected,
@@ -355,6 +448,14 @@ pub(crate) fn decode_bufio_ops(raw: &[u8], expected: u32) -> Result<Vec<BufioOp>
     for o in ops.iter_mut() {
         o.arg1 = cur.varint("arg1")?;
     }
+    if layout == Layout::V2 {
+        for o in ops.iter_mut() {
+            o.lock_wait_ns = cur.varint("client-mutex wait")?;
+        }
+        for o in ops.iter_mut() {
+            o.lock_hold_ns = cur.varint("client-mutex hold")?;
+        }
+    }
     cur.finish()?;
     Ok(ops)
 }
@@ -374,6 +475,7 @@ mod tests {
                 cpu: (i % 2) as u32,
                 flags: 32,
                 ret: if i == 7 { -4 } else { 0 },
+                ..LockWait::default()
             })
             .collect()
     }
@@ -382,8 +484,11 @@ mod tests {
     fn round_trips_and_uses_dictionaries() {
         let events = sample();
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode_lock_waits(&events, &mut raw);
-        assert_eq!(decode_lock_waits(&raw, 100).expect("decodes"), events);
+        ChunkEncoder::default().encode_lock_waits(&events, Layout::V1, &mut raw);
+        assert_eq!(
+            decode_lock_waits(&raw, 100, Layout::V1).expect("decodes"),
+            events
+        );
         // 3 locks × 8 bytes in the dictionary, not 100 × 8 in the column.
         assert!(raw.len() < 100 * 12, "encoded to {} bytes", raw.len());
     }
@@ -392,26 +497,61 @@ mod tests {
     fn wrong_count_and_bad_index_are_named() {
         let events = sample();
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode_lock_waits(&events, &mut raw);
-        let err = decode_lock_waits(&raw, 99).expect_err("count mismatch");
+        ChunkEncoder::default().encode_lock_waits(&events, Layout::V1, &mut raw);
+        let err = decode_lock_waits(&raw, 99, Layout::V1).expect_err("count mismatch");
         assert!(err.contains("holds 100 events"), "{err}");
 
         let one = [LockWait::default()];
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode_lock_waits(&one, &mut raw);
+        ChunkEncoder::default().encode_lock_waits(&one, Layout::V1, &mut raw);
         // Layout: n=1, L=1, 8 address bytes, T=1, tid, tgid, then the seven columns.
         let lock_index_at = 1 + 1 + 8 + 1 + 1 + 1 + 1 + 1;
         raw[lock_index_at] = 5;
-        let err = decode_lock_waits(&raw, 1).expect_err("index outside the dictionary");
+        let err = decode_lock_waits(&raw, 1, Layout::V1).expect_err("index outside the dictionary");
         assert!(err.contains("lock index 5"), "{err}");
+    }
+
+    #[test]
+    fn v2_columns_round_trip_and_v1_drops_them() {
+        let mut events = sample();
+        for (i, e) in events.iter_mut().enumerate() {
+            if i % 3 != 0 {
+                e.stack_id = Some(i as u32 * 7);
+                e.op = Some(OpKind::Read);
+                e.op_client = 0xffff_8881_0000_0000 + (i % 2) as u64 * 0x400;
+            }
+        }
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_lock_waits(&events, Layout::V2, &mut raw);
+        assert_eq!(
+            decode_lock_waits(&raw, 100, Layout::V2).expect("decodes"),
+            events
+        );
+        let err = decode_lock_waits(&raw, 100, Layout::V1).expect_err("V1 sees extra bytes");
+        assert!(err.contains("left over"), "{err}");
+
+        let ops: Vec<BufioOp> = (0..10)
+            .map(|i| BufioOp {
+                start_ns: 100 * i,
+                lock_wait_ns: i * 1000,
+                lock_hold_ns: i * 10,
+                ..BufioOp::default()
+            })
+            .collect();
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_bufio_ops(&ops, Layout::V2, &mut raw);
+        assert_eq!(
+            decode_bufio_ops(&raw, 10, Layout::V2).expect("decodes"),
+            ops
+        );
     }
 
     #[test]
     fn leftover_bytes_are_an_error() {
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode_lock_waits(&sample(), &mut raw);
+        ChunkEncoder::default().encode_lock_waits(&sample(), Layout::V1, &mut raw);
         raw.push(0);
-        let err = decode_lock_waits(&raw, 100).expect_err("trailing byte");
+        let err = decode_lock_waits(&raw, 100, Layout::V1).expect_err("trailing byte");
         assert!(err.contains("1 bytes left over"), "{err}");
     }
 
@@ -436,13 +576,15 @@ mod tests {
                 } else {
                     OpResult::None
                 },
-                arg0: 0,
-                arg1: 0,
+                ..BufioOp::default()
             })
             .collect();
         let mut raw = Vec::new();
-        ChunkEncoder::default().encode_bufio_ops(&ops, &mut raw);
-        assert_eq!(decode_bufio_ops(&raw, 200).expect("decodes"), ops);
+        ChunkEncoder::default().encode_bufio_ops(&ops, Layout::V1, &mut raw);
+        assert_eq!(
+            decode_bufio_ops(&raw, 200, Layout::V1).expect("decodes"),
+            ops
+        );
         assert!(raw.len() < 200 * 12, "encoded to {} bytes", raw.len());
 
         // From the end: arg1, arg0 (a byte each), block deltas (the first, 1024, takes two),
@@ -450,7 +592,7 @@ mod tests {
         let kind_column = raw.len() - (4 * 200 + 201);
         let mut bad = raw.clone();
         bad[kind_column] = 99;
-        let err = decode_bufio_ops(&bad, 200).expect_err("unknown kind");
+        let err = decode_bufio_ops(&bad, 200, Layout::V1).expect_err("unknown kind");
         assert!(err.contains("unknown operation kind 99"), "{err}");
     }
 }

@@ -26,14 +26,17 @@
 //! The last record of a finished file is an end record; a file without one was cut short.
 //!
 //! History: 1.0 lock waits, metadata, end. 1.1 adds dm-bufio operation chunks (record kind 4)
-//! and the end record's `bufio_ops` count.
+//! and the end record's `bufio_ops` count. 1.2 writes lock waits as kind 5 (adding stack id,
+//! operation and client columns) and operations as kind 6 (adding client-mutex wait and hold);
+//! a 1.2 reader still reads kinds 1 and 4, while a 1.1 reader skips 5 and 6 and then finds the
+//! end record's counts unmatched, so it reports the file as damaged instead of showing too little.
 
 /// First eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.
@@ -60,6 +63,10 @@ pub enum RecordKind {
     End = 3,
     /// A chunk of dm-bufio operations, columnar (format 1.1 on).
     BufioOps = 4,
+    /// Lock waits with stack, operation and client columns (format 1.2 on).
+    LockWaitsV2 = 5,
+    /// dm-bufio operations with client-mutex wait and hold columns (format 1.2 on).
+    BufioOpsV2 = 6,
 }
 
 impl RecordKind {
@@ -69,6 +76,8 @@ impl RecordKind {
             2 => Some(Self::Metadata),
             3 => Some(Self::End),
             4 => Some(Self::BufioOps),
+            5 => Some(Self::LockWaitsV2),
+            6 => Some(Self::BufioOpsV2),
             _ => None,
         }
     }

@@ -17,14 +17,20 @@ mod writer;
 
 pub use error::{TraceError, TraceErrorKind};
 pub use reader::{Record, TraceReader};
-pub use records::{BufioOp, LockWait, Metadata, OpKind, OpResult, Symbol, TraceEnd, TraceHeader};
+pub use records::{
+    BufioOp, ClientLock, ClientLocks, LockWait, Metadata, OpKind, OpResult, ProgramRun, Symbol,
+    TraceEnd, TraceHeader,
+};
 pub use writer::{TraceWriter, WriterOptions};
 
 /// Entry points for the fuzz targets (fuzz/) and their seed-corpus tests, so that both exercise
 /// exactly the same code. Not a public API.
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::{BufioOp, LockWait, TraceError, TraceReader, chunk};
+    use crate::{
+        BufioOp, LockWait, TraceError, TraceReader,
+        chunk::{self, Layout},
+    };
 
     /// Reads a whole trace from bytes; returns how many records were read.
     pub fn read_all_from_bytes(data: &[u8]) -> Result<usize, TraceError> {
@@ -36,27 +42,33 @@ pub mod fuzzing {
         Ok(records)
     }
 
-    /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items, as lock
-    /// waits when `selector` is even and as dm-bufio operations when it is odd; whatever decodes
-    /// must survive an encode/decode round trip (panics otherwise). Returns the items decoded.
+    /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items: `selector`
+    /// modulo 4 picks lock waits V1, operations V1, lock waits V2, operations V2. Whatever
+    /// decodes must survive an encode/decode round trip (panics otherwise). Returns the items
+    /// decoded.
     pub fn check_chunk(selector: u8, raw: &[u8], expected: u32) -> Result<usize, String> {
         let mut encoder = chunk::ChunkEncoder::default();
         let mut again = Vec::new();
+        let layout = if selector % 4 < 2 {
+            Layout::V1
+        } else {
+            Layout::V2
+        };
         if selector.is_multiple_of(2) {
-            let events = chunk::decode_lock_waits(raw, expected)?;
-            encoder.encode_lock_waits(&events, &mut again);
-            let decoded =
-                chunk::decode_lock_waits(&again, expected).expect("re-encoded chunk decodes");
+            let events = chunk::decode_lock_waits(raw, expected, layout)?;
+            encoder.encode_lock_waits(&events, layout, &mut again);
+            let decoded = chunk::decode_lock_waits(&again, expected, layout)
+                .expect("re-encoded chunk decodes");
             assert_eq!(
                 decoded, events,
                 "lock waits changed in an encode/decode round trip"
             );
             Ok(events.len())
         } else {
-            let ops = chunk::decode_bufio_ops(raw, expected)?;
-            encoder.encode_bufio_ops(&ops, &mut again);
-            let decoded =
-                chunk::decode_bufio_ops(&again, expected).expect("re-encoded chunk decodes");
+            let ops = chunk::decode_bufio_ops(raw, expected, layout)?;
+            encoder.encode_bufio_ops(&ops, layout, &mut again);
+            let decoded = chunk::decode_bufio_ops(&again, expected, layout)
+                .expect("re-encoded chunk decodes");
             assert_eq!(
                 decoded, ops,
                 "operations changed in an encode/decode round trip"
@@ -68,14 +80,14 @@ pub mod fuzzing {
     /// Encodes lock waits as one chunk's raw payload (for seeds).
     pub fn encode_lock_wait_chunk(events: &[LockWait]) -> Vec<u8> {
         let mut raw = Vec::new();
-        chunk::ChunkEncoder::default().encode_lock_waits(events, &mut raw);
+        chunk::ChunkEncoder::default().encode_lock_waits(events, Layout::V2, &mut raw);
         raw
     }
 
     /// Encodes dm-bufio operations as one chunk's raw payload (for seeds).
     pub fn encode_bufio_op_chunk(ops: &[BufioOp]) -> Vec<u8> {
         let mut raw = Vec::new();
-        chunk::ChunkEncoder::default().encode_bufio_ops(ops, &mut raw);
+        chunk::ChunkEncoder::default().encode_bufio_ops(ops, Layout::V2, &mut raw);
         raw
     }
 }

@@ -8,7 +8,8 @@ use std::{
 };
 
 use crate::{
-    BufioOp, LockWait, Metadata, TraceEnd, TraceError, TraceErrorKind, TraceHeader, chunk,
+    BufioOp, LockWait, Metadata, TraceEnd, TraceError, TraceErrorKind, TraceHeader,
+    chunk::{self, Layout},
     format::{
         Codec, FILE_HEADER_LEN, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_HEADER_LEN, MAX_PAYLOAD_LEN,
         RECORD_HEADER_LEN, RECORD_SYNC, RecordKind,
@@ -289,16 +290,26 @@ impl<R: Read> TraceReader<R> {
             };
             self.decompress(codec, raw_len)?;
             let record = match kind {
-                RecordKind::LockWaits => {
-                    let events = chunk::decode_lock_waits(&self.raw, item_count)
+                RecordKind::LockWaits | RecordKind::LockWaitsV2 => {
+                    let layout = if kind == RecordKind::LockWaits {
+                        Layout::V1
+                    } else {
+                        Layout::V2
+                    };
+                    let events = chunk::decode_lock_waits(&self.raw, item_count, layout)
                         .map_err(|detail| self.error(corrupt("lock-wait chunk", detail)))?;
                     self.lock_waits += events.len() as u64;
                     Record::LockWaits(events)
                 }
-                RecordKind::BufioOps => {
-                    let ops = chunk::decode_bufio_ops(&self.raw, item_count).map_err(|detail| {
-                        self.error(corrupt("dm-bufio operation chunk", detail))
-                    })?;
+                RecordKind::BufioOps | RecordKind::BufioOpsV2 => {
+                    let layout = if kind == RecordKind::BufioOps {
+                        Layout::V1
+                    } else {
+                        Layout::V2
+                    };
+                    let ops = chunk::decode_bufio_ops(&self.raw, item_count, layout).map_err(
+                        |detail| self.error(corrupt("dm-bufio operation chunk", detail)),
+                    )?;
                     self.bufio_ops += ops.len() as u64;
                     Record::BufioOps(ops)
                 }

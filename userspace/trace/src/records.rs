@@ -44,6 +44,13 @@ pub struct LockWait {
     pub flags: u32,
     /// contention_end ret: 0 acquired, negative errno given up.
     pub ret: i32,
+    /// Kernel stack at contention_begin: an id of a [`Metadata::Stack`] in the same file
+    /// (format 1.2 on).
+    pub stack_id: Option<u32>,
+    /// The dm-bufio operation the waiter was inside (format 1.2 on).
+    pub op: Option<OpKind>,
+    /// ...and that operation's client (0 when `op` is `None`).
+    pub op_client: u64,
 }
 
 impl LockWait {
@@ -164,6 +171,10 @@ pub struct BufioOp {
     pub arg0: u32,
     /// Kind-specific: range end (partial dirty).
     pub arg1: u32,
+    /// Time waiting for the client mutex inside the operation (format 1.2 on; 0 if unknown).
+    pub lock_wait_ns: u64,
+    /// Time holding the client mutex inside the operation (format 1.2 on; 0 if unknown).
+    pub lock_hold_ns: u64,
 }
 
 impl Default for BufioOp {
@@ -180,6 +191,8 @@ impl Default for BufioOp {
             result: OpResult::None,
             arg0: 0,
             arg1: 0,
+            lock_wait_ns: 0,
+            lock_hold_ns: 0,
         }
     }
 }
@@ -211,14 +224,77 @@ pub enum Metadata {
         /// Device major:minor, e.g. "253:2".
         device: String,
         block_size: u32,
+        /// Where its locks are, so waits on them can be named (absent before format 1.2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locks: Option<ClientLocks>,
+        /// Event clock when it was created or first seen, and destroyed if it was.
+        #[serde(default)]
+        seen_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destroyed_ns: Option<u64>,
     },
     /// A kernel stack, by the id events use.
     Stack { id: u32, frames: Vec<u64> },
     /// Kernel symbols for the addresses in the file's stacks.
     Symbols { symbols: Vec<Symbol> },
+    /// What the probes covered: the dm-bufio design seen, probe points missing and why, and
+    /// each eBPF program's run count and time over the recording (BPF run-time statistics).
+    Probes {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bufio_design: Option<String>,
+        #[serde(default)]
+        missing: BTreeMap<String, String>,
+        #[serde(default)]
+        programs: Vec<ProgramRun>,
+    },
     /// A record type this reader does not know (written by a newer minor version).
     #[serde(other)]
     Unknown,
+}
+
+/// One eBPF program's runs while attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramRun {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// The kernel addresses of a dm-bufio client's locks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLocks {
+    /// The client mutex (`&c->lock`).
+    pub mutex: u64,
+    /// Tree rw-locks (6.4+): tree i's lock is at `first_tree + i * tree_stride`.
+    #[serde(default)]
+    pub trees: u32,
+    #[serde(default)]
+    pub first_tree: u64,
+    #[serde(default)]
+    pub tree_stride: u64,
+}
+
+impl ClientLocks {
+    /// What `addr` is among these locks: the mutex, a tree (its index), or neither.
+    pub fn classify(&self, addr: u64) -> Option<ClientLock> {
+        if addr == self.mutex {
+            return Some(ClientLock::Mutex);
+        }
+        if self.trees == 0 || self.tree_stride == 0 || addr < self.first_tree {
+            return None;
+        }
+        let offset = addr - self.first_tree;
+        let index = offset / self.tree_stride;
+        (offset.is_multiple_of(self.tree_stride) && index < u64::from(self.trees))
+            .then_some(ClientLock::Tree(index as u32))
+    }
+}
+
+/// One of a client's locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientLock {
+    Mutex,
+    Tree(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +303,9 @@ pub struct Symbol {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// Inside the kernel's lock or scheduler text: the lock's own slow path, not its caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lock_text: bool,
 }
 
 /// Closes a finished file; its counts let a reader check that nothing between was lost.

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use crate::{
     BufioOp, LockWait, Metadata, TraceEnd, TraceHeader,
-    chunk::ChunkEncoder,
+    chunk::{ChunkEncoder, Layout},
     format::{
         Codec, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_CHUNK_EVENTS, RECORD_HEADER_LEN, RECORD_SYNC,
         RecordKind,
@@ -184,9 +184,10 @@ impl<W: Write> TraceWriter<W> {
             return Ok(());
         }
         self.raw.clear();
-        self.encoder.encode_lock_waits(&self.pending, &mut self.raw);
+        self.encoder
+            .encode_lock_waits(&self.pending, Layout::V2, &mut self.raw);
         let count = self.pending.len() as u32;
-        self.write_record(RecordKind::LockWaits, count)?;
+        self.write_record(RecordKind::LockWaitsV2, count)?;
         self.lock_waits += u64::from(count);
         self.pending.clear();
         Ok(())
@@ -198,9 +199,9 @@ impl<W: Write> TraceWriter<W> {
         }
         self.raw.clear();
         self.encoder
-            .encode_bufio_ops(&self.pending_ops, &mut self.raw);
+            .encode_bufio_ops(&self.pending_ops, Layout::V2, &mut self.raw);
         let count = self.pending_ops.len() as u32;
-        self.write_record(RecordKind::BufioOps, count)?;
+        self.write_record(RecordKind::BufioOpsV2, count)?;
         self.bufio_ops += u64::from(count);
         self.pending_ops.clear();
         Ok(())

@@ -6,7 +6,8 @@
 use std::{fs, path::PathBuf};
 
 use bufscope_trace::{
-    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, TraceHeader, TraceReader, TraceWriter,
+    BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, Record, Symbol, TraceHeader,
+    TraceReader, TraceWriter,
 };
 
 fn frozen_header() -> TraceHeader {
@@ -36,6 +37,7 @@ fn frozen_events() -> Vec<LockWait> {
             cpu: (i % 2) as u32,
             flags: [0x20, 0x21, 0x02, 0x04][(i % 4) as usize],
             ret: 0,
+            ..LockWait::default()
         })
         .collect()
 }
@@ -118,6 +120,7 @@ fn frozen_ops() -> Vec<BufioOp> {
             },
             arg0: 0,
             arg1: 0,
+            ..BufioOp::default()
         });
     }
     ops.push(BufioOp {
@@ -132,6 +135,7 @@ fn frozen_ops() -> Vec<BufioOp> {
         result: OpResult::None,
         arg0: 16,
         arg1: 0,
+        ..BufioOp::default()
     });
     ops.push(BufioOp {
         start_ns: 20_000_300_000,
@@ -145,6 +149,7 @@ fn frozen_ops() -> Vec<BufioOp> {
         result: OpResult::None,
         arg0: 128,
         arg1: 512,
+        ..BufioOp::default()
     });
     ops
 }
@@ -184,4 +189,113 @@ fn format_1_1_reads_back_exactly() {
     assert_eq!(ops, frozen_ops());
     let end = end.expect("end record");
     assert_eq!((end.lock_waits, end.bufio_ops), (100, 202));
+}
+
+/// 1.2: lock waits with stacks and the operation they waited in, operations with client-mutex
+/// times, a client with its locks, a stack and its symbols.
+fn frozen_1_2_events() -> Vec<LockWait> {
+    frozen_events()
+        .into_iter()
+        .take(120)
+        .enumerate()
+        .map(|(i, mut e)| {
+            if i % 3 != 2 {
+                e.stack_id = Some((i % 4) as u32);
+                e.op = Some([OpKind::Read, OpKind::Release, OpKind::New][i % 3]);
+                e.op_client = 0xffff_8881_7c00_0000;
+            }
+            e
+        })
+        .collect()
+}
+
+fn frozen_1_2_ops() -> Vec<BufioOp> {
+    frozen_ops()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut o)| {
+            o.lock_wait_ns = (i as u64 % 5) * 1_250;
+            o.lock_hold_ns = 300 + i as u64 % 11;
+            o
+        })
+        .collect()
+}
+
+fn frozen_1_2_metadata() -> Vec<Metadata> {
+    vec![
+        Metadata::Client {
+            addr: 0xffff_8881_7c00_0000,
+            device: "253:2".into(),
+            block_size: 4096,
+            locks: Some(ClientLocks {
+                mutex: 0xffff_8881_7c00_0010,
+                trees: 64,
+                first_tree: 0xffff_8881_7c00_0180,
+                tree_stride: 64,
+            }),
+            seen_ns: 20_000_000_000,
+            destroyed_ns: None,
+        },
+        Metadata::Stack {
+            id: 1,
+            frames: vec![0xffff_ffff_8100_1000, 0xffff_ffff_c040_2040],
+        },
+        Metadata::Symbols {
+            symbols: vec![
+                Symbol {
+                    addr: 0xffff_ffff_8100_1000,
+                    name: "__mutex_lock.constprop.0+0x1a0".into(),
+                    module: None,
+                    lock_text: true,
+                },
+                Symbol {
+                    addr: 0xffff_ffff_c040_2040,
+                    name: "new_read+0x40".into(),
+                    module: Some("dm_bufio".into()),
+                    lock_text: false,
+                },
+            ],
+        },
+        frozen_metadata(),
+    ]
+}
+
+#[test]
+fn format_1_2_reads_back_exactly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-1.2.bftrace");
+    if !path.exists() && std::env::var_os("BUFSCOPE_WRITE_GOLDEN").is_some() {
+        let file = fs::File::create(&path).unwrap();
+        let options = bufscope_trace::WriterOptions {
+            chunk_events: 50,
+            zstd_level: 3,
+        };
+        let mut writer = TraceWriter::with_options(file, &frozen_header(), options).unwrap();
+        for e in frozen_1_2_events() {
+            writer.push(e).unwrap();
+        }
+        for op in frozen_1_2_ops() {
+            writer.push_op(op).unwrap();
+        }
+        for m in frozen_1_2_metadata() {
+            writer.write_metadata(&m).unwrap();
+        }
+        writer.finish(1_795_460_030_000_000_000).unwrap();
+    }
+    let mut reader = TraceReader::open(&path)
+        .unwrap_or_else(|e| panic!("the frozen 1.2 file must be readable: {e}"));
+    assert_eq!(reader.format_version(), (1, 2));
+    let (mut events, mut ops, mut metadata, mut end) = (Vec::new(), Vec::new(), Vec::new(), None);
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(chunk) => events.extend(chunk),
+            Record::BufioOps(chunk) => ops.extend(chunk),
+            Record::Metadata(m) => metadata.push(m),
+            Record::End(e) => end = Some(e),
+        }
+    }
+    assert_eq!(events, frozen_1_2_events());
+    assert_eq!(ops, frozen_1_2_ops());
+    assert_eq!(metadata, frozen_1_2_metadata());
+    let end = end.expect("end record");
+    assert_eq!((end.lock_waits, end.bufio_ops), (120, 202));
 }

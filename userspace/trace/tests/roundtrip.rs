@@ -21,17 +21,27 @@ fn any_event() -> impl Strategy<Value = LockWait> {
         0u32..512,
         any::<u32>(),
         any::<i32>(),
+        (
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(0usize..OpKind::ALL.len()),
+            prop_oneof![Just(0u64), any::<u64>(), Just(0xffff_8881_0000_0000u64)],
+        ),
     )
         .prop_map(
-            |(start_ns, wait_ns, lock_addr, tid, tgid, cpu, flags, ret)| LockWait {
-                start_ns,
-                wait_ns,
-                lock_addr,
-                tid,
-                tgid,
-                cpu,
-                flags,
-                ret,
+            |(start_ns, wait_ns, lock_addr, tid, tgid, cpu, flags, ret, (stack_id, op, client))| {
+                LockWait {
+                    start_ns,
+                    wait_ns,
+                    lock_addr,
+                    tid,
+                    tgid,
+                    cpu,
+                    flags,
+                    ret,
+                    stack_id,
+                    op: op.map(|i| OpKind::ALL[i]),
+                    op_client: if op.is_some() { client } else { 0 },
+                }
             },
         )
 }
@@ -50,12 +60,14 @@ fn any_op() -> impl Strategy<Value = BufioOp> {
             any::<u32>(),
             any::<u32>(),
         ),
+        (any::<u64>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (start_ns, duration_ns, client),
                 (block, tid, tgid, cpu),
                 (kind, result, arg0, arg1),
+                (lock_wait_ns, lock_hold_ns),
             )| BufioOp {
                 start_ns,
                 duration_ns,
@@ -68,6 +80,8 @@ fn any_op() -> impl Strategy<Value = BufioOp> {
                 result: OpResult::from_u8(result).unwrap(),
                 arg0,
                 arg1,
+                lock_wait_ns,
+                lock_hold_ns,
             },
         )
 }

@@ -3,7 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use bufscope_trace::{
-    BufioOp, LockWait, Metadata, OpKind, OpResult, TraceHeader, TraceWriter, WriterOptions,
+    BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, TraceHeader, TraceWriter,
+    WriterOptions,
 };
 
 pub fn header() -> TraceHeader {
@@ -31,6 +32,9 @@ pub fn events(n: usize) -> Vec<LockWait> {
             cpu: (i % 2) as u32,
             flags: if i % 5 == 0 { 0x21 } else { 0x20 },
             ret: if i == 3 { -4 } else { 0 },
+            stack_id: (i % 3 != 0).then_some((i % 5) as u32),
+            op: (i % 2 == 0).then_some(OpKind::Read),
+            op_client: if i % 2 == 0 { 0xffff_8881_5000_0000 } else { 0 },
         })
         .collect()
 }
@@ -61,6 +65,8 @@ pub fn ops(n: usize) -> Vec<BufioOp> {
                 },
                 arg0: if kind == OpKind::Prefetch { 8 } else { 0 },
                 arg1: 0,
+                lock_wait_ns: (i % 7) * 300,
+                lock_hold_ns: (i % 5) * 40,
             }
         })
         .collect()
@@ -100,6 +106,14 @@ pub fn trace_bytes(events: &[LockWait], chunk_events: usize) -> Vec<u8> {
             addr: 0xffff_8880_4000_0000,
             device: "253:2".into(),
             block_size: 4096,
+            locks: Some(ClientLocks {
+                mutex: 0xffff_8880_4000_0010,
+                trees: 64,
+                first_tree: 0xffff_8880_4000_0180,
+                tree_stride: 64,
+            }),
+            seen_ns: 5_000_000_000,
+            destroyed_ns: None,
         })
         .expect("metadata");
     for e in &events[half..] {

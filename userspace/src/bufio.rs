@@ -1,0 +1,435 @@
+//! dm-bufio on the running kernel: which of its functions can be probed (a compatibility table
+//! checked against /proc/kallsyms), where its private struct fields are (from the module's split
+//! BTF), and where each client's locks are, so that lock waits can be named.
+
+use std::{collections::HashSet, fs, path::Path};
+
+use btf_rs::{Btf, Type};
+use bufscope_abi::{BufioOffsets, ClientEvent};
+use bufscope_trace::ClientLocks;
+
+/// Where dm-bufio's split BTF lives when the module is loaded (or built in: then its types are
+/// in vmlinux).
+pub const MODULE_BTF: &str = "/sys/kernel/btf/dm_bufio";
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// What a probe point is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// An exported operation: entry program plus the shared return program.
+    Operation,
+    /// Runs only on a cache miss: splits hits from misses.
+    Miss,
+    /// dm_bufio_lock / dm_bufio_unlock entries: client-mutex hold time.
+    ClientMutex,
+}
+
+/// One row of the compatibility table: a kernel function and the program attached to it.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbePoint {
+    pub function: &'static str,
+    pub program: &'static str,
+    pub role: Role,
+    /// Kernels that have it, for messages about a missing one.
+    pub kernels: &'static str,
+}
+
+const fn op(function: &'static str, program: &'static str, kernels: &'static str) -> ProbePoint {
+    ProbePoint {
+        function,
+        program,
+        role: Role::Operation,
+        kernels,
+    }
+}
+
+/// dm-bufio's exported API, as in DM-BUFIO.md §6 (6.1 and 6.12).
+pub const OPERATIONS: &[ProbePoint] = &[
+    op("dm_bufio_get", "bufio_get", "all"),
+    op("dm_bufio_read", "bufio_read", "all"),
+    op("dm_bufio_read_with_ioprio", "bufio_read", "6.8+"),
+    op("dm_bufio_new", "bufio_new", "all"),
+    op("dm_bufio_prefetch", "bufio_prefetch", "all"),
+    op("dm_bufio_prefetch_with_ioprio", "bufio_prefetch", "6.8+"),
+    op("dm_bufio_release", "bufio_release", "all"),
+    op("dm_bufio_mark_buffer_dirty", "bufio_mark_dirty", "all"),
+    op(
+        "dm_bufio_mark_partial_buffer_dirty",
+        "bufio_mark_partial_dirty",
+        "all",
+    ),
+    op(
+        "dm_bufio_write_dirty_buffers_async",
+        "bufio_write_dirty_async",
+        "all",
+    ),
+    op("dm_bufio_write_dirty_buffers", "bufio_write_dirty", "all"),
+    op("dm_bufio_forget", "bufio_forget", "all"),
+    op("dm_bufio_forget_buffers", "bufio_forget_buffers", "all"),
+    op("dm_bufio_client_create", "bufio_client_create", "all"),
+    op("dm_bufio_client_destroy", "bufio_client_destroy", "all"),
+];
+
+/// The internal points: each is optional, and each missing one only loses a detail.
+pub fn internal_points(design: Design) -> [ProbePoint; 3] {
+    let miss = match design {
+        // 6.4+: __bufio_new runs only after cache_get missed.
+        Design::Sharded => ProbePoint {
+            function: "__bufio_new",
+            program: bufscope_abi::names::MISS_PROGRAM,
+            role: Role::Miss,
+            kernels: "6.4+",
+        },
+        // Before 6.4 __bufio_new runs for hits too; __link_buffer inserts a new buffer.
+        Design::Classic => ProbePoint {
+            function: "__link_buffer",
+            program: bufscope_abi::names::MISS_PROGRAM,
+            role: Role::Miss,
+            kernels: "before 6.4",
+        },
+    };
+    [
+        miss,
+        ProbePoint {
+            function: "dm_bufio_lock",
+            program: bufscope_abi::names::LOCK_PROGRAM,
+            role: Role::ClientMutex,
+            kernels: "all (a static function; may be inlined)",
+        },
+        ProbePoint {
+            function: "dm_bufio_unlock",
+            program: bufscope_abi::names::UNLOCK_PROGRAM,
+            role: Role::ClientMutex,
+            kernels: "all (a static function; may be inlined)",
+        },
+    ]
+}
+
+/// Which dm-bufio design the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Design {
+    /// Before 6.4: one client mutex for everything.
+    Classic,
+    /// 6.4 on: per-tree rw-locks, the client mutex for misses and writeback.
+    Sharded,
+}
+
+impl Design {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Design::Classic => "one client mutex (before 6.4)",
+            Design::Sharded => "sharded tree locks (6.4+)",
+        }
+    }
+}
+
+/// dm-bufio's functions in /proc/kallsyms (module or built-in), without the clone suffixes.
+#[derive(Debug, Default)]
+pub struct Symbols {
+    names: HashSet<String>,
+}
+
+impl Symbols {
+    pub fn from_kallsyms() -> std::io::Result<Self> {
+        Ok(Self::parse(&fs::read_to_string("/proc/kallsyms")?))
+    }
+
+    /// Keeps text symbols of the dm_bufio module, and built-in ones whose names say dm-bufio
+    /// or are the internal functions bufscope probes.
+    pub fn parse(kallsyms: &str) -> Self {
+        let wanted_builtin: HashSet<&str> = OPERATIONS
+            .iter()
+            .map(|p| p.function)
+            .chain(["__bufio_new", "__link_buffer", "cache_get"])
+            .collect();
+        let mut names = HashSet::new();
+        for line in kallsyms.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(_addr), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            let module = fields.next();
+            if module == Some("[dm_bufio]")
+                || (module.is_none()
+                    && (wanted_builtin.contains(name) || name.starts_with("dm_bufio_")))
+            {
+                names.insert(name.to_string());
+            }
+        }
+        Self { names }
+    }
+
+    pub fn has(&self, function: &str) -> bool {
+        self.names.contains(function)
+    }
+
+    /// dm-bufio is present at all (loaded module or built in).
+    pub fn present(&self) -> bool {
+        self.has("dm_bufio_client_create")
+    }
+
+    /// The design, told by the 6.4 rework's lock-free lookup function.
+    pub fn design(&self) -> Design {
+        if self.has("cache_get") {
+            Design::Sharded
+        } else {
+            Design::Classic
+        }
+    }
+}
+
+/// Where dm-bufio's fields and locks are on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Handed to the eBPF programs before load.
+    pub offsets: BufioOffsets,
+    /// Tree locks (6.4+): offset of `cache.trees[0]`'s lock in the client, and the array stride.
+    pub trees: Option<(u64, u64)>,
+}
+
+impl Layout {
+    /// Reads the offsets from vmlinux BTF and dm-bufio's split BTF (or vmlinux alone when
+    /// dm-bufio is built in).
+    pub fn from_sys_fs() -> Result<Self, String> {
+        let base =
+            Btf::from_file(VMLINUX_BTF).map_err(|e| format!("reading {VMLINUX_BTF}: {e}"))?;
+        if Path::new(MODULE_BTF).exists() {
+            let module = Btf::from_split_file(MODULE_BTF, &base)
+                .map_err(|e| format!("reading {MODULE_BTF}: {e}"))?;
+            Self::from_btf(&module)
+        } else {
+            Self::from_btf(&base).map_err(|e| {
+                format!("{e} (and {MODULE_BTF} is missing: is dm_bufio loaded, with CONFIG_DEBUG_INFO_BTF_MODULES?)")
+            })
+        }
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
+        let client = find_struct(btf, "dm_bufio_client")?;
+        let buffer = find_struct(btf, "dm_buffer")?;
+        let bdev = find_struct(btf, "block_device")?;
+        let offsets = BufioOffsets {
+            client_bdev: field(btf, &client, "bdev")?.0,
+            bdev_dev: field(btf, &bdev, "bd_dev")?.0,
+            client_block_size: field(btf, &client, "block_size")?.0,
+            client_lock: field(btf, &client, "lock")?.0,
+            client_num_locks: field(btf, &client, "cache.num_locks")
+                .map(|f| f.0)
+                .unwrap_or(BufioOffsets::ABSENT),
+            buffer_block: field(btf, &buffer, "block")?.0,
+            buffer_client: field(btf, &buffer, "c")?.0,
+            _pad: 0,
+        };
+        let trees = match field(btf, &client, "cache.trees") {
+            Ok((offset, Type::Array(array))) => {
+                let element = resolve(
+                    btf,
+                    btf.resolve_chained_type(&array)
+                        .map_err(|e| e.to_string())?,
+                )?;
+                let Type::Struct(tree) = element else {
+                    return Err("dm_buffer_cache.trees is not an array of structs".into());
+                };
+                let (lock, _) =
+                    field(btf, &tree, "u.lock").or_else(|_| field(btf, &tree, "lock"))?;
+                Some((u64::from(offset + lock), tree.size() as u64))
+            }
+            Ok(_) => return Err("dm_buffer_cache.trees is not an array".into()),
+            Err(_) => None,
+        };
+        Ok(Self { offsets, trees })
+    }
+
+    /// The lock addresses of the client at `client`, given what the eBPF side read from it.
+    pub fn client_locks(&self, client: u64, num_locks: u32) -> ClientLocks {
+        let (first_tree, tree_stride) = self.trees.unwrap_or((0, 0));
+        ClientLocks {
+            mutex: client + u64::from(self.offsets.client_lock),
+            trees: if self.trees.is_some() { num_locks } else { 0 },
+            first_tree: if self.trees.is_some() {
+                client + first_tree
+            } else {
+                0
+            },
+            tree_stride,
+        }
+    }
+}
+
+/// "major:minor" of a client event's device.
+pub fn device_name(event: &ClientEvent) -> String {
+    let (major, minor) = ClientEvent::major_minor(event.dev);
+    format!("{major}:{minor}")
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
+    let types = btf
+        .resolve_types_by_name(name)
+        .map_err(|_| format!("struct {name} is not in the BTF"))?;
+    types
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| format!("struct {name} is not in the BTF"))
+}
+
+/// Follows typedefs and qualifiers to the type underneath.
+fn resolve(btf: &Btf, mut t: Type) -> Result<Type, String> {
+    for _ in 0..16 {
+        match t {
+            Type::Typedef(_)
+            | Type::Volatile(_)
+            | Type::Const(_)
+            | Type::Restrict(_)
+            | Type::TypeTag(_) => {
+                let inner = t.as_btf_type().ok_or("an unnamed type")?;
+                t = btf.resolve_chained_type(inner).map_err(|e| e.to_string())?;
+            }
+            other => return Ok(other),
+        }
+    }
+    Err("a typedef chain too long".into())
+}
+
+/// Byte offset and type of a member path like "cache.num_locks", looking through anonymous
+/// structs and unions as C does.
+fn field(btf: &Btf, s: &btf_rs::Struct, path: &str) -> Result<(u32, Type), String> {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let (bits, t) = member(btf, s, head, 0)?.ok_or_else(|| format!("no field {path}"))?;
+    if bits % 8 != 0 {
+        return Err(format!("field {head} is a bitfield"));
+    }
+    let offset = bits / 8;
+    match rest {
+        None => Ok((offset, t)),
+        Some(rest) => match t {
+            Type::Struct(inner) | Type::Union(inner) => {
+                let (inner_offset, t) = field(btf, &inner, rest)?;
+                Ok((offset + inner_offset, t))
+            }
+            _ => Err(format!("field {head} is not a struct")),
+        },
+    }
+}
+
+fn member(
+    btf: &Btf,
+    s: &btf_rs::Struct,
+    name: &str,
+    depth: u32,
+) -> Result<Option<(u32, Type)>, String> {
+    if depth > 4 {
+        return Ok(None);
+    }
+    for m in &s.members {
+        let m_name = btf.resolve_name(m).unwrap_or_default();
+        let t = resolve(btf, btf.resolve_chained_type(m).map_err(|e| e.to_string())?)?;
+        if m_name == name {
+            return Ok(Some((m.bit_offset(), t)));
+        }
+        if m_name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = &t
+            && let Some((bits, found)) = member(btf, inner, name, depth + 1)?
+        {
+            return Ok(Some((m.bit_offset() + bits, found)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_keeps_dm_bufio_functions_and_tells_the_design() {
+        let text = "\
+ffffffffc0400000 t cache_get\t[dm_bufio]
+ffffffffc0400100 T dm_bufio_read\t[dm_bufio]
+ffffffffc0400200 T dm_bufio_client_create\t[dm_bufio]
+ffffffffc0400300 t __bufio_new\t[dm_bufio]
+ffffffffc0400400 d dm_bufio_cache_size\t[dm_bufio]
+ffffffff81000000 T _text
+ffffffff81000100 T schedule
+ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
+";
+        let symbols = Symbols::parse(text);
+        assert!(symbols.present());
+        assert!(symbols.has("dm_bufio_read") && symbols.has("__bufio_new"));
+        assert!(
+            !symbols.has("dm_bufio_cache_size"),
+            "data symbols are not functions"
+        );
+        assert!(!symbols.has("schedule") && !symbols.has("dm_thin_foo"));
+        assert_eq!(symbols.design(), Design::Sharded);
+
+        let classic = Symbols::parse("ffffffffc0400200 T dm_bufio_client_create\t[dm_bufio]\n");
+        assert_eq!(classic.design(), Design::Classic);
+        assert!(!Symbols::parse("ffffffff81000000 T _text\n").present());
+    }
+
+    #[test]
+    fn client_locks_follow_the_layout() {
+        let layout = Layout {
+            offsets: BufioOffsets {
+                client_lock: 16,
+                ..BufioOffsets::UNSET
+            },
+            trees: Some((384, 64)),
+        };
+        let locks = layout.client_locks(0xffff_8880_1000_0000, 32);
+        assert_eq!(locks.mutex, 0xffff_8880_1000_0010);
+        assert_eq!(locks.first_tree, 0xffff_8880_1000_0180);
+        assert_eq!(
+            locks.classify(0xffff_8880_1000_0180 + 17 * 64),
+            Some(bufscope_trace::ClientLock::Tree(17))
+        );
+        assert_eq!(
+            locks.classify(0xffff_8880_1000_0180 + 32 * 64),
+            None,
+            "past the last tree"
+        );
+        assert_eq!(
+            locks.classify(0xffff_8880_1000_0181),
+            None,
+            "inside a tree, not its lock"
+        );
+
+        let classic = Layout {
+            trees: None,
+            ..layout
+        };
+        let locks = classic.client_locks(0x1000, 0);
+        assert_eq!((locks.mutex, locks.trees), (0x1010, 0));
+        assert_eq!(
+            locks.classify(0x1010),
+            Some(bufscope_trace::ClientLock::Mutex)
+        );
+    }
+
+    /// On a kernel with BTF, the struct-reading code must at least find vmlinux's own
+    /// `block_device.bd_dev`; dm-bufio itself is checked in the VM test bed.
+    #[test]
+    fn reads_a_real_field_from_vmlinux_btf() {
+        let Ok(btf) = Btf::from_file(VMLINUX_BTF) else {
+            eprintln!("skipped: {VMLINUX_BTF} is not readable here");
+            return;
+        };
+        let bdev = find_struct(&btf, "block_device").expect("block_device");
+        let (offset, t) = field(&btf, &bdev, "bd_dev").expect("bd_dev");
+        assert!(offset > 0 && offset < 1024, "bd_dev at {offset}");
+        assert!(matches!(t, Type::Int(_)), "dev_t is an integer: {t:?}");
+        let task = find_struct(&btf, "task_struct").expect("task_struct");
+        assert!(field(&btf, &task, "no_such_field").is_err());
+    }
+}

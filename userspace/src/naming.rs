@@ -1,0 +1,206 @@
+//! Names for locks and stacks, from what a trace file carries: dm-bufio clients with their lock
+//! addresses, kernel symbols (for stack frames and static locks), and the stacks themselves.
+//!
+//! A dm-bufio lock is named by its client's device: "dm-bufio 253:2 client mutex",
+//! "dm-bufio 253:2 tree 17 (rwsem read)". Other locks are named as `perf lock contention -l`
+//! names them where the file allows: the kernel symbol of a static lock, else type and address.
+
+use std::collections::HashMap;
+
+use bufscope_abi::LockFlags;
+use bufscope_trace::{ClientLock, ClientLocks, Metadata, Symbol};
+
+#[derive(Clone, Debug)]
+struct Client {
+    device: String,
+    locks: Option<ClientLocks>,
+}
+
+/// Everything needed to name locks and stacks, gathered from a file's metadata.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    clients: HashMap<u64, Client>,
+    symbols: HashMap<u64, Symbol>,
+    stacks: HashMap<u32, Vec<u64>>,
+}
+
+impl Names {
+    /// Takes what a metadata record says about clients, stacks and symbols.
+    pub fn add(&mut self, m: &Metadata) {
+        match m {
+            Metadata::Client {
+                addr,
+                device,
+                locks,
+                ..
+            } => {
+                let entry = self.clients.entry(*addr).or_insert_with(|| Client {
+                    device: device.clone(),
+                    locks: None,
+                });
+                if locks.is_some() {
+                    entry.locks = locks.clone();
+                }
+            }
+            Metadata::Stack { id, frames } => {
+                self.stacks.insert(*id, frames.clone());
+            }
+            Metadata::Symbols { symbols } => {
+                for s in symbols {
+                    self.symbols.insert(s.addr, s.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The device of a client, e.g. "253:2".
+    pub fn client_device(&self, client: u64) -> Option<&str> {
+        self.clients.get(&client).map(|c| c.device.as_str())
+    }
+
+    /// Which dm-bufio client lock `addr` is, if it is one.
+    pub fn bufio_lock(&self, addr: u64) -> Option<(&str, ClientLock)> {
+        self.clients.values().find_map(|c| {
+            let which = c.locks.as_ref()?.classify(addr)?;
+            Some((c.device.as_str(), which))
+        })
+    }
+
+    /// The lock's name for reports.
+    pub fn lock_name(&self, addr: u64, flags: u32) -> String {
+        let type_name = LockFlags(flags).type_name();
+        if let Some((device, which)) = self.bufio_lock(addr) {
+            return match which {
+                ClientLock::Mutex => format!("dm-bufio {device} client mutex"),
+                ClientLock::Tree(i) => {
+                    let mode = if flags & LockFlags::WRITE != 0 {
+                        "write"
+                    } else if flags & LockFlags::READ != 0 {
+                        "read"
+                    } else {
+                        "?"
+                    };
+                    let kind = if flags & LockFlags::SPIN != 0 {
+                        "rwlock"
+                    } else {
+                        "rwsem"
+                    };
+                    format!("dm-bufio {device} tree {i} ({kind} {mode})")
+                }
+            };
+        }
+        match self.symbols.get(&addr) {
+            Some(symbol) => symbol.name.clone(),
+            None => format!("{type_name} {addr:#x}"),
+        }
+    }
+
+    /// The stack's frames as names, innermost first; `None` for an unknown id.
+    pub fn stack(&self, id: u32) -> Option<Vec<String>> {
+        let frames = self.stacks.get(&id)?;
+        Some(frames.iter().map(|&a| self.frame_name(a)).collect())
+    }
+
+    fn frame_name(&self, addr: u64) -> String {
+        match self.symbols.get(&addr) {
+            Some(s) => match &s.module {
+                Some(m) => format!("{} [{m}]", s.name),
+                None => s.name.clone(),
+            },
+            None => format!("{addr:#x}"),
+        }
+    }
+
+    /// The caller of the lock, as perf's default mode names it: the first frame outside the
+    /// lock and scheduler text after the frames inside it (the frames before those are the
+    /// tracepoint and BPF machinery).
+    pub fn caller(&self, id: u32) -> Option<String> {
+        let frames = self.stacks.get(&id)?;
+        let in_lock = |a: &u64| self.symbols.get(a).is_some_and(|s| s.lock_text);
+        let first_lock = frames.iter().position(in_lock);
+        let caller = match first_lock {
+            Some(i) => frames[i..].iter().find(|a| !in_lock(a)),
+            // No lock text known (symbols missing): skip the tracing machinery by name.
+            None => frames.iter().find(|a| {
+                self.symbols.get(a).is_some_and(|s| {
+                    !["bpf_", "__bpf_", "__traceiter_", "trace_contention"]
+                        .iter()
+                        .any(|p| s.name.starts_with(p))
+                })
+            }),
+        }?;
+        Some(self.frame_name(*caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        let mut names = Names::default();
+        names.add(&Metadata::Client {
+            addr: 0x1000,
+            device: "253:2".into(),
+            block_size: 4096,
+            locks: Some(ClientLocks {
+                mutex: 0x1010,
+                trees: 4,
+                first_tree: 0x1180,
+                tree_stride: 64,
+            }),
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        let sym = |addr, name: &str, lock_text| Symbol {
+            addr,
+            name: name.into(),
+            module: None,
+            lock_text,
+        };
+        names.add(&Metadata::Symbols {
+            symbols: vec![
+                sym(0xa0, "bpf_trace_run2+0x50", false),
+                sym(0xa1, "__mutex_lock.constprop.0+0x2a0", true),
+                sym(0xa2, "mutex_lock+0x30", true),
+                sym(0xa3, "pipe_write+0x4c", false),
+                sym(0xa4, "vfs_write+0x1f0", false),
+                sym(0xffff_ffff_8300_0000, "rtnl_mutex", false),
+            ],
+        });
+        names.add(&Metadata::Stack {
+            id: 7,
+            frames: vec![0xa0, 0xa1, 0xa2, 0xa3, 0xa4],
+        });
+        names
+    }
+
+    #[test]
+    fn bufio_locks_are_named_by_device_and_tree() {
+        let n = names();
+        assert_eq!(n.lock_name(0x1010, 0x20), "dm-bufio 253:2 client mutex");
+        assert_eq!(
+            n.lock_name(0x1180 + 3 * 64, LockFlags::READ),
+            "dm-bufio 253:2 tree 3 (rwsem read)"
+        );
+        assert_eq!(
+            n.lock_name(0x1180, LockFlags::WRITE),
+            "dm-bufio 253:2 tree 0 (rwsem write)"
+        );
+        assert_eq!(
+            n.lock_name(0x1180 + 4 * 64, LockFlags::READ),
+            "rwsem:R 0x1280"
+        );
+        assert_eq!(n.lock_name(0xffff_ffff_8300_0000, 0x20), "rtnl_mutex");
+        assert_eq!(n.client_device(0x1000), Some("253:2"));
+    }
+
+    #[test]
+    fn the_caller_is_the_first_frame_past_the_lock_text() {
+        let n = names();
+        assert_eq!(n.caller(7).as_deref(), Some("pipe_write+0x4c"));
+        assert_eq!(n.stack(7).unwrap().len(), 5);
+        assert_eq!(n.caller(8), None, "unknown stack");
+    }
+}

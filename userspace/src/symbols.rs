@@ -1,0 +1,155 @@
+//! Kernel stacks to names: blazesym symbolizes the addresses (kallsyms, or a vmlinux when one
+//! is installed), and kallsyms' text-section markers say which frames are inside the locking
+//! code, so a wait can be named by its caller the way `perf lock contention` does.
+
+use std::fs;
+
+use blazesym::{
+    MaybeDefault,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Kernel, Source},
+    },
+};
+use bufscope_trace::Symbol;
+
+/// Address ranges of the kernel's lock and scheduler text (`__lock_text_start..end`,
+/// `__sched_text_start..end`): frames there are the lock's own slow path, not its caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockText {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl LockText {
+    pub fn from_kallsyms() -> Self {
+        fs::read_to_string("/proc/kallsyms")
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    pub fn parse(kallsyms: &str) -> Self {
+        let mut marks = std::collections::HashMap::new();
+        for line in kallsyms.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(addr), Some(_), Some(name)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if matches!(
+                name,
+                "__lock_text_start" | "__lock_text_end" | "__sched_text_start" | "__sched_text_end"
+            ) && let Ok(addr) = u64::from_str_radix(addr, 16)
+            {
+                marks.insert(name.to_string(), addr);
+            }
+        }
+        let mut ranges = Vec::new();
+        for section in ["__lock_text", "__sched_text"] {
+            if let (Some(&start), Some(&end)) = (
+                marks.get(&format!("{section}_start")),
+                marks.get(&format!("{section}_end")),
+            ) && start != 0
+                && start < end
+            {
+                ranges.push((start, end));
+            }
+        }
+        Self { ranges }
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
+    }
+}
+
+/// Symbolizes kernel addresses; addresses that cannot be named get their hex value, so a
+/// stack always reads. Returns the symbols and a note when symbolization failed as a whole.
+pub fn symbolize_kernel(addrs: &[u64], lock_text: &LockText) -> (Vec<Symbol>, Option<String>) {
+    let symbolizer = Symbolizer::new();
+    let src = Source::Kernel(Kernel {
+        kallsyms: MaybeDefault::Default,
+        vmlinux: MaybeDefault::Default,
+        ..Kernel::default()
+    });
+    let (resolved, note) = match symbolizer.symbolize(&src, Input::AbsAddr(addrs)) {
+        Ok(resolved) => (resolved, None),
+        Err(e) => (Vec::new(), Some(format!("kernel symbols unavailable: {e}"))),
+    };
+    let symbols = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let (name, module) = match resolved.get(i) {
+                Some(Symbolized::Sym(sym)) => (
+                    if sym.offset == 0 {
+                        sym.name.to_string()
+                    } else {
+                        format!("{}+{:#x}", sym.name, sym.offset)
+                    },
+                    sym.module
+                        .as_ref()
+                        .map(|m| m.to_string_lossy().trim_matches(['[', ']']).to_string()),
+                ),
+                _ => (format!("{addr:#x}"), None),
+            };
+            Symbol {
+                addr,
+                name,
+                module,
+                lock_text: lock_text.contains(addr),
+            }
+        })
+        .collect();
+    (symbols, note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_text_ranges_come_from_the_markers() {
+        let text = "\
+ffffffff81e00000 T __lock_text_start
+ffffffff81e01000 T _raw_spin_lock
+ffffffff81e08000 T __lock_text_end
+ffffffff81d00000 T __sched_text_start
+ffffffff81d80000 T __sched_text_end
+ffffffff81000000 T _text
+";
+        let lock_text = LockText::parse(text);
+        assert!(lock_text.contains(0xffff_ffff_81e0_1000));
+        assert!(lock_text.contains(0xffff_ffff_81d4_0000));
+        assert!(
+            !lock_text.contains(0xffff_ffff_81e0_8000),
+            "end is exclusive"
+        );
+        assert!(!lock_text.contains(0xffff_ffff_8100_0000));
+        // Unprivileged readers see zero addresses: no ranges rather than a bogus one.
+        let zeros = "0000000000000000 T __lock_text_start\n0000000000000000 T __lock_text_end\n";
+        assert_eq!(LockText::parse(zeros), LockText::default());
+    }
+
+    /// Real symbolization of a real kernel address (root only: kallsyms hides addresses
+    /// from others).
+    #[test]
+    fn names_a_kernel_function_from_kallsyms() {
+        let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
+            eprintln!("skipped: /proc/kallsyms is not readable");
+            return;
+        };
+        let Some(addr) = text.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let _kind = f.next()?;
+            (f.next()? == "schedule" && addr != 0).then_some(addr)
+        }) else {
+            eprintln!("skipped: kallsyms shows no address for schedule (not root?)");
+            return;
+        };
+        let (symbols, note) = symbolize_kernel(&[addr + 4], &LockText::from_kallsyms());
+        assert_eq!(note, None);
+        assert_eq!(symbols[0].name, "schedule+0x4");
+        assert!(symbols[0].lock_text, "schedule is in the scheduler text");
+    }
+}
