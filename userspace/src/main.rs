@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         no_bufio: bool,
     },
+    /// Watch kernel lock waits and dm-bufio operations as they happen (root), from in-kernel
+    /// histograms: `--no-tui` prints a table per interval.
+    Live(cmd::live::Options),
     /// Summarise a trace file: header, time span, counts per event kind and lock type, losses.
     Info {
         /// Trace file to read.
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             bufio: !no_bufio,
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),
+        Command::Live(options) => cmd::live::run(&options),
         Command::Doctor { json } => cmd::doctor::run(json),
         Command::Synth(options) => cmd::synth::run(&options),
         Command::Replay(options) => cmd::replay::run(&options),

@@ -1,6 +1,7 @@
 //! `bufscope record` on the real kernel (root): a pipe-contention workload runs while recording,
-//! and the file must hold the workload's own mutex waits. Also: both attach modes, and clean
-//! stops on SIGINT and SIGTERM.
+//! and the file must hold the workload's own mutex waits, with kernel stacks whose callers are
+//! the pipe functions, and say why dm-bufio was not probed on a host without it. Also: both
+//! attach modes, and clean stops on SIGINT and SIGTERM.
 
 mod common;
 
@@ -11,6 +12,8 @@ use common::{PipeContention, bufscope, root_or_skip, start_recording};
 
 struct Recorded {
     waits: Vec<bufscope_trace::LockWait>,
+    names: bufscope::naming::Names,
+    missing_probes: std::collections::BTreeMap<String, String>,
     loss_counts: bool,
     end: bool,
     probes: Vec<String>,
@@ -21,6 +24,8 @@ fn read_trace(path: &std::path::Path) -> Recorded {
     let probes = reader.header().probes.clone();
     let mut recorded = Recorded {
         waits: Vec::new(),
+        names: bufscope::naming::Names::default(),
+        missing_probes: Default::default(),
         loss_counts: false,
         end: false,
         probes,
@@ -29,7 +34,9 @@ fn read_trace(path: &std::path::Path) -> Recorded {
         match record {
             Record::LockWaits(w) => recorded.waits.extend(w),
             Record::Metadata(Metadata::LossCounts { .. }) => recorded.loss_counts = true,
-            Record::Metadata(_) | Record::BufioOps(_) => {}
+            Record::Metadata(Metadata::Probes { missing, .. }) => recorded.missing_probes = missing,
+            Record::Metadata(m) => recorded.names.add(&m),
+            Record::BufioOps(_) => {}
             Record::End(_) => recorded.end = true,
         }
     }
@@ -95,6 +102,41 @@ fn record_pipe_workload(mode: &str) {
     // The workload's threads all contend: most of them must show up.
     let threads_seen: HashSet<u32> = ours.iter().map(|w| w.tid).collect();
     assert!(threads_seen.len() >= 4, "only {threads_seen:?} of {tids:?}");
+
+    // Stacks: taken for the waits, kept in the file, symbolized to the pipe code that waited.
+    let with_stack = ours.iter().filter(|w| w.stack_id.is_some()).count();
+    assert!(
+        with_stack * 10 >= ours.len() * 9,
+        "{mode}: only {with_stack} of {} waits have a stack",
+        ours.len()
+    );
+    let callers: HashSet<String> = ours
+        .iter()
+        .filter(|w| w.flags & 0x20 != 0)
+        .filter_map(|w| recorded.names.caller(w.stack_id?))
+        .collect();
+    assert!(
+        callers
+            .iter()
+            .any(|c| c.contains("pipe_write") || c.contains("pipe_read")),
+        "{mode}: the pipe mutex waits' callers are {callers:?}"
+    );
+    let stack = recorded
+        .names
+        .stack(ours[0].stack_id.expect("a stack"))
+        .expect("the stack is in the file");
+    assert!(stack.len() >= 3, "{stack:?}");
+
+    // No dm-bufio on this host: the file says so and why, and the rest was recorded anyway.
+    if !std::path::Path::new("/sys/module/dm_bufio").exists() {
+        let why = recorded.missing_probes.get("dm-bufio").unwrap_or_else(|| {
+            panic!(
+                "no reason for the missing dm-bufio probes: {:?}",
+                recorded.missing_probes
+            )
+        });
+        assert!(why.contains("not loaded"), "{why}");
+    }
 }
 
 #[test]
@@ -164,5 +206,33 @@ fn doctor_matches_what_the_kernel_has() {
         // This project's hosts and VMs run 5.19+ kernels: the lock probes must attach.
         assert_eq!(status("lock tracepoints"), "ok");
         assert_eq!(status("lock probes attach"), "ok", "{report}");
+        // dm-bufio probes: attached where dm-bufio is, reported missing (with why) where not.
+        assert_eq!(status("dm-bufio probes") == "ok", has_dm_bufio, "{report}");
     }
+}
+
+/// `live --no-tui` prints interval tables naming the pipe workload's mutex, from the in-kernel
+/// histograms alone.
+#[test]
+fn live_prints_interval_tables_from_in_kernel_histograms() {
+    if !root_or_skip("live_prints_interval_tables_from_in_kernel_histograms") {
+        return;
+    }
+    let workload = PipeContention::start(8);
+    let out = bufscope()
+        .args(["live", "--no-tui", "--interval", "500", "--duration", "3s"])
+        .output()
+        .unwrap();
+    workload.stop();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tables = stdout.lines().filter(|l| l.starts_with("--- ")).count();
+    assert!(tables >= 3, "{tables} tables in 3 s at 500 ms: {stdout}");
+    let mutex_rows = stdout
+        .lines()
+        .filter(|l| l.contains(" mutex 0x") || l.contains("client mutex"))
+        .count();
+    assert!(mutex_rows >= 2, "no mutex rows: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in-kernel histograms only"), "{stderr}");
 }

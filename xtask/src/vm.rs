@@ -596,7 +596,7 @@ fn boot(
         .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet loglevel=3 bufscope.scenario={scenario}"
+            "console=ttyS0 panic=-1 loglevel=5 bufscope.scenario={scenario}"
         ))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()))

@@ -351,7 +351,10 @@ fn announce_client(client: u64, how: u32) {
     if how == ClientEvent::SEEN && unsafe { CLIENTS.get(client) }.is_some() {
         return;
     }
-    let _ = CLIENTS.insert(client, 1, 0);
+    // Two CPUs can meet a new client at once: only the one whose insert wins announces it.
+    if CLIENTS.insert(client, 1, u64::from(BPF_NOEXIST)).is_err() && how == ClientEvent::SEEN {
+        return;
+    }
     send_client(client, how);
 }
 

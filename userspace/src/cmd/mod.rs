@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod info;
+pub mod live;
 pub mod record;
 pub mod replay;
 pub mod stress;

@@ -1,0 +1,307 @@
+//! `bufscope live --no-tui`: the kernel's lock waits and dm-bufio operations, one table per
+//! interval, from the in-kernel histograms and counters only (no per-event streaming), so it is
+//! cheap enough to leave running on a busy machine. The ratatui screens build on the same state.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bufscope::{
+    probe::{AttachMode, AttachOptions, ClientHow, Event, LockProbes},
+    system,
+};
+use bufscope_abi::{
+    HIST_BUCKETS, LockFlags, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey,
+};
+use bufscope_trace::{ClientLock, ClientLocks, OpKind};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{duration_ns, thousands};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Print a table every this many milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub interval: u64,
+    /// Print interval tables on stdout instead of the full-screen view (for logs and pipes).
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Stop after this long, e.g. 10s (default: until Ctrl-C).
+    #[arg(short, long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Locks listed per interval.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// How to attach to the lock tracepoints.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
+    if !options.no_tui {
+        bail!(
+            "the full-screen view is not built yet: run `bufscope live --no-tui` for interval \
+             tables"
+        );
+    }
+    if !system::is_root() {
+        bail!("live loads eBPF programs and needs root: run it with sudo -E");
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(live(options))
+}
+
+/// Totals at one instant, for differences between intervals.
+#[derive(Default)]
+struct Snapshot {
+    waits: HashMap<WaitHistKey, WaitHist>,
+    ops: HashMap<OpStatsKey, OpStats>,
+    counters: BTreeMap<String, u64>,
+    run_time_ns: u64,
+}
+
+impl Snapshot {
+    fn take(probes: &LockProbes) -> anyhow::Result<Self> {
+        Ok(Self {
+            waits: probes.wait_histograms().into_iter().collect(),
+            ops: probes.op_stats().into_iter().collect(),
+            counters: probes.counters()?,
+            run_time_ns: probes.program_stats().iter().map(|p| p.run_time_ns).sum(),
+        })
+    }
+}
+
+async fn live(options: &Options) -> anyhow::Result<ExitCode> {
+    let mut probes = LockProbes::attach(AttachOptions {
+        mode: options.attach,
+        ringbuf_bytes: 1 << 16,
+        config: ProbeConfig {
+            stream_events: 0,
+            stacks: 0,
+        },
+        bufio: true,
+    })?;
+    let mut stream = probes
+        .event_stream()
+        .context("opening the event ring buffer")?;
+    let bufio = probes.bufio();
+    eprintln!(
+        "bufscope live: {} on Linux {}; dm-bufio: {}; in-kernel histograms only, every {} ms",
+        probes.mode(),
+        system::kernel_release(),
+        match &bufio.unavailable {
+            Some(why) => why.clone(),
+            None => format!(
+                "{} of {} probe points attached",
+                bufio.attached().count(),
+                bufio.points.len()
+            ),
+        },
+        options.interval
+    );
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let period = Duration::from_millis(options.interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut clients: HashMap<u64, (String, Option<ClientLocks>)> = HashMap::new();
+    let mut batch = Vec::new();
+    let mut previous = Snapshot::take(&probes)?;
+    let mut last = Instant::now();
+    let mut out = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            ready = stream.next_batch(&mut batch) => {
+                ready.context("reading the event ring buffer")?;
+                for event in batch.drain(..) {
+                    if let Event::Client(c) = event {
+                        if c.how == ClientHow::Destroyed {
+                            clients.remove(&c.addr);
+                        } else {
+                            let locks = probes.client_locks(c.addr, c.num_locks);
+                            clients.insert(c.addr, (c.device, locks));
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Snapshot::take(&probes)?;
+                let elapsed = last.elapsed();
+                last = Instant::now();
+                print_interval(&mut out, &previous, &now, elapsed, &clients, options.top)
+                    .context("writing to stdout")?;
+                previous = now;
+            }
+            _ = sleep_until(deadline) => break,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    probes.detach();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock_name(key: &WaitHistKey, clients: &HashMap<u64, (String, Option<ClientLocks>)>) -> String {
+    for (device, locks) in clients.values() {
+        match locks.as_ref().and_then(|l| l.classify(key.lock_addr)) {
+            Some(ClientLock::Mutex) => return format!("dm-bufio {device} client mutex"),
+            Some(ClientLock::Tree(i)) => {
+                let mode = if key.flags & LockFlags::WRITE != 0 {
+                    "write"
+                } else {
+                    "read"
+                };
+                return format!("dm-bufio {device} tree {i} (rwsem {mode})");
+            }
+            None => {}
+        }
+    }
+    format!("{} {:#x}", LockFlags(key.flags).type_name(), key.lock_addr)
+}
+
+/// The upper bound of the log2 bucket holding quantile `q` (0..1).
+fn quantile_ns(buckets: &[u64; HIST_BUCKETS], q: f64) -> u64 {
+    let total: u64 = buckets.iter().sum();
+    let target = (total as f64 * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= target {
+            return 1u64 << (i + 1);
+        }
+    }
+    0
+}
+
+fn print_interval(
+    out: &mut impl Write,
+    before: &Snapshot,
+    now: &Snapshot,
+    elapsed: Duration,
+    clients: &HashMap<u64, (String, Option<ClientLocks>)>,
+    top: usize,
+) -> std::io::Result<()> {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    let mut rows: Vec<(WaitHistKey, WaitHist)> = now
+        .waits
+        .iter()
+        .map(|(key, h)| {
+            let mut d = *h;
+            if let Some(b) = before.waits.get(key) {
+                d.count -= b.count.min(d.count);
+                d.total_ns -= b.total_ns.min(d.total_ns);
+                for (x, y) in d.buckets.iter_mut().zip(b.buckets.iter()) {
+                    *x -= (*y).min(*x);
+                }
+            }
+            (*key, d)
+        })
+        .filter(|(_, d)| d.count > 0)
+        .collect();
+    rows.sort_by_key(|(_, d)| std::cmp::Reverse(d.total_ns));
+    let waits: u64 = rows.iter().map(|(_, d)| d.count).sum();
+    let counter = |s: &Snapshot, name: &str| s.counters.get(name).copied().unwrap_or(0);
+    let lost = [
+        "ringbuf_full",
+        "hist_full",
+        "pending_full",
+        "op_return_missed",
+    ]
+    .iter()
+    .map(|c| counter(now, c) - counter(before, c))
+    .sum::<u64>();
+    let overhead =
+        (now.run_time_ns - before.run_time_ns.min(now.run_time_ns)) as f64 / (secs * 1e9);
+    writeln!(
+        out,
+        "--- {} lock waits/s, {} lost, probes {:.2}% of one CPU",
+        thousands((waits as f64 / secs) as u64),
+        thousands(lost),
+        overhead * 100.0
+    )?;
+    if !rows.is_empty() {
+        writeln!(
+            out,
+            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} lock",
+            "waits/s", "total wait", "avg", "p50 <", "p99 <", "inside"
+        )?;
+    }
+    for (key, d) in rows.iter().take(top) {
+        let op = OpKind::from_u8(key.op as u8).map_or("-", |k| k.function());
+        writeln!(
+            out,
+            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} {}",
+            thousands((d.count as f64 / secs) as u64),
+            duration_ns(d.total_ns),
+            duration_ns(d.total_ns / d.count.max(1)),
+            duration_ns(quantile_ns(&d.buckets, 0.5)),
+            duration_ns(quantile_ns(&d.buckets, 0.99)),
+            op.trim_start_matches("dm_bufio_"),
+            lock_name(key, clients)
+        )?;
+    }
+    let mut ops: Vec<(&OpStatsKey, u64, u64, u64)> = now
+        .ops
+        .iter()
+        .map(|(key, s)| {
+            let b = before.ops.get(key).copied().unwrap_or_default();
+            (
+                key,
+                s.count - b.count.min(s.count),
+                s.hits - b.hits.min(s.hits),
+                s.misses - b.misses.min(s.misses),
+            )
+        })
+        .filter(|(_, n, _, _)| *n > 0)
+        .collect();
+    ops.sort_by_key(|(key, ..)| (key.client, key.op));
+    for (key, n, hits, misses) in ops {
+        let device = clients.get(&key.client).map_or("?", |c| c.0.as_str());
+        let op = OpKind::from_u8(key.op as u8).map_or("?", |k| k.function());
+        writeln!(
+            out,
+            "{:>10} ops/s  {op} on {device}{}",
+            thousands((n as f64 / secs) as u64),
+            if hits + misses > 0 {
+                format!(
+                    " ({:.1}% hits)",
+                    100.0 * hits as f64 / (hits + misses) as f64
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        let mut buckets = [0u64; HIST_BUCKETS];
+        buckets[10] = 90; // [1024, 2048)
+        buckets[20] = 10; // [1 Mi, 2 Mi)
+        assert_eq!(quantile_ns(&buckets, 0.5), 2048);
+        assert_eq!(quantile_ns(&buckets, 0.9), 2048);
+        assert_eq!(quantile_ns(&buckets, 0.99), 2 << 20);
+        assert_eq!(quantile_ns(&[0; HIST_BUCKETS], 0.5), 0);
+    }
+}
