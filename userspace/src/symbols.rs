@@ -103,9 +103,89 @@ pub fn symbolize_kernel(addrs: &[u64], lock_text: &LockText) -> (Vec<Symbol>, Op
     (symbols, note)
 }
 
+/// Names of static locks (kernel or module data, as `perf lock contention -l` names them) from
+/// /proc/kallsyms' data symbols: `rtnl_mutex`, or `symbol+0x10` inside a struct. Heap addresses
+/// get no name.
+pub fn static_lock_names(addrs: &[u64]) -> Vec<Symbol> {
+    match fs::read_to_string("/proc/kallsyms") {
+        Ok(text) => static_lock_names_in(&text, addrs),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn static_lock_names_in(kallsyms: &str, addrs: &[u64]) -> Vec<Symbol> {
+    // Every symbol, to bound each data symbol by the next one.
+    let mut all: Vec<(u64, bool, &str, Option<&str>)> = kallsyms
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            let module = f.next().map(|m| m.trim_matches(['[', ']']));
+            let data = matches!(kind, "d" | "D" | "b" | "B");
+            // Per-CPU offsets and hidden (zeroed) addresses are not lock addresses.
+            (addr >= 0xffff_0000_0000_0000).then_some((addr, data, name, module))
+        })
+        .collect();
+    all.sort_by_key(|s| s.0);
+    addrs
+        .iter()
+        .filter_map(|&addr| {
+            let i = all.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+            let (start, data, name, module) = all[i];
+            let next = all.get(i + 1).map_or(u64::MAX, |s| s.0);
+            let offset = addr - start;
+            (data && addr < next && offset < 4096).then(|| Symbol {
+                addr,
+                name: if offset == 0 {
+                    name.to_string()
+                } else {
+                    format!("{name}+{offset:#x}")
+                },
+                module: module.map(str::to_string),
+                lock_text: false,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_locks_are_named_by_their_data_symbol() {
+        let text = "\
+ffffffff82000000 D text_mutex
+ffffffff82000020 d other_thing
+ffffffff82000100 T some_function
+ffffffffc0010000 b pool_lock\t[dm_thin_pool]
+";
+        let names = static_lock_names_in(
+            text,
+            &[
+                0xffff_ffff_8200_0000,
+                0xffff_ffff_8200_0028,
+                0xffff_ffff_8200_0100,
+                0xffff_ffff_c001_0000,
+                0xffff_8881_0000_0000,
+            ],
+        );
+        let got: Vec<(&str, Option<&str>)> = names
+            .iter()
+            .map(|s| (s.name.as_str(), s.module.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("text_mutex", None),
+                ("other_thing+0x8", None),
+                ("pool_lock", Some("dm_thin_pool"))
+            ],
+            "text addresses and heap addresses get no lock name"
+        );
+    }
 
     #[test]
     fn lock_text_ranges_come_from_the_markers() {

@@ -189,6 +189,38 @@ fn the_bundled_real_kernel_samples_read_back_and_show_the_64_rework() {
                 .unwrap()
                 .starts_with(name.split('-').next().unwrap())
         );
+        // Recorded with the dm-bufio probes: operations, a client named by its device, and on
+        // 6.1 the client mutex named among the contended locks.
+        assert!(
+            info["bufio_ops"].as_u64().unwrap_or(0) > 0,
+            "{name}: no operations"
+        );
+        let clients = info["client_list"].as_array().expect("client list");
+        assert!(
+            clients
+                .iter()
+                .any(|c| c["device"].as_str().unwrap_or("").contains(':')),
+            "{name}: {clients:?}"
+        );
+        if name.starts_with("6.1-") {
+            assert!(
+                clients
+                    .iter()
+                    .any(|c| c["waits_on_mutex"].as_u64().unwrap_or(0) > 0),
+                "{name}: no waits named as the client mutex: {clients:?}"
+            );
+            let top = info["top_locks"][0]["name"].as_str().unwrap_or("");
+            assert!(
+                top.starts_with("dm-bufio ")
+                    || info["top_locks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|l| l["name"].as_str().unwrap_or("").ends_with("client mutex")),
+                "{name}: {}",
+                info["top_locks"]
+            );
+        }
         info["by_type"]["mutex"]["contended"].as_u64().unwrap_or(0)
     };
     for scenario in ["thin-hotspot", "small-cache", "verity-read"] {

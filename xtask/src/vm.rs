@@ -153,8 +153,9 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     Ok(())
 }
 
-/// Largest sample kept in the repository.
-const MAX_SAMPLE_BYTES: u64 = 2 << 20;
+/// Largest sample kept in the repository (a 12 s recording with every dm-bufio operation of
+/// the workload takes about 2 MB).
+const MAX_SAMPLE_BYTES: u64 = 4 << 20;
 
 /// Copies a run's recording to samples/KERNEL-SCENARIO.bftrace, with a note of how it was made.
 fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Result<()> {
@@ -222,7 +223,7 @@ fn write_samples_readme() -> anyhow::Result<()> {
         "# Sample traces\n\n\
          Recorded by bufscope inside real Debian kernels booted by the VM test bed\n\
          (`cargo xtask vm-test --save-samples` regenerates them), one per kernel and scenario, each\n\
-         at most 2 MB: what demos and tests use on machines without dm-bufio. The `.txt` beside each\n\
+         at most 4 MB: what demos and tests use on machines without dm-bufio. The `.txt` beside each\n\
          trace names the kernel package, the scenario and the command that made it, and what the run\n\
          counted.\n\n| trace | how it was made |\n|---|---|\n",
     );
@@ -870,14 +871,23 @@ fn check_bufio(
         mutex_waits += c["waits_on_mutex"].as_u64().unwrap_or(0);
         tree_waits += c["waits_on_trees"].as_u64().unwrap_or(0);
     }
+    let trees: Vec<u64> = clients
+        .iter()
+        .map(|c| c["trees"].as_u64().unwrap_or(0))
+        .collect();
     match kernel {
+        // One client mutex: the readers' waits are on it, and there are no trees to name.
         "6.1" => ensure!(
-            mutex_waits > 0 && tree_waits == 0,
-            "{kernel} {scenario}: expected waits on the client mutex only (mutex {mutex_waits}, trees {tree_waits})"
+            mutex_waits > 0 && tree_waits == 0 && trees.iter().all(|&t| t == 0),
+            "{kernel} {scenario}: expected waits on the client mutex only (mutex {mutex_waits}, \
+             trees {tree_waits}, tree locks per client {trees:?})"
         ),
+        // Sharded: every client has its tree locks located from BTF. Waits on them are named when
+        // they happen, but this workload rarely makes any: 6.12's rwsem waits in thin-hotspot are
+        // dm-thin's own pmd->root_lock (caller dm_thin_find_block), which must stay unnamed.
         _ => ensure!(
-            tree_waits + mutex_waits > 0,
-            "{kernel} {scenario}: no waits named as dm-bufio locks (mutex {mutex_waits}, trees {tree_waits})"
+            !trees.is_empty() && trees.iter().all(|&t| t > 0),
+            "{kernel} {scenario}: clients without tree locks on a sharded kernel: {trees:?}"
         ),
     }
     let kernel_counter = |name: &str| info["losses"]["kernel"][name].as_u64();

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, bail};
 use bufscope::{
     probe::{AttachMode, AttachOptions, ClientHow, ClientSighting, Event, LockProbes},
-    symbols::{LockText, symbolize_kernel},
+    symbols::{LockText, static_lock_names, symbolize_kernel},
     system,
 };
 use bufscope_abi::ProbeConfig;
@@ -136,6 +136,15 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     sink.write(&mut writer, &probes, &mut batch)
         .with_context(write_context)?;
     write_stacks(&mut writer, &probes, &sink.stack_ids).with_context(write_context)?;
+    let static_locks: Vec<u64> = sink.static_locks.iter().copied().collect();
+    let lock_symbols = static_lock_names(&static_locks);
+    if !lock_symbols.is_empty() {
+        writer
+            .write_metadata(&Metadata::Symbols {
+                symbols: lock_symbols,
+            })
+            .with_context(write_context)?;
+    }
     let bufio = probes.bufio();
     writer
         .write_metadata(&Metadata::Probes {
@@ -234,6 +243,8 @@ fn report_bufio_probes(probes: &LockProbes) {
 struct Sink {
     clients: BTreeMap<u64, ClientSighting>,
     stack_ids: BTreeSet<u32>,
+    /// Locks at kernel-image or module addresses: static locks, named from kallsyms at the end.
+    static_locks: BTreeSet<u64>,
 }
 
 impl Sink {
@@ -248,6 +259,9 @@ impl Sink {
                 Event::LockWait(wait) => {
                     if let Some(id) = wait.stack_id {
                         self.stack_ids.insert(id);
+                    }
+                    if wait.lock_addr >= 0xffff_ffff_8000_0000 {
+                        self.static_locks.insert(wait.lock_addr);
                     }
                     writer.push(wait)?;
                 }
