@@ -38,6 +38,8 @@ impl Names {
                     device: device.clone(),
                     locks: None,
                 });
+                // The same address may belong to a later client (the old one destroyed).
+                entry.device.clone_from(device);
                 if locks.is_some() {
                     entry.locks = locks.clone();
                 }

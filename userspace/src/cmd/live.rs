@@ -11,16 +11,15 @@ use std::{
 
 use anyhow::{Context, bail};
 use bufscope::{
+    naming::Names,
     probe::{AttachMode, AttachOptions, ClientHow, Event, LockProbes},
     system,
 };
-use bufscope_abi::{
-    HIST_BUCKETS, LockFlags, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey,
-};
-use bufscope_trace::{ClientLock, ClientLocks, OpKind};
+use bufscope_abi::{HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
+use bufscope_trace::{Metadata, OpKind};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{duration_ns, thousands};
+use super::{duration_ns, sleep_until, thousands};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -112,7 +111,7 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let period = Duration::from_millis(options.interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut clients: HashMap<u64, (String, Option<ClientLocks>)> = HashMap::new();
+    let mut names = Names::default();
     let mut batch = Vec::new();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
@@ -122,13 +121,18 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
             ready = stream.next_batch(&mut batch) => {
                 ready.context("reading the event ring buffer")?;
                 for event in batch.drain(..) {
-                    if let Event::Client(c) = event {
-                        if c.how == ClientHow::Destroyed {
-                            clients.remove(&c.addr);
-                        } else {
-                            let locks = probes.client_locks(c.addr, c.num_locks);
-                            clients.insert(c.addr, (c.device, locks));
-                        }
+                    // A destroyed client's name stays until a new client takes its address.
+                    if let Event::Client(c) = event
+                        && c.how != ClientHow::Destroyed
+                    {
+                        names.add(&Metadata::Client {
+                            addr: c.addr,
+                            device: c.device,
+                            block_size: c.block_size,
+                            locks: probes.client_locks(c.addr, c.num_locks),
+                            seen_ns: c.at_ns,
+                            destroyed_ns: None,
+                        });
                     }
                 }
             }
@@ -136,7 +140,7 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
                 let now = Snapshot::take(&probes)?;
                 let elapsed = last.elapsed();
                 last = Instant::now();
-                print_interval(&mut out, &previous, &now, elapsed, &clients, options.top)
+                print_interval(&mut out, &previous, &now, elapsed, &names, options.top)
                     .context("writing to stdout")?;
                 previous = now;
             }
@@ -147,31 +151,6 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
     }
     probes.detach();
     Ok(ExitCode::SUCCESS)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn lock_name(key: &WaitHistKey, clients: &HashMap<u64, (String, Option<ClientLocks>)>) -> String {
-    for (device, locks) in clients.values() {
-        match locks.as_ref().and_then(|l| l.classify(key.lock_addr)) {
-            Some(ClientLock::Mutex) => return format!("dm-bufio {device} client mutex"),
-            Some(ClientLock::Tree(i)) => {
-                let mode = if key.flags & LockFlags::WRITE != 0 {
-                    "write"
-                } else {
-                    "read"
-                };
-                return format!("dm-bufio {device} tree {i} (rwsem {mode})");
-            }
-            None => {}
-        }
-    }
-    format!("{} {:#x}", LockFlags(key.flags).type_name(), key.lock_addr)
 }
 
 /// The upper bound of the log2 bucket holding quantile `q` (0..1).
@@ -193,7 +172,7 @@ fn print_interval(
     before: &Snapshot,
     now: &Snapshot,
     elapsed: Duration,
-    clients: &HashMap<u64, (String, Option<ClientLocks>)>,
+    names: &Names,
     top: usize,
 ) -> std::io::Result<()> {
     let secs = elapsed.as_secs_f64().max(1e-6);
@@ -252,7 +231,7 @@ fn print_interval(
             duration_ns(quantile_ns(&d.buckets, 0.5)),
             duration_ns(quantile_ns(&d.buckets, 0.99)),
             op.trim_start_matches("dm_bufio_"),
-            lock_name(key, clients)
+            names.lock_name(key.lock_addr, key.flags)
         )?;
     }
     let mut ops: Vec<(&OpStatsKey, u64, u64, u64)> = now
@@ -271,7 +250,7 @@ fn print_interval(
         .collect();
     ops.sort_by_key(|(key, ..)| (key.client, key.op));
     for (key, n, hits, misses) in ops {
-        let device = clients.get(&key.client).map_or("?", |c| c.0.as_str());
+        let device = names.client_device(key.client).unwrap_or("?");
         let op = OpKind::from_u8(key.op as u8).map_or("?", |k| k.function());
         writeln!(
             out,

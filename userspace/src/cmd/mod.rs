@@ -8,6 +8,14 @@ pub mod replay;
 pub mod stress;
 pub mod synth;
 
+/// Sleeps until `deadline`, or forever without one: the duration arm of a command's select loop.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// `1234567` → `1,234,567`, for counts people read.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();

@@ -22,7 +22,7 @@ use bufscope_abi::ProbeConfig;
 use bufscope_trace::{Metadata, ProgramRun, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::thousands;
+use super::{sleep_until, thousands};
 
 #[derive(Debug)]
 pub struct Options {
@@ -310,13 +310,6 @@ fn write_stacks<W: Write>(
         eprintln!("bufscope: {note}; stacks are kept as addresses");
     }
     writer.write_metadata(&Metadata::Symbols { symbols })
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A status line: redrawn each second on a terminal, a line every ten seconds otherwise.
