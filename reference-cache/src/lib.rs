@@ -27,7 +27,7 @@ pub use classic::ClassicCache;
 pub use io::{BlockIo, FileIo, FileIoOptions, Latency, MemoryIo};
 pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass};
 pub use lockfree::LockFreeCache;
-pub use recorder::{ClassStats, OpCounts, Report, ThreadRecorder};
+pub use recorder::{ClassStats, LockTotals, LoggedWait, OpCounts, Report, ThreadRecorder};
 pub use sharded::ShardedCache;
 
 /// The designs this crate models, by the names `--design` takes.

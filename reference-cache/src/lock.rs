@@ -50,6 +50,7 @@ impl LockClass {
 fn acquire<G>(
     recorder: &ThreadRecorder,
     class: LockClass,
+    instance: u32,
     try_lock: impl FnOnce() -> Option<G>,
     lock: impl FnOnce() -> G,
 ) -> (G, u64) {
@@ -60,13 +61,17 @@ fn acquire<G>(
     let started = clock().raw();
     let guard = lock();
     let acquired = clock().raw();
-    recorder.acquired(class, Some(clock().delta_as_nanos(started, acquired)));
+    let wait_ns = clock().delta_as_nanos(started, acquired);
+    recorder.acquired(class, Some(wait_ns));
+    recorder.log_wait(class, instance, started, wait_ns);
     (guard, acquired)
 }
 
 /// A mutex that records its waits and holds under one lock class.
 pub struct InstrumentedMutex<T> {
     class: LockClass,
+    /// Which lock of its class this is, for wait logs (0 unless set).
+    instance: u32,
     inner: parking_lot::Mutex<T>,
 }
 
@@ -82,6 +87,7 @@ impl<T> InstrumentedMutex<T> {
     pub fn new(class: LockClass, value: T) -> Self {
         Self {
             class,
+            instance: 0,
             inner: parking_lot::Mutex::new(value),
         }
     }
@@ -90,6 +96,7 @@ impl<T> InstrumentedMutex<T> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.class,
+            self.instance,
             || self.inner.try_lock(),
             || self.inner.lock(),
         );
@@ -135,6 +142,8 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 pub struct InstrumentedRwLock<T> {
     read_class: LockClass,
     write_class: LockClass,
+    /// Which lock of its class this is (a tree's index), for wait logs.
+    instance: u32,
     inner: parking_lot::RwLock<T>,
 }
 
@@ -152,14 +161,23 @@ impl<T> InstrumentedRwLock<T> {
         Self {
             read_class,
             write_class,
+            instance: 0,
             inner: parking_lot::RwLock::new(value),
         }
+    }
+
+    /// Numbers this lock among the locks of its classes (e.g. a tree's index), so that logged
+    /// waits say which one was waited for.
+    pub fn with_instance(mut self, instance: u32) -> Self {
+        self.instance = instance;
+        self
     }
 
     pub fn read<'a>(&'a self, recorder: &'a ThreadRecorder) -> ReadGuard<'a, T> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.read_class,
+            self.instance,
             || self.inner.try_read(),
             || self.inner.read(),
         );
@@ -175,6 +193,7 @@ impl<T> InstrumentedRwLock<T> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.write_class,
+            self.instance,
             || self.inner.try_write(),
             || self.inner.write(),
         );

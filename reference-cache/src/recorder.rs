@@ -2,6 +2,11 @@
 //! (hits, misses, I/O, evictions). Each thread owns a [`ThreadRecorder`] and passes it to every
 //! operation, like the kernel's `current`, so recording never touches shared memory and adds no
 //! contention of its own. Recorders are merged into a [`Report`] at the end.
+//!
+//! A recorder can also keep running totals of wait and hold per class (read around each
+//! operation, they give that operation's lock time) and, when made with
+//! [`ThreadRecorder::logging`], a log of every contended acquisition with the tag its caller set
+//! (replay tags each wait with the operation it happened in).
 
 use std::{
     cell::{Cell, RefCell},
@@ -72,6 +77,30 @@ impl fmt::Debug for ClassStats {
 pub struct ThreadRecorder {
     classes: RefCell<[ClassStats; 4]>,
     ops: Cell<OpCounts>,
+    totals: Cell<[LockTotals; 4]>,
+    /// Copied into each logged wait: what the thread is doing (set by the caller).
+    tag: Cell<u32>,
+    log: Option<RefCell<Vec<LoggedWait>>>,
+}
+
+/// Running totals of one lock class, in ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockTotals {
+    pub wait_ns: u64,
+    pub hold_ns: u64,
+}
+
+/// One contended acquisition, as logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedWait {
+    /// When the wait began, on [`clock`]'s raw scale (see [`ThreadRecorder::nanos_since`]).
+    pub began_raw: u64,
+    pub wait_ns: u64,
+    pub class: LockClass,
+    /// Which lock of the class (a tree's index).
+    pub instance: u32,
+    /// The recorder's tag at the time.
+    pub tag: u32,
 }
 
 /// Cache events, counted per thread.
@@ -115,6 +144,54 @@ impl ThreadRecorder {
         Self {
             classes: RefCell::new(std::array::from_fn(|_| ClassStats::new())),
             ops: Cell::new(OpCounts::default()),
+            totals: Cell::new([LockTotals::default(); 4]),
+            tag: Cell::new(0),
+            log: None,
+        }
+    }
+
+    /// A recorder that also logs every contended acquisition.
+    pub fn logging() -> Self {
+        Self {
+            log: Some(RefCell::new(Vec::new())),
+            ..Self::new()
+        }
+    }
+
+    /// Sets the tag that waits logged from now on carry.
+    pub fn set_tag(&self, tag: u32) {
+        self.tag.set(tag);
+    }
+
+    /// Wait and hold so far per class, indexed like [`LockClass::ALL`].
+    pub fn totals(&self) -> [LockTotals; 4] {
+        self.totals.get()
+    }
+
+    /// Takes the waits logged so far (empty unless made with [`ThreadRecorder::logging`]).
+    pub fn take_log(&self) -> Vec<LoggedWait> {
+        self.log.as_ref().map(|l| l.take()).unwrap_or_default()
+    }
+
+    /// The raw clock now, on the scale of [`LoggedWait::began_raw`].
+    pub fn now_raw() -> u64 {
+        clock().raw()
+    }
+
+    /// Nanoseconds from raw clock reading `from` to `to`.
+    pub fn nanos_since(from: u64, to: u64) -> u64 {
+        clock().delta_as_nanos(from, to)
+    }
+
+    pub(crate) fn log_wait(&self, class: LockClass, instance: u32, began_raw: u64, wait_ns: u64) {
+        if let Some(log) = &self.log {
+            log.borrow_mut().push(LoggedWait {
+                began_raw,
+                wait_ns,
+                class,
+                instance,
+                tag: self.tag.get(),
+            });
         }
     }
 
@@ -137,6 +214,9 @@ impl ThreadRecorder {
         if let Some(wait) = wait_ns {
             stats.contended += 1;
             stats.wait_ns.saturating_record(wait.max(1));
+            let mut totals = self.totals.get();
+            totals[class.index()].wait_ns += wait;
+            self.totals.set(totals);
         }
     }
 
@@ -144,6 +224,9 @@ impl ThreadRecorder {
         self.classes.borrow_mut()[class.index()]
             .hold_ns
             .saturating_record(hold_ns.max(1));
+        let mut totals = self.totals.get();
+        totals[class.index()].hold_ns += hold_ns;
+        self.totals.set(totals);
     }
 
     /// This thread's measurements of one class.

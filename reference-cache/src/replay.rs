@@ -6,6 +6,11 @@
 //! release or mark-dirty acts on one it holds. Where the design and the recording disagree (a get
 //! that hit here but missed in the kernel, a release of a buffer not held here), the replay does
 //! the sensible thing and counts it, so a result says how faithful the replay was.
+//!
+//! With [`ReplayOptions::log`], a replay also keeps what a kernel recording keeps: every
+//! operation (start, duration, hit or miss, client-mutex wait and hold) and every contended lock
+//! acquisition with the operation it happened in, so that a design's run can be written as a
+//! trace and reported, exported and compared like the kernel's.
 
 use std::{
     sync::{Arc, Barrier},
@@ -15,7 +20,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use crate::{BufferCache, BufferRef, Report, ThreadRecorder, recorder::clock};
+use crate::{BufferCache, BufferRef, LockClass, Report, ThreadRecorder, recorder::clock};
 
 /// One operation of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +64,8 @@ impl Step {
         "forget_buffers",
     ];
 
-    fn index(self) -> usize {
+    /// Index into [`Step::NAMES`].
+    pub fn index(self) -> usize {
         match self {
             Step::Get { .. } => 0,
             Step::Read => 1,
@@ -97,6 +103,54 @@ pub struct ReplayOptions {
     pub threads: Option<usize>,
     /// Time scale: 2.0 replays twice as fast as recorded. `None`: as fast as possible.
     pub speed: Option<f64>,
+    /// Keep every operation and contended acquisition in [`ReplayResult::log`].
+    pub log: bool,
+}
+
+/// How an operation ended, as a kernel recording says it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepResult {
+    /// Operations that neither hit nor miss (release, mark dirty, ...).
+    #[default]
+    None,
+    Hit,
+    Miss,
+    Error,
+}
+
+/// One replayed operation. Times are ns from the start of the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedOp {
+    /// The recorded thread whose stream it came from.
+    pub tid: u32,
+    pub step: Step,
+    pub block: u64,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub result: StepResult,
+    /// Time waiting for and holding the client mutex inside this operation.
+    pub mutex_wait_ns: u64,
+    pub mutex_hold_ns: u64,
+}
+
+/// One contended lock acquisition during a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedLockWait {
+    pub tid: u32,
+    pub start_ns: u64,
+    pub wait_ns: u64,
+    pub class: LockClass,
+    /// Which lock of the class (a tree's index).
+    pub instance: u32,
+    /// The operation it happened in.
+    pub step: Step,
+}
+
+/// Everything a logged replay kept, each list sorted by start time.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayLog {
+    pub ops: Vec<LoggedOp>,
+    pub waits: Vec<LoggedLockWait>,
 }
 
 /// Where the replay and the recording parted ways.
@@ -134,6 +188,8 @@ pub struct ReplayResult {
     pub mismatches: Mismatches,
     /// The first I/O error's message, when there were any.
     pub first_io_error: Option<String>,
+    /// Operations and waits, with [`ReplayOptions::log`].
+    pub log: Option<ReplayLog>,
 }
 
 impl ReplayResult {
@@ -165,11 +221,16 @@ pub fn replay(
     // The caller waits at the barrier too, so the clock starts when every thread has its steps
     // merged and ready.
     let start = Arc::new(Barrier::new(threads + 1));
+    let epoch = ThreadRecorder::now_raw();
     let handles: Vec<_> = dealt
         .into_iter()
         .map(|streams| {
             let (cache, start) = (Arc::clone(&cache), Arc::clone(&start));
-            thread::spawn(move || run_thread(cache.as_ref(), merge(streams), options.speed, &start))
+            thread::spawn(move || {
+                let tids: Vec<u32> = streams.iter().map(|s| s.tid).collect();
+                let steps = merge(streams);
+                run_thread(cache.as_ref(), steps, &tids, options, epoch, &start)
+            })
         })
         .collect();
     start.wait();
@@ -182,6 +243,7 @@ pub fn replay(
         latency_ns: histograms(),
         mismatches: Mismatches::default(),
         first_io_error: None,
+        log: options.log.then(ReplayLog::default),
     };
     for handle in handles {
         let outcome = handle.join().expect("replay thread panicked");
@@ -200,8 +262,24 @@ pub fn replay(
         }
         result.steps += steps;
         result.mismatches.add(mismatches);
+        if let (Some(log), Some(theirs)) = (&mut result.log, outcome.log) {
+            log.ops.extend(theirs.ops);
+            log.waits.extend(theirs.waits);
+        }
     }
     result.elapsed = began.elapsed();
+    if let Some(log) = &mut result.log {
+        // From the first operation's start, as a recording's clock would read.
+        let first = log.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
+        for op in &mut log.ops {
+            op.start_ns -= first;
+        }
+        for wait in &mut log.waits {
+            wait.start_ns = wait.start_ns.saturating_sub(first);
+        }
+        log.ops.sort_by_key(|o| o.start_ns);
+        log.waits.sort_by_key(|w| w.start_ns);
+    }
     result
 }
 
@@ -251,15 +329,24 @@ struct ThreadOutcome {
     steps: u64,
     mismatches: Mismatches,
     first_io_error: Option<String>,
+    log: Option<ReplayLog>,
 }
 
 fn run_thread(
     cache: &dyn BufferCache,
     steps: Vec<(usize, TimedStep)>,
-    speed: Option<f64>,
+    tids: &[u32],
+    options: ReplayOptions,
+    epoch: u64,
     start: &Barrier,
 ) -> ThreadOutcome {
-    let rec = ThreadRecorder::new();
+    let speed = options.speed;
+    let rec = if options.log {
+        ThreadRecorder::logging()
+    } else {
+        ThreadRecorder::new()
+    };
+    let mut ops_log = Vec::with_capacity(if options.log { steps.len() } else { 0 });
     let mut latency = histograms();
     let mut mismatches = Mismatches::default();
     let mut first_io_error = None;
@@ -275,6 +362,10 @@ fn run_thread(
     // As fast as possible, one clock read per step: each step ends when the next one begins.
     let mut last_end = clock.raw();
     for &(stream, TimedStep { at_ns, block, step }) in &steps {
+        let before = options.log.then(|| {
+            rec.set_tag(ops_log.len() as u32);
+            (rec.totals(), rec.ops(), mismatches.io_errors)
+        });
         let op_began = match speed {
             Some(speed) => {
                 let due = Duration::from_nanos(((at_ns - first_at) as f64 / speed) as u64);
@@ -286,14 +377,15 @@ fn run_thread(
             None => last_end,
         };
         let key = (stream, block);
+        let mut got = None;
         match step {
-            Step::Get { missed } => match cache.get(&rec, block) {
+            Step::Get { missed } => match cache.get(&rec, block).inspect(|_| got = Some(true)) {
                 Some(buf) if missed => {
                     mismatches.extra_hits += 1;
                     cache.release(&rec, buf);
                 }
                 Some(buf) => held.push(key, buf),
-                None => {}
+                None => got = Some(false),
             },
             Step::Read | Step::New => {
                 let got = if step == Step::Read {
@@ -334,18 +426,68 @@ fn run_thread(
             Step::ForgetBuffers { blocks } => cache.forget_buffers(&rec, block, u64::from(blocks)),
         }
         last_end = clock.raw();
-        latency[step.index()].saturating_record(clock.delta_as_nanos(op_began, last_end).max(1));
+        let duration_ns = clock.delta_as_nanos(op_began, last_end);
+        latency[step.index()].saturating_record(duration_ns.max(1));
+        if let Some((totals, counts, io_errors)) = before {
+            let mutex = LockClass::ClientMutex.index();
+            let now = rec.totals()[mutex];
+            let after = rec.ops();
+            let result = if mismatches.io_errors > io_errors {
+                StepResult::Error
+            } else {
+                match (step, got) {
+                    (Step::Get { .. }, Some(true)) => StepResult::Hit,
+                    (Step::Get { .. }, _) => StepResult::Miss,
+                    (Step::Read, _) if after.misses > counts.misses => StepResult::Miss,
+                    (Step::Read, _) => StepResult::Hit,
+                    _ => StepResult::None,
+                }
+            };
+            ops_log.push(LoggedOp {
+                tid: tids[stream],
+                step,
+                block,
+                start_ns: clock.delta_as_nanos(epoch, op_began),
+                duration_ns,
+                result,
+                mutex_wait_ns: now.wait_ns - totals[mutex].wait_ns,
+                mutex_hold_ns: now.hold_ns - totals[mutex].hold_ns,
+            });
+        }
     }
     for buf in held.drain() {
         mismatches.held_at_end += 1;
         cache.release(&rec, buf);
     }
+    let log = options.log.then(|| {
+        let waits = rec
+            .take_log()
+            .into_iter()
+            .map(|w| {
+                // Waits of the final releases (no operation of their own) go to the last one.
+                let op = ops_log.get(w.tag as usize).or(ops_log.last());
+                LoggedLockWait {
+                    tid: op.map_or(0, |o| o.tid),
+                    start_ns: clock.delta_as_nanos(epoch, w.began_raw),
+                    wait_ns: w.wait_ns,
+                    class: w.class,
+                    instance: w.instance,
+                    step: op.map_or(Step::Release, |o| o.step),
+                }
+            })
+            .collect();
+        ReplayLog {
+            ops: ops_log,
+            waits,
+        }
+    });
     ThreadOutcome {
         rec,
         latency,
         steps: steps.len() as u64,
         mismatches,
         first_io_error,
+        log,
     }
 }
 
@@ -406,6 +548,65 @@ mod tests {
     }
 
     #[test]
+    fn a_logged_replay_keeps_every_operation_and_charges_waits_to_them() {
+        // Eight threads hammering the classic design's one mutex: waits are certain.
+        let streams: Vec<_> = (0..8u32)
+            .map(|t| {
+                let steps: Vec<_> = (0..2_000u64)
+                    .flat_map(|i| {
+                        let block = u64::from(t) * 10_000 + i % 50;
+                        [
+                            (i * 2, block, Step::Read),
+                            (i * 2 + 1, block, Step::Release),
+                        ]
+                    })
+                    .collect();
+                stream(100 + t, &steps)
+            })
+            .collect();
+        let result = replay(
+            cache("classic"),
+            streams,
+            ReplayOptions {
+                log: true,
+                ..Default::default()
+            },
+        );
+        let log = result.log.expect("asked for a log");
+        assert_eq!(log.ops.len() as u64, result.steps);
+        assert!(log.ops.windows(2).all(|w| w[0].start_ns <= w[1].start_ns));
+        assert_eq!(log.ops[0].start_ns, 0, "times start at the first operation");
+        assert!(log.ops.iter().all(|o| (100..108).contains(&o.tid)));
+        let reads = log.ops.iter().filter(|o| o.step == Step::Read);
+        let (hits, misses) = reads.fold((0, 0), |(h, m), o| match o.result {
+            StepResult::Hit => (h + 1, m),
+            StepResult::Miss => (h, m + 1),
+            other => panic!("a read ended {other:?}"),
+        });
+        // 50 distinct blocks per thread in a 64-buffer cache: mostly misses at first, then hits.
+        assert_eq!(hits + misses, 8 * 2_000);
+        assert!(misses >= 8 * 50 && hits > 0, "{hits} hits, {misses} misses");
+
+        let mutex = result.report.class(LockClass::ClientMutex);
+        assert_eq!(log.waits.len() as u64, mutex.contended);
+        assert!(
+            !log.waits.is_empty(),
+            "eight threads on one mutex never waited"
+        );
+        assert!(log.waits.iter().all(|w| w.class == LockClass::ClientMutex));
+        assert!(
+            log.waits
+                .iter()
+                .all(|w| matches!(w.step, Step::Read | Step::Release))
+        );
+        // Each wait is charged to its operation: per-op totals add up to the logged waits.
+        let logged: u64 = log.waits.iter().map(|w| w.wait_ns).sum();
+        let charged: u64 = log.ops.iter().map(|o| o.mutex_wait_ns).sum();
+        assert_eq!(logged, charged);
+        assert!(log.ops.iter().any(|o| o.mutex_hold_ns > 0));
+    }
+
+    #[test]
     fn speed_stretches_or_squeezes_recorded_gaps() {
         // Two steps 40 ms apart: at speed 2 the replay takes about 20 ms, at speed 0.5 about 80.
         let streams = || {
@@ -420,6 +621,7 @@ mod tests {
             ReplayOptions {
                 threads: None,
                 speed: Some(2.0),
+                ..Default::default()
             },
         );
         let slow = replay(
@@ -428,6 +630,7 @@ mod tests {
             ReplayOptions {
                 threads: None,
                 speed: Some(0.5),
+                ..Default::default()
             },
         );
         assert!(
@@ -463,6 +666,7 @@ mod tests {
             ReplayOptions {
                 threads: Some(2),
                 speed: None,
+                ..Default::default()
             },
         );
         assert_eq!(result.steps, 12);

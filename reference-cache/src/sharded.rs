@@ -71,12 +71,15 @@ impl fmt::Debug for ShardedCache {
 impl ShardedCache {
     pub fn new(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
         let trees = (0..num_locks(config.cpus))
-            .map(|_| {
-                CachePadded::new(InstrumentedRwLock::new(
-                    LockClass::TreeRead,
-                    LockClass::TreeWrite,
-                    BTreeMap::new(),
-                ))
+            .map(|i| {
+                CachePadded::new(
+                    InstrumentedRwLock::new(
+                        LockClass::TreeRead,
+                        LockClass::TreeWrite,
+                        BTreeMap::new(),
+                    )
+                    .with_instance(i as u32),
+                )
             })
             .collect();
         Self {

@@ -214,6 +214,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         let options = ReplayOptions {
             threads: o.threads,
             speed: o.speed,
+            log: false,
         };
         results.push(replay(cache, loaded.streams.clone(), options));
     }
