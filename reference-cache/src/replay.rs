@@ -160,6 +160,9 @@ pub struct Mismatches {
     pub not_held: u64,
     /// Gets that hit here but missed in the recording (released at once).
     pub extra_hits: u64,
+    /// Gets that hit in the recording but found nothing here (the recording began with a warm
+    /// cache): the block is read instead, so the stream goes on holding it as it did.
+    pub cold_gets: u64,
     /// Buffers still held at the end of a stream (released then).
     pub held_at_end: u64,
     /// Reads or news that failed (e.g. a block outside the device).
@@ -170,6 +173,7 @@ impl Mismatches {
     fn add(&mut self, o: Mismatches) {
         self.not_held += o.not_held;
         self.extra_hits += o.extra_hits;
+        self.cold_gets += o.cold_gets;
         self.held_at_end += o.held_at_end;
         self.io_errors += o.io_errors;
     }
@@ -385,7 +389,15 @@ fn run_thread(
                     cache.release(&rec, buf);
                 }
                 Some(buf) => held.push(key, buf),
-                None => got = Some(false),
+                None if missed => got = Some(false),
+                None => {
+                    got = Some(false);
+                    mismatches.cold_gets += 1;
+                    match cache.read(&rec, block) {
+                        Ok(buf) => held.push(key, buf),
+                        Err(e) => io_error(&mut mismatches, e),
+                    }
+                }
             },
             Step::Read | Step::New => {
                 let got = if step == Step::Read {
@@ -522,6 +534,8 @@ mod tests {
                         (10, 5, Step::MarkDirty),
                         (20, 5, Step::Release),
                         (30, 5, Step::Get { missed: true }),
+                        (35, 8, Step::Get { missed: false }),
+                        (38, 8, Step::Release),
                         (40, 9, Step::Release),
                         (45, 0, Step::WriteDirty),
                         (50, 7, Step::Read),
@@ -530,14 +544,16 @@ mod tests {
                 stream(2, &[(5, 6, Step::New), (15, 6, Step::Release)]),
             ];
             let result = replay(cache(design), streams, ReplayOptions::default());
-            assert_eq!(result.steps, 9, "{design}");
+            assert_eq!(result.steps, 11, "{design}");
             let m = result.mismatches;
             assert_eq!(
                 (m.extra_hits, m.not_held, m.held_at_end, m.io_errors),
                 (1, 1, 1, 0),
                 "{design}"
             );
+            assert_eq!(m.cold_gets, 1, "{design}: block 8 was never read");
             assert_eq!(result.latency_ns[Step::Read.index()].len(), 2, "{design}");
+            assert_eq!(result.report.ops().reads, 3, "{design}: blocks 5, 8 and 7");
             assert!(
                 result.report.ops().writes >= 1,
                 "{design}: write_dirty wrote block 5"

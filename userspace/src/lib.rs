@@ -2,14 +2,17 @@
 //!
 //! This library is the `bufscope` binary's machinery: the eBPF loader and event stream
 //! ([`probe`]), what the kernel offers ([`doctor`], [`system`]), and trace summaries
-//! ([`summary`]). Trace files themselves are the `bufscope-trace` crate.
+//! ([`summary`]), traces held in memory for analysis ([`tracedata`]) and the reference designs
+//! run on them ([`models`]). Trace files themselves are the `bufscope-trace` crate.
 
 pub mod bufio;
 pub mod doctor;
 pub mod kretprobe;
+pub mod models;
 pub mod naming;
 pub mod probe;
 pub mod summary;
 pub mod symbols;
 pub mod system;
+pub mod tracedata;
 pub mod tracepoint_format;

@@ -1,13 +1,19 @@
 //! `bufscope replay FILE`: the trace's dm-bufio operations through each reference design, on a
 //! device or in memory, with a summary table (or JSON) of throughput, hits and lock waits.
 
-use std::{collections::HashMap, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use anyhow::{Context, bail};
-use bufscope_trace::{Metadata, OpKind, OpResult, Record, TraceReader};
+use anyhow::bail;
+use bufscope::{
+    models::{Backing, ModelOptions, ReplayInput, as_trace, run_design},
+    tracedata::TraceData,
+};
 use reference_cache::{
-    BlockIo, CacheConfig, DESIGNS, FileIo, FileIoOptions, Latency, LockClass, MemoryIo, build,
-    replay::{ReplayOptions, ReplayResult, Step, Stream, TimedStep, replay},
+    DESIGNS, LockClass,
+    replay::{ReplayOptions, ReplayResult, Step},
 };
 use serde_json::json;
 
@@ -49,6 +55,14 @@ pub struct Options {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write each design's run as a trace file (operations and lock waits, named like the
+    /// kernel's), for `report`, `export` and `info`. With several designs, the design's name goes
+    /// before the extension: `run.bftrace` becomes `run.classic.bftrace`, ...
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+    /// Overwrite --trace-out files that exist.
+    #[arg(long, requires = "trace_out")]
+    pub force: bool,
 }
 
 fn parse_design(s: &str) -> Result<String, String> {
@@ -69,99 +83,18 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The trace's operations for one client, as replay streams.
-struct Loaded {
-    streams: Vec<Stream>,
-    client: u64,
-    clients: usize,
-    block_size: u32,
-    steps: usize,
-}
-
-fn load(path: &std::path::Path) -> anyhow::Result<Loaded> {
-    let mut reader = TraceReader::open(path)?;
-    let mut by_client: HashMap<u64, HashMap<u32, Vec<TimedStep>>> = HashMap::new();
-    let mut block_sizes: HashMap<u64, u32> = HashMap::new();
-    let mut first_ns = None;
-    while let Some(record) = reader.next_record()? {
-        match record {
-            Record::BufioOps(ops) => {
-                for op in ops {
-                    let Some(step) = step_of(op.kind, op.result, op.arg0, op.arg1) else {
-                        continue;
-                    };
-                    let first = *first_ns.get_or_insert(op.start_ns);
-                    by_client
-                        .entry(op.client)
-                        .or_default()
-                        .entry(op.tid)
-                        .or_default()
-                        .push(TimedStep {
-                            at_ns: op.start_ns.saturating_sub(first),
-                            block: op.block,
-                            step,
-                        });
-                }
-            }
-            Record::Metadata(Metadata::Client {
-                addr, block_size, ..
-            }) => {
-                block_sizes.insert(addr, block_size);
-            }
-            _ => {}
-        }
+pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
+    let trace = TraceData::load(&o.file)?;
+    if let Some(problem) = &trace.problem {
+        eprintln!("bufscope: warning: {problem}; replaying what came before it");
     }
-    let clients = by_client.len();
-    // The busiest client: replaying several clients into one cache would mix their blocks.
-    let Some((client, threads)) = by_client
-        .into_iter()
-        .max_by_key(|(_, threads)| threads.values().map(Vec::len).sum::<usize>())
-    else {
+    let Some(input) = ReplayInput::from_trace(&trace) else {
         bail!(
             "{} holds no dm-bufio operations (recorded where dm-bufio probes were absent?); \
              nothing to replay",
-            path.display()
+            o.file.display()
         );
     };
-    let mut streams: Vec<Stream> = threads
-        .into_iter()
-        .map(|(tid, steps)| Stream { tid, steps })
-        .collect();
-    streams.sort_by_key(|s| s.tid);
-    let steps = streams.iter().map(|s| s.steps.len()).sum();
-    Ok(Loaded {
-        streams,
-        client,
-        clients,
-        block_size: block_sizes.get(&client).copied().unwrap_or(4096),
-        steps,
-    })
-}
-
-fn step_of(kind: OpKind, result: OpResult, arg0: u32, arg1: u32) -> Option<Step> {
-    Some(match kind {
-        OpKind::Get => Step::Get {
-            missed: result == OpResult::Miss,
-        },
-        OpKind::Read => Step::Read,
-        OpKind::New => Step::New,
-        OpKind::Prefetch => Step::Prefetch { blocks: arg0 },
-        OpKind::Release => Step::Release,
-        OpKind::MarkDirty => Step::MarkDirty,
-        OpKind::MarkPartialDirty => Step::MarkPartialDirty {
-            start: arg0,
-            end: arg1,
-        },
-        OpKind::WriteDirtyAsync => Step::WriteDirtyAsync,
-        OpKind::WriteDirty => Step::WriteDirty,
-        OpKind::Forget => Step::Forget,
-        OpKind::ForgetBuffers => Step::ForgetBuffers { blocks: arg0 },
-        OpKind::ClientCreate | OpKind::ClientDestroy => return None,
-    })
-}
-
-pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
-    let loaded = load(&o.file)?;
     let designs: Vec<&str> = if o.designs.iter().any(|d| d == "all") {
         DESIGNS.to_vec()
     } else {
@@ -170,53 +103,56 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     if !o.json {
         eprintln!(
             "bufscope: {} operations by {} threads on client {:#x} ({} B blocks){}",
-            thousands(loaded.steps as u64),
-            loaded.streams.len(),
-            loaded.client,
-            loaded.block_size,
-            if loaded.clients > 1 {
+            thousands(input.steps as u64),
+            input.streams.len(),
+            input.client,
+            input.block_size,
+            if input.clients > 1 {
                 format!(
                     "; the busiest of {} clients, the others are left out",
-                    loaded.clients
+                    input.clients
                 )
             } else {
                 String::new()
             }
         );
     }
+    let options = ModelOptions {
+        backing: match (&o.device, o.io_latency) {
+            (Some(path), _) => Backing::Device {
+                path: path.clone(),
+                direct: o.direct,
+                allow_writes: o.allow_writes,
+            },
+            (None, Some(latency)) => Backing::MemoryWithLatency(latency),
+            (None, None) => Backing::Memory,
+        },
+        capacity: o.capacity,
+        cpus: o.cpus,
+        replay: ReplayOptions {
+            threads: o.threads,
+            speed: o.speed,
+            log: o.trace_out.is_some(),
+        },
+    };
     let mut results = Vec::new();
-    for design in designs {
-        let io: Arc<dyn BlockIo> = match &o.device {
-            Some(path) => Arc::new(
-                FileIo::open(
-                    path,
-                    loaded.block_size as usize,
-                    FileIoOptions {
-                        direct: o.direct,
-                        allow_writes: o.allow_writes,
-                    },
-                )
-                .with_context(|| format!("opening --device {}", path.display()))?,
-            ),
-            None => Arc::new(MemoryIo::new(
-                loaded.block_size as usize,
-                o.io_latency.map_or(Latency::None, Latency::Fixed),
-            )),
-        };
-        let mut config = CacheConfig::new(loaded.block_size as usize, o.capacity);
-        if let Some(cpus) = o.cpus {
-            config.cpus = cpus.max(1);
-        }
-        let cache = Arc::from(build(design, config, io).expect("validated design"));
+    for design in &designs {
         if !o.json {
             eprintln!("bufscope: replaying through {design}...");
         }
-        let options = ReplayOptions {
-            threads: o.threads,
-            speed: o.speed,
-            log: false,
-        };
-        results.push(replay(cache, loaded.streams.clone(), options));
+        let result = run_design(design, &input, &options)?;
+        if let Some(out) = &o.trace_out {
+            let path = trace_out_path(out, design, designs.len());
+            let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
+            model.write(&path, o.force)?;
+            eprintln!(
+                "bufscope: wrote {} ({} operations, {} lock waits)",
+                path.display(),
+                thousands(model.ops.len() as u64),
+                thousands(model.waits.len() as u64)
+            );
+        }
+        results.push(result);
     }
     if o.json {
         let designs: Vec<_> = results.iter().map(to_json).collect();
@@ -224,9 +160,9 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "file": o.file.display().to_string(),
-                "client": loaded.client,
-                "operations": loaded.steps,
-                "threads": loaded.streams.len(),
+                "client": input.client,
+                "operations": input.steps,
+                "threads": input.streams.len(),
                 "designs": designs,
             }))?
         );
@@ -234,6 +170,22 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         print_table(&results);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `out` itself for one design; for several, the design's name before the extension
+/// (`run.bftrace` → `run.classic.bftrace`).
+fn trace_out_path(out: &Path, design: &str, designs: usize) -> PathBuf {
+    if designs == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map_or_else(Default::default, |s| s.to_string_lossy());
+    let name = match out.extension() {
+        Some(ext) => format!("{stem}.{design}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{design}"),
+    };
+    out.with_file_name(name)
 }
 
 fn quantile_us(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
@@ -289,6 +241,7 @@ fn to_json(r: &ReplayResult) -> serde_json::Value {
         "mismatches": {
             "not_held": r.mismatches.not_held,
             "extra_hits": r.mismatches.extra_hits,
+            "cold_gets": r.mismatches.cold_gets,
             "held_at_end": r.mismatches.held_at_end,
             "io_errors": r.mismatches.io_errors,
             "first_io_error": r.first_io_error,
@@ -337,6 +290,13 @@ fn print_table(results: &[ReplayResult]) {
     }
     for r in results {
         let m = r.mismatches;
+        if m.cold_gets > 0 {
+            println!(
+                "{}: {} gets that hit in the recording found a cold cache here and read the block",
+                r.design,
+                thousands(m.cold_gets)
+            );
+        }
         if m.not_held + m.extra_hits + m.held_at_end + m.io_errors > 0 {
             println!(
                 "{}: {} releases/dirtyings of unheld buffers, {} extra get hits, {} held at the end, {} I/O errors",

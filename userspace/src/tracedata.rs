@@ -1,0 +1,170 @@
+//! A trace held in memory: every lock wait and dm-bufio operation with the names its metadata
+//! gives them. `report`, `export` and `compare` work on this, whether it was read from a kernel
+//! recording ([`TraceData::load`]) or made by running a recording through a reference design
+//! ([`crate::models`]), so the kernel and the designs are measured by the same code.
+
+use std::path::Path;
+
+use bufscope_abi::LockFlags;
+use bufscope_trace::{
+    BufioOp, ClientLock, LockWait, Metadata, Record, TraceError, TraceHeader, TraceReader,
+    TraceWriter,
+};
+
+use crate::naming::Names;
+
+/// The lock classes compared between the kernel and the designs: dm-bufio's own locks, and
+/// everything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WaitClass {
+    ClientMutex,
+    TreeRead,
+    TreeWrite,
+    /// Locks that are not a dm-bufio client's.
+    Other,
+}
+
+impl WaitClass {
+    pub const ALL: [WaitClass; 4] = [
+        WaitClass::ClientMutex,
+        WaitClass::TreeRead,
+        WaitClass::TreeWrite,
+        WaitClass::Other,
+    ];
+
+    /// As the reference cache names its lock classes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitClass::ClientMutex => "client mutex",
+            WaitClass::TreeRead => "tree lock (read)",
+            WaitClass::TreeWrite => "tree lock (write)",
+            WaitClass::Other => "other locks",
+        }
+    }
+}
+
+/// Everything of a trace that the analyses need.
+#[derive(Debug, Default)]
+pub struct TraceData {
+    /// Where it came from: a path, or "<design> model of <path>".
+    pub source: String,
+    pub header: TraceHeader,
+    /// Lock waits and operations in file order (by time within each chunk).
+    pub waits: Vec<LockWait>,
+    pub ops: Vec<BufioOp>,
+    /// Client, stack and symbol metadata, for names.
+    pub names: Names,
+    /// Every metadata record, in file order.
+    pub metadata: Vec<Metadata>,
+    /// The reference design that produced it, for a model run.
+    pub design: Option<String>,
+    /// The kernel's dm-bufio design as seen at recording ("classic" or "sharded").
+    pub kernel_design: Option<String>,
+    /// Why reading stopped early, when it did (what came before is kept).
+    pub problem: Option<String>,
+}
+
+impl TraceData {
+    /// Reads a whole trace file. A file that is not a trace is an error; damage past the header
+    /// ends the reading and is told in `problem`, keeping everything before it.
+    pub fn load(path: &Path) -> Result<Self, TraceError> {
+        let mut reader = TraceReader::open(path)?;
+        let mut data = TraceData {
+            source: path.display().to_string(),
+            header: reader.header().clone(),
+            ..Default::default()
+        };
+        loop {
+            match reader.next_record() {
+                Ok(None) => break,
+                Ok(Some(Record::LockWaits(waits))) => data.waits.extend(waits),
+                Ok(Some(Record::BufioOps(ops))) => data.ops.extend(ops),
+                Ok(Some(Record::Metadata(m))) => data.add_metadata(m),
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    data.problem = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    pub fn add_metadata(&mut self, m: Metadata) {
+        self.names.add(&m);
+        if let Metadata::Probes {
+            bufio_design: Some(design),
+            ..
+        } = &m
+        {
+            self.kernel_design.get_or_insert_with(|| design.clone());
+        }
+        self.metadata.push(m);
+    }
+
+    /// Which class of lock a wait was for.
+    pub fn wait_class(&self, w: &LockWait) -> WaitClass {
+        match self.names.bufio_lock(w.lock_addr) {
+            Some((_, ClientLock::Mutex)) => WaitClass::ClientMutex,
+            Some((_, ClientLock::Tree(_))) if w.flags & LockFlags::WRITE != 0 => {
+                WaitClass::TreeWrite
+            }
+            Some((_, ClientLock::Tree(_))) => WaitClass::TreeRead,
+            None => WaitClass::Other,
+        }
+    }
+
+    /// Event clock span: first start to last end over waits and operations.
+    pub fn span_ns(&self) -> Option<(u64, u64)> {
+        let starts = self
+            .waits
+            .iter()
+            .map(|w| (w.start_ns, w.end_ns()))
+            .chain(self.ops.iter().map(|o| (o.start_ns, o.end_ns())));
+        starts.fold(None, |acc, (s, e)| match acc {
+            None => Some((s, e)),
+            Some((a, b)) => Some((a.min(s), b.max(e))),
+        })
+    }
+
+    /// The lock's name for reports (see [`Names::lock_name`]).
+    pub fn lock_name(&self, w: &LockWait) -> String {
+        self.names.lock_name(w.lock_addr, w.flags)
+    }
+
+    /// Writes it as a trace file (metadata first, so a reader names locks as it goes). Refuses
+    /// to overwrite an existing file unless `force`.
+    pub fn write(&self, path: &Path, force: bool) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let file = if force {
+            std::fs::File::create(path)
+        } else {
+            std::fs::File::create_new(path)
+        }
+        .with_context(|| match force {
+            false if path.exists() => {
+                format!("{} exists; pass --force to overwrite it", path.display())
+            }
+            _ => format!("creating {}", path.display()),
+        })?;
+        let mut writer = TraceWriter::new(std::io::BufWriter::new(file), &self.header)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let written = (|| -> std::io::Result<()> {
+            for m in &self.metadata {
+                writer.write_metadata(m)?;
+            }
+            for op in &self.ops {
+                writer.push_op(*op)?;
+            }
+            for w in &self.waits {
+                writer.push(*w)?;
+            }
+            let end = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            writer.finish(end)?;
+            Ok(())
+        })();
+        written.with_context(|| format!("writing {}", path.display()))
+    }
+}
