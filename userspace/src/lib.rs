@@ -11,6 +11,7 @@ pub mod kretprobe;
 pub mod models;
 pub mod naming;
 pub mod probe;
+pub mod report;
 pub mod summary;
 pub mod symbols;
 pub mod system;

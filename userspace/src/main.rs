@@ -64,6 +64,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tables of a trace's lock waits by lock, caller, operation, thread, type or client, in
+    /// perf lock contention's terms, with percentiles and histograms.
+    Report(cmd::report::Options),
     /// Make a trace of dm-bufio operations without a kernel (e.g. the hotspot test).
     Synth(cmd::synth::Options),
     /// Run a trace's dm-bufio operations through the reference cache designs and measure their
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Doctor { json } => cmd::doctor::run(json),
         Command::Synth(options) => cmd::synth::run(&options),
         Command::Replay(options) => cmd::replay::run(&options),
+        Command::Report(options) => cmd::report::run(&options),
         Command::Stress(options) => cmd::stress::run(&options),
     };
     match result {

@@ -118,21 +118,37 @@ impl Names {
     /// lock and scheduler text after the frames inside it (the frames before those are the
     /// tracepoint and BPF machinery).
     pub fn caller(&self, id: u32) -> Option<String> {
+        let frames = self.lock_frames(id)?;
+        let in_lock = |a: &u64| self.symbols.get(a).is_some_and(|s| s.lock_text);
+        let caller = frames.iter().find(|a| !in_lock(a))?;
+        Some(self.frame_name(*caller))
+    }
+
+    /// The stack as perf shows it: from the lock function on, without the tracepoint and BPF
+    /// frames above it. `None` for an unknown id.
+    pub fn lock_stack(&self, id: u32) -> Option<Vec<String>> {
+        let frames = self.lock_frames(id)?;
+        Some(frames.iter().map(|&a| self.frame_name(a)).collect())
+    }
+
+    fn lock_frames(&self, id: u32) -> Option<&[u64]> {
         let frames = self.stacks.get(&id)?;
         let in_lock = |a: &u64| self.symbols.get(a).is_some_and(|s| s.lock_text);
-        let first_lock = frames.iter().position(in_lock);
-        let caller = match first_lock {
-            Some(i) => frames[i..].iter().find(|a| !in_lock(a)),
+        let start = match frames.iter().position(in_lock) {
+            Some(i) => i,
             // No lock text known (symbols missing): skip the tracing machinery by name.
-            None => frames.iter().find(|a| {
-                self.symbols.get(a).is_some_and(|s| {
-                    !["bpf_", "__bpf_", "__traceiter_", "trace_contention"]
-                        .iter()
-                        .any(|p| s.name.starts_with(p))
+            None => frames
+                .iter()
+                .position(|a| {
+                    self.symbols.get(a).is_some_and(|s| {
+                        !["bpf_", "__bpf_", "__traceiter_", "trace_contention"]
+                            .iter()
+                            .any(|p| s.name.starts_with(p))
+                    })
                 })
-            }),
-        }?;
-        Some(self.frame_name(*caller))
+                .unwrap_or(frames.len()),
+        };
+        Some(&frames[start..])
     }
 }
 
@@ -203,6 +219,15 @@ mod tests {
         let n = names();
         assert_eq!(n.caller(7).as_deref(), Some("pipe_write+0x4c"));
         assert_eq!(n.stack(7).unwrap().len(), 5);
+        assert_eq!(
+            n.lock_stack(7).unwrap(),
+            [
+                "__mutex_lock.constprop.0+0x2a0",
+                "mutex_lock+0x30",
+                "pipe_write+0x4c",
+                "vfs_write+0x1f0"
+            ]
+        );
         assert_eq!(n.caller(8), None, "unknown stack");
     }
 }

@@ -5,6 +5,7 @@ pub mod info;
 pub mod live;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod stress;
 pub mod synth;
 

@@ -1,0 +1,209 @@
+//! `bufscope report FILE`: perf-lock-contention-style tables of a trace's lock waits, with
+//! percentiles and a log2 histogram bar per row, as text, JSON or CSV.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::bail;
+use bufscope::{
+    report::{self, Filter, GroupBy, Report, SortKey, TYPE_NAMES},
+    tracedata::TraceData,
+};
+use bufscope_trace::OpKind;
+
+use super::{duration_ns, thousands};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    bufscope report samples/6.1-thin-hotspot.bftrace\n  \
+    bufscope report t.bftrace --by caller --stacks\n  \
+    bufscope report t.bftrace --by op --client 7:0 --sort p99\n  \
+    bufscope replay t.bftrace --design classic --trace-out classic.bftrace && \
+    bufscope report classic.bftrace")]
+pub struct Options {
+    /// Trace file: a kernel recording, or a design's run from `replay --trace-out`.
+    pub file: PathBuf,
+    /// What each row is.
+    #[arg(long, value_enum, default_value_t = GroupBy::Lock)]
+    pub by: GroupBy,
+    /// Column to sort by, largest first (name and type: alphabetically).
+    #[arg(long, value_enum, default_value_t = SortKey::Total)]
+    pub sort: SortKey,
+    /// Only locks whose name contains TEXT, e.g. "client mutex" or "dm-bufio 7:0".
+    #[arg(long, value_name = "TEXT")]
+    pub lock: Option<String>,
+    /// Only waits inside this dm-bufio operation: get, read, release, mark_buffer_dirty, ... or
+    /// `none` for waits outside any (repeat for several).
+    #[arg(long = "op", value_name = "OP", value_parser = report::parse_op)]
+    pub ops: Vec<Option<OpKind>>,
+    /// Only waits of this thread (repeat for several).
+    #[arg(long = "tid", value_name = "TID")]
+    pub tids: Vec<u32>,
+    /// Only locks of this type: mutex, rwsem:R, rwsem:W, spinlock, ... (repeat for several).
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
+    pub types: Vec<String>,
+    /// Only waits for this dm-bufio client: its device (7:0) or address (0xff...).
+    #[arg(long, value_name = "CLIENT")]
+    pub client: Option<String>,
+    /// Rows to show (0: all).
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Under each row, its heaviest kernel stacks, symbolized (up to 3).
+    #[arg(long)]
+    pub stacks: bool,
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+fn parse_type(s: &str) -> Result<String, String> {
+    if TYPE_NAMES.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "unknown lock type `{s}`; known: {}",
+            TYPE_NAMES.join(", ")
+        ))
+    }
+}
+
+pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
+    let trace = TraceData::load(&o.file)?;
+    if let Some(problem) = &trace.problem {
+        eprintln!("bufscope: warning: {problem}; reporting what came before it");
+    }
+    if trace.waits.is_empty() {
+        bail!(
+            "{} holds no lock waits{}; nothing to report",
+            o.file.display(),
+            if trace.ops.is_empty() {
+                ""
+            } else {
+                " (only dm-bufio operations, none of which waited)"
+            }
+        );
+    }
+    let filter = Filter {
+        lock: o.lock.clone(),
+        ops: o.ops.clone(),
+        tids: o.tids.clone(),
+        types: o.types.clone(),
+        client: o.client.clone(),
+    };
+    let stacks = if o.stacks { 3 } else { 0 };
+    let report = report::build(&trace, o.by, &filter, o.sort, o.top, stacks);
+    if report.kept == 0 {
+        bail!(
+            "none of the {} lock waits in {} match the filters",
+            thousands(report.waits),
+            o.file.display()
+        );
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if o.csv {
+        write_csv(&report, std::io::stdout().lock())?;
+    } else {
+        print_text(&report, o.stacks);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_csv(report: &Report, out: impl Write) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "name",
+        "type",
+        "contended",
+        "total_wait_ns",
+        "max_wait_ns",
+        "avg_wait_ns",
+        "p50_ns",
+        "p99_ns",
+        "hist_first_ns",
+        "hist_log2",
+    ])?;
+    for r in &report.rows {
+        let hist: Vec<String> = r.hist.iter().map(u64::to_string).collect();
+        w.write_record([
+            r.name.clone(),
+            r.type_name.clone(),
+            r.contended.to_string(),
+            r.total_wait_ns.to_string(),
+            r.max_wait_ns.to_string(),
+            r.avg_wait_ns.to_string(),
+            r.p50_ns.to_string(),
+            r.p99_ns.to_string(),
+            report::bucket_floor(r.hist_first).to_string(),
+            hist.join(" "),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn print_text(report: &Report, stacks: bool) {
+    let by = match report.by {
+        GroupBy::Lock => "lock",
+        GroupBy::Caller => "caller",
+        GroupBy::Op => "dm-bufio operation",
+        GroupBy::Tid => "thread",
+        GroupBy::Type => "lock type",
+        GroupBy::Client => "dm-bufio client",
+    };
+    println!(
+        "{}: {} of {} lock waits, by {by}",
+        report.source,
+        thousands(report.kept),
+        thousands(report.waits)
+    );
+    let first = report.rows.iter().map(|r| r.hist_first).min().unwrap_or(0);
+    let last = report
+        .rows
+        .iter()
+        .map(|r| r.hist_first + r.hist.len().max(1) - 1)
+        .max()
+        .unwrap_or(0);
+    let width = (last - first + 1).max("histogram".len());
+    println!();
+    println!(
+        "{:>10} {:>12} {:>11} {:>11} {:>11} {:>11}  {:<11}  {:<width$}  {by}",
+        "contended", "total wait", "max wait", "avg wait", "p50", "p99", "type", "histogram"
+    );
+    for r in &report.rows {
+        println!(
+            "{:>10} {:>12} {:>11} {:>11} {:>11} {:>11}  {:<11}  {:<width$}  {}",
+            thousands(r.contended),
+            duration_ns(r.total_wait_ns),
+            duration_ns(r.max_wait_ns),
+            duration_ns(r.avg_wait_ns),
+            duration_ns(r.p50_ns),
+            duration_ns(r.p99_ns),
+            r.type_name,
+            report::bar(r, first, last),
+            r.name
+        );
+        if stacks {
+            for s in &r.stacks {
+                println!(
+                    "{:>10} {:>12}  {}",
+                    thousands(s.contended),
+                    duration_ns(s.total_wait_ns),
+                    s.frames.first().map_or("", String::as_str)
+                );
+                for frame in s.frames.iter().skip(1) {
+                    println!("{:>25}{frame}", "");
+                }
+            }
+        }
+    }
+    println!();
+    println!(
+        "histogram: log2 buckets of wait time from {} (left) to {} (right); each bar is scaled \
+         to its row's fullest bucket, · is none",
+        duration_ns(report::bucket_floor(first)),
+        duration_ns(report::bucket_floor(last + 1))
+    );
+}
