@@ -392,8 +392,13 @@ mod tests {
         });
         let m = LockFlags::MUTEX;
         for i in 1..=100 {
-            t.waits
-                .push(wait(0x1000, m, 10 + i % 2, i * 1000, Some(OpKind::Get)));
+            t.waits.push(wait(
+                0x1000,
+                m,
+                10 + i % 2,
+                u64::from(i) * 1000,
+                Some(OpKind::Get),
+            ));
         }
         t.waits
             .push(wait(0x1000, m, 10, 1_000_000, Some(OpKind::Release)));
