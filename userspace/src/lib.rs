@@ -6,6 +6,7 @@
 //! run on them ([`models`]). Trace files themselves are the `bufscope-trace` crate.
 
 pub mod bufio;
+pub mod compare;
 pub mod doctor;
 pub mod kretprobe;
 pub mod models;

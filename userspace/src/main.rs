@@ -67,6 +67,9 @@ enum Command {
     /// Tables of a trace's lock waits by lock, caller, operation, thread, type or client, in
     /// perf lock contention's terms, with percentiles and histograms.
     Report(cmd::report::Options),
+    /// Kernel vs reference designs: replay a recording's dm-bufio operations through each design
+    /// and put their lock waits side by side, with the design closest to the kernel.
+    Compare(cmd::compare::Options),
     /// Make a trace of dm-bufio operations without a kernel (e.g. the hotspot test).
     Synth(cmd::synth::Options),
     /// Run a trace's dm-bufio operations through the reference cache designs and measure their
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
         Command::Synth(options) => cmd::synth::run(&options),
         Command::Replay(options) => cmd::replay::run(&options),
         Command::Report(options) => cmd::report::run(&options),
+        Command::Compare(options) => cmd::compare::run(&options),
         Command::Stress(options) => cmd::stress::run(&options),
     };
     match result {

@@ -181,3 +181,124 @@ fn replayed_designs_become_traces_that_report_reads_like_the_kernels() {
     // A second run into the same files is refused without --force.
     fails(&["replay", &file, "--trace-out", out], "pass --force");
 }
+
+#[test]
+fn compare_puts_kernel_and_designs_side_by_side_and_names_the_closest() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("waits.svg");
+    // 6.12 (sharded dm-bufio): its hotspot never waited on a dm-bufio lock, and the sharded
+    // design fed the same arrivals waits far less than classic's one mutex does.
+    let file = sample("6.12-thin-hotspot.bftrace");
+    let json = ok(&[
+        "compare",
+        &file,
+        "--speed",
+        "8",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let c: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let kernel_get = &c["kernel"]["ops"]["dm_bufio_get"];
+    assert!(
+        kernel_get["count"].as_u64().unwrap() > 50_000,
+        "{kernel_get}"
+    );
+    assert_eq!(
+        kernel_get["waited"], 0,
+        "6.12's gets never waited on dm-bufio"
+    );
+    let designs: Vec<&str> = c["designs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(designs, ["classic", "sharded", "lockfree"]);
+    for d in c["designs"].as_array().unwrap() {
+        assert_eq!(
+            d["ops"]["dm_bufio_get"]["count"], kernel_get["count"],
+            "every get replayed"
+        );
+    }
+    let distance = |design: &str| {
+        c["distances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["design"] == design)
+            .unwrap()["overall"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        distance("sharded") < distance("classic"),
+        "sharded {} vs classic {}",
+        distance("sharded"),
+        distance("classic")
+    );
+    assert_ne!(c["closest"], "classic");
+    assert!(
+        c["distance_definition"]
+            .as_str()
+            .unwrap()
+            .contains("earth mover")
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    for text in ["kernel", "classic", "sharded", "lockfree", "CDF"] {
+        assert!(svg.contains(text), "the plot names {text}");
+    }
+
+    // 6.1 (one client mutex): the kernel's mutex waits sit in get, read and release, and the
+    // classic design (one mutex) waits on it far more than the sharded one.
+    let file = sample("6.1-thin-hotspot.bftrace");
+    let csv = ok(&[
+        "compare", &file, "--design", "classic", "--design", "sharded", "--speed", "8", "--csv",
+    ]);
+    let waits = |op: &str, source: &str| -> u64 {
+        csv.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f[0] == op && f[1] == "client mutex" && f[2] == source)
+            .map_or(0, |f| f[8].parse().unwrap())
+    };
+    for op in ["dm_bufio_get", "dm_bufio_read", "dm_bufio_release"] {
+        assert!(waits(op, "kernel") > 1_000, "{op}:\n{csv}");
+    }
+    let all = |source| {
+        ["dm_bufio_get", "dm_bufio_read", "dm_bufio_release"]
+            .iter()
+            .map(|op| waits(op, source))
+            .sum::<u64>()
+    };
+    assert!(
+        all("classic") > 10 * all("sharded").max(1),
+        "classic {} vs sharded {}",
+        all("classic"),
+        all("sharded")
+    );
+    assert!(!csv.contains("lockfree"), "only the designs asked for");
+}
+
+#[test]
+fn compare_refuses_what_it_cannot_compare() {
+    // Format 1.0: lock waits, no dm-bufio operations.
+    let golden = format!(
+        "{}/trace/tests/data/format-1.0.bftrace",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (ok_run, stdout, stderr) = run(&["compare", &golden]);
+    assert!(!ok_run);
+    assert!(stderr.contains("holds no dm-bufio operations"), "{stderr}");
+    assert!(
+        stdout.contains("contended"),
+        "its locks are still shown: {stdout}"
+    );
+    let file = sample("6.1-verity-read.bftrace");
+    fails(
+        &["compare", &file, "--design", "btree"],
+        "unknown design `btree`",
+    );
+    fails(&["compare", &file, "--plot", "waits.pdf"], ".svg or .png");
+    fails(&["compare", &file, "--speed", "0"], "not a positive number");
+}

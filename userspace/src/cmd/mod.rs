@@ -1,8 +1,10 @@
 //! One module per subcommand: each turns the library's results into output and an exit code.
 
+pub mod compare;
 pub mod doctor;
 pub mod info;
 pub mod live;
+pub mod plot;
 pub mod record;
 pub mod replay;
 pub mod report;

@@ -26,6 +26,30 @@ pub struct Options {
     /// Designs to replay through (repeat, or `all`).
     #[arg(long = "design", default_value = "all", value_parser = parse_design)]
     pub designs: Vec<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Time scale for recorded gaps: 2 replays twice as fast (default: as fast as possible).
+    #[arg(long, value_parser = parse_speed)]
+    pub speed: Option<f64>,
+    /// CPUs the sharded design sizes its trees for (default: this machine's).
+    #[arg(long)]
+    pub cpus: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write each design's run as a trace file (operations and lock waits, named like the
+    /// kernel's), for `report`, `export` and `info`. With several designs, the design's name goes
+    /// before the extension: `run.bftrace` becomes `run.classic.bftrace`, ...
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+    /// Overwrite --trace-out files that exist.
+    #[arg(long, requires = "trace_out")]
+    pub force: bool,
+}
+
+/// How the designs run: shared by `replay` and `compare`.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
     /// Replay threads (default: one per recorded thread).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -43,29 +67,44 @@ pub struct Options {
     /// for a device; default: none).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "device")]
     pub io_latency: Option<std::time::Duration>,
-    /// Time scale for recorded gaps: 2 replays twice as fast (default: as fast as possible).
-    #[arg(long, value_parser = parse_speed)]
-    pub speed: Option<f64>,
     /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
     #[arg(long, default_value_t = 76_800)]
     pub capacity: usize,
-    /// CPUs the sharded design sizes its trees for (default: this machine's).
-    #[arg(long)]
-    pub cpus: Option<usize>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write each design's run as a trace file (operations and lock waits, named like the
-    /// kernel's), for `report`, `export` and `info`. With several designs, the design's name goes
-    /// before the extension: `run.bftrace` becomes `run.classic.bftrace`, ...
-    #[arg(long, value_name = "FILE")]
-    pub trace_out: Option<PathBuf>,
-    /// Overwrite --trace-out files that exist.
-    #[arg(long, requires = "trace_out")]
-    pub force: bool,
 }
 
-fn parse_design(s: &str) -> Result<String, String> {
+impl ModelArgs {
+    pub fn options(&self, cpus: Option<usize>, speed: Option<f64>, log: bool) -> ModelOptions {
+        ModelOptions {
+            backing: match (&self.device, self.io_latency) {
+                (Some(path), _) => Backing::Device {
+                    path: path.clone(),
+                    direct: self.direct,
+                    allow_writes: self.allow_writes,
+                },
+                (None, Some(latency)) => Backing::MemoryWithLatency(latency),
+                (None, None) => Backing::Memory,
+            },
+            capacity: self.capacity,
+            cpus,
+            replay: ReplayOptions {
+                threads: self.threads,
+                speed,
+                log,
+            },
+        }
+    }
+}
+
+/// The designs named by `--design` (`all` for every one).
+pub fn chosen_designs(designs: &[String]) -> Vec<&str> {
+    if designs.iter().any(|d| d == "all") {
+        DESIGNS.to_vec()
+    } else {
+        designs.iter().map(String::as_str).collect()
+    }
+}
+
+pub fn parse_design(s: &str) -> Result<String, String> {
     if s == "all" || DESIGNS.contains(&s) {
         Ok(s.to_string())
     } else {
@@ -76,7 +115,7 @@ fn parse_design(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_speed(s: &str) -> Result<f64, String> {
+pub fn parse_speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("`{s}` is not a positive number")),
@@ -95,11 +134,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             o.file.display()
         );
     };
-    let designs: Vec<&str> = if o.designs.iter().any(|d| d == "all") {
-        DESIGNS.to_vec()
-    } else {
-        o.designs.iter().map(String::as_str).collect()
-    };
+    let designs = chosen_designs(&o.designs);
     if !o.json {
         eprintln!(
             "bufscope: {} operations by {} threads on client {:#x} ({} B blocks){}",
@@ -117,24 +152,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let options = ModelOptions {
-        backing: match (&o.device, o.io_latency) {
-            (Some(path), _) => Backing::Device {
-                path: path.clone(),
-                direct: o.direct,
-                allow_writes: o.allow_writes,
-            },
-            (None, Some(latency)) => Backing::MemoryWithLatency(latency),
-            (None, None) => Backing::Memory,
-        },
-        capacity: o.capacity,
-        cpus: o.cpus,
-        replay: ReplayOptions {
-            threads: o.threads,
-            speed: o.speed,
-            log: o.trace_out.is_some(),
-        },
-    };
+    let options = o.model.options(o.cpus, o.speed, o.trace_out.is_some());
     let mut results = Vec::new();
     for design in &designs {
         if !o.json {
