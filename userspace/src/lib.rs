@@ -8,6 +8,7 @@
 pub mod bufio;
 pub mod compare;
 pub mod doctor;
+pub mod export;
 pub mod kretprobe;
 pub mod models;
 pub mod naming;

@@ -70,6 +70,9 @@ enum Command {
     /// Kernel vs reference designs: replay a recording's dm-bufio operations through each design
     /// and put their lock waits side by side, with the design closest to the kernel.
     Compare(cmd::compare::Options),
+    /// Write a trace for other tools: Perfetto, Chrome JSON, folded stacks (flame graphs), CSV,
+    /// JSON Lines or Parquet.
+    Export(cmd::export::Options),
     /// Make a trace of dm-bufio operations without a kernel (e.g. the hotspot test).
     Synth(cmd::synth::Options),
     /// Run a trace's dm-bufio operations through the reference cache designs and measure their
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
         Command::Replay(options) => cmd::replay::run(&options),
         Command::Report(options) => cmd::report::run(&options),
         Command::Compare(options) => cmd::compare::run(&options),
+        Command::Export(options) => cmd::export::run(&options),
         Command::Stress(options) => cmd::stress::run(&options),
     };
     match result {

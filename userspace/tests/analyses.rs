@@ -302,3 +302,229 @@ fn compare_refuses_what_it_cannot_compare() {
     fails(&["compare", &file, "--plot", "waits.pdf"], ".svg or .png");
     fails(&["compare", &file, "--speed", "0"], "not a positive number");
 }
+
+/// The Python with Perfetto's protos and pyarrow that `cargo xtask setup` installs; `None`
+/// (after saying why) when it is missing.
+fn py_reader(test: &str) -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-readers/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP {test}: {} is missing; `cargo xtask setup` installs the Python readers \
+         (perfetto, pyarrow) that check exports independently",
+        python.display()
+    );
+    None
+}
+
+fn read_with(python: &PathBuf, script: &str, file: &std::path::Path) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/readers")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(file)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn info(file: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["info", file, "--json"])).unwrap()
+}
+
+#[test]
+fn perfetto_export_decodes_with_perfetto_s_own_protos() {
+    let Some(python) = py_reader("perfetto_export_decodes_with_perfetto_s_own_protos") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["6.1-thin-hotspot.bftrace", "6.12-small-cache.bftrace"] {
+        let file = sample(name);
+        let out = dir.path().join(format!("{name}.perfetto-trace"));
+        ok(&[
+            "export",
+            &file,
+            "--format",
+            "perfetto",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let s = read_with(&python, "perfetto_summary.py", &out);
+        let i = info(&file);
+        assert_eq!(
+            s["slices"]["dm-bufio"], i["bufio_ops"],
+            "{name}: a slice per op"
+        );
+        assert_eq!(
+            s["slices"]["lock"], i["lock_waits"],
+            "{name}: a slice per wait"
+        );
+        assert_eq!(
+            s["unbalanced_tracks"], 0,
+            "{name}: every slice ends, nested"
+        );
+        assert_eq!(s["out_of_order"], 0, "{name}: packets in time order");
+        assert_eq!(
+            s["threads"],
+            i["threads"].as_u64().unwrap().max(1),
+            "{name}"
+        );
+        let counters: Vec<&str> = s["counter_tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        for c in ["ops/s", "blocks cached (est.)", "dirty buffers (est.)"] {
+            assert!(
+                counters.iter().any(|t| t.ends_with(c)),
+                "{name}: {counters:?}"
+            );
+        }
+        assert!(s["counter_samples"].as_u64().unwrap() > 10, "{name}: {s}");
+    }
+}
+
+#[test]
+fn parquet_export_reads_back_with_pyarrow_and_agrees_with_report() {
+    let Some(python) = py_reader("parquet_export_reads_back_with_pyarrow_and_agrees_with_report")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample("6.1-thin-hotspot.bftrace");
+    let out = dir.path().join("t.parquet");
+    ok(&[
+        "export",
+        &file,
+        "--format",
+        "parquet",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let s = read_with(&python, "parquet_summary.py", &out);
+    let i = info(&file);
+    assert_eq!(s["kinds"]["bufio_op"], i["bufio_ops"]);
+    assert_eq!(s["kinds"]["lock_wait"], i["lock_waits"]);
+    assert_eq!(
+        s["null_blocks_in_waits"], i["lock_waits"],
+        "waits have no block"
+    );
+    assert_eq!(s["devices"], serde_json::json!(["7:0"]));
+    // The schema `export --schema` documents, in order, with unsigned types.
+    let schema = ok(&["export", "--schema"]);
+    let documented: Vec<&str> = schema
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let columns: Vec<&str> = s["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(columns, documented);
+    assert_eq!(s["types"][4], "uint64", "start_ns");
+    // Client-mutex waits agree with report's row for that lock.
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["report", &file, "--lock", "client mutex", "--json"])).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(s["mutex_waits"], row["contended"]);
+    assert_eq!(s["mutex_wait_total_ns"], row["total_wait_ns"]);
+}
+
+#[test]
+fn csv_json_chrome_and_folded_exports_hold_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample("6.12-small-cache.bftrace");
+    let i = info(&file);
+    let (ops, waits) = (
+        i["bufio_ops"].as_u64().unwrap(),
+        i["lock_waits"].as_u64().unwrap(),
+    );
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+
+    ok(&["export", &file, "--format", "csv", "-o", &path("t.csv")]);
+    let mut csv = csv::Reader::from_path(path("t.csv")).unwrap();
+    let headers = csv.headers().unwrap().clone();
+    let kind = headers.iter().position(|h| h == "kind").unwrap();
+    let mut count = std::collections::HashMap::<String, u64>::new();
+    for r in csv.records() {
+        *count.entry(r.unwrap()[kind].to_string()).or_default() += 1;
+    }
+    assert_eq!((count["bufio_op"], count["lock_wait"]), (ops, waits));
+
+    ok(&["export", &file, "--format", "json", "-o", &path("t.jsonl")]);
+    let text = std::fs::read_to_string(path("t.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, ops + waits);
+    assert!(
+        rows.iter().any(
+            |r| r["lock_class"] == "tree lock (read)" || r["lock_class"] == "tree lock (write)"
+        ),
+        "6.12 small-cache waited on tree locks"
+    );
+
+    ok(&["export", &file, "--format", "chrome", "-o", &path("t.json")]);
+    let chrome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("t.json")).unwrap()).unwrap();
+    let events = chrome["traceEvents"].as_array().unwrap();
+    let ph = |p: &str| events.iter().filter(|e| e["ph"] == p).count() as u64;
+    assert_eq!(ph("X"), ops);
+    assert_eq!((ph("b"), ph("e")), (waits, waits));
+    assert!(ph("C") > 0 && ph("M") > 0);
+
+    // Folded: weights add up to the total wait; every line ends on a lock name.
+    let folded = ok(&["export", &file, "--format", "folded", "-o", "-"]);
+    let total: u64 = folded
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(&["report", &file, "--top", "0", "--json"])).unwrap();
+    let reported: u64 = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["total_wait_ns"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, reported);
+    assert!(
+        folded.contains("dm_thin_find_block;"),
+        "offsets stripped: {folded}"
+    );
+
+    // Refusals: an existing file, parquet to stdout, a non-trace.
+    fails(
+        &["export", &file, "--format", "csv", "-o", &path("t.csv")],
+        "--force",
+    );
+    fails(
+        &["export", &file, "--format", "parquet", "-o", "-"],
+        "parquet needs a file",
+    );
+    fails(
+        &["export", &file, "--format", "svg", "-o", &path("x")],
+        "invalid value 'svg'",
+    );
+    let manifest = format!("{}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    fails(
+        &["export", &manifest, "--format", "csv", "-o", &path("y.csv")],
+        "not a bufscope trace",
+    );
+    assert!(!dir.path().join("y.csv").exists() && !dir.path().join("y.csv.partial").exists());
+}

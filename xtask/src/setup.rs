@@ -5,7 +5,7 @@ use std::{process::Command, thread, time::Duration};
 
 use anyhow::{Context, bail};
 
-use crate::cmd::{heading, is_root, output_of, run_checked};
+use crate::cmd::{heading, is_root, output_of, run_checked, workspace_root};
 
 /// Debian packages, with the reason each one is needed.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -34,6 +34,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "cross-checks and the overhead benchmark"),
     ("bpftool", "inspecting loaded programs and BTF"),
     ("tmux", "end-to-end tests of the terminal UI"),
+    (
+        "fonts-dejavu-core",
+        "compare --plot draws its text with DejaVu Sans",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -44,6 +48,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     debian_packages()?;
     bpf_linker()?;
+    py_readers()?;
     heading("setup", "everything is in place");
     Ok(())
 }
@@ -146,6 +151,49 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The Python readers the export tests check Perfetto and Parquet files with, in a virtual
+/// environment of their own (target/py-readers), pinned by userspace/tests/readers/requirements.txt.
+fn py_readers() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let venv = root.join("target/py-readers");
+    let python = venv.join("bin/python");
+    let requirements = root.join("userspace/tests/readers/requirements.txt");
+    let stamp = venv.join("requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+        heading(
+            "setup",
+            "Python export readers (perfetto, pyarrow): present",
+        );
+        return Ok(());
+    }
+    heading(
+        "setup",
+        "Python export readers: installing perfetto, protobuf and pyarrow from PyPI into target/py-readers",
+    );
+    run_checked(
+        "setup",
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+    )
+    .context("python3 -m venv failed (on Debian: apt-get install python3-venv)")?;
+    run_checked(
+        "setup",
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
 }
 
 fn dpkg_installed(package: &str) -> bool {

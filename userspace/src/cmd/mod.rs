@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod doctor;
+pub mod export;
 pub mod info;
 pub mod live;
 pub mod plot;
