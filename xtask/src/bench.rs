@@ -9,6 +9,7 @@ use crate::cmd::run_checked;
 const BENCHES: &[(&str, &str)] = &[
     ("bufscope-trace", "trace_throughput"),
     ("reference-cache", "designs"),
+    ("bufscope", "analyses"),
     ("bufscope", "probe_overhead"),
 ];
 
