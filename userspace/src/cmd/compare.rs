@@ -188,7 +188,7 @@ fn print_text(c: &Comparison, trace: &TraceData) {
         "{:<30} {:<9} {:>10} {:>10} {:>8} {:>8} {:>10} {:>9}",
         "operation", "source", "ops", "hits", "misses", "waited", "hold p50", "distance"
     );
-    for (name, k) in &c.kernel.ops {
+    for name in c.kernel.ops.keys() {
         for s in sources(c) {
             let Some(row) = s.ops.get(name) else { continue };
             println!(
@@ -207,7 +207,6 @@ fn print_text(c: &Comparison, trace: &TraceData) {
                 distance(c, &s.source, name).map_or("-".to_string(), |d| format!("{d:.2}"))
             );
         }
-        let _ = k;
     }
     println!();
     println!(
