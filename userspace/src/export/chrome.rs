@@ -9,7 +9,7 @@ use std::io::Write;
 use bufscope_abi::LockFlags;
 use serde_json::{Value, json};
 
-use super::{bufio_threads, counters, thread_name};
+use super::{Threads, counters};
 use crate::{report::op_short, tracedata::TraceData};
 
 /// Counter sampling period, ns.
@@ -27,32 +27,19 @@ pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
         Ok(())
     };
     out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[")?;
-    let bufio = bufio_threads(trace);
-    let mut threads: Vec<(u32, u32)> = trace
-        .waits
-        .iter()
-        .map(|w| (w.tgid, w.tid))
-        .chain(trace.ops.iter().map(|o| (o.tgid, o.tid)))
-        .collect();
-    threads.sort_unstable();
-    threads.dedup();
-    let mut processes: Vec<u32> = threads.iter().map(|&(p, _)| p).collect();
-    processes.dedup();
-    for pid in processes {
-        let name = match &trace.design {
-            Some(design) => format!("{design} model (replay)"),
-            None => format!("pid {pid}"),
-        };
+    let threads = Threads::of(trace);
+    for pid in threads.processes() {
+        let name = threads.process_name(pid);
         emit(
             &mut out,
             json!({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}),
         )?;
     }
-    for &(pid, tid) in &threads {
+    for (&tid, &pid) in &threads.tgid {
         emit(
             &mut out,
             json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-                   "args": {"name": thread_name(tid, &bufio)}}),
+                   "args": {"name": threads.thread_name(tid)}}),
         )?;
     }
     let mut n = 0u64;

@@ -13,7 +13,7 @@ pub mod folded;
 pub mod perfetto;
 pub mod table;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bufscope_trace::{BufioOp, OpKind};
 
@@ -41,16 +41,6 @@ impl Format {
             Format::Json => "jsonl",
             Format::Parquet => "parquet",
         }
-    }
-}
-
-/// A thread's display name: the trace has no command names, so "tid N (dm-bufio)" for threads
-/// that ran dm-bufio operations.
-pub fn thread_name(tid: u32, bufio_threads: &HashSet<u32>) -> String {
-    if bufio_threads.contains(&tid) {
-        format!("tid {tid} (dm-bufio)")
-    } else {
-        format!("tid {tid}")
     }
 }
 
@@ -131,9 +121,60 @@ pub fn counters(ops: &[BufioOp], period_ns: u64) -> Vec<CounterSample> {
     samples
 }
 
-/// Threads that ran dm-bufio operations.
-pub fn bufio_threads(trace: &TraceData) -> HashSet<u32> {
-    trace.ops.iter().map(|o| o.tid).collect()
+/// The processes and threads a timeline shows, with their display names.
+#[derive(Debug)]
+pub struct Threads {
+    /// Each thread's process, by thread id.
+    pub tgid: BTreeMap<u32, u32>,
+    /// Threads that ran dm-bufio operations.
+    bufio: HashSet<u32>,
+    /// The reference design, for a model run.
+    design: Option<String>,
+}
+
+impl Threads {
+    pub fn of(trace: &TraceData) -> Self {
+        let mut tgid = BTreeMap::new();
+        for (pid, tid) in trace
+            .waits
+            .iter()
+            .map(|w| (w.tgid, w.tid))
+            .chain(trace.ops.iter().map(|o| (o.tgid, o.tid)))
+        {
+            tgid.entry(tid).or_insert(pid);
+        }
+        Self {
+            tgid,
+            bufio: trace.ops.iter().map(|o| o.tid).collect(),
+            design: trace.design.clone(),
+        }
+    }
+
+    /// Every process, once, in order.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.tgid.values().copied().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// "pid N", or "<design> model (replay)" for a model run (whose threads have no process).
+    pub fn process_name(&self, pid: u32) -> String {
+        match &self.design {
+            Some(design) => format!("{design} model (replay)"),
+            None => format!("pid {pid}"),
+        }
+    }
+
+    /// The trace has no command names: "tid N", marked "(dm-bufio)" for threads that ran
+    /// dm-bufio operations.
+    pub fn thread_name(&self, tid: u32) -> String {
+        if self.bufio.contains(&tid) {
+            format!("tid {tid} (dm-bufio)")
+        } else {
+            format!("tid {tid}")
+        }
+    }
 }
 
 #[cfg(test)]

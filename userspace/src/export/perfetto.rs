@@ -8,14 +8,14 @@
 //! packets are streamed one by one as the `Trace.packet` repeated field.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     io::Write,
 };
 
 use bufscope_abi::LockFlags;
 use prost::Message;
 
-use super::{bufio_threads, counters, thread_name};
+use super::{Threads, counters};
 use crate::{report::op_short, tracedata::TraceData};
 
 #[derive(Clone, PartialEq, Message)]
@@ -172,28 +172,13 @@ pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
         w: std::io::BufWriter::new(out),
         buf: Vec::new(),
     };
-    let bufio = bufio_threads(trace);
     // Tracks: processes, then threads, then each thread's overflow track on demand.
-    let mut threads: BTreeMap<u32, u32> = BTreeMap::new();
-    for (tgid, tid) in trace
-        .waits
-        .iter()
-        .map(|w| (w.tgid, w.tid))
-        .chain(trace.ops.iter().map(|o| (o.tgid, o.tid)))
-    {
-        threads.entry(tid).or_insert(tgid);
-    }
+    let threads = Threads::of(trace);
     let process_uuid = |pid: u32| 1u64 << 40 | u64::from(pid);
     let thread_uuid = |tid: u32| 2u64 << 40 | u64::from(tid);
     let overflow_uuid = |tid: u32| 3u64 << 40 | u64::from(tid);
-    let mut pids: Vec<u32> = threads.values().copied().collect();
-    pids.sort_unstable();
-    pids.dedup();
-    for pid in pids {
-        let name = match &trace.design {
-            Some(design) => format!("{design} model (replay)"),
-            None => format!("pid {pid}"),
-        };
+    for pid in threads.processes() {
+        let name = threads.process_name(pid);
         out.descriptor(TrackDescriptor {
             uuid: Some(process_uuid(pid)),
             process: Some(ProcessDescriptor {
@@ -203,13 +188,13 @@ pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
             ..Default::default()
         })?;
     }
-    for (&tid, &pid) in &threads {
+    for (&tid, &pid) in &threads.tgid {
         out.descriptor(TrackDescriptor {
             uuid: Some(thread_uuid(tid)),
             thread: Some(ThreadDescriptor {
                 pid: Some(pid as i32),
                 tid: Some(tid as i32),
-                thread_name: Some(thread_name(tid, &bufio)),
+                thread_name: Some(threads.thread_name(tid)),
             }),
             ..Default::default()
         })?;
@@ -283,8 +268,8 @@ pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
             if overflow_made.insert(s.tid) {
                 out.descriptor(TrackDescriptor {
                     uuid: Some(overflow),
-                    name: Some(format!("{} lock waits", thread_name(s.tid, &bufio))),
-                    parent_uuid: Some(process_uuid(threads[&s.tid])),
+                    name: Some(format!("{} lock waits", threads.thread_name(s.tid))),
+                    parent_uuid: Some(process_uuid(threads.tgid[&s.tid])),
                     ..Default::default()
                 })?;
             }
