@@ -9,7 +9,7 @@ use anyhow::Context;
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult};
 use reference_cache::{
-    BlockIo, CacheConfig, FileIo, FileIoOptions, Latency, LockClass, MemoryIo, build,
+    BlockIo, BufferCache, CacheConfig, FileIo, FileIoOptions, Latency, LockClass, MemoryIo, build,
     replay::{ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep, replay},
 };
 
@@ -169,7 +169,17 @@ pub fn run_design(
     input: &ReplayInput,
     options: &ModelOptions,
 ) -> anyhow::Result<ReplayResult> {
-    let block_size = input.block_size as usize;
+    let cache = build_cache(design, input.block_size, options)?;
+    Ok(replay(cache, input.streams.clone(), options.replay))
+}
+
+/// An empty cache of `design` for blocks of `block_size` bytes, on the options' backing.
+pub fn build_cache(
+    design: &str,
+    block_size: u32,
+    options: &ModelOptions,
+) -> anyhow::Result<Arc<dyn BufferCache>> {
+    let block_size = block_size as usize;
     let io: Arc<dyn BlockIo> = match &options.backing {
         Backing::Device {
             path,
@@ -194,11 +204,7 @@ pub fn run_design(
         config.cpus = cpus.max(1);
     }
     let cache = build(design, config, io).with_context(|| format!("unknown design `{design}`"))?;
-    Ok(replay(
-        Arc::from(cache),
-        input.streams.clone(),
-        options.replay,
-    ))
+    Ok(Arc::from(cache))
 }
 
 /// A logged run as a trace: the replayed client with model lock addresses, operations and

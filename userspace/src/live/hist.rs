@@ -1,0 +1,103 @@
+//! A log2 histogram of wait times: cheap to add to at millions of waits a second, and the same
+//! buckets the in-kernel histograms and `report` use, so quantiles read alike everywhere.
+
+use crate::report::{BUCKETS, bucket_of};
+
+/// Waits in log2 buckets (bucket `i` holds [2^(i-1), 2^i) ns), with exact count, sum and max.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log2Hist {
+    pub buckets: [u64; BUCKETS],
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for Log2Hist {
+    fn default() -> Self {
+        Self {
+            buckets: [0; BUCKETS],
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+        }
+    }
+}
+
+impl Log2Hist {
+    pub fn add(&mut self, ns: u64) {
+        self.buckets[bucket_of(ns).min(BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    pub fn merge(&mut self, other: &Log2Hist) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1), never above the maximum
+    /// seen; 0 when empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64 * q).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                let upper = if i == 0 { 0 } else { 1u64 << i.min(63) };
+                return upper.min(self.max_ns);
+            }
+        }
+        self.max_ns
+    }
+
+    pub fn mean_ns(&self) -> u64 {
+        self.total_ns / self.count.max(1)
+    }
+
+    /// The first and last non-empty buckets.
+    pub fn span(&self) -> Option<(usize, usize)> {
+        let first = self.buckets.iter().position(|&n| n > 0)?;
+        let last = self.buckets.iter().rposition(|&n| n > 0)?;
+        Some((first, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_bounds_capped_by_the_maximum() {
+        let mut h = Log2Hist::default();
+        for _ in 0..90 {
+            h.add(1500); // bucket 11: [1024, 2048)
+        }
+        for _ in 0..10 {
+            h.add(1_500_000); // bucket 21
+        }
+        assert_eq!(h.count, 100);
+        assert_eq!(h.quantile(0.5), 2048);
+        assert_eq!(h.quantile(0.9), 2048);
+        assert_eq!(h.quantile(0.99), 1_500_000, "capped by the max, not 2 Mi");
+        assert_eq!(h.mean_ns(), (90 * 1500 + 10 * 1_500_000) / 100);
+        assert_eq!(h.span(), Some((11, 21)));
+        let mut sum = Log2Hist::default();
+        sum.merge(&h);
+        sum.merge(&h);
+        assert_eq!(sum.count, 200);
+        assert_eq!(sum.buckets[11], 180);
+        assert_eq!(Log2Hist::default().quantile(0.5), 0);
+    }
+}

@@ -1,0 +1,782 @@
+//! What the live view knows: the header's facts, per-client dm-bufio figures, per-lock waits
+//! with their stacks, the kernel-vs-designs comparison and the series the charts draw.
+//!
+//! Collectors call `add_*` as events arrive and [`Model::tick`] once per interval (rates,
+//! series, the lock table's rows, the next shadow-replay window); [`Model::design_result`]
+//! folds in what the designs measured. Rendering reads the public fields and never writes.
+//!
+//! The comparison is fed either by the same events as the tables (a kernel with dm-bufio, or a
+//! trace file played back) or by its own source (a bundled sample, when this kernel has no
+//! dm-bufio): [`Comparison`] has its own names and windows for that reason.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bufscope_abi::LockFlags;
+use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, OpResult};
+use reference_cache::replay::{Stream, TimedStep};
+
+use super::{
+    hist::Log2Hist,
+    shadow::{DesignResult, Window},
+};
+use crate::{models::step_of, naming::Names};
+
+/// Points kept per chart series (ten minutes at the default one-second interval).
+pub const SERIES_POINTS: usize = 600;
+/// Callers shown per lock row.
+pub const TOP_CALLERS: usize = 3;
+/// Operation kinds, indexed by `OpKind as usize - 1`.
+pub const OP_KINDS: usize = OpKind::ALL.len();
+
+/// Where the events come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// This machine's kernel, through the probes attached this way ("tp_btf", "tracepoint").
+    Live { attach: String },
+    /// A trace file played back: position and span on the trace's clock.
+    Replay {
+        file: String,
+        span_ns: u64,
+        position_ns: u64,
+        speed: f64,
+        playing: bool,
+    },
+}
+
+/// What the dm-bufio probes cover.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufioStatus {
+    /// Attached to `attached` of `points` functions; the missing ones with why.
+    Probed {
+        attached: usize,
+        points: usize,
+        design: Option<String>,
+        missing: Vec<(String, String)>,
+    },
+    /// No dm-bufio probes at all, and why (e.g. the module is not loaded).
+    Unavailable(String),
+    /// A trace file: what its recording saw.
+    Recorded { design: Option<String> },
+}
+
+/// A recording made while showing (`live --record`, or `r`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recording {
+    pub path: String,
+    pub waits: u64,
+    pub ops: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// Kernel release of the machine (or of the trace's recording).
+    pub kernel: String,
+    pub source: Source,
+    pub bufio: BufioStatus,
+    /// Lock waits and dm-bufio operations per second, over the last interval.
+    pub events_per_sec: f64,
+    /// Events lost so far (ring buffer full, maps full, returns missed).
+    pub lost: u64,
+    /// The probes' own CPU time as a share of one CPU over the last interval.
+    pub overhead: Option<f64>,
+    pub recording: Option<Recording>,
+    /// A one-line message for the viewer (e.g. why recording failed).
+    pub status: Option<String>,
+}
+
+/// One dm-bufio client's figures.
+#[derive(Clone, Debug)]
+pub struct ClientStats {
+    pub addr: u64,
+    pub device: String,
+    pub block_size: u32,
+    /// Operations so far, by kind.
+    pub ops: [u64; OP_KINDS],
+    /// Operations per second over the last interval, by kind.
+    pub rates: [f64; OP_KINDS],
+    interval: [u64; OP_KINDS],
+    pub hits: u64,
+    pub misses: u64,
+    /// Blocks marked dirty and not written or forgotten since: an estimate from operations
+    /// (write_dirty_buffers(_async) counts as writing them all).
+    dirty: HashSet<u64>,
+    /// Waits on this client's own locks (mutex or trees).
+    pub waits: Log2Hist,
+}
+
+impl ClientStats {
+    fn new(addr: u64, device: String, block_size: u32) -> Self {
+        Self {
+            addr,
+            device,
+            block_size,
+            ops: [0; OP_KINDS],
+            rates: [0.0; OP_KINDS],
+            interval: [0; OP_KINDS],
+            hits: 0,
+            misses: 0,
+            dirty: HashSet::new(),
+            waits: Log2Hist::default(),
+        }
+    }
+
+    pub fn rate(&self, kind: OpKind) -> f64 {
+        self.rates[kind as usize - 1]
+    }
+
+    pub fn ops_per_sec(&self) -> f64 {
+        self.rates.iter().sum()
+    }
+
+    pub fn total_ops(&self) -> u64 {
+        self.ops.iter().sum()
+    }
+
+    /// Hits over hits and misses so far; `None` before the first lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let n = self.hits + self.misses;
+        (n > 0).then(|| self.hits as f64 / n as f64)
+    }
+
+    pub fn dirty_estimate(&self) -> usize {
+        self.dirty.len()
+    }
+
+    fn add_op(&mut self, op: &BufioOp) {
+        let i = op.kind as usize - 1;
+        self.ops[i] += 1;
+        self.interval[i] += 1;
+        match op.result {
+            OpResult::Hit => self.hits += 1,
+            OpResult::Miss => self.misses += 1,
+            _ => {}
+        }
+        match op.kind {
+            OpKind::MarkDirty | OpKind::MarkPartialDirty => {
+                self.dirty.insert(op.block);
+            }
+            OpKind::WriteDirty | OpKind::WriteDirtyAsync => self.dirty.clear(),
+            OpKind::Forget => {
+                self.dirty.remove(&op.block);
+            }
+            OpKind::ForgetBuffers => {
+                let end = op.block.saturating_add(u64::from(op.arg0));
+                self.dirty.retain(|b| !(op.block..end).contains(b));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A lock as the tables key it: address and contention flags (a rwsem taken for read and for
+/// write are two rows, as in perf lock contention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockKey {
+    pub addr: u64,
+    pub flags: u32,
+}
+
+/// Waits under one stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCount {
+    pub waits: u64,
+    pub total_ns: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LockStats {
+    pub hist: Log2Hist,
+    pub waits_per_sec: f64,
+    interval: u64,
+    /// By stack id; waits without a stack are not here.
+    pub stacks: HashMap<u32, StackCount>,
+}
+
+/// A row of the lock table, named and ready to draw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockRow {
+    pub key: LockKey,
+    pub name: String,
+    pub type_name: &'static str,
+    pub waits: u64,
+    pub waits_per_sec: f64,
+    pub total_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    /// The most frequent callers, with their waits.
+    pub callers: Vec<(String, u64)>,
+}
+
+/// What the lock table is sorted by (`s` cycles through them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockSort {
+    #[default]
+    Total,
+    Waits,
+    Rate,
+    Max,
+    P99,
+}
+
+impl LockSort {
+    pub fn next(self) -> Self {
+        match self {
+            Self::Total => Self::Waits,
+            Self::Waits => Self::Rate,
+            Self::Rate => Self::Max,
+            Self::Max => Self::P99,
+            Self::P99 => Self::Total,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Total => "total wait",
+            Self::Waits => "waits",
+            Self::Rate => "waits/s",
+            Self::Max => "max",
+            Self::P99 => "p99",
+        }
+    }
+}
+
+/// Where the comparison's kernel column and op stream come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CompareSource {
+    /// The same events as the tables.
+    Tables,
+    /// A bundled sample recording, looped (this kernel has no dm-bufio).
+    Sample(String),
+}
+
+/// One design's column of the comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesignColumn {
+    pub design: String,
+    pub hist: Log2Hist,
+    pub steps: u64,
+    /// Replay steps that did not match the recording (e.g. releases of blocks a window boundary
+    /// split from their get).
+    pub mismatched: u64,
+    pub error: Option<String>,
+}
+
+/// A window sent to the designs whose results are not all back.
+#[derive(Clone, Debug)]
+struct Pending {
+    at_secs: f64,
+    kernel: Log2Hist,
+    ops: u64,
+    results: Vec<Option<DesignResult>>,
+}
+
+/// Kernel vs designs on the same operations: one client's dm-bufio operations cut into windows
+/// (one per interval), each replayed through every design while the kernel's waits on that
+/// client's locks in the same window are held back until the designs' arrive, so both columns
+/// always cover the same windows.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub source: CompareSource,
+    /// The client compared (chosen, or the busiest so far) and its device and block size.
+    pub client: Option<u64>,
+    pub chosen: Option<u64>,
+    pub device: String,
+    pub block_size: u32,
+    pub windows: u64,
+    /// Windows not replayed because the designs were still busy with earlier ones.
+    pub skipped: u64,
+    pub ops: u64,
+    pub kernel: Log2Hist,
+    pub designs: Vec<DesignColumn>,
+    names: Names,
+    block_sizes: HashMap<u64, u32>,
+    client_ops: HashMap<u64, u64>,
+    window_start: Option<u64>,
+    window_ops: HashMap<u64, Vec<BufioOp>>,
+    window_waits: HashMap<u64, Log2Hist>,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+impl Comparison {
+    pub fn new(source: CompareSource, designs: &[String]) -> Self {
+        Self {
+            source,
+            client: None,
+            chosen: None,
+            device: "?".into(),
+            block_size: 0,
+            windows: 0,
+            skipped: 0,
+            ops: 0,
+            kernel: Log2Hist::default(),
+            designs: designs
+                .iter()
+                .map(|d| DesignColumn {
+                    design: d.clone(),
+                    hist: Log2Hist::default(),
+                    steps: 0,
+                    mismatched: 0,
+                    error: None,
+                })
+                .collect(),
+            names: Names::default(),
+            block_sizes: HashMap::new(),
+            client_ops: HashMap::new(),
+            window_start: None,
+            window_ops: HashMap::new(),
+            window_waits: HashMap::new(),
+            next_id: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Starts over with these designs (the window being gathered is kept).
+    pub fn set_designs(&mut self, designs: &[String]) {
+        let kept = (self.source.clone(), self.chosen);
+        let names = std::mem::take(&mut self.names);
+        let block_sizes = std::mem::take(&mut self.block_sizes);
+        let client_ops = std::mem::take(&mut self.client_ops);
+        *self = Self::new(kept.0, designs);
+        self.chosen = kept.1;
+        self.names = names;
+        self.block_sizes = block_sizes;
+        self.client_ops = client_ops;
+    }
+
+    /// Compares `client` from the next window on (columns start over).
+    pub fn choose(&mut self, client: u64) {
+        if self.client != Some(client) {
+            let designs: Vec<String> = self.designs.iter().map(|d| d.design.clone()).collect();
+            self.set_designs(&designs);
+        }
+        self.chosen = Some(client);
+    }
+
+    pub fn add_metadata(&mut self, m: &Metadata) {
+        self.names.add(m);
+        if let Metadata::Client {
+            addr, block_size, ..
+        } = m
+        {
+            self.block_sizes.insert(*addr, *block_size);
+        }
+    }
+
+    pub fn add_op(&mut self, op: &BufioOp) {
+        if step_of(op).is_none() {
+            return;
+        }
+        self.window_start.get_or_insert(op.start_ns);
+        *self.client_ops.entry(op.client).or_default() += 1;
+        self.window_ops.entry(op.client).or_default().push(*op);
+    }
+
+    /// Counts a kernel wait if it is on a dm-bufio client's lock inside that client's
+    /// operation.
+    pub fn add_wait(&mut self, w: &LockWait) {
+        if w.op.is_some() && self.names.bufio_lock(w.lock_addr).is_some() {
+            self.window_waits
+                .entry(w.op_client)
+                .or_default()
+                .add(w.wait_ns);
+        }
+    }
+
+    /// Ends the window: the compared client's operations as replay streams, or `None` when it
+    /// had none (or there are no designs).
+    fn cut(&mut self, at_secs: f64) -> Option<Window> {
+        let start = self.window_start.take();
+        let mut ops = std::mem::take(&mut self.window_ops);
+        let mut waits = std::mem::take(&mut self.window_waits);
+        let client = self.chosen.or_else(|| {
+            self.client_ops
+                .iter()
+                .max_by_key(|&(c, n)| (*n, *c))
+                .map(|(c, _)| *c)
+        })?;
+        if self.client != Some(client) {
+            self.client = Some(client);
+            self.device = self.names.client_device(client).unwrap_or("?").to_string();
+            self.block_size = self.block_sizes.get(&client).copied().unwrap_or(4096);
+        }
+        let ops = ops.remove(&client)?;
+        if self.designs.is_empty() || ops.is_empty() {
+            return None;
+        }
+        let start = start.unwrap_or(0);
+        let mut threads: HashMap<u32, Vec<TimedStep>> = HashMap::new();
+        for op in &ops {
+            if let Some(step) = step_of(op) {
+                threads.entry(op.tid).or_default().push(TimedStep {
+                    at_ns: op.start_ns.saturating_sub(start),
+                    block: op.block,
+                    step,
+                });
+            }
+        }
+        let mut streams: Vec<Stream> = threads
+            .into_iter()
+            .map(|(tid, mut steps)| {
+                steps.sort_by_key(|s| s.at_ns);
+                Stream { tid, steps }
+            })
+            .collect();
+        streams.sort_by_key(|s| s.tid);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                at_secs,
+                kernel: waits.remove(&client).unwrap_or_default(),
+                ops: ops.len() as u64,
+                results: vec![None; self.designs.len()],
+            },
+        );
+        Some(Window {
+            id,
+            client,
+            block_size: self.block_size,
+            streams,
+        })
+    }
+
+    /// A window the designs could not take: its kernel waits are dropped too.
+    pub fn skip(&mut self, window: u64) {
+        if self.pending.remove(&window).is_some() {
+            self.skipped += 1;
+        }
+    }
+
+    /// Folds a design's result in; returns the window's p99s (kernel, then per design, µs)
+    /// once every design has reported on it.
+    fn fold(&mut self, result: DesignResult) -> Option<(f64, f64, Vec<f64>)> {
+        let id = result.window;
+        let pending = self.pending.get_mut(&id)?;
+        let design = result.design;
+        *pending.results.get_mut(design)? = Some(result);
+        if pending.results.iter().any(Option::is_none) {
+            return None;
+        }
+        let done = self.pending.remove(&id)?;
+        self.windows += 1;
+        self.ops += done.ops;
+        self.kernel.merge(&done.kernel);
+        let mut p99s = Vec::with_capacity(self.designs.len());
+        for (column, r) in self
+            .designs
+            .iter_mut()
+            .zip(done.results.into_iter().flatten())
+        {
+            column.hist.merge(&r.waits);
+            column.steps += r.steps;
+            column.mismatched += r.mismatched;
+            if let Some(e) = r.error {
+                column.error.get_or_insert(e);
+            }
+            p99s.push(r.waits.quantile(0.99) as f64 / 1e3);
+        }
+        Some((done.at_secs, done.kernel.quantile(0.99) as f64 / 1e3, p99s))
+    }
+
+    /// Windows cut and not yet back from every design.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The charts' series: (seconds since the start, value).
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    pub ops_per_sec: Vec<(f64, f64)>,
+    pub waits_per_sec: Vec<(f64, f64)>,
+    /// p99 of the compared client's lock waits per window, µs.
+    pub kernel_p99_us: Vec<(f64, f64)>,
+    pub designs_p99_us: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Adds a point in time order (windows may come back from the designs out of order), keeping
+/// the newest [`SERIES_POINTS`].
+fn push_point(series: &mut Vec<(f64, f64)>, point: (f64, f64)) {
+    let at = series.partition_point(|p| p.0 <= point.0);
+    series.insert(at, point);
+    if series.len() > SERIES_POINTS {
+        series.remove(0);
+    }
+}
+
+/// Everything the screens show.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub header: Header,
+    pub names: Names,
+    pub clients: BTreeMap<u64, ClientStats>,
+    pub locks: HashMap<LockKey, LockStats>,
+    /// The lock table as last derived (sorted, filtered, named).
+    pub lock_rows: Vec<LockRow>,
+    /// Lock waits and operations so far.
+    pub waits: u64,
+    pub ops: u64,
+    pub comparison: Comparison,
+    pub series: Series,
+    /// Seconds covered so far (on the source's clock).
+    pub elapsed_secs: f64,
+    interval_events: u64,
+    interval_waits: u64,
+}
+
+impl Model {
+    pub fn new(header: Header, compare: CompareSource, designs: &[String]) -> Self {
+        Self {
+            header,
+            names: Names::default(),
+            clients: BTreeMap::new(),
+            locks: HashMap::new(),
+            lock_rows: Vec::new(),
+            waits: 0,
+            ops: 0,
+            comparison: Comparison::new(compare, designs),
+            series: Series {
+                designs_p99_us: designs.iter().map(|d| (d.clone(), Vec::new())).collect(),
+                ..Default::default()
+            },
+            elapsed_secs: 0.0,
+            interval_events: 0,
+            interval_waits: 0,
+        }
+    }
+
+    fn compares_tables(&self) -> bool {
+        self.comparison.source == CompareSource::Tables
+    }
+
+    pub fn add_metadata(&mut self, m: &Metadata) {
+        self.names.add(m);
+        if let Metadata::Client {
+            addr,
+            device,
+            block_size,
+            ..
+        } = m
+        {
+            let client = self
+                .clients
+                .entry(*addr)
+                .or_insert_with(|| ClientStats::new(*addr, device.clone(), *block_size));
+            client.device.clone_from(device);
+            client.block_size = *block_size;
+        }
+        if self.compares_tables() {
+            self.comparison.add_metadata(m);
+        }
+    }
+
+    pub fn add_wait(&mut self, w: &LockWait) {
+        self.waits += 1;
+        self.interval_events += 1;
+        self.interval_waits += 1;
+        let stats = self
+            .locks
+            .entry(LockKey {
+                addr: w.lock_addr,
+                flags: w.flags,
+            })
+            .or_default();
+        stats.hist.add(w.wait_ns);
+        stats.interval += 1;
+        if let Some(id) = w.stack_id {
+            let s = stats.stacks.entry(id).or_default();
+            s.waits += 1;
+            s.total_ns += w.wait_ns;
+        }
+        if w.op.is_some()
+            && self.names.bufio_lock(w.lock_addr).is_some()
+            && let Some(client) = self.clients.get_mut(&w.op_client)
+        {
+            client.waits.add(w.wait_ns);
+        }
+        if self.compares_tables() {
+            self.comparison.add_wait(w);
+        }
+    }
+
+    pub fn add_op(&mut self, op: &BufioOp) {
+        self.ops += 1;
+        self.interval_events += 1;
+        self.clients
+            .entry(op.client)
+            .or_insert_with(|| ClientStats::new(op.client, "?".into(), 0))
+            .add_op(op);
+        if self.compares_tables() {
+            self.comparison.add_op(op);
+        }
+    }
+
+    /// Ends an interval of `secs` seconds on the source's clock: rates, series, the lock rows,
+    /// and the comparison's next window for the designs (if any).
+    pub fn tick(&mut self, secs: f64, sort: LockSort, filter: &str) -> Option<Window> {
+        let secs = secs.max(1e-6);
+        self.elapsed_secs += secs;
+        let t = self.elapsed_secs;
+        self.header.events_per_sec = self.interval_events as f64 / secs;
+        let mut ops = 0;
+        for client in self.clients.values_mut() {
+            for (rate, n) in client.rates.iter_mut().zip(client.interval.iter_mut()) {
+                *rate = *n as f64 / secs;
+                ops += *n;
+                *n = 0;
+            }
+        }
+        for lock in self.locks.values_mut() {
+            lock.waits_per_sec = lock.interval as f64 / secs;
+            lock.interval = 0;
+        }
+        push_point(&mut self.series.ops_per_sec, (t, ops as f64 / secs));
+        push_point(
+            &mut self.series.waits_per_sec,
+            (t, self.interval_waits as f64 / secs),
+        );
+        self.interval_events = 0;
+        self.interval_waits = 0;
+        self.refresh_rows(sort, filter);
+        self.comparison.cut(t)
+    }
+
+    /// Folds a design's result on a window into the comparison and, once every design has
+    /// reported on it, the p99 series.
+    pub fn design_result(&mut self, result: DesignResult) {
+        let Some((t, kernel_p99, designs_p99)) = self.comparison.fold(result) else {
+            return;
+        };
+        push_point(&mut self.series.kernel_p99_us, (t, kernel_p99));
+        for ((_, series), p99) in self.series.designs_p99_us.iter_mut().zip(designs_p99) {
+            push_point(series, (t, p99));
+        }
+    }
+
+    /// Starts the comparison and its series over with these designs.
+    pub fn set_designs(&mut self, designs: &[String]) {
+        self.comparison.set_designs(designs);
+        self.series.kernel_p99_us.clear();
+        self.series.designs_p99_us = designs.iter().map(|d| (d.clone(), Vec::new())).collect();
+    }
+
+    /// Compares `client` from the next window on.
+    pub fn choose_client(&mut self, client: u64) {
+        self.comparison.choose(client);
+        self.series.kernel_p99_us.clear();
+        for (_, s) in &mut self.series.designs_p99_us {
+            s.clear();
+        }
+    }
+
+    /// Derives the lock table: named, filtered by a case-insensitive substring of the name or
+    /// a caller, sorted.
+    pub fn refresh_rows(&mut self, sort: LockSort, filter: &str) {
+        let filter = filter.to_lowercase();
+        let mut rows: Vec<LockRow> = self
+            .locks
+            .iter()
+            .map(|(key, s)| self.row(*key, s))
+            .filter(|row| {
+                filter.is_empty()
+                    || row.name.to_lowercase().contains(&filter)
+                    || row
+                        .callers
+                        .iter()
+                        .any(|(c, _)| c.to_lowercase().contains(&filter))
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            let key = |r: &LockRow| match sort {
+                LockSort::Total => (r.total_ns as f64, r.waits as f64),
+                LockSort::Waits => (r.waits as f64, r.total_ns as f64),
+                LockSort::Rate => (r.waits_per_sec, r.total_ns as f64),
+                LockSort::Max => (r.max_ns as f64, r.total_ns as f64),
+                LockSort::P99 => (r.p99_ns as f64, r.total_ns as f64),
+            };
+            key(b)
+                .partial_cmp(&key(a))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.key.cmp(&b.key))
+        });
+        self.lock_rows = rows;
+    }
+
+    fn row(&self, key: LockKey, s: &LockStats) -> LockRow {
+        let mut callers: HashMap<String, u64> = HashMap::new();
+        for (id, count) in &s.stacks {
+            if let Some(caller) = self.names.caller(*id) {
+                *callers.entry(caller).or_default() += count.waits;
+            }
+        }
+        let mut callers: Vec<(String, u64)> = callers.into_iter().collect();
+        callers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        callers.truncate(TOP_CALLERS);
+        LockRow {
+            key,
+            name: self.names.lock_name(key.addr, key.flags),
+            type_name: LockFlags(key.flags).type_name(),
+            waits: s.hist.count,
+            waits_per_sec: s.waits_per_sec,
+            total_ns: s.hist.total_ns,
+            mean_ns: s.hist.mean_ns(),
+            p50_ns: s.hist.quantile(0.5),
+            p99_ns: s.hist.quantile(0.99),
+            max_ns: s.hist.max_ns,
+            callers,
+        }
+    }
+
+    /// The lock's stacks as names (from the lock function on), most waits first.
+    pub fn stacks_of(&self, key: LockKey) -> Vec<(StackCount, Vec<String>)> {
+        let Some(stats) = self.locks.get(&key) else {
+            return Vec::new();
+        };
+        let mut stacks: Vec<(StackCount, Vec<String>)> = stats
+            .stacks
+            .iter()
+            .map(|(id, count)| {
+                (
+                    *count,
+                    self.names
+                        .lock_stack(*id)
+                        .unwrap_or_else(|| vec![format!("stack {id} (not read yet)")]),
+                )
+            })
+            .collect();
+        stacks.sort_by(|a, b| {
+            b.0.total_ns
+                .cmp(&a.0.total_ns)
+                .then(b.0.waits.cmp(&a.0.waits))
+        });
+        stacks
+    }
+
+    /// Stack ids the names do not know yet (the live runner reads and symbolizes them).
+    pub fn unnamed_stacks(&self) -> HashSet<u32> {
+        self.locks
+            .values()
+            .flat_map(|s| s.stacks.keys())
+            .filter(|id| self.names.stack(**id).is_none())
+            .copied()
+            .collect()
+    }
+
+    /// Clients by operations per second, busiest first (the clients panel's order).
+    pub fn client_rows(&self) -> Vec<&ClientStats> {
+        let mut rows: Vec<&ClientStats> = self.clients.values().collect();
+        rows.sort_by(|a, b| {
+            b.ops_per_sec()
+                .partial_cmp(&a.ops_per_sec())
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.total_ops().cmp(&a.total_ops()))
+                .then(a.addr.cmp(&b.addr))
+        });
+        rows
+    }
+}

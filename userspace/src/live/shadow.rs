@@ -1,0 +1,298 @@
+//! Shadow replay: the reference designs fed the same dm-bufio operations as the kernel, while
+//! they arrive. Each design has a thread and a cache that lives across windows (so it warms up
+//! as the kernel's did); a window's operations are replayed at the pace they were recorded and
+//! the design's lock waits sent back. The live view therefore shows the designs one window
+//! behind the kernel.
+//!
+//! Buffers held across a window boundary are released at the window's end (the replay's
+//! "held at end"), and their later release counts as a mismatch; with one-second windows and
+//! dm-bufio's short holds, a few per window.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, SyncSender, TryRecvError},
+    },
+    thread,
+};
+
+use anyhow::bail;
+use reference_cache::{
+    BufferCache, DESIGNS,
+    replay::{ReplayOptions, Stream, replay},
+};
+
+use super::hist::Log2Hist;
+use crate::models::{ModelOptions, build_cache};
+
+/// Windows a design may have queued or running before new ones are skipped.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// One client's operations over one interval, as replay streams (times from the window's
+/// first operation).
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub id: u64,
+    pub client: u64,
+    pub block_size: u32,
+    pub streams: Vec<Stream>,
+}
+
+/// What one design measured on one window.
+#[derive(Clone, Debug)]
+pub struct DesignResult {
+    pub window: u64,
+    /// Index of the design in the list the shadow was started with.
+    pub design: usize,
+    pub waits: Log2Hist,
+    pub steps: u64,
+    pub mismatched: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    design: String,
+    tx: SyncSender<Arc<Window>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The designs' threads. Dropping it lets them finish their window and exit.
+#[derive(Debug)]
+pub struct Shadow {
+    workers: Vec<Worker>,
+    results: Receiver<DesignResult>,
+}
+
+impl Shadow {
+    /// Starts a thread per design. `options.replay.speed` paces the replay (1.0: as recorded).
+    pub fn start(designs: &[String], options: &ModelOptions) -> anyhow::Result<Self> {
+        if let Some(bad) = designs.iter().find(|d| !DESIGNS.contains(&d.as_str())) {
+            bail!(
+                "unknown design `{bad}`; the designs are {}",
+                DESIGNS.join(", ")
+            );
+        }
+        let (results_tx, results) = mpsc::channel();
+        let mut workers = Vec::new();
+        for (index, design) in designs.iter().enumerate() {
+            let (tx, rx) = mpsc::sync_channel::<Arc<Window>>(MAX_IN_FLIGHT);
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let (design_name, options, results_tx, counter) = (
+                design.clone(),
+                options.clone(),
+                results_tx.clone(),
+                Arc::clone(&in_flight),
+            );
+            thread::Builder::new()
+                .name(format!("shadow-{design}"))
+                .spawn(move || {
+                    run_worker(index, &design_name, &options, &rx, &results_tx, &counter);
+                })?;
+            workers.push(Worker {
+                design: design.clone(),
+                tx,
+                in_flight,
+            });
+        }
+        Ok(Self { workers, results })
+    }
+
+    pub fn designs(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.design.clone()).collect()
+    }
+
+    /// Hands the window to every design, or to none when any is still busy with
+    /// [`MAX_IN_FLIGHT`] windows (so the columns keep covering the same windows): `false` then.
+    pub fn submit(&self, window: Window) -> bool {
+        if self
+            .workers
+            .iter()
+            .any(|w| w.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT)
+        {
+            return false;
+        }
+        let window = Arc::new(window);
+        for w in &self.workers {
+            w.in_flight.fetch_add(1, Ordering::AcqRel);
+            if w.tx.try_send(Arc::clone(&window)).is_err() {
+                // The thread is gone (it panicked): its column stays empty.
+                w.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        true
+    }
+
+    /// Results that have come back since the last call.
+    pub fn results(&self) -> Vec<DesignResult> {
+        let mut out = Vec::new();
+        loop {
+            match self.results.try_recv() {
+                Ok(r) => out.push(r),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
+            }
+        }
+    }
+
+    /// Whether any design is still working on a window.
+    pub fn busy(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.in_flight.load(Ordering::Acquire) > 0)
+    }
+}
+
+fn run_worker(
+    index: usize,
+    design: &str,
+    options: &ModelOptions,
+    windows: &Receiver<Arc<Window>>,
+    results: &mpsc::Sender<DesignResult>,
+    in_flight: &AtomicUsize,
+) {
+    // The cache of the client being compared; a new client (or block size) starts a new one.
+    let mut cache: Option<((u64, u32), Arc<dyn BufferCache>)> = None;
+    while let Ok(window) = windows.recv() {
+        let key = (window.client, window.block_size);
+        let result = match &cache {
+            Some((k, c)) if *k == key => Ok(Arc::clone(c)),
+            _ => build_cache(design, window.block_size, options).inspect(|c| {
+                cache = Some((key, Arc::clone(c)));
+            }),
+        }
+        .map(|c| {
+            replay(
+                c,
+                window.streams.clone(),
+                ReplayOptions {
+                    log: true,
+                    ..options.replay
+                },
+            )
+        });
+        let out = match result {
+            Ok(run) => {
+                let mut waits = Log2Hist::default();
+                for w in run.log.iter().flat_map(|log| log.waits.iter()) {
+                    waits.add(w.wait_ns);
+                }
+                let m = run.mismatches;
+                DesignResult {
+                    window: window.id,
+                    design: index,
+                    waits,
+                    steps: run.steps,
+                    mismatched: m.not_held + m.extra_hits + m.held_at_end,
+                    error: run.first_io_error,
+                }
+            }
+            Err(e) => DesignResult {
+                window: window.id,
+                design: index,
+                waits: Log2Hist::default(),
+                steps: 0,
+                mismatched: 0,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        if results.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use reference_cache::replay::{Step, TimedStep};
+
+    use super::*;
+    use crate::models::Backing;
+
+    /// Eight threads taking turns on a few blocks: the classic design's one mutex is contended.
+    fn hot_window(id: u64) -> Window {
+        let streams = (0..8)
+            .map(|tid| Stream {
+                tid,
+                steps: (0..2_000u64)
+                    .flat_map(|i| {
+                        let block = i % 4;
+                        [
+                            TimedStep {
+                                at_ns: i * 10,
+                                block,
+                                step: Step::Read,
+                            },
+                            TimedStep {
+                                at_ns: i * 10 + 5,
+                                block,
+                                step: Step::Release,
+                            },
+                        ]
+                    })
+                    .collect(),
+            })
+            .collect();
+        Window {
+            id,
+            client: 1,
+            block_size: 4096,
+            streams,
+        }
+    }
+
+    #[test]
+    fn every_design_reports_on_every_window_it_took() {
+        let designs = vec!["classic".to_string(), "sharded".to_string()];
+        let options = ModelOptions {
+            backing: Backing::Memory,
+            capacity: 1024,
+            cpus: Some(4),
+            replay: ReplayOptions::default(),
+        };
+        let shadow = Shadow::start(&designs, &options).unwrap();
+        let mut taken = Vec::new();
+        for id in 0..3 {
+            if shadow.submit(hot_window(id)) {
+                taken.push(id);
+            }
+        }
+        assert!(taken.contains(&0), "the first window always fits");
+        let mut results = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while results.len() < taken.len() * designs.len() && Instant::now() < deadline {
+            results.extend(shadow.results());
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(results.len(), taken.len() * designs.len());
+        assert!(!shadow.busy());
+        for r in &results {
+            assert_eq!(r.steps, 8 * 4_000, "{r:?}");
+            assert_eq!(r.mismatched, 0, "{r:?}");
+            assert!(r.error.is_none());
+        }
+        // Sixteen thousand lock/unlock pairs of eight threads on one mutex: some waited.
+        assert!(
+            results
+                .iter()
+                .filter(|r| r.design == 0)
+                .any(|r| r.waits.count > 0),
+            "classic never waited: {results:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_designs_are_refused_by_name() {
+        let options = ModelOptions {
+            backing: Backing::Memory,
+            capacity: 16,
+            cpus: None,
+            replay: ReplayOptions::default(),
+        };
+        let e = Shadow::start(&["btree".to_string()], &options).unwrap_err();
+        assert!(e.to_string().contains("unknown design `btree`"), "{e}");
+    }
+}

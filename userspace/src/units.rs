@@ -1,0 +1,59 @@
+//! Numbers as people read them in tables: counts with thousands separators, durations in the
+//! unit perf lock contention would pick, rates in a few characters.
+
+/// `1234567` → `1,234,567`, for counts people read.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Nanoseconds in the unit perf lock contention would pick: ns, us, ms or s.
+pub fn duration_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.2} us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+/// A rate or count in at most six characters: `987`, `12.3k`, `4.56M`.
+pub fn compact(x: f64) -> String {
+    let x = x.max(0.0);
+    if x < 1_000.0 {
+        format!("{x:.0}")
+    } else if x < 1e6 {
+        format!("{:.1}k", x / 1e3)
+    } else if x < 1e9 {
+        format!("{:.2}M", x / 1e6)
+    } else {
+        format!("{:.2}G", x / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_counts_durations_and_rates() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(duration_ns(999), "999 ns");
+        assert_eq!(duration_ns(40_150), "40.15 us");
+        assert_eq!(duration_ns(123_500_000), "123.50 ms");
+        assert_eq!(duration_ns(1_580_000_000), "1.58 s");
+        assert_eq!(compact(987.4), "987");
+        assert_eq!(compact(12_345.0), "12.3k");
+        assert_eq!(compact(4_560_000.0), "4.56M");
+    }
+}
