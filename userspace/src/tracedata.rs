@@ -3,7 +3,7 @@
 //! recording ([`TraceData::load`]) or made by running a recording through a reference design
 //! ([`crate::models`]), so the kernel and the designs are measured by the same code.
 
-use std::path::Path;
+use std::{io::Read, path::Path};
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{
@@ -68,9 +68,25 @@ impl TraceData {
     /// Reads a whole trace file. A file that is not a trace is an error; damage past the header
     /// ends the reading and is told in `problem`, keeping everything before it.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
-        let mut reader = TraceReader::open(path)?;
+        Ok(Self::read_all(
+            TraceReader::open(path)?,
+            path.display().to_string(),
+        ))
+    }
+
+    /// Reads a whole trace from memory (e.g. a sample built into the binary), like [`load`].
+    ///
+    /// [`load`]: TraceData::load
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, TraceError> {
+        Ok(Self::read_all(
+            TraceReader::new(bytes, name)?,
+            name.to_string(),
+        ))
+    }
+
+    fn read_all<R: Read>(mut reader: TraceReader<R>, source: String) -> Self {
         let mut data = TraceData {
-            source: path.display().to_string(),
+            source,
             header: reader.header().clone(),
             ..Default::default()
         };
@@ -87,7 +103,7 @@ impl TraceData {
                 }
             }
         }
-        Ok(data)
+        data
     }
 
     pub fn add_metadata(&mut self, m: Metadata) {

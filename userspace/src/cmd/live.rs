@@ -1,16 +1,24 @@
-//! `bufscope live --no-tui`: the kernel's lock waits and dm-bufio operations, one table per
-//! interval, from the in-kernel histograms and counters only (no per-event streaming), so it is
-//! cheap enough to leave running on a busy machine. The ratatui screens build on the same state.
+//! `bufscope live`: the full-screen view of kernel lock waits, dm-bufio clients and the
+//! reference designs fed the same operations (run by [`super::tui`]); with `--no-tui`, a table
+//! per interval on stdout from the in-kernel histograms and counters only (no per-event
+//! streaming, so it is cheap enough to leave running on a busy machine), unless `--metrics`
+//! asks for the per-event figures too.
 
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
+    net::SocketAddr,
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use bufscope::{
+    live::{
+        metrics,
+        model::{BufioStatus, CompareSource, Header, LockSort, Model, Source},
+    },
     naming::Names,
     probe::{AttachMode, AttachOptions, ClientHow, Event, LockProbes},
     system,
@@ -19,42 +27,89 @@ use bufscope_abi::{HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig, WaitHist, Wai
 use bufscope_trace::{Metadata, OpKind};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{duration_ns, sleep_until, thousands};
+use super::{
+    duration_ns,
+    replay::{ModelArgs, chosen_designs, parse_design},
+    sleep_until, thousands,
+    tui::{self, LiveSettings, parse_metrics_addr},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Print a table every this many milliseconds.
+    /// Refresh rates, the designs' windows and `--no-tui` tables every this many milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub interval: u64,
     /// Print interval tables on stdout instead of the full-screen view (for logs and pipes).
     #[arg(long)]
     pub no_tui: bool,
-    /// Stop after this long, e.g. 10s (default: until Ctrl-C).
+    /// Stop after this long, e.g. 10s (default: until q, Ctrl-C or SIGTERM).
     #[arg(short, long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Locks listed per interval.
+    /// Locks listed per `--no-tui` interval.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     /// How to attach to the lock tracepoints.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Record to this trace file while showing (`r` stops and starts recording).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_tui")]
+    pub record: Option<PathBuf>,
+    /// Overwrite the --record file if it exists.
+    #[arg(long, requires = "record")]
+    pub force: bool,
+    /// Reference designs fed the same dm-bufio operations (repeat, or `all`; `d` changes them).
+    #[arg(long = "design", value_name = "DESIGN", default_value = "all", value_parser = parse_design)]
+    pub designs: Vec<String>,
+    /// Serve the live figures in the OpenMetrics text format on ADDR/metrics: a port (bound to
+    /// loopback), or HOST:PORT (0.0.0.0:PORT for every interface).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+    /// Take no kernel stacks (no callers or stacks then; they cost a stack walk per wait).
+    #[arg(long)]
+    pub no_stacks: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
-    if !options.no_tui {
-        bail!(
-            "the full-screen view is not built yet: run `bufscope live --no-tui` for interval \
-             tables"
-        );
-    }
     if !system::is_root() {
         bail!("live loads eBPF programs and needs root: run it with sudo -E");
     }
-    tokio::runtime::Builder::new_current_thread()
+    if let Some(path) = &options.record
+        && path.exists()
+        && !options.force
+    {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(live(options))
+        .context("starting the async runtime")?;
+    if options.no_tui {
+        return runtime.block_on(live(options));
+    }
+    let probes = LockProbes::attach(AttachOptions {
+        mode: options.attach,
+        ringbuf_bytes: bufscope::probe::DEFAULT_RINGBUF_BYTES,
+        config: ProbeConfig {
+            stream_events: 1,
+            stacks: u32::from(!options.no_stacks),
+        },
+        bufio: true,
+    })?;
+    let settings = LiveSettings {
+        interval: Duration::from_millis(options.interval),
+        duration: options.duration,
+        designs: chosen_designs(&options.designs)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        record: options.record.clone(),
+        metrics: options.metrics,
+        shadow: options.model.options(None, Some(1.0), true),
+    };
+    runtime.block_on(tui::live(probes, settings))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Totals at one instant, for differences between intervals.
@@ -78,15 +133,39 @@ impl Snapshot {
 }
 
 async fn live(options: &Options) -> anyhow::Result<ExitCode> {
+    // With --metrics, events stream into a model for the per-lock figures; without, the
+    // in-kernel histograms are all this needs.
+    let streaming = options.metrics.is_some();
     let mut probes = LockProbes::attach(AttachOptions {
         mode: options.attach,
-        ringbuf_bytes: 1 << 16,
+        ringbuf_bytes: if streaming {
+            bufscope::probe::DEFAULT_RINGBUF_BYTES
+        } else {
+            1 << 16
+        },
         config: ProbeConfig {
-            stream_events: 0,
+            stream_events: u32::from(streaming),
             stacks: 0,
         },
         bufio: true,
     })?;
+    let metrics_text = options.metrics.map(tui::serve_metrics).transpose()?;
+    let mut model = Model::new(
+        Header {
+            kernel: system::kernel_release(),
+            source: Source::Live {
+                attach: probes.mode().to_string(),
+            },
+            bufio: BufioStatus::Unavailable(String::new()),
+            events_per_sec: 0.0,
+            lost: 0,
+            overhead: None,
+            recording: None,
+            status: None,
+        },
+        CompareSource::Tables,
+        &[],
+    );
     let mut stream = probes
         .event_stream()
         .context("opening the event ring buffer")?;
@@ -121,18 +200,23 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
             ready = stream.next_batch(&mut batch) => {
                 ready.context("reading the event ring buffer")?;
                 for event in batch.drain(..) {
-                    // A destroyed client's name stays until a new client takes its address.
-                    if let Event::Client(c) = event
-                        && c.how != ClientHow::Destroyed
-                    {
-                        names.add(&Metadata::Client {
-                            addr: c.addr,
-                            device: c.device,
-                            block_size: c.block_size,
-                            locks: probes.client_locks(c.addr, c.num_locks),
-                            seen_ns: c.at_ns,
-                            destroyed_ns: None,
-                        });
+                    match event {
+                        // A destroyed client's name stays until a new client takes its address.
+                        Event::Client(c) if c.how != ClientHow::Destroyed => {
+                            let m = Metadata::Client {
+                                addr: c.addr,
+                                device: c.device,
+                                block_size: c.block_size,
+                                locks: probes.client_locks(c.addr, c.num_locks),
+                                seen_ns: c.at_ns,
+                                destroyed_ns: None,
+                            };
+                            names.add(&m);
+                            model.add_metadata(&m);
+                        }
+                        Event::Client(_) => {}
+                        Event::LockWait(w) => model.add_wait(&w),
+                        Event::Op(o) => model.add_op(&o),
                     }
                 }
             }
@@ -142,6 +226,13 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
                 last = Instant::now();
                 print_interval(&mut out, &previous, &now, elapsed, &names, options.top)
                     .context("writing to stdout")?;
+                if let Some(text) = &metrics_text {
+                    model.header.lost = lost_events(&now.counters);
+                    model.tick(elapsed.as_secs_f64(), LockSort::Total, "");
+                    if let Ok(mut t) = text.lock() {
+                        *t = metrics::render(&model);
+                    }
+                }
                 previous = now;
             }
             _ = sleep_until(deadline) => break,
@@ -152,6 +243,22 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
     probes.detach();
     Ok(ExitCode::SUCCESS)
 }
+
+/// Events lost in the kernel so far, from its counters.
+pub fn lost_events(counters: &BTreeMap<String, u64>) -> u64 {
+    LOSS_COUNTERS
+        .iter()
+        .map(|c| counters.get(*c).copied().unwrap_or(0))
+        .sum()
+}
+
+/// The in-kernel counters of events lost.
+const LOSS_COUNTERS: [&str; 4] = [
+    "ringbuf_full",
+    "hist_full",
+    "pending_full",
+    "op_return_missed",
+];
 
 /// The upper bound of the log2 bucket holding quantile `q` (0..1).
 fn quantile_ns(buckets: &[u64; HIST_BUCKETS], q: f64) -> u64 {
@@ -194,16 +301,7 @@ fn print_interval(
         .collect();
     rows.sort_by_key(|(_, d)| std::cmp::Reverse(d.total_ns));
     let waits: u64 = rows.iter().map(|(_, d)| d.count).sum();
-    let counter = |s: &Snapshot, name: &str| s.counters.get(name).copied().unwrap_or(0);
-    let lost = [
-        "ringbuf_full",
-        "hist_full",
-        "pending_full",
-        "op_return_missed",
-    ]
-    .iter()
-    .map(|c| counter(now, c) - counter(before, c))
-    .sum::<u64>();
+    let lost = lost_events(&now.counters) - lost_events(&before.counters);
     let overhead =
         (now.run_time_ns - before.run_time_ns.min(now.run_time_ns)) as f64 / (secs * 1e9);
     writeln!(

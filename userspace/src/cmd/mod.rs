@@ -11,6 +11,7 @@ pub mod replay;
 pub mod report;
 pub mod stress;
 pub mod synth;
+pub mod tui;
 
 /// Sleeps until `deadline`, or forever without one: the duration arm of a command's select loop.
 pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {

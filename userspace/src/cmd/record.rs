@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{BufWriter, IsTerminal, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -68,21 +68,14 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     let mut stream = probes
         .event_stream()
         .context("opening the event ring buffer")?;
-    let header = TraceHeader {
-        writer: format!("bufscope {}", env!("CARGO_PKG_VERSION")),
-        kernel_release: system::kernel_release(),
-        host: system::host_name(),
-        clock: "CLOCK_MONOTONIC".into(),
-        start_unix_ns,
-        start_clock_ns,
-        cpus: system::online_cpus(),
-        probes: probes.descriptions(),
-    };
-    let file = File::create(&options.output)
-        .with_context(|| format!("creating {}", options.output.display()))?;
-    let mut writer = TraceWriter::new(BufWriter::with_capacity(1 << 20, file), &header)
-        .with_context(|| format!("writing {}", options.output.display()))?;
-    let write_context = || format!("writing {}", options.output.display());
+    let mut recorder = Recorder::create(
+        &options.output,
+        &probes,
+        Start {
+            unix_ns: start_unix_ns,
+            clock_ns: start_clock_ns,
+        },
+    )?;
 
     for note in probes.notes() {
         eprintln!("bufscope: {note}");
@@ -112,16 +105,16 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     let second = Duration::from_secs(1);
     let mut flush_tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     let mut batch = Vec::with_capacity(4096);
-    let mut sink = Sink::default();
     let stopped_by = loop {
         tokio::select! {
             ready = stream.next_batch(&mut batch) => {
                 ready.context("reading the event ring buffer")?;
-                sink.write(&mut writer, &probes, &mut batch).with_context(write_context)?;
+                recorder.write(&probes, &batch)?;
+                batch.clear();
             }
             _ = flush_tick.tick() => {
-                writer.flush().with_context(write_context)?;
-                progress.update(started.elapsed(), writer.lock_waits(), writer.bytes_written());
+                recorder.flush()?;
+                progress.update(started.elapsed(), recorder.waits(), recorder.bytes());
             }
             _ = sleep_until(deadline) => break "duration reached",
             _ = interrupt.recv() => break "interrupted",
@@ -133,73 +126,19 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     // Stop new events first, then take everything still in the ring buffer.
     probes.detach();
     stream.drain_now(&mut batch);
-    sink.write(&mut writer, &probes, &mut batch)
-        .with_context(write_context)?;
-    write_stacks(&mut writer, &probes, &sink.stack_ids).with_context(write_context)?;
-    let static_locks: Vec<u64> = sink.static_locks.iter().copied().collect();
-    let lock_symbols = static_lock_names(&static_locks);
-    if !lock_symbols.is_empty() {
-        writer
-            .write_metadata(&Metadata::Symbols {
-                symbols: lock_symbols,
-            })
-            .with_context(write_context)?;
-    }
-    let bufio = probes.bufio();
-    writer
-        .write_metadata(&Metadata::Probes {
-            bufio_design: bufio.design.map(|d| d.describe().to_string()),
-            missing: match &bufio.unavailable {
-                Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
-                None => bufio
-                    .missing()
-                    .map(|p| {
-                        (
-                            p.function.to_string(),
-                            p.status.clone().err().unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            },
-            programs: probes
-                .program_stats()
-                .into_iter()
-                .map(|p| ProgramRun {
-                    program: p.program,
-                    run_count: p.run_count,
-                    run_time_ns: p.run_time_ns,
-                })
-                .collect(),
-        })
-        .with_context(write_context)?;
-    let kernel = probes
-        .counters()
-        .context("reading the in-kernel counters")?;
-    writer
-        .write_metadata(&Metadata::LossCounts {
-            at_clock_ns: system::monotonic_ns(),
-            kernel: kernel.clone(),
-            user_dropped: stream.malformed(),
-        })
-        .with_context(write_context)?;
-    let events = writer.lock_waits();
-    let ops = writer.bufio_ops();
-    let (mut out, _) = writer
-        .finish(system::unix_ns())
-        .with_context(write_context)?;
-    out.flush().with_context(write_context)?;
-    let bytes = out.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
-
-    let counter = |name: &str| kernel.get(name).copied().unwrap_or(0);
+    recorder.write(&probes, &batch)?;
+    let path = recorder.path.clone();
+    let done = recorder.finish(&probes, stream.malformed())?;
+    let counter = |name: &str| done.kernel_counters.get(name).copied().unwrap_or(0);
     eprintln!(
         "bufscope: {stopped_by}: {} lock waits, {} dm-bufio operations, {} clients in {:.1} s, \
          {} bytes, to {}",
-        thousands(events),
-        thousands(ops),
-        sink.clients.len(),
+        thousands(done.waits),
+        thousands(done.ops),
+        done.clients,
         started.elapsed().as_secs_f64(),
-        thousands(bytes),
-        options.output.display()
+        thousands(done.bytes),
+        path.display()
     );
     eprintln!(
         "bufscope: lost {} (ring buffer full), unpaired ends {}, nested begins {}, pending map full {}",
@@ -208,11 +147,168 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         thousands(counter("nested_begin")),
         thousands(counter("pending_full")),
     );
-    eprintln!(
-        "bufscope: see it with `bufscope info {}`",
-        options.output.display()
-    );
+    eprintln!("bufscope: see it with `bufscope info {}`", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a recording began, on the wall clock and the event clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    pub unix_ns: u64,
+    pub clock_ns: u64,
+}
+
+impl Start {
+    pub fn now() -> Self {
+        Self {
+            unix_ns: system::unix_ns(),
+            clock_ns: system::monotonic_ns(),
+        }
+    }
+}
+
+/// What a finished recording holds.
+#[derive(Debug)]
+pub struct Finished {
+    pub waits: u64,
+    pub ops: u64,
+    pub clients: usize,
+    pub bytes: u64,
+    pub kernel_counters: BTreeMap<String, u64>,
+}
+
+/// A trace file being written from the probes' events: `record`, and `live --record` / `r`.
+/// [`Recorder::finish`] adds what the events referred to (stacks, symbols), what the probes
+/// covered and cost, the losses, and the end record.
+pub struct Recorder {
+    pub path: PathBuf,
+    writer: TraceWriter<BufWriter<File>>,
+    sink: Sink,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Recorder {
+    /// Creates `path` (the caller has checked it may) and writes the header.
+    pub fn create(path: &Path, probes: &LockProbes, start: Start) -> anyhow::Result<Self> {
+        let header = TraceHeader {
+            writer: format!("bufscope {}", env!("CARGO_PKG_VERSION")),
+            kernel_release: system::kernel_release(),
+            host: system::host_name(),
+            clock: "CLOCK_MONOTONIC".into(),
+            start_unix_ns: start.unix_ns,
+            start_clock_ns: start.clock_ns,
+            cpus: system::online_cpus(),
+            probes: probes.descriptions(),
+        };
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let writer = TraceWriter::new(BufWriter::with_capacity(1 << 20, file), &header)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            sink: Sink::default(),
+        })
+    }
+
+    fn context(&self) -> String {
+        format!("writing {}", self.path.display())
+    }
+
+    pub fn write(&mut self, probes: &LockProbes, events: &[Event]) -> anyhow::Result<()> {
+        let result = self.sink.write(&mut self.writer, probes, events);
+        result.with_context(|| self.context())
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        let result = self.writer.flush();
+        result.with_context(|| self.context())
+    }
+
+    pub fn waits(&self) -> u64 {
+        self.writer.lock_waits()
+    }
+
+    pub fn ops(&self) -> u64 {
+        self.writer.bufio_ops()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.writer.bytes_written()
+    }
+
+    /// Writes the stacks the waits used with their symbols, the names of static locks, what
+    /// the probes covered and cost, the loss counts and the end record, and closes the file.
+    pub fn finish(mut self, probes: &LockProbes, user_dropped: u64) -> anyhow::Result<Finished> {
+        let context = self.context();
+        let writer = &mut self.writer;
+        write_stacks(writer, probes, &self.sink.stack_ids).with_context(|| context.clone())?;
+        let static_locks: Vec<u64> = self.sink.static_locks.iter().copied().collect();
+        let lock_symbols = static_lock_names(&static_locks);
+        if !lock_symbols.is_empty() {
+            writer
+                .write_metadata(&Metadata::Symbols {
+                    symbols: lock_symbols,
+                })
+                .with_context(|| context.clone())?;
+        }
+        let bufio = probes.bufio();
+        writer
+            .write_metadata(&Metadata::Probes {
+                bufio_design: bufio.design.map(|d| d.describe().to_string()),
+                missing: match &bufio.unavailable {
+                    Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
+                    None => bufio
+                        .missing()
+                        .map(|p| {
+                            (
+                                p.function.to_string(),
+                                p.status.clone().err().unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                },
+                programs: probes
+                    .program_stats()
+                    .into_iter()
+                    .map(|p| ProgramRun {
+                        program: p.program,
+                        run_count: p.run_count,
+                        run_time_ns: p.run_time_ns,
+                    })
+                    .collect(),
+            })
+            .with_context(|| context.clone())?;
+        let kernel = probes
+            .counters()
+            .context("reading the in-kernel counters")?;
+        writer
+            .write_metadata(&Metadata::LossCounts {
+                at_clock_ns: system::monotonic_ns(),
+                kernel: kernel.clone(),
+                user_dropped,
+            })
+            .with_context(|| context.clone())?;
+        let (waits, ops) = (writer.lock_waits(), writer.bufio_ops());
+        let (mut out, _) = self
+            .writer
+            .finish(system::unix_ns())
+            .with_context(|| context.clone())?;
+        out.flush().with_context(|| context.clone())?;
+        Ok(Finished {
+            waits,
+            ops,
+            clients: self.sink.clients.len(),
+            bytes: out.get_ref().metadata().map(|m| m.len()).unwrap_or(0),
+            kernel_counters: kernel,
+        })
+    }
 }
 
 /// Says which dm-bufio probe points are missing and why, once, at the start.
@@ -252,11 +348,11 @@ impl Sink {
         &mut self,
         writer: &mut TraceWriter<W>,
         probes: &LockProbes,
-        batch: &mut Vec<Event>,
+        events: &[Event],
     ) -> std::io::Result<()> {
-        for event in batch.drain(..) {
+        for event in events {
             match event {
-                Event::LockWait(wait) => {
+                &Event::LockWait(wait) => {
                     if let Some(id) = wait.stack_id {
                         self.stack_ids.insert(id);
                     }
@@ -265,7 +361,7 @@ impl Sink {
                     }
                     writer.push(wait)?;
                 }
-                Event::Op(op) => writer.push_op(op)?,
+                &Event::Op(op) => writer.push_op(op)?,
                 Event::Client(client) => {
                     let seen_ns = match self.clients.get(&client.addr) {
                         Some(earlier) if client.how == ClientHow::Destroyed => earlier.at_ns,
@@ -279,7 +375,7 @@ impl Sink {
                         seen_ns,
                         destroyed_ns: (client.how == ClientHow::Destroyed).then_some(client.at_ns),
                     })?;
-                    self.clients.insert(client.addr, client);
+                    self.clients.insert(client.addr, client.clone());
                 }
             }
         }

@@ -4,9 +4,10 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use bufscope::{
     models::{Backing, ModelOptions, ReplayInput, as_trace, run_design},
     tracedata::TraceData,
@@ -37,6 +38,10 @@ pub struct Options {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Play the trace in the live view's screens (kernel waits, clients, the designs fed the
+    /// same operations, charts): p pauses, ← → seek, + - change the speed (default 1).
+    #[arg(long, conflicts_with_all = ["json", "trace_out"])]
+    pub tui: bool,
     /// Also write each design's run as a trace file (operations and lock waits, named like the
     /// kernel's), for `report`, `export` and `info`. With several designs, the design's name goes
     /// before the extension: `run.bftrace` becomes `run.classic.bftrace`, ...
@@ -124,6 +129,28 @@ pub fn parse_speed(s: &str) -> Result<f64, String> {
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let trace = TraceData::load(&o.file)?;
+    if o.tui {
+        let cpus = o
+            .cpus
+            .or(Some(trace.header.cpus as usize).filter(|c| *c > 0));
+        let designs = chosen_designs(&o.designs)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let shadow = o.model.options(cpus, Some(1.0), true);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(super::tui::replay(
+                trace,
+                o.speed.unwrap_or(1.0),
+                designs,
+                shadow,
+                Duration::from_secs(1),
+            ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(problem) = &trace.problem {
         eprintln!("bufscope: warning: {problem}; replaying what came before it");
     }

@@ -9,6 +9,7 @@
 pub mod hist;
 pub mod metrics;
 pub mod model;
+pub mod playback;
 pub mod render;
 pub mod shadow;
 pub mod ui;

@@ -337,6 +337,8 @@ impl Comparison {
     /// Starts over with these designs (the window being gathered is kept).
     pub fn set_designs(&mut self, designs: &[String]) {
         let kept = (self.source.clone(), self.chosen);
+        // Ids keep counting: results for windows cut before are told apart from new ones.
+        let next_id = self.next_id;
         let names = std::mem::take(&mut self.names);
         let block_sizes = std::mem::take(&mut self.block_sizes);
         let client_ops = std::mem::take(&mut self.client_ops);
@@ -345,6 +347,14 @@ impl Comparison {
         self.names = names;
         self.block_sizes = block_sizes;
         self.client_ops = client_ops;
+        self.next_id = next_id;
+    }
+
+    /// Forgets the window being gathered (after a seek fed a stretch of events at once).
+    pub fn discard_window(&mut self) {
+        self.window_start = None;
+        self.window_ops.clear();
+        self.window_waits.clear();
     }
 
     /// Compares `client` from the next window on (columns start over).
@@ -442,6 +452,7 @@ impl Comparison {
             client,
             block_size: self.block_size,
             streams,
+            speed: None,
         })
     }
 
@@ -644,6 +655,21 @@ impl Model {
         self.interval_waits = 0;
         self.refresh_rows(sort, filter);
         self.comparison.cut(t)
+    }
+
+    /// Takes a stretch of events fed at once (a seek) without turning it into rates or a
+    /// comparison window: interval counts are dropped, totals kept.
+    pub fn skip_interval(&mut self, sort: LockSort, filter: &str) {
+        for client in self.clients.values_mut() {
+            client.interval = [0; OP_KINDS];
+        }
+        for lock in self.locks.values_mut() {
+            lock.interval = 0;
+        }
+        self.interval_events = 0;
+        self.interval_waits = 0;
+        self.comparison.discard_window();
+        self.refresh_rows(sort, filter);
     }
 
     /// Folds a design's result on a window into the comparison and, once every design has

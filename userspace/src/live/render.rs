@@ -675,7 +675,7 @@ fn chart<'a>(
     title: String,
     datasets: Vec<Dataset<'a>>,
     all: &[&[(f64, f64)]],
-    unit: &str,
+    label: fn(f64) -> String,
 ) -> Chart<'a> {
     let (x, y) = bounds(all);
     Chart::new(datasets)
@@ -689,11 +689,7 @@ fn chart<'a>(
         .y_axis(
             Axis::default()
                 .bounds(y)
-                .labels([
-                    "0".to_string(),
-                    format!("{}{unit}", compact(y[1] / 2.0)),
-                    format!("{}{unit}", compact(y[1])),
-                ])
+                .labels(["0".to_string(), label(y[1] / 2.0), label(y[1])])
                 .style(Style::new().fg(Color::DarkGray)),
         )
         .legend_position(Some(ratatui::widgets::LegendPosition::TopLeft))
@@ -728,7 +724,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
             "kernel, per second".to_string(),
             rates,
             &[&s.ops_per_sec, &s.waits_per_sec],
-            "",
+            compact,
         ),
         top,
     );
@@ -760,7 +756,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
             ),
             p99,
             &all,
-            "µs",
+            |us| duration_ns((us * 1e3) as u64),
         ),
         bottom,
     );

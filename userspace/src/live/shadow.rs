@@ -37,6 +37,8 @@ pub struct Window {
     pub client: u64,
     pub block_size: u32,
     pub streams: Vec<Stream>,
+    /// Pace of the replay (1.0: as recorded); `None`: the shadow's options decide.
+    pub speed: Option<f64>,
 }
 
 /// What one design measured on one window.
@@ -167,6 +169,7 @@ fn run_worker(
                 window.streams.clone(),
                 ReplayOptions {
                     log: true,
+                    speed: window.speed.or(options.replay.speed),
                     ..options.replay
                 },
             )
@@ -241,6 +244,7 @@ mod tests {
             client: 1,
             block_size: 4096,
             streams,
+            speed: None,
         }
     }
 
