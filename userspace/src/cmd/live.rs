@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Write,
+    io::{IsTerminal, Write},
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
@@ -74,6 +74,12 @@ pub struct Options {
 pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     if !system::is_root() {
         bail!("live loads eBPF programs and needs root: run it with sudo -E");
+    }
+    if !options.no_tui && !std::io::stdout().is_terminal() {
+        bail!(
+            "stdout is not a terminal: the full-screen view needs one (use --no-tui for \
+             interval tables on stdout)"
+        );
     }
     if let Some(path) = &options.record
         && path.exists()

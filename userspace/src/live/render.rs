@@ -109,13 +109,22 @@ fn draw_header(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
             position_ns,
             speed,
             playing,
-        } => first.push(Span::raw(format!(
-            "replay {file} · {} · {} {speed}x {:.1}/{:.1} s",
-            h.kernel,
-            if *playing { "▶" } else { "⏸" },
-            *position_ns as f64 / 1e9,
-            *span_ns as f64 / 1e9
-        ))),
+        } => {
+            // The play state first: a long path must not push it off a narrow screen.
+            let name = std::path::Path::new(file)
+                .file_name()
+                .map_or(file.clone(), |n| n.to_string_lossy().into_owned());
+            first.push(Span::styled(
+                format!(
+                    "{} {speed}x {:.1}/{:.1} s",
+                    if *playing { "▶" } else { "⏸" },
+                    *position_ns as f64 / 1e9,
+                    *span_ns as f64 / 1e9
+                ),
+                Style::new().bold(),
+            ));
+            first.push(Span::raw(format!(" · replay {name} · {}", h.kernel)));
+        }
     }
     first.push(Span::raw(format!(
         " · {} ev/s · lost {}",

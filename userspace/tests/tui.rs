@@ -1,0 +1,288 @@
+//! The full-screen view driven as a person would: the real binary in tmux, keys sent with
+//! `send-keys`, the screen read with `capture-pane`. Live under the pipe contention workload
+//! (root), and `replay --tui` on a bundled sample (no root).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{PipeContention, root_or_skip};
+
+/// A tmux session running one command; killed when dropped.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    /// Starts `command` in a detached session of `width`×`height`; `None` (saying why) when
+    /// tmux is missing.
+    fn start(test: &str, command: &str, width: u16, height: u16) -> Option<Self> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("SKIPPED {test}: tmux is not installed (`cargo xtask setup` installs it)");
+            return None;
+        }
+        let session = format!("bufscope-test-{}-{test}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .arg(command)
+            .env_remove("TMUX")
+            .status()
+            .expect("running tmux");
+        assert!(status.success(), "tmux new-session failed");
+        Some(Self { session })
+    }
+
+    fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for key in keys {
+            let status = Command::new("tmux")
+                .args(["send-keys", "-t", &self.session, key])
+                .status()
+                .expect("tmux send-keys");
+            assert!(status.success());
+            thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn display(&self, format: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, format])
+            .output()
+            .expect("tmux display-message");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the last screen after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.capture();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {what}; the screen:\n{screen}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+/// The command tmux runs: bufscope, then its exit status and whether the terminal is back in
+/// canonical mode (raw mode turns icanon off), then a pause so the pane stays readable.
+fn shell(args: &str) -> String {
+    format!(
+        "{} {args}; echo \"bufscope exited $?\"; stty -a | grep -o -w -- '-\\?icanon'; sleep 120",
+        env!("CARGO_BIN_EXE_bufscope")
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get_metrics(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to --metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The playback position in the header ("▶ 4x 3.2/12.4 s"), seconds.
+fn position(screen: &str) -> f64 {
+    let header = screen.lines().next().unwrap_or("");
+    let at = header.find(['▶', '⏸']).expect("a play state in the header");
+    let rest = &header[at..];
+    let from = rest.find("x ").expect("a speed") + 2;
+    let to = rest.find('/').expect("position/span");
+    rest[from..to]
+        .parse()
+        .unwrap_or_else(|_| panic!("no position in {header}"))
+}
+
+/// Quits with q and checks the terminal came back: the alternate screen left, canonical mode on.
+fn quit_and_check_terminal(tmux: &Tmux) {
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("bufscope to exit", Duration::from_secs(30), |s| {
+        s.contains("bufscope exited") && s.contains("icanon")
+    });
+    assert!(screen.contains("bufscope exited 0"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.trim() == "icanon"),
+        "the terminal is still in raw mode: {screen}"
+    );
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "still on the alternate screen"
+    );
+}
+
+#[test]
+fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
+    let test = "live_tui_shows_the_pipe_workload_and_serves_metrics";
+    if !root_or_skip(test) {
+        return;
+    }
+    let workload = PipeContention::start(8);
+    let port = free_port();
+    let Some(tmux) = Tmux::start(
+        "live",
+        &shell(&format!("live --interval 500 --metrics {port}")),
+        100,
+        30,
+    ) else {
+        workload.stop();
+        return;
+    };
+    // The header, and the pipe's mutex in the lock table with waits and a caller from its
+    // stacks (the detail under the table is the selected row's; sorted by total wait, the
+    // busiest mutex is the workload's).
+    let screen = tmux.wait_for(
+        "the header and a mutex row with waits",
+        Duration::from_secs(60),
+        |s| {
+            s.contains("bufscope live")
+                && s.contains("tp_btf")
+                && s.lines()
+                    .any(|l| l.contains(" mutex ") && l.contains("mutex 0x"))
+                && s.contains("caller ")
+        },
+    );
+    assert!(screen.contains(" 1 Locks "), "{screen}");
+    let has_dm_bufio = std::fs::read_to_string("/proc/kallsyms")
+        .unwrap()
+        .contains(" dm_bufio_get");
+    if !has_dm_bufio {
+        assert!(screen.contains("no dm-bufio here"), "{screen}");
+    }
+    // A mutex row says how many waits per second and how long in all: not zero.
+    let row = screen
+        .lines()
+        .find(|l| l.contains(" mutex ") && l.contains("mutex 0x"))
+        .unwrap();
+    assert!(!row.contains(" 0 ns "), "{row}");
+
+    // Enter opens the selected lock's stacks; the pipe functions are in them.
+    tmux.keys(&["g", "Enter"]);
+    let stacks = tmux.wait_for("the stacks overlay", Duration::from_secs(10), |s| {
+        s.contains("Stacks of")
+    });
+    assert!(stacks.contains("waits,"), "{stacks}");
+    tmux.keys(&["Escape"]);
+    // Tab and digits switch panels.
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the clients panel", Duration::from_secs(10), |s| {
+        s.contains("dm-bufio clients")
+    });
+    tmux.keys(&["3"]);
+    tmux.wait_for(
+        "the comparison panel replaying the sample or the kernel's ops",
+        Duration::from_secs(60),
+        |s| s.contains("Kernel vs designs") && (s.contains("classic ") || s.contains("Waiting")),
+    );
+    tmux.keys(&["4"]);
+    tmux.wait_for("the charts", Duration::from_secs(10), |s| {
+        s.contains("kernel, per second")
+    });
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help", Duration::from_secs(10), |s| {
+        s.contains("any key closes")
+    });
+    tmux.keys(&["x"]);
+    tmux.wait_for("the help to close", Duration::from_secs(10), |s| {
+        !s.contains("any key closes")
+    });
+
+    let metrics = get_metrics(port);
+    assert!(metrics.starts_with("HTTP/1."), "{metrics}");
+    assert!(
+        metrics.contains("application/openmetrics-text"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bufscope_lock_wait_seconds_bucket{lock=\"mutex 0x"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    quit_and_check_terminal(&tmux);
+    workload.stop();
+}
+
+#[test]
+fn replay_tui_plays_pauses_speeds_up_and_compares_a_sample() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/6.1-thin-hotspot.bftrace");
+    // A quarter speed: the 6.6 s recording lasts 26 s, time for every key below.
+    let Some(tmux) = Tmux::start(
+        "replay",
+        &shell(&format!(
+            "replay {} --tui --speed 0.25 --design classic --design sharded",
+            sample.display()
+        )),
+        80,
+        24,
+    ) else {
+        return;
+    };
+    let screen = tmux.wait_for("the sample's client mutex", Duration::from_secs(60), |s| {
+        s.contains("dm-bufio 7:0 client mutex")
+    });
+    assert!(
+        screen.contains("· replay 6.1-thin-hotspot.bftrace"),
+        "{screen}"
+    );
+    assert!(screen.contains("▶ 0.25x"), "{screen}");
+    tmux.keys(&["p"]);
+    tmux.wait_for("pause", Duration::from_secs(10), |s| s.contains("⏸ 0.25x"));
+    tmux.keys(&["+", "p"]);
+    tmux.wait_for("half speed, playing", Duration::from_secs(10), |s| {
+        s.contains("▶ 0.5x")
+    });
+    tmux.keys(&["3"]);
+    let compare = tmux.wait_for("a window compared", Duration::from_secs(90), |s| {
+        s.contains(" windows ·") && s.contains("sharded ")
+    });
+    assert!(compare.contains("kernel "), "{compare}");
+    assert!(compare.contains("classic "), "{compare}");
+    // Paused, seeking back 20 s lands at the start.
+    tmux.keys(&["p"]);
+    let before = position(&tmux.wait_for("pause", Duration::from_secs(10), |s| s.contains("⏸")));
+    tmux.keys(&["Left", "Left"]);
+    let after = position(&tmux.capture());
+    assert!(after < 0.1 && after <= before, "{before} s → {after} s");
+    quit_and_check_terminal(&tmux);
+}
