@@ -15,9 +15,15 @@ use std::{
 
 use common::{PipeContention, root_or_skip};
 
-/// A tmux session running one command; killed when dropped.
+/// A tmux server of its own (a private socket) running one command; killed when dropped.
 struct Tmux {
     session: String,
+}
+
+fn tmux(session: &str) -> Command {
+    let mut c = Command::new("tmux");
+    c.args(["-L", session]);
+    c
 }
 
 impl Tmux {
@@ -29,13 +35,18 @@ impl Tmux {
             return None;
         }
         let session = format!("bufscope-test-{}-{test}", std::process::id());
-        let status = Command::new("tmux")
+        let status = tmux(&session)
             .args(["new-session", "-d", "-s", &session, "-x"])
             .arg(width.to_string())
             .arg("-y")
             .arg(height.to_string())
             .arg(command)
             .env_remove("TMUX")
+            // The tmux server outlives this call: it must not hold the test's output pipes
+            // (cargo waits for them to close).
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status()
             .expect("running tmux");
         assert!(status.success(), "tmux new-session failed");
@@ -43,7 +54,7 @@ impl Tmux {
     }
 
     fn capture(&self) -> String {
-        let out = Command::new("tmux")
+        let out = tmux(&self.session)
             .args(["capture-pane", "-p", "-t", &self.session])
             .output()
             .expect("tmux capture-pane");
@@ -52,7 +63,7 @@ impl Tmux {
 
     fn keys(&self, keys: &[&str]) {
         for key in keys {
-            let status = Command::new("tmux")
+            let status = tmux(&self.session)
                 .args(["send-keys", "-t", &self.session, key])
                 .status()
                 .expect("tmux send-keys");
@@ -62,7 +73,7 @@ impl Tmux {
     }
 
     fn display(&self, format: &str) -> String {
-        let out = Command::new("tmux")
+        let out = tmux(&self.session)
             .args(["display-message", "-p", "-t", &self.session, format])
             .output()
             .expect("tmux display-message");
@@ -88,9 +99,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
+        let _ = tmux(&self.session).arg("kill-server").status();
     }
 }
 
@@ -98,7 +107,7 @@ impl Drop for Tmux {
 /// canonical mode (raw mode turns icanon off), then a pause so the pane stays readable.
 fn shell(args: &str) -> String {
     format!(
-        "{} {args}; echo \"bufscope exited $?\"; stty -a | grep -o -w -- '-\\?icanon'; sleep 120",
+        "{} {args}; echo \"bufscope exited $?\"; stty -a | grep -o -w -- '-\\?icanon'; sleep 30",
         env!("CARGO_BIN_EXE_bufscope")
     )
 }
