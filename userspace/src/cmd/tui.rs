@@ -307,7 +307,7 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
         .event_stream()
         .context("opening the event ring buffer")?;
     let bufio = probes.bufio();
-    let (status, sample) = match &bufio.unavailable {
+    let (status, mut sample) = match &bufio.unavailable {
         Some(why) => {
             let trace =
                 TraceData::from_bytes(SAMPLE, SAMPLE_NAME).context("reading the bundled sample")?;
@@ -359,7 +359,6 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
             model.comparison.add_metadata(m);
         }
     }
-    let mut sample = sample;
     let metrics = settings.metrics.map(serve_metrics).transpose()?;
     let mut recorder = match &settings.record {
         Some(path) => Some(Recorder::create(path, &probes, Start::now())?),
@@ -456,13 +455,13 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
     probes.detach();
     if let Some(r) = recorder.take() {
         stream.drain_now(&mut batch);
-        r_finish(r, &probes, &stream, &batch)?;
+        finish_recording(r, &probes, &stream, &batch)?;
     }
     outcome
 }
 
 /// Finishes a recording, saying where it went.
-fn r_finish(
+fn finish_recording(
     mut r: Recorder,
     probes: &LockProbes,
     stream: &EventStream,
@@ -489,7 +488,7 @@ fn toggle_recording(
     settings: &LiveSettings,
 ) -> anyhow::Result<()> {
     if let Some(r) = recorder.take() {
-        model.header.status = Some(r_finish(r, probes, stream, &[])?);
+        model.header.status = Some(finish_recording(r, probes, stream, &[])?);
         model.header.recording = None;
         return Ok(());
     }
