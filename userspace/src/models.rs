@@ -55,23 +55,7 @@ impl ReplayInput {
             .filter(|o| o.client == client)
             .map(|o| o.start_ns)
             .min()?;
-        let mut threads: HashMap<u32, Vec<TimedStep>> = HashMap::new();
-        for op in trace.ops.iter().filter(|o| o.client == client) {
-            let Some(step) = step_of(op) else { continue };
-            threads.entry(op.tid).or_default().push(TimedStep {
-                at_ns: op.start_ns.saturating_sub(first_ns),
-                block: op.block,
-                step,
-            });
-        }
-        let mut streams: Vec<Stream> = threads
-            .into_iter()
-            .map(|(tid, mut steps)| {
-                steps.sort_by_key(|s| s.at_ns);
-                Stream { tid, steps }
-            })
-            .collect();
-        streams.sort_by_key(|s| s.tid);
+        let streams = streams_of(trace.ops.iter().filter(|o| o.client == client), first_ns);
         let (mut block_size, mut device) = (4096, "?".to_string());
         for m in &trace.metadata {
             if let Metadata::Client {
@@ -95,6 +79,29 @@ impl ReplayInput {
             first_ns,
         })
     }
+}
+
+/// Operations as replay streams, one per thread in tid order, each in time order, times from
+/// `origin_ns`. Operations without a replay step (client create, destroy) are left out.
+pub fn streams_of<'a>(ops: impl Iterator<Item = &'a BufioOp>, origin_ns: u64) -> Vec<Stream> {
+    let mut threads: HashMap<u32, Vec<TimedStep>> = HashMap::new();
+    for op in ops {
+        let Some(step) = step_of(op) else { continue };
+        threads.entry(op.tid).or_default().push(TimedStep {
+            at_ns: op.start_ns.saturating_sub(origin_ns),
+            block: op.block,
+            step,
+        });
+    }
+    let mut streams: Vec<Stream> = threads
+        .into_iter()
+        .map(|(tid, mut steps)| {
+            steps.sort_by_key(|s| s.at_ns);
+            Stream { tid, steps }
+        })
+        .collect();
+    streams.sort_by_key(|s| s.tid);
+    streams
 }
 
 /// The replay step of a recorded operation (client create and destroy have none).

@@ -13,13 +13,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, OpResult};
-use reference_cache::replay::{Stream, TimedStep};
 
 use super::{
     hist::Log2Hist,
     shadow::{DesignResult, Window},
 };
-use crate::{models::step_of, naming::Names};
+use crate::{
+    models::{step_of, streams_of},
+    naming::Names,
+};
 
 /// Points kept per chart series (ten minutes at the default one-second interval).
 pub const SERIES_POINTS: usize = 600;
@@ -417,25 +419,7 @@ impl Comparison {
         if self.designs.is_empty() || ops.is_empty() {
             return None;
         }
-        let start = start.unwrap_or(0);
-        let mut threads: HashMap<u32, Vec<TimedStep>> = HashMap::new();
-        for op in &ops {
-            if let Some(step) = step_of(op) {
-                threads.entry(op.tid).or_default().push(TimedStep {
-                    at_ns: op.start_ns.saturating_sub(start),
-                    block: op.block,
-                    step,
-                });
-            }
-        }
-        let mut streams: Vec<Stream> = threads
-            .into_iter()
-            .map(|(tid, mut steps)| {
-                steps.sort_by_key(|s| s.at_ns);
-                Stream { tid, steps }
-            })
-            .collect();
-        streams.sort_by_key(|s| s.tid);
+        let streams = streams_of(ops.iter(), start.unwrap_or(0));
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
