@@ -120,6 +120,18 @@ impl BufioReport {
         self.points.iter().filter(|p| p.status.is_err())
     }
 
+    /// The missing points as (function, why).
+    pub fn missing_reasons(&self) -> Vec<(String, String)> {
+        self.missing()
+            .map(|p| {
+                (
+                    p.function.to_string(),
+                    p.status.clone().err().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// Operations are seen (at least one exported function and the return probe attached).
     pub fn sees_operations(&self) -> bool {
         self.attached().any(|p| p.role == Role::Operation)

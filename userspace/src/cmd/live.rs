@@ -20,11 +20,11 @@ use bufscope::{
         model::{BufioStatus, CompareSource, Header, LockSort, Model, Source},
     },
     naming::Names,
-    probe::{AttachMode, AttachOptions, ClientHow, Event, LockProbes},
+    probe::{AttachMode, AttachOptions, LockProbes},
     system,
 };
 use bufscope_abi::{HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
-use bufscope_trace::{Metadata, OpKind};
+use bufscope_trace::OpKind;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
@@ -196,7 +196,6 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let period = Duration::from_millis(options.interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut names = Names::default();
     let mut batch = Vec::new();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
@@ -205,32 +204,16 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
         tokio::select! {
             ready = stream.next_batch(&mut batch) => {
                 ready.context("reading the event ring buffer")?;
-                for event in batch.drain(..) {
-                    match event {
-                        // A destroyed client's name stays until a new client takes its address.
-                        Event::Client(c) if c.how != ClientHow::Destroyed => {
-                            let m = Metadata::Client {
-                                addr: c.addr,
-                                device: c.device,
-                                block_size: c.block_size,
-                                locks: probes.client_locks(c.addr, c.num_locks),
-                                seen_ns: c.at_ns,
-                                destroyed_ns: None,
-                            };
-                            names.add(&m);
-                            model.add_metadata(&m);
-                        }
-                        Event::Client(_) => {}
-                        Event::LockWait(w) => model.add_wait(&w),
-                        Event::Op(o) => model.add_op(&o),
-                    }
-                }
+                // Clients (always streamed) name the locks; waits and operations only with
+                // --metrics.
+                tui::ingest(&mut model, &probes, &batch);
+                batch.clear();
             }
             _ = tick.tick() => {
                 let now = Snapshot::take(&probes)?;
                 let elapsed = last.elapsed();
                 last = Instant::now();
-                print_interval(&mut out, &previous, &now, elapsed, &names, options.top)
+                print_interval(&mut out, &previous, &now, elapsed, &model.names, options.top)
                     .context("writing to stdout")?;
                 if let Some(text) = &metrics_text {
                     model.header.lost = lost_events(&now.counters);

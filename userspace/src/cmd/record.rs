@@ -264,15 +264,7 @@ impl Recorder {
                 bufio_design: bufio.design.map(|d| d.describe().to_string()),
                 missing: match &bufio.unavailable {
                     Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
-                    None => bufio
-                        .missing()
-                        .map(|p| {
-                            (
-                                p.function.to_string(),
-                                p.status.clone().err().unwrap_or_default(),
-                            )
-                        })
-                        .collect(),
+                    None => bufio.missing_reasons().into_iter().collect(),
                 },
                 programs: probes
                     .program_stats()

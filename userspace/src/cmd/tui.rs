@@ -20,7 +20,7 @@ use bufscope::{
     live::{
         metrics,
         model::{BufioStatus, CompareSource, Header, Model, Recording, Source},
-        playback::{Playback, Played},
+        playback::Playback,
         render,
         shadow::Shadow,
         ui::{Action, Ui},
@@ -174,18 +174,13 @@ impl Session {
         }
     }
 
-    fn shown(&self) -> &Model {
-        self.frozen.as_ref().unwrap_or(&self.model)
-    }
-
     fn draw(&mut self, screen: &mut Screen) -> anyhow::Result<()> {
-        let mut ui = self.ui.clone();
-        ui.clamp(self.shown());
-        self.ui.selected = ui.selected;
-        let model = self.shown();
+        let model = self.frozen.as_ref().unwrap_or(&self.model);
+        self.ui.clamp(model);
+        let ui = &self.ui;
         screen
             .terminal
-            .draw(|f| render::draw(f, model, &ui))
+            .draw(|f| render::draw(f, model, ui))
             .context("drawing")?;
         Ok(())
     }
@@ -321,15 +316,7 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
                 attached: bufio.attached().count(),
                 points: bufio.points.len(),
                 design: bufio.design.map(|d| d.describe().to_string()),
-                missing: bufio
-                    .missing()
-                    .map(|p| {
-                        (
-                            p.function.to_string(),
-                            p.status.clone().err().unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
+                missing: bufio.missing_reasons(),
             },
             None,
         ),
@@ -435,10 +422,7 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
                     last_frame = Instant::now();
                     if let Some(sample) = &mut sample {
                         let comparison = &mut session.model.comparison;
-                        sample.advance(wall, |e| match e {
-                            Played::Wait(w) => comparison.add_wait(w),
-                            Played::Op(o) => comparison.add_op(o),
-                        });
+                        sample.advance(wall, |e| comparison.add_played(e));
                     }
                     session.collect_results();
                     session.draw(&mut screen)?;
@@ -509,7 +493,7 @@ fn toggle_recording(
 }
 
 /// The kernel's events into the model (clients named with their lock addresses).
-fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
+pub fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
     for event in batch {
         match event {
             Event::LockWait(w) => model.add_wait(w),
@@ -606,10 +590,7 @@ pub async fn replay(
                             rebuilt = Some(fresh_model(&playback, &designs));
                         }
                         let target_model = rebuilt.as_mut().unwrap_or(model);
-                        playback.seek(target, |e| match e {
-                            Played::Wait(w) => target_model.add_wait(w),
-                            Played::Op(o) => target_model.add_op(o),
-                        });
+                        playback.seek(target, |e| target_model.add_played(e));
                         target_model.elapsed_secs =
                             (playback.position_ns - playback.start_ns) as f64 / 1e9;
                         target_model.skip_interval(session.ui.sort, &session.ui.filter);
@@ -637,10 +618,7 @@ pub async fn replay(
                 let wall = last_frame.elapsed();
                 last_frame = Instant::now();
                 let model = &mut session.model;
-                covered += playback.advance(wall, |e| match e {
-                    Played::Wait(w) => model.add_wait(w),
-                    Played::Op(o) => model.add_op(o),
-                });
+                covered += playback.advance(wall, |e| model.add_played(e));
                 if playback.at_end() && session.model.header.status.is_none() {
                     session.model.header.status =
                         Some("end of the trace: ← to go back, q to quit".into());

@@ -16,6 +16,7 @@ use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, OpResult};
 
 use super::{
     hist::Log2Hist,
+    playback::Played,
     shadow::{DesignResult, Window},
 };
 use crate::{
@@ -266,6 +267,18 @@ pub struct DesignColumn {
     pub error: Option<String>,
 }
 
+impl DesignColumn {
+    fn new(design: &str) -> Self {
+        Self {
+            design: design.to_string(),
+            hist: Log2Hist::default(),
+            steps: 0,
+            mismatched: 0,
+            error: None,
+        }
+    }
+}
+
 /// A window sent to the designs whose results are not all back.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -315,16 +328,7 @@ impl Comparison {
             skipped: 0,
             ops: 0,
             kernel: Log2Hist::default(),
-            designs: designs
-                .iter()
-                .map(|d| DesignColumn {
-                    design: d.clone(),
-                    hist: Log2Hist::default(),
-                    steps: 0,
-                    mismatched: 0,
-                    error: None,
-                })
-                .collect(),
+            designs: designs.iter().map(|d| DesignColumn::new(d)).collect(),
             names: Names::default(),
             block_sizes: HashMap::new(),
             client_ops: HashMap::new(),
@@ -338,18 +342,22 @@ impl Comparison {
 
     /// Starts over with these designs (the window being gathered is kept).
     pub fn set_designs(&mut self, designs: &[String]) {
-        let kept = (self.source.clone(), self.chosen);
-        // Ids keep counting: results for windows cut before are told apart from new ones.
-        let next_id = self.next_id;
-        let names = std::mem::take(&mut self.names);
-        let block_sizes = std::mem::take(&mut self.block_sizes);
-        let client_ops = std::mem::take(&mut self.client_ops);
-        *self = Self::new(kept.0, designs);
-        self.chosen = kept.1;
-        self.names = names;
-        self.block_sizes = block_sizes;
-        self.client_ops = client_ops;
-        self.next_id = next_id;
+        self.designs = designs.iter().map(|d| DesignColumn::new(d)).collect();
+        self.reset();
+    }
+
+    /// Drops every result so far and the windows in flight. Window ids keep counting, so a
+    /// late result for a window cut before is told apart from new ones.
+    fn reset(&mut self) {
+        for column in &mut self.designs {
+            *column = DesignColumn::new(&column.design);
+        }
+        self.client = None;
+        self.windows = 0;
+        self.skipped = 0;
+        self.ops = 0;
+        self.kernel = Log2Hist::default();
+        self.pending.clear();
     }
 
     /// Forgets the window being gathered (after a seek fed a stretch of events at once).
@@ -362,8 +370,7 @@ impl Comparison {
     /// Compares `client` from the next window on (columns start over).
     pub fn choose(&mut self, client: u64) {
         if self.client != Some(client) {
-            let designs: Vec<String> = self.designs.iter().map(|d| d.design.clone()).collect();
-            self.set_designs(&designs);
+            self.reset();
         }
         self.chosen = Some(client);
     }
@@ -385,6 +392,14 @@ impl Comparison {
         self.window_start.get_or_insert(op.start_ns);
         *self.client_ops.entry(op.client).or_default() += 1;
         self.window_ops.entry(op.client).or_default().push(*op);
+    }
+
+    /// An event of a trace played back (the bundled sample).
+    pub fn add_played(&mut self, e: Played) {
+        match e {
+            Played::Wait(w) => self.add_wait(w),
+            Played::Op(o) => self.add_op(o),
+        }
     }
 
     /// Counts a kernel wait if it is on a dm-bufio client's lock inside that client's
@@ -608,6 +623,14 @@ impl Model {
             .add_op(op);
         if self.compares_tables() {
             self.comparison.add_op(op);
+        }
+    }
+
+    /// An event of a trace played back (`replay --tui`).
+    pub fn add_played(&mut self, e: Played) {
+        match e {
+            Played::Wait(w) => self.add_wait(w),
+            Played::Op(o) => self.add_op(o),
         }
     }
 

@@ -120,9 +120,6 @@ impl Playback {
             self.rewind();
         }
         self.hand_over(to, &mut take);
-        if !self.at_end() && !self.playing && self.looping {
-            self.playing = true;
-        }
         backward
     }
 }
