@@ -177,9 +177,14 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
         workload.stop();
         return;
     };
-    // The header, and the pipe's mutex in the lock table with waits and a caller from its
-    // stacks (the detail under the table is the selected row's; sorted by total wait, the
-    // busiest mutex is the workload's).
+    // The header, then the lock table filtered to mutexes (f): other contention, including the
+    // futex spinlocks of the designs' own replay threads, can fill the unfiltered screen. The
+    // pipe's mutex shows with waits and a caller from its stacks (the detail under the table is
+    // the selected row's; sorted by total wait, the busiest mutex is the workload's).
+    tmux.wait_for("the header", Duration::from_secs(60), |s| {
+        s.contains("bufscope live")
+    });
+    tmux.keys(&["f", "mutex 0x", "Enter"]);
     let screen = tmux.wait_for(
         "the header and a mutex row with waits",
         Duration::from_secs(60),
