@@ -15,7 +15,7 @@ use std::{
 };
 
 use reference_cache::{
-    BufferCache, CacheConfig, DESIGNS, InstrumentedMutex, Latency, LockClass, MemoryIo, Report,
+    BufferCache, CacheConfig, Design, InstrumentedMutex, Latency, LockClass, MemoryIo, Report,
     ThreadRecorder, build,
     replay::{ReplayOptions, Step, Stream, TimedStep, replay},
     workload::{HotspotParams, run_hotspot},
@@ -24,9 +24,9 @@ use reference_cache::{
 const BLOCK_SIZE: usize = 4096;
 const CAPACITY: usize = 76_800;
 
-fn new_cache(design: &str) -> Arc<dyn BufferCache> {
+fn new_cache(design: Design) -> Arc<dyn BufferCache> {
     let io = Arc::new(MemoryIo::new(BLOCK_SIZE, Latency::None));
-    Arc::from(build(design, CacheConfig::new(BLOCK_SIZE, CAPACITY), io).expect("known design"))
+    Arc::from(build(design, CacheConfig::new(BLOCK_SIZE, CAPACITY), io))
 }
 
 fn instrumentation_cost() {
@@ -51,7 +51,7 @@ fn instrumentation_cost() {
     );
 }
 
-fn single_thread_hits(design: &str) -> f64 {
+fn single_thread_hits(design: Design) -> f64 {
     let cache = new_cache(design);
     let rec = ThreadRecorder::new();
     for block in 0..1024 {
@@ -70,7 +70,7 @@ fn single_thread_hits(design: &str) -> f64 {
 }
 
 /// The replay engine on one thread, every lookup a hit: what `bufscope replay` can sustain.
-fn single_thread_replay(design: &str) -> f64 {
+fn single_thread_replay(design: Design) -> f64 {
     let cache = new_cache(design);
     let rec = ThreadRecorder::new();
     for block in 0..1024 {
@@ -120,9 +120,9 @@ fn main() {
     instrumentation_cost();
 
     println!("\nsingle thread, memory backend, every lookup a hit (op = one read or one release)");
-    for design in DESIGNS {
+    for design in Design::ALL {
         let rate = single_thread_hits(design);
-        let target = if *design == "sharded" {
+        let target = if design == Design::Sharded {
             "  target >= 10M"
         } else {
             ""
@@ -131,9 +131,9 @@ fn main() {
     }
 
     println!("\nreplay engine, one thread, memory backend, every lookup a hit (op = one step)");
-    for design in DESIGNS {
+    for design in Design::ALL {
         let rate = single_thread_replay(design);
-        let target = if *design == "classic" {
+        let target = if design == Design::Classic {
             ""
         } else {
             "  target >= 10M"
@@ -164,7 +164,7 @@ fn main() {
         "design", "acq/s per thread", "wait p50", "wait p99", "contended", "slowest", "dirtier"
     );
     let mut rates = Vec::new();
-    for design in DESIGNS {
+    for design in Design::ALL {
         let result = run_hotspot(new_cache(design), &params).expect("memory I/O succeeds");
         let rate = result.acquisitions_per_thread_per_sec(&params);
         let contended: u64 = LockClass::ALL
@@ -190,15 +190,20 @@ fn main() {
                 .unwrap_or(Duration::ZERO)
                 .as_secs_f64()
         );
-        rates.push((*design, rate));
+        rates.push((design, rate));
     }
-    let rate = |name: &str| rates.iter().find(|(d, _)| *d == name).map_or(0.0, |r| r.1);
+    let rate = |design: Design| {
+        rates
+            .iter()
+            .find(|(d, _)| *d == design)
+            .map_or(0.0, |r| r.1)
+    };
     println!(
         "  ratio sharded/classic: {:.2}x acquisitions/s per hotspot thread (the kernel's test: about 25x)",
-        rate("sharded") / rate("classic").max(1e-9)
+        rate(Design::Sharded) / rate(Design::Classic).max(1e-9)
     );
     println!(
         "  ratio lockfree/sharded: {:.2}x acquisitions/s per hotspot thread (ours over 6.4+)",
-        rate("lockfree") / rate("sharded").max(1e-9)
+        rate(Design::LockFree) / rate(Design::Sharded).max(1e-9)
     );
 }

@@ -15,7 +15,7 @@ use std::{
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::{io::BlockIo, recorder::ThreadRecorder};
+use crate::{Design, io::BlockIo, recorder::ThreadRecorder};
 
 /// Buffer state bits, as in dm-bufio.
 pub(crate) mod state {
@@ -36,24 +36,77 @@ pub(crate) enum ListMode {
 
 /// A cached block.
 ///
-/// Locking: `block` is immutable. `state`, `list_mode` and the dirty range change under the
-/// client mutex, except that I/O completion clears READING/WRITING on its own (as the kernel's
-/// end_io does) and wakes waiters through `io_wait`. `hold_count` is changed under the client
-/// mutex by the classic design and atomically under a tree read lock by the sharded one.
-/// `referenced` is written without locks (the kernel's atomic_set). The kernel's `last_accessed`
-/// is left out: it serves only age-based eviction, which these models do not have. The fields are atomics so Rust can share them; which lock guards them is the
-/// designs' contract, stated here. `data` has a mutex of its own, a modelling convenience: in
-/// the kernel the callers (dm-block-manager) coordinate data access, and that lock is not
-/// instrumented because it is not dm-bufio's.
+/// The fields are grouped, as dm-bufio's `struct dm_buffer` is, by what makes sharing them
+/// safe; read one group's banner to check a design's locking. They are atomics so that Rust lets
+/// threads share them: the atomic is the mechanism, the banner is the contract. Not here: a
+/// buffer's membership in the design's index (the kernel's `node`) and its place in an LRU list,
+/// which the design's own structs keep under the locks they state. The kernel's `last_accessed`
+/// is left out: it serves only age-based eviction, which these models do not have.
 pub struct Buffer {
+    // ---- Immutable after creation. ----
     block: u64,
-    data: Mutex<Box<[u8]>>,
+
+    // ---- The hold count: atomic, and each design has its own rule for it. ----
+    /// Holders of a [`BufferRef`] (plus `CLAIMED` in `lockfree`). A miss creates its buffer
+    /// with its caller's hold already counted, before publishing it. A buffer is evicted or
+    /// forgotten only while this is 0, and the rule is what keeps a hold from being taken
+    /// between that check and the buffer leaving the index:
+    /// - `classic`: taken, dropped and checked only under the client mutex, so the atomic is
+    ///   never raced (the kernel's plain `unsigned int`).
+    /// - `sharded`: taken by an atomic increment under the buffer's tree lock *shared*
+    ///   (`cache_get`), by any number of readers at once; checked, before removal, only under
+    ///   that tree lock *exclusive*, which no hit can hold meanwhile. Dropped under the tree lock
+    ///   shared by release (`cache_put`), and under the client mutex alone when a failed read
+    ///   discards its buffer; a drop racing a check could only make the check see a hold.
+    /// - `lockfree`: taken with no lock, by a compare-and-swap that refuses once the `CLAIMED`
+    ///   bit is set; dropped with no lock by release, and under the client mutex when a failed
+    ///   read discards its buffer. Eviction and forget claim under the client mutex by swinging
+    ///   0 to `CLAIMED` on the same word, so either the hold or the claim wins, never both. A
+    ///   claimed buffer leaves the index and stays claimed, except that the claimer itself puts
+    ///   0 back, still under the client mutex, when it finds I/O in flight.
     pub(crate) hold_count: AtomicU32,
-    pub(crate) state: AtomicU8,
+
+    // ---- Protected by the client mutex (every design). ----
+    /// Which of the client's lists holds the buffer; written only by moves between the lists.
+    /// `sharded` also holds the buffer's tree lock exclusive for a move (`cache_mark`).
     pub(crate) list_mode: AtomicU8,
-    pub(crate) referenced: AtomicBool,
+    /// The bytes changed since the buffer was last clean (`mark_partial_dirty`). Kept for
+    /// fidelity; nothing reads them, since every write covers the whole block.
     pub(crate) dirty_start: AtomicU32,
     pub(crate) dirty_end: AtomicU32,
+
+    // ---- Protected by the client mutex, except where I/O completion acts alone. ----
+    /// The `state` bits (the kernel's end_io clears its bit without the client mutex too):
+    /// - READING: set only at creation, before the buffer is published; cleared once by the
+    ///   read's completion, which never holds the client mutex.
+    /// - WRITING: set under the client mutex when a write starts; cleared by the write's
+    ///   completion, under the client mutex when eviction writes a victim synchronously and
+    ///   without it for writeback (async, sync, and the misses' watermark writes).
+    /// - DIRTY: set by marking dirty and cleared when a write starts, both under the client
+    ///   mutex. A failed write sets it again from its completion, with or without the mutex as
+    ///   above, and does not move the buffer between lists.
+    ///
+    /// Read from anywhere: the hit paths test READING under the design's hit lock (the client
+    /// mutex, a tree lock shared, or nothing in `lockfree`).
+    pub(crate) state: AtomicU8,
+
+    // ---- Set by hits without the client mutex; cleared by the clock under it. ----
+    /// The clock's second-chance bit (the kernel's `lru_reference`, an `atomic_set`). Set by a
+    /// hit under its tree lock shared in `sharded` and under no lock in `lockfree`; cleared by
+    /// the clock sweep, under the client mutex. A set lost to a racing clear only costs the
+    /// buffer its second chance. `classic` never uses it: its hits relink the LRU instead.
+    pub(crate) referenced: AtomicBool,
+
+    // ---- Used in isolation: each under a lock of its own, not instrumented. ----
+    /// The block's bytes. In the kernel the callers (dm-block-manager) coordinate data access;
+    /// the mutex is a modelling convenience, not dm-bufio's, so it is not instrumented. Taken
+    /// by holders through [`BufferRef::data`] and for each read or write of the block. Eviction's
+    /// synchronous write takes it with the client mutex held, but only for unheld buffers, so
+    /// no holder's guard is waited on under the client mutex.
+    data: Mutex<Box<[u8]>>,
+    /// Wakes threads waiting for READING or WRITING to clear (the kernel's `wait_on_bit_io`).
+    /// Its mutex orders a completion's clear-and-notify against a waiter's test-and-sleep, so no
+    /// wake-up is lost; a leaf lock, taken last and never held while waiting for another.
     io_wait: (Mutex<()>, Condvar),
 }
 
@@ -226,8 +279,8 @@ pub struct Occupancy {
 
 /// The dm-bufio client API.
 pub trait BufferCache: Send + Sync + fmt::Debug {
-    /// The design's name, as `--design` spells it.
-    fn design(&self) -> &'static str;
+    /// Which design this is.
+    fn design(&self) -> Design;
     /// The buffer if cached and not being read; never I/O (dm_bufio_get).
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef>;
     /// The buffer, read from the device on a miss; waits for a read in flight (dm_bufio_read).

@@ -20,7 +20,7 @@ use std::{
 };
 
 use crate::{
-    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
+    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Design, Occupancy,
     cache::{
         Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
         new_held_buffer, read_into, state, submit_writes,
@@ -30,20 +30,26 @@ use crate::{
     recorder::ThreadRecorder,
 };
 
-/// Everything here is protected by the client mutex.
+/// What the client mutex guards beyond the buffers' own fields: all of it.
 #[derive(Debug, Default)]
 struct State {
-    /// The one ordered tree of the client (an rbtree in the kernel).
+    /// The one ordered tree of the client (an rbtree in the kernel): which blocks are cached.
     tree: BTreeMap<u64, Arc<Buffer>>,
+    /// The clean and dirty LRU lists, relinked on every hit.
     lists: Lists,
 }
 
 /// Linux ≤ 6.3 dm-bufio.
 pub struct ClassicCache {
+    // ---- Immutable after construction. ----
     config: CacheConfig,
     io: Arc<dyn BlockIo>,
-    /// The client mutex (`c->lock`). Protects [`State`] and, for every buffer, its hold count,
-    /// state bits (except I/O completion), list membership and dirty range.
+
+    // ---- The one lock: the client mutex. ----
+    /// `c->lock`, taken by every operation, release included. Protects [`State`] and, for
+    /// every buffer, the fields `Buffer` puts under the client mutex, and in this design its
+    /// hold count too. Outside it: a buffer's `data` and I/O wait, and I/O completion (which
+    /// clears READING or WRITING, and sets DIRTY again after a failed write).
     client: InstrumentedMutex<State>,
 }
 
@@ -168,8 +174,8 @@ impl ClassicCache {
 }
 
 impl BufferCache for ClassicCache {
-    fn design(&self) -> &'static str {
-        "classic"
+    fn design(&self) -> Design {
+        Design::Classic
     }
 
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {

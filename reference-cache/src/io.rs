@@ -127,6 +127,41 @@ pub enum OpenError {
     },
     #[error("{path}: block size {block_size} is not a multiple of 512, as O_DIRECT needs")]
     Unaligned { path: PathBuf, block_size: usize },
+    #[error("{path}: reading /proc/self/mountinfo to check that it is not mounted: {source}")]
+    MountCheck { path: PathBuf, source: io::Error },
+}
+
+/// Why a [`FileIo`] read or write failed: the payload of the [`io::Error`] it returns, which
+/// keeps the cause's kind, and the cause as its source. Callers who need the block downcast
+/// with [`io::Error::get_ref`].
+#[derive(Debug, thiserror::Error)]
+pub enum FileIoError {
+    #[error("{path}: reading block {block} at offset {offset}: {source}")]
+    Read {
+        path: PathBuf,
+        block: u64,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{path}: writing block {block} at offset {offset}: {source}")]
+    Write {
+        path: PathBuf,
+        block: u64,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{path}: opened read-only; allow writes explicitly to write block {block}")]
+    ReadOnly { path: PathBuf, block: u64 },
+}
+
+impl From<FileIoError> for io::Error {
+    fn from(e: FileIoError) -> Self {
+        let kind = match &e {
+            FileIoError::Read { source, .. } | FileIoError::Write { source, .. } => source.kind(),
+            FileIoError::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+        };
+        io::Error::new(kind, e)
+    }
 }
 
 /// A real file or block device.
@@ -163,7 +198,11 @@ impl FileIo {
         let metadata = std::fs::metadata(path).map_err(io_err)?;
         if options.allow_writes && metadata.file_type().is_block_device() {
             let (major, minor) = (libc::major(metadata.rdev()), libc::minor(metadata.rdev()));
-            if is_mounted(major, minor).map_err(io_err)? {
+            let mounted = is_mounted(major, minor).map_err(|source| OpenError::MountCheck {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            if mounted {
                 return Err(OpenError::Mounted {
                     path: path.to_path_buf(),
                     major,
@@ -240,27 +279,25 @@ impl BlockIo for FileIo {
         } else {
             self.file.read_exact_at(buf, offset)
         };
-        result.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "{}: reading block {block} at offset {offset}: {e}",
-                    self.path.display()
-                ),
-            )
+        result.map_err(|source| {
+            FileIoError::Read {
+                path: self.path.clone(),
+                block,
+                offset,
+                source,
+            }
+            .into()
         })
     }
 
     fn write_block(&self, block: u64, buf: &[u8]) -> io::Result<()> {
         let offset = self.offset(block);
         if !self.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{}: opened read-only; allow writes explicitly to write block {block}",
-                    self.path.display()
-                ),
-            ));
+            return Err(FileIoError::ReadOnly {
+                path: self.path.clone(),
+                block,
+            }
+            .into());
         }
         let result = if self.direct {
             let mut bounce = AlignedBuf::new(buf.len());
@@ -269,14 +306,14 @@ impl BlockIo for FileIo {
         } else {
             self.file.write_all_at(buf, offset)
         };
-        result.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "{}: writing block {block} at offset {offset}: {e}",
-                    self.path.display()
-                ),
-            )
+        result.map_err(|source| {
+            FileIoError::Write {
+                path: self.path.clone(),
+                block,
+                offset,
+                source,
+            }
+            .into()
         })
     }
 
@@ -317,6 +354,7 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 0xab));
         let err = ro.write_block(1, &buf).unwrap_err();
         assert!(err.to_string().contains("read-only"), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(std::fs::read(&path).unwrap(), image, "nothing written");
 
         let rw = FileIo::open(
@@ -346,6 +384,21 @@ mod tests {
         assert!(after[4096..8192].iter().all(|&b| b == 0x5a));
         let err = rw.read_block(9, &mut buf).unwrap_err();
         assert!(err.to_string().contains("block 9 at offset 36864"), "{err}");
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::UnexpectedEof,
+            "the cause's kind: {err}"
+        );
+        let typed = err.get_ref().and_then(|e| e.downcast_ref::<FileIoError>());
+        assert!(
+            matches!(typed, Some(FileIoError::Read { block: 9, .. })),
+            "{typed:?}"
+        );
+        let cause = std::error::Error::source(&err).expect("the cause is kept as the source");
+        assert_eq!(
+            cause.downcast_ref::<io::Error>().map(io::Error::kind),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod cache;
 mod classic;
+mod design;
 pub mod io;
 mod lock;
 mod lockfree;
@@ -24,25 +25,22 @@ pub mod workload;
 
 pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};
 pub use classic::ClassicCache;
+pub use design::{Design, UnknownDesign};
 pub use io::{BlockIo, FileIo, FileIoOptions, Latency, MemoryIo};
 pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass};
 pub use lockfree::LockFreeCache;
 pub use recorder::{ClassStats, LockTotals, LoggedWait, OpCounts, Report, ThreadRecorder};
 pub use sharded::ShardedCache;
 
-/// The designs this crate models, by the names `--design` takes.
-pub const DESIGNS: &[&str] = &["classic", "sharded", "lockfree"];
-
-/// Builds a design by name over `io`.
+/// Builds `design` over `io`.
 pub fn build(
-    design: &str,
+    design: Design,
     config: CacheConfig,
     io: std::sync::Arc<dyn BlockIo>,
-) -> Option<Box<dyn BufferCache>> {
+) -> Box<dyn BufferCache> {
     match design {
-        "classic" => Some(Box::new(ClassicCache::new(config, io))),
-        "sharded" => Some(Box::new(ShardedCache::new(config, io))),
-        "lockfree" => Some(Box::new(LockFreeCache::new(config, io))),
-        _ => None,
+        Design::Classic => Box::new(ClassicCache::new(config, io)),
+        Design::Sharded => Box::new(ShardedCache::new(config, io)),
+        Design::LockFree => Box::new(LockFreeCache::new(config, io)),
     }
 }

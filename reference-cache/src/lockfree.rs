@@ -23,7 +23,7 @@ use std::{
 };
 
 use crate::{
-    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
+    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Design, Occupancy,
     cache::{
         Buffer, ListMode, begin_write, complete_miss, finish_writeback, mark_dirty_range,
         new_held_buffer, read_into, state, submit_writes,
@@ -76,14 +76,20 @@ fn try_claim(buffer: &Buffer) -> bool {
 
 /// Our design: lock-free hits and releases.
 pub struct LockFreeCache {
+    // ---- Immutable after construction. ----
     config: CacheConfig,
     io: Arc<dyn BlockIo>,
-    /// Block → buffer. Read without locks; inserted into and removed from only under the client
-    /// mutex (a buffer is removed only once claimed).
+
+    // ---- Read with no lock; changed only under the client mutex. ----
+    /// Block → buffer. Readers pin an epoch instead of locking, which keeps an entry they found
+    /// alive after its removal. Inserted into and removed from only under the client mutex, and
+    /// a buffer is removed only once claimed.
     index: papaya::HashMap<u64, Arc<Buffer>>,
-    /// The client mutex. Protects the clean and dirty lists and, for every buffer, its state
-    /// bits (except I/O completion), list membership, dirty range and claiming. Hold counts are
-    /// atomics taken and dropped without any lock.
+
+    // ---- The client mutex. ----
+    /// For misses, dirtying, writeback, forget and eviction. Protects the clean and dirty lists
+    /// (the clock) and, for every buffer, the fields `Buffer` puts under the client mutex, and
+    /// claiming it. Hold counts are taken and dropped with no lock (see `Buffer::hold_count`).
     client: InstrumentedMutex<Lists>,
 }
 
@@ -193,8 +199,8 @@ impl LockFreeCache {
 }
 
 impl BufferCache for LockFreeCache {
-    fn design(&self) -> &'static str {
-        "lockfree"
+    fn design(&self) -> Design {
+        Design::LockFree
     }
 
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {

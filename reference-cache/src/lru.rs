@@ -12,6 +12,8 @@ use crate::{
     recorder::ThreadRecorder,
 };
 
+/// A client's clean and dirty lists, indexed by [`ListMode`], each keyed by block. Not
+/// thread-safe: every design keeps them inside its client mutex.
 #[derive(Debug, Default)]
 pub(crate) struct Lists {
     lists: [LinkedHashMap<u64, Arc<Buffer>>; 2],

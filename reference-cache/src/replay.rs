@@ -20,7 +20,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use crate::{BufferCache, BufferRef, LockClass, Report, ThreadRecorder, recorder::clock};
+use crate::{BufferCache, BufferRef, Design, LockClass, Report, ThreadRecorder, recorder::clock};
 
 /// One operation of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ impl Mismatches {
 /// What a replay measured.
 #[derive(Debug)]
 pub struct ReplayResult {
-    pub design: &'static str,
+    pub design: Design,
     pub elapsed: Duration,
     pub steps: u64,
     /// Locks and cache events, all threads merged.
@@ -506,7 +506,7 @@ fn run_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CacheConfig, DESIGNS, Latency, LockClass, MemoryIo, build};
+    use crate::{CacheConfig, Design, Latency, LockClass, MemoryIo, build};
 
     fn stream(tid: u32, steps: &[(u64, u64, Step)]) -> Stream {
         Stream {
@@ -518,14 +518,14 @@ mod tests {
         }
     }
 
-    fn cache(design: &str) -> Arc<dyn BufferCache> {
+    fn cache(design: Design) -> Arc<dyn BufferCache> {
         let io = Arc::new(MemoryIo::new(512, Latency::None));
-        Arc::from(build(design, CacheConfig::new(512, 64), io).unwrap())
+        Arc::from(build(design, CacheConfig::new(512, 64), io))
     }
 
     #[test]
     fn replays_every_step_and_counts_what_did_not_match() {
-        for design in DESIGNS {
+        for design in Design::ALL {
             let streams = vec![
                 stream(
                     1,
@@ -581,7 +581,7 @@ mod tests {
             })
             .collect();
         let result = replay(
-            cache("classic"),
+            cache(Design::Classic),
             streams,
             ReplayOptions {
                 log: true,
@@ -632,7 +632,7 @@ mod tests {
             )]
         };
         let fast = replay(
-            cache("sharded"),
+            cache(Design::Sharded),
             streams(),
             ReplayOptions {
                 threads: None,
@@ -641,7 +641,7 @@ mod tests {
             },
         );
         let slow = replay(
-            cache("sharded"),
+            cache(Design::Sharded),
             streams(),
             ReplayOptions {
                 threads: None,
@@ -677,7 +677,7 @@ mod tests {
             })
             .collect();
         let result = replay(
-            cache("classic"),
+            cache(Design::Classic),
             streams,
             ReplayOptions {
                 threads: Some(2),

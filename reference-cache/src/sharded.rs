@@ -19,7 +19,7 @@ use std::{
 use crossbeam_utils::CachePadded;
 
 use crate::{
-    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Occupancy,
+    BlockIo, BufferCache, BufferRef, CacheConfig, CacheError, Design, Occupancy,
     cache::{
         Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
         new_held_buffer, read_into, state, submit_writes,
@@ -47,15 +47,25 @@ pub fn tree_index(block: u64, num_locks: usize) -> usize {
 type Tree = CachePadded<InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>>>;
 
 /// Linux ≥ 6.4 dm-bufio.
+///
+/// Lock order: the client mutex before a tree lock, never the reverse, and one tree lock at a
+/// time. Hits and release take a tree lock alone.
 pub struct ShardedCache {
+    // ---- Immutable after construction (the number of trees included). ----
     config: CacheConfig,
     io: Arc<dyn BlockIo>,
-    /// Each tree's rw-lock protects that tree's map (the buffers' `node`). Hits take it shared
-    /// and then change only atomics; insert, remove and list moves take it exclusive.
+
+    // ---- Each tree under its own rw-lock. ----
+    /// Each tree's rw-lock protects that tree's map: which of the tree's blocks are cached (the
+    /// kernel's `node`). Lookups and release take it shared, and then change only atomics (hold
+    /// count, referenced bit); insert, remove (which is where a hold count is checked) and moves
+    /// between the lists take it exclusive, with the client mutex already held.
     trees: Box<[Tree]>,
-    /// The client mutex (`c->lock`). Protects the clean and dirty lists and, for every buffer,
-    /// its state bits (except I/O completion), list membership and dirty range. Hold counts are
-    /// atomics changed under a tree lock instead.
+
+    // ---- The client mutex. ----
+    /// `c->lock`, for misses, dirtying, writeback, forget and eviction. Protects the clean and
+    /// dirty lists (the clock) and, for every buffer, the fields `Buffer` puts under the client
+    /// mutex. Hold counts follow the tree locks instead (see `Buffer::hold_count`).
     client: InstrumentedMutex<Lists>,
 }
 
@@ -205,8 +215,8 @@ impl ShardedCache {
 }
 
 impl BufferCache for ShardedCache {
-    fn design(&self) -> &'static str {
-        "sharded"
+    fn design(&self) -> Design {
+        Design::Sharded
     }
 
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {

@@ -127,7 +127,7 @@ pub fn run_hotspot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CacheConfig, DESIGNS, Latency, LockClass, MemoryIo, build};
+    use crate::{CacheConfig, Design, Latency, LockClass, MemoryIo, build};
 
     #[test]
     fn a_small_hotspot_run_does_the_kernel_tests_operations() {
@@ -137,10 +137,10 @@ mod tests {
             passes: 8,
             dirtier_blocks: 512,
         };
-        for design in DESIGNS {
+        for design in Design::ALL {
             let io = Arc::new(MemoryIo::new(512, Latency::None));
             let cache: Arc<dyn BufferCache> =
-                Arc::from(build(design, CacheConfig::new(512, 300), io).unwrap());
+                Arc::from(build(design, CacheConfig::new(512, 300), io));
             let result = run_hotspot(cache, &params).unwrap();
             assert_eq!(result.hotspot_elapsed.len(), 4);
             let ops = result.hotspot.ops();
@@ -163,7 +163,7 @@ mod tests {
             );
             assert!(dirtier.writes > 0, "{design}: and forces writeback");
             let mutex = result.hotspot.class(LockClass::ClientMutex).acquisitions;
-            if *design == "classic" {
+            if design == Design::Classic {
                 assert!(
                     mutex >= 2 * 4 * 64 * 8,
                     "{design}: read and release lock: {mutex}"

@@ -4,17 +4,16 @@
 use std::sync::Arc;
 
 use reference_cache::{
-    BlockIo, BufferCache, CacheConfig, DESIGNS, Latency, MemoryIo, ThreadRecorder, build,
+    BlockIo, BufferCache, CacheConfig, Design, Latency, MemoryIo, ThreadRecorder, build,
 };
 
-fn cache(design: &str, capacity: usize) -> (Box<dyn BufferCache>, Arc<MemoryIo>) {
+fn cache(design: Design, capacity: usize) -> (Box<dyn BufferCache>, Arc<MemoryIo>) {
     let io = Arc::new(MemoryIo::new(64, Latency::None));
     let cache = build(
         design,
         CacheConfig::new(64, capacity),
         io.clone() as Arc<dyn BlockIo>,
-    )
-    .expect("known design");
+    );
     (cache, io)
 }
 
@@ -29,7 +28,7 @@ fn warm_clean(cache: &dyn BufferCache, rec: &ThreadRecorder) {
 
 #[test]
 fn dirty_over_three_times_clean_starts_writeback_on_the_next_miss() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, io) = cache(design, 64);
         let rec = ThreadRecorder::new();
         for block in 0..2u64 {
@@ -67,7 +66,7 @@ fn dirty_over_three_times_clean_starts_writeback_on_the_next_miss() {
 
 #[test]
 fn reads_miss_then_hit_and_get_never_reads() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, _) = cache(design, 16);
         let rec = ThreadRecorder::new();
         assert!(
@@ -91,7 +90,7 @@ fn reads_miss_then_hit_and_get_never_reads() {
 
 #[test]
 fn held_buffers_survive_forget_and_eviction() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, _) = cache(design, 4);
         let rec = ThreadRecorder::new();
         let held = cache.read(&rec, 1).unwrap();
@@ -120,7 +119,7 @@ fn held_buffers_survive_forget_and_eviction() {
 
 #[test]
 fn dirty_buffers_are_counted_and_written_back() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, io) = cache(design, 64);
         let rec = ThreadRecorder::new();
         warm_clean(cache.as_ref(), &rec);
@@ -149,7 +148,7 @@ fn dirty_buffers_are_counted_and_written_back() {
 
 #[test]
 fn forget_discards_unwritten_changes_and_ranges_work() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, io) = cache(design, 64);
         let rec = ThreadRecorder::new();
         warm_clean(cache.as_ref(), &rec);
@@ -188,7 +187,11 @@ fn every_design_takes_the_locks_its_kernel_takes() {
     use reference_cache::LockClass::{ClientMutex, TreeRead};
     // A hit and a release: classic takes the client mutex twice, sharded only tree read locks.
     // Ours takes no lock at all.
-    for (design, mutex, tree_reads) in [("classic", 2, 0), ("sharded", 0, 2), ("lockfree", 0, 0)] {
+    for (design, mutex, tree_reads) in [
+        (Design::Classic, 2, 0),
+        (Design::Sharded, 0, 2),
+        (Design::LockFree, 0, 0),
+    ] {
         let (cache, _) = cache(design, 16);
         let warm = ThreadRecorder::new();
         let b = cache.read(&warm, 9).unwrap();
@@ -204,7 +207,7 @@ fn every_design_takes_the_locks_its_kernel_takes() {
 #[test]
 #[cfg(debug_assertions)]
 fn a_leaked_handle_is_caught_in_debug_builds() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let (cache, _) = cache(design, 4);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let rec = ThreadRecorder::new();

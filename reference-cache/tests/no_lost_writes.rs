@@ -6,7 +6,7 @@
 use std::{collections::HashMap, os::unix::fs::FileExt, sync::Arc};
 
 use proptest::prelude::*;
-use reference_cache::{CacheConfig, DESIGNS, FileIo, FileIoOptions, ThreadRecorder, build};
+use reference_cache::{CacheConfig, Design, FileIo, FileIoOptions, ThreadRecorder, build};
 
 const BLOCK: usize = 512;
 const BLOCKS: u64 = 24;
@@ -43,7 +43,7 @@ fn device_block(file: &std::fs::File, block: u64) -> Vec<u8> {
     buf
 }
 
-fn run(design: &str, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(design: Design, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.img");
     // The device starts with each block stamped with its number.
@@ -56,7 +56,7 @@ fn run(design: &str, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
         allow_writes: true,
     };
     let io = Arc::new(FileIo::open(&path, BLOCK, options).unwrap());
-    let cache = build(design, CacheConfig::new(BLOCK, capacity), io).unwrap();
+    let cache = build(design, CacheConfig::new(BLOCK, capacity), io);
     let check = std::fs::File::open(&path).unwrap();
     let rec = ThreadRecorder::new();
     // What a reader must see for each block.
@@ -132,7 +132,7 @@ proptest! {
 
     #[test]
     fn no_design_loses_a_write(ops in proptest::collection::vec(op(), 1..160), capacity in 2usize..12) {
-        for design in DESIGNS {
+        for design in Design::ALL {
             run(design, capacity, &ops)?;
         }
     }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use reference_cache::{
-    BlockIo, BufferCache, CacheConfig, DESIGNS, Latency, MemoryIo, ThreadRecorder, build,
+    BlockIo, BufferCache, CacheConfig, Design, Latency, MemoryIo, ThreadRecorder, build,
 };
 
 const BLOCK: usize = 64;
@@ -68,7 +68,7 @@ fn hammer(cache: Arc<dyn BufferCache>, thread: u64, start: Arc<Barrier>) -> Thre
 
 #[test]
 fn many_threads_keep_every_block_intact() {
-    for design in DESIGNS {
+    for design in Design::ALL {
         let io = Arc::new(MemoryIo::new(BLOCK, Latency::None));
         for block in 0..BLOCKS {
             let mut data = vec![0u8; BLOCK];
@@ -77,7 +77,7 @@ fn many_threads_keep_every_block_intact() {
         }
         let capacity = 24;
         let cache: Arc<dyn BufferCache> =
-            Arc::from(build(design, CacheConfig::new(BLOCK, capacity), io.clone()).unwrap());
+            Arc::from(build(design, CacheConfig::new(BLOCK, capacity), io.clone()));
         let start = Arc::new(Barrier::new(THREADS as usize));
         let (done_tx, done_rx) = mpsc::channel();
         for thread in 0..THREADS {

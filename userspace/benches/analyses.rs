@@ -6,15 +6,15 @@
 
 use std::time::Instant;
 
-use bufscope::{
+use bufscope_abi::LockFlags;
+use bufscope_analyses::{
     compare::{SourceStats, compare},
-    export::{chrome, folded, perfetto, table},
+    export::{ExportError, chrome, folded, perfetto, table},
     models::{Backing, ModelOptions, ReplayInput, as_trace, run_design},
     tracedata::TraceData,
 };
-use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult};
-use reference_cache::{DESIGNS, replay::ReplayOptions};
+use reference_cache::{Design, replay::ReplayOptions};
 
 const OPS: usize = 1_000_000;
 const THREADS: u32 = 16;
@@ -120,11 +120,11 @@ fn main() {
     let kernel = SourceStats::of("kernel", &t);
     let mut designs = Vec::new();
     let mut per_design = Vec::new();
-    for design in DESIGNS {
+    for design in Design::ALL {
         let started = Instant::now();
         let result = run_design(design, &input, &options).expect("runs");
         let model = as_trace(&result, &input, &t).expect("logged");
-        designs.push(SourceStats::of(design, &model));
+        designs.push(SourceStats::of(design.name(), &model));
         per_design.push((design, started.elapsed().as_secs_f64()));
     }
     let c = compare("bench", kernel, designs);
@@ -133,9 +133,9 @@ fn main() {
     println!(
         "compare, 1M operations against {} designs: {:.2} s in all ({:.0} operations/s through \
          replay + statistics); closest {}",
-        DESIGNS.len(),
+        Design::ALL.len(),
         total,
-        (OPS * DESIGNS.len()) as f64 / total,
+        (OPS * Design::ALL.len()) as f64 / total,
         c.closest.as_deref().unwrap_or("-")
     );
     for (design, secs) in per_design {
@@ -150,7 +150,7 @@ fn main() {
         (
             "csv",
             &(|t: &TraceData| table::write_csv(t, std::io::sink()))
-                as &dyn Fn(&TraceData) -> anyhow::Result<u64>,
+                as &dyn Fn(&TraceData) -> Result<u64, ExportError>,
         ),
         ("json", &|t| table::write_json(t, std::io::sink())),
         ("parquet", &|t| table::write_parquet(t, std::io::sink())),

@@ -12,11 +12,11 @@ use bufscope::live::{
     render,
     shadow::Shadow,
 };
-use bufscope::models::{Backing, ModelOptions};
 use bufscope_abi::LockFlags;
+use bufscope_analyses::models::{Backing, ModelOptions};
 use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, Symbol};
 use ratatui::{Terminal, backend::TestBackend};
-use reference_cache::{DESIGNS, replay::ReplayOptions};
+use reference_cache::{Design, replay::ReplayOptions};
 
 const EVENTS_PER_SEC: usize = 1_000_000;
 const SECONDS: usize = 5;
@@ -102,7 +102,7 @@ fn thread_cpu() -> Duration {
 }
 
 fn main() {
-    let designs: Vec<String> = DESIGNS.iter().map(|d| d.to_string()).collect();
+    let designs: Vec<Design> = Design::ALL.to_vec();
     let mut model = Model::new(
         Header {
             kernel: "bench".into(),

@@ -1,23 +1,14 @@
 //! bufscope: sees lock contention in the Linux dm-bufio buffer cache.
 //!
-//! This library is the `bufscope` binary's machinery: the eBPF loader and event stream
-//! ([`probe`]), what the kernel offers ([`doctor`], [`system`]), and trace summaries
-//! ([`summary`]), traces held in memory for analysis ([`tracedata`]) and the reference designs
-//! run on them ([`models`]), and the live view's state and screens ([`live`]). Trace files themselves are the `bufscope-trace` crate.
+//! This library is the `bufscope` binary's machinery, laid out by stage of the data flow:
+//! [`kernel`] (what the running kernel offers: BTF offsets, tracefs, dm-bufio's probe points,
+//! symbols, the doctor report) → [`probes`] (the eBPF programs attached, their maps, the event
+//! stream) → the stream's consumers: [`record`] (trace files) and [`live`] (the live view, its
+//! shadow replay through the reference designs, the metrics it serves). The analyses of trace
+//! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate.
 
-pub mod bufio;
-pub mod compare;
-pub mod doctor;
-pub mod export;
-pub mod kretprobe;
+pub mod kernel;
 pub mod live;
-pub mod models;
-pub mod naming;
-pub mod probe;
-pub mod report;
-pub mod summary;
-pub mod symbols;
-pub mod system;
-pub mod tracedata;
-pub mod tracepoint_format;
-pub mod units;
+pub mod probes;
+pub mod record;
+pub mod stop;

@@ -1,12 +1,13 @@
 //! The `bufscope` command line.
 
+mod args;
 mod cmd;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use bufscope::probe::{AttachMode, DEFAULT_RINGBUF_BYTES};
+use bufscope::probes::{AttachMode, DEFAULT_RINGBUF_BYTES};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -12,7 +12,7 @@ use common::{PipeContention, bufscope, root_or_skip, start_recording};
 
 struct Recorded {
     waits: Vec<bufscope_trace::LockWait>,
-    names: bufscope::naming::Names,
+    names: bufscope_analyses::naming::Names,
     missing_probes: std::collections::BTreeMap<String, String>,
     loss_counts: bool,
     end: bool,
@@ -24,7 +24,7 @@ fn read_trace(path: &std::path::Path) -> Recorded {
     let probes = reader.header().probes.clone();
     let mut recorded = Recorded {
         waits: Vec::new(),
-        names: bufscope::naming::Names::default(),
+        names: bufscope_analyses::naming::Names::default(),
         missing_probes: Default::default(),
         loss_counts: false,
         end: false,

@@ -69,6 +69,15 @@ impl Counter {
         Counter::OpUnmatchedReturn,
     ];
 
+    /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
+    /// Their sum is what bufscope reports as "lost".
+    pub const LOSSES: [Counter; 4] = [
+        Counter::ReserveFailed,
+        Counter::HistFull,
+        Counter::PendingFull,
+        Counter::OpReturnMissed,
+    ];
+
     /// A stable name for reports and trace files.
     pub const fn name(self) -> &'static str {
         match self {

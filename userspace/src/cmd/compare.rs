@@ -1,21 +1,21 @@
 //! `bufscope compare FILE`: replays a kernel recording's dm-bufio operations through the
 //! reference designs and puts the kernel and each design side by side, per operation and lock
-//! class, with the design closest to the kernel by a stated distance (see `bufscope::compare`).
+//! class, with the design closest to the kernel by a stated distance (see `bufscope_analyses::compare`).
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use bufscope::{
+use bufscope_analyses::{
     compare::{Comparison, SourceStats, WaitStats, compare},
     models::{ReplayInput, as_trace, run_design},
+    plot,
     report::{self, Filter, GroupBy, SortKey},
     tracedata::{TraceData, WaitClass},
+    units::{duration_ns, thousands},
 };
 
-use super::{
-    duration_ns,
-    replay::{ModelArgs, chosen_designs, parse_design, parse_speed},
-    thousands,
+use crate::args::{
+    DesignArg, ModelArgs, chosen_designs, parse_design, parse_plot_path, parse_speed,
 };
 
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,7 @@ pub struct Options {
     pub file: PathBuf,
     /// Designs to compare with (repeat, or `all`).
     #[arg(long = "design", default_value = "all", value_parser = parse_design)]
-    pub designs: Vec<String>,
+    pub designs: Vec<DesignArg>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Time scale for recorded gaps: 2 replays twice as fast as recorded (default 1: as
@@ -50,7 +50,7 @@ pub struct Options {
     pub csv: bool,
     /// Also draw wait-time histograms and CDFs of kernel and designs into this file (.svg or
     /// .png).
-    #[arg(long, value_name = "FILE", value_parser = super::plot::parse_plot_path)]
+    #[arg(long, value_name = "FILE", value_parser = parse_plot_path)]
     pub plot: Option<PathBuf>,
 }
 
@@ -99,12 +99,11 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         }
         let result = run_design(design, &input, &options)?;
         let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
-        designs.push(SourceStats::of(design, &model));
+        designs.push(SourceStats::of(design.name(), &model));
     }
     let comparison = compare(&o.file.display().to_string(), kernel, designs);
     if let Some(path) = &o.plot {
-        super::plot::draw(&comparison, path)
-            .with_context(|| format!("drawing {}", path.display()))?;
+        plot::draw(&comparison, path).with_context(|| format!("drawing {}", path.display()))?;
         eprintln!("bufscope: wrote {}", path.display());
     }
     if o.json {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bufscope::doctor::{self, Status};
+use bufscope::kernel::doctor::{self, Status};
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let report = doctor::run();

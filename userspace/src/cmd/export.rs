@@ -1,5 +1,5 @@
 //! `bufscope export FILE --format F -o OUT`: a trace in the formats other tools load (see
-//! `bufscope::export`). The output is written beside under a temporary name and renamed into
+//! `bufscope_analyses::export`). The output is written beside under a temporary name and renamed into
 //! place when complete, so an interrupted export never leaves a half-written file behind.
 
 use std::{
@@ -10,12 +10,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bufscope::{
+use bufscope_analyses::{
     export::{Format, chrome, folded, perfetto, table},
     tracedata::TraceData,
+    units::thousands,
 };
-
-use super::thousands;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -103,6 +102,7 @@ fn write<W: Write + Send>(
         Format::Json => table::write_json(trace, out),
         Format::Parquet => table::write_parquet(trace, std::io::BufWriter::new(out)),
     }
+    .map_err(Into::into)
 }
 
 /// Writes to `OUT.partial` and renames it to `OUT` once complete.

@@ -2,9 +2,9 @@
 
 use std::{path::Path, process::ExitCode};
 
-use bufscope::summary::{TraceSummary, WaitRow, summarize};
+use bufscope_analyses::summary::{TraceSummary, WaitRow, summarize};
 
-use super::{duration_ns, thousands};
+use bufscope_analyses::units::{duration_ns, thousands};
 
 pub fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let summary = summarize(path)?;

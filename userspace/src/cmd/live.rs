@@ -1,38 +1,28 @@
 //! `bufscope live`: the full-screen view of kernel lock waits, dm-bufio clients and the
-//! reference designs fed the same operations (run by [`super::tui`]); with `--no-tui`, a table
-//! per interval on stdout from the in-kernel histograms and counters only (no per-event
-//! streaming, so it is cheap enough to leave running on a busy machine), unless `--metrics`
-//! asks for the per-event figures too.
+//! reference designs fed the same operations ([`bufscope::live::session`]); with `--no-tui`, a
+//! table per interval on stdout ([`bufscope::live::headless`]).
 
 use std::{
-    collections::{BTreeMap, HashMap},
     io::{IsTerminal, Write},
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use bufscope::{
+    kernel::system,
     live::{
-        metrics,
-        model::{BufioStatus, CompareSource, Header, LockSort, Model, Source},
+        headless::{self, HeadlessSettings, IntervalTable},
+        session::{LiveSettings, run_live},
     },
-    naming::Names,
-    probe::{AttachMode, AttachOptions, LockProbes},
-    system,
+    probes::{AttachMode, AttachOptions, DEFAULT_RINGBUF_BYTES, LockProbes},
 };
-use bufscope_abi::{HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
-use bufscope_trace::OpKind;
-use tokio::signal::unix::{SignalKind, signal};
+use bufscope_abi::ProbeConfig;
+use bufscope_analyses::units::{duration_ns, thousands};
 
-use super::{
-    duration_ns,
-    replay::{ModelArgs, chosen_designs, parse_design},
-    sleep_until, thousands,
-    tui::{self, LiveSettings, parse_metrics_addr},
-};
+use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_metrics_addr};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -59,7 +49,7 @@ pub struct Options {
     pub force: bool,
     /// Reference designs fed the same dm-bufio operations (repeat, or `all`; `d` changes them).
     #[arg(long = "design", value_name = "DESIGN", default_value = "all", value_parser = parse_design)]
-    pub designs: Vec<String>,
+    pub designs: Vec<DesignArg>,
     /// Serve the live figures in the OpenMetrics text format on ADDR/metrics: a port (bound to
     /// loopback), or HOST:PORT (0.0.0.0:PORT for every interface).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -92,11 +82,11 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     if options.no_tui {
-        return runtime.block_on(live(options));
+        return runtime.block_on(no_tui(options));
     }
     let probes = LockProbes::attach(AttachOptions {
         mode: options.attach,
-        ringbuf_bytes: bufscope::probe::DEFAULT_RINGBUF_BYTES,
+        ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
         config: ProbeConfig {
             stream_events: 1,
             stacks: u32::from(!options.no_stacks),
@@ -106,75 +96,24 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     let settings = LiveSettings {
         interval: Duration::from_millis(options.interval),
         duration: options.duration,
-        designs: chosen_designs(&options.designs)
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        designs: chosen_designs(&options.designs),
         record: options.record.clone(),
         metrics: options.metrics,
         shadow: options.model.options(None, Some(1.0), true),
     };
-    runtime.block_on(tui::live(probes, settings))?;
+    runtime.block_on(run_live(probes, settings))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Totals at one instant, for differences between intervals.
-#[derive(Default)]
-struct Snapshot {
-    waits: HashMap<WaitHistKey, WaitHist>,
-    ops: HashMap<OpStatsKey, OpStats>,
-    counters: BTreeMap<String, u64>,
-    run_time_ns: u64,
-}
-
-impl Snapshot {
-    fn take(probes: &LockProbes) -> anyhow::Result<Self> {
-        Ok(Self {
-            waits: probes.wait_histograms().into_iter().collect(),
-            ops: probes.op_stats().into_iter().collect(),
-            counters: probes.counters()?,
-            run_time_ns: probes.program_stats().iter().map(|p| p.run_time_ns).sum(),
-        })
-    }
-}
-
-async fn live(options: &Options) -> anyhow::Result<ExitCode> {
-    // With --metrics, events stream into a model for the per-lock figures; without, the
-    // in-kernel histograms are all this needs.
-    let streaming = options.metrics.is_some();
-    let mut probes = LockProbes::attach(AttachOptions {
-        mode: options.attach,
-        ringbuf_bytes: if streaming {
-            bufscope::probe::DEFAULT_RINGBUF_BYTES
-        } else {
-            1 << 16
-        },
-        config: ProbeConfig {
-            stream_events: u32::from(streaming),
-            stacks: 0,
-        },
-        bufio: true,
-    })?;
-    let metrics_text = options.metrics.map(tui::serve_metrics).transpose()?;
-    let mut model = Model::new(
-        Header {
-            kernel: system::kernel_release(),
-            source: Source::Live {
-                attach: probes.mode().to_string(),
-            },
-            bufio: BufioStatus::Unavailable(String::new()),
-            events_per_sec: 0.0,
-            lost: 0,
-            overhead: None,
-            recording: None,
-            status: None,
-        },
-        CompareSource::Tables,
-        &[],
-    );
-    let mut stream = probes
-        .event_stream()
-        .context("opening the event ring buffer")?;
+async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
+    let settings = HeadlessSettings {
+        attach: options.attach,
+        interval: Duration::from_millis(options.interval),
+        duration: options.duration,
+        top: options.top,
+        metrics: options.metrics,
+    };
+    let probes = headless::attach(&settings)?;
     let bufio = probes.bufio();
     eprintln!(
         "bufscope live: {} on Linux {}; dm-bufio: {}; in-kernel histograms only, every {} ms",
@@ -190,184 +129,51 @@ async fn live(options: &Options) -> anyhow::Result<ExitCode> {
         },
         options.interval
     );
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
-    let period = Duration::from_millis(options.interval);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut batch = Vec::new();
-    let mut previous = Snapshot::take(&probes)?;
-    let mut last = Instant::now();
     let mut out = std::io::stdout().lock();
-    loop {
-        tokio::select! {
-            ready = stream.next_batch(&mut batch) => {
-                ready.context("reading the event ring buffer")?;
-                // Clients (always streamed) name the locks; waits and operations only with
-                // --metrics.
-                tui::ingest(&mut model, &probes, &batch);
-                batch.clear();
-            }
-            _ = tick.tick() => {
-                let now = Snapshot::take(&probes)?;
-                let elapsed = last.elapsed();
-                last = Instant::now();
-                print_interval(&mut out, &previous, &now, elapsed, &model.names, options.top)
-                    .context("writing to stdout")?;
-                if let Some(text) = &metrics_text {
-                    model.header.lost = lost_events(&now.counters);
-                    model.tick(elapsed.as_secs_f64(), LockSort::Total, "");
-                    if let Ok(mut t) = text.lock() {
-                        *t = metrics::render(&model);
-                    }
-                }
-                previous = now;
-            }
-            _ = sleep_until(deadline) => break,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-        }
-    }
-    probes.detach();
+    headless::run_headless(probes, &settings, |table| print_interval(&mut out, table)).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Events lost in the kernel so far, from its counters.
-pub fn lost_events(counters: &BTreeMap<String, u64>) -> u64 {
-    LOSS_COUNTERS
-        .iter()
-        .map(|c| counters.get(*c).copied().unwrap_or(0))
-        .sum()
-}
-
-/// The in-kernel counters of events lost.
-const LOSS_COUNTERS: [&str; 4] = [
-    "ringbuf_full",
-    "hist_full",
-    "pending_full",
-    "op_return_missed",
-];
-
-/// The upper bound of the log2 bucket holding quantile `q` (0..1).
-fn quantile_ns(buckets: &[u64; HIST_BUCKETS], q: f64) -> u64 {
-    let total: u64 = buckets.iter().sum();
-    let target = (total as f64 * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in buckets.iter().enumerate() {
-        seen += n;
-        if seen >= target {
-            return 1u64 << (i + 1);
-        }
-    }
-    0
-}
-
-fn print_interval(
-    out: &mut impl Write,
-    before: &Snapshot,
-    now: &Snapshot,
-    elapsed: Duration,
-    names: &Names,
-    top: usize,
-) -> std::io::Result<()> {
-    let secs = elapsed.as_secs_f64().max(1e-6);
-    let mut rows: Vec<(WaitHistKey, WaitHist)> = now
-        .waits
-        .iter()
-        .map(|(key, h)| {
-            let mut d = *h;
-            if let Some(b) = before.waits.get(key) {
-                d.count -= b.count.min(d.count);
-                d.total_ns -= b.total_ns.min(d.total_ns);
-                for (x, y) in d.buckets.iter_mut().zip(b.buckets.iter()) {
-                    *x -= (*y).min(*x);
-                }
-            }
-            (*key, d)
-        })
-        .filter(|(_, d)| d.count > 0)
-        .collect();
-    rows.sort_by_key(|(_, d)| std::cmp::Reverse(d.total_ns));
-    let waits: u64 = rows.iter().map(|(_, d)| d.count).sum();
-    let lost = lost_events(&now.counters) - lost_events(&before.counters);
-    let overhead =
-        (now.run_time_ns - before.run_time_ns.min(now.run_time_ns)) as f64 / (secs * 1e9);
+fn print_interval(out: &mut impl Write, table: &IntervalTable) -> std::io::Result<()> {
     writeln!(
         out,
         "--- {} lock waits/s, {} lost, probes {:.2}% of one CPU",
-        thousands((waits as f64 / secs) as u64),
-        thousands(lost),
-        overhead * 100.0
+        thousands(table.waits_per_sec as u64),
+        thousands(table.lost),
+        table.overhead * 100.0
     )?;
-    if !rows.is_empty() {
+    if !table.locks.is_empty() {
         writeln!(
             out,
             "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} lock",
             "waits/s", "total wait", "avg", "p50 <", "p99 <", "inside"
         )?;
     }
-    for (key, d) in rows.iter().take(top) {
-        let op = OpKind::from_u8(key.op as u8).map_or("-", |k| k.function());
+    for row in &table.locks {
         writeln!(
             out,
             "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} {}",
-            thousands((d.count as f64 / secs) as u64),
-            duration_ns(d.total_ns),
-            duration_ns(d.total_ns / d.count.max(1)),
-            duration_ns(quantile_ns(&d.buckets, 0.5)),
-            duration_ns(quantile_ns(&d.buckets, 0.99)),
-            op.trim_start_matches("dm_bufio_"),
-            names.lock_name(key.lock_addr, key.flags)
+            thousands(row.waits_per_sec as u64),
+            duration_ns(row.total_ns),
+            duration_ns(row.average_ns),
+            duration_ns(row.p50_below_ns),
+            duration_ns(row.p99_below_ns),
+            row.inside.trim_start_matches("dm_bufio_"),
+            row.lock
         )?;
     }
-    let mut ops: Vec<(&OpStatsKey, u64, u64, u64)> = now
-        .ops
-        .iter()
-        .map(|(key, s)| {
-            let b = before.ops.get(key).copied().unwrap_or_default();
-            (
-                key,
-                s.count - b.count.min(s.count),
-                s.hits - b.hits.min(s.hits),
-                s.misses - b.misses.min(s.misses),
-            )
-        })
-        .filter(|(_, n, _, _)| *n > 0)
-        .collect();
-    ops.sort_by_key(|(key, ..)| (key.client, key.op));
-    for (key, n, hits, misses) in ops {
-        let device = names.client_device(key.client).unwrap_or("?");
-        let op = OpKind::from_u8(key.op as u8).map_or("?", |k| k.function());
+    for op in &table.ops {
         writeln!(
             out,
-            "{:>10} ops/s  {op} on {device}{}",
-            thousands((n as f64 / secs) as u64),
-            if hits + misses > 0 {
-                format!(
-                    " ({:.1}% hits)",
-                    100.0 * hits as f64 / (hits + misses) as f64
-                )
-            } else {
-                String::new()
+            "{:>10} ops/s  {} on {}{}",
+            thousands(op.ops_per_sec as u64),
+            op.function,
+            op.device,
+            match op.hit_ratio {
+                Some(r) => format!(" ({:.1}% hits)", 100.0 * r),
+                None => String::new(),
             }
         )?;
     }
     out.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_are_bucket_upper_bounds() {
-        let mut buckets = [0u64; HIST_BUCKETS];
-        buckets[10] = 90; // [1024, 2048)
-        buckets[20] = 10; // [1 Mi, 2 Mi)
-        assert_eq!(quantile_ns(&buckets, 0.5), 2048);
-        assert_eq!(quantile_ns(&buckets, 0.9), 2048);
-        assert_eq!(quantile_ns(&buckets, 0.99), 2 << 20);
-        assert_eq!(quantile_ns(&[0; HIST_BUCKETS], 0.5), 0);
-    }
 }

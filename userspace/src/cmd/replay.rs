@@ -8,17 +8,18 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bufscope::{
-    models::{Backing, ModelOptions, ReplayInput, as_trace, run_design},
+use bufscope_analyses::{
+    models::{ReplayInput, as_trace, run_design},
     tracedata::TraceData,
+    units::thousands,
 };
 use reference_cache::{
-    DESIGNS, LockClass,
-    replay::{ReplayOptions, ReplayResult, Step},
+    Design, LockClass,
+    replay::{ReplayResult, Step},
 };
 use serde_json::json;
 
-use super::thousands;
+use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_speed};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -26,7 +27,7 @@ pub struct Options {
     pub file: PathBuf,
     /// Designs to replay through (repeat, or `all`).
     #[arg(long = "design", default_value = "all", value_parser = parse_design)]
-    pub designs: Vec<String>,
+    pub designs: Vec<DesignArg>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Time scale for recorded gaps: 2 replays twice as fast (default: as fast as possible).
@@ -52,97 +53,19 @@ pub struct Options {
     pub force: bool,
 }
 
-/// How the designs run: shared by `replay` and `compare`.
-#[derive(Debug, clap::Args)]
-pub struct ModelArgs {
-    /// Replay threads (default: one per recorded thread).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Read (and, with --allow-writes, write) buffers on this file or block device instead of
-    /// memory.
-    #[arg(long, value_name = "PATH")]
-    pub device: Option<PathBuf>,
-    /// Allow writes to --device (refused anyway on a mounted block device).
-    #[arg(long, requires = "device")]
-    pub allow_writes: bool,
-    /// Open --device with O_DIRECT.
-    #[arg(long, requires = "device")]
-    pub direct: bool,
-    /// Without --device: how long each memory-backend read or write takes, e.g. 100us (a stand-in
-    /// for a device; default: none).
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "device")]
-    pub io_latency: Option<std::time::Duration>,
-    /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
-    #[arg(long, default_value_t = 76_800)]
-    pub capacity: usize,
-}
-
-impl ModelArgs {
-    pub fn options(&self, cpus: Option<usize>, speed: Option<f64>, log: bool) -> ModelOptions {
-        ModelOptions {
-            backing: match (&self.device, self.io_latency) {
-                (Some(path), _) => Backing::Device {
-                    path: path.clone(),
-                    direct: self.direct,
-                    allow_writes: self.allow_writes,
-                },
-                (None, Some(latency)) => Backing::MemoryWithLatency(latency),
-                (None, None) => Backing::Memory,
-            },
-            capacity: self.capacity,
-            cpus,
-            replay: ReplayOptions {
-                threads: self.threads,
-                speed,
-                log,
-            },
-        }
-    }
-}
-
-/// The designs named by `--design` (`all` for every one).
-pub fn chosen_designs(designs: &[String]) -> Vec<&str> {
-    if designs.iter().any(|d| d == "all") {
-        DESIGNS.to_vec()
-    } else {
-        designs.iter().map(String::as_str).collect()
-    }
-}
-
-pub fn parse_design(s: &str) -> Result<String, String> {
-    if s == "all" || DESIGNS.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown design `{s}`; known: {}, all",
-            DESIGNS.join(", ")
-        ))
-    }
-}
-
-pub fn parse_speed(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a positive number")),
-    }
-}
-
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let trace = TraceData::load(&o.file)?;
     if o.tui {
         let cpus = o
             .cpus
             .or(Some(trace.header.cpus as usize).filter(|c| *c > 0));
-        let designs = chosen_designs(&o.designs)
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let designs = chosen_designs(&o.designs);
         let shadow = o.model.options(cpus, Some(1.0), true);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(super::tui::replay(
+            .block_on(bufscope::live::session::run_replay(
                 trace,
                 o.speed.unwrap_or(1.0),
                 designs,
@@ -181,7 +104,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     }
     let options = o.model.options(o.cpus, o.speed, o.trace_out.is_some());
     let mut results = Vec::new();
-    for design in &designs {
+    for &design in &designs {
         if !o.json {
             eprintln!("bufscope: replaying through {design}...");
         }
@@ -219,7 +142,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
 
 /// `out` itself for one design; for several, the design's name before the extension
 /// (`run.bftrace` → `run.classic.bftrace`).
-fn trace_out_path(out: &Path, design: &str, designs: usize) -> PathBuf {
+fn trace_out_path(out: &Path, design: Design, designs: usize) -> PathBuf {
     if designs == 1 {
         return out.to_path_buf();
     }
@@ -273,7 +196,7 @@ fn to_json(r: &ReplayResult) -> serde_json::Value {
         })
         .collect();
     json!({
-        "design": r.design,
+        "design": r.design.name(),
         "latency": latency,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "ops_per_s": r.steps_per_sec(),

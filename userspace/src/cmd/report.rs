@@ -4,13 +4,12 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
-use bufscope::{
+use bufscope_analyses::{
     report::{self, Filter, GroupBy, Report, SortKey, TYPE_NAMES},
     tracedata::TraceData,
+    units::{duration_ns, thousands},
 };
 use bufscope_trace::OpKind;
-
-use super::{duration_ns, thousands};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 use reference_cache::{BlockIo, FileIo, FileIoOptions};
 use serde_json::json;
 
-use super::thousands;
+use bufscope_analyses::units::thousands;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pattern {

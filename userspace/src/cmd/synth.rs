@@ -13,12 +13,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bufscope::system;
+use bufscope::kernel::system;
 use bufscope_trace::{BufioOp, Metadata, OpKind, OpResult, TraceHeader, TraceWriter};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Zipf};
 
-use super::thousands;
+use bufscope_analyses::units::thousands;
 
 /// The synthetic client every synthetic operation names.
 pub const SYNTHETIC_CLIENT: u64 = 1;

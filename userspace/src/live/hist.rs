@@ -1,7 +1,7 @@
 //! A log2 histogram of wait times: cheap to add to at millions of waits a second, and the same
 //! buckets the in-kernel histograms and `report` use, so quantiles read alike everywhere.
 
-use crate::report::{BUCKETS, bucket_of};
+use bufscope_analyses::report::{BUCKETS, bucket_of};
 
 /// Waits in log2 buckets (bucket `i` holds [2^(i-1), 2^i) ns), with exact count, sum and max.
 #[derive(Clone, Debug, PartialEq, Eq)]

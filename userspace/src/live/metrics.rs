@@ -17,7 +17,7 @@ use bufscope_abi::LockFlags;
 use bufscope_trace::OpKind;
 
 use super::{hist::Log2Hist, model::Model};
-use crate::report::op_short;
+use bufscope_analyses::report::op_short;
 
 /// Locks exported, by total wait (bounds the series a scrape carries).
 pub const TOP_LOCKS: usize = 50;
@@ -148,7 +148,7 @@ pub fn render(model: &Model) -> String {
             histogram(
                 &mut out,
                 "bufscope_compare_lock_wait_seconds",
-                &format!("device=\"{device}\",source=\"{}\"", label(&d.design)),
+                &format!("device=\"{device}\",source=\"{}\"", label(d.design.name())),
                 &d.hist,
             );
         }

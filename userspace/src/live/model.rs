@@ -14,12 +14,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, OpResult};
 
+use reference_cache::Design;
+
 use super::{
     hist::Log2Hist,
     playback::Played,
     shadow::{DesignResult, Window},
 };
-use crate::{
+use bufscope_analyses::{
     models::{step_of, streams_of},
     naming::Names,
 };
@@ -258,7 +260,7 @@ pub enum CompareSource {
 /// One design's column of the comparison.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesignColumn {
-    pub design: String,
+    pub design: Design,
     pub hist: Log2Hist,
     pub steps: u64,
     /// Replay steps that did not match the recording (e.g. releases of blocks a window boundary
@@ -268,9 +270,9 @@ pub struct DesignColumn {
 }
 
 impl DesignColumn {
-    fn new(design: &str) -> Self {
+    fn new(design: Design) -> Self {
         Self {
-            design: design.to_string(),
+            design,
             hist: Log2Hist::default(),
             steps: 0,
             mismatched: 0,
@@ -317,7 +319,7 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    pub fn new(source: CompareSource, designs: &[String]) -> Self {
+    pub fn new(source: CompareSource, designs: &[Design]) -> Self {
         Self {
             source,
             client: None,
@@ -328,7 +330,7 @@ impl Comparison {
             skipped: 0,
             ops: 0,
             kernel: Log2Hist::default(),
-            designs: designs.iter().map(|d| DesignColumn::new(d)).collect(),
+            designs: designs.iter().map(|d| DesignColumn::new(*d)).collect(),
             names: Names::default(),
             block_sizes: HashMap::new(),
             client_ops: HashMap::new(),
@@ -341,8 +343,8 @@ impl Comparison {
     }
 
     /// Starts over with these designs (the window being gathered is kept).
-    pub fn set_designs(&mut self, designs: &[String]) {
-        self.designs = designs.iter().map(|d| DesignColumn::new(d)).collect();
+    pub fn set_designs(&mut self, designs: &[Design]) {
+        self.designs = designs.iter().map(|d| DesignColumn::new(*d)).collect();
         self.reset();
     }
 
@@ -350,7 +352,7 @@ impl Comparison {
     /// late result for a window cut before is told apart from new ones.
     fn reset(&mut self) {
         for column in &mut self.designs {
-            *column = DesignColumn::new(&column.design);
+            *column = DesignColumn::new(column.design);
         }
         self.client = None;
         self.windows = 0;
@@ -506,7 +508,7 @@ pub struct Series {
     pub waits_per_sec: Vec<(f64, f64)>,
     /// p99 of the compared client's lock waits per window, µs.
     pub kernel_p99_us: Vec<(f64, f64)>,
-    pub designs_p99_us: Vec<(String, Vec<(f64, f64)>)>,
+    pub designs_p99_us: Vec<(Design, Vec<(f64, f64)>)>,
 }
 
 /// Adds a point in time order (windows may come back from the designs out of order), keeping
@@ -540,7 +542,7 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(header: Header, compare: CompareSource, designs: &[String]) -> Self {
+    pub fn new(header: Header, compare: CompareSource, designs: &[Design]) -> Self {
         Self {
             header,
             names: Names::default(),
@@ -551,7 +553,7 @@ impl Model {
             ops: 0,
             comparison: Comparison::new(compare, designs),
             series: Series {
-                designs_p99_us: designs.iter().map(|d| (d.clone(), Vec::new())).collect(),
+                designs_p99_us: designs.iter().map(|d| (*d, Vec::new())).collect(),
                 ..Default::default()
             },
             elapsed_secs: 0.0,
@@ -692,10 +694,10 @@ impl Model {
     }
 
     /// Starts the comparison and its series over with these designs.
-    pub fn set_designs(&mut self, designs: &[String]) {
+    pub fn set_designs(&mut self, designs: &[Design]) {
         self.comparison.set_designs(designs);
         self.series.kernel_p99_us.clear();
-        self.series.designs_p99_us = designs.iter().map(|d| (d.clone(), Vec::new())).collect();
+        self.series.designs_p99_us = designs.iter().map(|d| (*d, Vec::new())).collect();
     }
 
     /// Compares `client` from the next window on.

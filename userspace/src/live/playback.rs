@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bufscope_trace::{BufioOp, LockWait};
 
-use crate::tracedata::TraceData;
+use bufscope_analyses::tracedata::TraceData;
 
 /// An event handed over by [`Playback::advance`].
 #[derive(Clone, Copy, Debug)]

@@ -21,7 +21,7 @@ use super::{
     model::{BufioStatus, CompareSource, LockSort, Model, Source},
     ui::{Overlay, Panel, Ui, help_lines},
 };
-use crate::{
+use bufscope_analyses::{
     report::bucket_floor,
     units::{compact, duration_ns, thousands},
 };
@@ -540,7 +540,7 @@ fn draw_compare(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
                 c.device,
                 c.designs
                     .iter()
-                    .map(|d| d.design.as_str())
+                    .map(|d| d.design.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             )
@@ -557,7 +557,7 @@ fn draw_compare(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
                 c.designs
                     .iter()
                     .enumerate()
-                    .map(|(i, d)| (d.design.as_str(), &d.hist, DESIGN_COLORS[i % 4])),
+                    .map(|(i, d)| (d.design.name(), &d.hist, DESIGN_COLORS[i % 4])),
             )
             .collect();
     let span = sources.iter().filter_map(|(_, h, _)| h.span()).fold(
@@ -749,7 +749,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
     for (i, (name, points)) in s.designs_p99_us.iter().enumerate() {
         p99.push(
             Dataset::default()
-                .name(name.as_str())
+                .name(name.name())
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(DESIGN_COLORS[i % 4]))
@@ -849,18 +849,8 @@ fn draw_stacks(
     );
 }
 
-/// What each design is, for the picker.
-fn design_description(design: &str) -> &'static str {
-    match design {
-        "classic" => "one client mutex (Linux ≤ 6.3)",
-        "sharded" => "per-tree rw-locks (Linux ≥ 6.4)",
-        "lockfree" => "bufscope's lock-free lookups",
-        _ => "",
-    }
-}
-
 fn draw_designs(frame: &mut Frame, area: Rect, cursor: usize, chosen: &[bool]) {
-    let lines: Vec<Line> = reference_cache::DESIGNS
+    let lines: Vec<Line> = reference_cache::Design::ALL
         .iter()
         .zip(chosen)
         .enumerate()
@@ -869,7 +859,7 @@ fn draw_designs(frame: &mut Frame, area: Rect, cursor: usize, chosen: &[bool]) {
                 "{} [{}] {d:<9} {}",
                 if i == cursor { "▶" } else { " " },
                 if *on { "x" } else { " " },
-                design_description(d)
+                d.description()
             );
             if i == cursor {
                 Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
@@ -902,6 +892,7 @@ pub(crate) mod tests {
         shadow::DesignResult,
         ui::{Overlay, Panel, Ui},
     };
+    use reference_cache::Design;
 
     const CLIENT: u64 = 0xffff_8880_0100_0000;
     const OTHER: u64 = 0xffff_8880_0200_0000;
@@ -956,7 +947,7 @@ pub(crate) mod tests {
     /// A 6.1-like machine: one dm-thin metadata client whose mutex is hot, a second quiet
     /// client, a static lock and an anonymous spinlock; two seconds in; one window compared.
     pub(crate) fn fixture() -> Model {
-        let designs = vec!["classic".to_string(), "sharded".to_string()];
+        let designs = vec![Design::Classic, Design::Sharded];
         let mut m = Model::new(
             Header {
                 kernel: "6.1.0-40-amd64".into(),
@@ -1098,7 +1089,7 @@ pub(crate) mod tests {
     }
 
     fn ui() -> Ui {
-        Ui::new(&["classic".to_string(), "sharded".to_string()], false)
+        Ui::new(&[Design::Classic, Design::Sharded], false)
     }
 
     #[test]

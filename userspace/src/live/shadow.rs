@@ -17,14 +17,13 @@ use std::{
     thread,
 };
 
-use anyhow::bail;
 use reference_cache::{
-    BufferCache, DESIGNS,
+    BufferCache, Design,
     replay::{ReplayOptions, Stream, replay},
 };
 
 use super::hist::Log2Hist;
-use crate::models::{ModelOptions, build_cache};
+use bufscope_analyses::models::{ModelOptions, build_cache};
 
 /// Windows a design may have queued or running before new ones are skipped.
 const MAX_IN_FLIGHT: usize = 2;
@@ -55,9 +54,19 @@ pub struct DesignResult {
 
 #[derive(Debug)]
 struct Worker {
-    design: String,
+    design: Design,
     tx: SyncSender<Arc<Window>>,
     in_flight: Arc<AtomicUsize>,
+}
+
+/// Why the designs' threads could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error("starting the {design} design's thread")]
+    Thread {
+        design: Design,
+        source: std::io::Error,
+    },
 }
 
 /// The designs' threads. Dropping it lets them finish their window and exit.
@@ -69,20 +78,14 @@ pub struct Shadow {
 
 impl Shadow {
     /// Starts a thread per design. `options.replay.speed` paces the replay (1.0: as recorded).
-    pub fn start(designs: &[String], options: &ModelOptions) -> anyhow::Result<Self> {
-        if let Some(bad) = designs.iter().find(|d| !DESIGNS.contains(&d.as_str())) {
-            bail!(
-                "unknown design `{bad}`; the designs are {}",
-                DESIGNS.join(", ")
-            );
-        }
+    pub fn start(designs: &[Design], options: &ModelOptions) -> Result<Self, ShadowError> {
         let (results_tx, results) = mpsc::channel();
         let mut workers = Vec::new();
         for (index, design) in designs.iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel::<Arc<Window>>(MAX_IN_FLIGHT);
             let in_flight = Arc::new(AtomicUsize::new(0));
-            let (design_name, options, results_tx, counter) = (
-                design.clone(),
+            let (design, options, results_tx, counter) = (
+                *design,
                 options.clone(),
                 results_tx.clone(),
                 Arc::clone(&in_flight),
@@ -90,10 +93,11 @@ impl Shadow {
             thread::Builder::new()
                 .name(format!("shadow-{design}"))
                 .spawn(move || {
-                    run_worker(index, &design_name, &options, &rx, &results_tx, &counter);
-                })?;
+                    run_worker(index, design, &options, &rx, &results_tx, &counter);
+                })
+                .map_err(|source| ShadowError::Thread { design, source })?;
             workers.push(Worker {
-                design: design.clone(),
+                design,
                 tx,
                 in_flight,
             });
@@ -101,8 +105,8 @@ impl Shadow {
         Ok(Self { workers, results })
     }
 
-    pub fn designs(&self) -> Vec<String> {
-        self.workers.iter().map(|w| w.design.clone()).collect()
+    pub fn designs(&self) -> Vec<Design> {
+        self.workers.iter().map(|w| w.design).collect()
     }
 
     /// Hands the window to every design, or to none when any is still busy with
@@ -147,7 +151,7 @@ impl Shadow {
 
 fn run_worker(
     index: usize,
-    design: &str,
+    design: Design,
     options: &ModelOptions,
     windows: &Receiver<Arc<Window>>,
     results: &mpsc::Sender<DesignResult>,
@@ -213,7 +217,7 @@ mod tests {
     use reference_cache::replay::{Step, TimedStep};
 
     use super::*;
-    use crate::models::Backing;
+    use bufscope_analyses::models::Backing;
 
     /// Eight threads taking turns on a few blocks: the classic design's one mutex is contended.
     fn hot_window(id: u64) -> Window {
@@ -250,7 +254,7 @@ mod tests {
 
     #[test]
     fn every_design_reports_on_every_window_it_took() {
-        let designs = vec!["classic".to_string(), "sharded".to_string()];
+        let designs = vec![Design::Classic, Design::Sharded];
         let options = ModelOptions {
             backing: Backing::Memory,
             capacity: 1024,
@@ -286,17 +290,5 @@ mod tests {
                 .any(|r| r.waits.count > 0),
             "classic never waited: {results:?}"
         );
-    }
-
-    #[test]
-    fn unknown_designs_are_refused_by_name() {
-        let options = ModelOptions {
-            backing: Backing::Memory,
-            capacity: 16,
-            cpus: None,
-            replay: ReplayOptions::default(),
-        };
-        let e = Shadow::start(&["btree".to_string()], &options).unwrap_err();
-        assert!(e.to_string().contains("unknown design `btree`"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 //! designs, seek) come back as an [`Action`].
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use reference_cache::DESIGNS;
+use reference_cache::Design;
 
 use super::model::{LockKey, LockSort, Model};
 
@@ -43,7 +43,7 @@ pub enum Overlay {
         lock: LockKey,
         scroll: usize,
     },
-    /// The design picker (d): a cursor and a check per design of [`DESIGNS`].
+    /// The design picker (d): a cursor and a check per design of [`Design::ALL`].
     Designs {
         cursor: usize,
         chosen: Vec<bool>,
@@ -61,7 +61,7 @@ pub enum Action {
     /// Start or stop recording (live), play or pause (replay).
     ToggleRecording,
     TogglePause,
-    Designs(Vec<String>),
+    Designs(Vec<Design>),
     CompareClient(u64),
     /// Replay only: jump this many seconds (negative: back).
     Seek(f64),
@@ -81,11 +81,11 @@ pub struct Ui {
     /// Driven by a trace file: seek and speed keys apply, `r` is not recording.
     pub replay: bool,
     /// The designs shown (the picker starts from them).
-    pub designs: Vec<String>,
+    pub designs: Vec<Design>,
 }
 
 impl Ui {
-    pub fn new(designs: &[String], replay: bool) -> Self {
+    pub fn new(designs: &[Design], replay: bool) -> Self {
         Self {
             focus: Panel::Locks,
             selected: [0; 4],
@@ -163,11 +163,11 @@ impl Ui {
                         }
                     }
                     KeyCode::Enter => {
-                        let designs: Vec<String> = DESIGNS
+                        let designs: Vec<Design> = Design::ALL
                             .iter()
                             .zip(chosen.iter())
                             .filter(|(_, on)| **on)
-                            .map(|(d, _)| d.to_string())
+                            .map(|(d, _)| *d)
                             .collect();
                         self.overlay = Overlay::None;
                         if designs != self.designs {
@@ -247,9 +247,9 @@ impl Ui {
             KeyCode::Char('d') => {
                 self.overlay = Overlay::Designs {
                     cursor: 0,
-                    chosen: DESIGNS
+                    chosen: Design::ALL
                         .iter()
-                        .map(|d| self.designs.iter().any(|x| x == d))
+                        .map(|d| self.designs.contains(d))
                         .collect(),
                 };
             }
@@ -310,14 +310,14 @@ mod tests {
                 status: None,
             },
             CompareSource::Tables,
-            &["classic".into()],
+            &[Design::Classic],
         )
     }
 
     #[test]
     fn keys_move_focus_filter_sort_and_pick_designs() {
         let m = model();
-        let mut ui = Ui::new(&["classic".into()], false);
+        let mut ui = Ui::new(&[Design::Classic], false);
         assert_eq!(ui.focus, Panel::Locks);
         ui.on_key(key(KeyCode::Tab), &m);
         assert_eq!(ui.focus, Panel::Clients);
@@ -346,7 +346,7 @@ mod tests {
         ui.on_key(key(KeyCode::Char(' ')), &m);
         assert_eq!(
             ui.on_key(key(KeyCode::Enter), &m),
-            Some(Action::Designs(vec!["classic".into(), "sharded".into()]))
+            Some(Action::Designs(vec![Design::Classic, Design::Sharded]))
         );
         assert_eq!(
             ui.on_key(key(KeyCode::Char('r')), &m),

@@ -15,7 +15,7 @@ use std::{
 use bufscope_abi::LockFlags;
 use prost::Message;
 
-use super::{Threads, counters};
+use super::{ExportError, Threads, counters};
 use crate::{report::op_short, tracedata::TraceData};
 
 #[derive(Clone, PartialEq, Message)]
@@ -167,7 +167,7 @@ struct Slice {
     args: Vec<DebugAnnotation>,
 }
 
-pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
+pub fn write(trace: &TraceData, out: impl Write) -> Result<u64, ExportError> {
     let mut out = Out {
         w: std::io::BufWriter::new(out),
         buf: Vec::new(),

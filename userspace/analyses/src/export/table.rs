@@ -17,6 +17,7 @@ use parquet::{
 };
 use serde::Serialize;
 
+use super::ExportError;
 use crate::tracedata::TraceData;
 
 /// A column: name, Parquet type, and what it holds.
@@ -225,7 +226,7 @@ pub fn rows(trace: &TraceData) -> impl Iterator<Item = EventRow> + '_ {
     waits.chain(ops)
 }
 
-pub fn write_csv(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
+pub fn write_csv(trace: &TraceData, out: impl Write) -> Result<u64, ExportError> {
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(out);
@@ -240,7 +241,7 @@ pub fn write_csv(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
 }
 
 /// JSON Lines: one object per line, every column present (null where it does not apply).
-pub fn write_json(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
+pub fn write_json(trace: &TraceData, out: impl Write) -> Result<u64, ExportError> {
     let mut out = std::io::BufWriter::new(out);
     let mut n = 0;
     for row in rows(trace) {
@@ -330,7 +331,7 @@ fn levels<T: Clone>(values: &[Option<T>]) -> (Vec<T>, Vec<i16>) {
 }
 
 /// Parquet, zstd-compressed, in row groups of 256 Ki rows; the schema is [`COLUMNS`].
-pub fn write_parquet<W: Write + Send>(trace: &TraceData, out: W) -> anyhow::Result<u64> {
+pub fn write_parquet<W: Write + Send>(trace: &TraceData, out: W) -> Result<u64, ExportError> {
     let schema = Arc::new(parse_message_type(&parquet_schema())?);
     let props = Arc::new(
         WriterProperties::builder()

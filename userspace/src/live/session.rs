@@ -1,122 +1,81 @@
-//! The full-screen view's runner, for `live` and `replay --tui`: one tokio loop over keys, the
-//! kernel's event stream (or a trace played back), a data tick (rates, the designs' next
-//! window, names for new stacks, recording flushes, the metrics text) and a frame tick (the
-//! designs' results, drawing). Collectors write the [`Model`]; drawing only reads it.
+//! The full-screen view's runners, for `live` ([`run_live`]) and `replay --tui`
+//! ([`run_replay`]): one tokio loop over keys, the kernel's event stream (or a trace played
+//! back), a data tick (rates, the designs' next window, names for new stacks, recording flushes,
+//! the metrics text) and a frame tick (the designs' results, drawing). Collectors write the
+//! [`Model`]; drawing only reads it.
 //!
 //! The terminal is restored however the loop ends: `q`, Ctrl-C (a key in raw mode), SIGTERM,
 //! an error (the [`Screen`] is dropped) or a panic (ratatui's hook).
 
 use std::{
-    collections::HashSet,
-    io::IsTerminal,
-    net::{SocketAddr, ToSocketAddrs},
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
-use bufscope::{
-    live::{
-        metrics,
-        model::{BufioStatus, CompareSource, Header, Model, Recording, Source},
-        playback::Playback,
-        render,
-        shadow::Shadow,
-        ui::{Action, Ui},
-    },
-    models::ModelOptions,
-    probe::{ClientHow, Event, EventStream, LockProbes},
-    symbols::{LockText, static_lock_names, symbolize_kernel},
-    system,
-    tracedata::TraceData,
-};
-use bufscope_trace::Metadata;
-use futures_util::StreamExt as _;
-use ratatui::DefaultTerminal;
-use tokio::signal::unix::{SignalKind, signal};
+use bufscope_analyses::{models::ModelOptions, tracedata::TraceData, units::thousands};
+use bufscope_trace::TraceError;
+use reference_cache::Design;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    live::lost_events,
-    record::{Recorder, Start},
-    sleep_until, thousands,
+    ingest::{KernelNames, ingest},
+    metrics,
+    model::{BufioStatus, CompareSource, Header, Model, Recording, Source},
+    playback::Playback,
+    render,
+    sample::{SAMPLE, SAMPLE_NAME},
+    screen::{Screen, ScreenError, next_key},
+    serve::{ServeError, serve_metrics},
+    shadow::{Shadow, ShadowError},
+    ui::{Action, Ui},
 };
+use crate::{
+    kernel::system,
+    probes::{Event, EventStream, LockProbes, ProbeError, lost_events},
+    record::{RecordError, Recorder, RecordingStart},
+    stop::sleep_until,
+};
+
+/// Why a view stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("opening the event ring buffer")]
+    OpenStream(#[source] std::io::Error),
+    #[error("reading the event ring buffer")]
+    ReadStream(#[source] std::io::Error),
+    #[error("reading the bundled sample")]
+    Sample(#[source] TraceError),
+    #[error("installing the {0} handler")]
+    Signal(&'static str, #[source] std::io::Error),
+    #[error("{file} has no lock waits or dm-bufio operations to play")]
+    NothingToPlay { file: String },
+    #[error(transparent)]
+    Screen(#[from] ScreenError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error(transparent)]
+    Metrics(#[from] ServeError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("writing to stdout")]
+    Output(#[source] std::io::Error),
+}
 
 /// Frames per second drawn at most.
 const FRAME: Duration = Duration::from_millis(100);
 
-/// The terminal in raw mode on the alternate screen; restored when dropped.
-pub struct Screen {
-    terminal: DefaultTerminal,
+/// Waits for `kind`, named `name` in errors.
+pub fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, SessionError> {
+    signal(kind).map_err(|e| SessionError::Signal(name, e))
 }
 
-impl Screen {
-    pub fn open() -> anyhow::Result<Self> {
-        if !std::io::stdout().is_terminal() {
-            bail!(
-                "stdout is not a terminal: the full-screen view needs one (use --no-tui for \
-                 interval tables on stdout)"
-            );
-        }
-        // Also installs a panic hook that restores the terminal before the message prints.
-        Ok(Self {
-            terminal: ratatui::try_init().context("setting up the terminal")?,
-        })
-    }
-}
-
-impl Drop for Screen {
-    fn drop(&mut self) {
-        ratatui::restore();
-    }
-}
-
-impl std::fmt::Debug for Screen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Screen")
-    }
-}
-
-/// `9464` or `:9464` → 127.0.0.1:9464; anything else as given (`0.0.0.0:9464` for every
-/// interface).
-pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
-    let port_only = s.strip_prefix(':').unwrap_or(s);
-    if let Ok(port) = port_only.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("`{s}` is not an address to listen on: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{s}` resolves to no address"))
-}
-
-/// Serves the latest metrics text on `addr` from a thread; the text is replaced each interval.
-pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<Arc<Mutex<String>>> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("--metrics: cannot listen on {addr}: {e}"))?;
-    let text = Arc::new(Mutex::new("# EOF\n".to_string()));
-    let shared = Arc::clone(&text);
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let content_type = tiny_http::Header::from_bytes("Content-Type", metrics::CONTENT_TYPE)
-                .expect("a valid header");
-            for request in server.incoming_requests() {
-                let response = if request.url() == "/metrics" {
-                    let body = shared.lock().map(|t| t.clone()).unwrap_or_default();
-                    tiny_http::Response::from_string(body).with_header(content_type.clone())
-                } else {
-                    tiny_http::Response::from_string("bufscope serves /metrics\n")
-                        .with_status_code(404)
-                };
-                let _ = request.respond(response);
-            }
-        })?;
-    Ok(text)
-}
-
-/// Everything but the data source: the model, the viewer's choices, the designs' threads.
-struct Session {
+/// Everything a view holds but its data source: the model, the viewer's choices, the designs'
+/// threads, the metrics text.
+struct ViewState {
     model: Model,
     /// What the screen shows while paused (the model goes on taking events).
     frozen: Option<Model>,
@@ -126,13 +85,13 @@ struct Session {
     metrics: Option<Arc<Mutex<String>>>,
 }
 
-impl Session {
+impl ViewState {
     fn new(
         model: Model,
         ui: Ui,
         shadow_options: ModelOptions,
         metrics: Option<Arc<Mutex<String>>>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SessionError> {
         let shadow = start_shadow(&ui.designs, &shadow_options)?;
         Ok(Self {
             model,
@@ -144,7 +103,7 @@ impl Session {
         })
     }
 
-    fn restart_shadow(&mut self) -> anyhow::Result<()> {
+    fn restart_shadow(&mut self) -> Result<(), SessionError> {
         self.shadow = start_shadow(&self.ui.designs, &self.shadow_options)?;
         Ok(())
     }
@@ -174,20 +133,17 @@ impl Session {
         }
     }
 
-    fn draw(&mut self, screen: &mut Screen) -> anyhow::Result<()> {
+    fn draw(&mut self, screen: &mut Screen) -> Result<(), SessionError> {
         let model = self.frozen.as_ref().unwrap_or(&self.model);
         self.ui.clamp(model);
         let ui = &self.ui;
-        screen
-            .terminal
-            .draw(|f| render::draw(f, model, ui))
-            .context("drawing")?;
+        screen.draw(|f| render::draw(f, model, ui))?;
         Ok(())
     }
 
     /// Applies a key; the actions every source handles the same way are done here, the rest
     /// returned.
-    fn key(&mut self, key: crossterm::event::KeyEvent) -> anyhow::Result<Option<Action>> {
+    fn key(&mut self, key: crossterm::event::KeyEvent) -> Result<Option<Action>, SessionError> {
         let action = {
             let model = self.frozen.as_ref().unwrap_or(&self.model);
             self.ui.on_key(key, model)
@@ -214,21 +170,14 @@ impl Session {
     }
 }
 
-fn start_shadow(designs: &[String], options: &ModelOptions) -> anyhow::Result<Option<Shadow>> {
+fn start_shadow(
+    designs: &[Design],
+    options: &ModelOptions,
+) -> Result<Option<Shadow>, SessionError> {
     if designs.is_empty() {
         return Ok(None);
     }
-    Shadow::start(designs, options).map(Some)
-}
-
-async fn next_key(keys: &mut crossterm::event::EventStream) -> Option<crossterm::event::KeyEvent> {
-    loop {
-        match keys.next().await {
-            Some(Ok(crossterm::event::Event::Key(k))) => return Some(k),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return None,
-        }
-    }
+    Ok(Some(Shadow::start(designs, options)?))
 }
 
 /// How `live` runs the full-screen view.
@@ -236,48 +185,10 @@ async fn next_key(keys: &mut crossterm::event::EventStream) -> Option<crossterm:
 pub struct LiveSettings {
     pub interval: Duration,
     pub duration: Option<Duration>,
-    pub designs: Vec<String>,
+    pub designs: Vec<Design>,
     pub record: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub shadow: ModelOptions,
-}
-
-/// The bundled sample the comparison replays when this kernel has no dm-bufio.
-const SAMPLE_NAME: &str = "6.1-thin-hotspot";
-const SAMPLE: &[u8] = include_bytes!("../../../samples/6.1-thin-hotspot.bftrace");
-
-/// Names for stacks and static locks the kernel source has not named yet.
-struct Naming {
-    lock_text: LockText,
-    symbolized: HashSet<u64>,
-    statics: HashSet<u64>,
-}
-
-impl Naming {
-    fn update(&mut self, model: &mut Model, probes: &LockProbes) {
-        let mut new_addrs = Vec::new();
-        for id in model.unnamed_stacks() {
-            if let Some(frames) = probes.stack(id) {
-                new_addrs.extend(frames.iter().filter(|a| self.symbolized.insert(**a)));
-                model.add_metadata(&Metadata::Stack { id, frames });
-            }
-        }
-        if !new_addrs.is_empty() {
-            let (symbols, _) = symbolize_kernel(&new_addrs, &self.lock_text);
-            model.add_metadata(&Metadata::Symbols { symbols });
-        }
-        let statics: Vec<u64> = model
-            .locks
-            .keys()
-            .map(|k| k.addr)
-            .filter(|a| *a >= 0xffff_ffff_8000_0000 && self.statics.insert(*a))
-            .collect();
-        if !statics.is_empty() {
-            model.add_metadata(&Metadata::Symbols {
-                symbols: static_lock_names(&statics),
-            });
-        }
-    }
 }
 
 fn recording_path() -> PathBuf {
@@ -296,16 +207,14 @@ fn recording_status(r: &Recorder) -> Recording {
     }
 }
 
-/// `live` without `--no-tui`.
-pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Result<()> {
-    let mut stream = probes
-        .event_stream()
-        .context("opening the event ring buffer")?;
+/// `live` without `--no-tui`: the full-screen view of the kernel's events until q, the duration,
+/// SIGTERM or SIGHUP.
+pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<(), SessionError> {
+    let mut stream = probes.event_stream().map_err(SessionError::OpenStream)?;
     let bufio = probes.bufio();
     let (status, mut sample) = match &bufio.unavailable {
         Some(why) => {
-            let trace =
-                TraceData::from_bytes(SAMPLE, SAMPLE_NAME).context("reading the bundled sample")?;
+            let trace = TraceData::from_bytes(SAMPLE, SAMPLE_NAME).map_err(SessionError::Sample)?;
             (
                 BufioStatus::Unavailable(why.clone()),
                 Playback::new(trace, 1.0, true),
@@ -348,15 +257,11 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
     }
     let metrics = settings.metrics.map(serve_metrics).transpose()?;
     let mut recorder = match &settings.record {
-        Some(path) => Some(Recorder::create(path, &probes, Start::now())?),
+        Some(path) => Some(Recorder::create(path, &probes, RecordingStart::now())?),
         None => None,
     };
-    let mut naming = Naming {
-        lock_text: LockText::from_kallsyms(),
-        symbolized: HashSet::new(),
-        statics: HashSet::new(),
-    };
-    let mut session = Session::new(
+    let mut naming = KernelNames::new();
+    let mut session = ViewState::new(
         model,
         Ui::new(&settings.designs, false),
         settings.shadow.clone(),
@@ -365,9 +270,8 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
 
     let mut screen = Screen::open()?;
     let mut keys = crossterm::event::EventStream::new();
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut hangup = handler(SignalKind::hangup(), "SIGHUP")?;
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let mut data_tick = tokio::time::interval(settings.interval);
     data_tick.reset();
@@ -376,11 +280,11 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
     let mut last_tick = Instant::now();
     let mut last_frame = Instant::now();
     let mut last_run_ns: u64 = probes.program_stats().iter().map(|p| p.run_time_ns).sum();
-    let outcome: anyhow::Result<()> = async {
+    let outcome: Result<(), SessionError> = async {
         loop {
             tokio::select! {
                 ready = stream.next_batch(&mut batch) => {
-                    ready.context("reading the event ring buffer")?;
+                    ready.map_err(SessionError::ReadStream)?;
                     ingest(&mut session.model, &probes, &batch);
                     if let Some(r) = &mut recorder {
                         r.write(&probes, &batch)?;
@@ -439,29 +343,34 @@ pub async fn live(mut probes: LockProbes, settings: LiveSettings) -> anyhow::Res
     probes.detach();
     if let Some(r) = recorder.take() {
         stream.drain_now(&mut batch);
-        finish_recording(r, &probes, &stream, &batch)?;
+        // The screen is closed: the summary goes to stderr.
+        for line in finish_recording(r, &probes, &stream, &batch)? {
+            eprintln!("bufscope: {line}");
+        }
     }
     outcome
 }
 
-/// Finishes a recording, saying where it went.
+/// Finishes a recording; returns what to tell the user: where it went, and why stacks were
+/// kept as addresses if they were. Prints nothing: while the screen is open, the status line
+/// shows it.
 fn finish_recording(
     mut r: Recorder,
     probes: &LockProbes,
     stream: &EventStream,
-    tail: &[bufscope::probe::Event],
-) -> anyhow::Result<String> {
+    tail: &[Event],
+) -> Result<Vec<String>, SessionError> {
     r.write(probes, tail)?;
     let path = r.path.clone();
     let done = r.finish(probes, stream.malformed())?;
-    let line = format!(
+    let mut lines = vec![format!(
         "recorded {} lock waits and {} dm-bufio operations to {}",
         thousands(done.waits),
         thousands(done.ops),
         path.display()
-    );
-    eprintln!("bufscope: {line}");
-    Ok(line)
+    )];
+    lines.extend(done.symbols_note);
+    Ok(lines)
 }
 
 fn toggle_recording(
@@ -470,9 +379,9 @@ fn toggle_recording(
     probes: &LockProbes,
     stream: &EventStream,
     settings: &LiveSettings,
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
     if let Some(r) = recorder.take() {
-        model.header.status = Some(finish_recording(r, probes, stream, &[])?);
+        model.header.status = Some(finish_recording(r, probes, stream, &[])?.join("; "));
         model.header.recording = None;
         return Ok(());
     }
@@ -481,7 +390,7 @@ fn toggle_recording(
         Some(p) if !p.exists() => p.clone(),
         _ => recording_path(),
     };
-    match Recorder::create(&path, probes, Start::now()) {
+    match Recorder::create(&path, probes, RecordingStart::now()) {
         Ok(r) => {
             model.header.recording = Some(recording_status(&r));
             model.header.status = None;
@@ -492,36 +401,14 @@ fn toggle_recording(
     Ok(())
 }
 
-/// The kernel's events into the model (clients named with their lock addresses).
-pub fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
-    for event in batch {
-        match event {
-            Event::LockWait(w) => model.add_wait(w),
-            Event::Op(o) => model.add_op(o),
-            // A destroyed client's name stays until a new client takes its address.
-            Event::Client(c) if c.how != ClientHow::Destroyed => {
-                model.add_metadata(&Metadata::Client {
-                    addr: c.addr,
-                    device: c.device.clone(),
-                    block_size: c.block_size,
-                    locks: probes.client_locks(c.addr, c.num_locks),
-                    seen_ns: c.at_ns,
-                    destroyed_ns: None,
-                });
-            }
-            Event::Client(_) => {}
-        }
-    }
-}
-
 /// `replay FILE --tui`: the same screens driven by a trace file.
-pub async fn replay(
+pub async fn run_replay(
     trace: TraceData,
     speed: f64,
-    designs: Vec<String>,
+    designs: Vec<Design>,
     shadow: ModelOptions,
     interval: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
     let file = trace.source.clone();
     let header = Header {
         kernel: trace.header.kernel_release.clone(),
@@ -545,9 +432,9 @@ pub async fn replay(
             .map(|p| format!("the file ends early: {p}")),
     };
     let Some(mut playback) = Playback::new(trace, speed, false) else {
-        bail!("{file} has no lock waits or dm-bufio operations to play");
+        return Err(SessionError::NothingToPlay { file });
     };
-    let fresh_model = |playback: &Playback, designs: &[String]| {
+    let fresh_model = |playback: &Playback, designs: &[Design]| {
         let mut model = Model::new(header.clone(), CompareSource::Tables, designs);
         for m in &playback.trace.metadata {
             model.add_metadata(m);
@@ -555,11 +442,10 @@ pub async fn replay(
         model
     };
     let model = fresh_model(&playback, &designs);
-    let mut session = Session::new(model, Ui::new(&designs, true), shadow, None)?;
+    let mut session = ViewState::new(model, Ui::new(&designs, true), shadow, None)?;
     let mut screen = Screen::open()?;
     let mut keys = crossterm::event::EventStream::new();
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut data_tick = tokio::time::interval(interval);
     data_tick.reset();
     let mut frame_tick = tokio::time::interval(FRAME);

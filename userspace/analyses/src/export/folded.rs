@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, io::Write};
 
+use super::ExportError;
 use crate::tracedata::TraceData;
 
 /// What a line's number counts.
@@ -29,7 +30,7 @@ fn clean(frame: &str) -> String {
     without_offset.replace([';', '\n'], "_")
 }
 
-pub fn write(trace: &TraceData, weight: Weight, mut out: impl Write) -> anyhow::Result<u64> {
+pub fn write(trace: &TraceData, weight: Weight, mut out: impl Write) -> Result<u64, ExportError> {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     let mut n = 0;
     for w in &trace.waits {

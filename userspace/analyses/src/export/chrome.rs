@@ -9,18 +9,18 @@ use std::io::Write;
 use bufscope_abi::LockFlags;
 use serde_json::{Value, json};
 
-use super::{Threads, counters};
+use super::{ExportError, Threads, counters};
 use crate::{report::op_short, tracedata::TraceData};
 
 /// Counter sampling period, ns.
 const COUNTER_PERIOD_NS: u64 = 100_000_000;
 
-pub fn write(trace: &TraceData, out: impl Write) -> anyhow::Result<u64> {
+pub fn write(trace: &TraceData, out: impl Write) -> Result<u64, ExportError> {
     let mut out = std::io::BufWriter::new(out);
     let origin = trace.span_ns().map_or(0, |(first, _)| first);
     let us = |ns: u64| ns.saturating_sub(origin) as f64 / 1e3;
     let mut first = true;
-    let mut emit = |out: &mut std::io::BufWriter<_>, event: Value| -> anyhow::Result<()> {
+    let mut emit = |out: &mut std::io::BufWriter<_>, event: Value| -> Result<(), ExportError> {
         out.write_all(if first { b"\n" } else { b",\n" })?;
         first = false;
         serde_json::to_writer(&mut *out, &event)?;

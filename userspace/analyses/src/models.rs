@@ -5,11 +5,11 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult};
 use reference_cache::{
-    BlockIo, BufferCache, CacheConfig, FileIo, FileIoOptions, Latency, LockClass, MemoryIo, build,
+    BlockIo, BufferCache, CacheConfig, Design, FileIo, FileIoOptions, Latency, LockClass, MemoryIo,
+    build,
     replay::{ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep, replay},
 };
 
@@ -170,22 +170,32 @@ pub struct ModelOptions {
     pub replay: ReplayOptions,
 }
 
-/// Runs `input` through `design` (a name from [`reference_cache::DESIGNS`]).
+/// Why a design could not be built: its device would not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("opening --device {}", path.display())]
+    Device {
+        path: PathBuf,
+        source: reference_cache::io::OpenError,
+    },
+}
+
+/// Runs `input` through `design`.
 pub fn run_design(
-    design: &str,
+    design: Design,
     input: &ReplayInput,
     options: &ModelOptions,
-) -> anyhow::Result<ReplayResult> {
+) -> Result<ReplayResult, ModelError> {
     let cache = build_cache(design, input.block_size, options)?;
     Ok(replay(cache, input.streams.clone(), options.replay))
 }
 
 /// An empty cache of `design` for blocks of `block_size` bytes, on the options' backing.
 pub fn build_cache(
-    design: &str,
+    design: Design,
     block_size: u32,
     options: &ModelOptions,
-) -> anyhow::Result<Arc<dyn BufferCache>> {
+) -> Result<Arc<dyn BufferCache>, ModelError> {
     let block_size = block_size as usize;
     let io: Arc<dyn BlockIo> = match &options.backing {
         Backing::Device {
@@ -201,7 +211,10 @@ pub fn build_cache(
                     allow_writes: *allow_writes,
                 },
             )
-            .with_context(|| format!("opening --device {}", path.display()))?,
+            .map_err(|source| ModelError::Device {
+                path: path.clone(),
+                source,
+            })?,
         ),
         Backing::Memory => Arc::new(MemoryIo::new(block_size, Latency::None)),
         Backing::MemoryWithLatency(d) => Arc::new(MemoryIo::new(block_size, Latency::Fixed(*d))),
@@ -210,8 +223,7 @@ pub fn build_cache(
     if let Some(cpus) = options.cpus {
         config.cpus = cpus.max(1);
     }
-    let cache = build(design, config, io).with_context(|| format!("unknown design `{design}`"))?;
-    Ok(Arc::from(cache))
+    Ok(Arc::from(build(design, config, io)))
 }
 
 /// A logged run as a trace: the replayed client with model lock addresses, operations and

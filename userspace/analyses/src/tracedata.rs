@@ -150,22 +150,22 @@ impl TraceData {
 
     /// Writes it as a trace file (metadata first, so a reader names locks as it goes). Refuses
     /// to overwrite an existing file unless `force`.
-    pub fn write(&self, path: &Path, force: bool) -> anyhow::Result<()> {
-        use anyhow::Context;
+    pub fn write(&self, path: &Path, force: bool) -> Result<(), WriteTraceError> {
         let file = if force {
             std::fs::File::create(path)
         } else {
             std::fs::File::create_new(path)
         }
-        .with_context(|| match force {
-            false if path.exists() => {
-                format!("{} exists; pass --force to overwrite it", path.display())
+        .map_err(|source| {
+            let path = path.to_path_buf();
+            if !force && path.exists() {
+                WriteTraceError::Exists { path, source }
+            } else {
+                WriteTraceError::Create { path, source }
             }
-            _ => format!("creating {}", path.display()),
         })?;
-        let mut writer = TraceWriter::new(std::io::BufWriter::new(file), &self.header)
-            .with_context(|| format!("writing {}", path.display()))?;
         let written = (|| -> std::io::Result<()> {
+            let mut writer = TraceWriter::new(std::io::BufWriter::new(file), &self.header)?;
             for m in &self.metadata {
                 writer.write_metadata(m)?;
             }
@@ -181,6 +181,29 @@ impl TraceData {
             writer.finish(end)?;
             Ok(())
         })();
-        written.with_context(|| format!("writing {}", path.display()))
+        written.map_err(|source| WriteTraceError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
+}
+
+/// Why [`TraceData::write`] failed; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteTraceError {
+    #[error("{} exists; pass --force to overwrite it", path.display())]
+    Exists {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("creating {}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -6,10 +6,8 @@ use std::{fs, path::Path};
 use aya::maps::MapType;
 use serde::Serialize;
 
-use crate::{
-    probe::{AttachOptions, BufioReport, LockProbes},
-    system,
-};
+use super::system;
+use crate::probes::{AttachOptions, BufioReport, LockProbes};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

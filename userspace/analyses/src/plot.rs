@@ -9,14 +9,33 @@ use std::{
     sync::OnceLock,
 };
 
-use anyhow::{Context, anyhow, bail};
-use bufscope::{
-    compare::{Comparison, SourceStats},
-    report::bucket_floor,
-};
 use plotters::{coord::Shift, prelude::*};
 
-use super::duration_ns;
+use crate::{
+    compare::{Comparison, SourceStats},
+    report::{self, bucket_floor},
+    units::duration_ns,
+};
+
+/// Why a plot could not be drawn.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error(
+        "no TrueType font for the plot's text: looked for {} (on Debian: apt-get install \
+         fonts-dejavu-core)",
+        FONTS.join(", ")
+    )]
+    NoFont,
+    #[error("{0} is not a font plotters can read")]
+    BadFont(&'static str),
+    #[error("{}: use a .svg or .png file", .0.display())]
+    Extension(PathBuf),
+    /// Plotters' drawing errors are generic over the backend; their text is kept.
+    #[error("{0}")]
+    Draw(String),
+    #[error("writing the plot: {0}")]
+    Write(String),
+}
 
 /// Fonts tried in order: Debian's fonts-dejavu-core, then other distributions' places.
 const FONTS: &[&str] = &[
@@ -27,46 +46,31 @@ const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
-pub fn parse_plot_path(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("svg" | "png") => Ok(path),
-        _ => Err(format!(
-            "`{s}`: the plot's format is told by its extension, .svg or .png"
-        )),
-    }
-}
-
-fn ensure_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+fn ensure_font() -> Result<(), PlotError> {
+    static REGISTERED: OnceLock<Result<(), PlotError>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
             let Some((path, bytes)) = FONTS
                 .iter()
                 .find_map(|p| std::fs::read(p).ok().map(|b| (p, b)))
             else {
-                return Err(format!(
-                    "no TrueType font for the plot's text: looked for {} (on Debian: apt-get \
-                     install fonts-dejavu-core)",
-                    FONTS.join(", ")
-                ));
+                return Err(PlotError::NoFont);
             };
             // Plotters keeps fonts for the life of the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| format!("{path} is not a font plotters can read"))
+                .map_err(|_| PlotError::BadFont(path))
         })
         .clone()
-        .map_err(|e| anyhow!(e))
 }
 
-pub fn draw(c: &Comparison, path: &Path) -> anyhow::Result<()> {
+pub fn draw(c: &Comparison, path: &Path) -> Result<(), PlotError> {
     ensure_font()?;
     let size = (1400, 560);
     match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => render(c, SVGBackend::new(path, size).into_drawing_area()),
         Some("png") => render(c, BitMapBackend::new(path, size).into_drawing_area()),
-        _ => bail!("{}: use a .svg or .png file", path.display()),
+        _ => Err(PlotError::Extension(path.to_path_buf())),
     }
 }
 
@@ -94,7 +98,7 @@ fn label(s: &SourceStats, c: &Comparison) -> String {
 
 /// Operations per wait bucket, all kinds together.
 fn per_op(s: &SourceStats) -> Vec<u64> {
-    let mut sum = vec![0u64; bufscope::report::BUCKETS];
+    let mut sum = vec![0u64; report::BUCKETS];
     for row in s.ops.values() {
         for (a, b) in sum.iter_mut().zip(&row.wait_per_op) {
             *a += b;
@@ -127,11 +131,11 @@ fn bucket_label(b: usize) -> String {
     }
 }
 
-fn render<DB: DrawingBackend>(c: &Comparison, root: DrawingArea<DB, Shift>) -> anyhow::Result<()>
+fn render<DB: DrawingBackend>(c: &Comparison, root: DrawingArea<DB, Shift>) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| PlotError::Draw(format!("{e:?}"));
     root.fill(&WHITE).map_err(err)?;
     let root = root
         .titled(
@@ -246,6 +250,7 @@ where
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(err)?;
-    root.present().map_err(err).context("writing the plot")?;
+    root.present()
+        .map_err(|e| PlotError::Write(format!("{e:?}")))?;
     Ok(())
 }

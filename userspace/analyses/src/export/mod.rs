@@ -19,6 +19,19 @@ use bufscope_trace::{BufioOp, OpKind};
 
 use crate::tracedata::TraceData;
 
+/// Why an export stopped. Each keeps the writer's own error as its message.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
 /// The formats `--format` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -1,0 +1,261 @@
+//! Lock contention: lock:contention_begin and contention_end, paired per waiter in the kernel
+//! into one wait, folded into histograms and (when streaming) sent as a [`LockWaitEvent`].
+
+use aya_ebpf::{
+    bindings::{BPF_F_FAST_STACK_CMP, BPF_NOEXIST},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
+};
+use bufscope_abi::{
+    BufioOffsets, Counter, EventKind, LockFlags, LockWaitEvent, WaitHist, WaitHistKey,
+};
+
+use crate::{
+    BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
+    maps::{EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACKS, WAIT_HIST, ZERO_HIST, count},
+};
+
+/// A wait that has begun and not yet ended. In-kernel only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct PendingWait {
+    start_ns: u64,
+    lock_addr: u64,
+    flags: u32,
+    stack_id: i32,
+    /// The operation and client the waiter was inside (0 for none).
+    op: u32,
+    _pad: u32,
+    op_client: u64,
+}
+
+// The same pairing runs from tp_btf programs (typed arguments, no tracefs) or classic tracepoint
+// programs (field offsets from the format file, set before load); user space loads one pair.
+
+#[btf_tracepoint(function = "contention_begin")]
+pub fn contention_begin_btf(ctx: BtfTracePointContext) -> i32 {
+    let lock: u64 = ctx.arg(0);
+    let flags: u32 = ctx.arg(1);
+    on_begin(&ctx, lock, flags);
+    0
+}
+
+#[btf_tracepoint(function = "contention_end")]
+pub fn contention_end_btf(ctx: BtfTracePointContext) -> i32 {
+    let lock: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    on_end(lock, ret);
+    0
+}
+
+#[tracepoint(category = "lock", name = "contention_begin")]
+pub fn contention_begin_tp(ctx: TracePointContext) -> u32 {
+    let offsets = TRACEPOINT_OFFSETS.load();
+    // SAFETY: the offsets come from this kernel's format file for this tracepoint.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(offsets.begin_lock_addr as usize),
+            ctx.read_at::<u32>(offsets.begin_flags as usize),
+        )
+    };
+    if let (Ok(lock), Ok(flags)) = fields {
+        on_begin(&ctx, lock, flags);
+    }
+    0
+}
+
+#[tracepoint(category = "lock", name = "contention_end")]
+pub fn contention_end_tp(ctx: TracePointContext) -> u32 {
+    let offsets = TRACEPOINT_OFFSETS.load();
+    // SAFETY: the offsets come from this kernel's format file for this tracepoint.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(offsets.end_lock_addr as usize),
+            ctx.read_at::<i32>(offsets.end_ret as usize),
+        )
+    };
+    if let (Ok(lock), Ok(ret)) = fields {
+        on_end(lock, ret);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
+    count(Counter::BeginSeen);
+    let start_ns = current::now_ns();
+    let tid = current::tid();
+    let mut wait = PendingWait {
+        start_ns,
+        lock_addr,
+        flags,
+        stack_id: -1,
+        op: 0,
+        _pad: 0,
+        op_client: 0,
+    };
+    // SAFETY: only this thread writes its own key.
+    if let Some(stack) = unsafe { OPS.get(tid) }
+        && stack.depth > 0
+    {
+        wait.op = stack.frames[0].op;
+        wait.op_client = stack.frames[0].client;
+    }
+    if PROBE_CONFIG.load().stacks != 0 {
+        match ctx.get_stackid(&STACKS, u64::from(BPF_F_FAST_STACK_CMP)) {
+            Ok(id) => wait.stack_id = id as i32,
+            Err(_) => count(Counter::StackLost),
+        }
+    }
+    if LockFlags(flags).is_pure_spin() {
+        let Some(slot) = PENDING_SPIN.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: per-CPU slot, and a spinner cannot be preempted on this CPU mid-wait.
+        let slot = unsafe { &mut *slot };
+        if slot.lock_addr != 0 {
+            count(if slot.lock_addr == lock_addr {
+                Counter::RepeatedBegin
+            } else {
+                Counter::NestedBegin
+            });
+            return;
+        }
+        *slot = wait;
+        return;
+    }
+    // SAFETY: only this thread writes its own key.
+    if let Some(pending) = unsafe { PENDING_BY_TID.get(tid) } {
+        count(if pending.lock_addr == lock_addr {
+            Counter::RepeatedBegin
+        } else {
+            Counter::NestedBegin
+        });
+        return;
+    }
+    if PENDING_BY_TID
+        .insert(tid, wait, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        count(Counter::PendingFull);
+    }
+}
+
+#[inline(always)]
+fn on_end(lock_addr: u64, ret: i32) {
+    count(Counter::EndSeen);
+    let end_ns = current::now_ns();
+    if let Some(slot) = PENDING_SPIN.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, as in on_begin.
+        let slot = unsafe { &mut *slot };
+        if slot.lock_addr != 0 && slot.lock_addr == lock_addr {
+            let wait = *slot;
+            slot.lock_addr = 0;
+            emit(&wait, end_ns, ret);
+            return;
+        }
+    }
+    let tid = current::tid();
+    // SAFETY: only this thread writes its own key.
+    match unsafe { PENDING_BY_TID.get(tid) } {
+        Some(pending) if pending.lock_addr == lock_addr => {
+            let wait = *pending;
+            let _ = PENDING_BY_TID.remove(tid);
+            emit(&wait, end_ns, ret);
+        }
+        Some(_) => count(Counter::MismatchedEnd),
+        None => count(Counter::UnpairedEnd),
+    }
+}
+
+#[inline(always)]
+fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
+    let wait_ns = end_ns.saturating_sub(wait.start_ns);
+    add_to_histogram(wait, wait_ns);
+    if wait.op_client != 0 {
+        charge_client_mutex_wait(wait, wait_ns);
+    }
+    if PROBE_CONFIG.load().stream_events == 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<LockWaitEvent>(0) else {
+        count(Counter::ReserveFailed);
+        return;
+    };
+    let (tid, tgid) = current::tid_tgid();
+    entry.write(LockWaitEvent {
+        kind: EventKind::LockWait as u32,
+        flags: wait.flags,
+        tid,
+        tgid,
+        cpu: current::cpu(),
+        ret,
+        start_ns: wait.start_ns,
+        wait_ns,
+        lock_addr: wait.lock_addr,
+        op_client: wait.op_client,
+        stack_id: wait.stack_id,
+        op: wait.op,
+    });
+    entry.submit(0);
+    count(Counter::Submitted);
+}
+
+#[inline(always)]
+fn add_to_histogram(wait: &PendingWait, wait_ns: u64) {
+    let key = WaitHistKey {
+        lock_addr: wait.lock_addr,
+        op: wait.op,
+        flags: wait.flags,
+    };
+    let hist = match WAIT_HIST.get_ptr_mut(key) {
+        Some(hist) => hist,
+        None => {
+            let Some(zero) = ZERO_HIST.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a map value pointer, valid for the map's value size.
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "a copy would not fit on the 512-byte BPF stack"
+            )]
+            if WAIT_HIST.insert(key, unsafe { &*zero }, 0).is_err() {
+                count(Counter::HistFull);
+                return;
+            }
+            let Some(hist) = WAIT_HIST.get_ptr_mut(key) else {
+                return;
+            };
+            hist
+        }
+    };
+    // SAFETY: this CPU's copy of the value; programs on one CPU do not interleave on it.
+    let hist = unsafe { &mut *hist };
+    hist.count += 1;
+    hist.total_ns += wait_ns;
+    if wait_ns > hist.max_ns {
+        hist.max_ns = wait_ns;
+    }
+    if let Some(bucket) = hist.buckets.get_mut(WaitHist::bucket(wait_ns)) {
+        *bucket += 1;
+    }
+}
+
+/// A wait on the client mutex of the operation in progress counts toward its lock wait.
+#[inline(always)]
+fn charge_client_mutex_wait(wait: &PendingWait, wait_ns: u64) {
+    let offsets = BUFIO_OFFSETS.load();
+    if offsets.client_lock == BufioOffsets::ABSENT
+        || wait.lock_addr != wait.op_client + u64::from(offsets.client_lock)
+    {
+        return;
+    }
+    let tid = current::tid();
+    if let Some(stack) = OPS.get_ptr_mut(tid) {
+        // SAFETY: only this thread writes its own frames.
+        let stack = unsafe { &mut *stack };
+        if stack.depth > 0 && stack.frames[0].client == wait.op_client {
+            stack.frames[0].lock_wait_ns += wait_ns;
+        }
+    }
+}

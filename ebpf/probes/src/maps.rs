@@ -1,0 +1,77 @@
+//! Every map of the object: what each holds, which programs write it and who reads it.
+//! Map names are the statics' names; user space finds them through `bufscope_abi::names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+};
+use bufscope_abi::{Counter, OpStats, OpStatsKey, WaitHist, WaitHistKey};
+
+use crate::{bufio_ops::OpStack, contention::PendingWait};
+
+/// Events to user space. Sized by user space at load time when it wants a different size.
+/// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients); read
+/// by user space's ring-buffer reader.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Sleeping-lock waits in flight, by thread id. A sleeping waiter can migrate between CPUs, so
+/// its begin and end meet only through the thread id. contention_begin inserts, contention_end
+/// takes out; in-kernel only.
+#[map]
+pub(crate) static PENDING_BY_TID: HashMap<u32, PendingWait> = HashMap::with_max_entries(16384, 0);
+
+/// Spinning-lock waits in flight, by CPU: a spinner keeps its CPU, and a per-CPU slot avoids the
+/// hash map's own locking in the middle of someone else's spinlock slow path (perf does the same).
+/// A spinlock contended inside a sleeping lock's slow path (the mutex wait_lock) lands here while
+/// the sleeping wait stays pending in the hash map, so both pair correctly. In-kernel only.
+#[map]
+pub(crate) static PENDING_SPIN: PerCpuArray<PendingWait> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU [`Counter`]s of what was seen, sent and lost. Every program adds to it through
+/// [`count`]; user space sums the CPUs for its loss report.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Kernel stacks at contention_begin, by the id events carry. Written by contention_begin when
+/// user space asked for stacks; read by user space to symbolise the events' stack ids.
+#[map]
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(8192, 0);
+
+/// Live wait histograms per (lock, operation, lock type). contention_end folds every paired wait
+/// in; the live view reads it without any event streaming.
+#[map]
+pub(crate) static WAIT_HIST: PerCpuHashMap<WaitHistKey, WaitHist> =
+    PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Live operation counts per (client, operation). The operation return program adds every
+/// outermost operation; the live view reads it.
+#[map]
+pub(crate) static OP_STATS: PerCpuHashMap<OpStatsKey, OpStats> =
+    PerCpuHashMap::with_max_entries(1024, 0);
+
+/// Operation frames by thread id; LRU, so threads that exit mid-operation age out. The dm-bufio
+/// programs push, pop and update frames; contention_begin reads which operation a waiter is in,
+/// and contention_end charges client-mutex waits to it. In-kernel only.
+#[map]
+pub(crate) static OPS: LruHashMap<u32, OpStack> = LruHashMap::with_max_entries(16384, 0);
+
+/// Clients already announced to user space. The dm-bufio programs insert a client when they
+/// announce it and remove it when it is destroyed (or its announcement was lost); in-kernel only.
+#[map]
+pub(crate) static CLIENTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Zeroed values to insert from: the BPF stack (512 bytes) is too small to build them on.
+/// Never written.
+#[map]
+pub(crate) static ZERO_OPS: PerCpuArray<OpStack> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub(crate) static ZERO_HIST: PerCpuArray<WaitHist> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; programs on one CPU do not preempt each other for this map.
+        unsafe { *value += 1 };
+    }
+}

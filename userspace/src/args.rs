@@ -1,0 +1,142 @@
+//! Command-line arguments that several subcommands share: how the reference designs run
+//! (`replay`, `compare`, `live`), which designs, and the values clap parses for them.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use bufscope_analyses::models::{Backing, ModelOptions};
+use reference_cache::{Design, replay::ReplayOptions};
+
+/// How the designs run: shared by `replay`, `compare` and `live`.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Replay threads (default: one per recorded thread).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Read (and, with --allow-writes, write) buffers on this file or block device instead of
+    /// memory.
+    #[arg(long, value_name = "PATH")]
+    pub device: Option<PathBuf>,
+    /// Allow writes to --device (refused anyway on a mounted block device).
+    #[arg(long, requires = "device")]
+    pub allow_writes: bool,
+    /// Open --device with O_DIRECT.
+    #[arg(long, requires = "device")]
+    pub direct: bool,
+    /// Without --device: how long each memory-backend read or write takes, e.g. 100us (a stand-in
+    /// for a device; default: none).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "device")]
+    pub io_latency: Option<std::time::Duration>,
+    /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
+    #[arg(long, default_value_t = 76_800)]
+    pub capacity: usize,
+}
+
+impl ModelArgs {
+    pub fn options(&self, cpus: Option<usize>, speed: Option<f64>, log: bool) -> ModelOptions {
+        ModelOptions {
+            backing: match (&self.device, self.io_latency) {
+                (Some(path), _) => Backing::Device {
+                    path: path.clone(),
+                    direct: self.direct,
+                    allow_writes: self.allow_writes,
+                },
+                (None, Some(latency)) => Backing::MemoryWithLatency(latency),
+                (None, None) => Backing::Memory,
+            },
+            capacity: self.capacity,
+            cpus,
+            replay: ReplayOptions {
+                threads: self.threads,
+                speed,
+                log,
+            },
+        }
+    }
+}
+
+/// One `--design` value: a design, or `all` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DesignArg {
+    All,
+    One(Design),
+}
+
+/// The designs named by `--design` (`all` for every one), in the order given.
+pub fn chosen_designs(designs: &[DesignArg]) -> Vec<Design> {
+    if designs.contains(&DesignArg::All) {
+        return Design::ALL.to_vec();
+    }
+    designs
+        .iter()
+        .filter_map(|d| match d {
+            DesignArg::One(d) => Some(*d),
+            DesignArg::All => None,
+        })
+        .collect()
+}
+
+pub fn parse_design(s: &str) -> Result<DesignArg, String> {
+    if s == "all" {
+        return Ok(DesignArg::All);
+    }
+    s.parse().map(DesignArg::One).map_err(|_| {
+        format!(
+            "unknown design `{s}`; known: {}, all",
+            Design::ALL.map(|d| d.name()).join(", ")
+        )
+    })
+}
+
+pub fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}
+
+/// `9464` or `:9464` → 127.0.0.1:9464; anything else as given (`0.0.0.0:9464` for every
+/// interface).
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not an address to listen on: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
+}
+
+/// A `--plot` file: its extension says the format.
+pub fn parse_plot_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("svg" | "png") => Ok(path),
+        _ => Err(format!(
+            "`{s}`: the plot's format is told by its extension, .svg or .png"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn designs_are_parsed_by_name_and_unknown_ones_refused_by_name() {
+        assert_eq!(parse_design("all"), Ok(DesignArg::All));
+        assert_eq!(parse_design("sharded"), Ok(DesignArg::One(Design::Sharded)));
+        let e = parse_design("btree").unwrap_err();
+        assert!(e.contains("unknown design `btree`"), "{e}");
+        assert!(e.contains("classic, sharded, lockfree, all"), "{e}");
+        assert_eq!(
+            chosen_designs(&[DesignArg::One(Design::LockFree), DesignArg::All]),
+            Design::ALL
+        );
+        assert_eq!(
+            chosen_designs(&[DesignArg::One(Design::LockFree)]),
+            [Design::LockFree]
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! The kernel's event stream into the live view's [`Model`]: lock waits, dm-bufio operations
+//! and clients as they arrive, and, each interval, names for what they refer to.
+
+use std::collections::HashSet;
+
+use bufscope_trace::Metadata;
+
+use super::model::Model;
+use crate::{
+    kernel::symbols::{LockText, static_lock_names, symbolize_kernel},
+    probes::{ClientHow, Event, LockProbes},
+};
+
+/// The kernel's events into the model (clients named with their lock addresses).
+pub fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
+    for event in batch {
+        match event {
+            Event::LockWait(w) => model.add_wait(w),
+            Event::Op(o) => model.add_op(o),
+            // A destroyed client's name stays until a new client takes its address.
+            Event::Client(c) if c.how != ClientHow::Destroyed => {
+                model.add_metadata(&Metadata::Client {
+                    addr: c.addr,
+                    device: c.device.clone(),
+                    block_size: c.block_size,
+                    locks: probes.client_locks(c.addr, c.num_locks),
+                    seen_ns: c.at_ns,
+                    destroyed_ns: None,
+                });
+            }
+            Event::Client(_) => {}
+        }
+    }
+}
+
+/// Names for the stacks and static locks the live kernel's events refer to, looked up once each
+/// as they first appear (the event stream carries stack ids and lock addresses only).
+#[derive(Debug)]
+pub struct KernelNames {
+    lock_text: LockText,
+    symbolized: HashSet<u64>,
+    statics: HashSet<u64>,
+}
+
+impl KernelNames {
+    pub fn new() -> Self {
+        Self {
+            lock_text: LockText::from_kallsyms(),
+            symbolized: HashSet::new(),
+            statics: HashSet::new(),
+        }
+    }
+
+    /// Reads the stacks the model has not seen yet and names their frames and the model's static
+    /// locks.
+    pub fn update(&mut self, model: &mut Model, probes: &LockProbes) {
+        let mut new_addrs = Vec::new();
+        for id in model.unnamed_stacks() {
+            if let Some(frames) = probes.stack(id) {
+                new_addrs.extend(frames.iter().filter(|a| self.symbolized.insert(**a)));
+                model.add_metadata(&Metadata::Stack { id, frames });
+            }
+        }
+        if !new_addrs.is_empty() {
+            let (symbols, _) = symbolize_kernel(&new_addrs, &self.lock_text);
+            model.add_metadata(&Metadata::Symbols { symbols });
+        }
+        let statics: Vec<u64> = model
+            .locks
+            .keys()
+            .map(|k| k.addr)
+            .filter(|a| *a >= 0xffff_ffff_8000_0000 && self.statics.insert(*a))
+            .collect();
+        if !statics.is_empty() {
+            model.add_metadata(&Metadata::Symbols {
+                symbols: static_lock_names(&statics),
+            });
+        }
+    }
+}
+
+impl Default for KernelNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}

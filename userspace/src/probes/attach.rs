@@ -1,0 +1,446 @@
+//! Loading bufscope's eBPF object and attaching it: the lock tracepoints as tp_btf or classic
+//! tracepoints, and every dm-bufio probe point this kernel has, each missing one with why.
+
+use std::{collections::HashSet, os::fd::AsFd};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
+};
+use bufscope_abi::{BufioOffsets, ProbeConfig, TracepointOffsets, names};
+
+use super::{
+    AttachMode, AttachedAs, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError, maps::take_map,
+};
+use crate::kernel::{
+    bufio::{self, Design, Layout, Role, Symbols},
+    kretprobe::{self, TracefsKretprobe},
+    system, tracepoint_format,
+};
+
+/// The eBPF object, built from ebpf/probes by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bufscope"));
+
+/// What to attach and how.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    pub mode: AttachMode,
+    pub ringbuf_bytes: u32,
+    pub config: ProbeConfig,
+    /// Also probe dm-bufio's functions, where the kernel has them.
+    pub bufio: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            mode: AttachMode::Auto,
+            ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
+            config: ProbeConfig::DEFAULT,
+            bufio: true,
+        }
+    }
+}
+
+/// How one dm-bufio probe point fared.
+#[derive(Clone, Debug)]
+pub struct PointReport {
+    pub function: &'static str,
+    pub role: Role,
+    /// `Ok(how)` when attached, `Err(why not)` otherwise.
+    pub status: Result<String, String>,
+}
+
+/// The dm-bufio side of an attach.
+#[derive(Clone, Debug, Default)]
+pub struct BufioReport {
+    /// Why no dm-bufio probe was attached at all, if none was.
+    pub unavailable: Option<String>,
+    pub design: Option<Design>,
+    pub layout: Option<Layout>,
+    pub points: Vec<PointReport>,
+}
+
+impl BufioReport {
+    pub fn attached(&self) -> impl Iterator<Item = &PointReport> {
+        self.points.iter().filter(|p| p.status.is_ok())
+    }
+
+    pub fn missing(&self) -> impl Iterator<Item = &PointReport> {
+        self.points.iter().filter(|p| p.status.is_err())
+    }
+
+    /// The missing points as (function, why).
+    pub fn missing_reasons(&self) -> Vec<(String, String)> {
+        self.missing()
+            .map(|p| {
+                (
+                    p.function.to_string(),
+                    p.status.clone().err().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Operations are seen (at least one exported function and the return probe attached).
+    pub fn sees_operations(&self) -> bool {
+        self.attached().any(|p| p.role == Role::Operation)
+    }
+}
+
+impl LockProbes {
+    /// Loads the programs and attaches them as `options` ask.
+    pub fn attach(options: AttachOptions) -> Result<Self, ProbeError> {
+        system::raise_memlock_limit();
+        // Resolved before load: the offsets are globals baked into the programs.
+        let mut bufio = BufioReport::default();
+        let mut symbols = None;
+        if options.bufio {
+            match prepare_bufio() {
+                Ok((found, design, layout)) => {
+                    bufio.design = Some(design);
+                    bufio.layout = Some(layout);
+                    symbols = Some(found);
+                }
+                Err(why) => bufio.unavailable = Some(why),
+            }
+        } else {
+            bufio.unavailable = Some("not asked for".into());
+        }
+        let offsets = bufio
+            .layout
+            .as_ref()
+            .map_or(BufioOffsets::UNSET, |l| l.offsets);
+        let mut probes = match options.mode {
+            AttachMode::TpBtf => Self::attach_tp_btf(&options, &offsets),
+            AttachMode::Tracepoint => Self::attach_tracepoint(&options, &offsets),
+            AttachMode::Auto => Self::attach_tp_btf(&options, &offsets).or_else(|tp_btf| {
+                log::info!("tp_btf unavailable ({tp_btf}); trying the classic tracepoint");
+                Self::attach_tracepoint(&options, &offsets).map_err(|tracepoint| {
+                    ProbeError::NoAttachMode {
+                        tp_btf: tp_btf.to_string(),
+                        tracepoint: tracepoint.to_string(),
+                    }
+                })
+            }),
+        }?;
+        if let Some(symbols) = symbols {
+            probes.attach_bufio(&symbols, &mut bufio);
+        }
+        probes.bufio = bufio;
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => probes.stats_fd = Some(fd),
+            Err(e) => probes
+                .notes
+                .push(format!("BPF run-time statistics unavailable: {e}")),
+        }
+        Ok(probes)
+    }
+
+    fn attach_tp_btf(options: &AttachOptions, offsets: &BufioOffsets) -> Result<Self, ProbeError> {
+        let mut ebpf = load(TracepointOffsets::USUAL, options, offsets)?;
+        let btf = Btf::from_sys_fs()?;
+        for (program, event) in [
+            (names::BEGIN_BTF_PROGRAM, "contention_begin"),
+            (names::END_BTF_PROGRAM, "contention_end"),
+        ] {
+            let wrap = |source| ProbeError::Program { program, source };
+            let p: &mut BtfTracePoint =
+                program_mut(&mut ebpf, program)?.try_into().map_err(wrap)?;
+            p.load(event, &btf).map_err(wrap)?;
+            p.attach().map_err(wrap)?;
+        }
+        Self::new(ebpf, AttachedAs::TpBtf, Vec::new())
+    }
+
+    fn attach_tracepoint(
+        options: &AttachOptions,
+        offsets: &BufioOffsets,
+    ) -> Result<Self, ProbeError> {
+        let tracefs = system::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let mut notes = Vec::new();
+        if let system::Tracefs::MountedNow(path) = &tracefs {
+            notes.push(format!("mounted tracefs at {}", path.display()));
+        }
+        let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())
+            .map_err(ProbeError::Tracefs)?;
+        let mut ebpf = load(tp_offsets, options, offsets)?;
+        for (program, event) in [
+            (names::BEGIN_TP_PROGRAM, "contention_begin"),
+            (names::END_TP_PROGRAM, "contention_end"),
+        ] {
+            let wrap = |source| ProbeError::Program { program, source };
+            let p: &mut TracePoint = program_mut(&mut ebpf, program)?.try_into().map_err(wrap)?;
+            p.load().map_err(wrap)?;
+            p.attach("lock", event).map_err(wrap)?;
+        }
+        Self::new(ebpf, AttachedAs::Tracepoint, notes)
+    }
+
+    fn new(mut ebpf: Ebpf, mode: AttachedAs, notes: Vec<String>) -> Result<Self, ProbeError> {
+        let map_error = |name: &'static str| {
+            move |e: aya::maps::MapError| ProbeError::Map {
+                name,
+                detail: e.to_string(),
+            }
+        };
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS_MAP)?)
+            .map_err(map_error(names::EVENTS_MAP))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS_MAP)?)
+            .map_err(map_error(names::COUNTERS_MAP))?;
+        let stacks = StackTraceMap::try_from(take_map(&mut ebpf, names::STACKS_MAP)?)
+            .map_err(map_error(names::STACKS_MAP))?;
+        let wait_hist = PerCpuHashMap::try_from(take_map(&mut ebpf, names::WAIT_HIST_MAP)?)
+            .map_err(map_error(names::WAIT_HIST_MAP))?;
+        let op_stats = PerCpuHashMap::try_from(take_map(&mut ebpf, names::OP_STATS_MAP)?)
+            .map_err(map_error(names::OP_STATS_MAP))?;
+        Ok(Self {
+            ebpf: Some(ebpf),
+            mode,
+            notes,
+            events: Some(events),
+            counters,
+            stacks: Some(stacks),
+            wait_hist: Some(wait_hist),
+            op_stats: Some(op_stats),
+            bufio: BufioReport::default(),
+            kretprobes: Vec::new(),
+            stats_fd: None,
+            final_stats: Vec::new(),
+        })
+    }
+
+    /// Attaches every dm-bufio point the kernel has; records why each other one is missing.
+    fn attach_bufio(&mut self, symbols: &Symbols, report: &mut BufioReport) {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return;
+        };
+        let design = report.design.unwrap_or(Design::Classic);
+        let tracefs = system::ensure_tracefs().ok();
+        if let Some(tracefs) = &tracefs {
+            kretprobe::remove_stale_events(tracefs.path());
+        }
+        let mut loaded = HashSet::new();
+        let mut return_loaded: Result<(), String> = Ok(());
+        {
+            let wrap = |e: ProgramError| format!("loading {}: {e}", names::OP_RETURN_PROGRAM);
+            match ebpf.program_mut(names::OP_RETURN_PROGRAM) {
+                None => return_loaded = Err(format!("{} missing", names::OP_RETURN_PROGRAM)),
+                Some(p) => {
+                    let p: Result<&mut KProbe, _> = p.try_into();
+                    match p {
+                        Ok(p) => {
+                            if let Err(e) = p.load() {
+                                return_loaded = Err(wrap(e));
+                            }
+                        }
+                        Err(e) => return_loaded = Err(wrap(e)),
+                    }
+                }
+            }
+        }
+        let points = bufio::OPERATIONS
+            .iter()
+            .copied()
+            .chain(bufio::internal_points(design));
+        for point in points {
+            let status = if !symbols.has(point.function) {
+                Err(format!(
+                    "not in /proc/kallsyms (kernels: {}; may be inlined by this build)",
+                    point.kernels
+                ))
+            } else if point.role == Role::Operation && return_loaded.is_err() {
+                Err(return_loaded.clone().unwrap_err())
+            } else {
+                attach_entry(ebpf, point.program, point.function, &mut loaded).and_then(|()| {
+                    if point.role != Role::Operation {
+                        return Ok("kprobe".to_string());
+                    }
+                    attach_return(
+                        ebpf,
+                        point.function,
+                        tracefs.as_ref().map(|t| t.path()),
+                        &mut self.kretprobes,
+                    )
+                })
+            };
+            report.points.push(PointReport {
+                function: point.function,
+                role: point.role,
+                status,
+            });
+        }
+    }
+
+    /// How the lock tracepoints were attached.
+    pub fn mode(&self) -> AttachedAs {
+        self.mode
+    }
+
+    /// What attaching did besides attaching (e.g. mounting tracefs), for the user.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The dm-bufio probe points: attached, missing and why.
+    pub fn bufio(&self) -> &BufioReport {
+        &self.bufio
+    }
+
+    /// One line per attached probe, for trace headers and status lines.
+    pub fn descriptions(&self) -> Vec<String> {
+        let mut lines: Vec<String> = ["lock:contention_begin", "lock:contention_end"]
+            .iter()
+            .map(|tp| format!("{tp} ({})", self.mode))
+            .collect();
+        for point in self.bufio.attached() {
+            lines.push(format!(
+                "{} ({})",
+                point.function,
+                point.status.as_deref().unwrap_or("")
+            ));
+        }
+        lines
+    }
+
+    /// Detaches and unloads the programs; the maps stay readable. Program statistics are
+    /// taken first, so they cover the whole run.
+    pub fn detach(&mut self) {
+        if self.ebpf.is_some() {
+            self.final_stats = self.program_stats();
+        }
+        self.kretprobes.clear();
+        self.ebpf = None;
+        self.stats_fd = None;
+    }
+}
+
+/// Finds dm-bufio and its layout, or says why it cannot be probed.
+fn prepare_bufio() -> Result<(Symbols, Design, Layout), String> {
+    let symbols = Symbols::from_kallsyms().map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
+    if !symbols.present() {
+        return Err(
+            "dm-bufio is not loaded (no dm_bufio functions in /proc/kallsyms); it \
+                    loads with dm-thin-pool, dm-cache, dm-verity or dm-integrity, or \
+                    `modprobe dm_bufio`"
+                .into(),
+        );
+    }
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        && !std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+    {
+        return Err("this kernel has no kprobes (CONFIG_KPROBES / CONFIG_KPROBE_EVENTS)".into());
+    }
+    let layout = Layout::from_sys_fs()?;
+    let design = symbols.design();
+    Ok((symbols, design, layout))
+}
+
+fn attach_entry(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    function: &str,
+    loaded: &mut HashSet<&'static str>,
+) -> Result<(), String> {
+    let p: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: ProgramError| format!("{program}: {e}"))?;
+    if loaded.insert(program) {
+        p.load().map_err(|e| format!("loading {program}: {e}"))?;
+    }
+    p.attach(function, 0)
+        .map_err(|e| format!("kprobe on {function}: {e}"))?;
+    Ok(())
+}
+
+/// The return probe: through tracefs with room for many sleepers, else as aya makes it.
+fn attach_return(
+    ebpf: &mut Ebpf,
+    function: &str,
+    tracefs: Option<&std::path::Path>,
+    made: &mut Vec<TracefsKretprobe>,
+) -> Result<String, String> {
+    let p: &mut KProbe = ebpf
+        .program_mut(names::OP_RETURN_PROGRAM)
+        .ok_or_else(|| format!("program {} missing", names::OP_RETURN_PROGRAM))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    let tracefs_error = match tracefs {
+        Some(tracefs) => {
+            let fd = p.fd().map_err(|e| e.to_string())?;
+            match TracefsKretprobe::attach(tracefs, function, fd.as_fd()) {
+                Ok(probe) => {
+                    made.push(probe);
+                    return Ok(format!(
+                        "kprobe + kretprobe, maxactive {}",
+                        kretprobe::MAXACTIVE
+                    ));
+                }
+                Err(e) => e,
+            }
+        }
+        None => "tracefs unavailable".to_string(),
+    };
+    log::info!("{tracefs_error}; using the kernel's default kretprobe instead");
+    p.attach(function, 0)
+        .map_err(|e| format!("kretprobe on {function}: {e}"))?;
+    Ok("kprobe + kretprobe (default maxactive: returns may be missed)".into())
+}
+
+fn load(
+    tp_offsets: TracepointOffsets,
+    options: &AttachOptions,
+    bufio: &BufioOffsets,
+) -> Result<Ebpf, ProbeError> {
+    Ok(EbpfLoader::new()
+        .override_global(names::TRACEPOINT_OFFSETS_GLOBAL, &tp_offsets, true)
+        .override_global(names::PROBE_CONFIG_GLOBAL, &options.config, true)
+        .override_global(names::BUFIO_OFFSETS_GLOBAL, bufio, true)
+        .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
+        .load(EBPF_OBJECT)?)
+}
+
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ebpf_object_has_every_program_and_map_user_space_names() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parses");
+        let programs = [
+            names::BEGIN_BTF_PROGRAM,
+            names::END_BTF_PROGRAM,
+            names::BEGIN_TP_PROGRAM,
+            names::END_TP_PROGRAM,
+            names::OP_RETURN_PROGRAM,
+        ]
+        .into_iter()
+        .chain(bufio::OPERATIONS.iter().map(|p| p.program))
+        .chain(bufio::internal_points(Design::Classic).map(|p| p.program))
+        .chain(bufio::internal_points(Design::Sharded).map(|p| p.program));
+        for program in programs {
+            assert!(object.programs.contains_key(program), "program {program}");
+        }
+        for map in [
+            names::EVENTS_MAP,
+            names::COUNTERS_MAP,
+            names::STACKS_MAP,
+            names::WAIT_HIST_MAP,
+            names::OP_STATS_MAP,
+        ] {
+            assert!(object.maps.contains_key(map), "map {map}");
+        }
+        assert_eq!(object.license.to_str().unwrap(), "Dual MIT/GPL");
+    }
+}

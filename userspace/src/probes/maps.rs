@@ -1,0 +1,139 @@
+//! What the programs keep in maps, read from user space: run-time statistics per program,
+//! the in-kernel counters and what was lost, kernel stacks, wait histograms, operation counts.
+
+use std::collections::BTreeMap;
+
+use aya::Ebpf;
+use bufscope_abi::{Counter, OpStats, OpStatsKey, WaitHist, WaitHistKey, names};
+use bufscope_trace::ClientLocks;
+
+use super::{LockProbes, ProbeError};
+
+/// A program's run count and time while attached (BPF run-time statistics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramStats {
+    pub fn average_ns(&self) -> f64 {
+        self.run_time_ns as f64 / self.run_count.max(1) as f64
+    }
+}
+
+impl LockProbes {
+    /// The lock addresses of a client, when the layout is known.
+    pub fn client_locks(&self, client: u64, num_locks: u32) -> Option<ClientLocks> {
+        self.bufio
+            .layout
+            .as_ref()
+            .map(|l| l.client_locks(client, num_locks))
+    }
+
+    /// Run count and time of each program that ran (BPF run-time statistics); after
+    /// [`detach`](Self::detach), as they were at detach.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let Some(ebpf) = &self.ebpf else {
+            return self.final_stats.clone();
+        };
+        let mut stats: Vec<ProgramStats> = ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .filter(|s| s.run_count > 0)
+            .collect();
+        stats.sort_by(|a, b| a.program.cmp(&b.program));
+        stats
+    }
+
+    /// The in-kernel counters, summed over CPUs, by name.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, ProbeError> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let values = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map_err(|e| ProbeError::Map {
+                        name: names::COUNTERS_MAP,
+                        detail: e.to_string(),
+                    })?;
+                Ok((c.name().to_string(), values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The kernel stack with this id, innermost frame first.
+    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// The live wait histograms, summed over CPUs.
+    pub fn wait_histograms(&self) -> Vec<(WaitHistKey, WaitHist)> {
+        let Some(map) = &self.wait_hist else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut sum = WaitHist::ZERO;
+                for h in per_cpu.iter() {
+                    sum.count += h.count;
+                    sum.total_ns += h.total_ns;
+                    sum.max_ns = sum.max_ns.max(h.max_ns);
+                    for (s, b) in sum.buckets.iter_mut().zip(h.buckets.iter()) {
+                        *s += b;
+                    }
+                }
+                (key, sum)
+            })
+            .collect()
+    }
+
+    /// The live operation counts, summed over CPUs.
+    pub fn op_stats(&self) -> Vec<(OpStatsKey, OpStats)> {
+        let Some(map) = &self.op_stats else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut sum = OpStats::default();
+                for s in per_cpu.iter() {
+                    sum.count += s.count;
+                    sum.hits += s.hits;
+                    sum.misses += s.misses;
+                    sum.errors += s.errors;
+                    sum.total_ns += s.total_ns;
+                    sum.lock_wait_ns += s.lock_wait_ns;
+                }
+                (key, sum)
+            })
+            .collect()
+    }
+}
+
+pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        detail: "missing from the eBPF object".into(),
+    })
+}
+
+/// Events lost in the kernel so far, from [`LockProbes::counters`]: the sum of
+/// [`Counter::LOSSES`].
+pub fn lost_events(counters: &BTreeMap<String, u64>) -> u64 {
+    Counter::LOSSES
+        .iter()
+        .map(|c| counters.get(c.name()).copied().unwrap_or(0))
+        .sum()
+}

@@ -1,0 +1,313 @@
+//! The ring buffer's events, decoded: lock waits, dm-bufio operations and clients, in batches as
+//! they become available.
+
+use std::io;
+
+use aya::maps::{MapData, RingBuf};
+use bufscope_abi::{BufioOpEvent, ClientEvent, EventKind, LockWaitEvent};
+use bufscope_trace::{BufioOp, LockWait, OpKind, OpResult};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::LockProbes;
+use crate::kernel::bufio;
+
+impl LockProbes {
+    /// The event ring buffer, as an async stream; available once.
+    pub fn event_stream(&mut self) -> io::Result<EventStream> {
+        let ring = self
+            .events
+            .take()
+            .ok_or_else(|| io::Error::other("the event stream was already taken"))?;
+        EventStream::new(ring)
+    }
+}
+
+/// A dm-bufio client, as the probes saw it appear or go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSighting {
+    pub addr: u64,
+    /// "major:minor" of the client's block device.
+    pub device: String,
+    pub block_size: u32,
+    /// Tree locks (6.4+), 0 before.
+    pub num_locks: u32,
+    pub how: ClientHow,
+    pub at_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientHow {
+    Created,
+    /// Already there when bufscope started; seen in its first operation.
+    Seen,
+    Destroyed,
+}
+
+/// One event from the ring buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    LockWait(LockWait),
+    Op(BufioOp),
+    Client(ClientSighting),
+}
+
+/// Events from the ring buffer, in batches as they become available.
+pub struct EventStream {
+    ring: AsyncFd<RingBuf<MapData>>,
+    malformed: u64,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("malformed", &self.malformed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
+        // SAFETY: the ring buffer owns its fd, which stays open as long as the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { ring, malformed: 0 })
+    }
+
+    /// Waits until events are available, then appends all of them to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let malformed = drain(guard.get_inner_mut(), out);
+        guard.clear_ready();
+        self.malformed += malformed;
+        Ok(())
+    }
+
+    /// Appends whatever events are in the ring buffer now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<Event>) {
+        self.malformed += drain(self.ring.get_mut(), out);
+    }
+
+    /// Records with an unknown kind or size (a mismatched eBPF object would cause them).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
+    let mut malformed = 0;
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Some(event) => out.push(event),
+            None => malformed += 1,
+        }
+    }
+    malformed
+}
+
+/// Reads a `T` from the start of a record of at least its size.
+fn read_record<T: Copy>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked; T is one of the ABI's plain-data types, valid for any
+    // bytes, and the ring buffer gives no alignment promise, hence the unaligned read.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+/// Turns one ring-buffer record into an event.
+fn decode(record: &[u8]) -> Option<Event> {
+    match EventKind::of_record(record)? {
+        EventKind::LockWait => {
+            let e: LockWaitEvent = read_record(record)?;
+            let op = OpKind::from_u8(u8::try_from(e.op).ok()?);
+            Some(Event::LockWait(LockWait {
+                start_ns: e.start_ns,
+                wait_ns: e.wait_ns,
+                lock_addr: e.lock_addr,
+                tid: e.tid,
+                tgid: e.tgid,
+                cpu: e.cpu,
+                flags: e.flags,
+                ret: e.ret,
+                stack_id: u32::try_from(e.stack_id).ok(),
+                op,
+                op_client: if op.is_some() { e.op_client } else { 0 },
+            }))
+        }
+        EventKind::BufioOp => {
+            let e: BufioOpEvent = read_record(record)?;
+            Some(Event::Op(BufioOp {
+                start_ns: e.start_ns,
+                duration_ns: e.duration_ns,
+                client: e.client,
+                block: e.block,
+                tid: e.tid,
+                tgid: e.tgid,
+                cpu: e.cpu,
+                kind: OpKind::from_u8(u8::try_from(e.op).ok()?)?,
+                result: OpResult::from_u8(u8::try_from(e.result).ok()?)?,
+                arg0: e.arg0,
+                arg1: e.arg1,
+                lock_wait_ns: e.lock_wait_ns,
+                lock_hold_ns: e.lock_hold_ns,
+            }))
+        }
+        EventKind::Client => {
+            let e: ClientEvent = read_record(record)?;
+            Some(Event::Client(ClientSighting {
+                addr: e.client,
+                device: bufio::device_name(&e),
+                block_size: e.block_size,
+                num_locks: e.num_locks,
+                how: match e.how {
+                    ClientEvent::CREATED => ClientHow::Created,
+                    ClientEvent::DESTROYED => ClientHow::Destroyed,
+                    _ => ClientHow::Seen,
+                },
+                at_ns: e.at_ns,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(e: &T) -> Vec<u8> {
+        // SAFETY: only used with the ABI's #[repr(C)] types, which have no padding.
+        unsafe { std::slice::from_raw_parts((e as *const T).cast::<u8>(), size_of_val(e)) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_lock_wait_records_and_rejects_others() {
+        let event = LockWaitEvent {
+            kind: EventKind::LockWait as u32,
+            flags: 0x20,
+            tid: 7,
+            tgid: 5,
+            cpu: 1,
+            ret: -4,
+            start_ns: 100,
+            wait_ns: 25,
+            lock_addr: 0xffff_8880_0000_1000,
+            op_client: 0xffff_8881_0000_0000,
+            stack_id: 3,
+            op: bufscope_abi::op::READ,
+        };
+        let bytes = bytes_of(&event);
+        let Some(Event::LockWait(decoded)) = decode(&bytes) else {
+            panic!("decodes as a lock wait");
+        };
+        assert_eq!(
+            (decoded.tid, decoded.tgid, decoded.cpu, decoded.ret),
+            (7, 5, 1, -4)
+        );
+        assert_eq!(decoded.end_ns(), 125);
+        assert_eq!(decoded.lock_addr, 0xffff_8880_0000_1000);
+        assert_eq!(decoded.stack_id, Some(3));
+        assert_eq!(decoded.op, Some(OpKind::Read));
+        assert_eq!(decoded.op_client, 0xffff_8881_0000_0000);
+        assert_eq!(decode(&bytes[..40]), None, "short record");
+        let mut other = bytes.clone();
+        other[0] = 99;
+        assert_eq!(decode(&other), None, "unknown kind");
+
+        let no_stack_no_op = LockWaitEvent {
+            stack_id: -17,
+            op: 0,
+            ..event
+        };
+        let Some(Event::LockWait(decoded)) = decode(&bytes_of(&no_stack_no_op)) else {
+            panic!("decodes");
+        };
+        assert_eq!(
+            (decoded.stack_id, decoded.op, decoded.op_client),
+            (None, None, 0)
+        );
+    }
+
+    #[test]
+    fn decodes_operations_and_clients() {
+        let op = BufioOpEvent {
+            kind: EventKind::BufioOp as u32,
+            op: bufscope_abi::op::READ,
+            tid: 9,
+            tgid: 9,
+            cpu: 0,
+            result: bufscope_abi::result::MISS,
+            start_ns: 1_000,
+            duration_ns: 500,
+            client: 0xffff_8881_0000_0000,
+            block: 77,
+            arg0: 0,
+            arg1: 0,
+            lock_wait_ns: 120,
+            lock_hold_ns: 30,
+        };
+        let Some(Event::Op(decoded)) = decode(&bytes_of(&op)) else {
+            panic!("decodes as an operation");
+        };
+        assert_eq!(
+            (decoded.kind, decoded.result),
+            (OpKind::Read, OpResult::Miss)
+        );
+        assert_eq!(
+            (decoded.block, decoded.lock_wait_ns, decoded.lock_hold_ns),
+            (77, 120, 30)
+        );
+        let bad = BufioOpEvent { op: 99, ..op };
+        assert_eq!(decode(&bytes_of(&bad)), None, "unknown operation kind");
+
+        let client = ClientEvent {
+            kind: EventKind::Client as u32,
+            how: ClientEvent::CREATED,
+            dev: (253 << 20) | 2,
+            block_size: 4096,
+            num_locks: 64,
+            _pad: 0,
+            client: 0xffff_8881_0000_0000,
+            at_ns: 5,
+        };
+        let Some(Event::Client(seen)) = decode(&bytes_of(&client)) else {
+            panic!("decodes as a client");
+        };
+        assert_eq!(seen.device, "253:2");
+        assert_eq!(
+            (seen.how, seen.block_size, seen.num_locks),
+            (ClientHow::Created, 4096, 64)
+        );
+    }
+
+    #[test]
+    fn abi_operation_numbers_match_the_trace_format() {
+        use bufscope_abi::{op, result};
+        let pairs = [
+            (op::GET, OpKind::Get),
+            (op::READ, OpKind::Read),
+            (op::NEW, OpKind::New),
+            (op::PREFETCH, OpKind::Prefetch),
+            (op::RELEASE, OpKind::Release),
+            (op::MARK_DIRTY, OpKind::MarkDirty),
+            (op::MARK_PARTIAL_DIRTY, OpKind::MarkPartialDirty),
+            (op::WRITE_DIRTY_ASYNC, OpKind::WriteDirtyAsync),
+            (op::WRITE_DIRTY, OpKind::WriteDirty),
+            (op::FORGET, OpKind::Forget),
+            (op::FORGET_BUFFERS, OpKind::ForgetBuffers),
+            (op::CLIENT_CREATE, OpKind::ClientCreate),
+            (op::CLIENT_DESTROY, OpKind::ClientDestroy),
+        ];
+        assert_eq!(pairs.len(), OpKind::ALL.len());
+        for (number, kind) in pairs {
+            assert_eq!(number, kind as u32, "{kind:?}");
+        }
+        for (number, r) in [
+            (result::NONE, OpResult::None),
+            (result::HIT, OpResult::Hit),
+            (result::MISS, OpResult::Miss),
+            (result::ERROR, OpResult::Error),
+        ] {
+            assert_eq!(number, r as u32, "{r:?}");
+        }
+    }
+}

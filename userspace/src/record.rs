@@ -1,0 +1,368 @@
+//! Trace files written from the probes' event stream, for `bufscope record` and for the live
+//! view's `--record` and `r`: one [`Recorder`] per file, finished with what its events refer to.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use bufscope_trace::{Metadata, ProgramRun, TraceHeader, TraceWriter};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    kernel::{
+        symbols::{LockText, static_lock_names, symbolize_kernel},
+        system,
+    },
+    probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
+    stop::sleep_until,
+};
+
+/// Why a recording could not go on; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("creating {}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the in-kernel counters")]
+    Counters(#[source] ProbeError),
+    #[error("opening the event ring buffer")]
+    OpenStream(#[source] std::io::Error),
+    #[error("reading the event ring buffer")]
+    ReadStream(#[source] std::io::Error),
+    #[error("installing the {0} handler")]
+    Signal(&'static str, #[source] std::io::Error),
+}
+
+/// Why a recording ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    DurationReached,
+    Interrupted,
+    Terminated,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::DurationReached => "duration reached",
+            StopReason::Interrupted => "interrupted",
+            StopReason::Terminated => "terminated",
+        })
+    }
+}
+
+/// A recording that ended.
+#[derive(Debug)]
+pub struct RecordingOutcome {
+    pub stopped_by: StopReason,
+    pub path: PathBuf,
+    pub elapsed: Duration,
+    pub finished: Finished,
+}
+
+/// Records the probes' events into `recorder` until `duration` passes, SIGINT or SIGTERM,
+/// flushing every second (so a crash loses at most the last second) and calling `progress` with
+/// the time so far, the lock waits and the bytes written. Then detaches the probes, drains the
+/// ring buffer and finishes the file.
+pub async fn record_until_stopped(
+    probes: &mut LockProbes,
+    mut recorder: Recorder,
+    duration: Option<Duration>,
+    mut progress: impl FnMut(Duration, u64, u64),
+) -> Result<RecordingOutcome, RecordError> {
+    let mut stream = probes.event_stream().map_err(RecordError::OpenStream)?;
+    let handler = |kind, name| signal(kind).map_err(|e| RecordError::Signal(name, e));
+    let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
+    let started = Instant::now();
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let second = Duration::from_secs(1);
+    let mut flush_tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let mut batch = Vec::with_capacity(4096);
+    let stopped_by = loop {
+        tokio::select! {
+            ready = stream.next_batch(&mut batch) => {
+                ready.map_err(RecordError::ReadStream)?;
+                recorder.write(probes, &batch)?;
+                batch.clear();
+            }
+            _ = flush_tick.tick() => {
+                recorder.flush()?;
+                progress(started.elapsed(), recorder.waits(), recorder.bytes());
+            }
+            _ = sleep_until(deadline) => break StopReason::DurationReached,
+            _ = interrupt.recv() => break StopReason::Interrupted,
+            _ = terminate.recv() => break StopReason::Terminated,
+        }
+    };
+    // Stop new events first, then take everything still in the ring buffer.
+    probes.detach();
+    stream.drain_now(&mut batch);
+    recorder.write(probes, &batch)?;
+    let path = recorder.path.clone();
+    let finished = recorder.finish(probes, stream.malformed())?;
+    Ok(RecordingOutcome {
+        stopped_by,
+        path,
+        elapsed: started.elapsed(),
+        finished,
+    })
+}
+
+/// When a recording began, on the wall clock and the event clock.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordingStart {
+    pub unix_ns: u64,
+    pub clock_ns: u64,
+}
+
+impl RecordingStart {
+    pub fn now() -> Self {
+        Self {
+            unix_ns: system::unix_ns(),
+            clock_ns: system::monotonic_ns(),
+        }
+    }
+}
+
+/// What a finished recording holds.
+#[derive(Debug)]
+pub struct Finished {
+    pub waits: u64,
+    pub ops: u64,
+    pub clients: usize,
+    pub bytes: u64,
+    pub kernel_counters: BTreeMap<String, u64>,
+    /// Why the stacks were kept as addresses, when symbols could not be had.
+    pub symbols_note: Option<String>,
+}
+
+/// A trace file being written from the probes' events: `record`, and `live --record` / `r`.
+/// [`Recorder::finish`] adds what the events referred to (stacks, symbols), what the probes
+/// covered and cost, the losses, and the end record.
+pub struct Recorder {
+    pub path: PathBuf,
+    writer: TraceWriter<BufWriter<File>>,
+    seen: SeenReferences,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Recorder {
+    /// Creates `path` (the caller has checked it may) and writes the header.
+    pub fn create(
+        path: &Path,
+        probes: &LockProbes,
+        start: RecordingStart,
+    ) -> Result<Self, RecordError> {
+        let header = TraceHeader {
+            writer: format!("bufscope {}", env!("CARGO_PKG_VERSION")),
+            kernel_release: system::kernel_release(),
+            host: system::host_name(),
+            clock: "CLOCK_MONOTONIC".into(),
+            start_unix_ns: start.unix_ns,
+            start_clock_ns: start.clock_ns,
+            cpus: system::online_cpus(),
+            probes: probes.descriptions(),
+        };
+        let file = File::create(path).map_err(|source| RecordError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let writer = TraceWriter::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(
+            |source| RecordError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            seen: SeenReferences::default(),
+        })
+    }
+
+    fn write_error(&self) -> impl FnOnce(std::io::Error) -> RecordError + use<'_> {
+        |source| RecordError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn write(&mut self, probes: &LockProbes, events: &[Event]) -> Result<(), RecordError> {
+        let result = self.seen.write(&mut self.writer, probes, events);
+        result.map_err(self.write_error())
+    }
+
+    pub fn flush(&mut self) -> Result<(), RecordError> {
+        let result = self.writer.flush();
+        result.map_err(self.write_error())
+    }
+
+    pub fn waits(&self) -> u64 {
+        self.writer.lock_waits()
+    }
+
+    pub fn ops(&self) -> u64 {
+        self.writer.bufio_ops()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.writer.bytes_written()
+    }
+
+    /// Writes the stacks the waits used with their symbols, the names of static locks, what
+    /// the probes covered and cost, the loss counts and the end record, and closes the file.
+    pub fn finish(
+        mut self,
+        probes: &LockProbes,
+        user_dropped: u64,
+    ) -> Result<Finished, RecordError> {
+        let path = self.path.clone();
+        let failed = |source| RecordError::Write {
+            path: path.clone(),
+            source,
+        };
+        let writer = &mut self.writer;
+        let symbols_note = write_stacks(writer, probes, &self.seen.stack_ids).map_err(failed)?;
+        let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
+        let lock_symbols = static_lock_names(&static_locks);
+        if !lock_symbols.is_empty() {
+            writer
+                .write_metadata(&Metadata::Symbols {
+                    symbols: lock_symbols,
+                })
+                .map_err(failed)?;
+        }
+        let bufio = probes.bufio();
+        writer
+            .write_metadata(&Metadata::Probes {
+                bufio_design: bufio.design.map(|d| d.describe().to_string()),
+                missing: match &bufio.unavailable {
+                    Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
+                    None => bufio.missing_reasons().into_iter().collect(),
+                },
+                programs: probes
+                    .program_stats()
+                    .into_iter()
+                    .map(|p| ProgramRun {
+                        program: p.program,
+                        run_count: p.run_count,
+                        run_time_ns: p.run_time_ns,
+                    })
+                    .collect(),
+            })
+            .map_err(failed)?;
+        let kernel = probes.counters().map_err(RecordError::Counters)?;
+        writer
+            .write_metadata(&Metadata::LossCounts {
+                at_clock_ns: system::monotonic_ns(),
+                kernel: kernel.clone(),
+                user_dropped,
+            })
+            .map_err(failed)?;
+        let (waits, ops) = (writer.lock_waits(), writer.bufio_ops());
+        let (mut out, _) = self.writer.finish(system::unix_ns()).map_err(failed)?;
+        out.flush().map_err(failed)?;
+        Ok(Finished {
+            waits,
+            ops,
+            clients: self.seen.clients.len(),
+            bytes: out.get_ref().metadata().map(|m| m.len()).unwrap_or(0),
+            kernel_counters: kernel,
+            symbols_note,
+        })
+    }
+}
+
+/// What the events written so far refer to, for the end of the file: the clients seen, the
+/// stack ids the waits used, and the static locks they waited on. Writing events goes through
+/// it: lock waits and operations into chunks, clients into metadata records with their lock
+/// addresses.
+#[derive(Default)]
+struct SeenReferences {
+    clients: BTreeMap<u64, ClientSighting>,
+    stack_ids: BTreeSet<u32>,
+    /// Locks at kernel-image or module addresses: static locks, named from kallsyms at the end.
+    static_locks: BTreeSet<u64>,
+}
+
+impl SeenReferences {
+    fn write<W: Write>(
+        &mut self,
+        writer: &mut TraceWriter<W>,
+        probes: &LockProbes,
+        events: &[Event],
+    ) -> std::io::Result<()> {
+        for event in events {
+            match event {
+                &Event::LockWait(wait) => {
+                    if let Some(id) = wait.stack_id {
+                        self.stack_ids.insert(id);
+                    }
+                    if wait.lock_addr >= 0xffff_ffff_8000_0000 {
+                        self.static_locks.insert(wait.lock_addr);
+                    }
+                    writer.push(wait)?;
+                }
+                &Event::Op(op) => writer.push_op(op)?,
+                Event::Client(client) => {
+                    let seen_ns = match self.clients.get(&client.addr) {
+                        Some(earlier) if client.how == ClientHow::Destroyed => earlier.at_ns,
+                        _ => client.at_ns,
+                    };
+                    writer.write_metadata(&Metadata::Client {
+                        addr: client.addr,
+                        device: client.device.clone(),
+                        block_size: client.block_size,
+                        locks: probes.client_locks(client.addr, client.num_locks),
+                        seen_ns,
+                        destroyed_ns: (client.how == ClientHow::Destroyed).then_some(client.at_ns),
+                    })?;
+                    self.clients.insert(client.addr, client.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stacks the recorded waits refer to, and the symbols of their frames and of the locks
+/// (so the file names them on any machine). Returns why symbols are missing, if they are.
+fn write_stacks<W: Write>(
+    writer: &mut TraceWriter<W>,
+    probes: &LockProbes,
+    ids: &BTreeSet<u32>,
+) -> std::io::Result<Option<String>> {
+    let mut addrs = BTreeSet::new();
+    for &id in ids {
+        if let Some(frames) = probes.stack(id) {
+            addrs.extend(frames.iter().copied());
+            writer.write_metadata(&Metadata::Stack { id, frames })?;
+        }
+    }
+    if addrs.is_empty() {
+        return Ok(None);
+    }
+    let addrs: Vec<u64> = addrs.into_iter().collect();
+    let (symbols, note) = symbolize_kernel(&addrs, &LockText::from_kallsyms());
+    writer.write_metadata(&Metadata::Symbols { symbols })?;
+    Ok(note.map(|note| format!("{note}; stacks are kept as addresses")))
+}
