@@ -1,0 +1,214 @@
+//! `cargo xtask vm-test`: the real-kernel test bed. Boots Debian's cloud kernels (6.1: the
+//! single-mutex dm-bufio; 6.12: the sharded one), runs scenarios and checks what bufscope saw.
+//!
+//! Downloads and extracted kernels are cached under target/vm/. The guest's /init is
+//! xtask/vm/init.sh; each scenario is xtask/vm/<name>.sh. Results come back as a tar archive on
+//! a second virtio disk.
+
+mod checks;
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, ensure};
+
+use crate::cmd::{heading, workspace_root};
+use checks::{Outcome, check_results};
+use initramfs::{build_initramfs, build_static_bufscope};
+use kernels::{KERNELS, KernelLine, fetch_kernel};
+use qemu::boot_retrying_tcg_int3;
+
+/// Scenarios, each a script in xtask/vm/.
+const SCENARIOS: &[(&str, &str)] = &[
+    ("thin-hotspot", include_str!("../../vm/thin-hotspot.sh")),
+    ("small-cache", include_str!("../../vm/small-cache.sh")),
+    ("verity-read", include_str!("../../vm/verity-read.sh")),
+];
+
+pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyhow::Result<()> {
+    let kernels: Vec<&KernelLine> = KERNELS
+        .iter()
+        .filter(|k| kernel == "all" || k.name == kernel)
+        .collect();
+    ensure!(
+        !kernels.is_empty(),
+        "unknown --kernel {kernel}; known: 6.1, 6.12, all"
+    );
+    let scenarios: Vec<&(&str, &str)> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| scenario == "all" || *name == scenario)
+        .collect();
+    ensure!(
+        !scenarios.is_empty(),
+        "unknown --scenario {scenario}; known: {}, all",
+        SCENARIOS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let work = workspace_root().join("target/vm");
+    fs::create_dir_all(&work)?;
+    let bufscope = build_static_bufscope(&work)?;
+
+    let mut rows = Vec::new();
+    for kernel in kernels {
+        let extracted = fetch_kernel(&work, kernel)?;
+        let initramfs = build_initramfs(&work, kernel.name, &extracted, &bufscope)?;
+        for (name, _) in &scenarios {
+            let outcome = run_scenario(
+                &work,
+                kernel.name,
+                &extracted,
+                &initramfs,
+                name,
+                &bufscope,
+                keep,
+            )
+            .with_context(|| format!("{} {name}", kernel.name))?;
+            if save_samples {
+                save_sample(&work, &outcome, &extracted)?;
+            }
+            rows.push(outcome);
+        }
+    }
+    if save_samples {
+        write_samples_readme()?;
+    }
+    println!();
+    println!(
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  kernel release",
+        "kernel",
+        "scenario",
+        "reads/s",
+        "lock waits",
+        "kp get",
+        "kp read",
+        "kp rel",
+        "bufio ops",
+        "mutex w",
+        "tree w",
+        "lost",
+    );
+    for r in &rows {
+        println!(
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
+            r.kernel,
+            r.scenario,
+            r.reads_per_sec,
+            r.lock_waits,
+            r.gets,
+            r.reads,
+            r.releases,
+            r.bufio.ops,
+            r.bufio.mutex_waits,
+            r.bufio.tree_waits,
+            r.bufio.returns_missed + r.bufio.ringbuf_full,
+            r.release
+        );
+    }
+    Ok(())
+}
+
+/// Boots one kernel with one scenario and checks what came back; the results disk is removed
+/// after checks that pass, unless kept.
+fn run_scenario(
+    work: &Path,
+    kernel: &'static str,
+    extracted: &Path,
+    initramfs: &Path,
+    scenario: &str,
+    bufscope: &Path,
+    keep: bool,
+) -> anyhow::Result<Outcome> {
+    let guest = boot_retrying_tcg_int3(work, kernel, extracted, initramfs, scenario)?;
+    let outcome = check_results(kernel, scenario, guest.release, &guest.dir, bufscope)?;
+    if !keep {
+        let _ = fs::remove_file(&guest.disk);
+    }
+    Ok(outcome)
+}
+
+/// Largest sample kept in the repository (a 12 s recording with every dm-bufio operation of
+/// the workload takes about 2 MB).
+const MAX_SAMPLE_BYTES: u64 = 4 << 20;
+
+/// Copies a run's recording to samples/KERNEL-SCENARIO.bftrace, with a note of how it was made.
+fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Result<()> {
+    let from = work
+        .join(format!("run-{}-{}", outcome.kernel, outcome.scenario))
+        .join("results")
+        .join(format!("{}.bftrace", outcome.scenario));
+    let size = fs::metadata(&from)?.len();
+    ensure!(
+        size <= MAX_SAMPLE_BYTES,
+        "{} is {size} bytes, over the {MAX_SAMPLE_BYTES} a sample may take",
+        from.display()
+    );
+    let package = extracted
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let samples = workspace_root().join("samples");
+    fs::create_dir_all(&samples)?;
+    let name = format!("{}-{}", outcome.kernel, outcome.scenario);
+    fs::copy(&from, samples.join(format!("{name}.bftrace")))?;
+    let note = format!(
+        "kernel package: {package}\n\
+         kernel release: {release}\n\
+         scenario: {scenario} (xtask/vm/{scenario}.sh)\n\
+         made by: cargo xtask vm-test --kernel {kernel} --scenario {scenario} --save-samples\n\
+         workload driver: {rate} reads/s\n\
+         lock waits recorded: {waits}\n\
+         kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n\
+         dm-bufio operations recorded: {ops}\n\
+         waits named: client mutex {mutex}, tree locks {trees}\n\
+         lost: {missed} operation returns, {full} events (ring buffer full)\n",
+        ops = outcome.bufio.ops,
+        mutex = outcome.bufio.mutex_waits,
+        trees = outcome.bufio.tree_waits,
+        missed = outcome.bufio.returns_missed,
+        full = outcome.bufio.ringbuf_full,
+        release = outcome.release,
+        scenario = outcome.scenario,
+        kernel = outcome.kernel,
+        rate = outcome.reads_per_sec,
+        waits = outcome.lock_waits,
+        gets = outcome.gets,
+        reads = outcome.reads,
+        releases = outcome.releases,
+    );
+    fs::write(samples.join(format!("{name}.txt")), note)?;
+    heading(
+        "vm-test",
+        &format!("saved samples/{name}.bftrace ({size} bytes)"),
+    );
+    Ok(())
+}
+
+/// Lists the samples in samples/README.md.
+fn write_samples_readme() -> anyhow::Result<()> {
+    let samples = workspace_root().join("samples");
+    let mut traces: Vec<String> = fs::read_dir(&samples)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bftrace"))
+        .collect();
+    traces.sort();
+    let mut readme = String::from(
+        "# Sample traces\n\n\
+         Recorded by bufscope inside real Debian kernels booted by the VM test bed\n\
+         (`cargo xtask vm-test --save-samples` regenerates them), one per kernel and scenario, each\n\
+         at most 4 MB: what demos and tests use on machines without dm-bufio. The `.txt` beside each\n\
+         trace names the kernel package, the scenario and the command that made it, and what the run\n\
+         counted.\n\n| trace | how it was made |\n|---|---|\n",
+    );
+    for trace in traces {
+        let note = trace.replace(".bftrace", ".txt");
+        readme.push_str(&format!("| `{trace}` | [{note}]({note}) |\n"));
+    }
+    fs::write(samples.join("README.md"), readme)?;
+    Ok(())
+}
