@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::bufscope;
+use common::{bufscope, skip};
 
 fn sample(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -304,18 +304,19 @@ fn compare_refuses_what_it_cannot_compare() {
 }
 
 /// The Python with Perfetto's protos and pyarrow that `cargo xtask setup` installs; `None`
-/// (after saying why) when it is missing.
+/// (after [`skip`]) when it is missing.
 fn py_reader(test: &str) -> Option<PathBuf> {
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-readers/bin/python");
     if python.exists() {
         return Some(python);
     }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIP {test}: {} is missing; `cargo xtask setup` installs the Python readers \
-         (perfetto, pyarrow) that check exports independently",
-        python.display()
+    skip(
+        test,
+        &format!(
+            "{} is missing; `cargo xtask setup` installs the Python readers (perfetto, pyarrow) \
+             that check exports independently",
+            python.display()
+        ),
     );
     None
 }

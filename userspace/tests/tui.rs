@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PipeContention, root_or_skip};
+use common::{PipeContention, root_or_skip, skip};
 
 /// A tmux server of its own (a private socket) running one command; killed when dropped.
 struct Tmux {
@@ -27,11 +27,14 @@ fn tmux(session: &str) -> Command {
 }
 
 impl Tmux {
-    /// Starts `command` in a detached session of `width`×`height`; `None` (saying why) when
+    /// Starts `command` in a detached session of `width`×`height`; `None` (after [`skip`]) when
     /// tmux is missing.
     fn start(test: &str, command: &str, width: u16, height: u16) -> Option<Self> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            eprintln!("SKIPPED {test}: tmux is not installed (`cargo xtask setup` installs it)");
+            skip(
+                test,
+                "tmux is not installed (`cargo xtask setup` installs it)",
+            );
             return None;
         }
         let session = format!("bufscope-test-{}-{test}", std::process::id());

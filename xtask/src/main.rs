@@ -31,8 +31,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then formatting, clippy on every crate, and every test (root tests skip with a reason
-    /// when not root).
+    /// Setup, then formatting, clippy on every crate, and every test (a test that cannot run here,
+    /// such as one that needs root, fails rather than skips).
     Test,
     /// Benchmarks: throughput and size figures printed side by side with their targets.
     Bench,

@@ -19,16 +19,31 @@ pub fn bufscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bufscope"))
 }
 
-/// True when running as root; otherwise prints why the calling test skips. The message goes
-/// straight to the process's stderr, past the test harness's capture, so a skip is never silent.
+/// Set to 1 by `cargo xtask test`: a run that skips is not a pass, so there a skip fails.
+const REQUIRE_ALL_TESTS: &str = "BUFSCOPE_REQUIRE_ALL_TESTS";
+
+/// Says why `test` cannot run, for the caller to return early. The message goes straight to the
+/// process's stderr, past the test harness's capture, so a skip is never silent; with
+/// BUFSCOPE_REQUIRE_ALL_TESTS=1 it panics instead, failing the test.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var(REQUIRE_ALL_TESTS).is_ok_and(|v| v == "1") {
+        panic!(
+            "{test} cannot run: {why}; under `cargo xtask test` ({REQUIRE_ALL_TESTS}=1) a skip \
+             is a failure"
+        );
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// True when running as root; otherwise the calling test skips (see [`skip`]).
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIPPED {test}: loading eBPF programs needs root (run `sudo -E cargo xtask test`)"
+    skip(
+        test,
+        "loading eBPF programs needs root (run `sudo -E cargo xtask test`)",
     );
     false
 }
