@@ -1,4 +1,4 @@
 //! Empty on purpose: userspace lists this crate as a build-dependency so that cargo rebuilds it
-//! (through aya-build) when the eBPF sources change, and a build-dependency needs a library.
+//! (userspace/build.rs) when the eBPF sources change, and a build-dependency needs a library.
 
 #![no_std]
