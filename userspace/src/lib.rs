@@ -12,3 +12,13 @@ pub mod live;
 pub mod probes;
 pub mod record;
 pub mod stop;
+
+/// For a unit test that needs root or a kernel feature this machine lacks: prints why it skips,
+/// or fails under `cargo xtask test` (`BUFSCOPE_REQUIRE_ALL_TESTS=1`), where a skip is no pass.
+#[cfg(test)]
+pub(crate) fn skip_or_fail(why: &str) {
+    if std::env::var("BUFSCOPE_REQUIRE_ALL_TESTS").as_deref() == Ok("1") {
+        panic!("cannot run: {why}; under `cargo xtask test` a skip is a failure");
+    }
+    eprintln!("skipped: {why}");
+}
