@@ -5,13 +5,15 @@
 //! symbols, the doctor report) → [`probes`] (the eBPF programs attached, their maps, the event
 //! stream) → the stream's consumers: [`record`] (trace files) and [`live`] (the live view, its
 //! shadow replay through the reference designs, the metrics it serves). The analyses of trace
-//! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate.
+//! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate; [`stress`]
+//! is the VM test bed's workload driver.
 
 pub mod kernel;
 pub mod live;
 pub mod probes;
 pub mod record;
 pub mod stop;
+pub mod stress;
 
 /// For a unit test that needs root or a kernel feature this machine lacks: prints why it skips,
 /// or fails under `cargo xtask test` (`BUFSCOPE_REQUIRE_ALL_TESTS=1`), where a skip is no pass.

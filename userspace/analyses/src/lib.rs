@@ -1,11 +1,12 @@
-//! The analyses of bufscope trace files: what `info`, `report`, `compare`, `replay` and `export`
-//! compute, apart from the probes, so this crate builds and tests with stable Rust alone.
+//! The analyses of bufscope trace files: what `info`, `report`, `compare`, `replay`, `export` and
+//! `synth` compute, apart from the probes, so this crate builds and tests with stable Rust alone.
 //!
 //! A trace is read into memory with its names ([`tracedata`], [`naming`]); [`summary`] and
 //! [`report`] tabulate its lock waits; [`models`] runs its dm-bufio operations through the
 //! `reference-cache` designs and turns a design's run back into a trace, so that [`compare`] can
 //! measure kernel and designs with the same code and [`plot`] can draw them side by side;
-//! [`export`] writes a trace in the formats other tools load. [`units`] formats the figures.
+//! [`export`] writes a trace in the formats other tools load; [`synth`] makes traces of dm-bufio
+//! operations without a kernel. [`units`] formats the figures.
 
 pub mod compare;
 pub mod export;
@@ -14,5 +15,6 @@ pub mod naming;
 pub mod plot;
 pub mod report;
 pub mod summary;
+pub mod synth;
 pub mod tracedata;
 pub mod units;

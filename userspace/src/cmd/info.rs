@@ -2,6 +2,7 @@
 
 use std::{path::Path, process::ExitCode};
 
+use bufscope_abi::Counter;
 use bufscope_analyses::summary::{TraceSummary, WaitRow, summarize};
 
 use bufscope_analyses::units::{duration_ns, thousands};
@@ -174,19 +175,19 @@ fn print_text(s: &TraceSummary) {
     println!();
     match &s.losses {
         Some(l) => {
-            let get = |k: &str| l.kernel.get(k).copied().unwrap_or(0);
+            let get = |c: Counter| l.kernel.get(c.name()).copied().unwrap_or(0);
             println!(
                 "lost            {} (ring buffer full), {} (user space)",
-                thousands(get("ringbuf_full")),
+                thousands(get(Counter::ReserveFailed)),
                 thousands(l.user_dropped)
             );
             println!(
                 "unpaired        {} ends without a begin, {} mismatched ends, {} nested begins, \
                  {} repeated begins",
-                thousands(get("unpaired_end")),
-                thousands(get("mismatched_end")),
-                thousands(get("nested_begin")),
-                thousands(get("repeated_begin")),
+                thousands(get(Counter::UnpairedEnd)),
+                thousands(get(Counter::MismatchedEnd)),
+                thousands(get(Counter::NestedBegin)),
+                thousands(get(Counter::RepeatedBegin)),
             );
         }
         None => println!("lost            unknown (the file has no loss record)"),
