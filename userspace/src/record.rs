@@ -256,7 +256,7 @@ impl Recorder {
             .write_metadata(&Metadata::Probes {
                 bufio_design: bufio.design.map(|d| d.describe().to_string()),
                 missing: match &bufio.unavailable {
-                    Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.clone())]),
+                    Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.to_string())]),
                     None => bufio.missing_reasons().into_iter().collect(),
                 },
                 programs: probes

@@ -120,7 +120,7 @@ async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
         probes.mode(),
         system::kernel_release(),
         match &bufio.unavailable {
-            Some(why) => why.clone(),
+            Some(why) => why.to_string(),
             None => format!(
                 "{} of {} probe points attached",
                 bufio.attached().count(),

@@ -136,7 +136,11 @@ fn report_bufio_probes(probes: &LockProbes) {
         eprintln!(
             "bufscope:   missing {}: {}",
             point.function,
-            point.status.as_ref().err().map_or("", String::as_str)
+            point
+                .status
+                .as_ref()
+                .err()
+                .map_or_else(String::new, ToString::to_string)
         );
     }
 }

@@ -183,6 +183,47 @@ impl Symbols {
     }
 }
 
+/// Why dm-bufio's struct layout could not be read from BTF. Each message is complete, its cause
+/// included: they reach the user as text (why no dm-bufio probe was attached, in record, live,
+/// doctor and trace files), never through a chain of sources.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfLayoutError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: btf_rs::Error,
+    },
+    /// dm-bufio's types are not in vmlinux, and it has no split BTF of its own.
+    #[error(
+        "{source} (and {MODULE_BTF} is missing: is dm_bufio loaded, with \
+         CONFIG_DEBUG_INFO_BTF_MODULES?)"
+    )]
+    NoModuleBtf {
+        #[source]
+        source: Box<BtfLayoutError>,
+    },
+    #[error("struct {0} is not in the BTF")]
+    NoStruct(&'static str),
+    #[error("no field {0}")]
+    NoField(&'static str),
+    #[error("field {0} is a bitfield")]
+    Bitfield(&'static str),
+    #[error("field {0} is not a struct")]
+    NotAStruct(&'static str),
+    #[error("an unnamed type")]
+    UnnamedType,
+    #[error("a typedef chain too long")]
+    TypedefChainTooLong,
+    #[error("dm_buffer_cache.trees is not an array")]
+    TreesNotAnArray,
+    #[error("dm_buffer_cache.trees is not an array of structs")]
+    TreesNotStructs,
+    /// Resolving a type id or name failed.
+    #[error(transparent)]
+    Btf(#[from] btf_rs::Error),
+}
+
 /// Where dm-bufio's fields and locks are on this kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -195,21 +236,26 @@ pub struct Layout {
 impl Layout {
     /// Reads the offsets from vmlinux BTF and dm-bufio's split BTF (or vmlinux alone when
     /// dm-bufio is built in).
-    pub fn from_sys_fs() -> Result<Self, String> {
-        let base =
-            Btf::from_file(VMLINUX_BTF).map_err(|e| format!("reading {VMLINUX_BTF}: {e}"))?;
+    pub fn from_sys_fs() -> Result<Self, BtfLayoutError> {
+        let base = Btf::from_file(VMLINUX_BTF).map_err(|source| BtfLayoutError::Read {
+            path: VMLINUX_BTF,
+            source,
+        })?;
         if Path::new(MODULE_BTF).exists() {
-            let module = Btf::from_split_file(MODULE_BTF, &base)
-                .map_err(|e| format!("reading {MODULE_BTF}: {e}"))?;
+            let module =
+                Btf::from_split_file(MODULE_BTF, &base).map_err(|source| BtfLayoutError::Read {
+                    path: MODULE_BTF,
+                    source,
+                })?;
             Self::from_btf(&module)
         } else {
-            Self::from_btf(&base).map_err(|e| {
-                format!("{e} (and {MODULE_BTF} is missing: is dm_bufio loaded, with CONFIG_DEBUG_INFO_BTF_MODULES?)")
+            Self::from_btf(&base).map_err(|e| BtfLayoutError::NoModuleBtf {
+                source: Box::new(e),
             })
         }
     }
 
-    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfLayoutError> {
         let client = find_struct(btf, "dm_bufio_client")?;
         let buffer = find_struct(btf, "dm_buffer")?;
         let bdev = find_struct(btf, "block_device")?;
@@ -227,19 +273,15 @@ impl Layout {
         };
         let trees = match field(btf, &client, "cache.trees") {
             Ok((offset, Type::Array(array))) => {
-                let element = resolve(
-                    btf,
-                    btf.resolve_chained_type(&array)
-                        .map_err(|e| e.to_string())?,
-                )?;
+                let element = resolve(btf, btf.resolve_chained_type(&array)?)?;
                 let Type::Struct(tree) = element else {
-                    return Err("dm_buffer_cache.trees is not an array of structs".into());
+                    return Err(BtfLayoutError::TreesNotStructs);
                 };
                 let (lock, _) =
                     field(btf, &tree, "u.lock").or_else(|_| field(btf, &tree, "lock"))?;
                 Some((u64::from(offset + lock), tree.size() as u64))
             }
-            Ok(_) => return Err("dm_buffer_cache.trees is not an array".into()),
+            Ok(_) => return Err(BtfLayoutError::TreesNotAnArray),
             Err(_) => None,
         };
         Ok(Self { offsets, trees })
@@ -267,21 +309,21 @@ pub fn device_name(event: &ClientEvent) -> String {
     format!("{major}:{minor}")
 }
 
-fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
+fn find_struct(btf: &Btf, name: &'static str) -> Result<btf_rs::Struct, BtfLayoutError> {
     let types = btf
         .resolve_types_by_name(name)
-        .map_err(|_| format!("struct {name} is not in the BTF"))?;
+        .map_err(|_| BtfLayoutError::NoStruct(name))?;
     types
         .into_iter()
         .find_map(|t| match t {
             Type::Struct(s) if !s.members.is_empty() => Some(s),
             _ => None,
         })
-        .ok_or_else(|| format!("struct {name} is not in the BTF"))
+        .ok_or(BtfLayoutError::NoStruct(name))
 }
 
 /// Follows typedefs and qualifiers to the type underneath.
-fn resolve(btf: &Btf, mut t: Type) -> Result<Type, String> {
+fn resolve(btf: &Btf, mut t: Type) -> Result<Type, BtfLayoutError> {
     for _ in 0..16 {
         match t {
             Type::Typedef(_)
@@ -289,25 +331,25 @@ fn resolve(btf: &Btf, mut t: Type) -> Result<Type, String> {
             | Type::Const(_)
             | Type::Restrict(_)
             | Type::TypeTag(_) => {
-                let inner = t.as_btf_type().ok_or("an unnamed type")?;
-                t = btf.resolve_chained_type(inner).map_err(|e| e.to_string())?;
+                let inner = t.as_btf_type().ok_or(BtfLayoutError::UnnamedType)?;
+                t = btf.resolve_chained_type(inner)?;
             }
             other => return Ok(other),
         }
     }
-    Err("a typedef chain too long".into())
+    Err(BtfLayoutError::TypedefChainTooLong)
 }
 
 /// Byte offset and type of a member path like "cache.num_locks", looking through anonymous
 /// structs and unions as C does.
-fn field(btf: &Btf, s: &btf_rs::Struct, path: &str) -> Result<(u32, Type), String> {
+fn field(btf: &Btf, s: &btf_rs::Struct, path: &'static str) -> Result<(u32, Type), BtfLayoutError> {
     let (head, rest) = match path.split_once('.') {
         Some((head, rest)) => (head, Some(rest)),
         None => (path, None),
     };
-    let (bits, t) = member(btf, s, head, 0)?.ok_or_else(|| format!("no field {path}"))?;
+    let (bits, t) = member(btf, s, head, 0)?.ok_or(BtfLayoutError::NoField(path))?;
     if bits % 8 != 0 {
-        return Err(format!("field {head} is a bitfield"));
+        return Err(BtfLayoutError::Bitfield(head));
     }
     let offset = bits / 8;
     match rest {
@@ -317,7 +359,7 @@ fn field(btf: &Btf, s: &btf_rs::Struct, path: &str) -> Result<(u32, Type), Strin
                 let (inner_offset, t) = field(btf, &inner, rest)?;
                 Ok((offset + inner_offset, t))
             }
-            _ => Err(format!("field {head} is not a struct")),
+            _ => Err(BtfLayoutError::NotAStruct(head)),
         },
     }
 }
@@ -327,13 +369,13 @@ fn member(
     s: &btf_rs::Struct,
     name: &str,
     depth: u32,
-) -> Result<Option<(u32, Type)>, String> {
+) -> Result<Option<(u32, Type)>, BtfLayoutError> {
     if depth > 4 {
         return Ok(None);
     }
     for m in &s.members {
         let m_name = btf.resolve_name(m).unwrap_or_default();
-        let t = resolve(btf, btf.resolve_chained_type(m).map_err(|e| e.to_string())?)?;
+        let t = resolve(btf, btf.resolve_chained_type(m)?)?;
         if m_name == name {
             return Ok(Some((m.bit_offset(), t)));
         }
@@ -414,6 +456,18 @@ ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
         assert_eq!(
             locks.classify(0x1010),
             Some(bufscope_trace::ClientLock::Mutex)
+        );
+    }
+
+    #[test]
+    fn a_built_in_lookup_says_the_module_btf_is_missing() {
+        let err = BtfLayoutError::NoModuleBtf {
+            source: Box::new(BtfLayoutError::NoStruct("dm_bufio_client")),
+        };
+        assert_eq!(
+            err.to_string(),
+            "struct dm_bufio_client is not in the BTF (and /sys/kernel/btf/dm_bufio is missing: \
+             is dm_bufio loaded, with CONFIG_DEBUG_INFO_BTF_MODULES?)"
         );
     }
 

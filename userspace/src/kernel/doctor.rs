@@ -7,7 +7,7 @@ use aya::maps::MapType;
 use serde::Serialize;
 
 use super::system;
-use crate::probes::{AttachOptions, BufioReport, LockProbes};
+use crate::probes::{AttachOptions, BufioReport, LockProbes, error_chain};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -255,7 +255,7 @@ fn trial_attach(root: bool) -> (Check, Check) {
 /// Which dm-bufio probe points attached, and why the others did not.
 fn bufio_check(name: &'static str, report: &BufioReport) -> Check {
     if let Some(why) = &report.unavailable {
-        return check(name, Status::Missing, why.clone()).otherwise(
+        return check(name, Status::Missing, why.to_string()).otherwise(
             "no dm-bufio operations or named dm-bufio locks; kernel-wide lock contention is \
              still recorded",
         );
@@ -327,15 +327,4 @@ fn dm_bufio() -> Check {
         "no module BTF (struct offsets unknown)"
     });
     check("dm-bufio", Status::Ok, detail.join("; "))
-}
-
-/// An error and its sources, so that errno values buried in aya's errors reach the user.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }

@@ -9,7 +9,8 @@
 
 use std::{
     fs::{self, OpenOptions},
-    io::Write,
+    io::{self, Write},
+    num::ParseIntError,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -25,6 +26,48 @@ fn group() -> String {
     format!("bufscope_{}", std::process::id())
 }
 
+/// Why a return probe could not be made through tracefs (the caller falls back to aya's).
+#[derive(Debug, thiserror::Error)]
+pub enum KretprobeError {
+    #[error("creating a return probe on {function} in {}", kprobe_events.display())]
+    Create {
+        function: String,
+        kprobe_events: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {}", path.display())]
+    ReadId {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing {}", path.display())]
+    ParseId {
+        path: PathBuf,
+        #[source]
+        source: ParseIntError,
+    },
+    #[error("perf_event_open for {spec}")]
+    Open {
+        spec: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching the return program to {spec}")]
+    SetBpf {
+        spec: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("enabling {spec}")]
+    Enable {
+        spec: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// A return probe event created in tracefs with a BPF program attached.
 #[derive(Debug)]
 pub struct TracefsKretprobe {
@@ -35,7 +78,11 @@ pub struct TracefsKretprobe {
 
 impl TracefsKretprobe {
     /// Creates `r<MAXACTIVE>:bufscope_<pid>/<event> <function>` and attaches `program`.
-    pub fn attach(tracefs: &Path, function: &str, program: BorrowedFd<'_>) -> Result<Self, String> {
+    pub fn attach(
+        tracefs: &Path,
+        function: &str,
+        program: BorrowedFd<'_>,
+    ) -> Result<Self, KretprobeError> {
         let event = format!("r_{}", function.trim_start_matches('_'));
         let group = group();
         let kprobe_events = tracefs.join("kprobe_events");
@@ -43,11 +90,10 @@ impl TracefsKretprobe {
             &kprobe_events,
             &format!("r{MAXACTIVE}:{group}/{event} {function}"),
         )
-        .map_err(|e| {
-            format!(
-                "creating a return probe on {function} in {}: {e}",
-                kprobe_events.display()
-            )
+        .map_err(|source| KretprobeError::Create {
+            function: function.to_string(),
+            kprobe_events: kprobe_events.clone(),
+            source,
         })?;
         let spec = format!("{group}/{event}");
         // From here on, Drop removes the event.
@@ -56,27 +102,37 @@ impl TracefsKretprobe {
             spec: &spec,
         };
         let id_path = tracefs.join("events").join(&group).join(&event).join("id");
-        let id: u64 = fs::read_to_string(&id_path)
-            .map_err(|e| format!("reading {}: {e}", id_path.display()))?
+        let id_text = fs::read_to_string(&id_path).map_err(|source| KretprobeError::ReadId {
+            path: id_path.clone(),
+            source,
+        })?;
+        let id: u64 = id_text
             .trim()
             .parse()
-            .map_err(|e| format!("parsing {}: {e}", id_path.display()))?;
-        let perf =
-            open_tracepoint_event(id).map_err(|e| format!("perf_event_open for {spec}: {e}"))?;
+            .map_err(|source| KretprobeError::ParseId {
+                path: id_path,
+                source,
+            })?;
+        let perf = open_tracepoint_event(id).map_err(|source| KretprobeError::Open {
+            spec: spec.clone(),
+            source,
+        })?;
         // SAFETY: both fds are open; the ioctls take plain integers.
         let set = unsafe { sys::ioctls::SET_BPF(perf.as_raw_fd(), program.as_raw_fd() as u32) };
         if set < 0 {
-            return Err(format!(
-                "attaching the return program to {spec}: {}",
-                std::io::Error::last_os_error()
-            ));
+            let source = io::Error::last_os_error();
+            return Err(KretprobeError::SetBpf {
+                spec: spec.clone(),
+                source,
+            });
         }
         // SAFETY: as above.
         if unsafe { sys::ioctls::ENABLE(perf.as_raw_fd(), 0) } < 0 {
-            return Err(format!(
-                "enabling {spec}: {}",
-                std::io::Error::last_os_error()
-            ));
+            let source = io::Error::last_os_error();
+            return Err(KretprobeError::Enable {
+                spec: spec.clone(),
+                source,
+            });
         }
         std::mem::forget(remove_on_error);
         Ok(Self {
@@ -112,7 +168,7 @@ fn remove_event(kprobe_events: &Path, spec: &str) {
     }
 }
 
-fn write_line(path: &Path, line: &str) -> std::io::Result<()> {
+fn write_line(path: &Path, line: &str) -> io::Result<()> {
     let mut file = OpenOptions::new().append(true).open(path)?;
     file.write_all(format!("{line}\n").as_bytes())
 }
@@ -147,7 +203,7 @@ pub fn remove_stale_events(tracefs: &Path) {
     }
 }
 
-fn open_tracepoint_event(id: u64) -> std::io::Result<OwnedFd> {
+fn open_tracepoint_event(id: u64) -> io::Result<OwnedFd> {
     let mut attr = sys::bindings::perf_event_attr {
         type_: sys::bindings::PERF_TYPE_TRACEPOINT,
         size: size_of::<sys::bindings::perf_event_attr>() as u32,
@@ -168,8 +224,37 @@ fn open_tracepoint_event(id: u64) -> std::io::Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::probes::error_chain;
+
+    #[test]
+    fn without_kprobe_events_creating_fails_with_the_io_error_as_source() {
+        let tracefs = tempfile::tempdir().unwrap();
+        let program = tempfile::tempfile().unwrap();
+        let err =
+            TracefsKretprobe::attach(tracefs.path(), "dm_bufio_read", program.as_fd()).unwrap_err();
+        let kprobe_events = tracefs.path().join("kprobe_events");
+        assert!(
+            matches!(&err, KretprobeError::Create { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert_eq!(
+            error_chain(&err),
+            format!(
+                "creating a return probe on dm_bufio_read in {}: No such file or directory \
+                 (os error 2)",
+                kprobe_events.display()
+            )
+        );
+    }
 }

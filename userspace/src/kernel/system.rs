@@ -124,8 +124,20 @@ impl Tracefs {
     }
 }
 
+/// tracefs is not mounted and could not be mounted. The message names the mount error and the
+/// command that fixes it, so it is complete on its own.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tracefs is not mounted and mounting it at {TRACEFS} failed ({source}); \
+     mount it with `mount -t tracefs tracefs {TRACEFS}`"
+)]
+pub struct TracefsError {
+    #[source]
+    source: std::io::Error,
+}
+
 /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted (as perf does).
-pub fn ensure_tracefs() -> Result<Tracefs, String> {
+pub fn ensure_tracefs() -> Result<Tracefs, TracefsError> {
     if let Some(path) = tracefs_mount() {
         return Ok(Tracefs::AlreadyMounted(path));
     }
@@ -141,11 +153,9 @@ pub fn ensure_tracefs() -> Result<Tracefs, String> {
         )
     };
     if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(format!(
-            "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); \
-             mount it with `mount -t tracefs tracefs {TRACEFS}`"
-        ));
+        return Err(TracefsError {
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(Tracefs::MountedNow(PathBuf::from(TRACEFS)))
 }

@@ -1,9 +1,29 @@
 //! Parses tracefs `events/<category>/<name>/format` files, so that the classic tracepoint
 //! programs read fields at this kernel's offsets instead of hard-coded ones.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bufscope_abi::TracepointOffsets;
+
+/// Why a lock event's format file cannot give the offsets the classic tracepoint programs need.
+#[derive(Debug, thiserror::Error)]
+pub enum TracepointFormatError {
+    #[error("{}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no field `{name}`", path.display())]
+    NoField { path: PathBuf, name: &'static str },
+    #[error("{}: field `{name}` is {size} bytes, expected {expected}", path.display())]
+    FieldSize {
+        path: PathBuf,
+        name: &'static str,
+        size: u32,
+        expected: u32,
+    },
+}
 
 /// One field of a tracepoint record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,29 +67,40 @@ pub fn parse_fields(format: &str) -> Vec<Field> {
         .collect()
 }
 
-fn field_offset(fields: &[Field], name: &str, size: u32, file: &Path) -> Result<u32, String> {
-    let field = fields
-        .iter()
-        .find(|f| f.name == name)
-        .ok_or_else(|| format!("{}: no field `{name}`", file.display()))?;
-    if field.size != size {
-        return Err(format!(
-            "{}: field `{name}` is {} bytes, expected {size}",
-            file.display(),
-            field.size
-        ));
+fn field_offset(
+    fields: &[Field],
+    name: &'static str,
+    expected: u32,
+    path: &Path,
+) -> Result<u32, TracepointFormatError> {
+    let field =
+        fields
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| TracepointFormatError::NoField {
+                path: path.to_path_buf(),
+                name,
+            })?;
+    if field.size != expected {
+        return Err(TracepointFormatError::FieldSize {
+            path: path.to_path_buf(),
+            name,
+            size: field.size,
+            expected,
+        });
     }
     Ok(field.offset)
 }
 
 /// Reads the offsets of lock:contention_begin's lock_addr and flags and lock:contention_end's
 /// lock_addr and ret from tracefs.
-pub fn lock_contention_offsets(tracefs: &Path) -> Result<TracepointOffsets, String> {
+pub fn lock_contention_offsets(tracefs: &Path) -> Result<TracepointOffsets, TracepointFormatError> {
     let read = |event: &str| {
         let path = tracefs.join("events/lock").join(event).join("format");
-        std::fs::read_to_string(&path)
-            .map(|text| (parse_fields(&text), path.clone()))
-            .map_err(|e| format!("{}: {e}", path.display()))
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((parse_fields(&text), path)),
+            Err(source) => Err(TracepointFormatError::Read { path, source }),
+        }
     };
     let (begin, begin_path) = read("contention_begin")?;
     let (end, end_path) = read("contention_end")?;
@@ -154,7 +185,15 @@ print fmt: \"%p (flags=%s)\", REC->lock_addr, ...
              \tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n",
         )
         .unwrap();
-        let err = lock_contention_offsets(dir.path()).unwrap_err();
+        let err = lock_contention_offsets(dir.path()).unwrap_err().to_string();
         assert!(err.contains("`ret` is 8 bytes, expected 4"), "{err}");
+
+        std::fs::remove_file(lock.join("contention_end/format")).unwrap();
+        let err = lock_contention_offsets(dir.path()).unwrap_err();
+        let TracepointFormatError::Read { path, source } = &err else {
+            panic!("expected a read error, got {err:?}");
+        };
+        assert_eq!(path, &lock.join("contention_end/format"));
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -216,7 +216,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
         Some(why) => {
             let trace = TraceData::from_bytes(SAMPLE, SAMPLE_NAME).map_err(SessionError::Sample)?;
             (
-                BufioStatus::Unavailable(why.clone()),
+                BufioStatus::Unavailable(why.to_string()),
                 Playback::new(trace, 1.0, true),
             )
         }

@@ -1,20 +1,21 @@
 //! Loading bufscope's eBPF object and attaching it: the lock tracepoints as tp_btf or classic
 //! tracepoints, and every dm-bufio probe point this kernel has, each missing one with why.
 
-use std::{collections::HashSet, os::fd::AsFd};
+use std::{collections::HashSet, os::fd::AsFd, sync::Arc};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
 use bufscope_abi::{BufioOffsets, ProbeConfig, TracepointOffsets, names};
 
 use super::{
-    AttachMode, AttachedAs, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError, maps::take_map,
+    AttachMode, AttachedAs, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError, error_chain,
+    maps::take_map,
 };
 use crate::kernel::{
-    bufio::{self, Design, Layout, Role, Symbols},
+    bufio::{self, BtfLayoutError, Design, Layout, Role, Symbols},
     kretprobe::{self, TracefsKretprobe},
     system, tracepoint_format,
 };
@@ -43,20 +44,78 @@ impl Default for AttachOptions {
     }
 }
 
+/// Why no dm-bufio probe point was attached at all. Each message is complete, its cause
+/// included: record, live and doctor print it and trace files keep it as text.
+#[derive(Debug, thiserror::Error)]
+pub enum BufioUnavailable {
+    #[error("not asked for")]
+    NotAskedFor,
+    #[error("reading /proc/kallsyms: {0}")]
+    Kallsyms(#[source] std::io::Error),
+    #[error(
+        "dm-bufio is not loaded (no dm_bufio functions in /proc/kallsyms); it loads with \
+         dm-thin-pool, dm-cache, dm-verity or dm-integrity, or `modprobe dm_bufio`"
+    )]
+    NotLoaded,
+    #[error("this kernel has no kprobes (CONFIG_KPROBES / CONFIG_KPROBE_EVENTS)")]
+    NoKprobes,
+    #[error(transparent)]
+    Layout(#[from] BtfLayoutError),
+}
+
+/// Why one dm-bufio probe point is not attached. Each message is complete, its cause included:
+/// record, live and doctor print it and trace files keep it as text.
+#[derive(Debug, thiserror::Error)]
+pub enum PointError {
+    #[error("not in /proc/kallsyms (kernels: {kernels}; may be inlined by this build)")]
+    NotInKallsyms { kernels: &'static str },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("{} missing", names::OP_RETURN_PROGRAM)]
+    MissingReturnProgram,
+    #[error("{program}: {source}")]
+    NotAKprobe {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("loading {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("kprobe on {function}: {source}")]
+    Kprobe {
+        function: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("kretprobe on {function}: {source}")]
+    Kretprobe {
+        function: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// An operation's return program, shared by all of them, could not be loaded.
+    #[error(transparent)]
+    ReturnProgram(Arc<PointError>),
+}
+
 /// How one dm-bufio probe point fared.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PointReport {
     pub function: &'static str,
     pub role: Role,
     /// `Ok(how)` when attached, `Err(why not)` otherwise.
-    pub status: Result<String, String>,
+    pub status: Result<String, PointError>,
 }
 
 /// The dm-bufio side of an attach.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct BufioReport {
     /// Why no dm-bufio probe was attached at all, if none was.
-    pub unavailable: Option<String>,
+    pub unavailable: Option<BufioUnavailable>,
     pub design: Option<Design>,
     pub layout: Option<Layout>,
     pub points: Vec<PointReport>,
@@ -77,7 +136,10 @@ impl BufioReport {
             .map(|p| {
                 (
                     p.function.to_string(),
-                    p.status.clone().err().unwrap_or_default(),
+                    p.status
+                        .as_ref()
+                        .err()
+                        .map_or_else(String::new, ToString::to_string),
                 )
             })
             .collect()
@@ -106,7 +168,7 @@ impl LockProbes {
                 Err(why) => bufio.unavailable = Some(why),
             }
         } else {
-            bufio.unavailable = Some("not asked for".into());
+            bufio.unavailable = Some(BufioUnavailable::NotAskedFor);
         }
         let offsets = bufio
             .layout
@@ -116,11 +178,14 @@ impl LockProbes {
             AttachMode::TpBtf => Self::attach_tp_btf(&options, &offsets),
             AttachMode::Tracepoint => Self::attach_tracepoint(&options, &offsets),
             AttachMode::Auto => Self::attach_tp_btf(&options, &offsets).or_else(|tp_btf| {
-                log::info!("tp_btf unavailable ({tp_btf}); trying the classic tracepoint");
+                log::info!(
+                    "tp_btf unavailable ({}); trying the classic tracepoint",
+                    tp_btf.with_cause()
+                );
                 Self::attach_tracepoint(&options, &offsets).map_err(|tracepoint| {
                     ProbeError::NoAttachMode {
-                        tp_btf: tp_btf.to_string(),
-                        tracepoint: tracepoint.to_string(),
+                        tp_btf: Box::new(tp_btf),
+                        tracepoint: Box::new(tracepoint),
                     }
                 })
             }),
@@ -163,8 +228,7 @@ impl LockProbes {
         if let system::Tracefs::MountedNow(path) = &tracefs {
             notes.push(format!("mounted tracefs at {}", path.display()));
         }
-        let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())
-            .map_err(ProbeError::Tracefs)?;
+        let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())?;
         let mut ebpf = load(tp_offsets, options, offsets)?;
         for (program, event) in [
             (names::BEGIN_TP_PROGRAM, "contention_begin"),
@@ -179,12 +243,8 @@ impl LockProbes {
     }
 
     fn new(mut ebpf: Ebpf, mode: AttachedAs, notes: Vec<String>) -> Result<Self, ProbeError> {
-        let map_error = |name: &'static str| {
-            move |e: aya::maps::MapError| ProbeError::Map {
-                name,
-                detail: e.to_string(),
-            }
-        };
+        let map_error =
+            |name: &'static str| move |source: MapError| ProbeError::Map { name, source };
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS_MAP)?)
             .map_err(map_error(names::EVENTS_MAP))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS_MAP)?)
@@ -222,36 +282,20 @@ impl LockProbes {
             kretprobe::remove_stale_events(tracefs.path());
         }
         let mut loaded = HashSet::new();
-        let mut return_loaded: Result<(), String> = Ok(());
-        {
-            let wrap = |e: ProgramError| format!("loading {}: {e}", names::OP_RETURN_PROGRAM);
-            match ebpf.program_mut(names::OP_RETURN_PROGRAM) {
-                None => return_loaded = Err(format!("{} missing", names::OP_RETURN_PROGRAM)),
-                Some(p) => {
-                    let p: Result<&mut KProbe, _> = p.try_into();
-                    match p {
-                        Ok(p) => {
-                            if let Err(e) = p.load() {
-                                return_loaded = Err(wrap(e));
-                            }
-                        }
-                        Err(e) => return_loaded = Err(wrap(e)),
-                    }
-                }
-            }
-        }
+        let return_loaded = load_return_program(ebpf).map_err(Arc::new);
         let points = bufio::OPERATIONS
             .iter()
             .copied()
             .chain(bufio::internal_points(design));
         for point in points {
             let status = if !symbols.has(point.function) {
-                Err(format!(
-                    "not in /proc/kallsyms (kernels: {}; may be inlined by this build)",
-                    point.kernels
-                ))
-            } else if point.role == Role::Operation && return_loaded.is_err() {
-                Err(return_loaded.clone().unwrap_err())
+                Err(PointError::NotInKallsyms {
+                    kernels: point.kernels,
+                })
+            } else if point.role == Role::Operation
+                && let Err(why) = &return_loaded
+            {
+                Err(PointError::ReturnProgram(Arc::clone(why)))
             } else {
                 attach_entry(ebpf, point.program, point.function, &mut loaded).and_then(|()| {
                     if point.role != Role::Operation {
@@ -317,60 +361,75 @@ impl LockProbes {
 }
 
 /// Finds dm-bufio and its layout, or says why it cannot be probed.
-fn prepare_bufio() -> Result<(Symbols, Design, Layout), String> {
-    let symbols = Symbols::from_kallsyms().map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
+fn prepare_bufio() -> Result<(Symbols, Design, Layout), BufioUnavailable> {
+    let symbols = Symbols::from_kallsyms().map_err(BufioUnavailable::Kallsyms)?;
     if !symbols.present() {
-        return Err(
-            "dm-bufio is not loaded (no dm_bufio functions in /proc/kallsyms); it \
-                    loads with dm-thin-pool, dm-cache, dm-verity or dm-integrity, or \
-                    `modprobe dm_bufio`"
-                .into(),
-        );
+        return Err(BufioUnavailable::NotLoaded);
     }
     if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
         && !std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
     {
-        return Err("this kernel has no kprobes (CONFIG_KPROBES / CONFIG_KPROBE_EVENTS)".into());
+        return Err(BufioUnavailable::NoKprobes);
     }
     let layout = Layout::from_sys_fs()?;
     let design = symbols.design();
     Ok((symbols, design, layout))
 }
 
+/// The return program all operations share, as a kprobe.
+fn return_program(ebpf: &mut Ebpf) -> Result<&mut KProbe, PointError> {
+    let program = names::OP_RETURN_PROGRAM;
+    ebpf.program_mut(program)
+        .ok_or(PointError::MissingReturnProgram)?
+        .try_into()
+        .map_err(|source| PointError::Load { program, source })
+}
+
+/// Loads the return program once, before any operation is attached: without it no operation
+/// can be seen, and its failure is each operation's reason.
+fn load_return_program(ebpf: &mut Ebpf) -> Result<(), PointError> {
+    return_program(ebpf)?
+        .load()
+        .map_err(|source| PointError::Load {
+            program: names::OP_RETURN_PROGRAM,
+            source,
+        })
+}
+
 fn attach_entry(
     ebpf: &mut Ebpf,
     program: &'static str,
-    function: &str,
+    function: &'static str,
     loaded: &mut HashSet<&'static str>,
-) -> Result<(), String> {
+) -> Result<(), PointError> {
     let p: &mut KProbe = ebpf
         .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the eBPF object"))?
+        .ok_or(PointError::MissingProgram(program))?
         .try_into()
-        .map_err(|e: ProgramError| format!("{program}: {e}"))?;
+        .map_err(|source| PointError::NotAKprobe { program, source })?;
     if loaded.insert(program) {
-        p.load().map_err(|e| format!("loading {program}: {e}"))?;
+        p.load()
+            .map_err(|source| PointError::Load { program, source })?;
     }
     p.attach(function, 0)
-        .map_err(|e| format!("kprobe on {function}: {e}"))?;
+        .map_err(|source| PointError::Kprobe { function, source })?;
     Ok(())
 }
 
 /// The return probe: through tracefs with room for many sleepers, else as aya makes it.
 fn attach_return(
     ebpf: &mut Ebpf,
-    function: &str,
+    function: &'static str,
     tracefs: Option<&std::path::Path>,
     made: &mut Vec<TracefsKretprobe>,
-) -> Result<String, String> {
-    let p: &mut KProbe = ebpf
-        .program_mut(names::OP_RETURN_PROGRAM)
-        .ok_or_else(|| format!("program {} missing", names::OP_RETURN_PROGRAM))?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
+) -> Result<String, PointError> {
+    let p = return_program(ebpf)?;
     let tracefs_error = match tracefs {
         Some(tracefs) => {
-            let fd = p.fd().map_err(|e| e.to_string())?;
+            let fd = p.fd().map_err(|source| PointError::Load {
+                program: names::OP_RETURN_PROGRAM,
+                source,
+            })?;
             match TracefsKretprobe::attach(tracefs, function, fd.as_fd()) {
                 Ok(probe) => {
                     made.push(probe);
@@ -379,14 +438,14 @@ fn attach_return(
                         kretprobe::MAXACTIVE
                     ));
                 }
-                Err(e) => e,
+                Err(e) => error_chain(&e),
             }
         }
         None => "tracefs unavailable".to_string(),
     };
     log::info!("{tracefs_error}; using the kernel's default kretprobe instead");
     p.attach(function, 0)
-        .map_err(|e| format!("kretprobe on {function}: {e}"))?;
+        .map_err(|source| PointError::Kretprobe { function, source })?;
     Ok("kprobe + kretprobe (default maxactive: returns may be missed)".into())
 }
 
@@ -442,5 +501,54 @@ mod tests {
             assert!(object.maps.contains_key(map), "map {map}");
         }
         assert_eq!(object.license.to_str().unwrap(), "Dual MIT/GPL");
+    }
+
+    #[test]
+    fn missing_reasons_are_the_messages_trace_files_keep() {
+        let return_missing = Arc::new(PointError::MissingReturnProgram);
+        let report = BufioReport {
+            points: vec![
+                PointReport {
+                    function: "dm_bufio_read",
+                    role: Role::Operation,
+                    status: Err(PointError::ReturnProgram(Arc::clone(&return_missing))),
+                },
+                PointReport {
+                    function: "dm_bufio_get",
+                    role: Role::Operation,
+                    status: Err(PointError::ReturnProgram(return_missing)),
+                },
+                PointReport {
+                    function: "dm_bufio_lock",
+                    role: Role::ClientMutex,
+                    status: Err(PointError::NotInKallsyms {
+                        kernels: "all (a static function; may be inlined)",
+                    }),
+                },
+                PointReport {
+                    function: "__bufio_new",
+                    role: Role::Miss,
+                    status: Ok("kprobe".into()),
+                },
+            ],
+            ..BufioReport::default()
+        };
+        assert_eq!(
+            report.missing_reasons(),
+            [
+                ("dm_bufio_read".into(), "bufio_op_return missing".into()),
+                ("dm_bufio_get".into(), "bufio_op_return missing".into()),
+                (
+                    "dm_bufio_lock".into(),
+                    "not in /proc/kallsyms (kernels: all (a static function; may be inlined); \
+                     may be inlined by this build)"
+                        .into()
+                ),
+            ]
+        );
+        assert_eq!(
+            BufioUnavailable::Kallsyms(std::io::Error::from_raw_os_error(libc::EACCES)).to_string(),
+            "reading /proc/kallsyms: Permission denied (os error 13)"
+        );
     }
 }

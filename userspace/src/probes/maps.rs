@@ -59,13 +59,13 @@ impl LockProbes {
         Counter::ALL
             .iter()
             .map(|&c| {
-                let values = self
-                    .counters
-                    .get(&(c as u32), 0)
-                    .map_err(|e| ProbeError::Map {
-                        name: names::COUNTERS_MAP,
-                        detail: e.to_string(),
-                    })?;
+                let values =
+                    self.counters
+                        .get(&(c as u32), 0)
+                        .map_err(|source| ProbeError::Map {
+                            name: names::COUNTERS_MAP,
+                            source,
+                        })?;
                 Ok((c.name().to_string(), values.iter().sum()))
             })
             .collect()
@@ -123,10 +123,7 @@ impl LockProbes {
 }
 
 pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::Map {
-        name,
-        detail: "missing from the eBPF object".into(),
-    })
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
 /// Events lost in the kernel so far, from [`LockProbes::counters`]: the sum of

@@ -14,20 +14,22 @@ mod attach;
 mod maps;
 mod stream;
 
-use std::os::fd::OwnedFd;
+use std::{error::Error, os::fd::OwnedFd};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::ProgramError,
 };
 use bufscope_abi::{OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
-pub use attach::{AttachOptions, BufioReport, PointReport};
+pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
 pub use maps::{ProgramStats, lost_events};
 pub use stream::{ClientHow, ClientSighting, Event, EventStream};
 
-use crate::kernel::kretprobe::TracefsKretprobe;
+use crate::kernel::{
+    kretprobe::TracefsKretprobe, system::TracefsError, tracepoint_format::TracepointFormatError,
+};
 
 /// Default ring buffer size: about 87,000 lock-wait events of headroom.
 pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
@@ -79,17 +81,57 @@ pub enum ProbeError {
     },
     #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) failed: {0}")]
     Btf(#[from] aya::BtfError),
+    /// Not a source: its message already names the mount error, which a chain would repeat.
     #[error("{0}")]
-    Tracefs(String),
+    Tracefs(TracefsError),
+    #[error(transparent)]
+    TracepointFormat(#[from] TracepointFormatError),
     #[error("program {0} is missing from bufscope's eBPF object (a mismatched build?)")]
     MissingProgram(&'static str),
-    #[error("map {name}: {detail}")]
-    Map { name: &'static str, detail: String },
+    #[error("map {0}: missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// Both ways of attaching failed; each is quoted whole, its cause included.
     #[error(
         "the lock contention tracepoints could not be attached (they need Linux 5.19+ and \
-         CAP_BPF+CAP_PERFMON or root): as tp_btf: {tp_btf}; as tracepoint: {tracepoint}"
+         CAP_BPF+CAP_PERFMON or root): as tp_btf: {}; as tracepoint: {}",
+        .tp_btf.with_cause(),
+        .tracepoint.with_cause()
     )]
-    NoAttachMode { tp_btf: String, tracepoint: String },
+    NoAttachMode {
+        tp_btf: Box<ProbeError>,
+        tracepoint: Box<ProbeError>,
+    },
+}
+
+impl ProbeError {
+    /// The message in one line, with the cause that [`ProbeError::Map`] and
+    /// [`ProbeError::TracepointFormat`] leave to the chain of sources.
+    fn with_cause(&self) -> String {
+        match (self, self.source()) {
+            (ProbeError::Map { .. } | ProbeError::TracepointFormat(_), Some(cause)) => {
+                format!("{self}: {cause}")
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated as anyhow's `{:#}` prints them, so that the errno
+/// values inside errors reach the user where one is shown as text.
+pub(crate) fn error_chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// bufscope's programs, attached. Dropping it detaches them.
@@ -116,5 +158,43 @@ impl std::fmt::Debug for LockProbes {
             .field("mode", &self.mode)
             .field("attached", &self.ebpf.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{:#}` (main) and doctor print the chain; `NoAttachMode` quotes each attempt whole.
+    #[test]
+    fn causes_read_the_same_in_a_chain_and_quoted() {
+        let format = || {
+            ProbeError::TracepointFormat(TracepointFormatError::Read {
+                path: "/sys/kernel/tracing/events/lock/contention_end/format".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            })
+        };
+        let map = || ProbeError::Map {
+            name: "events",
+            source: MapError::InvalidMapType { map_type: 99 },
+        };
+        assert_eq!(
+            error_chain(&format()),
+            "/sys/kernel/tracing/events/lock/contention_end/format: No such file or directory \
+             (os error 2)"
+        );
+        assert_eq!(error_chain(&map()), "map events: invalid map type 99");
+        let both = ProbeError::NoAttachMode {
+            tp_btf: Box::new(map()),
+            tracepoint: Box::new(format()),
+        };
+        assert!(both.source().is_none());
+        assert_eq!(
+            both.to_string(),
+            "the lock contention tracepoints could not be attached (they need Linux 5.19+ and \
+             CAP_BPF+CAP_PERFMON or root): as tp_btf: map events: invalid map type 99; as \
+             tracepoint: /sys/kernel/tracing/events/lock/contention_end/format: No such file or \
+             directory (os error 2)"
+        );
     }
 }
