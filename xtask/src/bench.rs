@@ -9,7 +9,7 @@ use crate::cmd::run_checked;
 const BENCHES: &[(&str, &str)] = &[
     ("bufscope-trace", "trace_throughput"),
     ("reference-cache", "designs"),
-    ("bufscope", "analyses"),
+    ("bufscope-analyses", "analyses"),
     ("bufscope", "live_view"),
     ("bufscope", "probe_overhead"),
 ];
