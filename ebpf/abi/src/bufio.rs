@@ -80,15 +80,26 @@ pub struct ProbeConfig {
     /// 1: send each lock wait and operation to the ring buffer (recording); 0: only the
     /// in-kernel histograms and counters (a cheap live view).
     pub stream_events: u32,
-    /// 1: take a kernel stack id at each contention_begin.
+    /// Kernel stacks at contention_begin: [`ProbeConfig::NO_STACKS`], [`ProbeConfig::STACKS_REUSED`]
+    /// or [`ProbeConfig::STACKS_EVERY_WAIT`].
     pub stacks: u32,
 }
 assert_layout!(ProbeConfig, size = 8, align = 4, fields = [u32, u32]);
 
 impl ProbeConfig {
+    /// No stacks: no callers either.
+    pub const NO_STACKS: u32 = 0;
+    /// A thread's waits on one lock inside one operation share the stack walked for the first
+    /// of them for [`STACK_REUSE_NS`](crate::STACK_REUSE_NS); every
+    /// [`STACK_RECHECK_EVERY`](crate::STACK_RECHECK_EVERY)th reuse walks again to check it. A
+    /// walk costs microseconds, more than the rest of the probe together.
+    pub const STACKS_REUSED: u32 = 1;
+    /// A stack walked for every wait.
+    pub const STACKS_EVERY_WAIT: u32 = 2;
+
     pub const DEFAULT: Self = Self {
         stream_events: 1,
-        stacks: 1,
+        stacks: Self::STACKS_REUSED,
     };
 }
 

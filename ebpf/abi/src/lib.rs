@@ -52,7 +52,8 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     /// Global [`TracepointOffsets`](crate::TracepointOffsets) for the classic tracepoint programs.
     pub const TRACEPOINT_OFFSETS_GLOBAL: &str = "TRACEPOINT_OFFSETS";
-    /// Kernel stacks taken at contention_begin (a BPF stack trace map).
+    /// Kernel stacks taken at contention_begin (a BPF stack trace map of
+    /// [`MAX_STACK_FRAMES`](crate::MAX_STACK_FRAMES) frames).
     pub const STACKS_MAP: &str = "STACKS";
     /// Per-CPU hash of [`WaitHist`](crate::WaitHist) by [`WaitHistKey`](crate::WaitHistKey).
     pub const WAIT_HIST_MAP: &str = "WAIT_HIST";
@@ -77,6 +78,21 @@ pub mod names {
     pub const BEGIN_TP_PROGRAM: &str = "contention_begin_tp";
     pub const END_TP_PROGRAM: &str = "contention_end_tp";
 }
+
+/// Frames kept per kernel stack, innermost first: the tracepoint's and BPF's own frames (2–3),
+/// the lock's slow path (1 for a mutex or rwsem, up to 6 for a spinlock taken inside the
+/// scheduler), then the caller and its callers. The kernel stops walking at this depth, so a
+/// deep storage stack (dm-thin → dm-btree → dm-bufio is 30 and more) costs no more than a
+/// shallow one; perf lock contention keeps 8 after skipping its own frames.
+pub const MAX_STACK_FRAMES: usize = 16;
+
+/// How long a walked stack is reused for its thread's later waits on the same lock inside the
+/// same dm-bufio operation (see [`ProbeConfig::STACKS_REUSED`]).
+pub const STACK_REUSE_NS: u64 = 10_000_000;
+
+/// Every this many reuses of a stack, it is walked again and compared (counted in
+/// [`Counter::StackRechecked`] and [`Counter::StackRecheckMismatch`]).
+pub const STACK_RECHECK_EVERY: u32 = 64;
 
 /// Fails the build when a type has padding: the sum of its fields' sizes must equal its size.
 macro_rules! assert_layout {

@@ -43,11 +43,22 @@ pub enum Counter {
     OpTooDeep,
     /// A return with no matching entry (the entry came before bufscope attached).
     OpUnmatchedReturn,
+    /// Waits that reused the stack their thread's last wait on the same lock, inside the same
+    /// operation, walked less than [`STACK_REUSE_NS`](crate::STACK_REUSE_NS) before.
+    StackReused,
+    /// Stacks walked to check a reuse ([`STACK_RECHECK_EVERY`](crate::STACK_RECHECK_EVERY)), or
+    /// walked again after the reuse window, that came out different from the one being reused:
+    /// an upper bound on how often a reused stack's caller was wrong (a stack also differs when
+    /// only the lock's own frame does: a mutex's spinning and sleeping phases wait at different
+    /// offsets of its slow path, under the same caller).
+    StackRecheckMismatch,
+    /// Stacks walked where a reuse was possible, to check it.
+    StackRechecked,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -67,6 +78,9 @@ impl Counter {
         Counter::OpNested,
         Counter::OpTooDeep,
         Counter::OpUnmatchedReturn,
+        Counter::StackReused,
+        Counter::StackRecheckMismatch,
+        Counter::StackRechecked,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -98,6 +112,9 @@ impl Counter {
             Counter::OpNested => "op_nested",
             Counter::OpTooDeep => "op_too_deep",
             Counter::OpUnmatchedReturn => "op_unmatched_return",
+            Counter::StackReused => "stack_reused",
+            Counter::StackRecheckMismatch => "stack_recheck_mismatch",
+            Counter::StackRechecked => "stack_rechecked",
         }
     }
 }

@@ -7,12 +7,15 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
-    BufioOffsets, Counter, EventKind, LockFlags, LockWaitEvent, WaitHist, WaitHistKey,
+    BufioOffsets, Counter, EventKind, LockFlags, LockWaitEvent, ProbeConfig, STACK_RECHECK_EVERY,
+    STACK_REUSE_NS, WaitHist, WaitHistKey,
 };
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
-    maps::{EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACKS, WAIT_HIST, ZERO_HIST, count},
+    maps::{
+        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
+    },
 };
 
 /// A wait that has begun and not yet ended. In-kernel only.
@@ -27,6 +30,25 @@ pub(crate) struct PendingWait {
     op: u32,
     _pad: u32,
     op_client: u64,
+}
+
+/// Whose stack a [`CachedStack`] is: a thread's waits on one lock inside one operation (the
+/// operation tells a dm-bufio get's client-mutex wait from a release's). In-kernel only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct StackCacheKey {
+    lock_addr: u64,
+    tid: u32,
+    op: u32,
+}
+
+/// A walked stack and how it has been reused. In-kernel only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct CachedStack {
+    walked_ns: u64,
+    stack_id: i32,
+    reuses: u32,
 }
 
 // The same pairing runs from tp_btf programs (typed arguments, no tracefs) or classic tracepoint
@@ -80,13 +102,16 @@ pub fn contention_end_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Everything the probe does for a waiter happens before its wait's start is taken, so the wait
+/// reported is the kernel's, not the probe's: the operation lookup, the stack walk and the
+/// pending map's insert all run first (they delay the waiter like a slower caller would, and
+/// never lengthen anyone's hold of the lock).
 #[inline(always)]
 fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
     count(Counter::BeginSeen);
-    let start_ns = current::now_ns();
     let tid = current::tid();
     let mut wait = PendingWait {
-        start_ns,
+        start_ns: 0,
         lock_addr,
         flags,
         stack_id: -1,
@@ -101,11 +126,10 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         wait.op = stack.frames[0].op;
         wait.op_client = stack.frames[0].client;
     }
-    if PROBE_CONFIG.load().stacks != 0 {
-        match ctx.get_stackid(&STACKS, u64::from(BPF_F_FAST_STACK_CMP)) {
-            Ok(id) => wait.stack_id = id as i32,
-            Err(_) => count(Counter::StackLost),
-        }
+    match PROBE_CONFIG.load().stacks {
+        ProbeConfig::NO_STACKS => {}
+        ProbeConfig::STACKS_EVERY_WAIT => wait.stack_id = walk_stack(ctx),
+        _ => wait.stack_id = reuse_or_walk_stack(ctx, tid, &wait),
     }
     if LockFlags(flags).is_pure_spin() {
         let Some(slot) = PENDING_SPIN.get_ptr_mut(0) else {
@@ -122,6 +146,7 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
             return;
         }
         *slot = wait;
+        slot.start_ns = current::now_ns();
         return;
     }
     // SAFETY: only this thread writes its own key.
@@ -138,13 +163,79 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         .is_err()
     {
         count(Counter::PendingFull);
+        return;
+    }
+    // The insert's own cost stays outside the wait too.
+    if let Some(pending) = PENDING_BY_TID.get_ptr_mut(tid) {
+        // SAFETY: only this thread writes its own key.
+        unsafe { (*pending).start_ns = current::now_ns() };
     }
 }
 
 #[inline(always)]
+fn walk_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_FAST_STACK_CMP)) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            count(Counter::StackLost);
+            -1
+        }
+    }
+}
+
+/// The stack this thread's last wait on the same lock inside the same operation walked, if that
+/// was less than [`STACK_REUSE_NS`] ago; else, and every [`STACK_RECHECK_EVERY`]th reuse, a new
+/// walk, compared with the one it replaces so that wrong reuses are counted, not guessed at.
+#[inline(always)]
+fn reuse_or_walk_stack<C: StackIdContext>(ctx: &C, tid: u32, wait: &PendingWait) -> i32 {
+    let key = StackCacheKey {
+        lock_addr: wait.lock_addr,
+        tid,
+        op: wait.op,
+    };
+    let now = current::now_ns();
+    if let Some(cached) = STACK_CACHE.get_ptr_mut(key) {
+        // SAFETY: only this thread reads and writes its own key.
+        let cached = unsafe { &mut *cached };
+        let fresh = now.saturating_sub(cached.walked_ns) < STACK_REUSE_NS;
+        if fresh && cached.stack_id >= 0 && cached.reuses % STACK_RECHECK_EVERY != 0 {
+            cached.reuses += 1;
+            count(Counter::StackReused);
+            return cached.stack_id;
+        }
+        let id = walk_stack(ctx);
+        if cached.stack_id >= 0 && id >= 0 {
+            count(Counter::StackRechecked);
+            if id != cached.stack_id {
+                count(Counter::StackRecheckMismatch);
+            }
+        }
+        *cached = CachedStack {
+            walked_ns: now,
+            stack_id: id,
+            reuses: 1,
+        };
+        return id;
+    }
+    let id = walk_stack(ctx);
+    let _ = STACK_CACHE.insert(
+        key,
+        CachedStack {
+            walked_ns: now,
+            stack_id: id,
+            reuses: 1,
+        },
+        0,
+    );
+    id
+}
+
+/// The wait's end is taken first: pairing, histograms and the event are the probe's work, and
+/// the waiter (now the lock's holder) pays for them after its wait.
+#[inline(always)]
 fn on_end(lock_addr: u64, ret: i32) {
-    count(Counter::EndSeen);
     let end_ns = current::now_ns();
+    count(Counter::EndSeen);
     if let Some(slot) = PENDING_SPIN.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, as in on_begin.
         let slot = unsafe { &mut *slot };

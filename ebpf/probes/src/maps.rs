@@ -2,12 +2,16 @@
 //! Map names are the statics' names; user space finds them through `bufscope_abi::names`.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    btf_maps::StackTrace,
+    macros::{btf_map, map},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use bufscope_abi::{Counter, OpStats, OpStatsKey, WaitHist, WaitHistKey};
+use bufscope_abi::{Counter, MAX_STACK_FRAMES, OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
-use crate::{bufio_ops::OpStack, contention::PendingWait};
+use crate::{
+    bufio_ops::OpStack,
+    contention::{CachedStack, PendingWait, StackCacheKey},
+};
 
 /// Events to user space. Sized by user space at load time when it wants a different size.
 /// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients); read
@@ -33,10 +37,19 @@ pub(crate) static PENDING_SPIN: PerCpuArray<PendingWait> = PerCpuArray::with_max
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Kernel stacks at contention_begin, by the id events carry. Written by contention_begin when
-/// user space asked for stacks; read by user space to symbolise the events' stack ids.
+/// Kernel stacks at contention_begin, by the id events carry, [`MAX_STACK_FRAMES`] deep (the
+/// kernel walks no deeper; a BTF map, since the legacy one is fixed at 127 frames). Written by
+/// contention_begin when user space asked for stacks; read by user space to symbolise the
+/// events' stack ids.
+#[btf_map]
+pub(crate) static STACKS: StackTrace<8192, 0, MAX_STACK_FRAMES> = StackTrace::new();
+
+/// The stack last walked for a thread's wait on a lock inside an operation, for its next waits
+/// to reuse (see `ProbeConfig::STACKS_REUSED`). contention_begin reads and writes it; LRU, so
+/// exited threads and idle locks age out. In-kernel only.
 #[map]
-pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(8192, 0);
+pub(crate) static STACK_CACHE: LruHashMap<StackCacheKey, CachedStack> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Live wait histograms per (lock, operation, lock type). contention_end folds every paired wait
 /// in; the live view reads it without any event streaming.

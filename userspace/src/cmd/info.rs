@@ -189,6 +189,15 @@ fn print_text(s: &TraceSummary) {
                 thousands(get(Counter::NestedBegin)),
                 thousands(get(Counter::RepeatedBegin)),
             );
+            if get(Counter::StackReused) + get(Counter::StackRechecked) > 0 {
+                println!(
+                    "stacks          {} reused from the thread's last wait on the lock, {} reuses \
+                     checked by a new walk, {} of them different",
+                    thousands(get(Counter::StackReused)),
+                    thousands(get(Counter::StackRechecked)),
+                    thousands(get(Counter::StackRecheckMismatch)),
+                );
+            }
         }
         None => println!("lost            unknown (the file has no loss record)"),
     }

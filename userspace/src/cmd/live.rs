@@ -57,6 +57,10 @@ pub struct Options {
     /// Take no kernel stacks (no callers or stacks then; they cost a stack walk per wait).
     #[arg(long)]
     pub no_stacks: bool,
+    /// Walk the kernel stack for every wait instead of reusing a thread's last stack on the
+    /// same lock inside the same operation for 10 ms (see `record --help`).
+    #[arg(long, conflicts_with = "no_stacks")]
+    pub exact_stacks: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -89,7 +93,11 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
         config: ProbeConfig {
             stream_events: 1,
-            stacks: u32::from(!options.no_stacks),
+            stacks: match (options.no_stacks, options.exact_stacks) {
+                (true, _) => ProbeConfig::NO_STACKS,
+                (false, true) => ProbeConfig::STACKS_EVERY_WAIT,
+                (false, false) => ProbeConfig::STACKS_REUSED,
+            },
         },
         bufio: true,
     })?;

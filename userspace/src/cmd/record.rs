@@ -25,7 +25,8 @@ pub struct Options {
     pub attach: AttachMode,
     pub ringbuf_bytes: u32,
     pub force: bool,
-    pub stacks: bool,
+    /// The probes' stack mode (`ProbeConfig::NO_STACKS`, ...).
+    pub stacks: u32,
     pub bufio: bool,
 }
 
@@ -54,7 +55,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         ringbuf_bytes: options.ringbuf_bytes,
         config: ProbeConfig {
             stream_events: 1,
-            stacks: u32::from(options.stacks),
+            stacks: options.stacks,
         },
         bufio: options.bufio,
     })?;
