@@ -167,3 +167,39 @@ impl PipeContention {
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
+
+/// bpftrace's version of bufscope's pairing: sleeping locks by thread, pure spinlocks by CPU,
+/// the first begin kept; the sleeping locks' wait count and sum (the pipe's mutex) are what the
+/// tools are compared on. Like bufscope, it keeps its own map work outside the waits: the begin
+/// time is stored last, the end time read first (bpftrace's maps cost a few hundred ns each, so
+/// the usual `@start[tid] = nsecs; @lock[tid] = ...` would add a microsecond to every wait).
+/// `$1` is the workload's pid.
+pub const MINIMAL_PAIRING: &str = r#"
+tracepoint:lock:contention_begin /pid == $1/ {
+    if ((args->flags & 33) == 1) {
+        if (@sstart[cpu] == 0) { @slock[cpu] = args->lock_addr; @sstart[cpu] = nsecs; }
+    } else if (@start[tid] == 0) {
+        @lock[tid] = args->lock_addr; @start[tid] = nsecs;
+    }
+}
+tracepoint:lock:contention_end /pid == $1/ {
+    $now = nsecs;
+    if (@sstart[cpu] != 0 && @slock[cpu] == args->lock_addr) {
+        delete(@sstart[cpu]); delete(@slock[cpu]);
+    } else if (@start[tid] != 0) {
+        if (@lock[tid] == args->lock_addr) {
+            @wait_ns = sum($now - @start[tid]); @waits = count();
+        }
+        delete(@start[tid]); delete(@lock[tid]);
+    }
+}
+END { clear(@start); clear(@lock); clear(@sstart); clear(@slock); }
+"#;
+
+/// A bpftrace map's value from its output (`@waits: 123`), 0 when it printed none.
+pub fn bpftrace_count(lines: &[String], map: &str) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("@{map}: "))?.trim().parse().ok())
+        .unwrap_or(0)
+}
