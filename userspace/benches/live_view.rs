@@ -104,18 +104,13 @@ fn thread_cpu() -> Duration {
 fn main() {
     let designs: Vec<Design> = Design::ALL.to_vec();
     let mut model = Model::new(
-        Header {
-            kernel: "bench".into(),
-            source: Source::Live {
+        Header::new(
+            "bench".into(),
+            Source::Live {
                 attach: "synthetic".into(),
             },
-            bufio: BufioStatus::Recorded { design: None },
-            events_per_sec: 0.0,
-            lost: 0,
-            overhead: None,
-            recording: None,
-            status: None,
-        },
+            BufioStatus::Recorded { design: None },
+        ),
         CompareSource::Tables,
         &designs,
     );

@@ -11,15 +11,13 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use bufscope_abi::LockFlags;
-use common::{MINIMAL_PAIRING, PipeContention, bpftrace_count};
+use common::{MINIMAL_PAIRING, Observer, PipeContention, bpftrace_count, start_observer};
 
 const WRITERS: usize = 8;
 const RUN: Duration = Duration::from_secs(4);
@@ -68,61 +66,6 @@ struct Sample {
     bpf_ns_per_event: Option<f64>,
 }
 
-/// An observer process, started and attached.
-struct Observer {
-    child: Child,
-    output: mpsc::Receiver<String>,
-}
-
-/// Starts `cmd` and waits for a line containing `ready` on stdout or stderr.
-fn start(mut cmd: Command, ready: &str) -> Observer {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("observer starts");
-    let (tx, rx) = mpsc::channel();
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("observer never said `{ready}`: {seen:#?}"));
-        let done = line.contains(ready);
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    Observer { child, output: rx }
-}
-
-impl Observer {
-    /// SIGINT, wait, and everything it printed after attaching.
-    fn stop(mut self) -> Vec<String> {
-        // SAFETY: kill with a child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().expect("observer exits");
-        let mut lines = Vec::new();
-        while let Ok(line) = self.output.recv_timeout(Duration::from_millis(500)) {
-            lines.push(line);
-        }
-        lines
-    }
-}
-
 fn bufscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bufscope"))
 }
@@ -139,17 +82,17 @@ fn observe(mode: Mode, trace: &std::path::Path) -> Option<Observer> {
                 Mode::RecordExactStacks => cmd.arg("--exact-stacks"),
                 _ => &mut cmd,
             };
-            Some(start(cmd, "bufscope: recording"))
+            Some(start_observer(cmd, "bufscope: recording"))
         }
         Mode::Live => {
             let mut cmd = bufscope();
             cmd.args(["live", "--no-tui", "--interval", "1000"]);
-            Some(start(cmd, "bufscope live:"))
+            Some(start_observer(cmd, "bufscope live:"))
         }
         Mode::Bpftrace => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-e", MINIMAL_PAIRING, &pid]);
-            Some(start(cmd, "Attaching"))
+            Some(start_observer(cmd, "Attaching"))
         }
     }
 }

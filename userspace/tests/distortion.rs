@@ -8,18 +8,13 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{process::Command, thread, time::Duration};
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{Record, TraceReader};
 use common::{
-    MINIMAL_PAIRING, PipeContention, bpftrace_count, root_or_skip, skip, start_recording,
+    MINIMAL_PAIRING, PipeContention, bpftrace_count, root_or_skip, skip, start_observer,
+    start_recording,
 };
 
 const WRITERS: usize = 8;
@@ -55,36 +50,13 @@ fn bpftrace_alone() -> Seen {
         &format!("@waits = count(); if ($now - @start[tid] < {SHORT_NS}) {{ @short = count(); }}"),
     );
     assert_ne!(script, MINIMAL_PAIRING, "the short-wait count went in");
-    let mut child = Command::new("bpftrace")
-        .args(["-e", &script, &std::process::id().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bpftrace starts");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("piped");
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("bpftrace says it is attaching");
-        if line.contains("Attaching") {
-            break;
-        }
-    }
+    let mut bpftrace = Command::new("bpftrace");
+    bpftrace.args(["-e", &script, &std::process::id().to_string()]);
+    let observer = start_observer(bpftrace, "Attaching");
     let workload = PipeContention::start(WRITERS);
     thread::sleep(RUN);
     workload.stop();
-    // SAFETY: kill with a child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    child.wait().expect("bpftrace exits");
-    let lines: Vec<String> = rx.try_iter().collect();
+    let lines = observer.stop();
     assert!(
         bpftrace_count(&lines, "waits") > 0,
         "bpftrace saw no waits: {lines:?}"
@@ -166,10 +138,12 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
         bpftrace * 100.0
     );
     eprintln!(
-        "short waits: record {:.1}%, bpftrace {:.1}%; average wait: record {:.0} ns, bpftrace \
-         {:.0} ns (medians of {ROUNDS})",
+        "short waits: record {:.1}%, bpftrace {:.1}%; waits: record {:.0}, bpftrace {:.0}; \
+         average wait: record {:.0} ns, bpftrace {:.0} ns (medians of {ROUNDS})",
         record * 100.0,
         bpftrace * 100.0,
+        median(ours.iter().map(|s| s.waits as f64).collect()),
+        median(theirs.iter().map(|s| s.waits as f64).collect()),
         median(ours.iter().map(|s| s.average_ns).collect()),
         median(theirs.iter().map(|s| s.average_ns).collect()),
     );

@@ -121,18 +121,13 @@ pub async fn run_headless(
     // in-kernel histograms are all this needs.
     let metrics_text = settings.metrics.map(serve_metrics).transpose()?;
     let mut model = Model::new(
-        Header {
-            kernel: system::kernel_release(),
-            source: Source::Live {
+        Header::new(
+            system::kernel_release(),
+            Source::Live {
                 attach: probes.mode().to_string(),
             },
-            bufio: BufioStatus::Unavailable(String::new()),
-            events_per_sec: 0.0,
-            lost: 0,
-            overhead: None,
-            recording: None,
-            status: None,
-        },
+            BufioStatus::Unavailable(String::new()),
+        ),
         CompareSource::Tables,
         &[],
     );

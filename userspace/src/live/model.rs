@@ -90,6 +90,22 @@ pub struct Header {
     pub status: Option<String>,
 }
 
+impl Header {
+    /// A header before the first interval: no rates, losses, recording or message yet.
+    pub fn new(kernel: String, source: Source, bufio: BufioStatus) -> Self {
+        Self {
+            kernel,
+            source,
+            bufio,
+            events_per_sec: 0.0,
+            lost: 0,
+            overhead: None,
+            recording: None,
+            status: None,
+        }
+    }
+}
+
 /// One dm-bufio client's figures.
 #[derive(Clone, Debug)]
 pub struct ClientStats {

@@ -235,18 +235,13 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
         None => CompareSource::Tables,
     };
     let mut model = Model::new(
-        Header {
-            kernel: system::kernel_release(),
-            source: Source::Live {
+        Header::new(
+            system::kernel_release(),
+            Source::Live {
                 attach: probes.mode().to_string(),
             },
-            bufio: status,
-            events_per_sec: 0.0,
-            lost: 0,
-            overhead: None,
-            recording: None,
-            status: None,
-        },
+            status,
+        ),
         compare,
         &settings.designs,
     );

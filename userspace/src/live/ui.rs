@@ -297,18 +297,13 @@ mod tests {
 
     fn model() -> Model {
         Model::new(
-            Header {
-                kernel: "6.12.0".into(),
-                source: Source::Live {
+            Header::new(
+                "6.12.0".into(),
+                Source::Live {
                     attach: "tp_btf".into(),
                 },
-                bufio: BufioStatus::Unavailable("no dm-bufio".into()),
-                events_per_sec: 0.0,
-                lost: 0,
-                overhead: None,
-                recording: None,
-                status: None,
-            },
+                BufioStatus::Unavailable("no dm-bufio".into()),
+            ),
             CompareSource::Tables,
             &[Design::Classic],
         )

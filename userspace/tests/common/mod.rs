@@ -4,12 +4,13 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -202,4 +203,59 @@ pub fn bpftrace_count(lines: &[String], map: &str) -> u64 {
         .iter()
         .find_map(|l| l.strip_prefix(&format!("@{map}: "))?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// An observer process, started and attached.
+pub struct Observer {
+    child: Child,
+    output: mpsc::Receiver<String>,
+}
+
+/// Starts `cmd` and waits for a line containing `ready` on stdout or stderr.
+pub fn start_observer(mut cmd: Command, ready: &str) -> Observer {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("observer starts");
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("observer never said `{ready}`: {seen:#?}"));
+        let done = line.contains(ready);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    Observer { child, output: rx }
+}
+
+impl Observer {
+    /// SIGINT, wait, and everything it printed after attaching.
+    pub fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill with a child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait().expect("observer exits");
+        let mut lines = Vec::new();
+        while let Ok(line) = self.output.recv_timeout(Duration::from_millis(500)) {
+            lines.push(line);
+        }
+        lines
+    }
 }
