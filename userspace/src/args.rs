@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use bufscope_abi::ProbeConfig;
 use bufscope_analyses::models::{Backing, ModelOptions};
 use reference_cache::{Design, replay::ReplayOptions};
 
@@ -51,6 +52,31 @@ impl ModelArgs {
                 speed,
                 log,
             },
+        }
+    }
+}
+
+/// Which kernel stacks the probes take: shared by `record` and `live`.
+#[derive(Debug, clap::Args)]
+pub struct StackArgs {
+    /// Take no kernel stacks (no callers then).
+    #[arg(long, conflicts_with = "exact_stacks")]
+    pub no_stacks: bool,
+    /// Walk the kernel stack for every wait. By default a thread's waits on one lock inside one
+    /// dm-bufio operation reuse the stack walked for the first of them for 10 ms (a walk costs
+    /// microseconds), every 64th reuse checked by a new walk; `info` shows how many reuses were
+    /// checked and how many came out different.
+    #[arg(long)]
+    pub exact_stacks: bool,
+}
+
+impl StackArgs {
+    /// The probes' stack mode.
+    pub fn mode(&self) -> u32 {
+        match (self.no_stacks, self.exact_stacks) {
+            (true, _) => ProbeConfig::NO_STACKS,
+            (false, true) => ProbeConfig::STACKS_EVERY_WAIT,
+            (false, false) => ProbeConfig::STACKS_REUSED,
         }
     }
 }

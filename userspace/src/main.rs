@@ -8,7 +8,6 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use bufscope::probes::{AttachMode, DEFAULT_RINGBUF_BYTES};
-use bufscope_abi::ProbeConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,15 +47,8 @@ enum Command {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
-        /// Take no kernel stacks (no callers then).
-        #[arg(long, conflicts_with = "exact_stacks")]
-        no_stacks: bool,
-        /// Walk the kernel stack for every wait. By default a thread's waits on one lock inside
-        /// one dm-bufio operation reuse the stack walked for the first of them for 10 ms (a walk
-        /// costs microseconds), every 64th reuse checked by a new walk; `info` shows how many
-        /// reuses were checked and how many came out different.
-        #[arg(long)]
-        exact_stacks: bool,
+        #[command(flatten)]
+        stacks: args::StackArgs,
         /// Leave dm-bufio's functions alone: lock contention only.
         #[arg(long)]
         no_bufio: bool,
@@ -112,15 +104,6 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
-/// `--no-stacks` / `--exact-stacks` as the probes' stack mode.
-fn stack_mode(no_stacks: bool, exact_stacks: bool) -> u32 {
-    match (no_stacks, exact_stacks) {
-        (true, _) => ProbeConfig::NO_STACKS,
-        (false, true) => ProbeConfig::STACKS_EVERY_WAIT,
-        (false, false) => ProbeConfig::STACKS_REUSED,
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -138,8 +121,7 @@ fn main() -> ExitCode {
             attach,
             ringbuf_size,
             force,
-            no_stacks,
-            exact_stacks,
+            stacks,
             no_bufio,
         } => cmd::record::run(cmd::record::Options {
             output,
@@ -147,7 +129,7 @@ fn main() -> ExitCode {
             attach,
             ringbuf_bytes: ringbuf_size,
             force,
-            stacks: stack_mode(no_stacks, exact_stacks),
+            stacks: stacks.mode(),
             bufio: !no_bufio,
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),

@@ -22,7 +22,9 @@ use bufscope::{
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
-use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_metrics_addr};
+use crate::args::{
+    DesignArg, ModelArgs, StackArgs, chosen_designs, parse_design, parse_metrics_addr,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -54,13 +56,8 @@ pub struct Options {
     /// loopback), or HOST:PORT (0.0.0.0:PORT for every interface).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
-    /// Take no kernel stacks (no callers or stacks then; they cost a stack walk per wait).
-    #[arg(long)]
-    pub no_stacks: bool,
-    /// Walk the kernel stack for every wait instead of reusing a thread's last stack on the
-    /// same lock inside the same operation for 10 ms (see `record --help`).
-    #[arg(long, conflicts_with = "no_stacks")]
-    pub exact_stacks: bool,
+    #[command(flatten)]
+    pub stacks: StackArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -93,11 +90,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
         config: ProbeConfig {
             stream_events: 1,
-            stacks: match (options.no_stacks, options.exact_stacks) {
-                (true, _) => ProbeConfig::NO_STACKS,
-                (false, true) => ProbeConfig::STACKS_EVERY_WAIT,
-                (false, false) => ProbeConfig::STACKS_REUSED,
-            },
+            stacks: options.stacks.mode(),
         },
         bufio: true,
     })?;
