@@ -133,6 +133,20 @@ impl Ui {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return Some(Action::Quit);
         }
+        if key.modifiers.contains(KeyModifiers::ALT) {
+            // No key here is bound with Alt. A terminal sends Alt+X as Esc then X, and a program
+            // that reads late (a busy machine) gets a quick Esc, Tab in one read, which crossterm
+            // parses as Alt+Tab: do what was typed, Esc and then the key.
+            let esc = self.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), model);
+            if esc == Some(Action::Quit) {
+                return esc;
+            }
+            let plain = KeyEvent {
+                modifiers: key.modifiers - KeyModifiers::ALT,
+                ..key
+            };
+            return self.on_key(plain, model).or(esc);
+        }
         match &mut self.overlay {
             Overlay::Filter(text) => {
                 match key.code {
@@ -351,6 +365,23 @@ mod tests {
         assert_eq!(ui.on_key(key(KeyCode::Char('q')), &m), Some(Action::Quit));
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(ui.on_key(ctrl_c, &m), Some(Action::Quit));
+    }
+
+    #[test]
+    fn an_esc_read_together_with_the_next_key_is_both_keys() {
+        let m = model();
+        let mut ui = Ui::new(&[], false);
+        ui.overlay = Overlay::Help;
+        let alt_tab = KeyEvent::new(KeyCode::Tab, KeyModifiers::ALT);
+        assert_eq!(ui.on_key(alt_tab, &m), None);
+        assert!(matches!(ui.overlay, Overlay::None), "the Esc closed the overlay");
+        assert_eq!(ui.focus, Panel::ALL[1], "the Tab moved the focus");
+        let alt_q = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT);
+        assert_eq!(
+            ui.on_key(alt_q, &m),
+            Some(Action::Quit),
+            "without an overlay, Esc quits"
+        );
     }
 
     #[test]
