@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use bufscope::probes::{AttachMode, DEFAULT_RINGBUF_BYTES};
+use bufscope::probes::{AttachMode, BufioProbes, DEFAULT_RINGBUF_BYTES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +52,10 @@ enum Command {
         /// Leave dm-bufio's functions alone: lock contention only.
         #[arg(long)]
         no_bufio: bool,
+        /// How to probe dm-bufio's functions: fentry/fexit through the module's BTF where the
+        /// kernel allows it, else kprobes (auto); or one kind only.
+        #[arg(long, value_enum, default_value_t = BufioProbes::Auto, conflicts_with = "no_bufio")]
+        bufio_probes: BufioProbes,
     },
     /// Watch kernel lock waits and dm-bufio operations as they happen (root), from in-kernel
     /// histograms: `--no-tui` prints a table per interval.
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
             force,
             stacks,
             no_bufio,
+            bufio_probes,
         } => cmd::record::run(cmd::record::Options {
             output,
             duration,
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
             force,
             stacks: stacks.mode(),
             bufio: !no_bufio,
+            bufio_probes,
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Live(options) => cmd::live::run(&options),

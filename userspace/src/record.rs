@@ -144,6 +144,8 @@ pub struct Finished {
     pub clients: usize,
     pub bytes: u64,
     pub kernel_counters: BTreeMap<String, u64>,
+    /// Program runs the kernel skipped (recursion misses): events lost.
+    pub skipped_runs: u64,
     /// Why the stacks were kept as addresses, when symbols could not be had.
     pub symbols_note: Option<String>,
 }
@@ -252,6 +254,8 @@ impl Recorder {
                 .map_err(failed)?;
         }
         let bufio = probes.bufio();
+        let programs = probes.program_stats();
+        let skipped_runs = crate::probes::skipped_runs(&programs);
         writer
             .write_metadata(&Metadata::Probes {
                 bufio_design: bufio.design.map(|d| d.describe().to_string()),
@@ -259,13 +263,13 @@ impl Recorder {
                     Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.to_string())]),
                     None => bufio.missing_reasons().into_iter().collect(),
                 },
-                programs: probes
-                    .program_stats()
+                programs: programs
                     .into_iter()
                     .map(|p| ProgramRun {
                         program: p.program,
                         run_count: p.run_count,
                         run_time_ns: p.run_time_ns,
+                        recursion_misses: p.recursion_misses,
                     })
                     .collect(),
             })
@@ -287,6 +291,7 @@ impl Recorder {
             clients: self.seen.clients.len(),
             bytes: out.get_ref().metadata().map(|m| m.len()).unwrap_or(0),
             kernel_counters: kernel,
+            skipped_runs,
             symbols_note,
         })
     }

@@ -220,9 +220,11 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     });
     assert!(stacks.contains("waits,"), "{stacks}");
     tmux.keys(&["Escape"]);
-    tmux.wait_for("the stacks overlay to close", Duration::from_secs(10), |s| {
-        !s.contains("Stacks of")
-    });
+    tmux.wait_for(
+        "the stacks overlay to close",
+        Duration::from_secs(10),
+        |s| !s.contains("Stacks of"),
+    );
     // Tab and digits switch panels.
     tmux.keys(&["Tab"]);
     tmux.wait_for("the clients panel", Duration::from_secs(10), |s| {

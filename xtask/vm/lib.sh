@@ -14,17 +14,29 @@ count_bufio_calls() {
     echo 1 > $T/events/bufscope/enable
 }
 
-# Reports what the kernel offers, then records lock contention for $1 seconds in the
-# background; the workload starts once the probes are attached.
+# Reports what the kernel offers, then records lock contention in the background (for at most
+# $1 seconds) and returns once bufscope says it is recording: the workload starts after the
+# probes are attached, however slowly this guest runs.
 start_recording() {
     /bin/bufscope doctor --json > /results/doctor.json
     /bin/bufscope record -o "/results/$SCENARIO.bftrace" --duration "${1}s" 2> /results/record.log &
     recorder=$!
-    sleep 4
+    until grep -q "^bufscope: recording" /results/record.log; do
+        if ! kill -0 $recorder 2>/dev/null; then
+            echo "BUFSCOPE-FAIL bufscope record exited before recording:"
+            cat /results/record.log
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "BUFSCOPE-STEP recording"
 }
 
-# Waits for the recording, then saves the counts, a summary and dm-bufio's parameters.
+# Stops the recording as soon as the workload is done (SIGINT, as Ctrl-C), then saves the
+# counts, a summary and dm-bufio's parameters. The kprobe counts stop after the recording, so
+# they cover every call it could have seen.
 finish() {
+    kill -INT $recorder
     wait $recorder
     echo 0 > $T/events/bufscope/enable
     cat $T/kprobe_profile > /results/kprobes.txt

@@ -23,7 +23,7 @@ dmsetup message pool 0 "create_snap 1 0"
 dmsetup resume thin
 
 count_bufio_calls
-start_recording 12
+start_recording 120
 # 16 readers of 4 MiB hot regions, and one writer over the whole volume breaking the snapshot's
 # sharing: every write changes the pool's metadata btree (the dirtier).
 /bin/bufscope stress /dev/mapper/thin --threads 16 --pattern hot --region-blocks 1024 \

@@ -19,7 +19,7 @@ dmsetup create vdev --readonly --table "$table" || { echo "BUFSCOPE-FAIL verity 
 echo "BUFSCOPE-STEP verity device ready ($blocks blocks)"
 
 count_bufio_calls
-start_recording 12
+start_recording 120
 /bin/bufscope stress /dev/mapper/vdev --threads 16 --pattern random --duration 6s --json \
     > /results/stress.json
 finish

@@ -65,6 +65,10 @@ pub mod names {
     pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
     /// The one return program, attached to every operation function as a kretprobe.
     pub const OP_RETURN_PROGRAM: &str = "bufio_op_return";
+    /// The return program as fexit, for operations attached through the module's BTF.
+    pub const OP_FEXIT_PROGRAM: &str = "bufio_op_fexit";
+    /// An entry program's fentry twin is named `{kprobe program}{FENTRY_SUFFIX}`.
+    pub const FENTRY_SUFFIX: &str = "_fentry";
     /// Entry of the function that runs only on a cache miss (6.4+: __bufio_new; before:
     /// __link_buffer): marks the operation in progress as a miss.
     pub const MISS_PROGRAM: &str = "bufio_miss";

@@ -1,12 +1,19 @@
-//! dm-bufio operations: kprobes on its exported functions push a frame per thread, one
-//! kretprobe pops it and sends the operation; clients are announced to user space once.
+//! dm-bufio operations: an entry program per exported function pushes a frame per thread, one
+//! return program pops it and sends the operation; clients are announced to user space once.
+//!
+//! Each entry program exists twice, as a kprobe and as an fentry twin named
+//! `{kprobe}_fentry` (`names::FENTRY_SUFFIX`); the return program as a kretprobe
+//! (`bufio_op_return`) and as fexit (`bufio_op_fexit`). User space attaches the fentry/fexit pair
+//! through the module's BTF where the kernel allows it and the kprobe pair otherwise, always both
+//! halves of one function the same way: an entry and its return are matched by the function's
+//! address, which each pair reports the same way.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_kernel, generated::bpf_get_func_ip},
-    macros::{kprobe, kretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use bufscope_abi::{
     BufioOffsets, BufioOpEvent, ClientEvent, Counter, EventKind, OpStats, OpStatsKey, op, result,
@@ -52,129 +59,199 @@ pub(crate) struct OpStack {
     pub(crate) frames: [OpFrame; MAX_FRAMES],
 }
 
-macro_rules! client_block_op {
-    ($name:ident, $op:expr) => {
-        /// `(c, block, ...)`
-        #[kprobe]
-        pub fn $name(ctx: ProbeContext) -> u32 {
-            let client: u64 = ctx.arg(0).unwrap_or(0);
-            let block: u64 = ctx.arg(1).unwrap_or(0);
-            op_entry(&ctx, $op, client, block, 0, 0);
-            0
-        }
-    };
+/// A probed call as either kind of entry program sees it.
+trait Call: EbpfContext {
+    /// Argument `n`. An fentry program may only read the arguments its function has (the
+    /// verifier refuses the program otherwise), so each shape below reads no more than its
+    /// functions take.
+    fn arg(&self, n: usize) -> u64;
+
+    /// The probed function's address (kprobe, kretprobe, fentry, fexit: Linux 5.15+).
+    fn func_ip(&self) -> u64 {
+        // SAFETY: allowed in every context implementing Call.
+        unsafe { bpf_get_func_ip(self.as_ptr()) }
+    }
 }
 
-macro_rules! client_block_count_op {
-    ($name:ident, $op:expr) => {
-        /// `(c, block, n_blocks)`
-        #[kprobe]
-        pub fn $name(ctx: ProbeContext) -> u32 {
-            let client: u64 = ctx.arg(0).unwrap_or(0);
-            let block: u64 = ctx.arg(1).unwrap_or(0);
-            let n: u64 = ctx.arg(2).unwrap_or(0);
-            op_entry(&ctx, $op, client, block, n as u32, 0);
-            0
-        }
-    };
+impl Call for ProbeContext {
+    fn arg(&self, n: usize) -> u64 {
+        ProbeContext::arg(self, n).unwrap_or(0)
+    }
 }
 
-macro_rules! client_op {
-    ($name:ident, $op:expr) => {
-        /// `(c)`
-        #[kprobe]
-        pub fn $name(ctx: ProbeContext) -> u32 {
-            let client: u64 = ctx.arg(0).unwrap_or(0);
-            op_entry(&ctx, $op, client, 0, 0, 0);
-            0
-        }
-    };
+impl Call for FEntryContext {
+    fn arg(&self, n: usize) -> u64 {
+        FEntryContext::arg(self, n)
+    }
 }
 
-macro_rules! buffer_op {
-    ($name:ident, $op:expr) => {
-        /// `(b, ...)`
-        #[kprobe]
-        pub fn $name(ctx: ProbeContext) -> u32 {
-            let buffer: u64 = ctx.arg(0).unwrap_or(0);
-            let (client, block) = buffer_client_block(buffer);
-            let arg0: u64 = ctx.arg(1).unwrap_or(0);
-            let arg1: u64 = ctx.arg(2).unwrap_or(0);
-            let (arg0, arg1) = if $op == op::MARK_PARTIAL_DIRTY {
-                (arg0 as u32, arg1 as u32)
-            } else {
-                (0, 0)
-            };
-            op_entry(&ctx, $op, client, block, arg0, arg1);
-            0
-        }
-    };
+/// `(c, block, ...)`
+#[inline(always)]
+fn client_block<C: Call>(ctx: &C, op: u32) {
+    op_entry(ctx.func_ip(), op, ctx.arg(0), ctx.arg(1), 0, 0);
 }
 
-client_block_op!(bufio_get, op::GET);
-client_block_op!(bufio_read, op::READ);
-client_block_op!(bufio_new, op::NEW);
-client_block_count_op!(bufio_prefetch, op::PREFETCH);
-buffer_op!(bufio_release, op::RELEASE);
-buffer_op!(bufio_mark_dirty, op::MARK_DIRTY);
-buffer_op!(bufio_mark_partial_dirty, op::MARK_PARTIAL_DIRTY);
-client_op!(bufio_write_dirty_async, op::WRITE_DIRTY_ASYNC);
-client_op!(bufio_write_dirty, op::WRITE_DIRTY);
-client_block_op!(bufio_forget, op::FORGET);
-client_block_count_op!(bufio_forget_buffers, op::FORGET_BUFFERS);
+/// `(c, block, n_blocks, ...)`
+#[inline(always)]
+fn client_block_count<C: Call>(ctx: &C, op: u32) {
+    op_entry(
+        ctx.func_ip(),
+        op,
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2) as u32,
+        0,
+    );
+}
+
+/// `(c)`
+#[inline(always)]
+fn client_only<C: Call>(ctx: &C, op: u32) {
+    op_entry(ctx.func_ip(), op, ctx.arg(0), 0, 0, 0);
+}
+
+/// `(b)`
+#[inline(always)]
+fn buffer<C: Call>(ctx: &C, op: u32) {
+    let (client, block) = buffer_client_block(ctx.arg(0));
+    op_entry(ctx.func_ip(), op, client, block, 0, 0);
+}
+
+/// `(b, start, end)`
+#[inline(always)]
+fn buffer_range<C: Call>(ctx: &C, op: u32) {
+    let (client, block) = buffer_client_block(ctx.arg(0));
+    let (start, end) = (ctx.arg(1) as u32, ctx.arg(2) as u32);
+    op_entry(ctx.func_ip(), op, client, block, start, end);
+}
 
 /// `dm_bufio_client_create(bdev, block_size, ...)`: the client is the return value.
-#[kprobe]
-pub fn bufio_client_create(ctx: ProbeContext) -> u32 {
-    let block_size: u64 = ctx.arg(1).unwrap_or(0);
-    op_entry(&ctx, op::CLIENT_CREATE, 0, 0, block_size as u32, 0);
-    0
+#[inline(always)]
+fn client_create<C: Call>(ctx: &C, op: u32) {
+    op_entry(ctx.func_ip(), op, 0, 0, ctx.arg(1) as u32, 0);
 }
 
 /// `dm_bufio_client_destroy(c)`: announced at entry, while the client is still readable.
-#[kprobe]
-pub fn bufio_client_destroy(ctx: ProbeContext) -> u32 {
-    let client: u64 = ctx.arg(0).unwrap_or(0);
-    op_entry(&ctx, op::CLIENT_DESTROY, client, 0, 0, 0);
+#[inline(always)]
+fn client_destroy<C: Call>(ctx: &C, op: u32) {
+    let client = ctx.arg(0);
+    op_entry(ctx.func_ip(), op, client, 0, 0, 0);
     send_client(client, ClientEvent::DESTROYED);
     let _ = CLIENTS.remove(client);
+}
+
+/// An operation's entry program as a kprobe and as its fentry twin.
+macro_rules! operation {
+    ($kprobe:ident, $fentry:ident, $shape:ident, $op:expr) => {
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            $shape(&ctx, $op);
+            0
+        }
+
+        #[fentry]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            $shape(&ctx, $op);
+            0
+        }
+    };
+}
+
+operation!(bufio_get, bufio_get_fentry, client_block, op::GET);
+operation!(bufio_read, bufio_read_fentry, client_block, op::READ);
+operation!(bufio_new, bufio_new_fentry, client_block, op::NEW);
+operation!(
+    bufio_prefetch,
+    bufio_prefetch_fentry,
+    client_block_count,
+    op::PREFETCH
+);
+operation!(bufio_release, bufio_release_fentry, buffer, op::RELEASE);
+operation!(
+    bufio_mark_dirty,
+    bufio_mark_dirty_fentry,
+    buffer,
+    op::MARK_DIRTY
+);
+operation!(
+    bufio_mark_partial_dirty,
+    bufio_mark_partial_dirty_fentry,
+    buffer_range,
+    op::MARK_PARTIAL_DIRTY
+);
+operation!(
+    bufio_write_dirty_async,
+    bufio_write_dirty_async_fentry,
+    client_only,
+    op::WRITE_DIRTY_ASYNC
+);
+operation!(
+    bufio_write_dirty,
+    bufio_write_dirty_fentry,
+    client_only,
+    op::WRITE_DIRTY
+);
+operation!(bufio_forget, bufio_forget_fentry, client_block, op::FORGET);
+operation!(
+    bufio_forget_buffers,
+    bufio_forget_buffers_fentry,
+    client_block_count,
+    op::FORGET_BUFFERS
+);
+operation!(
+    bufio_client_create,
+    bufio_client_create_fentry,
+    client_create,
+    op::CLIENT_CREATE
+);
+operation!(
+    bufio_client_destroy,
+    bufio_client_destroy_fentry,
+    client_destroy,
+    op::CLIENT_DESTROY
+);
+
+/// Every operation function's return, as a kretprobe: one program for all of them.
+#[kretprobe]
+pub fn bufio_op_return(ctx: RetProbeContext) -> u32 {
+    // SAFETY: a kretprobe context, where the helper is allowed (5.15+).
+    let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    op_return(ip, ctx.ret());
     0
 }
 
-/// Every operation function's return. One kretprobe program for all of them, because dm-bufio is
-/// a module and aya cannot attach fentry/fexit to modules.
-#[kretprobe]
-pub fn bufio_op_return(ctx: RetProbeContext) -> u32 {
-    op_return(&ctx);
+/// Every operation function's return, as fexit: one program, loaded once per function (the
+/// return value comes from bpf_get_func_ret, whatever the function's arguments).
+#[fexit]
+pub fn bufio_op_fexit(ctx: FExitContext) -> u32 {
+    // SAFETY: an fexit context, where the helper is allowed (5.15+).
+    let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    op_return(ip, ctx.ret::<u64>().unwrap_or(0));
     0
 }
 
 /// The function that runs only on a miss: the operation in progress is a miss.
-#[kprobe]
-pub fn bufio_miss(_ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn miss() {
     if let Some(frame) = current_op() {
         frame.result = result::MISS;
     }
-    0
 }
 
 /// `dm_bufio_lock(c)` entry: the client mutex is about to be taken.
-#[kprobe]
-pub fn bufio_lock(ctx: ProbeContext) -> u32 {
-    let client: u64 = ctx.arg(0).unwrap_or(0);
+#[inline(always)]
+fn lock(client: u64) {
     if let Some(frame) = current_op()
         && frame.client == client
     {
         frame.lock_enter_ns = current::now_ns();
         frame.lock_wait_at_enter = frame.lock_wait_ns;
     }
-    0
 }
 
 /// `dm_bufio_unlock(c)` entry: the hold ends; the wait inside dm_bufio_lock is not hold time.
-#[kprobe]
-pub fn bufio_unlock(ctx: ProbeContext) -> u32 {
-    let client: u64 = ctx.arg(0).unwrap_or(0);
+#[inline(always)]
+fn unlock(client: u64) {
     if let Some(frame) = current_op()
         && frame.client == client
         && frame.lock_enter_ns != 0
@@ -186,6 +263,41 @@ pub fn bufio_unlock(ctx: ProbeContext) -> u32 {
             .saturating_sub(waited);
         frame.lock_enter_ns = 0;
     }
+}
+
+#[kprobe]
+pub fn bufio_miss(_ctx: ProbeContext) -> u32 {
+    miss();
+    0
+}
+
+#[fentry]
+pub fn bufio_miss_fentry(_ctx: FEntryContext) -> u32 {
+    miss();
+    0
+}
+
+#[kprobe]
+pub fn bufio_lock(ctx: ProbeContext) -> u32 {
+    lock(Call::arg(&ctx, 0));
+    0
+}
+
+#[fentry]
+pub fn bufio_lock_fentry(ctx: FEntryContext) -> u32 {
+    lock(Call::arg(&ctx, 0));
+    0
+}
+
+#[kprobe]
+pub fn bufio_unlock(ctx: ProbeContext) -> u32 {
+    unlock(Call::arg(&ctx, 0));
+    0
+}
+
+#[fentry]
+pub fn bufio_unlock_fentry(ctx: FEntryContext) -> u32 {
+    unlock(Call::arg(&ctx, 0));
     0
 }
 
@@ -249,15 +361,9 @@ fn buffer_client_block(buffer: u64) -> (u64, u64) {
     )
 }
 
-#[inline(always)]
-fn func_ip<C: EbpfContext>(ctx: &C) -> u64 {
-    // SAFETY: kprobe and kretprobe contexts, where the helper is allowed (5.15+).
-    unsafe { bpf_get_func_ip(ctx.as_ptr()) }
-}
-
 /// Pushes a frame for an operation entry.
 #[inline(always)]
-fn op_entry(ctx: &ProbeContext, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
+fn op_entry(func_ip: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
     count(Counter::OpEntries);
     let tid = current::tid();
     let stack = match OPS.get_ptr_mut(tid) {
@@ -288,7 +394,7 @@ fn op_entry(ctx: &ProbeContext, op: u32, client: u64, block: u64, arg0: u32, arg
         return;
     };
     *frame = OpFrame {
-        func_ip: func_ip(ctx),
+        func_ip,
         start_ns: current::now_ns(),
         client,
         block,
@@ -318,8 +424,7 @@ fn is_err_ptr(value: u64) -> bool {
 /// deliver (no kretprobe instance free) costs one operation, counted, and never mis-pairs the
 /// ones after it.
 #[inline(always)]
-fn op_return(ctx: &RetProbeContext) {
-    let ip = func_ip(ctx);
+fn op_return(ip: u64, ret: u64) {
     let tid = current::tid();
     let Some(stack) = OPS.get_ptr_mut(tid) else {
         count(Counter::OpUnmatchedReturn);
@@ -357,7 +462,6 @@ fn op_return(ctx: &RetProbeContext) {
         return;
     }
     let frame = stack.frames[0];
-    let ret: u64 = ctx.ret();
     let mut client = frame.client;
     let outcome = match frame.op {
         op::GET | op::READ | op::NEW => {

@@ -159,15 +159,17 @@ fn print_text(s: &TraceSummary) {
     if !s.programs.is_empty() {
         println!();
         println!(
-            "{:>12} {:>10} {:>12}  eBPF program (run-time statistics while attached)",
-            "runs", "avg", "total"
+            "{:>12} {:>10} {:>12} {:>10}  eBPF program (run-time statistics while attached; \
+             skipped: runs the kernel skipped, each an event lost)",
+            "runs", "avg", "total", "skipped"
         );
         for p in &s.programs {
             println!(
-                "{:>12} {:>10} {:>12}  {}",
+                "{:>12} {:>10} {:>12} {:>10}  {}",
                 thousands(p.run_count),
                 duration_ns(p.run_time_ns / p.run_count.max(1)),
                 duration_ns(p.run_time_ns),
+                thousands(p.recursion_misses),
                 p.program
             );
         }
@@ -177,9 +179,11 @@ fn print_text(s: &TraceSummary) {
         Some(l) => {
             let get = |c: Counter| l.kernel.get(c.name()).copied().unwrap_or(0);
             println!(
-                "lost            {} (ring buffer full), {} (user space)",
+                "lost            {} (ring buffer full), {} (user space), {} (program runs the \
+                 kernel skipped)",
                 thousands(get(Counter::ReserveFailed)),
-                thousands(l.user_dropped)
+                thousands(l.user_dropped),
+                thousands(s.programs.iter().map(|p| p.recursion_misses).sum::<u64>())
             );
             println!(
                 "unpaired        {} ends without a begin, {} mismatched ends, {} nested begins, \

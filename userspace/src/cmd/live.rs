@@ -17,7 +17,7 @@ use bufscope::{
         headless::{self, HeadlessSettings, IntervalTable},
         session::{LiveSettings, run_live},
     },
-    probes::{AttachMode, AttachOptions, DEFAULT_RINGBUF_BYTES, LockProbes},
+    probes::{AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes},
 };
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
@@ -43,6 +43,10 @@ pub struct Options {
     /// How to attach to the lock tracepoints.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// How to probe dm-bufio's functions: fentry/fexit through the module's BTF where the
+    /// kernel allows it, else kprobes (auto); or one kind only.
+    #[arg(long, value_enum, default_value_t = BufioProbes::Auto)]
+    pub bufio_probes: BufioProbes,
     /// Record to this trace file while showing (`r` stops and starts recording).
     #[arg(long, value_name = "FILE", conflicts_with = "no_tui")]
     pub record: Option<PathBuf>,
@@ -93,6 +97,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
             stacks: options.stacks.mode(),
         },
         bufio: true,
+        bufio_probes: options.bufio_probes,
     })?;
     let settings = LiveSettings {
         interval: Duration::from_millis(options.interval),
@@ -109,6 +114,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
 async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
     let settings = HeadlessSettings {
         attach: options.attach,
+        bufio_probes: options.bufio_probes,
         interval: Duration::from_millis(options.interval),
         duration: options.duration,
         top: options.top,

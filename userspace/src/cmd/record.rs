@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 use bufscope::{
     kernel::system,
-    probes::{AttachMode, AttachOptions, LockProbes},
+    probes::{AttachMode, AttachOptions, BufioProbes, LockProbes},
     record::{Recorder, RecordingOutcome, RecordingStart, record_until_stopped},
 };
 use bufscope_abi::{Counter, ProbeConfig};
@@ -23,6 +23,7 @@ pub struct Options {
     pub output: PathBuf,
     pub duration: Option<Duration>,
     pub attach: AttachMode,
+    pub bufio_probes: BufioProbes,
     pub ringbuf_bytes: u32,
     pub force: bool,
     /// The probes' stack mode (`ProbeConfig::NO_STACKS`, ...).
@@ -58,6 +59,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
             stacks: options.stacks,
         },
         bufio: options.bufio,
+        bufio_probes: options.bufio_probes,
     })?;
     let recorder = Recorder::create(&options.output, &probes, start)?;
 
@@ -110,8 +112,10 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         path.display()
     );
     eprintln!(
-        "bufscope: lost {} (ring buffer full), unpaired ends {}, nested begins {}, pending map full {}",
+        "bufscope: lost {} (ring buffer full), {} (program runs the kernel skipped), unpaired \
+         ends {}, nested begins {}, pending map full {}",
         thousands(counter(Counter::ReserveFailed)),
+        thousands(done.skipped_runs),
         thousands(counter(Counter::UnpairedEnd)),
         thousands(counter(Counter::NestedBegin)),
         thousands(counter(Counter::PendingFull)),
@@ -129,10 +133,24 @@ fn report_bufio_probes(probes: &LockProbes) {
     }
     let attached = bufio.attached().count();
     eprintln!(
-        "bufscope: dm-bufio probes: {attached} of {} points attached ({})",
+        "bufscope: dm-bufio probes: {attached} of {} points attached ({}): {}",
         bufio.points.len(),
-        bufio.design.map_or("design unknown", |d| d.describe())
+        bufio.design.map_or("design unknown", |d| d.describe()),
+        bufio
+            .attached_by_kind()
+            .iter()
+            .map(|(how, n)| format!("{n} as {how}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    if let Some(why) = &bufio.tracing_unavailable {
+        eprintln!("bufscope:   not fentry/fexit: {why}");
+    }
+    for point in &bufio.points {
+        if let Some(why) = &point.not_fentry {
+            eprintln!("bufscope:   {} not fentry/fexit: {why}", point.function);
+        }
+    }
     for point in bufio.missing() {
         eprintln!(
             "bufscope:   missing {}: {}",

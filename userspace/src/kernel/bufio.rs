@@ -233,25 +233,59 @@ pub struct Layout {
     pub trees: Option<(u64, u64)>,
 }
 
-impl Layout {
-    /// Reads the offsets from vmlinux BTF and dm-bufio's split BTF (or vmlinux alone when
-    /// dm-bufio is built in).
-    pub fn from_sys_fs() -> Result<Self, BtfLayoutError> {
+/// dm-bufio's types: its module's split BTF, or vmlinux's when it is built in.
+pub struct BufioBtf {
+    pub btf: Btf,
+    /// The kernel BTF object that holds them: "dm_bufio" or "vmlinux".
+    pub object: &'static str,
+}
+
+impl std::fmt::Debug for BufioBtf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufioBtf({})", self.object)
+    }
+}
+
+impl BufioBtf {
+    /// Reads vmlinux's BTF and, when dm-bufio is a module with BTF, its split BTF on top.
+    pub fn read() -> Result<Self, BtfLayoutError> {
         let base = Btf::from_file(VMLINUX_BTF).map_err(|source| BtfLayoutError::Read {
             path: VMLINUX_BTF,
             source,
         })?;
-        if Path::new(MODULE_BTF).exists() {
-            let module =
-                Btf::from_split_file(MODULE_BTF, &base).map_err(|source| BtfLayoutError::Read {
-                    path: MODULE_BTF,
-                    source,
-                })?;
-            Self::from_btf(&module)
-        } else {
-            Self::from_btf(&base).map_err(|e| BtfLayoutError::NoModuleBtf {
+        if !Path::new(MODULE_BTF).exists() {
+            return Ok(Self {
+                btf: base,
+                object: "vmlinux",
+            });
+        }
+        let module =
+            Btf::from_split_file(MODULE_BTF, &base).map_err(|source| BtfLayoutError::Read {
+                path: MODULE_BTF,
+                source,
+            })?;
+        Ok(Self {
+            btf: module,
+            object: "dm_bufio",
+        })
+    }
+}
+
+impl Layout {
+    /// Reads the offsets from vmlinux BTF and dm-bufio's split BTF (or vmlinux alone when
+    /// dm-bufio is built in).
+    pub fn from_sys_fs() -> Result<Self, BtfLayoutError> {
+        Self::of(&BufioBtf::read()?)
+    }
+
+    pub fn of(types: &BufioBtf) -> Result<Self, BtfLayoutError> {
+        let layout = Self::from_btf(&types.btf);
+        if types.object == "vmlinux" {
+            layout.map_err(|e| BtfLayoutError::NoModuleBtf {
                 source: Box::new(e),
             })
+        } else {
+            layout
         }
     }
 

@@ -106,8 +106,8 @@ pub fn run() -> Report {
             )
         }
         .otherwise(
-            "dm-bufio is a module and needs kprobes: bufio operations cannot be probed; \
-             lock contention is still recorded",
+            "dm-bufio's functions are probed with fentry/fexit (below) where the kernel allows, \
+             else with kprobes; lock contention is recorded either way",
         ),
         fentry(),
         dm_bufio(),
@@ -263,7 +263,23 @@ fn bufio_check(name: &'static str, report: &BufioReport) -> Check {
     let attached = report.attached().count();
     let total = report.points.len();
     let design = report.design.map_or("unknown design", |d| d.describe());
-    let mut detail = format!("{attached} of {total} probe points attached; {design}");
+    let kinds: Vec<String> = report
+        .attached_by_kind()
+        .iter()
+        .map(|(how, n)| format!("{n} as {how}"))
+        .collect();
+    let mut detail = format!(
+        "{attached} of {total} probe points attached ({}); {design}",
+        kinds.join(", ")
+    );
+    if let Some(why) = &report.tracing_unavailable {
+        detail.push_str(&format!("; kprobes, not fentry/fexit, because {why}"));
+    }
+    for point in &report.points {
+        if let Some(why) = &point.not_fentry {
+            detail.push_str(&format!("; {} as kprobe, because {why}", point.function));
+        }
+    }
     let missing: Vec<String> = report
         .missing()
         .map(|p| format!("{}: {}", p.function, p.status.as_ref().unwrap_err()))
@@ -282,16 +298,18 @@ fn bufio_check(name: &'static str, report: &BufioReport) -> Check {
 fn fentry() -> Check {
     match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
         Ok(true) => check("fentry", Status::Ok, "fentry/fexit programs load"),
-        Ok(false) => check("fentry", Status::Missing, "no fentry/fexit (kernel < 5.5 or no BTF)"),
+        Ok(false) => check(
+            "fentry",
+            Status::Missing,
+            "no fentry/fexit (kernel < 5.5 or no BTF)",
+        ),
         Err(e) => check(
             "fentry",
             Status::Refused,
             format!("refused by the kernel: {}", error_chain(&e)),
         ),
     }
-    .otherwise(
-        "function probes use kprobes instead (dm-bufio, a module, needs kprobes with aya 0.14 anyway)",
-    )
+    .otherwise("dm-bufio's functions are probed with kprobes and kretprobes instead")
 }
 
 fn dm_bufio() -> Check {

@@ -22,7 +22,10 @@ use super::{
 };
 use crate::{
     kernel::system,
-    probes::{AttachMode, AttachOptions, DEFAULT_RINGBUF_BYTES, LockProbes, lost_events},
+    probes::{
+        AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, lost_events,
+        skipped_runs,
+    },
     stop::sleep_until,
 };
 
@@ -30,6 +33,7 @@ use crate::{
 #[derive(Debug)]
 pub struct HeadlessSettings {
     pub attach: AttachMode,
+    pub bufio_probes: BufioProbes,
     pub interval: Duration,
     pub duration: Option<Duration>,
     /// Locks listed per interval.
@@ -79,15 +83,19 @@ struct Snapshot {
     ops: HashMap<OpStatsKey, OpStats>,
     counters: BTreeMap<String, u64>,
     run_time_ns: u64,
+    /// Program runs the kernel skipped (recursion misses): events lost.
+    skipped: u64,
 }
 
 impl Snapshot {
     fn take(probes: &LockProbes) -> Result<Self, SessionError> {
+        let programs = probes.program_stats();
         Ok(Self {
             waits: probes.wait_histograms().into_iter().collect(),
             ops: probes.op_stats().into_iter().collect(),
             counters: probes.counters()?,
-            run_time_ns: probes.program_stats().iter().map(|p| p.run_time_ns).sum(),
+            run_time_ns: programs.iter().map(|p| p.run_time_ns).sum(),
+            skipped: skipped_runs(&programs),
         })
     }
 }
@@ -107,6 +115,7 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
             stacks: 0,
         },
         bufio: true,
+        bufio_probes: settings.bufio_probes,
     })?)
 }
 
@@ -156,7 +165,7 @@ pub async fn run_headless(
                 let table = interval_table(&previous, &now, elapsed, &model.names, settings.top);
                 on_interval(&table).map_err(SessionError::Output)?;
                 if let Some(text) = &metrics_text {
-                    model.header.lost = lost_events(&now.counters);
+                    model.header.lost = lost_events(&now.counters) + now.skipped;
                     model.tick(elapsed.as_secs_f64(), LockSort::Total, "");
                     if let Ok(mut t) = text.lock() {
                         *t = metrics::render(&model);
@@ -213,7 +222,8 @@ fn interval_table(
         .collect();
     rows.sort_by_key(|(_, d)| std::cmp::Reverse(d.total_ns));
     let waits: u64 = rows.iter().map(|(_, d)| d.count).sum();
-    let lost = lost_events(&now.counters) - lost_events(&before.counters);
+    let lost = (lost_events(&now.counters) + now.skipped)
+        .saturating_sub(lost_events(&before.counters) + before.skipped);
     let overhead =
         (now.run_time_ns - before.run_time_ns.min(now.run_time_ns)) as f64 / (secs * 1e9);
     let locks = rows

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     kernel::system,
-    probes::{Event, EventStream, LockProbes, ProbeError, lost_events},
+    probes::{Event, EventStream, LockProbes, ProbeError, lost_events, skipped_runs},
     record::{RecordError, Recorder, RecordingStart},
     stop::sleep_until,
 };
@@ -305,8 +305,10 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                     last_tick = Instant::now();
                     naming.update(&mut session.model, &probes);
                     let counters = probes.counters().unwrap_or_default();
-                    session.model.header.lost = lost_events(&counters) + stream.malformed();
-                    let run_ns: u64 = probes.program_stats().iter().map(|p| p.run_time_ns).sum();
+                    let programs = probes.program_stats();
+                    session.model.header.lost =
+                        lost_events(&counters) + stream.malformed() + skipped_runs(&programs);
+                    let run_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
                     session.model.header.overhead =
                         Some(run_ns.saturating_sub(last_run_ns) as f64 / (secs.max(1e-6) * 1e9));
                     last_run_ns = run_ns;

@@ -374,7 +374,10 @@ mod tests {
         ui.overlay = Overlay::Help;
         let alt_tab = KeyEvent::new(KeyCode::Tab, KeyModifiers::ALT);
         assert_eq!(ui.on_key(alt_tab, &m), None);
-        assert!(matches!(ui.overlay, Overlay::None), "the Esc closed the overlay");
+        assert!(
+            matches!(ui.overlay, Overlay::None),
+            "the Esc closed the overlay"
+        );
         assert_eq!(ui.focus, Panel::ALL[1], "the Tab moved the focus");
         let alt_q = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT);
         assert_eq!(

@@ -1,27 +1,35 @@
 //! Loading bufscope's eBPF object and attaching it: the lock tracepoints as tp_btf or classic
 //! tracepoints, and every dm-bufio probe point this kernel has, each missing one with why.
 
-use std::{collections::HashSet, os::fd::AsFd, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
 use bufscope_abi::{BufioOffsets, ProbeConfig, TracepointOffsets, names};
 
 use super::{
-    AttachMode, AttachedAs, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError, error_chain,
+    AttachMode, AttachedAs, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError,
+    error_chain,
+    fentry::{self, FentryError, FentryUnavailable, ModuleBtf, TracingLink, TracingPrograms},
     maps::take_map,
+    sys::TracingKind,
 };
 use crate::kernel::{
-    bufio::{self, BtfLayoutError, Design, Layout, Role, Symbols},
+    bufio::{self, BtfLayoutError, BufioBtf, Design, Layout, ProbePoint, Role, Symbols},
     kretprobe::{self, TracefsKretprobe},
     system, tracepoint_format,
 };
 
 /// The eBPF object, built from ebpf/probes by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bufscope"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bufscope"));
 
 /// What to attach and how.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +39,8 @@ pub struct AttachOptions {
     pub config: ProbeConfig,
     /// Also probe dm-bufio's functions, where the kernel has them.
     pub bufio: bool,
+    /// With fentry/fexit or kprobes.
+    pub bufio_probes: BufioProbes,
 }
 
 impl Default for AttachOptions {
@@ -40,6 +50,7 @@ impl Default for AttachOptions {
             ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
             config: ProbeConfig::DEFAULT,
             bufio: true,
+            bufio_probes: BufioProbes::Auto,
         }
     }
 }
@@ -100,6 +111,12 @@ pub enum PointError {
     /// An operation's return program, shared by all of them, could not be loaded.
     #[error(transparent)]
     ReturnProgram(Arc<PointError>),
+    /// fentry/fexit only was asked for, and this function cannot be traced that way.
+    #[error("fentry: {0}")]
+    Fentry(FentryError),
+    /// fentry/fexit only was asked for, and no function can be traced that way here.
+    #[error("fentry: {0}")]
+    FentryUnavailable(Arc<String>),
 }
 
 /// How one dm-bufio probe point fared.
@@ -109,6 +126,9 @@ pub struct PointReport {
     pub role: Role,
     /// `Ok(how)` when attached, `Err(why not)` otherwise.
     pub status: Result<String, PointError>,
+    /// Why a point attached with kprobes was not traced with fentry/fexit, when that was
+    /// tried for it alone (see [`BufioReport::tracing_unavailable`] for all points at once).
+    pub not_fentry: Option<String>,
 }
 
 /// The dm-bufio side of an attach.
@@ -119,6 +139,8 @@ pub struct BufioReport {
     pub design: Option<Design>,
     pub layout: Option<Layout>,
     pub points: Vec<PointReport>,
+    /// Why no point was tried with fentry/fexit (kprobes were asked for, or the kernel cannot).
+    pub tracing_unavailable: Option<String>,
 }
 
 impl BufioReport {
@@ -145,6 +167,17 @@ impl BufioReport {
             .collect()
     }
 
+    /// How many points attached each way ("fentry + fexit", "kprobe", ...).
+    pub fn attached_by_kind(&self) -> std::collections::BTreeMap<&str, usize> {
+        let mut kinds = std::collections::BTreeMap::new();
+        for point in self.attached() {
+            if let Ok(how) = &point.status {
+                *kinds.entry(how.as_str()).or_insert(0) += 1;
+            }
+        }
+        kinds
+    }
+
     /// Operations are seen (at least one exported function and the return probe attached).
     pub fn sees_operations(&self) -> bool {
         self.attached().any(|p| p.role == Role::Operation)
@@ -157,13 +190,13 @@ impl LockProbes {
         system::raise_memlock_limit();
         // Resolved before load: the offsets are globals baked into the programs.
         let mut bufio = BufioReport::default();
-        let mut symbols = None;
+        let mut found = None;
         if options.bufio {
-            match prepare_bufio() {
-                Ok((found, design, layout)) => {
+            match prepare_bufio(options.bufio_probes) {
+                Ok((symbols, design, layout, types)) => {
                     bufio.design = Some(design);
                     bufio.layout = Some(layout);
-                    symbols = Some(found);
+                    found = Some((symbols, types));
                 }
                 Err(why) => bufio.unavailable = Some(why),
             }
@@ -190,9 +223,12 @@ impl LockProbes {
                 })
             }),
         }?;
-        if let Some(symbols) = symbols {
-            probes.attach_bufio(&symbols, &mut bufio);
+        let maps = std::mem::take(&mut probes.map_fds);
+        if let Some((symbols, types)) = found {
+            probes.attach_bufio(&symbols, types, &maps, options.bufio_probes, &mut bufio);
         }
+        // The programs hold their maps now; these descriptors were only for loading them.
+        drop(maps);
         probes.bufio = bufio;
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => probes.stats_fd = Some(fd),
@@ -243,6 +279,7 @@ impl LockProbes {
     }
 
     fn new(mut ebpf: Ebpf, mode: AttachedAs, notes: Vec<String>) -> Result<Self, ProbeError> {
+        let map_fds = map_fds(&ebpf)?;
         let map_error =
             |name: &'static str| move |source: MapError| ProbeError::Map { name, source };
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS_MAP)?)
@@ -266,53 +303,98 @@ impl LockProbes {
             op_stats: Some(op_stats),
             bufio: BufioReport::default(),
             kretprobes: Vec::new(),
+            tracing_links: Vec::new(),
+            map_fds,
             stats_fd: None,
             final_stats: Vec::new(),
         })
     }
 
     /// Attaches every dm-bufio point the kernel has; records why each other one is missing.
-    fn attach_bufio(&mut self, symbols: &Symbols, report: &mut BufioReport) {
+    /// Each point is traced with fentry/fexit where that works ([`fentry`]), else with kprobes,
+    /// unless `how` asks for one kind only.
+    fn attach_bufio(
+        &mut self,
+        symbols: &Symbols,
+        types: BufioBtf,
+        maps: &HashMap<String, OwnedFd>,
+        how: BufioProbes,
+        report: &mut BufioReport,
+    ) {
         let Some(ebpf) = self.ebpf.as_mut() else {
             return;
         };
         let design = report.design.unwrap_or(Design::Classic);
-        let tracefs = system::ensure_tracefs().ok();
+        let tracing = match how {
+            BufioProbes::Kprobe => Err("kprobes asked for (--bufio-probes kprobe)".to_string()),
+            BufioProbes::Auto | BufioProbes::Fentry => {
+                prepare_tracing(types, maps).map_err(|e| e.to_string())
+            }
+        };
+        report.tracing_unavailable = tracing.as_ref().err().cloned();
+        let kprobes = how != BufioProbes::Fentry && kprobes_exist();
+        let tracefs = kprobes.then(|| system::ensure_tracefs().ok()).flatten();
         if let Some(tracefs) = &tracefs {
             kretprobe::remove_stale_events(tracefs.path());
         }
         let mut loaded = HashSet::new();
-        let return_loaded = load_return_program(ebpf).map_err(Arc::new);
+        let return_loaded = if kprobes {
+            load_return_program(ebpf).map_err(Arc::new)
+        } else {
+            Ok(())
+        };
         let points = bufio::OPERATIONS
             .iter()
             .copied()
             .chain(bufio::internal_points(design));
         for point in points {
+            let mut not_fentry = None;
             let status = if !symbols.has(point.function) {
                 Err(PointError::NotInKallsyms {
                     kernels: point.kernels,
                 })
-            } else if point.role == Role::Operation
-                && let Err(why) = &return_loaded
-            {
-                Err(PointError::ReturnProgram(Arc::clone(why)))
             } else {
-                attach_entry(ebpf, point.program, point.function, &mut loaded).and_then(|()| {
-                    if point.role != Role::Operation {
-                        return Ok("kprobe".to_string());
+                let traced = tracing
+                    .as_ref()
+                    .map(|(programs, module)| attach_traced(programs, module, &point));
+                match (traced, kprobes) {
+                    (Ok(Ok((links, how))), _) => {
+                        self.tracing_links.extend(links);
+                        Ok(how.to_string())
                     }
-                    attach_return(
-                        ebpf,
-                        point.function,
-                        tracefs.as_ref().map(|t| t.path()),
-                        &mut self.kretprobes,
-                    )
-                })
+                    (Ok(Err(why)), false) => Err(PointError::Fentry(why)),
+                    (Err(why), false) => Err(PointError::FentryUnavailable(Arc::new(why.clone()))),
+                    (traced, true) => {
+                        if let Ok(Err(why)) = traced {
+                            not_fentry = Some(why.to_string());
+                        }
+                        if point.role == Role::Operation
+                            && let Err(why) = &return_loaded
+                        {
+                            Err(PointError::ReturnProgram(Arc::clone(why)))
+                        } else {
+                            attach_entry(ebpf, point.program, point.function, &mut loaded).and_then(
+                                |()| {
+                                    if point.role != Role::Operation {
+                                        return Ok("kprobe".to_string());
+                                    }
+                                    attach_return(
+                                        ebpf,
+                                        point.function,
+                                        tracefs.as_ref().map(|t| t.path()),
+                                        &mut self.kretprobes,
+                                    )
+                                },
+                            )
+                        }
+                    }
+                }
             };
             report.points.push(PointReport {
                 function: point.function,
                 role: point.role,
                 status,
+                not_fentry,
             });
         }
     }
@@ -355,25 +437,127 @@ impl LockProbes {
             self.final_stats = self.program_stats();
         }
         self.kretprobes.clear();
+        self.tracing_links.clear();
         self.ebpf = None;
         self.stats_fd = None;
     }
 }
 
 /// Finds dm-bufio and its layout, or says why it cannot be probed.
-fn prepare_bufio() -> Result<(Symbols, Design, Layout), BufioUnavailable> {
+fn prepare_bufio(
+    how: BufioProbes,
+) -> Result<(Symbols, Design, Layout, BufioBtf), BufioUnavailable> {
     let symbols = Symbols::from_kallsyms().map_err(BufioUnavailable::Kallsyms)?;
     if !symbols.present() {
         return Err(BufioUnavailable::NotLoaded);
     }
-    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
-        && !std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
-    {
+    if how == BufioProbes::Kprobe && !kprobes_exist() {
         return Err(BufioUnavailable::NoKprobes);
     }
-    let layout = Layout::from_sys_fs()?;
+    let types = BufioBtf::read()?;
+    let layout = Layout::of(&types)?;
     let design = symbols.design();
-    Ok((symbols, design, layout))
+    Ok((symbols, design, layout, types))
+}
+
+/// The kernel can make kprobes (CONFIG_KPROBES, through perf or tracefs).
+fn kprobes_exist() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+}
+
+/// What tracing dm-bufio's functions with fentry/fexit takes: its BTF object and bufscope's
+/// programs relocated against the maps already created.
+fn prepare_tracing(
+    types: BufioBtf,
+    maps: &HashMap<String, OwnedFd>,
+) -> Result<(TracingPrograms, ModuleBtf), FentryUnavailable> {
+    let programs = TracingPrograms::relocate(EBPF_OBJECT, maps)?;
+    let module = ModuleBtf::open(types.object, types.btf)?;
+    Ok((programs, module))
+}
+
+/// Traces one point with fentry (and, for an operation, fexit for its return). The return is
+/// attached first: a return with no entry is counted as unmatched, while an entry whose return
+/// is never seen would hold a frame. Either both attach or neither stays.
+fn attach_traced(
+    programs: &TracingPrograms,
+    module: &ModuleBtf,
+    point: &ProbePoint,
+) -> Result<(Vec<TracingLink>, &'static str), FentryError> {
+    let entry = format!("{}{}", point.program, names::FENTRY_SUFFIX);
+    let mut links = Vec::with_capacity(2);
+    if point.role == Role::Operation {
+        links.push(fentry::attach(
+            programs,
+            module,
+            names::OP_FEXIT_PROGRAM,
+            TracingKind::Fexit,
+            point.function,
+        )?);
+    }
+    links.push(fentry::attach(
+        programs,
+        module,
+        &entry,
+        TracingKind::Fentry,
+        point.function,
+    )?);
+    let how = if point.role == Role::Operation {
+        "fentry + fexit"
+    } else {
+        "fentry"
+    };
+    Ok((links, how))
+}
+
+/// A descriptor of every map aya created, by the name the object gives it.
+fn map_fds(ebpf: &Ebpf) -> Result<HashMap<String, OwnedFd>, ProbeError> {
+    ebpf.maps()
+        .map(|(name, map)| {
+            let fd = map_data(map)
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| ProbeError::MapFd(name.to_string(), e))?;
+            Ok((name.to_string(), fd))
+        })
+        .collect()
+}
+
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(m)
+        | Map::ArrayOfMaps(m)
+        | Map::BloomFilter(m)
+        | Map::CgroupArray(m)
+        | Map::CgroupStorage(m)
+        | Map::CgrpStorage(m)
+        | Map::CpuMap(m)
+        | Map::DevMap(m)
+        | Map::DevMapHash(m)
+        | Map::HashMap(m)
+        | Map::HashOfMaps(m)
+        | Map::InodeStorage(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuCgroupStorage(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
+        | Map::ReusePortSockArray(m)
+        | Map::RingBuf(m)
+        | Map::SockHash(m)
+        | Map::SockMap(m)
+        | Map::SkStorage(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
+        | Map::Unsupported(m)
+        | Map::XskMap(m) => m,
+    }
 }
 
 /// The return program all operations share, as a kprobe.
@@ -491,6 +675,17 @@ mod tests {
         for program in programs {
             assert!(object.programs.contains_key(program), "program {program}");
         }
+        // Every entry program's fentry twin, and the fexit return program.
+        let twins = bufio::OPERATIONS
+            .iter()
+            .copied()
+            .chain(bufio::internal_points(Design::Classic))
+            .chain(bufio::internal_points(Design::Sharded))
+            .map(|p| format!("{}{}", p.program, names::FENTRY_SUFFIX))
+            .chain([names::OP_FEXIT_PROGRAM.to_string()]);
+        for program in twins {
+            assert!(object.programs.contains_key(&program), "program {program}");
+        }
         for map in [
             names::EVENTS_MAP,
             names::COUNTERS_MAP,
@@ -512,11 +707,13 @@ mod tests {
                     function: "dm_bufio_read",
                     role: Role::Operation,
                     status: Err(PointError::ReturnProgram(Arc::clone(&return_missing))),
+                    not_fentry: None,
                 },
                 PointReport {
                     function: "dm_bufio_get",
                     role: Role::Operation,
                     status: Err(PointError::ReturnProgram(return_missing)),
+                    not_fentry: None,
                 },
                 PointReport {
                     function: "dm_bufio_lock",
@@ -524,11 +721,13 @@ mod tests {
                     status: Err(PointError::NotInKallsyms {
                         kernels: "all (a static function; may be inlined)",
                     }),
+                    not_fentry: None,
                 },
                 PointReport {
                     function: "__bufio_new",
                     role: Role::Miss,
                     status: Ok("kprobe".into()),
+                    not_fentry: None,
                 },
             ],
             ..BufioReport::default()

@@ -1,20 +1,26 @@
 //! What the programs keep in maps, read from user space: run-time statistics per program,
 //! the in-kernel counters and what was lost, kernel stacks, wait histograms, operation counts.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd};
 
 use aya::Ebpf;
 use bufscope_abi::{Counter, OpStats, OpStatsKey, WaitHist, WaitHistKey, names};
 use bufscope_trace::ClientLocks;
 
-use super::{LockProbes, ProbeError};
+use super::{LockProbes, ProbeError, sys};
 
-/// A program's run count and time while attached (BPF run-time statistics).
+/// A program's run count and time while attached (BPF run-time statistics), and the runs the
+/// kernel skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProgramStats {
+    /// The program's name; `program@function` for one loaded per function (fentry/fexit).
     pub program: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs skipped because the program was already running on that CPU: each is an event
+    /// lost with no other trace (fentry/fexit and tp_btf; kprobes from Linux 6.7).
+    #[serde(default)]
+    pub recursion_misses: u64,
 }
 
 impl ProgramStats {
@@ -38,17 +44,24 @@ impl LockProbes {
         let Some(ebpf) = &self.ebpf else {
             return self.final_stats.clone();
         };
-        let mut stats: Vec<ProgramStats> = ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some(ProgramStats {
-                    program: name.to_string(),
-                    run_count: info.run_count(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
-                })
+        let loaded_by_aya = ebpf.programs().filter_map(|(name, program)| {
+            let fd = program.fd().ok()?;
+            let info = sys::prog_run_info(fd.as_fd()).ok()?;
+            Some((name.to_string(), info))
+        });
+        let traced = self.tracing_links.iter().filter_map(|link| {
+            let info = link.run_info().ok()?;
+            Some((format!("{}@{}", link.program, link.function), info))
+        });
+        let mut stats: Vec<ProgramStats> = loaded_by_aya
+            .chain(traced)
+            .map(|(program, info)| ProgramStats {
+                program,
+                run_count: info.run_count,
+                run_time_ns: info.run_time_ns,
+                recursion_misses: info.recursion_misses,
             })
-            .filter(|s| s.run_count > 0)
+            .filter(|s| s.run_count > 0 || s.recursion_misses > 0)
             .collect();
         stats.sort_by(|a, b| a.program.cmp(&b.program));
         stats
@@ -124,6 +137,12 @@ impl LockProbes {
 
 pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// Program runs the kernel skipped (recursion misses), from [`LockProbes::program_stats`]:
+/// each is an event lost that no counter of bufscope's own saw.
+pub fn skipped_runs(programs: &[ProgramStats]) -> u64 {
+    programs.iter().map(|p| p.recursion_misses).sum()
 }
 
 /// Events lost in the kernel so far, from [`LockProbes::counters`]: the sum of

@@ -11,8 +11,10 @@
 //! buffer's events.
 
 mod attach;
+mod fentry;
 mod maps;
 mod stream;
+mod sys;
 
 use std::{error::Error, os::fd::OwnedFd};
 
@@ -24,7 +26,7 @@ use aya::{
 use bufscope_abi::{OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
 pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
-pub use maps::{ProgramStats, lost_events};
+pub use maps::{ProgramStats, lost_events, skipped_runs};
 pub use stream::{ClientHow, ClientSighting, Event, EventStream};
 
 use crate::kernel::{
@@ -46,6 +48,18 @@ pub enum AttachMode {
 }
 
 /// How the lock tracepoints were attached, once they were.
+/// How dm-bufio's functions are probed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BufioProbes {
+    /// fentry/fexit through the module's BTF where the kernel allows it, kprobes elsewhere.
+    #[default]
+    Auto,
+    /// fentry/fexit only: a function that cannot be traced that way is not probed.
+    Fentry,
+    /// kprobes and kretprobes only.
+    Kprobe,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachedAs {
     /// BTF-typed raw tracepoint programs.
@@ -90,6 +104,8 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("map {0}: missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("duplicating the descriptor of map {0}")]
+    MapFd(String, #[source] std::io::Error),
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -147,6 +163,11 @@ pub struct LockProbes {
     bufio: BufioReport,
     /// Return probes made through tracefs; dropped (removed) before the programs.
     kretprobes: Vec<TracefsKretprobe>,
+    /// dm-bufio functions traced with fentry/fexit.
+    tracing_links: Vec<fentry::TracingLink>,
+    /// Every map's descriptor, by name, for programs loaded outside aya ([`fentry`]); handed
+    /// over while dm-bufio is attached, then closed.
+    map_fds: std::collections::HashMap<String, OwnedFd>,
     /// Keeps BPF run-time statistics on while held; the kernel turns them off when it closes.
     stats_fd: Option<OwnedFd>,
     final_stats: Vec<ProgramStats>,

@@ -255,9 +255,14 @@ pub enum Metadata {
 /// One eBPF program's runs while attached.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRun {
+    /// Its name; `program@function` for a program loaded once per function (fentry/fexit).
     pub program: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU: events
+    /// lost without any other trace (0 in files from builds that did not read it).
+    #[serde(default)]
+    pub recursion_misses: u64,
 }
 
 /// The kernel addresses of a dm-bufio client's locks.

@@ -79,7 +79,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  kernel release",
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -91,10 +91,12 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "mutex w",
         "tree w",
         "lost",
+        "skipped",
+        "dm_bufio_get as",
     );
     for r in &rows {
         println!(
-            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -106,6 +108,8 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.bufio.mutex_waits,
             r.bufio.tree_waits,
             r.bufio.returns_missed + r.bufio.ringbuf_full,
+            r.bufio.skipped_runs,
+            r.bufio.attached_as,
             r.release
         );
     }
@@ -165,7 +169,11 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
          kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n\
          dm-bufio operations recorded: {ops}\n\
          waits named: client mutex {mutex}, tree locks {trees}\n\
-         lost: {missed} operation returns, {full} events (ring buffer full)\n",
+         dm-bufio probed as: {attached_as}\n\
+         lost: {missed} operation returns, {full} events (ring buffer full), {skipped} program \
+         runs the kernel skipped\n",
+        attached_as = outcome.bufio.attached_as,
+        skipped = outcome.bufio.skipped_runs,
         ops = outcome.bufio.ops,
         mutex = outcome.bufio.mutex_waits,
         trees = outcome.bufio.tree_waits,
