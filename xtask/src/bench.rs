@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: every benchmark of the project, each printing its figures next to its
-//! targets. Numbers from these shared 2-core machines are noisy: compare ratios within one run.
+//! targets, then the probes' cost to a dm-bufio workload inside the test bed's kernels. Numbers from these shared 2-core machines are noisy: compare ratios within one run.
 
 use std::process::Command;
 
@@ -28,5 +28,6 @@ pub fn run() -> anyhow::Result<()> {
             ]),
         )?;
     }
-    Ok(())
+    // The dm-bufio half of probe_overhead: it needs the kernels of the test bed.
+    crate::vm::probe_cost("all")
 }

@@ -14,6 +14,36 @@ count_bufio_calls() {
     echo 1 > $T/events/bufscope/enable
 }
 
+# A thin pool on loop devices and a 96 MiB thin volume in it, written once so that every block
+# is provisioned: /dev/mapper/thin.
+provision_thin() {
+    cd /tmp
+    truncate -s 64M meta.img
+    # Room for the volume twice over: a writer may unshare every block of a snapshot.
+    truncate -s 256M data.img
+    losetup /dev/loop0 meta.img
+    losetup /dev/loop1 data.img
+    dd if=/dev/zero of=/dev/loop0 bs=4096 count=1 2>/dev/null
+    dmsetup create pool --table "0 $((256 * 2048)) thin-pool /dev/loop0 /dev/loop1 128 32768 1 skip_block_zeroing"
+    dmsetup message pool 0 "create_thin 0"
+    dmsetup create thin --table "0 $((96 * 2048)) thin /dev/mapper/pool 0"
+    dd if=/dev/zero of=/dev/mapper/thin bs=1M count=96 oflag=direct 2>/dev/null
+    echo "BUFSCOPE-STEP thin volume provisioned"
+}
+
+# Waits until file $1 has a line starting with $2, written by process $3; fails the scenario,
+# with the file, if the process exits first.
+wait_for_line() {
+    until grep -q "^$2" "$1"; do
+        if ! kill -0 "$3" 2>/dev/null; then
+            echo "BUFSCOPE-FAIL waiting for \"$2\" in $1, but its writer exited:"
+            cat "$1"
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
 # Reports what the kernel offers, then records lock contention in the background (for at most
 # $1 seconds) and returns once bufscope says it is recording: the workload starts after the
 # probes are attached, however slowly this guest runs.
@@ -21,14 +51,7 @@ start_recording() {
     /bin/bufscope doctor --json > /results/doctor.json
     /bin/bufscope record -o "/results/$SCENARIO.bftrace" --duration "${1}s" 2> /results/record.log &
     recorder=$!
-    until grep -q "^bufscope: recording" /results/record.log; do
-        if ! kill -0 $recorder 2>/dev/null; then
-            echo "BUFSCOPE-FAIL bufscope record exited before recording:"
-            cat /results/record.log
-            exit 1
-        fi
-        sleep 0.1
-    done
+    wait_for_line /results/record.log "bufscope: recording" $recorder
     echo "BUFSCOPE-STEP recording"
 }
 

@@ -5,19 +5,7 @@
 # Other scenarios reuse this one with SCENARIO set, after changing what they change.
 SCENARIO=${SCENARIO:-thin-hotspot}
 . /scenarios/lib.sh
-cd /tmp
-
-truncate -s 64M meta.img
-# Room for the volume twice over: the writer may unshare every block of the snapshot.
-truncate -s 256M data.img
-losetup /dev/loop0 meta.img
-losetup /dev/loop1 data.img
-dd if=/dev/zero of=/dev/loop0 bs=4096 count=1 2>/dev/null
-dmsetup create pool --table "0 $((256 * 2048)) thin-pool /dev/loop0 /dev/loop1 128 32768 1 skip_block_zeroing"
-dmsetup message pool 0 "create_thin 0"
-dmsetup create thin --table "0 $((96 * 2048)) thin /dev/mapper/pool 0"
-dd if=/dev/zero of=/dev/mapper/thin bs=1M count=96 oflag=direct 2>/dev/null
-echo "BUFSCOPE-STEP thin volume provisioned"
+provision_thin
 dmsetup suspend thin
 dmsetup message pool 0 "create_snap 1 0"
 dmsetup resume thin

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, ensure};
 
 use super::{
-    SCENARIOS,
+    PROBE_COST, SCENARIOS,
     kernels::{is_builtin, module_bytes},
 };
 use crate::cmd::{output_of, run_checked};
@@ -75,7 +75,7 @@ pub fn build_initramfs(
     copy_executable(bufscope, &root.join("bin/bufscope"))?;
     fs::write(root.join("init"), INIT)?;
     set_executable(&root.join("init"))?;
-    for (name, script) in SCENARIOS {
+    for (name, script) in SCENARIOS.iter().chain([&PROBE_COST]) {
         fs::write(root.join("scenarios").join(format!("{name}.sh")), script)?;
     }
     fs::write(root.join("scenarios/lib.sh"), SCENARIO_LIB)?;

@@ -6,6 +6,7 @@
 //! a second virtio disk.
 
 mod checks;
+mod cost;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -20,12 +21,17 @@ use initramfs::{build_initramfs, build_static_bufscope};
 use kernels::{KERNELS, KernelLine, fetch_kernel};
 use qemu::boot_retrying_tcg_int3;
 
+pub use cost::probe_cost;
+
 /// Scenarios, each a script in xtask/vm/.
 const SCENARIOS: &[(&str, &str)] = &[
     ("thin-hotspot", include_str!("../../vm/thin-hotspot.sh")),
     ("small-cache", include_str!("../../vm/small-cache.sh")),
     ("verity-read", include_str!("../../vm/verity-read.sh")),
 ];
+
+/// The benchmark's scenario (`cargo xtask bench`), in the initramfs beside the others.
+const PROBE_COST: (&str, &str) = ("probe-cost", include_str!("../../vm/probe-cost.sh"));
 
 pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyhow::Result<()> {
     let kernels: Vec<&KernelLine> = KERNELS

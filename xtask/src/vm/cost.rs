@@ -1,0 +1,113 @@
+//! The test bed's half of the probe-overhead benchmark: what recording and watching dm-bufio
+//! cost the workload they measure, on each kernel, in one boot per kernel (xtask/vm/probe-cost.sh:
+//! 16 readers of a thin volume's hot regions run alone, under `record` with fentry/fexit, under
+//! `record --bufio-probes kprobe` and under `live --no-tui`, in rotating turns, three rounds).
+//! Printed with the targets: record keeps ≥ 90 % of the unprobed reads/s, live ≥ 97 %.
+
+use std::{fs, path::Path};
+
+use anyhow::Context;
+
+use super::{
+    PROBE_COST, build_initramfs, build_static_bufscope, fetch_kernel, kernels::KERNELS,
+    qemu::boot_retrying_tcg_int3,
+};
+use crate::cmd::{heading, workspace_root};
+
+/// The ways the workload runs, in the order the table prints them, with the share of the
+/// unprobed reads/s each must keep (none for the kprobe row: it is there for comparison).
+const HOW: &[(&str, &str, Option<f64>)] = &[
+    ("none", "no probe", None),
+    ("record", "record (fentry/fexit)", Some(0.90)),
+    ("kprobe", "record --bufio-probes kprobe", None),
+    ("live", "live --no-tui", Some(0.97)),
+];
+
+const ROUNDS: u32 = 3;
+
+pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
+    let work = workspace_root().join("target/vm");
+    fs::create_dir_all(&work)?;
+    let bufscope = build_static_bufscope(&work)?;
+    for line in KERNELS
+        .iter()
+        .filter(|k| kernel == "all" || k.name == kernel)
+    {
+        let extracted = fetch_kernel(&work, line)?;
+        let initramfs = build_initramfs(&work, line.name, &extracted, &bufscope)?;
+        let guest = boot_retrying_tcg_int3(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
+        let runs = read_runs(&guest.dir)
+            .with_context(|| format!("{} {}: reading the runs", line.name, PROBE_COST.0))?;
+        print_table(line.name, &guest.release, &runs);
+        let _ = fs::remove_file(&guest.disk);
+    }
+    Ok(())
+}
+
+/// Reads/s of every run, by way of running: `runs[how][round]`.
+fn read_runs(results: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+    HOW.iter()
+        .map(|(how, _, _)| {
+            (1..=ROUNDS)
+                .map(|round| {
+                    let path = results.join(format!("cost-{how}-{round}.json"));
+                    let report: serde_json::Value = serde_json::from_slice(
+                        &fs::read(&path).with_context(|| format!("{}", path.display()))?,
+                    )?;
+                    report["reads"]["ops_per_s"]
+                        .as_f64()
+                        .with_context(|| format!("{}: no reads.ops_per_s", path.display()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn print_table(kernel: &str, release: &str, runs: &[Vec<f64>]) {
+    heading(
+        "bench",
+        &format!(
+            "probe cost in the test bed: Linux {release} ({kernel}), thin volume, 16 hot readers"
+        ),
+    );
+    let unprobed = median(&runs[0]);
+    println!(
+        "{:<30} {:>10} {:>28} {:>8}  target",
+        "workload under", "reads/s", "runs", "kept"
+    );
+    for ((_, name, target), values) in HOW.iter().zip(runs) {
+        let m = median(values);
+        let kept = m / unprobed;
+        let runs = values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let verdict = match target {
+            Some(t) if kept >= *t => format!("≥ {:.0} %: met", t * 100.0),
+            Some(t) => format!("≥ {:.0} %: MISSED", t * 100.0),
+            None => "-".to_string(),
+        };
+        println!(
+            "{name:<30} {m:>10.0} {runs:>28} {:>7.1}%  {verdict}",
+            kept * 100.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_run() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[5.0]), 5.0);
+    }
+}
