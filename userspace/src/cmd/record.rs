@@ -136,12 +136,7 @@ fn report_bufio_probes(probes: &LockProbes) {
         "bufscope: dm-bufio probes: {attached} of {} points attached ({}): {}",
         bufio.points.len(),
         bufio.design.map_or("design unknown", |d| d.describe()),
-        bufio
-            .attached_by_kind()
-            .iter()
-            .map(|(how, n)| format!("{n} as {how}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        bufio.attached_by_kind()
     );
     if let Some(why) = &bufio.tracing_unavailable {
         eprintln!("bufscope:   not fentry/fexit: {why}");

@@ -263,14 +263,9 @@ fn bufio_check(name: &'static str, report: &BufioReport) -> Check {
     let attached = report.attached().count();
     let total = report.points.len();
     let design = report.design.map_or("unknown design", |d| d.describe());
-    let kinds: Vec<String> = report
-        .attached_by_kind()
-        .iter()
-        .map(|(how, n)| format!("{n} as {how}"))
-        .collect();
     let mut detail = format!(
         "{attached} of {total} probe points attached ({}); {design}",
-        kinds.join(", ")
+        report.attached_by_kind()
     );
     if let Some(why) = &report.tracing_unavailable {
         detail.push_str(&format!("; kprobes, not fentry/fexit, because {why}"));

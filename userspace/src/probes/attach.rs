@@ -167,8 +167,8 @@ impl BufioReport {
             .collect()
     }
 
-    /// How many points attached each way ("fentry + fexit", "kprobe", ...).
-    pub fn attached_by_kind(&self) -> std::collections::BTreeMap<&str, usize> {
+    /// How many points attached each way: "3 as fentry, 12 as fentry + fexit, 1 as kprobe".
+    pub fn attached_by_kind(&self) -> String {
         let mut kinds = std::collections::BTreeMap::new();
         for point in self.attached() {
             if let Ok(how) = &point.status {
@@ -176,6 +176,10 @@ impl BufioReport {
             }
         }
         kinds
+            .iter()
+            .map(|(how, n)| format!("{n} as {how}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Operations are seen (at least one exported function and the return probe attached).
