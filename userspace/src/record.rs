@@ -89,14 +89,12 @@ pub async fn record_until_stopped(
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let second = Duration::from_secs(1);
     let mut flush_tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Vec::with_capacity(4096);
     let stopped_by = loop {
+        // Signals and ticks first: a flood of events must not delay them.
         tokio::select! {
-            ready = stream.next_batch(&mut batch) => {
-                ready.map_err(RecordError::ReadStream)?;
-                recorder.write(probes, &batch)?;
-                batch.clear();
-            }
+            biased;
             _ = flush_tick.tick() => {
                 recorder.flush()?;
                 progress(started.elapsed(), recorder.waits(), recorder.bytes());
@@ -104,6 +102,11 @@ pub async fn record_until_stopped(
             _ = sleep_until(deadline) => break StopReason::DurationReached,
             _ = interrupt.recv() => break StopReason::Interrupted,
             _ = terminate.recv() => break StopReason::Terminated,
+            ready = stream.next_batch(&mut batch) => {
+                ready.map_err(RecordError::ReadStream)?;
+                recorder.write(probes, &batch)?;
+                batch.clear();
+            }
         }
     };
     // Stop new events first, then take everything still in the ring buffer.

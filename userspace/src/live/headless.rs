@@ -146,18 +146,14 @@ pub async fn run_headless(
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let period = settings.interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Vec::new();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
     loop {
+        // Signals and ticks first: a flood of events must not delay them.
         tokio::select! {
-            ready = stream.next_batch(&mut batch) => {
-                ready.map_err(SessionError::ReadStream)?;
-                // Clients (always streamed) name the locks; waits and operations only with
-                // --metrics.
-                ingest(&mut model, &probes, &batch);
-                batch.clear();
-            }
+            biased;
             _ = tick.tick() => {
                 let now = Snapshot::take(&probes)?;
                 let elapsed = last.elapsed();
@@ -176,6 +172,13 @@ pub async fn run_headless(
             _ = sleep_until(deadline) => break,
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
+            ready = stream.next_batch(&mut batch) => {
+                ready.map_err(SessionError::ReadStream)?;
+                // Clients (always streamed) name the locks; waits and operations only with
+                // --metrics.
+                ingest(&mut model, &probes, &batch);
+                batch.clear();
+            }
         }
     }
     probes.detach();

@@ -18,6 +18,7 @@ use bufscope_analyses::{models::ModelOptions, tracedata::TraceData, units::thous
 use bufscope_trace::TraceError;
 use reference_cache::Design;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::MissedTickBehavior;
 
 use super::{
     ingest::{KernelNames, ingest},
@@ -268,24 +269,25 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut hangup = handler(SignalKind::hangup(), "SIGHUP")?;
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
+    // A late loop (a busy machine) skips the ticks it missed rather than running them back to
+    // back: each tick measures the time since the last one.
     let mut data_tick = tokio::time::interval(settings.interval);
+    data_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     data_tick.reset();
     let mut frame_tick = tokio::time::interval(FRAME);
+    frame_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut batch = Vec::with_capacity(4096);
     let mut last_tick = Instant::now();
     let mut last_frame = Instant::now();
     let mut last_run_ns: u64 = probes.program_stats().iter().map(|p| p.run_time_ns).sum();
     let outcome: Result<(), SessionError> = async {
         loop {
+            // In this order: a flood of events must not delay what the user asked for (a key,
+            // a signal) or the screen; the stream is read whenever nothing else is due.
             tokio::select! {
-                ready = stream.next_batch(&mut batch) => {
-                    ready.map_err(SessionError::ReadStream)?;
-                    ingest(&mut session.model, &probes, &batch);
-                    if let Some(r) = &mut recorder {
-                        r.write(&probes, &batch)?;
-                    }
-                    batch.clear();
-                }
+                biased;
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => break,
                 key = next_key(&mut keys) => {
                     let Some(key) = key else { break };
                     match session.key(key)? {
@@ -329,8 +331,14 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                     session.draw(&mut screen)?;
                 }
                 _ = sleep_until(deadline) => break,
-                _ = terminate.recv() => break,
-                _ = hangup.recv() => break,
+                ready = stream.next_batch(&mut batch) => {
+                    ready.map_err(SessionError::ReadStream)?;
+                    ingest(&mut session.model, &probes, &batch);
+                    if let Some(r) = &mut recorder {
+                        r.write(&probes, &batch)?;
+                    }
+                    batch.clear();
+                }
             }
         }
         Ok(())
@@ -446,10 +454,14 @@ pub async fn run_replay(
     let mut data_tick = tokio::time::interval(interval);
     data_tick.reset();
     let mut frame_tick = tokio::time::interval(FRAME);
+    frame_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_frame = Instant::now();
     let mut covered = 0.0;
     loop {
+        // Keys first: a busy machine must not leave the user's keys waiting behind frames.
         tokio::select! {
+            biased;
+            _ = terminate.recv() => break,
             key = next_key(&mut keys) => {
                 let Some(key) = key else { break };
                 match session.key(key)? {
@@ -510,7 +522,6 @@ pub async fn run_replay(
                 session.collect_results();
                 session.draw(&mut screen)?;
             }
-            _ = terminate.recv() => break,
         }
     }
     Ok(())

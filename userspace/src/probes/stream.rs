@@ -51,6 +51,9 @@ pub enum Event {
     Client(ClientSighting),
 }
 
+/// The most records one [`EventStream::next_batch`] reads: about a millisecond of decoding.
+pub const MAX_BATCH: usize = 16 * 1024;
+
 /// Events from the ring buffer, in batches as they become available.
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -73,18 +76,26 @@ impl EventStream {
         Ok(Self { ring, malformed: 0 })
     }
 
-    /// Waits until events are available, then appends all of them to `out`.
+    /// Waits until events are available, then appends up to [`MAX_BATCH`] of them to `out`.
+    ///
+    /// Bounded so that a flood the reader cannot keep up with does not hold the caller's loop:
+    /// with the kernel writing as fast as it is read, "everything there is" never ends, and keys,
+    /// ticks and frames would wait for it. What is left keeps the stream ready, so the next call
+    /// returns at once.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        let malformed = drain(guard.get_inner_mut(), out);
-        guard.clear_ready();
+        let (malformed, left) = drain(guard.get_inner_mut(), out, MAX_BATCH);
+        if !left {
+            guard.clear_ready();
+        }
         self.malformed += malformed;
         Ok(())
     }
 
-    /// Appends whatever events are in the ring buffer now, without waiting.
+    /// Appends whatever events are in the ring buffer now, without waiting (once the probes are
+    /// detached: nothing adds to it while it drains).
     pub fn drain_now(&mut self, out: &mut Vec<Event>) {
-        self.malformed += drain(self.ring.get_mut(), out);
+        self.malformed += drain(self.ring.get_mut(), out, usize::MAX).0;
     }
 
     /// Records with an unknown kind or size (a mismatched eBPF object would cause them).
@@ -93,15 +104,20 @@ impl EventStream {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
+/// Reads up to `max` records into `out`; returns how many were malformed and whether `max` was
+/// reached (records may be left).
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, max: usize) -> (u64, bool) {
     let mut malformed = 0;
-    while let Some(item) = ring.next() {
+    for _ in 0..max {
+        let Some(item) = ring.next() else {
+            return (malformed, false);
+        };
         match decode(&item) {
             Some(event) => out.push(event),
             None => malformed += 1,
         }
     }
-    malformed
+    (malformed, true)
 }
 
 /// Reads a `T` from the start of a record of at least its size.
