@@ -14,7 +14,8 @@ use bufscope_abi::{
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
+        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST,
+        count, submit_flags,
     },
 };
 
@@ -288,7 +289,7 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         stack_id: wait.stack_id,
         op: wait.op,
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
     count(Counter::Submitted);
 }
 

@@ -57,6 +57,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks,
+            ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,
         bufio_probes: options.bufio_probes,
