@@ -16,7 +16,10 @@ for module in $(cat /modules/order); do
     insmod "/modules/$module.ko" || echo "BUFSCOPE-FAIL insmod $module"
 done
 scenario=$(sed -n 's/.*bufscope\.scenario=\([^ ]*\).*/\1/p' /proc/cmdline)
-echo "BUFSCOPE-START scenario=$scenario kernel=$(uname -r) cpus=$(nproc)"
+# The clock source: every probe timestamp reads it (TCG's TSC may be judged unstable, and the
+# emulated HPET then costs each reading far more than real hardware's TSC would).
+clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+echo "BUFSCOPE-START scenario=$scenario kernel=$(uname -r) cpus=$(nproc) clocksource=$clocksource"
 sh -e "/scenarios/$scenario.sh" 2>&1 | tee /results/log.txt
 rc=$(cat /tmp/scenario.rc 2>/dev/null || echo 1)
 # The results disk is the first virtio disk; its driver may still be probing.
