@@ -31,6 +31,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cryptsetup-bin",
         "the VM test bed formats dm-verity hash images with veritysetup",
     ),
+    (
+        "make",
+        "the VM test bed builds its test module against each kernel's headers",
+    ),
+    (
+        "gcc-12",
+        "the compiler Debian's bookworm kernels and their modules are built with",
+    ),
     ("bpftrace", "cross-checks and the overhead benchmark"),
     ("bpftool", "inspecting loaded programs and BTF"),
     ("tmux", "end-to-end tests of the terminal UI"),

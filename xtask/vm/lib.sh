@@ -45,13 +45,23 @@ wait_for_line() {
 }
 
 # Reports what the kernel offers, then records lock contention in the background (for at most
-# $1 seconds) and returns once bufscope says it is recording: the workload starts after the
-# probes are attached, however slowly this guest runs.
+# $1 seconds; further arguments go to bufscope record, RECORD_NICE sets its nice value) and
+# returns once bufscope says it is recording: the workload starts after the probes are attached,
+# however slowly this guest runs.
 start_recording() {
+    seconds=$1
+    shift
     /bin/bufscope doctor --json > /results/doctor.json
-    /bin/bufscope record -o "/results/$SCENARIO.bftrace" --duration "${1}s" 2> /results/record.log &
+    /bin/bufscope record -o "/results/$SCENARIO.bftrace" --duration "${seconds}s" "$@" \
+        2> /results/record.log &
     recorder=$!
     wait_for_line /results/record.log "bufscope: recording" $recorder
+    if [ -n "$RECORD_NICE" ]; then
+        # busybox has renice, not nice; a nice value is per thread, so every thread's.
+        for task in /proc/$recorder/task/*; do
+            renice -n "$RECORD_NICE" -p "${task##*/}" > /dev/null
+        done
+    fi
     echo "BUFSCOPE-STEP recording"
 }
 

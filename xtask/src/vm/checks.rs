@@ -5,6 +5,8 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, ensure};
 
+use super::hotspot::ModuleRun;
+
 /// What one boot measured.
 pub struct Outcome {
     /// The kernel line booted (6.1 or 6.12).
@@ -23,6 +25,33 @@ pub struct Outcome {
     pub releases: u64,
     /// What bufscope's dm-bufio probes recorded.
     pub bufio: BufioCounts,
+    /// The bufio-hotspot scenario's figures.
+    pub hotspot: Option<Hotspot>,
+}
+
+/// The bufio-hotspot experiment in one guest: the module's own timing without probes and
+/// under the recording, and bufscope's figures for the same threads.
+pub struct Hotspot {
+    pub alone: ModuleRun,
+    pub recorded: ModuleRun,
+}
+
+/// The module's lines of both runs must parse and show every hotspot thread at work.
+fn check_hotspot(
+    kernel: &str,
+    results: &Path,
+    _bufscope: &Path,
+    _trace: &Path,
+) -> anyhow::Result<Hotspot> {
+    let run = |file: &str| -> anyhow::Result<ModuleRun> {
+        let text = fs::read_to_string(results.join(file))
+            .with_context(|| format!("{file} missing from the results"))?;
+        ModuleRun::parse(&text).with_context(|| format!("{kernel} bufio-hotspot: {file}"))
+    };
+    Ok(Hotspot {
+        alone: run("module-alone.txt")?,
+        recorded: run("module-recorded.txt")?,
+    })
 }
 
 /// What the dm-bufio probes recorded in one guest, summed over its clients.
@@ -126,14 +155,26 @@ pub fn check_results(
             "{kernel}: dm-bufio's cache was not held small (max {max}, current {current} bytes)"
         );
     }
-    let stress: serde_json::Value = serde_json::from_slice(
-        &fs::read(results.join("stress.json")).context("stress.json missing from the results")?,
-    )?;
-    let reads_per_sec = stress["reads"]["ops_per_s"].as_f64().unwrap_or(0.0) as u64;
-    ensure!(
-        reads_per_sec > 0,
-        "{kernel}: the workload driver read nothing: {stress}"
-    );
+    let hotspot = if scenario == "bufio-hotspot" {
+        Some(check_hotspot(kernel, results, bufscope, &trace)?)
+    } else {
+        None
+    };
+    let reads_per_sec = match &hotspot {
+        Some(h) => h.recorded.hotspot_acquisitions_per_sec() as u64,
+        None => {
+            let stress: serde_json::Value = serde_json::from_slice(
+                &fs::read(results.join("stress.json"))
+                    .context("stress.json missing from the results")?,
+            )?;
+            let reads = stress["reads"]["ops_per_s"].as_f64().unwrap_or(0.0) as u64;
+            ensure!(
+                reads > 0,
+                "{kernel}: the workload driver read nothing: {stress}"
+            );
+            reads
+        }
+    };
     let bufio = check_bufio(kernel, scenario, &info, results)?;
     check_counts(kernel, scenario, &info, &bufio, [gets, reads, releases])?;
     Ok(Outcome {
@@ -146,6 +187,7 @@ pub fn check_results(
         reads,
         releases,
         bufio,
+        hotspot,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The guest's initramfs: busybox, /init and the scenarios, a static bufscope, dmsetup and
-//! veritysetup with their libraries, and the dm modules with their dependencies in load order.
+//! veritysetup with their libraries, the dm modules with their dependencies in load order, and
+//! the test module (fixture.rs) in /fixtures.
 
 use std::{
     collections::BTreeSet,
@@ -12,6 +13,7 @@ use anyhow::{Context, ensure};
 
 use super::{
     PROBE_COST, SCENARIOS,
+    fixture::{MODULE_FILE, build_hotspot_module},
     kernels::{is_builtin, module_bytes},
 };
 use crate::cmd::{output_of, run_checked};
@@ -100,6 +102,10 @@ pub fn build_initramfs(
         )?;
     }
     fs::write(root.join("modules/order"), order.join("\n") + "\n")?;
+    // Test modules, loaded by the scenarios that use them (not by /init).
+    fs::create_dir_all(root.join("fixtures"))?;
+    let fixture = build_hotspot_module(work, extracted)?;
+    fs::copy(&fixture, root.join("fixtures").join(MODULE_FILE))?;
 
     let image = work.join(format!("initramfs-{kernel}.cpio.gz"));
     let script = format!(

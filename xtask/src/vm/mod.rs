@@ -7,6 +7,8 @@
 
 mod checks;
 mod cost;
+mod fixture;
+mod hotspot;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -16,7 +18,7 @@ use std::{fs, path::Path};
 use anyhow::{Context, ensure};
 
 use crate::cmd::{heading, workspace_root};
-use checks::{Outcome, check_results};
+use checks::{Hotspot, Outcome, check_results};
 use initramfs::{build_initramfs, build_static_bufscope};
 use kernels::{KERNELS, KernelLine, fetch_kernel};
 use qemu::boot_retrying_tcg_int3;
@@ -28,6 +30,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("thin-hotspot", include_str!("../../vm/thin-hotspot.sh")),
     ("small-cache", include_str!("../../vm/small-cache.sh")),
     ("verity-read", include_str!("../../vm/verity-read.sh")),
+    ("bufio-hotspot", include_str!("../../vm/bufio-hotspot.sh")),
 ];
 
 /// The benchmark's scenario (`cargo xtask bench`), in the initramfs beside the others.
@@ -123,7 +126,43 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.release
         );
     }
+    print_hotspot(&rows);
     Ok(())
+}
+
+/// The seed's figure: how long the hotspot threads took to acquire a buffer on each kernel, by
+/// the module's own clock (alone and recorded), and the ratio between the kernels.
+fn print_hotspot(rows: &[Outcome]) {
+    let runs: Vec<(&str, &Hotspot)> = rows
+        .iter()
+        .filter_map(|r| Some((r.kernel, r.hotspot.as_ref()?)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!("bufio-hotspot: mean buffer acquisition (dm_bufio_read) of the 16 hotspot threads");
+    println!(
+        "{:<6} {:>14} {:>14} {:>16}",
+        "kernel", "module alone", "module rec.", "acquisitions/s"
+    );
+    for (kernel, h) in &runs {
+        println!(
+            "{:<6} {:>11.1} us {:>11.1} us {:>16.0}",
+            kernel,
+            h.alone.hotspot_mean_ns() / 1e3,
+            h.recorded.hotspot_mean_ns() / 1e3,
+            h.alone.hotspot_acquisitions_per_sec(),
+        );
+    }
+    let of = |name: &str| runs.iter().find(|(k, _)| *k == name).map(|(_, h)| *h);
+    if let (Some(old), Some(new)) = (of("6.1"), of("6.12")) {
+        println!(
+            "6.1 / 6.12: {:.1}x alone, {:.1}x recorded (the seed: \"about 25 times faster\")",
+            old.alone.hotspot_mean_ns() / new.alone.hotspot_mean_ns().max(1.0),
+            old.recorded.hotspot_mean_ns() / new.recorded.hotspot_mean_ns().max(1.0),
+        );
+    }
 }
 
 /// Boots one kernel with one scenario and checks what came back; the results disk is removed
