@@ -68,8 +68,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Tables of a trace's lock waits by lock, caller, operation, thread, type or client, in
-    /// perf lock contention's terms, with percentiles and histograms.
+    /// Tables of a trace's lock waits by lock, caller, operation, thread, thread role, type or
+    /// client, in perf lock contention's terms, with percentiles and histograms; or, with
+    /// --ops, of how long its dm-bufio operations took, by thread, role, operation or client.
     Report(cmd::report::Options),
     /// Kernel vs reference designs: replay a recording's dm-bufio operations through each design
     /// and put their lock waits side by side, with the design closest to the kernel.

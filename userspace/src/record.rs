@@ -2,14 +2,14 @@
 //! view's `--record` and `r`: one [`Recorder`] per file, finished with what its events refer to.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use bufscope_trace::{Metadata, ProgramRun, TraceHeader, TraceWriter};
+use bufscope_trace::{Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -154,8 +154,9 @@ pub struct Finished {
 }
 
 /// A trace file being written from the probes' events: `record`, and `live --record` / `r`.
-/// [`Recorder::finish`] adds what the events referred to (stacks, symbols), what the probes
-/// covered and cost, the losses, and the end record.
+/// The names of the threads seen go into the file with every [`Recorder::flush`];
+/// [`Recorder::finish`] adds the last of them, what the events referred to (stacks, symbols),
+/// what the probes covered and cost, the losses, and the end record.
 pub struct Recorder {
     pub path: PathBuf,
     writer: TraceWriter<BufWriter<File>>,
@@ -216,8 +217,11 @@ impl Recorder {
         result.map_err(self.write_error())
     }
 
+    /// Writes the events held so far and the names of the threads they brought, and flushes
+    /// the file, so that a crash loses nothing before this point.
     pub fn flush(&mut self) -> Result<(), RecordError> {
-        let result = self.writer.flush();
+        let result = self.seen.threads.write(&mut self.writer);
+        let result = result.and_then(|()| self.writer.flush());
         result.map_err(self.write_error())
     }
 
@@ -246,6 +250,7 @@ impl Recorder {
             source,
         };
         let writer = &mut self.writer;
+        self.seen.threads.write(writer).map_err(failed)?;
         let symbols_note = write_stacks(writer, probes, &self.seen.stack_ids).map_err(failed)?;
         let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
         let lock_symbols = static_lock_names(&static_locks);
@@ -301,15 +306,47 @@ impl Recorder {
 }
 
 /// What the events written so far refer to, for the end of the file: the clients seen, the
-/// stack ids the waits used, and the static locks they waited on. Writing events goes through
-/// it: lock waits and operations into chunks, clients into metadata records with their lock
-/// addresses.
+/// stack ids the waits used, the static locks they waited on, and the threads. Writing events
+/// goes through it: lock waits and operations into chunks, clients into metadata records with
+/// their lock addresses.
 #[derive(Default)]
 struct SeenReferences {
     clients: BTreeMap<u64, ClientSighting>,
     stack_ids: BTreeSet<u32>,
     /// Locks at kernel-image or module addresses: static locks, named from kallsyms at the end.
     static_locks: BTreeSet<u64>,
+    threads: ThreadNames,
+}
+
+/// Thread names, learned the first time a tid shows up in an event by reading the thread's
+/// `comm` from /proc right then: one read per thread, and one set lookup per event. Events reach
+/// user space in batches, up to tens of milliseconds after they happened, so a thread that
+/// exited before its first event was read stays unnamed (as does tid 0, the idle task); a thread
+/// renamed after it was first seen keeps its first name.
+#[derive(Debug, Default)]
+struct ThreadNames {
+    seen: HashSet<u32>,
+    /// Learned since the last write.
+    unwritten: Vec<Thread>,
+}
+
+impl ThreadNames {
+    fn see(&mut self, tid: u32, tgid: u32) {
+        if self.seen.insert(tid)
+            && let Some(comm) = system::thread_comm(tgid, tid)
+        {
+            self.unwritten.push(Thread { tid, tgid, comm });
+        }
+    }
+
+    /// Writes the names learned since the last call as one metadata record, if there are any.
+    fn write<W: Write>(&mut self, writer: &mut TraceWriter<W>) -> std::io::Result<()> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let threads = std::mem::take(&mut self.unwritten);
+        writer.write_metadata(&Metadata::Threads { threads })
+    }
 }
 
 impl SeenReferences {
@@ -322,6 +359,7 @@ impl SeenReferences {
         for event in events {
             match event {
                 &Event::LockWait(wait) => {
+                    self.threads.see(wait.tid, wait.tgid);
                     if let Some(id) = wait.stack_id {
                         self.stack_ids.insert(id);
                     }
@@ -330,7 +368,10 @@ impl SeenReferences {
                     }
                     writer.push(wait)?;
                 }
-                &Event::Op(op) => writer.push_op(op)?,
+                &Event::Op(op) => {
+                    self.threads.see(op.tid, op.tgid);
+                    writer.push_op(op)?;
+                }
                 Event::Client(client) => {
                     let seen_ns = match self.clients.get(&client.addr) {
                         Some(earlier) if client.how == ClientHow::Destroyed => earlier.at_ns,
@@ -373,4 +414,75 @@ fn write_stacks<W: Write>(
     let (symbols, note) = symbolize_kernel(&addrs, &LockText::from_kallsyms());
     writer.write_metadata(&Metadata::Symbols { symbols })?;
     Ok(note.map(|note| format!("{note}; stacks are kept as addresses")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use bufscope_trace::{Record, TraceReader};
+
+    use super::*;
+
+    #[test]
+    fn threads_are_named_once_while_alive_and_written_as_they_are_learned() {
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (exit_tx, exit_rx) = mpsc::channel::<()>();
+        let dirtier = std::thread::Builder::new()
+            .name("bufio_dirty".into())
+            .spawn(move || {
+                // SAFETY: gettid and getpid have no preconditions.
+                tid_tx
+                    .send(unsafe { (libc::gettid() as u32, libc::getpid() as u32) })
+                    .unwrap();
+                let _ = exit_rx.recv();
+            })
+            .unwrap();
+        let (tid, tgid) = tid_rx.recv().unwrap();
+
+        let mut names = ThreadNames::default();
+        let mut writer = TraceWriter::new(Vec::new(), &TraceHeader::default()).unwrap();
+        names.write(&mut writer).unwrap();
+        names.see(tid, tgid);
+        names.see(tid, tgid);
+        names.write(&mut writer).unwrap();
+        names.write(&mut writer).unwrap();
+        let (bytes, end) = writer.finish(0).unwrap();
+        assert_eq!(
+            end.metadata_records, 1,
+            "one record, only when there is news"
+        );
+        let threads: Vec<Thread> = TraceReader::new(&bytes[..], "names")
+            .unwrap()
+            .filter_map(|r| match r.unwrap() {
+                Record::Metadata(Metadata::Threads { threads }) => Some(threads),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let expected = Thread {
+            tid,
+            tgid,
+            comm: "bufio_dirty".into(),
+        };
+        assert_eq!(threads, [expected], "named once, by its comm");
+
+        drop(exit_tx);
+        dirtier.join().unwrap();
+        // join returns when the thread is done, the kernel reaps it a moment later.
+        let task = format!("/proc/{tgid}/task/{tid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Path::new(&task).exists() {
+            assert!(std::time::Instant::now() < deadline, "{task} still there");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut names = ThreadNames::default();
+        names.see(tid, tgid);
+        assert!(names.seen.contains(&tid));
+        assert!(
+            names.unwritten.is_empty(),
+            "an exited thread stays unnamed: {:?}",
+            names.unwritten
+        );
+    }
 }

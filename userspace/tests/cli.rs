@@ -1,11 +1,16 @@
-//! The command line as a user meets it: help, bad options, and trace files that are missing,
-//! foreign, damaged or cut short. None of this needs root.
+//! The command line as a user meets it: help, bad options, trace files that are missing,
+//! foreign, damaged or cut short, and `report --ops` on a bundled sample and on files with and
+//! without thread names. None of this needs root.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
-use bufscope_trace::{LockWait, Metadata, TraceHeader, TraceWriter};
+use bufscope_analyses::tracedata::TraceData;
+use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, Thread, TraceHeader, TraceWriter};
 use common::bufscope;
 
 fn golden() -> PathBuf {
@@ -62,6 +67,7 @@ fn every_subcommand_has_help() {
         &["record", "--help"],
         &["info", "--help"],
         &["doctor", "--help"],
+        &["report", "--help"],
     ] {
         let (ok, stdout, _) = run(cmd);
         assert!(ok, "{cmd:?}");
@@ -231,5 +237,298 @@ fn the_bundled_real_kernel_samples_read_back_and_show_the_64_rework() {
             old > 10 * new.max(1),
             "{scenario}: 6.1 {old} vs 6.12 {new} mutex waits"
         );
+    }
+}
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples")
+        .join(name)
+}
+
+fn report_json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = run(args);
+    assert!(ok, "bufscope {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// `key` → `count` of each row.
+fn counts_by_key(report: &serde_json::Value) -> BTreeMap<String, u64> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn report_ops_counts_each_acquisition_like_the_trace_and_info() {
+    let path = sample("6.12-thin-hotspot.bftrace");
+    let file = path.to_str().unwrap();
+    let trace = TraceData::load(&path).unwrap();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for op in &trace.ops {
+        if matches!(op.kind, OpKind::Get | OpKind::Read | OpKind::New) {
+            *expected.entry(op.kind.function().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        expected.len(),
+        3,
+        "the sample has gets, reads and news: {expected:?}"
+    );
+
+    let report = report_json(&["report", file, "--ops", "--by", "op", "--json"]);
+    assert_eq!(counts_by_key(&report), expected);
+    assert_eq!(report["by"], "op");
+    assert_eq!(report["operations"], trace.ops.len() as u64);
+    assert_eq!(report["kept"], expected.values().sum::<u64>());
+    assert_eq!(
+        report["kinds"],
+        serde_json::json!(["dm_bufio_get", "dm_bufio_read", "dm_bufio_new"])
+    );
+    let row = &report["rows"][0];
+    let fields: BTreeSet<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from([
+            "key", "name", "role", "threads", "count", "total_ns", "avg_ns", "p50_ns", "p99_ns",
+            "max_ns"
+        ]),
+        "{row}"
+    );
+    let (p50, p99, max) = (
+        row["p50_ns"].as_u64().unwrap(),
+        row["p99_ns"].as_u64().unwrap(),
+        row["max_ns"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{row}");
+
+    // What `info` counts per operation, row for row.
+    let info = report_json(&["info", "--json", file]);
+    for (function, count) in &expected {
+        assert_eq!(info["by_op"][function]["count"], *count, "{function}");
+    }
+
+    // Other kinds on request; the same rows as text and CSV.
+    let releases = report_json(&[
+        "report", file, "--ops", "--by", "op", "--op", "release", "--json",
+    ]);
+    let released = trace
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Release)
+        .count() as u64;
+    assert_eq!(
+        counts_by_key(&releases),
+        BTreeMap::from([("dm_bufio_release".to_string(), released)])
+    );
+    let (ok, csv, stderr) = run(&["report", file, "--ops", "--by", "op", "--csv"]);
+    assert!(ok, "{stderr}");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("key,name,role,threads,count,total_ns,avg_ns,p50_ns,p99_ns,max_ns")
+    );
+    assert_eq!(lines.count(), 3, "{csv}");
+    let (ok, text, stderr) = run(&["report", file, "--ops", "--by", "op"]);
+    assert!(ok, "{stderr}");
+    let get_row = text
+        .lines()
+        .find(|l| l.ends_with(" dm_bufio_get"))
+        .unwrap_or_else(|| panic!("no get row:\n{text}"));
+    let get_count = expected["dm_bufio_get"].to_string();
+    assert!(
+        get_row
+            .replace(',', "")
+            .trim_start()
+            .starts_with(&get_count),
+        "{get_row}"
+    );
+}
+
+#[test]
+fn report_ops_by_role_on_a_file_without_thread_names_is_one_unnamed_row() {
+    let path = sample("6.12-thin-hotspot.bftrace");
+    let trace = TraceData::load(&path).unwrap();
+    assert!(trace.ops.iter().all(|o| trace.thread_name(o.tid).is_none()));
+    let report = report_json(&[
+        "report",
+        path.to_str().unwrap(),
+        "--ops",
+        "--by",
+        "role",
+        "--json",
+    ]);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["key"], "?");
+    assert_eq!(rows[0]["role"], "?");
+    assert_eq!(rows[0]["count"], report["kept"]);
+    let acquirers: BTreeSet<u32> = trace
+        .ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Get | OpKind::Read | OpKind::New))
+        .map(|o| o.tid)
+        .collect();
+    assert_eq!(rows[0]["threads"], acquirers.len() as u64);
+    // Lock waits group by role too.
+    let waits = report_json(&["report", path.to_str().unwrap(), "--by", "role", "--json"]);
+    assert_eq!(waits["rows"].as_array().unwrap().len(), 1, "{waits}");
+    assert_eq!(waits["rows"][0]["name"], "?");
+}
+
+/// Four hot threads, one dirtier and a thread the file does not name, each op `duration_ns`
+/// set so that the per-thread figures are known.
+fn write_named_trace(path: &Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = TraceWriter::new(file, &TraceHeader::default()).unwrap();
+    let thread = |tid, comm: &str| Thread {
+        tid,
+        tgid: 2,
+        comm: comm.into(),
+    };
+    let mut threads: Vec<Thread> = (0..4)
+        .map(|i| thread(100 + i, &format!("bufio_hot/{i}")))
+        .collect();
+    threads.push(thread(200, "bufio_dirty"));
+    writer
+        .write_metadata(&Metadata::Threads { threads })
+        .unwrap();
+    let op = |tid, kind, duration_ns| BufioOp {
+        start_ns: 1_000,
+        duration_ns,
+        client: 0xc0,
+        tid,
+        tgid: 2,
+        kind,
+        ..BufioOp::default()
+    };
+    for tid in 100..104 {
+        for i in 1..=100 {
+            writer.push_op(op(tid, OpKind::Read, i * 10)).unwrap();
+            writer.push_op(op(tid, OpKind::Release, 5)).unwrap();
+        }
+    }
+    writer.push_op(op(200, OpKind::Get, 3_000)).unwrap();
+    writer.push_op(op(200, OpKind::MarkDirty, 50)).unwrap();
+    writer.push_op(op(300, OpKind::New, 7_000)).unwrap();
+    writer.finish(0).unwrap();
+}
+
+#[test]
+fn report_ops_names_threads_and_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("named.bftrace");
+    write_named_trace(&path);
+    let file = path.to_str().unwrap();
+
+    let by_tid = report_json(&["report", file, "--ops", "--sort", "name", "--json"]);
+    assert_eq!(by_tid["by"], "tid", "--ops rows are threads by default");
+    let rows = by_tid["rows"].as_array().unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["100", "101", "102", "103", "200", "300"]);
+    let hot = &rows[1];
+    assert_eq!(hot["name"], "bufio_hot/1");
+    assert_eq!(hot["role"], "bufio_hot");
+    // Reads of 10, 20, ... 1000 ns.
+    assert_eq!(
+        (
+            hot["count"].as_u64(),
+            hot["total_ns"].as_u64(),
+            hot["avg_ns"].as_u64(),
+            hot["p50_ns"].as_u64(),
+            hot["p99_ns"].as_u64(),
+            hot["max_ns"].as_u64()
+        ),
+        (
+            Some(100),
+            Some(50_500),
+            Some(505),
+            Some(500),
+            Some(990),
+            Some(1000)
+        ),
+        "{hot}"
+    );
+    assert_eq!(
+        (rows[4]["name"].as_str(), rows[4]["count"].as_u64()),
+        (Some("bufio_dirty"), Some(1))
+    );
+    assert_eq!(rows[5]["name"], serde_json::Value::Null);
+    assert_eq!(rows[5]["role"], "?");
+
+    let by_role = report_json(&["report", file, "--ops", "--by", "role", "--json"]);
+    let roles: Vec<(&str, u64, u64)> = by_role["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap(),
+                r["threads"].as_u64().unwrap(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [("bufio_hot", 4, 400), ("?", 1, 1), ("bufio_dirty", 1, 1)]
+    );
+
+    let (ok, text, stderr) = run(&["report", file, "--ops"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" 103  bufio_hot/3") && l.ends_with("bufio_hot")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!(
+            "{file}: 402 of 803 dm-bufio operations (get, read, new), by thread"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn report_ops_refuses_what_it_cannot_show_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let waits_only = dir.path().join("waits-only.bftrace");
+    write_trace(&waits_only, 10, true);
+    let (ok, _, stderr) = run(&["report", waits_only.to_str().unwrap(), "--ops"]);
+    assert!(!ok, "no operations is an error");
+    assert!(
+        stderr.contains("waits-only.bftrace holds no dm-bufio operations"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let named = dir.path().join("named.bftrace");
+    write_named_trace(&named);
+    let file = named.to_str().unwrap();
+    for (args, says) in [
+        (&["--by", "lock"][..], "--by lock groups lock waits"),
+        (&["--op", "none"], "--op none"),
+        (&["--lock", "mutex"], "cannot be used with"),
+        (&["--stacks"], "cannot be used with"),
+        (&["--sort", "type"], "operations have none"),
+        (&["--tid", "999"], "none of the 803 dm-bufio operations in"),
+    ] {
+        let (ok, _, stderr) = run(&[&["report", file, "--ops"][..], args].concat());
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

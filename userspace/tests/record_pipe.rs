@@ -1,7 +1,8 @@
 //! `bufscope record` on the real kernel (root): a pipe-contention workload runs while recording,
 //! and the file must hold the workload's own mutex waits, with kernel stacks whose callers are
-//! the pipe functions, and say why dm-bufio was not probed on a host without it. Also: both
-//! attach modes, and clean stops on SIGINT and SIGTERM.
+//! the pipe functions and the names of the threads that waited, and say why dm-bufio was not
+//! probed on a host without it. Also: both attach modes, and clean stops on SIGINT and SIGTERM
+//! that keep the thread names.
 
 mod common;
 
@@ -102,6 +103,7 @@ fn record_pipe_workload(mode: &str) {
     // The workload's threads all contend: most of them must show up.
     let threads_seen: HashSet<u32> = ours.iter().map(|w| w.tid).collect();
     assert!(threads_seen.len() >= 4, "only {threads_seen:?} of {tids:?}");
+    assert_writers_named(&recorded, &threads_seen, mode);
 
     // Stacks: taken for the waits, kept in the file, symbolized to the pipe code that waited.
     let with_stack = ours.iter().filter(|w| w.stack_id.is_some()).count();
@@ -158,6 +160,7 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     let path = dir.path().join("signal.bftrace");
     let (child, _) = start_recording(&["-o", path.to_str().unwrap()]);
     let workload = PipeContention::start(8);
+    let workload_tids = workload.tids.clone();
     thread::sleep(Duration::from_millis(700));
     // SAFETY: sending a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -167,6 +170,29 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     let recorded = read_trace(&path);
     assert!(recorded.end, "{name}: no end record");
     assert!(!recorded.waits.is_empty(), "{name}: no events");
+    // Stopped about when the first once-a-second flush comes: names not flushed by then are
+    // written by the finish that the signal leads to.
+    let tids: HashSet<u32> = workload_tids.into_iter().collect();
+    let waited: HashSet<u32> = recorded
+        .waits
+        .iter()
+        .map(|w| w.tid)
+        .filter(|tid| tids.contains(tid))
+        .collect();
+    assert!(!waited.is_empty(), "{name}: no waits from {tids:?}");
+    assert_writers_named(&recorded, &waited, name);
+}
+
+/// Every one of `tids` (workload writers that waited, alive while recorded) is named in the
+/// file by its comm.
+fn assert_writers_named(recorded: &Recorded, tids: &HashSet<u32>, what: &str) {
+    for &tid in tids {
+        assert_eq!(
+            recorded.names.thread_name(tid),
+            Some(PipeContention::WRITER_NAME),
+            "{what}: writer {tid} is not named in the file"
+        );
+    }
 }
 
 #[test]

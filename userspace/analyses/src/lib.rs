@@ -2,16 +2,18 @@
 //! `synth` compute, apart from the probes, so this crate builds and tests with stable Rust alone.
 //!
 //! A trace is read into memory with its names ([`tracedata`], [`naming`]); [`summary`] and
-//! [`report`] tabulate its lock waits; [`models`] runs its dm-bufio operations through the
-//! `reference-cache` designs and turns a design's run back into a trace, so that [`compare`] can
-//! measure kernel and designs with the same code and [`plot`] can draw them side by side;
-//! [`export`] writes a trace in the formats other tools load; [`synth`] makes traces of dm-bufio
-//! operations without a kernel. [`units`] formats the figures.
+//! [`report`] tabulate its lock waits, [`op_latency`] how long its dm-bufio operations took;
+//! [`models`] runs its dm-bufio operations through the `reference-cache` designs and turns a
+//! design's run back into a trace, so that [`compare`] can measure kernel and designs with the
+//! same code and [`plot`] can draw them side by side; [`export`] writes a trace in the formats
+//! other tools load; [`synth`] makes traces of dm-bufio operations without a kernel. [`units`]
+//! formats the figures.
 
 pub mod compare;
 pub mod export;
 pub mod models;
 pub mod naming;
+pub mod op_latency;
 pub mod plot;
 pub mod report;
 pub mod summary;

@@ -1,5 +1,6 @@
-//! Names for locks and stacks, from what a trace file carries: dm-bufio clients with their lock
-//! addresses, kernel symbols (for stack frames and static locks), and the stacks themselves.
+//! Names for locks, stacks and threads, from what a trace file carries: dm-bufio clients with
+//! their lock addresses, kernel symbols (for stack frames and static locks), the stacks
+//! themselves, and the threads' names with the roles read from them.
 //!
 //! A dm-bufio lock is named by its client's device: "dm-bufio 253:2 client mutex",
 //! "dm-bufio 253:2 tree 17 (rwsem read)". Other locks are named as `perf lock contention -l`
@@ -16,16 +17,44 @@ struct Client {
     locks: Option<ClientLocks>,
 }
 
-/// Everything needed to name locks and stacks, gathered from a file's metadata.
+/// Everything needed to name locks, stacks and threads, gathered from a file's metadata.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
     clients: HashMap<u64, Client>,
     symbols: HashMap<u64, Symbol>,
     stacks: HashMap<u32, Vec<u64>>,
+    threads: HashMap<u32, String>,
+}
+
+/// The role of a thread without a name.
+pub const UNNAMED_ROLE: &str = "?";
+
+/// What kind of thread a name says it is: the name without its instance number. A name with a
+/// `/` is cut at the first one (`bufio_hot/3` → `bufio_hot`, `kworker/1:2H` → `kworker`,
+/// `jbd2/sda1-8` → `jbd2`); any other loses trailing digits that follow a `-`, `_`, `.` or `:`,
+/// with that separator (`stress-7` → `stress`, `scsi_eh_0` → `scsi_eh`). Digits right after a
+/// letter are kept: they are as often part of the name as an instance (`python3`,
+/// `qemu-system-x86`, `kswapd0`). A name that would be left empty stays whole; no name at all is
+/// [`UNNAMED_ROLE`].
+pub fn thread_role(name: Option<&str>) -> &str {
+    let Some(name) = name else {
+        return UNNAMED_ROLE;
+    };
+    let role = match name.split_once('/') {
+        Some((before, _)) => before,
+        None => {
+            let digits_cut = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            match digits_cut.strip_suffix(['-', '_', '.', ':']) {
+                Some(role) if digits_cut.len() < name.len() => role,
+                _ => name,
+            }
+        }
+    };
+    if role.is_empty() { name } else { role }
 }
 
 impl Names {
-    /// Takes what a metadata record says about clients, stacks and symbols.
+    /// Takes what a metadata record says about clients, stacks, symbols and threads.
     pub fn add(&mut self, m: &Metadata) {
         match m {
             Metadata::Client {
@@ -52,8 +81,18 @@ impl Names {
                     self.symbols.insert(s.addr, s.clone());
                 }
             }
+            Metadata::Threads { threads } => {
+                for t in threads {
+                    self.threads.insert(t.tid, t.comm.clone());
+                }
+            }
             _ => {}
         }
+    }
+
+    /// The thread's name, e.g. "bufio_hot/3"; `None` when the file does not name it.
+    pub fn thread_name(&self, tid: u32) -> Option<&str> {
+        self.threads.get(&tid).map(String::as_str)
     }
 
     /// The device of a client, e.g. "253:2".
@@ -229,5 +268,50 @@ mod tests {
             ]
         );
         assert_eq!(n.caller(8), None, "unknown stack");
+    }
+
+    #[test]
+    fn a_threads_role_is_its_name_without_the_instance() {
+        for (name, role) in [
+            ("bufio_hot/3", "bufio_hot"),
+            ("bufio_hot/15", "bufio_hot"),
+            ("bufio_dirty", "bufio_dirty"),
+            ("kworker/1:2H", "kworker"),
+            ("kworker/u16:0-dm-thin", "kworker"),
+            ("jbd2/sda1-8", "jbd2"),
+            ("stress-7", "stress"),
+            ("scsi_eh_0", "scsi_eh"),
+            ("worker.12", "worker"),
+            ("kswapd0", "kswapd0"),
+            ("qemu-system-x86", "qemu-system-x86"),
+            ("python3", "python3"),
+            ("pipe-writer", "pipe-writer"),
+            ("release-", "release-"),
+            ("1234", "1234"),
+            ("-7", "-7"),
+            ("/3", "/3"),
+        ] {
+            assert_eq!(thread_role(Some(name)), role, "{name}");
+        }
+        assert_eq!(thread_role(None), "?");
+    }
+
+    #[test]
+    fn threads_are_named_by_the_latest_record_that_names_them() {
+        let thread = |tid, comm: &str| bufscope_trace::Thread {
+            tid,
+            tgid: 1,
+            comm: comm.into(),
+        };
+        let mut n = names();
+        n.add(&Metadata::Threads {
+            threads: vec![thread(10, "bufio_hot/0"), thread(11, "old")],
+        });
+        n.add(&Metadata::Threads {
+            threads: vec![thread(11, "bufio_dirty")],
+        });
+        assert_eq!(n.thread_name(10), Some("bufio_hot/0"));
+        assert_eq!(n.thread_name(11), Some("bufio_dirty"));
+        assert_eq!(n.thread_name(12), None);
     }
 }

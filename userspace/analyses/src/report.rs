@@ -1,6 +1,7 @@
-//! `bufscope report`'s tables: lock waits grouped by lock, caller, operation, thread, lock type or
-//! dm-bufio client, in `perf lock contention`'s vocabulary (contended, total wait, max wait, avg
-//! wait, type, caller or lock name) plus exact percentiles and a log2 wait histogram per row.
+//! `bufscope report`'s tables: lock waits grouped by lock, caller, operation, thread, thread role,
+//! lock type or dm-bufio client, in `perf lock contention`'s vocabulary (contended, total wait,
+//! max wait, avg wait, type, caller or lock name) plus exact percentiles and a log2 wait histogram
+//! per row.
 //! Works on any [`TraceData`]: a kernel recording or a reference design's run.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,8 +22,11 @@ pub enum GroupBy {
     Caller,
     /// The dm-bufio operation the waiter was inside.
     Op,
-    /// The waiting thread (perf -t).
+    /// The thread (perf -t), with its name when the trace has it.
     Tid,
+    /// The thread's role: its name without the instance number (bufio_hot/3 → bufio_hot), `?`
+    /// for threads the trace does not name.
+    Role,
     /// The lock type: mutex, rwsem:R, spinlock, ...
     Type,
     /// The dm-bufio client (device) the waiter was working for.
@@ -209,7 +213,11 @@ fn row_name(trace: &TraceData, by: GroupBy, w: &LockWait) -> String {
             w.op.map_or("(outside dm-bufio)", |k| k.function())
                 .to_string()
         }
-        GroupBy::Tid => format!("tid {}", w.tid),
+        GroupBy::Tid => match trace.thread_name(w.tid) {
+            Some(name) => format!("tid {} {name}", w.tid),
+            None => format!("tid {}", w.tid),
+        },
+        GroupBy::Role => trace.thread_role(w.tid).to_string(),
         GroupBy::Type => LockFlags(w.flags).type_name().to_string(),
         GroupBy::Client => match client_of(trace, w) {
             (_, Some(device)) => format!("dm-bufio {device}"),
@@ -358,7 +366,7 @@ pub fn bucket_floor(bucket: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use bufscope_trace::{ClientLocks, Metadata};
+    use bufscope_trace::{ClientLocks, Metadata, Thread};
 
     use super::*;
 
@@ -485,6 +493,32 @@ mod tests {
             parse_op("lookup")
                 .unwrap_err()
                 .contains("mark_buffer_dirty")
+        );
+    }
+
+    #[test]
+    fn named_threads_show_in_tid_rows_and_group_into_roles() {
+        let mut t = trace();
+        let thread = |tid, comm: &str| Thread {
+            tid,
+            tgid: 1,
+            comm: comm.into(),
+        };
+        t.add_metadata(Metadata::Threads {
+            threads: vec![thread(10, "bufio_hot/0"), thread(11, "bufio_hot/1")],
+        });
+        let by_role = build(&t, GroupBy::Role, &Filter::default(), SortKey::Total, 0, 0);
+        let rows: Vec<_> = by_role
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.contended))
+            .collect();
+        assert_eq!(rows, [("bufio_hot", 101), ("?", 2)]);
+        let by_tid = build(&t, GroupBy::Tid, &Filter::default(), SortKey::Name, 0, 0);
+        let names: Vec<_> = by_tid.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tid 10 bufio_hot/0", "tid 11 bufio_hot/1", "tid 12"]
         );
     }
 

@@ -363,6 +363,7 @@ fn metadata_type(m: &Metadata) -> String {
         Metadata::Stack { .. } => "stack",
         Metadata::Symbols { .. } => "symbols",
         Metadata::Probes { .. } => "probes",
+        Metadata::Threads { .. } => "threads",
         Metadata::Unknown => "unknown (newer format)",
     }
     .to_string()

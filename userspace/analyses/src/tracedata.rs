@@ -11,7 +11,7 @@ use bufscope_trace::{
     TraceWriter,
 };
 
-use crate::naming::Names;
+use crate::naming::{self, Names};
 
 /// The lock classes compared between the kernel and the designs: dm-bufio's own locks, and
 /// everything else.
@@ -52,7 +52,7 @@ pub struct TraceData {
     /// Lock waits and operations in file order (by time within each chunk).
     pub waits: Vec<LockWait>,
     pub ops: Vec<BufioOp>,
-    /// Client, stack and symbol metadata, for names.
+    /// Client, stack, symbol and thread metadata, for names.
     pub names: Names,
     /// Every metadata record, in file order.
     pub metadata: Vec<Metadata>,
@@ -141,6 +141,19 @@ impl TraceData {
             None => Some((s, e)),
             Some((a, b)) => Some((a.min(s), b.max(e))),
         })
+    }
+
+    /// The thread's name as recorded, e.g. "bufio_hot/3". `None` when the file does not name it:
+    /// files from before thread names were recorded, synthetic traces, and threads that had
+    /// exited by the time the recorder first read one of their events.
+    pub fn thread_name(&self, tid: u32) -> Option<&str> {
+        self.names.thread_name(tid)
+    }
+
+    /// The thread's role (see [`naming::thread_role`]): `bufio_hot` for `bufio_hot/3`, `?`
+    /// for a thread without a name.
+    pub fn thread_role(&self, tid: u32) -> &str {
+        naming::thread_role(self.thread_name(tid))
     }
 
     /// The lock's name for reports (see [`Names::lock_name`]).

@@ -1,10 +1,13 @@
 //! `bufscope report FILE`: perf-lock-contention-style tables of a trace's lock waits, with
-//! percentiles and a log2 histogram bar per row, as text, JSON or CSV.
+//! percentiles and a log2 histogram bar per row, or (`--ops`) of how long its dm-bufio operations
+//! took; as text, JSON or CSV.
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
 use bufscope_analyses::{
+    naming::UNNAMED_ROLE,
+    op_latency::{self, OpFilter, OpLatencyReport},
     report::{self, Filter, GroupBy, Report, SortKey, TYPE_NAMES},
     tracedata::TraceData,
     units::{duration_ns, thousands},
@@ -16,31 +19,44 @@ use bufscope_trace::OpKind;
     bufscope report samples/6.1-thin-hotspot.bftrace\n  \
     bufscope report t.bftrace --by caller --stacks\n  \
     bufscope report t.bftrace --by op --client 7:0 --sort p99\n  \
+    bufscope report t.bftrace --by role\n  \
+    bufscope report t.bftrace --ops                 # buffer acquisition latency per thread\n  \
+    bufscope report t.bftrace --ops --by role --json\n  \
+    bufscope report t.bftrace --ops --by op --op release --op mark_buffer_dirty\n  \
     bufscope replay t.bftrace --design classic --trace-out classic.bftrace && \
     bufscope report classic.bftrace")]
 pub struct Options {
     /// Trace file: a kernel recording, or a design's run from `replay --trace-out`.
     pub file: PathBuf,
-    /// What each row is.
-    #[arg(long, value_enum, default_value_t = GroupBy::Lock)]
-    pub by: GroupBy,
-    /// Column to sort by, largest first (name and type: alphabetically).
+    /// Tabulate how long dm-bufio operations took instead of lock waits: by default the buffer
+    /// acquisitions (get, read, new; choose others with --op), by thread unless --by says
+    /// otherwise (tid, role, op or client). Columns: count, total, avg, p50, p99, max (exact
+    /// percentiles), and each thread's name and role.
+    #[arg(long, conflicts_with_all = ["lock", "types", "stacks"])]
+    pub ops: bool,
+    /// What each row is [default: lock; with --ops: tid, and only tid, role, op or client].
+    #[arg(long, value_enum)]
+    pub by: Option<GroupBy>,
+    /// Column to sort by, largest first (name and type: alphabetically; with --ops, contended
+    /// sorts by count and name by tid, role, operation or client).
     #[arg(long, value_enum, default_value_t = SortKey::Total)]
     pub sort: SortKey,
     /// Only locks whose name contains TEXT, e.g. "client mutex" or "dm-bufio 7:0".
     #[arg(long, value_name = "TEXT")]
     pub lock: Option<String>,
     /// Only waits inside this dm-bufio operation: get, read, release, mark_buffer_dirty, ... or
-    /// `none` for waits outside any (repeat for several).
+    /// `none` for waits outside any; with --ops, only these operations (instead of get, read and
+    /// new). Repeat for several.
     #[arg(long = "op", value_name = "OP", value_parser = report::parse_op)]
-    pub ops: Vec<Option<OpKind>>,
-    /// Only waits of this thread (repeat for several).
+    pub kinds: Vec<Option<OpKind>>,
+    /// Only waits (with --ops: operations) of this thread (repeat for several).
     #[arg(long = "tid", value_name = "TID")]
     pub tids: Vec<u32>,
     /// Only locks of this type: mutex, rwsem:R, rwsem:W, spinlock, ... (repeat for several).
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
     pub types: Vec<String>,
-    /// Only waits for this dm-bufio client: its device (7:0) or address (0xff...).
+    /// Only waits (with --ops: operations) for this dm-bufio client: its device (7:0) or address
+    /// (0xff...).
     #[arg(long, value_name = "CLIENT")]
     pub client: Option<String>,
     /// Rows to show (0: all).
@@ -73,6 +89,9 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     if let Some(problem) = &trace.problem {
         eprintln!("bufscope: warning: {problem}; reporting what came before it");
     }
+    if o.ops {
+        return run_ops(o, &trace);
+    }
     if trace.waits.is_empty() {
         bail!(
             "{} holds no lock waits{}; nothing to report",
@@ -80,19 +99,20 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             if trace.ops.is_empty() {
                 ""
             } else {
-                " (only dm-bufio operations, none of which waited)"
+                " (only dm-bufio operations, none of which waited; --ops shows how long they took)"
             }
         );
     }
     let filter = Filter {
         lock: o.lock.clone(),
-        ops: o.ops.clone(),
+        ops: o.kinds.clone(),
         tids: o.tids.clone(),
         types: o.types.clone(),
         client: o.client.clone(),
     };
     let stacks = if o.stacks { 3 } else { 0 };
-    let report = report::build(&trace, o.by, &filter, o.sort, o.top, stacks);
+    let by = o.by.unwrap_or(GroupBy::Lock);
+    let report = report::build(&trace, by, &filter, o.sort, o.top, stacks);
     if report.kept == 0 {
         bail!(
             "none of the {} lock waits in {} match the filters",
@@ -108,6 +128,121 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         print_text(&report, o.stacks);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_ops(o: &Options, trace: &TraceData) -> anyhow::Result<ExitCode> {
+    let Some(kinds) = o.kinds.iter().copied().collect::<Option<Vec<OpKind>>>() else {
+        bail!("--op none selects lock waits outside any operation; with --ops name operations");
+    };
+    let filter = OpFilter {
+        kinds,
+        tids: o.tids.clone(),
+        client: o.client.clone(),
+    };
+    let by = o.by.unwrap_or(GroupBy::Tid);
+    let report = op_latency::build(trace, by, &filter, o.sort, o.top)?;
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if o.csv {
+        write_ops_csv(&report, std::io::stdout().lock())?;
+    } else {
+        print_ops_text(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grouping(by: GroupBy) -> &'static str {
+    match by {
+        GroupBy::Lock => "lock",
+        GroupBy::Caller => "caller",
+        GroupBy::Op => "dm-bufio operation",
+        GroupBy::Tid => "thread",
+        GroupBy::Role => "thread role",
+        GroupBy::Type => "lock type",
+        GroupBy::Client => "dm-bufio client",
+    }
+}
+
+fn write_ops_csv(report: &OpLatencyReport, out: impl Write) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "key", "name", "role", "threads", "count", "total_ns", "avg_ns", "p50_ns", "p99_ns",
+        "max_ns",
+    ])?;
+    for r in &report.rows {
+        w.write_record([
+            r.key.clone(),
+            r.name.clone().unwrap_or_default(),
+            r.role.clone().unwrap_or_default(),
+            r.threads.to_string(),
+            r.count.to_string(),
+            r.total_ns.to_string(),
+            r.avg_ns.to_string(),
+            r.p50_ns.to_string(),
+            r.p99_ns.to_string(),
+            r.max_ns.to_string(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn print_ops_text(report: &OpLatencyReport) {
+    let by = grouping(report.by);
+    let kinds: Vec<&str> = report
+        .kinds
+        .iter()
+        .map(|f| f.trim_start_matches("dm_bufio_"))
+        .collect();
+    println!(
+        "{}: {} of {} dm-bufio operations ({}), by {by}",
+        report.source,
+        thousands(report.kept),
+        thousands(report.operations),
+        kinds.join(", ")
+    );
+    println!();
+    let columns = format!(
+        "{:>10} {:>12} {:>11} {:>11} {:>11} {:>11}",
+        "count", "total", "avg", "p50", "p99", "max"
+    );
+    if report.by == GroupBy::Tid {
+        println!("{columns} {:>8}  {:<16} role", "tid", "thread");
+    } else {
+        println!("{columns} {:>8}  {by}", "threads");
+    }
+    for r in &report.rows {
+        let figures = format!(
+            "{:>10} {:>12} {:>11} {:>11} {:>11} {:>11}",
+            thousands(r.count),
+            duration_ns(r.total_ns),
+            duration_ns(r.avg_ns),
+            duration_ns(r.p50_ns),
+            duration_ns(r.p99_ns),
+            duration_ns(r.max_ns),
+        );
+        if report.by == GroupBy::Tid {
+            println!(
+                "{figures} {:>8}  {:<16} {}",
+                r.key,
+                r.name.as_deref().unwrap_or(UNNAMED_ROLE),
+                r.role.as_deref().unwrap_or(UNNAMED_ROLE)
+            );
+        } else {
+            println!("{figures} {:>8}  {}", thousands(r.threads), r.key);
+        }
+    }
+    if report
+        .rows
+        .iter()
+        .any(|r| r.role.as_deref() == Some(UNNAMED_ROLE))
+    {
+        println!();
+        println!(
+            "{UNNAMED_ROLE}: threads the file does not name (recorded before thread names were \
+             kept, or exited before the recorder saw them)"
+        );
+    }
 }
 
 fn write_csv(report: &Report, out: impl Write) -> anyhow::Result<()> {
@@ -144,14 +279,7 @@ fn write_csv(report: &Report, out: impl Write) -> anyhow::Result<()> {
 }
 
 fn print_text(report: &Report, stacks: bool) {
-    let by = match report.by {
-        GroupBy::Lock => "lock",
-        GroupBy::Caller => "caller",
-        GroupBy::Op => "dm-bufio operation",
-        GroupBy::Tid => "thread",
-        GroupBy::Type => "lock type",
-        GroupBy::Client => "dm-bufio client",
-    };
+    let by = grouping(report.by);
     println!(
         "{}: {} of {} lock waits, by {by}",
         report.source,

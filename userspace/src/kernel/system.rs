@@ -45,6 +45,13 @@ pub fn online_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+/// A thread's name (`comm`) as of now, from `/proc/<tgid>/task/<tid>/comm`; `None` once the
+/// thread has exited (or when the tid now belongs to another process).
+pub fn thread_comm(tgid: u32, tid: u32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/comm")).ok()?;
+    Some(comm.strip_suffix('\n').unwrap_or(&comm).to_string())
+}
+
 /// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -88,6 +88,7 @@ pub fn start_recording(args: &[&str]) -> (Child, Vec<String>) {
 
 /// Eight or more threads writing 64-byte chunks into one pipe: writers contend on the pipe's
 /// mutex, so the kernel emits lock:contention_begin/end with the MUTEX flag from these threads.
+/// The writers are named [`PipeContention::WRITER_NAME`], the reader `pipe-reader`.
 pub struct PipeContention {
     stop: Arc<AtomicBool>,
     writers: Vec<JoinHandle<()>>,
@@ -98,6 +99,9 @@ pub struct PipeContention {
 }
 
 impl PipeContention {
+    /// The writer threads' name (their `comm`).
+    pub const WRITER_NAME: &str = "pipe-writer";
+
     pub fn start(threads: usize) -> Self {
         let mut fds = [0i32; 2];
         // SAFETY: fds is a valid array of two ints.
@@ -107,18 +111,21 @@ impl PipeContention {
         let chunks = Arc::new(AtomicU64::new(0));
         let reader = {
             let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: buf is valid for its length; read_fd stays open until after join.
-                    let n = unsafe { libc::read(read_fd, buf.as_mut_ptr().cast(), buf.len()) };
-                    if n <= 0 {
-                        break;
+            thread::Builder::new()
+                .name("pipe-reader".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: buf is valid for its length; read_fd stays open until after join.
+                        let n = unsafe { libc::read(read_fd, buf.as_mut_ptr().cast(), buf.len()) };
+                        if n <= 0 {
+                            break;
+                        }
                     }
-                }
-                // SAFETY: closing our own fd once.
-                unsafe { libc::close(read_fd) };
-            })
+                    // SAFETY: closing our own fd once.
+                    unsafe { libc::close(read_fd) };
+                })
+                .expect("the pipe reader starts")
         };
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let writers = (0..threads)
@@ -126,20 +133,24 @@ impl PipeContention {
                 let stop = Arc::clone(&stop);
                 let chunks = Arc::clone(&chunks);
                 let tid_tx = tid_tx.clone();
-                thread::spawn(move || {
-                    // SAFETY: gettid has no preconditions.
-                    tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-                    let chunk = [b'x'; 64];
-                    while !stop.load(Ordering::Relaxed) {
-                        // SAFETY: chunk is valid; write_fd stays open until the writers end.
-                        let n =
-                            unsafe { libc::write(write_fd, chunk.as_ptr().cast(), chunk.len()) };
-                        if n <= 0 {
-                            break;
+                thread::Builder::new()
+                    .name(Self::WRITER_NAME.into())
+                    .spawn(move || {
+                        // SAFETY: gettid has no preconditions.
+                        tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                        let chunk = [b'x'; 64];
+                        while !stop.load(Ordering::Relaxed) {
+                            // SAFETY: chunk is valid; write_fd stays open until the writers end.
+                            let n = unsafe {
+                                libc::write(write_fd, chunk.as_ptr().cast(), chunk.len())
+                            };
+                            if n <= 0 {
+                                break;
+                            }
+                            chunks.fetch_add(1, Ordering::Relaxed);
                         }
-                        chunks.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
+                    })
+                    .expect("a pipe writer starts")
             })
             .collect();
         let tids = (0..threads).map(|_| tid_rx.recv().unwrap()).collect();

@@ -30,6 +30,8 @@
 //! operation and client columns) and operations as kind 6 (adding client-mutex wait and hold);
 //! a 1.2 reader still reads kinds 1 and 4, while a 1.1 reader skips 5 and 6 and then finds the
 //! end record's counts unmatched, so it reports the file as damaged instead of showing too little.
+//! Metadata types can be added without a new version: a reader that does not know a metadata
+//! record's `type` (e.g. `threads`, added in 1.2) keeps it as unknown and reads on.
 
 /// First eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"BUFSCOPE";

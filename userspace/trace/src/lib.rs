@@ -3,8 +3,9 @@
 //! A file is a header (magic, format version, and a JSON description of where and how it was
 //! recorded) followed by records. Each record is length-prefixed and checksummed (crc32c) and its
 //! payload compressed (zstd): chunks of lock-wait events in a columnar encoding, metadata (loss
-//! counts, clients, stacks, symbols), chunks of dm-bufio operations, and a closing end record. A file cut off at any byte reads
-//! back up to its last whole record; every error names the file, the offset and what was wrong.
+//! counts, clients, stacks, symbols, thread names), chunks of dm-bufio operations, and a closing
+//! end record. A file cut off at any byte reads back up to its last whole record; every error
+//! names the file, the offset and what was wrong.
 //!
 //! The layout, byte by byte, is in [`format`]. Readers accept every older format version.
 
@@ -19,7 +20,7 @@ pub use error::{TraceError, TraceErrorKind};
 pub use reader::{Record, TraceReader};
 pub use records::{
     BufioOp, ClientLock, ClientLocks, LockWait, Metadata, OpKind, OpResult, ProgramRun, Symbol,
-    TraceEnd, TraceHeader,
+    Thread, TraceEnd, TraceHeader,
 };
 pub use writer::{TraceWriter, WriterOptions};
 

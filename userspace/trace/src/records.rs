@@ -247,9 +247,22 @@ pub enum Metadata {
         #[serde(default)]
         programs: Vec<ProgramRun>,
     },
+    /// Names of threads the events refer to, as the recorder learned them; a file may hold
+    /// several such records, each adding to those before it. Readers that predate this record
+    /// read it as [`Metadata::Unknown`] and go on.
+    Threads { threads: Vec<Thread> },
     /// A record type this reader does not know (written by a newer minor version).
     #[serde(other)]
     Unknown,
+}
+
+/// A thread as the kernel names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub tid: u32,
+    pub tgid: u32,
+    /// Its `comm` (at most 15 bytes) when first seen, e.g. "bufio_hot/3" or "kworker/1:2H".
+    pub comm: String,
 }
 
 /// One eBPF program's runs while attached.
@@ -325,4 +338,73 @@ pub struct TraceEnd {
     pub bufio_ops: u64,
     /// Metadata records in the file.
     pub metadata_records: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_names_round_trip_as_json() {
+        let m = Metadata::Threads {
+            threads: vec![
+                Thread {
+                    tid: 4242,
+                    tgid: 2,
+                    comm: "bufio_hot/3".into(),
+                },
+                Thread {
+                    tid: 77,
+                    tgid: 70,
+                    comm: "pipe-writer".into(),
+                },
+            ],
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.starts_with(r#"{"type":"threads","threads":[{"tid":4242"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Metadata>(&json).unwrap(), m);
+    }
+
+    /// The metadata enum as a reader built before thread names were recorded knows it.
+    #[derive(Debug, PartialEq, Eq, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum MetadataBeforeThreads {
+        Stack {
+            id: u32,
+            frames: Vec<u64>,
+        },
+        #[serde(other)]
+        Unknown,
+    }
+
+    #[test]
+    fn an_older_reader_takes_thread_names_as_unknown() {
+        let m = Metadata::Threads {
+            threads: vec![Thread {
+                tid: 1,
+                tgid: 1,
+                comm: "init".into(),
+            }],
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            serde_json::from_str::<MetadataBeforeThreads>(&json).unwrap(),
+            MetadataBeforeThreads::Unknown
+        );
+        let stack = serde_json::to_string(&Metadata::Stack {
+            id: 3,
+            frames: vec![9],
+        })
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<MetadataBeforeThreads>(&stack).unwrap(),
+            MetadataBeforeThreads::Stack {
+                id: 3,
+                frames: vec![9]
+            }
+        );
+    }
 }

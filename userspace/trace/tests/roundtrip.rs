@@ -4,7 +4,8 @@
 mod common;
 
 use bufscope_trace::{
-    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, TraceReader, TraceWriter, WriterOptions,
+    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, Thread, TraceReader, TraceWriter,
+    WriterOptions,
 };
 use proptest::prelude::*;
 
@@ -163,4 +164,39 @@ fn dropping_a_writer_keeps_its_events() {
 fn unknown_metadata_from_a_newer_writer_is_kept_as_unknown() {
     let m: Metadata = serde_json::from_str(r#"{"type":"from_the_future","x":1}"#).unwrap();
     assert_eq!(m, Metadata::Unknown);
+}
+
+#[test]
+fn thread_names_read_back_between_the_events() {
+    let threads = Metadata::Threads {
+        threads: vec![
+            Thread {
+                tid: 4001,
+                tgid: 4000,
+                comm: "bufio_hot/0".into(),
+            },
+            Thread {
+                tid: 4002,
+                tgid: 4000,
+                comm: "bufio_dirty".into(),
+            },
+        ],
+    };
+    let mut writer = TraceWriter::new(Vec::new(), &common::header()).unwrap();
+    for e in common::events(10) {
+        writer.push(e).unwrap();
+    }
+    writer.write_metadata(&threads).unwrap();
+    writer.push_op(BufioOp::default()).unwrap();
+    let (bytes, end) = writer.finish(1).unwrap();
+    assert_eq!(end.metadata_records, 1);
+    let records: Vec<Record> = TraceReader::new(&bytes[..], "threads")
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        records.contains(&Record::Metadata(threads)),
+        "the thread names are missing from {records:?}"
+    );
+    assert!(matches!(records.last(), Some(Record::End(_))));
 }
