@@ -8,14 +8,15 @@
 SCENARIO=bufio-hotspot
 . /scenarios/lib.sh
 cd /tmp
-# 128 MiB: the 16 regions need 64 MiB; the dirtier goes over all of it. Written once, so reads
-# of it cost the same in both runs.
-truncate -s 128M hot.img
+# 256 MiB: the 16 regions need 64 MiB; the dirtier goes over all of it, again and again. Written
+# once, so reads of it cost the same in both runs.
+truncate -s 256M hot.img
 losetup /dev/loop0 hot.img
-dd if=/dev/zero of=/dev/loop0 bs=1M count=128 2>/dev/null
-# Room for every region in the cache: after the first of 16 passes, the hotspot threads' reads
-# are hits, as in a btree's hot upper levels.
-echo $((192 << 20)) > /sys/module/dm_bufio/parameters/max_cache_size_bytes
+dd if=/dev/zero of=/dev/loop0 bs=1M count=256 2>/dev/null
+# A cache of 96 MiB: every hotspot region fits, with 32 MiB to spare, so the dirtier's stream
+# through the whole device keeps evicting (and writing back) its own dirty buffers, as in the
+# experiment of the 6.4 rework, where writeback under 6.1's client mutex stalled the readers.
+echo $((96 << 20)) > /sys/module/dm_bufio/parameters/max_cache_size_bytes
 PARAMS="dev=/dev/loop0 threads=16 region_blocks=1024 passes=16"
 
 # Loads the module (it returns when the experiment is done), keeps its lines in $1, unloads it.

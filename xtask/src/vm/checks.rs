@@ -34,23 +34,88 @@ pub struct Outcome {
 pub struct Hotspot {
     pub alone: ModuleRun,
     pub recorded: ModuleRun,
+    /// bufscope's dm_bufio_read durations of the hotspot threads (role `bufio_hot`).
+    pub by_bufscope: Acquisitions,
 }
 
-/// The module's lines of both runs must parse and show every hotspot thread at work.
+/// One row of `bufscope report --ops --json`.
+pub struct Acquisitions {
+    pub threads: u64,
+    pub count: u64,
+    pub mean_ns: f64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+}
+
+/// How far bufscope's mean acquisition may be from the module's own, in the same run.
+const HOTSPOT_TOLERANCE: f64 = 0.10;
+
+/// The module's lines of both runs must parse, and bufscope's report of the recorded run must
+/// name all 16 hotspot threads, count every acquisition they made, and time them as the module
+/// did, within [`HOTSPOT_TOLERANCE`].
 fn check_hotspot(
     kernel: &str,
     results: &Path,
-    _bufscope: &Path,
-    _trace: &Path,
+    bufscope: &Path,
+    trace: &Path,
 ) -> anyhow::Result<Hotspot> {
     let run = |file: &str| -> anyhow::Result<ModuleRun> {
         let text = fs::read_to_string(results.join(file))
             .with_context(|| format!("{file} missing from the results"))?;
         ModuleRun::parse(&text).with_context(|| format!("{kernel} bufio-hotspot: {file}"))
     };
+    let (alone, recorded) = (run("module-alone.txt")?, run("module-recorded.txt")?);
+    let report = Command::new(bufscope)
+        .args(["report", "--ops", "--by", "role", "--op", "read", "--json"])
+        .arg(trace)
+        .output()?;
+    ensure!(
+        report.status.success(),
+        "{kernel} bufio-hotspot: bufscope report --ops failed: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout)?;
+    let row = report["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "bufio_hot"))
+        .with_context(|| {
+            format!("{kernel} bufio-hotspot: no bufio_hot role in bufscope's report: {report}")
+        })?;
+    let field = |name: &str| row[name].as_u64().unwrap_or(0);
+    let by_bufscope = Acquisitions {
+        threads: field("threads"),
+        count: field("count"),
+        mean_ns: field("total_ns") as f64 / field("count").max(1) as f64,
+        p50_ns: field("p50_ns"),
+        p99_ns: field("p99_ns"),
+    };
+    let hotspots = recorded.threads.iter().filter(|t| t.hotspot);
+    let (threads, acquisitions) = (
+        hotspots.clone().count() as u64,
+        hotspots.map(|t| t.acquisitions).sum::<u64>(),
+    );
+    ensure!(
+        by_bufscope.threads == threads && by_bufscope.count == acquisitions,
+        "{kernel} bufio-hotspot: bufscope saw {} reads by {} bufio_hot threads, the module made \
+         {acquisitions} in {threads}",
+        by_bufscope.count,
+        by_bufscope.threads
+    );
+    let module_mean = recorded.hotspot_mean_ns();
+    let off = (by_bufscope.mean_ns - module_mean).abs() / module_mean.max(1.0);
+    ensure!(
+        off <= HOTSPOT_TOLERANCE,
+        "{kernel} bufio-hotspot: bufscope's mean acquisition {:.1} us is {:.1} % off the module's \
+         own {:.1} us (allowed {:.0} %)",
+        by_bufscope.mean_ns / 1e3,
+        off * 100.0,
+        module_mean / 1e3,
+        HOTSPOT_TOLERANCE * 100.0
+    );
     Ok(Hotspot {
-        alone: run("module-alone.txt")?,
-        recorded: run("module-recorded.txt")?,
+        alone,
+        recorded,
+        by_bufscope,
     })
 }
 

@@ -141,26 +141,41 @@ fn print_hotspot(rows: &[Outcome]) {
         return;
     }
     println!();
-    println!("bufio-hotspot: mean buffer acquisition (dm_bufio_read) of the 16 hotspot threads");
     println!(
-        "{:<6} {:>14} {:>14} {:>16}",
-        "kernel", "module alone", "module rec.", "acquisitions/s"
+        "bufio-hotspot: buffer acquisition (dm_bufio_read) of the 16 hotspot threads; the module's \
+         own mean alone and recorded, bufscope's of the recorded run"
+    );
+    println!(
+        "{:<6} {:>13} {:>13} {:>13} {:>13} {:>13} {:>10}",
+        "kernel",
+        "module alone",
+        "module rec.",
+        "bufscope",
+        "bufscope p50",
+        "bufscope p99",
+        "reads"
     );
     for (kernel, h) in &runs {
+        let b = &h.by_bufscope;
         println!(
-            "{:<6} {:>11.1} us {:>11.1} us {:>16.0}",
+            "{:<6} {:>10.1} us {:>10.1} us {:>10.1} us {:>10.1} us {:>10.1} us {:>10}",
             kernel,
             h.alone.hotspot_mean_ns() / 1e3,
             h.recorded.hotspot_mean_ns() / 1e3,
-            h.alone.hotspot_acquisitions_per_sec(),
+            b.mean_ns / 1e3,
+            b.p50_ns as f64 / 1e3,
+            b.p99_ns as f64 / 1e3,
+            b.count,
         );
     }
     let of = |name: &str| runs.iter().find(|(k, _)| *k == name).map(|(_, h)| *h);
     if let (Some(old), Some(new)) = (of("6.1"), of("6.12")) {
         println!(
-            "6.1 / 6.12: {:.1}x alone, {:.1}x recorded (the seed: \"about 25 times faster\")",
+            "6.1 / 6.12 mean acquisition: module alone {:.2}x, module recorded {:.2}x, bufscope \
+             {:.2}x (the seed, on a many-core machine: \"about 25 times faster\")",
             old.alone.hotspot_mean_ns() / new.alone.hotspot_mean_ns().max(1.0),
             old.recorded.hotspot_mean_ns() / new.recorded.hotspot_mean_ns().max(1.0),
+            old.by_bufscope.mean_ns / new.by_bufscope.mean_ns.max(1.0),
         );
     }
 }
