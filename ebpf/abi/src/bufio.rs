@@ -83,12 +83,8 @@ pub struct ProbeConfig {
     /// Kernel stacks at contention_begin: [`ProbeConfig::NO_STACKS`], [`ProbeConfig::STACKS_REUSED`]
     /// or [`ProbeConfig::STACKS_EVERY_WAIT`].
     pub stacks: u32,
-    /// Wake the ring buffer's reader only once this many bytes wait (the reader drains on a
-    /// timer too); 0: on every event, as the kernel does by default. Set by the loader from the
-    /// ring buffer's size.
-    pub wakeup_bytes: u32,
 }
-assert_layout!(ProbeConfig, size = 12, align = 4, fields = [u32, u32, u32]);
+assert_layout!(ProbeConfig, size = 8, align = 4, fields = [u32, u32]);
 
 impl ProbeConfig {
     /// No stacks: no callers either.
@@ -104,7 +100,6 @@ impl ProbeConfig {
     pub const DEFAULT: Self = Self {
         stream_events: 1,
         stacks: Self::STACKS_REUSED,
-        wakeup_bytes: 0,
     };
 }
 

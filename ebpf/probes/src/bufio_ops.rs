@@ -21,7 +21,7 @@ use bufscope_abi::{
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, current,
-    maps::{CLIENTS, EVENTS, OP_STATS, OPS, ZERO_OPS, count, submit_flags},
+    maps::{CLIENTS, EVENTS, OP_STATS, OPS, ZERO_OPS, count},
 };
 
 /// One dm-bufio operation in progress on a thread. In-kernel only; contention reads `op` and
@@ -348,7 +348,7 @@ fn send_client(client: u64, how: u32) {
         client,
         at_ns: current::now_ns(),
     });
-    entry.submit(submit_flags());
+    entry.submit(0);
 }
 
 /// The client and block of a `struct dm_buffer *`.
@@ -518,7 +518,7 @@ fn op_return(ip: u64, ret: u64) {
         lock_wait_ns: frame.lock_wait_ns,
         lock_hold_ns: frame.lock_hold_ns,
     });
-    entry.submit(submit_flags());
+    entry.submit(0);
     count(Counter::OpsSubmitted);
 }
 

@@ -14,8 +14,7 @@ use bufscope_abi::{
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST,
-        count, submit_flags,
+        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
     },
 };
 
@@ -289,7 +288,7 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         stack_id: wait.stack_id,
         op: wait.op,
     });
-    entry.submit(submit_flags());
+    entry.submit(0);
     count(Counter::Submitted);
 }
 

@@ -2,7 +2,6 @@
 //! Map names are the statics' names; user space finds them through `bufscope_abi::names`.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     btf_maps::StackTrace,
     macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -10,33 +9,15 @@ use aya_ebpf::{
 use bufscope_abi::{Counter, MAX_STACK_FRAMES, OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
 use crate::{
-    PROBE_CONFIG,
     bufio_ops::OpStack,
     contention::{CachedStack, PendingWait, StackCacheKey},
 };
 
 /// Events to user space. Sized by user space at load time when it wants a different size.
-/// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients) through
-/// [`submit_flags`]; read by user space's ring-buffer reader.
+/// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients); read
+/// by user space's ring-buffer reader.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-
-/// How to submit an event to [`EVENTS`]. The kernel's default wakes the reader (an irq_work, then
-/// a scheduler wakeup) for every event that finds the reader caught up, which, at a reader that
-/// keeps up, is nearly every event: a cost paid inside the traced path, and under emulation the
-/// largest one. So: no wakeup until `wakeup_bytes` are waiting; the reader also drains on its own
-/// every `stream::DRAIN_EVERY`. `wakeup_bytes` 0 keeps the kernel's default.
-#[inline(always)]
-pub(crate) fn submit_flags() -> u64 {
-    let threshold = u64::from(PROBE_CONFIG.load().wakeup_bytes);
-    if threshold == 0 {
-        0
-    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    }
-}
 
 /// Sleeping-lock waits in flight, by thread id. A sleeping waiter can migrate between CPUs, so
 /// its begin and end meet only through the thread id. contention_begin inserts, contention_end

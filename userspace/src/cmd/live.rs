@@ -95,7 +95,6 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks.mode(),
-            ..ProbeConfig::DEFAULT
         },
         bufio: true,
         bufio_probes: options.bufio_probes,

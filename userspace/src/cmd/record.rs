@@ -57,7 +57,6 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks,
-            ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,
         bufio_probes: options.bufio_probes,

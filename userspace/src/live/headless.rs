@@ -113,7 +113,6 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
         config: ProbeConfig {
             stream_events: u32::from(streaming),
             stacks: 0,
-            ..ProbeConfig::DEFAULT
         },
         bufio: true,
         bufio_probes: settings.bufio_probes,

@@ -642,15 +642,9 @@ fn load(
     options: &AttachOptions,
     bufio: &BufioOffsets,
 ) -> Result<Ebpf, ProbeError> {
-    // The reader is woken once a quarter of the ring waits; before that it drains on its own
-    // timer (stream::DRAIN_EVERY).
-    let config = ProbeConfig {
-        wakeup_bytes: options.ringbuf_bytes / 4,
-        ..options.config
-    };
     Ok(EbpfLoader::new()
         .override_global(names::TRACEPOINT_OFFSETS_GLOBAL, &tp_offsets, true)
-        .override_global(names::PROBE_CONFIG_GLOBAL, &config, true)
+        .override_global(names::PROBE_CONFIG_GLOBAL, &options.config, true)
         .override_global(names::BUFIO_OFFSETS_GLOBAL, bufio, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .load(EBPF_OBJECT)?)

@@ -51,10 +51,6 @@ pub enum Event {
     Client(ClientSighting),
 }
 
-/// The longest events wait in the ring buffer before user space reads them without a wakeup.
-/// At 1 M events/s of 64 bytes that is 1.6 MB, well inside the default 4 MiB ring.
-pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
-
 /// The most records one [`EventStream::next_batch`] reads: about a millisecond of decoding.
 pub const MAX_BATCH: usize = 16 * 1024;
 
@@ -62,8 +58,6 @@ pub const MAX_BATCH: usize = 16 * 1024;
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
     malformed: u64,
-    /// The last batch stopped at [`MAX_BATCH`] with records left.
-    left: bool,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -79,43 +73,22 @@ impl EventStream {
         // SAFETY: the ring buffer owns its fd, which stays open as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(Self {
-            ring,
-            malformed: 0,
-            left: false,
-        })
+        Ok(Self { ring, malformed: 0 })
     }
 
     /// Waits until events are available, then appends up to [`MAX_BATCH`] of them to `out`.
     ///
-    /// Returns when the kernel wakes the reader or after [`DRAIN_EVERY`], whichever is first:
-    /// the programs wake the reader only once a quarter of the ring waits
-    /// (`ProbeConfig::wakeup_bytes`), so below that the timer is what reads the events.
-    ///
     /// Bounded so that a flood the reader cannot keep up with does not hold the caller's loop:
     /// with the kernel writing as fast as it is read, "everything there is" never ends, and keys,
-    /// ticks and frames would wait for it. When records were left, the next call reads on at once.
+    /// ticks and frames would wait for it. What is left keeps the stream ready, so the next call
+    /// returns at once.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
-        if self.left {
-            // Yield first: the caller's other branches get their turn between batches.
-            tokio::task::yield_now().await;
-            let (malformed, left) = drain(self.ring.get_mut(), out, MAX_BATCH);
-            self.malformed += malformed;
-            self.left = left;
-            return Ok(());
+        let mut guard = self.ring.readable_mut().await?;
+        let (malformed, left) = drain(guard.get_inner_mut(), out, MAX_BATCH);
+        if !left {
+            guard.clear_ready();
         }
-        let (malformed, left) =
-            match tokio::time::timeout(DRAIN_EVERY, self.ring.readable_mut()).await {
-                Ok(guard) => {
-                    let mut guard = guard?;
-                    let read = drain(guard.get_inner_mut(), out, MAX_BATCH);
-                    guard.clear_ready();
-                    read
-                }
-                Err(_) => drain(self.ring.get_mut(), out, MAX_BATCH),
-            };
         self.malformed += malformed;
-        self.left = left;
         Ok(())
     }
 
