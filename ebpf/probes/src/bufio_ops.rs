@@ -31,6 +31,8 @@ use crate::{
 pub(crate) struct OpFrame {
     /// Address of the probed function: a return is matched to its entry by it.
     func_ip: u64,
+    /// Where the call entered on the kernel stack (`Call::stack_addr`).
+    stack_addr: u64,
     start_ns: u64,
     pub(crate) client: u64,
     block: u64,
@@ -71,11 +73,22 @@ trait Call: EbpfContext {
         // SAFETY: allowed in every context implementing Call.
         unsafe { bpf_get_func_ip(self.as_ptr()) }
     }
+
+    /// An address on the kernel stack at this call's entry: a call made from inside it enters
+    /// at a lower address. 0 when unknown.
+    fn stack_addr(&self) -> u64;
 }
 
 impl Call for ProbeContext {
     fn arg(&self, n: usize) -> u64 {
         ProbeContext::arg(self, n).unwrap_or(0)
+    }
+
+    /// The stack pointer at the probed function's first instruction (x86-64's registers: the
+    /// only architecture bufscope builds its probes for).
+    fn stack_addr(&self) -> u64 {
+        // SAFETY: a kprobe's context is the registers at the probe, readable directly.
+        unsafe { (*self.regs).rsp }
     }
 }
 
@@ -83,12 +96,25 @@ impl Call for FEntryContext {
     fn arg(&self, n: usize) -> u64 {
         FEntryContext::arg(self, n)
     }
+
+    /// The arguments the trampoline saved in its frame, on the stack below the caller's.
+    fn stack_addr(&self) -> u64 {
+        self.as_ptr() as u64
+    }
 }
 
 /// `(c, block, ...)`
 #[inline(always)]
 fn client_block<C: Call>(ctx: &C, op: u32) {
-    op_entry(ctx.func_ip(), op, ctx.arg(0), ctx.arg(1), 0, 0);
+    op_entry(
+        ctx.func_ip(),
+        ctx.stack_addr(),
+        op,
+        ctx.arg(0),
+        ctx.arg(1),
+        0,
+        0,
+    );
 }
 
 /// `(c, block, n_blocks, ...)`
@@ -96,6 +122,7 @@ fn client_block<C: Call>(ctx: &C, op: u32) {
 fn client_block_count<C: Call>(ctx: &C, op: u32) {
     op_entry(
         ctx.func_ip(),
+        ctx.stack_addr(),
         op,
         ctx.arg(0),
         ctx.arg(1),
@@ -107,14 +134,14 @@ fn client_block_count<C: Call>(ctx: &C, op: u32) {
 /// `(c)`
 #[inline(always)]
 fn client_only<C: Call>(ctx: &C, op: u32) {
-    op_entry(ctx.func_ip(), op, ctx.arg(0), 0, 0, 0);
+    op_entry(ctx.func_ip(), ctx.stack_addr(), op, ctx.arg(0), 0, 0, 0);
 }
 
 /// `(b)`
 #[inline(always)]
 fn buffer<C: Call>(ctx: &C, op: u32) {
     let (client, block) = buffer_client_block(ctx.arg(0));
-    op_entry(ctx.func_ip(), op, client, block, 0, 0);
+    op_entry(ctx.func_ip(), ctx.stack_addr(), op, client, block, 0, 0);
 }
 
 /// `(b, start, end)`
@@ -122,20 +149,36 @@ fn buffer<C: Call>(ctx: &C, op: u32) {
 fn buffer_range<C: Call>(ctx: &C, op: u32) {
     let (client, block) = buffer_client_block(ctx.arg(0));
     let (start, end) = (ctx.arg(1) as u32, ctx.arg(2) as u32);
-    op_entry(ctx.func_ip(), op, client, block, start, end);
+    op_entry(
+        ctx.func_ip(),
+        ctx.stack_addr(),
+        op,
+        client,
+        block,
+        start,
+        end,
+    );
 }
 
 /// `dm_bufio_client_create(bdev, block_size, ...)`: the client is the return value.
 #[inline(always)]
 fn client_create<C: Call>(ctx: &C, op: u32) {
-    op_entry(ctx.func_ip(), op, 0, 0, ctx.arg(1) as u32, 0);
+    op_entry(
+        ctx.func_ip(),
+        ctx.stack_addr(),
+        op,
+        0,
+        0,
+        ctx.arg(1) as u32,
+        0,
+    );
 }
 
 /// `dm_bufio_client_destroy(c)`: announced at entry, while the client is still readable.
 #[inline(always)]
 fn client_destroy<C: Call>(ctx: &C, op: u32) {
     let client = ctx.arg(0);
-    op_entry(ctx.func_ip(), op, client, 0, 0, 0);
+    op_entry(ctx.func_ip(), ctx.stack_addr(), op, client, 0, 0, 0);
     send_client(client, ClientEvent::DESTROYED);
     let _ = CLIENTS.remove(client);
 }
@@ -362,8 +405,35 @@ fn buffer_client_block(buffer: u64) -> (u64, u64) {
 }
 
 /// Pushes a frame for an operation entry.
+/// Frames this entry shows to have returned unseen: an operation still running called this one,
+/// so its frame lies higher on the stack; a frame at or below this entry's address was left by a
+/// call that returned without its return program running (the kernel skips a program it finds
+/// already running on the CPU, as when the thread was preempted inside it). Left in place, such a
+/// frame would make every later operation of the thread look nested in it, and go unreported.
+/// Each one dropped counts as a missed return.
 #[inline(always)]
-fn op_entry(func_ip: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
+fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64) {
+    if stack_addr == 0 {
+        return;
+    }
+    // Top down, over constant indices (the verifier must see every index bounded).
+    let mut i = MAX_FRAMES;
+    while i > 0 {
+        i -= 1;
+        if i + 1 != stack.depth as usize {
+            continue;
+        }
+        let top = stack.frames[i].stack_addr;
+        if top == 0 || top > stack_addr {
+            return;
+        }
+        stack.depth = i as u32;
+        count(Counter::OpReturnMissed);
+    }
+}
+
+#[inline(always)]
+fn op_entry(func_ip: u64, stack_addr: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
     count(Counter::OpEntries);
     let tid = current::tid();
     let stack = match OPS.get_ptr_mut(tid) {
@@ -388,6 +458,7 @@ fn op_entry(func_ip: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32
     };
     // SAFETY: only this thread writes its own frames.
     let stack = unsafe { &mut *stack };
+    drop_returned_frames(stack, stack_addr);
     let depth = stack.depth as usize;
     let Some(frame) = stack.frames.get_mut(depth) else {
         count(Counter::OpTooDeep);
@@ -395,6 +466,7 @@ fn op_entry(func_ip: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32
     };
     *frame = OpFrame {
         func_ip,
+        stack_addr,
         start_ns: current::now_ns(),
         client,
         block,

@@ -218,10 +218,13 @@ fn program_name(name: &str) -> String {
 fn log_tail(log: &[u8], n: usize) -> String {
     let len = log.iter().position(|&b| b == 0).unwrap_or(log.len());
     let text = String::from_utf8_lossy(&log[..len]);
+    // The verifier's verdict is the last line before its statistics ("processed N insns") and,
+    // on newer kernels, before its hints ("Suggestion: ..."), which would otherwise fill the tail.
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .take_while(|l| !l.starts_with("Suggestion:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("processed "))
         .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
@@ -257,6 +260,13 @@ mod tests {
             "func 'f' doesn't have 3-th argument | invalid bpf_context access off=16 size=8"
         );
         assert_eq!(log_tail(b"\0", 3), "");
+        // Statistics and a newer kernel's hints follow the verdict: they are left out.
+        let hinted = b"5: (7b) *(u64 *)(r0 +8) = r1\ninvalid access to map value, value_size=8 off=8 size=8\n\
+            Suggestion: bounds\n  Add or adjust a bounds check\nprocessed 6 insns (limit 1000000)\n";
+        assert_eq!(
+            log_tail(hinted, 2),
+            "5: (7b) *(u64 *)(r0 +8) = r1 | invalid access to map value, value_size=8 off=8 size=8"
+        );
     }
 
     #[test]
