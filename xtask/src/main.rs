@@ -38,7 +38,7 @@ enum Task {
     Bench,
     /// Boot Debian kernels with dm-bufio under qemu (TCG) and run bufscope scenarios inside them.
     VmTest {
-        /// Kernel line: 6.1, 6.12 or all.
+        /// Kernel line: 6.1, 6.12, 7.3 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
         /// Scenario (a script in xtask/vm/), or all.

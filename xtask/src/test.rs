@@ -77,7 +77,7 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .env("BUFSCOPE_REQUIRE_ALL_TESTS", "1"),
     )?;
-    // The real-kernel test bed: Debian 6.1 and 6.12 under qemu, with dm-bufio.
+    // The real-kernel test bed: Debian 6.1, 6.12 and 7.3 under qemu, with dm-bufio.
     crate::vm::run("all", "all", false, false)?;
     heading("test", "all green");
     Ok(())

@@ -9,7 +9,7 @@ use super::hotspot::ModuleRun;
 
 /// What one boot measured.
 pub struct Outcome {
-    /// The kernel line booted (6.1 or 6.12).
+    /// The kernel line booted (6.1, 6.12 or 7.3).
     pub kernel: &'static str,
     pub scenario: String,
     /// The kernel release the guest reported (`uname -r`).
@@ -25,6 +25,9 @@ pub struct Outcome {
     pub releases: u64,
     /// What bufscope's dm-bufio probes recorded.
     pub bufio: BufioCounts,
+    /// The largest share of get, read or release calls missing from the recording (each one
+    /// counted as lost).
+    pub missing_share: f64,
     /// The bufio-hotspot scenario's figures.
     pub hotspot: Option<Hotspot>,
 }
@@ -144,6 +147,7 @@ pub fn check_results(
     release: String,
     results: &Path,
     bufscope: &Path,
+    preemptible_bpf: bool,
 ) -> anyhow::Result<Outcome> {
     let doctor: serde_json::Value = serde_json::from_slice(
         &fs::read(results.join("doctor.json")).context("doctor.json missing from the results")?,
@@ -241,7 +245,14 @@ pub fn check_results(
         }
     };
     let bufio = check_bufio(kernel, scenario, &info, results)?;
-    check_counts(kernel, scenario, &info, &bufio, [gets, reads, releases])?;
+    let missing_share = check_counts(
+        kernel,
+        scenario,
+        &info,
+        &bufio,
+        [gets, reads, releases],
+        preemptible_bpf,
+    )?;
     Ok(Outcome {
         kernel,
         scenario: scenario.to_string(),
@@ -252,6 +263,7 @@ pub fn check_results(
         reads,
         releases,
         bufio,
+        missing_share,
         hotspot,
     })
 }
@@ -390,33 +402,75 @@ fn check_bufio(
     })
 }
 
-/// The operations in the file are the kernel's: for get, read and release, the count recorded
-/// matches the count of an independent kprobe on the same function (tracefs hit counts), to
-/// within 1 % and 50 calls (dm-thin's background commits may run while one of the two is
-/// attached and the other not yet). Losses bufscope counted are printed, not excused.
+/// The operations in the file are the kernel's: for get, read and release, compared with the
+/// count of an independent kprobe on the same function (tracefs hit counts), with a slack of 50
+/// calls (dm-thin's background commits may run while one of the two is attached and the other not
+/// yet):
+/// - never more operations than calls;
+/// - every call missing from the file is accounted for by a run the kernel skipped of that
+///   function's programs (each one an operation lost, counted in the file);
+/// - and at most 2 % of the calls are missing, on kernels that cannot preempt a BPF program
+///   (`KernelLine::preemptible_bpf`). Where they can (7.3's lazy preemption), a thread preempted
+///   inside a program makes the kernel skip that program for the next thread on the CPU, and the
+///   share lost is printed instead: accounted for, but the workload's to decide.
 fn check_counts(
     kernel: &str,
     scenario: &str,
     info: &serde_json::Value,
     bufio: &BufioCounts,
     [gets, reads, releases]: [u64; 3],
-) -> anyhow::Result<()> {
+    preemptible_bpf: bool,
+) -> anyhow::Result<f64> {
     let count = |function: &str| info["by_op"][function]["count"].as_u64().unwrap_or(0);
+    let programs = info["programs"].as_array().cloned().unwrap_or_default();
+    // Runs skipped of the programs attached to one function ("program@function").
+    let skipped = |function: &str| -> u64 {
+        programs
+            .iter()
+            .filter(|p| {
+                p["program"]
+                    .as_str()
+                    .and_then(|name| name.rsplit_once('@'))
+                    .is_some_and(|(_, f)| f == function)
+            })
+            .map(|p| p["recursion_misses"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let mut lost_shares = Vec::new();
     for (function, recorded, counted) in [
         ("dm_bufio_get", count("dm_bufio_get"), gets),
         ("dm_bufio_read", count("dm_bufio_read"), reads),
         ("dm_bufio_release", count("dm_bufio_release"), releases),
     ] {
-        let slack = counted / 100 + 50;
+        let missing = counted.saturating_sub(recorded);
+        let (skipped, slack) = (skipped(function), 50);
+        let context = || {
+            format!(
+                "{kernel} {scenario}: {function}: {recorded} operations recorded, {counted} calls \
+                 counted by a kprobe, {skipped} runs of its programs skipped; bufscope counted as \
+                 lost in all: {} returns missed, {} events (ring buffer full), {} program runs \
+                 skipped",
+                bufio.returns_missed, bufio.ringbuf_full, bufio.skipped_runs
+            )
+        };
         ensure!(
-            recorded.abs_diff(counted) <= slack,
-            "{kernel} {scenario}: {function}: {recorded} operations recorded, {counted} calls \
-             counted by a kprobe (allowed difference {slack}); bufscope counted as lost: {} \
-             returns missed, {} events (ring buffer full), {} program runs skipped",
-            bufio.returns_missed,
-            bufio.ringbuf_full,
-            bufio.skipped_runs
+            recorded <= counted + slack,
+            "{}: more operations than calls",
+            context()
         );
+        ensure!(
+            missing <= skipped + slack,
+            "{}: {} calls missing that no counted loss explains",
+            context(),
+            missing - skipped.min(missing)
+        );
+        let allowed = counted / 50 + slack;
+        ensure!(
+            preemptible_bpf || missing <= allowed,
+            "{}: {missing} missing, more than 2 % (allowed {allowed})",
+            context()
+        );
+        lost_shares.push(missing as f64 / counted.max(1) as f64);
     }
-    Ok(())
+    Ok(lost_shares.into_iter().fold(0.0, f64::max))
 }

@@ -34,7 +34,7 @@ pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
         .filter(|k| kernel == "all" || k.name == kernel)
     {
         let extracted = fetch_kernel(&work, line)?;
-        let initramfs = build_initramfs(&work, line.name, &extracted, &bufscope)?;
+        let initramfs = build_initramfs(&work, line, &extracted, &bufscope)?;
         let guest = boot_retrying_tcg_int3(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
         let runs = read_runs(&guest.dir)
             .with_context(|| format!("{} {}: reading the runs", line.name, PROBE_COST.0))?;

@@ -56,7 +56,7 @@ pub fn build_hotspot_module(work: &Path, extracted: &Path) -> anyhow::Result<Pat
 
 /// The kernel release of an extracted image package: the one directory in lib/modules.
 fn release_of(extracted: &Path) -> anyhow::Result<String> {
-    let modules = extracted.join("lib/modules");
+    let modules = super::kernels::modules_dir(extracted);
     let mut releases: Vec<String> = fs::read_dir(&modules)
         .with_context(|| format!("reading {}", modules.display()))?
         .filter_map(Result::ok)

@@ -14,7 +14,7 @@ use anyhow::{Context, ensure};
 use super::{
     PROBE_COST, SCENARIOS,
     fixture::{MODULE_FILE, build_hotspot_module},
-    kernels::{is_builtin, module_bytes},
+    kernels::{KernelLine, is_builtin, module_bytes, modules_dir},
 };
 use crate::cmd::{output_of, run_checked};
 
@@ -59,11 +59,11 @@ pub fn build_static_bufscope(work: &Path) -> anyhow::Result<PathBuf> {
 /// The initramfs: busybox, /init, the scenarios, bufscope, dmsetup with its libraries, modules.
 pub fn build_initramfs(
     work: &Path,
-    kernel: &str,
+    line: &KernelLine,
     extracted: &Path,
     bufscope: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let root = work.join(format!("initramfs-{kernel}"));
+    let root = work.join(format!("initramfs-{}", line.name));
     let _ = fs::remove_dir_all(&root);
     for dir in ["bin", "sbin", "modules", "scenarios", "results", "etc"] {
         fs::create_dir_all(root.join(dir))?;
@@ -89,7 +89,7 @@ pub fn build_initramfs(
         copy_libraries(&path, &root)?;
     }
 
-    let modules_dir = extracted.join("lib/modules");
+    let modules_dir = modules_dir(extracted);
     let mut done = BTreeSet::new();
     let mut order = Vec::new();
     for module in MODULES {
@@ -104,10 +104,12 @@ pub fn build_initramfs(
     fs::write(root.join("modules/order"), order.join("\n") + "\n")?;
     // Test modules, loaded by the scenarios that use them (not by /init).
     fs::create_dir_all(root.join("fixtures"))?;
-    let fixture = build_hotspot_module(work, extracted)?;
-    fs::copy(&fixture, root.join("fixtures").join(MODULE_FILE))?;
+    if line.no_module.is_none() {
+        let fixture = build_hotspot_module(work, extracted)?;
+        fs::copy(&fixture, root.join("fixtures").join(MODULE_FILE))?;
+    }
 
-    let image = work.join(format!("initramfs-{kernel}.cpio.gz"));
+    let image = work.join(format!("initramfs-{}.cpio.gz", line.name));
     let script = format!(
         "cd '{}' && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
         root.display(),
