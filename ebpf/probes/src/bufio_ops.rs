@@ -405,17 +405,25 @@ fn buffer_client_block(buffer: u64) -> (u64, u64) {
 }
 
 /// Pushes a frame for an operation entry.
-/// Frames this entry shows to have returned unseen: an operation still running called this one,
-/// so its frame lies higher on the stack; a frame at or below this entry's address was left by a
-/// call that returned without its return program running (the kernel skips a program it finds
-/// already running on the CPU, as when the thread was preempted inside it). Left in place, such a
-/// frame would make every later operation of the thread look nested in it, and go unreported.
-/// Each one dropped counts as a missed return.
+/// Whether dm-bufio's exported function of operation `caller` calls one of operation `callee`:
+/// a wrapper of its `_with_ioprio` variant (read, prefetch: Linux 6.9 on), mark_buffer_dirty of
+/// mark_partial_buffer_dirty, and client_destroy, which writes dirty buffers back first.
 #[inline(always)]
-fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64) {
-    if stack_addr == 0 {
-        return;
-    }
+fn may_call(caller: u32, callee: u32) -> bool {
+    caller == callee
+        || (caller == op::MARK_DIRTY && callee == op::MARK_PARTIAL_DIRTY)
+        || caller == op::CLIENT_DESTROY
+}
+
+/// Frames this entry shows to have returned unseen. A live caller's frame lies higher on the
+/// stack than this entry, and is an operation that calls this one ([`may_call`]). A frame at or
+/// below this entry's address, or of an operation that never calls this one, was left by a call
+/// that returned without its return program running (the kernel skips a program it finds already running on the CPU, as when
+/// the thread was preempted inside it). Left in place, such a frame would make every later
+/// operation of the thread look nested in it, and go unreported. Each one dropped counts as a
+/// missed return; were a real caller ever dropped, its return would count as unmatched.
+#[inline(always)]
+fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64, op: u32) {
     // Top down, over constant indices (the verifier must see every index bounded).
     let mut i = MAX_FRAMES;
     while i > 0 {
@@ -423,8 +431,9 @@ fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64) {
         if i + 1 != stack.depth as usize {
             continue;
         }
-        let top = stack.frames[i].stack_addr;
-        if top == 0 || top > stack_addr {
+        let top = &stack.frames[i];
+        let below = stack_addr != 0 && top.stack_addr != 0 && top.stack_addr <= stack_addr;
+        if may_call(top.op, op) && !below {
             return;
         }
         stack.depth = i as u32;
@@ -458,7 +467,7 @@ fn op_entry(func_ip: u64, stack_addr: u64, op: u32, client: u64, block: u64, arg
     };
     // SAFETY: only this thread writes its own frames.
     let stack = unsafe { &mut *stack };
-    drop_returned_frames(stack, stack_addr);
+    drop_returned_frames(stack, stack_addr, op);
     let depth = stack.depth as usize;
     let Some(frame) = stack.frames.get_mut(depth) else {
         count(Counter::OpTooDeep);

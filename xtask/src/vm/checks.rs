@@ -403,9 +403,9 @@ fn check_bufio(
 }
 
 /// The operations in the file are the kernel's: for get, read and release, compared with the
-/// count of an independent kprobe on the same function (tracefs hit counts), with a slack of 50
-/// calls (dm-thin's background commits may run while one of the two is attached and the other not
-/// yet):
+/// count of an independent kprobe on the same function (tracefs hit counts), with a slack of 1 %
+/// and 50 calls (the kprobes count a little before and after the recording: dm-thin's background
+/// commits, dm-verity's prefetches):
 /// - never more operations than calls;
 /// - every call missing from the file is accounted for by a run the kernel skipped of that
 ///   function's programs (each one an operation lost, counted in the file);
@@ -443,7 +443,9 @@ fn check_counts(
         ("dm_bufio_release", count("dm_bufio_release"), releases),
     ] {
         let missing = counted.saturating_sub(recorded);
-        let (skipped, slack) = (skipped(function), 50);
+        // The kprobes count from before the recording starts to after it ends: background work
+        // (dm-thin's commits, dm-verity's prefetches) in between is not the recording's.
+        let (skipped, slack) = (skipped(function), counted / 100 + 50);
         let context = || {
             format!(
                 "{kernel} {scenario}: {function}: {recorded} operations recorded, {counted} calls \
@@ -464,7 +466,7 @@ fn check_counts(
             context(),
             missing - skipped.min(missing)
         );
-        let allowed = counted / 50 + slack;
+        let allowed = counted / 50 + 50;
         ensure!(
             preemptible_bpf || missing <= allowed,
             "{}: {missing} missing, more than 2 % (allowed {allowed})",
