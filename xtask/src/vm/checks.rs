@@ -436,6 +436,18 @@ fn check_counts(
             .map(|p| p["recursion_misses"].as_u64().unwrap_or(0))
             .sum()
     };
+    // A return with no frame to match is an operation whose entry program the kernel skipped;
+    // more of them than skipped runs means frames of live callers were dropped as stale (the
+    // eBPF side's `may_call` is missing a pair).
+    let kernel_counter = |name: &str| info["losses"]["kernel"][name].as_u64().unwrap_or(0);
+    let unmatched = kernel_counter("op_unmatched_return");
+    ensure!(
+        unmatched <= bufio.skipped_runs + 50,
+        "{kernel} {scenario}: {unmatched} operation returns matched no entry, but the kernel \
+         skipped only {} program runs: callers' frames were dropped as stale ({} dropped)",
+        bufio.skipped_runs,
+        kernel_counter("op_return_missed")
+    );
     let mut lost_shares = Vec::new();
     for (function, recorded, counted) in [
         ("dm_bufio_get", count("dm_bufio_get"), gets),

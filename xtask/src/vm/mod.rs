@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test`: the real-kernel test bed. Boots Debian's cloud kernels (6.1: the
-//! single-mutex dm-bufio; 6.12: the sharded one), runs scenarios and checks what bufscope saw.
+//! single-mutex dm-bufio; 6.12: the sharded one; 7.3: the newest, from trixie-backports), runs
+//! scenarios and checks what bufscope saw.
 //!
-//! Downloads and extracted kernels are cached under target/vm/. The guest's /init is
+//! Downloads, extracted kernels and their headers are cached under target/vm/. The guest's /init is
 //! xtask/vm/init.sh; each scenario is xtask/vm/<name>.sh. Results come back as a tar archive on
 //! a second virtio disk.
 
