@@ -100,7 +100,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}  {:<16} kernel release",
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -114,11 +114,12 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "lost",
         "skipped",
         "missing",
+        "misattr.",
         "dm_bufio_get as",
     );
     for r in &rows {
         println!(
-            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}%  {:<16} {}",
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -132,6 +133,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.bufio.returns_missed + r.bufio.ringbuf_full,
             r.bufio.skipped_runs,
             r.missing_share * 100.0,
+            r.misattributed,
             r.bufio.attached_as,
             r.release
         );
