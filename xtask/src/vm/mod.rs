@@ -274,6 +274,19 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
         reads = outcome.reads,
         releases = outcome.releases,
     );
+    let mut note = note;
+    if let Some(h) = &outcome.hotspot {
+        note.push_str(&format!(
+            "hotspot threads' mean acquisition (dm_bufio_read): the module alone {:.1} us, the \
+             module recorded {:.1} us, bufscope {:.1} us (p50 {:.1} us, p99 {:.1} us) over {} reads\n",
+            h.alone.hotspot_mean_ns() / 1e3,
+            h.recorded.hotspot_mean_ns() / 1e3,
+            h.by_bufscope.mean_ns / 1e3,
+            h.by_bufscope.p50_ns as f64 / 1e3,
+            h.by_bufscope.p99_ns as f64 / 1e3,
+            h.by_bufscope.count,
+        ));
+    }
     fs::write(samples.join(format!("{name}.txt")), note)?;
     heading(
         "vm-test",
@@ -303,6 +316,13 @@ fn write_samples_readme() -> anyhow::Result<()> {
         let note = trace.replace(".bftrace", ".txt");
         readme.push_str(&format!("| `{trace}` | [{note}]({note}) |\n"));
     }
+    readme.push_str(
+        "\n`*-bufio-hotspot` is the experiment of dm-bufio's 6.4 rework: the test bed's module\n\
+         (`xtask/vm/bufio-hotspot/`) runs 16 threads reading their own 1,024-block regions while one\n\
+         thread dirties the whole device, and times its own acquisitions (in the `.txt`). See them\n\
+         with `bufscope report FILE --ops --by role` and `bufscope report FILE --by role --lock \"client\n\
+         mutex\"`; rerun with `cargo xtask vm-test --scenario bufio-hotspot --kernel all`.\n",
+    );
     fs::write(samples.join("README.md"), readme)?;
     Ok(())
 }
