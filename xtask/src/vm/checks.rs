@@ -214,6 +214,8 @@ pub struct BufioCounts {
     pub tree_waits: u64,
     /// Operations lost for want of a kretprobe instance.
     pub returns_missed: u64,
+    /// Returns that matched no operation entry (its entry program skipped, or its frame dropped).
+    pub unmatched_returns: u64,
     /// Events lost to a full ring buffer.
     pub ringbuf_full: u64,
     /// Program runs the kernel skipped (recursion misses), over all programs.
@@ -439,8 +441,9 @@ fn check_bufio(
         ),
     }
     let kernel_counter = |name: &str| info["losses"]["kernel"][name].as_u64();
-    let (Some(returns_missed), Some(ringbuf_full)) = (
+    let (Some(returns_missed), Some(unmatched_returns), Some(ringbuf_full)) = (
         kernel_counter("op_return_missed"),
+        kernel_counter("op_unmatched_return"),
         kernel_counter("ringbuf_full"),
     ) else {
         anyhow::bail!("{kernel} {scenario}: the recording has no loss counts");
@@ -480,6 +483,7 @@ fn check_bufio(
         mutex_waits,
         tree_waits,
         returns_missed,
+        unmatched_returns,
         ringbuf_full,
         skipped_runs,
         attached_as: how("dm_bufio_get"),
@@ -523,14 +527,13 @@ fn check_counts(
     // A return with no frame to match is an operation whose entry program the kernel skipped;
     // more of them than skipped runs means frames of live callers were dropped as stale (the
     // eBPF side's `may_call` is missing a pair).
-    let kernel_counter = |name: &str| info["losses"]["kernel"][name].as_u64().unwrap_or(0);
-    let unmatched = kernel_counter("op_unmatched_return");
     ensure!(
-        unmatched <= bufio.skipped_runs + 50,
-        "{kernel} {scenario}: {unmatched} operation returns matched no entry, but the kernel \
-         skipped only {} program runs: callers' frames were dropped as stale ({} dropped)",
+        bufio.unmatched_returns <= bufio.skipped_runs + 50,
+        "{kernel} {scenario}: {} operation returns matched no entry, but the kernel skipped only \
+         {} program runs: callers' frames were dropped as stale ({} dropped)",
+        bufio.unmatched_returns,
         bufio.skipped_runs,
-        kernel_counter("op_return_missed")
+        bufio.returns_missed
     );
     let mut lost_shares = Vec::new();
     for (function, recorded, counted) in [

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
+use super::kernels::downloaded_deb;
 use crate::cmd::{heading, output_of, run_checked};
 
 const SOURCE: &str = include_str!("../../vm/bufio-hotspot/bufio_hotspot.c");
@@ -69,26 +70,14 @@ fn release_of(extracted: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// The version of the image package whose .deb `fetch_kernel` downloaded: its file is
-/// `<package>_<version>_<arch>.deb`.
+/// The version of the image package whose .deb `fetch_kernel` downloaded.
 fn image_version(work: &Path, extracted: &Path) -> anyhow::Result<String> {
     let package = extracted
         .file_name()
         .context("an extracted kernel without a name")?
         .to_string_lossy()
         .into_owned();
-    let debs = work.join("debs");
-    fs::read_dir(&debs)?
-        .filter_map(Result::ok)
-        .find_map(|e| deb_version(&e.file_name().to_string_lossy(), &package))
-        .with_context(|| format!("no .deb of {package} in {}", debs.display()))
-}
-
-/// `<package>_<version>_<arch>.deb` → version (apt writes an epoch's colon as %3a).
-fn deb_version(file: &str, package: &str) -> Option<String> {
-    let rest = file.strip_prefix(package)?.strip_prefix('_')?;
-    let (version, arch) = rest.strip_suffix(".deb")?.rsplit_once('_')?;
-    (!version.is_empty() && !arch.is_empty()).then(|| version.replace("%3a", ":"))
+    Ok(downloaded_deb(&work.join("debs"), &package, None)?.1)
 }
 
 /// The three header packages of `release` at the image's version, extracted once; returns the
@@ -128,22 +117,7 @@ fn fetch_headers(work: &Path, extracted: &Path, release: &str) -> anyhow::Result
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root)?;
     for package in &packages {
-        let deb = fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                deb_version(
-                    &p.file_name().unwrap_or_default().to_string_lossy(),
-                    package,
-                )
-                .is_some_and(|v| v == version)
-            })
-            .with_context(|| {
-                format!(
-                    "the .deb of {package} {version} is not in {}",
-                    debs.display()
-                )
-            })?;
+        let (deb, _) = downloaded_deb(&debs, package, Some(&version))?;
         run_checked(
             "vm-test",
             Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
@@ -188,30 +162,6 @@ fn reroot_makefile(text: &str, root: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deb_file_names_give_their_version() {
-        assert_eq!(
-            deb_version(
-                "linux-image-6.12.117+deb12-cloud-amd64-unsigned_6.12.117-1~deb12u1_amd64.deb",
-                "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
-            )
-            .as_deref(),
-            Some("6.12.117-1~deb12u1")
-        );
-        assert_eq!(
-            deb_version("linux-kbuild-6.1_6.1.192-2_amd64.deb", "linux-kbuild-6.1").as_deref(),
-            Some("6.1.192-2")
-        );
-        // A longer package with the same prefix is not this one.
-        assert_eq!(
-            deb_version(
-                "linux-headers-6.1.0-56-common_6.1.192-2_all.deb",
-                "linux-headers-6.1.0-56"
-            ),
-            None
-        );
-    }
 
     #[test]
     fn the_headers_depends_name_common_and_kbuild() {

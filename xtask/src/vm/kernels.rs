@@ -213,16 +213,7 @@ pub fn fetch_kernel(work: &Path, kernel: &KernelLine) -> anyhow::Result<PathBuf>
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial)?;
     for name in &packages {
-        let deb = fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_")))
-            })
-            .with_context(|| {
-                format!("the downloaded .deb of {name} is not in {}", debs.display())
-            })?;
+        let (deb, _) = downloaded_deb(&debs, name, None)?;
         run_checked(
             "vm-test",
             Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial),
@@ -231,6 +222,36 @@ pub fn fetch_kernel(work: &Path, kernel: &KernelLine) -> anyhow::Result<PathBuf>
     fs::write(partial.join(".complete"), "")?;
     fs::rename(&partial, &extracted)?;
     Ok(extracted)
+}
+
+/// A .deb that `apt-get download` left in `debs` (`<package>_<version>_<arch>.deb`), of
+/// `version` if one is given: its path and version.
+pub fn downloaded_deb(
+    debs: &Path,
+    package: &str,
+    version: Option<&str>,
+) -> anyhow::Result<(PathBuf, String)> {
+    fs::read_dir(debs)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find_map(|path| {
+            let found = deb_version(&path.file_name()?.to_string_lossy(), package)?;
+            version.is_none_or(|v| v == found).then_some((path, found))
+        })
+        .with_context(|| {
+            format!(
+                "no downloaded .deb of {package}{} in {}",
+                version.map(|v| format!(" {v}")).unwrap_or_default(),
+                debs.display()
+            )
+        })
+}
+
+/// `<package>_<version>_<arch>.deb` → version (apt writes an epoch's colon as %3a).
+fn deb_version(file: &str, package: &str) -> Option<String> {
+    let rest = file.strip_prefix(package)?.strip_prefix('_')?;
+    let (version, arch) = rest.strip_suffix(".deb")?.rsplit_once('_')?;
+    (!version.is_empty() && !arch.is_empty()).then(|| version.replace("%3a", ":"))
 }
 
 /// Orders package names by their version numbers (`sort -V`).
@@ -314,6 +335,30 @@ pub fn is_builtin(modules_dir: &Path, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deb_file_names_give_their_version() {
+        assert_eq!(
+            deb_version(
+                "linux-image-6.12.117+deb12-cloud-amd64-unsigned_6.12.117-1~deb12u1_amd64.deb",
+                "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+            )
+            .as_deref(),
+            Some("6.12.117-1~deb12u1")
+        );
+        assert_eq!(
+            deb_version("linux-kbuild-6.1_6.1.192-2_amd64.deb", "linux-kbuild-6.1").as_deref(),
+            Some("6.1.192-2")
+        );
+        // A longer package with the same prefix is not this one.
+        assert_eq!(
+            deb_version(
+                "linux-headers-6.1.0-56-common_6.1.192-2_all.deb",
+                "linux-headers-6.1.0-56"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn every_line_names_its_release_in_its_fallback() {
