@@ -9,11 +9,22 @@ use std::{
     net::{TcpListener, TcpStream},
     path::Path,
     process::Command,
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
 use common::{PipeContention, root_or_skip, skip};
+
+/// The two views run one at a time: each drives a busy process (the pipe workload and its
+/// probes; a replay with its designs' threads) that would slow the other's screen on two CPUs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A tmux server of its own (a private socket) running one command; killed when dropped.
 struct Tmux {
@@ -85,19 +96,88 @@ impl Tmux {
 
     /// Waits until the screen satisfies `ok`; panics with the last screen after `timeout`.
     fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         loop {
             let screen = self.capture();
             if ok(&screen) {
+                // Shown with the output of a failing test: how long each step took.
+                eprintln!("{}: {what} after {:.1?}", self.session, start.elapsed());
                 return screen;
             }
             assert!(
                 Instant::now() < deadline,
-                "waited {timeout:?} for {what}; the screen:\n{screen}"
+                "waited {timeout:?} for {what}; the screen:\n{screen}\n{}",
+                self.processes()
             );
             thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+impl Tmux {
+    /// What the pane's processes are doing, for a failure message: each thread's state, where
+    /// it sleeps in the kernel and (as root) its kernel stack. A busy machine shows runnable
+    /// threads; a hang shows where.
+    fn processes(&self) -> String {
+        let Ok(shell) = self.display("#{pane_pid}").parse::<u32>() else {
+            return "the pane has no process".to_string();
+        };
+        let mut out = String::new();
+        let mut pids = vec![shell];
+        let mut i = 0;
+        while i < pids.len() {
+            pids.extend(children(pids[i]));
+            i += 1;
+        }
+        for pid in pids {
+            let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+            let cmdline = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+            out += &format!("process {pid}: {}\n", cmdline.trim());
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let dir = task.path();
+                let stat = read(format!("{}/stat", dir.display()));
+                // The state is the field after the parenthesised comm.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .unwrap_or("?");
+                out += &format!(
+                    "  thread {} {} state {state} wchan {}\n",
+                    task.file_name().to_string_lossy(),
+                    read(format!("{}/comm", dir.display())).trim(),
+                    read(format!("{}/wchan", dir.display())).trim(),
+                );
+                for frame in read(format!("{}/stack", dir.display())).lines().take(12) {
+                    out += &format!("    {frame}\n");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string();
+                    rest.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 impl Drop for Tmux {
@@ -169,6 +249,7 @@ fn quit_and_check_terminal(tmux: &Tmux) {
 #[test]
 fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     let test = "live_tui_shows_the_pipe_workload_and_serves_metrics";
+    let _alone = one_at_a_time();
     if !root_or_skip(test) {
         return;
     }
@@ -188,7 +269,7 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     // pipe's mutex shows with waits and a caller from its stacks (the detail under the table is
     // the selected row's; sorted by total wait, the busiest mutex is the workload's).
     tmux.wait_for("the header", Duration::from_secs(60), |s| {
-        s.contains("bufscope live")
+        s.contains("bufscope live ·")
     });
     tmux.keys(&["f", "mutex 0x", "Enter"]);
     let screen = tmux.wait_for(
@@ -270,6 +351,7 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
 
 #[test]
 fn replay_tui_plays_pauses_speeds_up_and_compares_a_sample() {
+    let _alone = one_at_a_time();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/6.1-thin-hotspot.bftrace");
     // A quarter speed: the 6.6 s recording lasts 26 s, time for every key below.
     let Some(tmux) = Tmux::start(

@@ -89,6 +89,9 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     if options.no_tui {
         return runtime.block_on(no_tui(options));
     }
+    // Loading and verifying the programs takes seconds on a slow or busy machine: say what is
+    // happening until the screen opens (the line stays above the shell prompt afterwards).
+    eprintln!("bufscope live: loading the eBPF programs…");
     let probes = LockProbes::attach(AttachOptions {
         mode: options.attach,
         ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
@@ -99,6 +102,10 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         bufio: true,
         bufio_probes: options.bufio_probes,
     })?;
+    eprintln!(
+        "bufscope live: attached ({}); opening the screen…",
+        probes.mode()
+    );
     let settings = LiveSettings {
         interval: Duration::from_millis(options.interval),
         duration: options.duration,
