@@ -7,7 +7,7 @@ use bufscope_trace::Metadata;
 
 use super::model::Model;
 use crate::{
-    kernel::symbols::{LockText, static_lock_names, symbolize_kernel},
+    kernel::symbols::KernelSymbols,
     probes::{ClientHow, Event, LockProbes},
 };
 
@@ -37,7 +37,7 @@ pub fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
 /// as they first appear (the event stream carries stack ids and lock addresses only).
 #[derive(Debug)]
 pub struct KernelNames {
-    lock_text: LockText,
+    symbols: KernelSymbols,
     symbolized: HashSet<u64>,
     statics: HashSet<u64>,
 }
@@ -45,7 +45,7 @@ pub struct KernelNames {
 impl KernelNames {
     pub fn new() -> Self {
         Self {
-            lock_text: LockText::from_kallsyms(),
+            symbols: KernelSymbols::new(),
             symbolized: HashSet::new(),
             statics: HashSet::new(),
         }
@@ -62,7 +62,7 @@ impl KernelNames {
             }
         }
         if !new_addrs.is_empty() {
-            let (symbols, _) = symbolize_kernel(&new_addrs, &self.lock_text);
+            let (symbols, _) = self.symbols.symbolize(&new_addrs);
             model.add_metadata(&Metadata::Symbols { symbols });
         }
         let statics: Vec<u64> = model
@@ -73,7 +73,7 @@ impl KernelNames {
             .collect();
         if !statics.is_empty() {
             model.add_metadata(&Metadata::Symbols {
-                symbols: static_lock_names(&statics),
+                symbols: self.symbols.static_lock_names(&statics),
             });
         }
     }
