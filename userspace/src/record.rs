@@ -2,7 +2,7 @@
 //! view's `--record` and `r`: one [`Recorder`] per file, finished with what its events refer to.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
@@ -318,24 +318,18 @@ struct SeenReferences {
     threads: ThreadNames,
 }
 
-/// Thread names, learned the first time a tid shows up in an event by reading the thread's
-/// `comm` from /proc right then: one read per thread, and one set lookup per event. Events reach
-/// user space in batches, up to tens of milliseconds after they happened, so a thread that
-/// exited before its first event was read stays unnamed (as does tid 0, the idle task); a thread
-/// renamed after it was first seen keeps its first name.
+/// Thread names for the file (see [`system::NewThreads`]), written with each flush.
 #[derive(Debug, Default)]
 struct ThreadNames {
-    seen: HashSet<u32>,
+    new: system::NewThreads,
     /// Learned since the last write.
     unwritten: Vec<Thread>,
 }
 
 impl ThreadNames {
     fn see(&mut self, tid: u32, tgid: u32) {
-        if self.seen.insert(tid)
-            && let Some(comm) = system::thread_comm(tgid, tid)
-        {
-            self.unwritten.push(Thread { tid, tgid, comm });
+        if let Some(thread) = self.new.learn(tid, tgid) {
+            self.unwritten.push(thread);
         }
     }
 
@@ -478,7 +472,7 @@ mod tests {
         }
         let mut names = ThreadNames::default();
         names.see(tid, tgid);
-        assert!(names.seen.contains(&tid));
+        assert!(names.new.seen(tid));
         assert!(
             names.unwritten.is_empty(),
             "an exited thread stays unnamed: {:?}",

@@ -52,6 +52,32 @@ pub fn thread_comm(tgid: u32, tid: u32) -> Option<String> {
     Some(comm.strip_suffix('\n').unwrap_or(&comm).to_string())
 }
 
+/// Thread names learned the first time a tid shows up in an event, by reading the thread's
+/// `comm` right then: one read per thread, and one set lookup per event. Events reach user space
+/// in batches, up to tens of milliseconds after they happened, so a thread that exited before
+/// its first event was read stays unnamed (as does tid 0, the idle task); a thread renamed after
+/// it was first seen keeps its first name.
+#[derive(Debug, Default)]
+pub struct NewThreads {
+    seen: std::collections::HashSet<u32>,
+}
+
+impl NewThreads {
+    /// The thread's name, if `tid` was not seen before and the thread is still there.
+    pub fn learn(&mut self, tid: u32, tgid: u32) -> Option<bufscope_trace::Thread> {
+        if !self.seen.insert(tid) {
+            return None;
+        }
+        let comm = thread_comm(tgid, tid)?;
+        Some(bufscope_trace::Thread { tid, tgid, comm })
+    }
+
+    /// Whether `tid` was seen (named or not).
+    pub fn seen(&self, tid: u32) -> bool {
+        self.seen.contains(&tid)
+    }
+}
+
 /// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -148,6 +148,7 @@ pub async fn run_headless(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Vec::new();
+    let mut threads = system::NewThreads::default();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
     loop {
@@ -176,7 +177,7 @@ pub async fn run_headless(
                 ready.map_err(SessionError::ReadStream)?;
                 // Clients (always streamed) name the locks; waits and operations only with
                 // --metrics.
-                ingest(&mut model, &probes, &batch);
+                ingest(&mut model, &probes, &mut threads, &batch);
                 batch.clear();
             }
         }

@@ -7,16 +7,24 @@ use bufscope_trace::Metadata;
 
 use super::model::Model;
 use crate::{
-    kernel::symbols::KernelSymbols,
+    kernel::{symbols::KernelSymbols, system::NewThreads},
     probes::{ClientHow, Event, LockProbes},
 };
 
-/// The kernel's events into the model (clients named with their lock addresses).
-pub fn ingest(model: &mut Model, probes: &LockProbes, batch: &[Event]) {
+/// The kernel's events into the model (clients named with their lock addresses, threads that
+/// run dm-bufio operations with their names, read the first time each shows up).
+pub fn ingest(model: &mut Model, probes: &LockProbes, threads: &mut NewThreads, batch: &[Event]) {
     for event in batch {
         match event {
             Event::LockWait(w) => model.add_wait(w),
-            Event::Op(o) => model.add_op(o),
+            Event::Op(o) => {
+                if let Some(thread) = threads.learn(o.tid, o.tgid) {
+                    model.add_metadata(&Metadata::Threads {
+                        threads: vec![thread],
+                    });
+                }
+                model.add_op(o);
+            }
             // A destroyed client's name stays until a new client takes its address.
             Event::Client(c) if c.how != ClientHow::Destroyed => {
                 model.add_metadata(&Metadata::Client {

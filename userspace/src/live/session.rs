@@ -33,7 +33,7 @@ use super::{
     ui::{Action, Ui},
 };
 use crate::{
-    kernel::system,
+    kernel::system::{self, NewThreads},
     probes::{Event, EventStream, LockProbes, ProbeError, lost_events, skipped_runs},
     record::{RecordError, Recorder, RecordingStart},
     stop::sleep_until,
@@ -257,6 +257,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
         None => None,
     };
     let mut naming = KernelNames::new();
+    let mut threads = NewThreads::default();
     let mut session = ViewState::new(
         model,
         Ui::new(&settings.designs, false),
@@ -333,7 +334,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                 _ = sleep_until(deadline) => break,
                 ready = stream.next_batch(&mut batch) => {
                     ready.map_err(SessionError::ReadStream)?;
-                    ingest(&mut session.model, &probes, &batch);
+                    ingest(&mut session.model, &probes, &mut threads, &batch);
                     if let Some(r) = &mut recorder {
                         r.write(&probes, &batch)?;
                     }

@@ -1,22 +1,86 @@
 //! The dm-bufio clients panel: ops/s by kind, hit ratio, estimated dirty buffers and lock waits
-//! per client.
+//! per client; below them, buffer acquisition time by thread role (the hotspot experiment's
+//! answer: how long `bufio_hot` threads take to get a buffer, and how much of it is mutex wait).
 
 use bufscope_trace::OpKind;
 use ratatui::{
     Frame,
-    layout::{Constraint, Rect},
+    layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     widgets::{Cell, Paragraph, Row, Table, TableState},
 };
 
 use super::panel_block;
 use crate::live::{
-    model::{BufioStatus, Model},
+    model::{BufioStatus, Model, RoleRow},
     ui::{Panel, Ui},
 };
 use bufscope_analyses::units::{compact, duration_ns, thousands};
 
 pub(super) fn draw_clients(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
+    if model.role_rows.is_empty() {
+        draw_client_table(frame, area, model, ui);
+        return;
+    }
+    // The clients take what they need (borders and header: 3 lines), up to half; the roles the
+    // rest.
+    let wanted = model.clients.len() as u16 + 3;
+    let [top, bottom] = Layout::vertical([
+        Constraint::Length(wanted.min(area.height / 2)),
+        Constraint::Min(4),
+    ])
+    .areas(area);
+    draw_client_table(frame, top, model, ui);
+    draw_roles(frame, bottom, &model.role_rows);
+}
+
+/// Acquisition time (get, read, new) by thread role, slowest mean first.
+fn draw_roles(frame: &mut Frame, area: Rect, rows: &[RoleRow]) {
+    let block = ratatui::widgets::Block::bordered()
+        .title(" Buffer acquisition (get/read/new) by thread role ")
+        .border_style(Style::new().fg(Color::DarkGray));
+    let header = Row::new([
+        "role",
+        "threads",
+        "acquired",
+        "mean",
+        "p50",
+        "p99",
+        "mutex wait",
+    ])
+    .style(Style::new().fg(Color::Gray));
+    let role_width = rows
+        .iter()
+        .map(|r| r.role.chars().count())
+        .max()
+        .unwrap_or(0);
+    let widths = [
+        Constraint::Length(role_width.clamp(8, 24) as u16),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Min(10),
+    ];
+    let table_rows = rows.iter().map(|r| {
+        Row::new([
+            Cell::from(r.role.clone()),
+            Cell::from(r.threads.to_string()),
+            Cell::from(thousands(r.acquisitions)),
+            Cell::from(duration_ns(r.mean_ns)),
+            Cell::from(duration_ns(r.p50_ns)),
+            Cell::from(duration_ns(r.p99_ns)),
+            Cell::from(format!("{:.1}%", r.mutex_wait_share * 100.0)),
+        ])
+    });
+    frame.render_widget(
+        Table::new(table_rows, widths).header(header).block(block),
+        area,
+    );
+}
+
+fn draw_client_table(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
     let block = panel_block(
         Panel::Clients,
         ui,

@@ -160,13 +160,34 @@ pub(crate) fn fixture() -> Model {
         m.add_wait(&wait(STATIC_LOCK, LockFlags::SPIN, 3_000, 1, None));
     }
     m.add_wait(&wait(ANON_SPIN, LockFlags::SPIN, 900, 2, None));
+    // Threads 100 and 101 are hotspot readers, 102 the dirtier, 103 is not named.
+    let thread = |tid, comm: &str| bufscope_trace::Thread {
+        tid,
+        tgid: 100,
+        comm: comm.into(),
+    };
+    m.add_metadata(&Metadata::Threads {
+        threads: vec![
+            thread(100, "bufio_hot/0"),
+            thread(101, "bufio_hot/1"),
+            thread(102, "bufio_dirty"),
+        ],
+    });
     for block in 0..2_000u64 {
         let result = if block % 10 == 0 {
             OpResult::Miss
         } else {
             OpResult::Hit
         };
-        m.add_op(&op(CLIENT, OpKind::Get, block % 64, result));
+        let mut get = op(CLIENT, OpKind::Get, block % 64, result);
+        // The dirtier's acquisitions are slow, a quarter of them waiting for the mutex.
+        if get.tid == 102 {
+            get.duration_ns = 40_000;
+            get.lock_wait_ns = 10_000;
+        } else {
+            get.duration_ns = 1_000 + block;
+        }
+        m.add_op(&get);
         m.add_op(&op(CLIENT, OpKind::Release, block % 64, OpResult::None));
     }
     for block in 0..40u64 {
