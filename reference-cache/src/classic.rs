@@ -85,6 +85,7 @@ impl ClassicCache {
         buffer.hold_count.fetch_add(1, Ordering::AcqRel);
         state.lists.relink(buffer);
         rec.count(|ops| ops.hits += 1);
+        rec.spend_hit();
         Some(BufferRef::new(Arc::clone(buffer)))
     }
 
@@ -146,6 +147,7 @@ impl ClassicCache {
         let buffer = new_held_buffer(block, self.config.block_size, fresh);
         state.tree.insert(block, Arc::clone(&buffer));
         state.lists.insert(Arc::clone(&buffer));
+        rec.spend_miss();
         drop(state);
 
         complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
@@ -183,6 +185,7 @@ impl BufferCache for ClassicCache {
         let hit = self.hit(&mut state, rec, block, true);
         if hit.is_none() {
             rec.count(|ops| ops.misses += 1);
+            rec.spend_miss();
         }
         hit
     }
@@ -219,6 +222,7 @@ impl BufferCache for ClassicCache {
         let buffer = buf.into_buffer();
         let _state = self.client.lock(rec);
         buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+        rec.spend_hit();
     }
 
     fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
@@ -227,6 +231,7 @@ impl BufferCache for ClassicCache {
         if mark_dirty_range(buffer, start, end) {
             state.lists.move_to(buffer, ListMode::Dirty);
         }
+        rec.spend_hit();
     }
 
     fn mark_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef) {
@@ -234,7 +239,12 @@ impl BufferCache for ClassicCache {
     }
 
     fn write_dirty_buffers_async(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
-        let writes = Self::collect_writes(&mut self.client.lock(rec));
+        let writes = {
+            let mut state = self.client.lock(rec);
+            let writes = Self::collect_writes(&mut state);
+            rec.spend_hit();
+            writes
+        };
         submit_writes(self.io.as_ref(), rec, &writes)
     }
 

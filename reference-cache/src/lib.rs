@@ -8,6 +8,7 @@
 //! - [`LockFreeCache`]: ours: lock-free lookups and holds, so hits and releases take no lock.
 //!
 //! Every design implements [`BufferCache`]; each shared field states which lock protects it.
+//! [`timing`] makes their critical sections take what a recording kernel's took.
 //! Buffers come from a [`BlockIo`]: memory or a real file or device. No eBPF and no root: this
 //! crate builds and tests with stable Rust anywhere.
 
@@ -21,6 +22,7 @@ mod lru;
 mod recorder;
 pub mod replay;
 mod sharded;
+pub mod timing;
 pub mod workload;
 
 pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};

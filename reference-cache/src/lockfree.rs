@@ -123,6 +123,8 @@ impl LockFreeCache {
         }
         buffer.referenced.store(true, Ordering::Relaxed);
         rec.count(|ops| ops.hits += 1);
+        // No lock: the hit's cost is spent, but blocks nobody.
+        rec.spend_hit();
         Some(BufferRef::new(Arc::clone(buffer)))
     }
 
@@ -180,6 +182,7 @@ impl LockFreeCache {
         };
         let buffer = new_held_buffer(block, self.config.block_size, fresh);
         self.insert(&mut lists, &buffer);
+        rec.spend_miss();
         drop(lists);
 
         complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
@@ -207,6 +210,7 @@ impl BufferCache for LockFreeCache {
         let hit = self.lookup(rec, block, true);
         if hit.is_none() {
             rec.count(|ops| ops.misses += 1);
+            rec.spend_miss();
         }
         hit
     }
@@ -240,8 +244,9 @@ impl BufferCache for LockFreeCache {
         }
     }
 
-    fn release(&self, _rec: &ThreadRecorder, buf: BufferRef) {
+    fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {
         buf.into_buffer().hold_count.fetch_sub(1, Ordering::AcqRel);
+        rec.spend_hit();
     }
 
     fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
@@ -250,6 +255,7 @@ impl BufferCache for LockFreeCache {
         if mark_dirty_range(buffer, start, end) {
             lists.move_to(buffer, ListMode::Dirty);
         }
+        rec.spend_hit();
     }
 
     fn mark_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef) {
@@ -257,7 +263,12 @@ impl BufferCache for LockFreeCache {
     }
 
     fn write_dirty_buffers_async(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
-        let writes = Self::collect_writes(&mut self.client.lock(rec));
+        let writes = {
+            let mut lists = self.client.lock(rec);
+            let writes = Self::collect_writes(&mut lists);
+            rec.spend_hit();
+            writes
+        };
         submit_writes(self.io.as_ref(), rec, &writes)
     }
 

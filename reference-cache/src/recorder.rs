@@ -16,7 +16,10 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use crate::lock::LockClass;
+use crate::{
+    lock::LockClass,
+    timing::{StepCost, spin_for},
+};
 
 /// Waits and holds from 1 ns to 100 s at 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
@@ -80,6 +83,9 @@ pub struct ThreadRecorder {
     totals: Cell<[LockTotals; 4]>,
     /// Copied into each logged wait: what the thread is doing (set by the caller).
     tag: Cell<u32>,
+    /// The current step's calibrated cost still to spend inside its critical section (see
+    /// [`crate::timing`]); zero at host speed.
+    cost: Cell<StepCost>,
     log: Option<RefCell<Vec<LoggedWait>>>,
 }
 
@@ -146,6 +152,7 @@ impl ThreadRecorder {
             ops: Cell::new(OpCounts::default()),
             totals: Cell::new([LockTotals::default(); 4]),
             tag: Cell::new(0),
+            cost: Cell::new(StepCost::default()),
             log: None,
         }
     }
@@ -161,6 +168,36 @@ impl ThreadRecorder {
     /// Sets the tag that waits logged from now on carry.
     pub fn set_tag(&self, tag: u32) {
         self.tag.set(tag);
+    }
+
+    /// Sets the calibrated cost of the step this thread runs next (see [`crate::timing`]).
+    pub fn set_step_cost(&self, cost: StepCost) {
+        self.cost.set(cost);
+    }
+
+    /// Spends the current step's hit (or no-outcome) cost, once: designs call this inside the
+    /// critical section of a hit, a release, a dirtying or a writeback's collection.
+    pub(crate) fn spend_hit(&self) {
+        let mut cost = self.cost.get();
+        spin_for(std::mem::take(&mut cost.hit_hold_ns));
+        cost.miss_hold_ns = 0;
+        self.cost.set(cost);
+    }
+
+    /// Spends the current step's miss cost, once: designs call this inside the critical section
+    /// of a miss, before its read goes to the device.
+    pub(crate) fn spend_miss(&self) {
+        let mut cost = self.cost.get();
+        spin_for(std::mem::take(&mut cost.miss_hold_ns));
+        cost.hit_hold_ns = 0;
+        self.cost.set(cost);
+    }
+
+    /// Spends the current step's cost outside its locks, with its hold if no path of the design
+    /// spent it (the kernel took that time all the same); the step's cost is then used up.
+    pub fn spend_outside(&self) {
+        let cost = self.cost.take();
+        spin_for(cost.outside_ns + cost.hit_hold_ns);
     }
 
     /// Wait and hold so far per class, indexed like [`LockClass::ALL`].

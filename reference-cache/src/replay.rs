@@ -13,14 +13,17 @@
 //! trace and reported, exported and compared like the kernel's.
 
 use std::{
-    sync::{Arc, Barrier},
+    sync::{Arc, Barrier, OnceLock},
     thread,
     time::{Duration, Instant},
 };
 
 use hdrhistogram::Histogram;
 
-use crate::{BufferCache, BufferRef, Design, LockClass, Report, ThreadRecorder, recorder::clock};
+use crate::{
+    BufferCache, BufferRef, Design, LockClass, Report, ThreadRecorder, recorder::clock,
+    timing::Timing,
+};
 
 /// One operation of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub enum Step {
 }
 
 impl Step {
+    /// How many kinds of step there are.
+    pub const KINDS: usize = Self::NAMES.len();
+
     /// Short names, for results.
     pub const NAMES: [&'static str; 11] = [
         "get",
@@ -105,6 +111,8 @@ pub struct ReplayOptions {
     pub speed: Option<f64>,
     /// Keep every operation and contended acquisition in [`ReplayResult::log`].
     pub log: bool,
+    /// How long each step takes: host speed, or a recording kernel's costs.
+    pub timing: Timing,
 }
 
 /// How an operation ended, as a kernel recording says it.
@@ -225,15 +233,34 @@ pub fn replay(
     // The caller waits at the barrier too, so the clock starts when every thread has its steps
     // merged and ready.
     let start = Arc::new(Barrier::new(threads + 1));
+    // The replay's time zero: when the first thread leaves the barrier. Shared, so that a
+    // thread scheduled late keeps its recorded offset from the others instead of shifting its
+    // whole schedule.
+    let zero = Arc::new(OnceLock::new());
     let epoch = ThreadRecorder::now_raw();
+    // At a given speed every thread keeps its steps' times relative to the earliest step of any
+    // stream: one origin for all, so threads start as far apart as they did when recorded.
+    let origin_ns = dealt
+        .iter()
+        .flatten()
+        .flat_map(|s| s.steps.iter().map(|step| step.at_ns))
+        .min()
+        .unwrap_or(0);
     let handles: Vec<_> = dealt
         .into_iter()
         .map(|streams| {
-            let (cache, start) = (Arc::clone(&cache), Arc::clone(&start));
+            let (cache, start, zero) = (Arc::clone(&cache), Arc::clone(&start), Arc::clone(&zero));
             thread::spawn(move || {
                 let tids: Vec<u32> = streams.iter().map(|s| s.tid).collect();
                 let steps = merge(streams);
-                run_thread(cache.as_ref(), steps, &tids, options, epoch, &start)
+                run_thread(
+                    cache.as_ref(),
+                    steps,
+                    &tids,
+                    options,
+                    (epoch, origin_ns),
+                    (&start, &zero),
+                )
             })
         })
         .collect();
@@ -341,8 +368,8 @@ fn run_thread(
     steps: Vec<(usize, TimedStep)>,
     tids: &[u32],
     options: ReplayOptions,
-    epoch: u64,
-    start: &Barrier,
+    (epoch, origin_ns): (u64, u64),
+    (start, zero): (&Barrier, &OnceLock<Instant>),
 ) -> ThreadOutcome {
     let speed = options.speed;
     let rec = if options.log {
@@ -359,10 +386,9 @@ fn run_thread(
         first_io_error.get_or_insert_with(|| e.to_string());
     };
     let mut held = Held::default();
-    let first_at = steps.first().map_or(0, |(_, s)| s.at_ns);
     let clock = clock();
     start.wait();
-    let began = Instant::now();
+    let began = *zero.get_or_init(Instant::now);
     // As fast as possible, one clock read per step: each step ends when the next one begins.
     let mut last_end = clock.raw();
     for &(stream, TimedStep { at_ns, block, step }) in &steps {
@@ -372,7 +398,8 @@ fn run_thread(
         });
         let op_began = match speed {
             Some(speed) => {
-                let due = Duration::from_nanos(((at_ns - first_at) as f64 / speed) as u64);
+                let due =
+                    Duration::from_nanos((at_ns.saturating_sub(origin_ns) as f64 / speed) as u64);
                 if let Some(wait) = due.checked_sub(began.elapsed()) {
                     thread::sleep(wait);
                 }
@@ -380,6 +407,7 @@ fn run_thread(
             }
             None => last_end,
         };
+        rec.set_step_cost(options.timing.cost(step));
         let key = (stream, block);
         let mut got = None;
         match step {
@@ -437,6 +465,7 @@ fn run_thread(
             Step::Forget => cache.forget(&rec, block),
             Step::ForgetBuffers { blocks } => cache.forget_buffers(&rec, block, u64::from(blocks)),
         }
+        rec.spend_outside();
         last_end = clock.raw();
         let duration_ns = clock.delta_as_nanos(op_began, last_end);
         latency[step.index()].saturating_record(duration_ns.max(1));
@@ -661,6 +690,116 @@ mod tests {
         );
         assert!(slow.elapsed > fast.elapsed * 2);
         assert_eq!(slow.mismatches, Mismatches::default());
+    }
+
+    #[test]
+    fn kernel_timing_spends_each_steps_cost_under_the_designs_own_locks() {
+        use crate::timing::StepCost;
+        let mut costs = [StepCost::default(); Step::KINDS];
+        costs[Step::Read.index()] = StepCost {
+            hit_hold_ns: 200_000,
+            miss_hold_ns: 300_000,
+            outside_ns: 50_000,
+        };
+        costs[Step::Release.index()] = StepCost {
+            hit_hold_ns: 100_000,
+            ..StepCost::default()
+        };
+        // A miss, its release, a hit, its release.
+        let streams = || {
+            vec![stream(
+                1,
+                &[
+                    (0, 1, Step::Read),
+                    (1, 1, Step::Release),
+                    (2, 1, Step::Read),
+                    (3, 1, Step::Release),
+                ],
+            )]
+        };
+        for design in Design::ALL {
+            let result = replay(
+                cache(design),
+                streams(),
+                ReplayOptions {
+                    timing: Timing::kernel(costs),
+                    log: true,
+                    ..Default::default()
+                },
+            );
+            let log = result.log.expect("asked for a log");
+            let durations: Vec<u64> = log.ops.iter().map(|o| o.duration_ns).collect();
+            // Each step lasts at least its cost: miss 300 + 50 µs, release 100, hit 200 + 50.
+            for (d, least) in durations.iter().zip([350_000, 100_000, 250_000, 100_000]) {
+                assert!(*d >= least, "{design}: {durations:?}");
+            }
+            let mutex = result.report.class(LockClass::ClientMutex);
+            let mutex_holds = (mutex.acquisitions, mutex.hold_ns.min());
+            match design {
+                // Every step under the one mutex, each hold at least its step's cost.
+                Design::Classic => {
+                    assert_eq!(mutex.acquisitions, 4, "{design}");
+                    assert!(mutex.hold_ns.min() >= 100_000, "{design}: {mutex_holds:?}");
+                    assert!(mutex.hold_ns.max() >= 300_000, "{design}: {mutex_holds:?}");
+                }
+                // The miss under the mutex; the hit and the releases under tree locks (sharded)
+                // or none (lockfree), so the mutex holds only the miss's cost.
+                Design::Sharded | Design::LockFree => {
+                    assert_eq!(mutex.acquisitions, 1, "{design}");
+                    assert!(mutex.hold_ns.min() >= 300_000, "{design}: {mutex_holds:?}");
+                }
+            }
+            if design == Design::Sharded {
+                let trees = result.report.class(LockClass::TreeRead);
+                assert!(
+                    trees.hold_ns.max() >= 200_000,
+                    "the hit under its tree lock"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn threads_keep_their_recorded_offsets_from_each_other() {
+        // Thread 2's first step came 60 ms after thread 1's: at speed 1 it starts 60 ms in,
+        // not at once (each thread once timed its steps from its own first one).
+        let streams = vec![
+            stream(1, &[(1_000, 1, Step::Read), (2_000, 1, Step::Release)]),
+            stream(
+                2,
+                &[(60_001_000, 2, Step::Read), (60_002_000, 2, Step::Release)],
+            ),
+        ];
+        let result = replay(
+            cache(Design::Classic),
+            streams,
+            ReplayOptions {
+                speed: Some(1.0),
+                log: true,
+                ..Default::default()
+            },
+        );
+        let log = result.log.expect("asked for a log");
+        let first = |tid| {
+            log.ops
+                .iter()
+                .find(|o| o.tid == tid)
+                .map(|o| o.start_ns)
+                .expect("the thread's operations are logged")
+        };
+        // Times count from the first operation: thread 1's, which a busy machine may start a
+        // little late, so the gap is 60 ms less that delay (and about 0 when offsets are lost).
+        assert!(
+            first(2) >= 30_000_000,
+            "thread 2 began {} ns in, thread 1 {} ns",
+            first(2),
+            first(1)
+        );
+        assert!(
+            result.elapsed >= Duration::from_millis(59),
+            "{:?}",
+            result.elapsed
+        );
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl ShardedCache {
         buffer.hold_count.fetch_add(1, Ordering::AcqRel);
         buffer.referenced.store(true, Ordering::Relaxed);
         rec.count(|ops| ops.hits += 1);
+        rec.spend_hit();
         Some(BufferRef::new(Arc::clone(buffer)))
     }
 
@@ -196,6 +197,7 @@ impl ShardedCache {
         };
         let buffer = new_held_buffer(block, self.config.block_size, fresh);
         self.insert(rec, &mut lists, &buffer);
+        rec.spend_miss();
         drop(lists);
 
         complete_miss(self.io.as_ref(), rec, buffer, fresh, &writes, |b| {
@@ -223,6 +225,7 @@ impl BufferCache for ShardedCache {
         let hit = self.cache_get(rec, block, true);
         if hit.is_none() {
             rec.count(|ops| ops.misses += 1);
+            rec.spend_miss();
         }
         hit
     }
@@ -261,6 +264,7 @@ impl BufferCache for ShardedCache {
         let buffer = buf.into_buffer();
         let _tree = self.tree(buffer.block()).read(rec);
         buffer.hold_count.fetch_sub(1, Ordering::AcqRel);
+        rec.spend_hit();
     }
 
     fn mark_partial_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef, start: u32, end: u32) {
@@ -269,6 +273,7 @@ impl BufferCache for ShardedCache {
         if mark_dirty_range(buffer, start, end) {
             self.mark(rec, &mut lists, buffer, ListMode::Dirty);
         }
+        rec.spend_hit();
     }
 
     fn mark_dirty(&self, rec: &ThreadRecorder, buf: &BufferRef) {
@@ -276,7 +281,12 @@ impl BufferCache for ShardedCache {
     }
 
     fn write_dirty_buffers_async(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
-        let writes = self.collect_writes(rec, &mut self.client.lock(rec));
+        let writes = {
+            let mut lists = self.client.lock(rec);
+            let writes = self.collect_writes(rec, &mut lists);
+            rec.spend_hit();
+            writes
+        };
         submit_writes(self.io.as_ref(), rec, &writes)
     }
 

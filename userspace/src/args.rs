@@ -5,8 +5,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use bufscope_abi::ProbeConfig;
-use bufscope_analyses::models::{Backing, ModelOptions};
-use reference_cache::{Design, replay::ReplayOptions};
+use bufscope_analyses::{
+    calibration::Calibration,
+    models::{Backing, ModelOptions},
+};
+use reference_cache::{Design, replay::ReplayOptions, timing::Timing};
 
 /// How the designs run: shared by `replay`, `compare` and `live`.
 #[derive(Debug, clap::Args)]
@@ -31,12 +34,37 @@ pub struct ModelArgs {
     /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
     #[arg(long, default_value_t = 76_800)]
     pub capacity: usize,
+    /// How long the designs' steps take: `host` (as fast as this machine runs them) or `kernel`
+    /// (each critical section as long as the recording kernel held its lock for that operation,
+    /// and memory reads as long as its misses read; see `report --calibration`).
+    #[arg(long, value_enum, default_value_t = TimingArg::Host)]
+    pub timing: TimingArg,
+}
+
+/// `--timing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimingArg {
+    Host,
+    Kernel,
 }
 
 impl ModelArgs {
-    pub fn options(&self, cpus: Option<usize>, speed: Option<f64>, log: bool) -> ModelOptions {
+    /// How the designs run. `calibration`: the trace's, for `--timing kernel` (ignored at host
+    /// timing; without one the designs run at host speed).
+    pub fn options(
+        &self,
+        cpus: Option<usize>,
+        speed: Option<f64>,
+        log: bool,
+        calibration: Option<&Calibration>,
+    ) -> ModelOptions {
+        let calibration = calibration.filter(|_| self.timing == TimingArg::Kernel);
+        // A miss's read takes what the kernel's took, unless a device or a latency was given.
+        let io_latency = self
+            .io_latency
+            .or_else(|| calibration.and_then(Calibration::read_io));
         ModelOptions {
-            backing: match (&self.device, self.io_latency) {
+            backing: match (&self.device, io_latency) {
                 (Some(path), _) => Backing::Device {
                     path: path.clone(),
                     direct: self.direct,
@@ -51,6 +79,7 @@ impl ModelArgs {
                 threads: self.threads,
                 speed,
                 log,
+                timing: calibration.map_or(Timing::HOST, Calibration::timing),
             },
         }
     }

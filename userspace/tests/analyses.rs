@@ -309,6 +309,66 @@ fn compare_refuses_what_it_cannot_compare() {
     fails(&["compare", &file, "--speed", "0"], "not a positive number");
 }
 
+#[test]
+fn calibration_accounts_for_every_operation_and_puts_the_device_read_outside_the_lock() {
+    for name in ["6.1-bufio-hotspot.bftrace", "6.12-bufio-hotspot.bftrace"] {
+        let file = sample(name);
+        let c: serde_json::Value =
+            serde_json::from_str(&ok(&["report", &file, "--calibration", "--json"])).unwrap();
+        let steps = c["steps"].as_array().unwrap();
+        let count = |op: &str| -> u64 {
+            steps
+                .iter()
+                .filter(|s| s["op"] == op)
+                .map(|s| s["count"].as_u64().unwrap())
+                .sum()
+        };
+        // The same operations as report --ops counts, kind by kind.
+        let ops: serde_json::Value = serde_json::from_str(&ok(&[
+            "report", &file, "--ops", "--by", "op", "--op", "read", "--op", "release", "--json",
+        ]))
+        .unwrap();
+        for row in ops["rows"].as_array().unwrap() {
+            let op = row["key"].as_str().unwrap().trim_start_matches("dm_bufio_");
+            assert_eq!(
+                count(op),
+                row["count"].as_u64().unwrap(),
+                "{name}: {op} operations"
+            );
+        }
+        let row = |op: &str, result: &str| {
+            steps
+                .iter()
+                .find(|s| s["op"] == op && s["result"] == result)
+                .unwrap_or_else(|| panic!("{name}: no {op} {result} row: {c}"))
+        };
+        let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+        let (hit, miss) = (row("read", "hit"), row("read", "miss"));
+        // A miss reads its block from the device outside the lock: far longer than a hit, most
+        // of it outside the mutex.
+        assert!(
+            n(miss, "net_p50_ns") > 10 * n(hit, "net_p50_ns"),
+            "{name}: {miss} vs {hit}"
+        );
+        assert!(
+            n(miss, "miss_io_p50_ns") > 5 * n(miss, "hold_p50_ns"),
+            "{name}: {miss}"
+        );
+        assert_eq!(c["holds_measured"], true, "{name}");
+    }
+    fails(
+        &[
+            "report",
+            &format!(
+                "{}/trace/tests/data/format-1.0.bftrace",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            "--calibration",
+        ],
+        "no dm-bufio operations",
+    );
+}
+
 /// The Python with Perfetto's protos and pyarrow that `cargo xtask setup` installs; `None`
 /// (after [`skip`]) when it is missing.
 fn py_reader(test: &str) -> Option<PathBuf> {

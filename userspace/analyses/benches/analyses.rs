@@ -115,6 +115,7 @@ fn main() {
             threads: None,
             speed: None,
             log: true,
+            ..Default::default()
         },
     };
     let kernel = SourceStats::of("kernel", &t);

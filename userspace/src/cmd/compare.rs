@@ -6,6 +6,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use bufscope_analyses::{
+    calibration::calibrate,
     compare::{Comparison, SourceStats, WaitStats, compare},
     models::{ReplayInput, as_trace, run_design},
     plot,
@@ -15,7 +16,7 @@ use bufscope_analyses::{
 };
 
 use crate::args::{
-    DesignArg, ModelArgs, chosen_designs, parse_design, parse_plot_path, parse_speed,
+    DesignArg, ModelArgs, TimingArg, chosen_designs, parse_design, parse_plot_path, parse_speed,
 };
 
 #[derive(Debug, clap::Args)]
@@ -66,7 +67,18 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         .cpus
         .or((trace.header.cpus > 0).then_some(trace.header.cpus as usize));
     let speed = (!o.asap).then_some(o.speed);
-    let options = o.model.options(cpus, speed, true);
+    let calibration = calibrate(&trace);
+    if o.model.timing == TimingArg::Kernel
+        && let Some(c) = &calibration
+        && !o.json
+        && !o.csv
+    {
+        eprint!(
+            "bufscope: --timing kernel, the designs' steps take these costs:\n{}",
+            c.table()
+        );
+    }
+    let options = o.model.options(cpus, speed, true, calibration.as_ref());
     let span_s = input
         .streams
         .iter()

@@ -112,7 +112,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         designs: chosen_designs(&options.designs),
         record: options.record.clone(),
         metrics: options.metrics,
-        shadow: options.model.options(None, Some(1.0), true),
+        shadow: options.model.options(None, Some(1.0), true, None),
     };
     runtime.block_on(run_live(probes, settings))?;
     Ok(ExitCode::SUCCESS)

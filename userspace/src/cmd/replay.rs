@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bufscope_analyses::{
+    calibration::calibrate,
     models::{ReplayInput, as_trace, run_design},
     tracedata::TraceData,
     units::thousands,
@@ -19,7 +20,7 @@ use reference_cache::{
 };
 use serde_json::json;
 
-use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_speed};
+use crate::args::{DesignArg, ModelArgs, TimingArg, chosen_designs, parse_design, parse_speed};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -60,7 +61,8 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             .cpus
             .or(Some(trace.header.cpus as usize).filter(|c| *c > 0));
         let designs = chosen_designs(&o.designs);
-        let shadow = o.model.options(cpus, Some(1.0), true);
+        let calibration = calibrate(&trace);
+        let shadow = o.model.options(cpus, Some(1.0), true, calibration.as_ref());
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -102,7 +104,19 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let options = o.model.options(o.cpus, o.speed, o.trace_out.is_some());
+    let calibration = calibrate(&trace);
+    if o.model.timing == TimingArg::Kernel
+        && let Some(c) = &calibration
+        && !o.json
+    {
+        eprint!(
+            "bufscope: --timing kernel, the designs' steps take these costs:\n{}",
+            c.table()
+        );
+    }
+    let options = o
+        .model
+        .options(o.cpus, o.speed, o.trace_out.is_some(), calibration.as_ref());
     let mut results = Vec::new();
     for &design in &designs {
         if !o.json {

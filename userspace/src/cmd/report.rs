@@ -1,11 +1,13 @@
 //! `bufscope report FILE`: perf-lock-contention-style tables of a trace's lock waits, with
 //! percentiles and a log2 histogram bar per row, or (`--ops`) of how long its dm-bufio operations
-//! took; as text, JSON or CSV.
+//! took, or (`--calibration`) of what each dm-bufio step cost on the recording kernel; as text,
+//! JSON or CSV.
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
 use bufscope_analyses::{
+    calibration,
     naming::UNNAMED_ROLE,
     op_latency::{self, OpFilter, OpLatencyReport},
     report::{self, Filter, GroupBy, Report, SortKey, TYPE_NAMES},
@@ -23,6 +25,7 @@ use bufscope_trace::OpKind;
     bufscope report t.bftrace --ops                 # buffer acquisition latency per thread\n  \
     bufscope report t.bftrace --ops --by role --json\n  \
     bufscope report t.bftrace --ops --by op --op release --op mark_buffer_dirty\n  \
+    bufscope report t.bftrace --calibration         # what each step cost on that kernel\n  \
     bufscope replay t.bftrace --design classic --trace-out classic.bftrace && \
     bufscope report classic.bftrace")]
 pub struct Options {
@@ -34,6 +37,11 @@ pub struct Options {
     /// percentiles), and each thread's name and role.
     #[arg(long, conflicts_with_all = ["lock", "types", "stacks"])]
     pub ops: bool,
+    /// What each dm-bufio operation kind and outcome cost on the recording kernel, for the
+    /// busiest client: client-mutex hold, duration net of the thread's dm-bufio lock waits, and
+    /// for misses the time outside the lock (the device read); medians and means.
+    #[arg(long, conflicts_with_all = ["ops", "lock", "types", "stacks", "by", "kinds", "tids", "client", "csv"])]
+    pub calibration: bool,
     /// What each row is [default: lock; with --ops: tid, and only tid, role, op or client].
     #[arg(long, value_enum)]
     pub by: Option<GroupBy>,
@@ -91,6 +99,20 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     }
     if o.ops {
         return run_ops(o, &trace);
+    }
+    if o.calibration {
+        let Some(c) = calibration::calibrate(&trace) else {
+            bail!(
+                "{} holds no dm-bufio operations; nothing to calibrate",
+                o.file.display()
+            );
+        };
+        if o.json {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+        } else {
+            print!("{}", c.table());
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     if trace.waits.is_empty() {
         bail!(

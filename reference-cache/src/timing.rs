@@ -1,0 +1,75 @@
+//! Calibrated timing: the designs' critical sections made to take what a kernel's took.
+//!
+//! Run at host speed, a design's critical sections last a few hundred nanoseconds; the kernel a
+//! trace came from held its locks for microseconds (slower CPUs, an emulator, the probes' own
+//! cost). Lock waits grow with hold times, so a model at host speed cannot predict a kernel's
+//! waits. With [`Timing::kernel`], each step spends the recording kernel's measured cost (see
+//! `bufscope report --calibration`): [`StepCost::hit_hold_ns`] or [`StepCost::miss_hold_ns`]
+//! inside the step's critical section, under whichever lock the design takes there (the client
+//! mutex in classic; a tree lock on sharded's hit path; no lock at all on lockfree's, where the
+//! time is spent all the same), and [`StepCost::outside_ns`] after the step, outside any lock.
+//! A miss's device read is the I/O backend's latency, not a cost here.
+//!
+//! The time is spent busy, as a CPU inside a critical section is: sleeping would let another
+//! thread run on this CPU while the lock is held, which the kernel's holders do not (they are
+//! preempted no more than the replay's are).
+
+use std::time::{Duration, Instant};
+
+use crate::replay::Step;
+
+/// What one kind of step cost on the recording kernel, in ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepCost {
+    /// Inside the critical section when the step hits, or when it has no outcome (release,
+    /// mark dirty, writeback's collection).
+    pub hit_hold_ns: u64,
+    /// Inside the critical section of a miss (making room, inserting the new buffer).
+    pub miss_hold_ns: u64,
+    /// After the step, outside any lock: the rest of the operation's time net of waits.
+    pub outside_ns: u64,
+}
+
+/// How long the designs' steps take beyond their own code: nothing at host speed (the default),
+/// or a recording kernel's costs per kind of step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Indexed by [`Step::index`]; all zero at host speed.
+    costs: [StepCost; Step::KINDS],
+}
+
+impl Timing {
+    /// As fast as this machine runs the designs' code.
+    pub const HOST: Timing = Timing {
+        costs: [StepCost {
+            hit_hold_ns: 0,
+            miss_hold_ns: 0,
+            outside_ns: 0,
+        }; Step::KINDS],
+    };
+
+    /// Each step as long as on the recording kernel, indexed by [`Step::index`].
+    pub fn kernel(costs: [StepCost; Step::KINDS]) -> Self {
+        Self { costs }
+    }
+
+    /// The cost of `step` (nothing at host speed).
+    pub fn cost(&self, step: Step) -> StepCost {
+        self.costs[step.index()]
+    }
+
+    pub fn is_host(&self) -> bool {
+        *self == Self::HOST
+    }
+}
+
+/// Keeps the CPU busy for `ns` nanoseconds.
+pub(crate) fn spin_for(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let end = Instant::now() + Duration::from_nanos(ns);
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
