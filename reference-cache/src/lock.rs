@@ -56,7 +56,9 @@ fn acquire<G>(
 ) -> (G, u64) {
     if let Some(guard) = try_lock() {
         recorder.acquired(class, None);
-        return (guard, clock().raw());
+        let acquired = clock().raw();
+        recorder.section_began(acquired);
+        return (guard, acquired);
     }
     let started = clock().raw();
     let guard = lock();
@@ -64,6 +66,7 @@ fn acquire<G>(
     let wait_ns = clock().delta_as_nanos(started, acquired);
     recorder.acquired(class, Some(wait_ns));
     recorder.log_wait(class, instance, started, wait_ns);
+    recorder.section_began(acquired);
     (guard, acquired)
 }
 

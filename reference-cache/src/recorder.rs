@@ -16,10 +16,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use crate::{
-    lock::LockClass,
-    timing::{StepCost, spin_for},
-};
+use crate::{lock::LockClass, timing::StepCost};
 
 /// Waits and holds from 1 ns to 100 s at 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
@@ -83,10 +80,30 @@ pub struct ThreadRecorder {
     totals: Cell<[LockTotals; 4]>,
     /// Copied into each logged wait: what the thread is doing (set by the caller).
     tag: Cell<u32>,
-    /// The current step's calibrated cost still to spend inside its critical section (see
-    /// [`crate::timing`]); zero at host speed.
-    cost: Cell<StepCost>,
+    /// The current step's calibrated timing (see [`crate::timing`]); empty at host speed.
+    step: Cell<StepClock>,
     log: Option<RefCell<Vec<LoggedWait>>>,
+}
+
+/// Where the current step is in spending its calibrated cost; raw clock readings.
+#[derive(Clone, Copy, Debug, Default)]
+struct StepClock {
+    cost: StepCost,
+    began: u64,
+    /// When the thread last took a lock.
+    section: u64,
+    /// The thread's lock waits before the step.
+    waited_before: u64,
+    /// The hold spent, once spent.
+    hold: Option<u64>,
+}
+
+/// Spins until `ns` nanoseconds have passed since raw clock reading `from`.
+fn spin_until(from: u64, ns: u64) {
+    let clock = clock();
+    while clock.delta_as_nanos(from, clock.raw()) < ns {
+        std::hint::spin_loop();
+    }
 }
 
 /// Running totals of one lock class, in ns.
@@ -152,7 +169,7 @@ impl ThreadRecorder {
             ops: Cell::new(OpCounts::default()),
             totals: Cell::new([LockTotals::default(); 4]),
             tag: Cell::new(0),
-            cost: Cell::new(StepCost::default()),
+            step: Cell::new(StepClock::default()),
             log: None,
         }
     }
@@ -170,34 +187,72 @@ impl ThreadRecorder {
         self.tag.set(tag);
     }
 
-    /// Sets the calibrated cost of the step this thread runs next (see [`crate::timing`]).
+    /// Starts a step with its calibrated cost (see [`crate::timing`]): from now on the step
+    /// lasts, net of its lock waits, at least that cost, the design's own code included.
     pub fn set_step_cost(&self, cost: StepCost) {
-        self.cost.set(cost);
+        if cost == StepCost::default() {
+            self.step.set(StepClock::default());
+            return;
+        }
+        let now = clock().raw();
+        self.step.set(StepClock {
+            cost,
+            began: now,
+            section: now,
+            waited_before: self.waited_ns(),
+            hold: None,
+        });
     }
 
-    /// Spends the current step's hit (or no-outcome) cost, once: designs call this inside the
-    /// critical section of a hit, a release, a dirtying or a writeback's collection.
+    /// Notes that this thread just took a lock (raw clock): a critical section begins.
+    pub(crate) fn section_began(&self, raw: u64) {
+        let mut step = self.step.get();
+        if step.cost != StepCost::default() {
+            step.section = raw;
+            self.step.set(step);
+        }
+    }
+
+    /// Spends the current step's hit (or no-outcome) hold, once: designs call this inside the
+    /// critical section of a hit, a release, a dirtying or a writeback's collection. The section
+    /// lasts at least that long from when its lock was taken (from the step's start where the
+    /// design takes no lock).
     pub(crate) fn spend_hit(&self) {
-        let mut cost = self.cost.get();
-        spin_for(std::mem::take(&mut cost.hit_hold_ns));
-        cost.miss_hold_ns = 0;
-        self.cost.set(cost);
+        self.spend_hold(self.step.get().cost.hit_hold_ns);
     }
 
-    /// Spends the current step's miss cost, once: designs call this inside the critical section
+    /// Spends the current step's miss hold, once: designs call this inside the critical section
     /// of a miss, before its read goes to the device.
     pub(crate) fn spend_miss(&self) {
-        let mut cost = self.cost.get();
-        spin_for(std::mem::take(&mut cost.miss_hold_ns));
-        cost.hit_hold_ns = 0;
-        self.cost.set(cost);
+        self.spend_hold(self.step.get().cost.miss_hold_ns);
     }
 
-    /// Spends the current step's cost outside its locks, with its hold if no path of the design
-    /// spent it (the kernel took that time all the same); the step's cost is then used up.
+    fn spend_hold(&self, hold_ns: u64) {
+        let mut step = self.step.get();
+        if step.cost == StepCost::default() || step.hold.is_some() {
+            return;
+        }
+        spin_until(step.section.max(step.began), hold_ns);
+        step.hold = Some(hold_ns);
+        self.step.set(step);
+    }
+
+    /// Ends the current step: it lasts, net of its lock waits, at least its hold (the hit's
+    /// where no path of the design spent one: the kernel took that time all the same) and its
+    /// time outside the lock.
     pub fn spend_outside(&self) {
-        let cost = self.cost.take();
-        spin_for(cost.outside_ns + cost.hit_hold_ns);
+        let step = self.step.take();
+        if step.cost == StepCost::default() {
+            return;
+        }
+        let waited = self.waited_ns() - step.waited_before;
+        let target = step.hold.unwrap_or(step.cost.hit_hold_ns) + step.cost.outside_ns;
+        spin_until(step.began, target + waited);
+    }
+
+    /// Lock waits so far, all classes.
+    fn waited_ns(&self) -> u64 {
+        self.totals.get().iter().map(|t| t.wait_ns).sum()
     }
 
     /// Wait and hold so far per class, indexed like [`LockClass::ALL`].

@@ -4,17 +4,18 @@
 //! trace came from held its locks for microseconds (slower CPUs, an emulator, the probes' own
 //! cost). Lock waits grow with hold times, so a model at host speed cannot predict a kernel's
 //! waits. With [`Timing::kernel`], each step spends the recording kernel's measured cost (see
-//! `bufscope report --calibration`): [`StepCost::hit_hold_ns`] or [`StepCost::miss_hold_ns`]
-//! inside the step's critical section, under whichever lock the design takes there (the client
-//! mutex in classic; a tree lock on sharded's hit path; no lock at all on lockfree's, where the
-//! time is spent all the same), and [`StepCost::outside_ns`] after the step, outside any lock.
-//! A miss's device read is the I/O backend's latency, not a cost here.
+//! `bufscope report --calibration`): its critical section lasts at least
+//! [`StepCost::hit_hold_ns`] or [`StepCost::miss_hold_ns`] from when its lock was taken, under
+//! whichever lock the design takes there (the client mutex in classic; a tree lock on sharded's
+//! hit path; no lock at all on lockfree's, where the time passes all the same), and the whole
+//! step, net of its lock waits, at least that hold plus [`StepCost::outside_ns`]. The design's own
+//! code counts toward those times, so a debug build (slower code) and a release build predict
+//! alike wherever the kernel was the slower. A miss's device read is the I/O backend's latency,
+//! not a cost here.
 //!
 //! The time is spent busy, as a CPU inside a critical section is: sleeping would let another
 //! thread run on this CPU while the lock is held, which the kernel's holders do not (they are
 //! preempted no more than the replay's are).
-
-use std::time::{Duration, Instant};
 
 use crate::replay::Step;
 
@@ -60,16 +61,5 @@ impl Timing {
 
     pub fn is_host(&self) -> bool {
         *self == Self::HOST
-    }
-}
-
-/// Keeps the CPU busy for `ns` nanoseconds.
-pub(crate) fn spin_for(ns: u64) {
-    if ns == 0 {
-        return;
-    }
-    let end = Instant::now() + Duration::from_nanos(ns);
-    while Instant::now() < end {
-        std::hint::spin_loop();
     }
 }

@@ -17,7 +17,8 @@ use bufscope_trace::OpResult;
 use serde::Serialize;
 
 use crate::{
-    report::{BUCKETS, bucket_of, quantile},
+    op_latency::{self, OpFilter},
+    report::{BUCKETS, GroupBy, SortKey, bucket_of, quantile},
     tracedata::{TraceData, WaitClass},
 };
 
@@ -78,6 +79,9 @@ pub struct SourceStats {
     pub wait_hist: Vec<u64>,
     /// Waits on dm-bufio locks that fell inside no operation of their thread.
     pub unattributed_waits: u64,
+    /// Buffer acquisitions (get, read, new) by thread role: how long they took, so a design's
+    /// run predicts what the kernel's threads would have waited for their buffers.
+    pub acquisitions: Vec<op_latency::OpRow>,
 }
 
 impl SourceStats {
@@ -167,6 +171,15 @@ impl SourceStats {
                 .collect(),
             wait_hist,
             unattributed_waits: unattributed,
+            acquisitions: op_latency::build(
+                trace,
+                GroupBy::Role,
+                &OpFilter::default(),
+                SortKey::Name,
+                0,
+            )
+            .map(|r| r.rows)
+            .unwrap_or_default(),
         }
     }
 }

@@ -264,6 +264,12 @@ pub fn as_trace(
         seen_ns: input.first_ns,
         destroyed_ns: None,
     });
+    // The recorded threads' names, so the design's run reads by role like the kernel's.
+    for m in &kernel.metadata {
+        if let Metadata::Threads { .. } = m {
+            trace.add_metadata(m.clone());
+        }
+    }
     trace.ops = log
         .ops
         .iter()

@@ -16,7 +16,7 @@ use crate::{
 pub const ACQUISITIONS: [OpKind; 3] = [OpKind::Get, OpKind::Read, OpKind::New];
 
 /// Which operations to keep.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct OpFilter {
     /// Operation kinds; empty keeps [`ACQUISITIONS`].
     pub kinds: Vec<OpKind>,

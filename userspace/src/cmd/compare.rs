@@ -183,6 +183,41 @@ fn ratio(theirs: u64, kernel: u64) -> String {
     }
 }
 
+/// Buffer acquisition time by thread role, kernel and designs: what each design predicts these
+/// threads would have taken to get their buffers, and its speed-up over the kernel's mean.
+fn print_acquisitions(c: &Comparison) {
+    if c.kernel.acquisitions.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<16} {:<9} {:>8} {:>10} {:>11} {:>10} {:>10}  speed-up vs kernel",
+        "acquisitions", "source", "threads", "count", "mean", "p50", "p99"
+    );
+    for kernel in &c.kernel.acquisitions {
+        for (i, s) in sources(c).enumerate() {
+            let Some(row) = s.acquisitions.iter().find(|r| r.key == kernel.key) else {
+                continue;
+            };
+            println!(
+                "{:<16} {:<9} {:>8} {:>10} {:>11} {:>10} {:>10}  {}",
+                if i == 0 { kernel.key.as_str() } else { "" },
+                s.source,
+                row.threads,
+                thousands(row.count),
+                duration_ns(row.avg_ns),
+                duration_ns(row.p50_ns),
+                duration_ns(row.p99_ns),
+                if i == 0 {
+                    String::new()
+                } else {
+                    format!("{:.2}x", kernel.avg_ns as f64 / row.avg_ns.max(1) as f64)
+                }
+            );
+        }
+    }
+}
+
 fn print_text(c: &Comparison, trace: &TraceData) {
     println!(
         "{}: kernel {} ({} CPUs){} vs reference designs",
@@ -273,6 +308,7 @@ fn print_text(c: &Comparison, trace: &TraceData) {
             }
         }
     }
+    print_acquisitions(c);
     if let Some(other) = c.kernel.waits.get(WaitClass::Other.name()) {
         println!();
         println!(
