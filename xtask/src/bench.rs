@@ -10,6 +10,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("bufscope-trace", "trace_throughput"),
     ("reference-cache", "designs"),
     ("bufscope-analyses", "analyses"),
+    ("bufscope-analyses", "fidelity"),
     ("bufscope", "live_view"),
     ("bufscope", "probe_overhead"),
 ];

@@ -1,0 +1,243 @@
+//! How well the reference designs predict the kernels they model: the bundled samples (6.1 with
+//! one client mutex, 6.12 with sharded trees) replayed at the recorded pace through every design,
+//! at host timing and calibrated to the recording kernel (`--timing kernel`), with the figures
+//! the calibrated-model issue sets bounds on beside them:
+//! - classic on each 6.1 trace: client-mutex waits per 1k operations, p50 and p99 within 2x;
+//! - sharded on each 6.12 trace: dm-bufio lock waits per 1k operations within 2x where the kernel
+//!   has at least 100;
+//! - across kernels: sharded fed the 6.1 hotspot trace predicts 6.12's mean read acquisition
+//!   within 2x, classic fed the 6.12 trace predicts 6.1's;
+//! - the seed's experiment: classic/sharded hotspot acquisition ratio from the 6.1 trace within
+//!   2x of the ratio between the two kernels;
+//! - the closest design is classic on 6.1 traces and sharded on 6.12 traces.
+//!
+//! Takes a few minutes: every replay runs at the recorded pace.
+
+use std::path::PathBuf;
+
+use bufscope_analyses::{
+    calibration::calibrate,
+    compare::{SourceStats, compare},
+    models::{Backing, ModelOptions, ReplayInput, as_trace, run_design},
+    tracedata::{TraceData, WaitClass},
+};
+use bufscope_trace::OpKind;
+use reference_cache::{Design, replay::ReplayOptions, timing::Timing};
+
+const SCENARIOS: [&str; 4] = [
+    "bufio-hotspot",
+    "thin-hotspot",
+    "small-cache",
+    "verity-read",
+];
+
+/// One design's run of one trace, and the kernel's figures beside it.
+struct Run {
+    kernel: Figures,
+    designs: Vec<(Design, Figures)>,
+    closest: String,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    /// Waits on dm-bufio's locks per 1,000 operations.
+    waits_per_1k: f64,
+    mutex_p50_ns: u64,
+    mutex_p99_ns: u64,
+    /// Mean duration of get and read operations.
+    acquisition_mean_ns: f64,
+    /// Mean acquisition time of the `bufio_hot` threads, where there are any.
+    hot_mean_ns: Option<u64>,
+}
+
+fn figures(stats: &SourceStats, trace: &TraceData) -> Figures {
+    let ops: u64 = stats.ops.values().map(|r| r.count).sum();
+    let bufio_waits: u64 = stats
+        .waits
+        .iter()
+        .filter(|(class, _)| **class != WaitClass::Other.name())
+        .map(|(_, w)| w.waits)
+        .sum();
+    let mutex = stats
+        .waits
+        .get(WaitClass::ClientMutex.name())
+        .cloned()
+        .unwrap_or_default();
+    let acquisitions: Vec<u64> = trace
+        .ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Get | OpKind::Read))
+        .map(|o| o.duration_ns)
+        .collect();
+    Figures {
+        waits_per_1k: 1000.0 * bufio_waits as f64 / ops.max(1) as f64,
+        mutex_p50_ns: mutex.p50_ns,
+        mutex_p99_ns: mutex.p99_ns,
+        acquisition_mean_ns: acquisitions.iter().sum::<u64>() as f64
+            / acquisitions.len().max(1) as f64,
+        hot_mean_ns: stats
+            .acquisitions
+            .iter()
+            .find(|r| r.key == "bufio_hot")
+            .map(|r| r.avg_ns),
+    }
+}
+
+fn run(trace: &TraceData, kernel_timing: bool) -> Run {
+    let input = ReplayInput::from_trace(trace).expect("the sample has dm-bufio operations");
+    let calibration = calibrate(trace).expect("the sample has dm-bufio operations");
+    let options = ModelOptions {
+        backing: match (kernel_timing, calibration.read_io()) {
+            (true, Some(io)) => Backing::MemoryWithLatency(io),
+            _ => Backing::Memory,
+        },
+        capacity: 76_800,
+        cpus: Some(trace.header.cpus.max(1) as usize),
+        replay: ReplayOptions {
+            speed: Some(1.0),
+            log: true,
+            timing: if kernel_timing {
+                calibration.timing()
+            } else {
+                Timing::HOST
+            },
+            ..Default::default()
+        },
+    };
+    let kernel_stats = SourceStats::of("kernel", trace);
+    let kernel = figures(&kernel_stats, trace);
+    let mut stats = Vec::new();
+    let mut designs = Vec::new();
+    for design in Design::ALL {
+        let result = run_design(design, &input, &options).expect("the design runs");
+        let model = as_trace(&result, &input, trace).expect("logged");
+        let s = SourceStats::of(design.name(), &model);
+        designs.push((design, figures(&s, &model)));
+        stats.push(s);
+    }
+    let c = compare("fidelity", kernel_stats, stats);
+    Run {
+        kernel,
+        designs,
+        closest: c.closest.unwrap_or_else(|| "-".into()),
+    }
+}
+
+fn within_2x(predicted: f64, actual: f64) -> bool {
+    predicted > 0.0 && actual > 0.0 && predicted <= 2.0 * actual && actual <= 2.0 * predicted
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
+fn main() {
+    let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples");
+    println!("fidelity: the bundled samples replayed at the recorded pace through every design");
+    let mut hotspot: [[Option<Run>; 2]; 2] = Default::default();
+    for (timing_index, kernel_timing) in [false, true].into_iter().enumerate() {
+        let timing = if kernel_timing { "kernel" } else { "host" };
+        println!();
+        println!(
+            "--timing {timing}: dm-bufio lock waits per 1k ops (client-mutex p50 / p99), kernel and \
+             the design of its kernel"
+        );
+        println!(
+            "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<9}",
+            "sample", "kernel", "design", "design's", "ratio", "bound", "closest"
+        );
+        for (kernel_index, (kernel, design)) in
+            [("6.1", Design::Classic), ("6.12", Design::Sharded)]
+                .into_iter()
+                .enumerate()
+        {
+            for scenario in SCENARIOS {
+                let name = format!("{kernel}-{scenario}");
+                let trace = TraceData::load(&samples.join(format!("{name}.bftrace")))
+                    .expect("the bundled sample reads");
+                let r = run(&trace, kernel_timing);
+                let d = r
+                    .designs
+                    .iter()
+                    .find(|(x, _)| *x == design)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default();
+                let k = r.kernel;
+                let show = |f: &Figures| {
+                    format!(
+                        "{:.2} ({} / {})",
+                        f.waits_per_1k,
+                        ns(f.mutex_p50_ns),
+                        ns(f.mutex_p99_ns)
+                    )
+                };
+                let (bound, checked) = if design == Design::Classic {
+                    (
+                        within_2x(d.waits_per_1k, k.waits_per_1k)
+                            && within_2x(d.mutex_p50_ns as f64, k.mutex_p50_ns as f64)
+                            && within_2x(d.mutex_p99_ns as f64, k.mutex_p99_ns as f64),
+                        true,
+                    )
+                } else {
+                    let waits = k.waits_per_1k * trace.ops.len() as f64 / 1000.0;
+                    (within_2x(d.waits_per_1k, k.waits_per_1k), waits >= 100.0)
+                };
+                let closest_ok = r.closest == design.name();
+                println!(
+                    "{:<22} {:>26} {:>9} {:>26} {:>6.2}x  {:<8} {:<9}",
+                    name,
+                    show(&k),
+                    design.name(),
+                    show(&d),
+                    d.waits_per_1k / k.waits_per_1k.max(1e-9),
+                    if checked { verdict(bound) } else { "(< 100)" },
+                    format!("{} {}", r.closest, verdict(closest_ok)),
+                );
+                if scenario == "bufio-hotspot" {
+                    hotspot[timing_index][kernel_index] = Some(r);
+                }
+            }
+        }
+        // Across kernels and the seed's ratio, from the two hotspot recordings.
+        let [Some(old), Some(new)] = &hotspot[timing_index] else {
+            continue;
+        };
+        let design_fig = |r: &Run, d: Design| {
+            r.designs
+                .iter()
+                .find(|(x, _)| *x == d)
+                .map(|(_, f)| *f)
+                .unwrap_or_default()
+        };
+        let sharded_on_old = design_fig(old, Design::Sharded).acquisition_mean_ns;
+        let classic_on_new = design_fig(new, Design::Classic).acquisition_mean_ns;
+        println!(
+            "across kernels: sharded fed 6.1's hotspot predicts 6.12's mean acquisition {} (6.12: {}) \
+             {}; classic fed 6.12's predicts 6.1's {} (6.1: {}) {}",
+            ns(sharded_on_old as u64),
+            ns(new.kernel.acquisition_mean_ns as u64),
+            verdict(within_2x(sharded_on_old, new.kernel.acquisition_mean_ns)),
+            ns(classic_on_new as u64),
+            ns(old.kernel.acquisition_mean_ns as u64),
+            verdict(within_2x(classic_on_new, old.kernel.acquisition_mean_ns)),
+        );
+        if let (Some(c), Some(s), Some(k_old), Some(k_new)) = (
+            design_fig(old, Design::Classic).hot_mean_ns,
+            design_fig(old, Design::Sharded).hot_mean_ns,
+            old.kernel.hot_mean_ns,
+            new.kernel.hot_mean_ns,
+        ) {
+            let predicted = c as f64 / s.max(1) as f64;
+            let measured = k_old as f64 / k_new.max(1) as f64;
+            println!(
+                "the seed's ratio: classic/sharded hotspot acquisition from the 6.1 trace {predicted:.2}x, \
+                 6.1/6.12 kernels {measured:.2}x {}",
+                verdict(within_2x(predicted, measured))
+            );
+        }
+    }
+}
+
+fn ns(v: u64) -> String {
+    bufscope_analyses::units::duration_ns(v)
+}
