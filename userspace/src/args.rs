@@ -34,23 +34,35 @@ pub struct ModelArgs {
     /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
     #[arg(long, default_value_t = 76_800)]
     pub capacity: usize,
-    /// How long the designs' steps take: `host` (as fast as this machine runs them) or `kernel`
-    /// (each critical section as long as the recording kernel held its lock for that operation,
-    /// and memory reads as long as its misses read; see `report --calibration`).
-    #[arg(long, value_enum, default_value_t = TimingArg::Host)]
+    /// How long the designs' steps take: `kernel` (each critical section as long as the
+    /// recording kernel held its lock for that operation, and memory reads as long as its misses
+    /// read; see `report --calibration`), `host` (as fast as this machine runs them), or `auto`:
+    /// kernel for a recording that measured the kernel's lock holds, host otherwise (synthetic
+    /// traces, older files).
+    #[arg(long, value_enum, default_value_t = TimingArg::Auto)]
     pub timing: TimingArg,
 }
 
 /// `--timing`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TimingArg {
+    Auto,
     Host,
     Kernel,
 }
 
 impl ModelArgs {
-    /// How the designs run. `calibration`: the trace's, for `--timing kernel` (ignored at host
-    /// timing; without one the designs run at host speed).
+    /// The calibration the designs run with under `--timing`, if any.
+    pub fn calibrated<'c>(&self, calibration: Option<&'c Calibration>) -> Option<&'c Calibration> {
+        match self.timing {
+            TimingArg::Host => None,
+            TimingArg::Kernel => calibration,
+            TimingArg::Auto => calibration.filter(|c| c.holds_measured),
+        }
+    }
+
+    /// How the designs run. `calibration`: the trace's, used as `--timing` says (without one
+    /// the designs run at host speed).
     pub fn options(
         &self,
         cpus: Option<usize>,
@@ -58,7 +70,7 @@ impl ModelArgs {
         log: bool,
         calibration: Option<&Calibration>,
     ) -> ModelOptions {
-        let calibration = calibration.filter(|_| self.timing == TimingArg::Kernel);
+        let calibration = self.calibrated(calibration);
         // A miss's read takes what the kernel's took, unless a device or a latency was given.
         let io_latency = self
             .io_latency

@@ -16,7 +16,7 @@ use bufscope_analyses::{
 };
 
 use crate::args::{
-    DesignArg, ModelArgs, TimingArg, chosen_designs, parse_design, parse_plot_path, parse_speed,
+    DesignArg, ModelArgs, chosen_designs, parse_design, parse_plot_path, parse_speed,
 };
 
 #[derive(Debug, clap::Args)]
@@ -68,13 +68,12 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         .or((trace.header.cpus > 0).then_some(trace.header.cpus as usize));
     let speed = (!o.asap).then_some(o.speed);
     let calibration = calibrate(&trace);
-    if o.model.timing == TimingArg::Kernel
-        && let Some(c) = &calibration
+    if let Some(c) = o.model.calibrated(calibration.as_ref())
         && !o.json
         && !o.csv
     {
         eprint!(
-            "bufscope: --timing kernel, the designs' steps take these costs:\n{}",
+            "bufscope: calibrated timing (--timing host for none): the designs' steps take these costs:\n{}",
             c.table()
         );
     }

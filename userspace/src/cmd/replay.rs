@@ -20,7 +20,7 @@ use reference_cache::{
 };
 use serde_json::json;
 
-use crate::args::{DesignArg, ModelArgs, TimingArg, chosen_designs, parse_design, parse_speed};
+use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_speed};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -105,12 +105,11 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         );
     }
     let calibration = calibrate(&trace);
-    if o.model.timing == TimingArg::Kernel
-        && let Some(c) = &calibration
+    if let Some(c) = o.model.calibrated(calibration.as_ref())
         && !o.json
     {
         eprint!(
-            "bufscope: --timing kernel, the designs' steps take these costs:\n{}",
+            "bufscope: calibrated timing (--timing host for none): the designs' steps take these costs:\n{}",
             c.table()
         );
     }
