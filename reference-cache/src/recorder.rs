@@ -80,13 +80,13 @@ pub struct ThreadRecorder {
     totals: Cell<[LockTotals; 4]>,
     /// Copied into each logged wait: what the thread is doing (set by the caller).
     tag: Cell<u32>,
-    /// The current step's calibrated timing (see [`crate::timing`]); empty at host speed.
-    step: Cell<StepClock>,
+    /// The current step's calibrated timing (see [`crate::timing`]); `None` at host speed.
+    step: Cell<Option<StepClock>>,
     log: Option<RefCell<Vec<LoggedWait>>>,
 }
 
 /// Where the current step is in spending its calibrated cost; raw clock readings.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct StepClock {
     cost: StepCost,
     began: u64,
@@ -169,7 +169,7 @@ impl ThreadRecorder {
             ops: Cell::new(OpCounts::default()),
             totals: Cell::new([LockTotals::default(); 4]),
             tag: Cell::new(0),
-            step: Cell::new(StepClock::default()),
+            step: Cell::new(None),
             log: None,
         }
     }
@@ -191,25 +191,24 @@ impl ThreadRecorder {
     /// lasts, net of its lock waits, at least that cost, the design's own code included.
     pub fn set_step_cost(&self, cost: StepCost) {
         if cost == StepCost::default() {
-            self.step.set(StepClock::default());
+            self.step.set(None);
             return;
         }
         let now = clock().raw();
-        self.step.set(StepClock {
+        self.step.set(Some(StepClock {
             cost,
             began: now,
             section: now,
             waited_before: self.waited_ns(),
             hold: None,
-        });
+        }));
     }
 
     /// Notes that this thread just took a lock (raw clock): a critical section begins.
     pub(crate) fn section_began(&self, raw: u64) {
-        let mut step = self.step.get();
-        if step.cost != StepCost::default() {
+        if let Some(mut step) = self.step.get() {
             step.section = raw;
-            self.step.set(step);
+            self.step.set(Some(step));
         }
     }
 
@@ -218,33 +217,35 @@ impl ThreadRecorder {
     /// lasts at least that long from when its lock was taken (from the step's start where the
     /// design takes no lock).
     pub(crate) fn spend_hit(&self) {
-        self.spend_hold(self.step.get().cost.hit_hold_ns);
+        self.spend_hold(|cost| cost.hit_hold_ns);
     }
 
     /// Spends the current step's miss hold, once: designs call this inside the critical section
     /// of a miss, before its read goes to the device.
     pub(crate) fn spend_miss(&self) {
-        self.spend_hold(self.step.get().cost.miss_hold_ns);
+        self.spend_hold(|cost| cost.miss_hold_ns);
     }
 
-    fn spend_hold(&self, hold_ns: u64) {
-        let mut step = self.step.get();
-        if step.cost == StepCost::default() || step.hold.is_some() {
+    fn spend_hold(&self, hold_of: impl FnOnce(&StepCost) -> u64) {
+        let Some(mut step) = self.step.get() else {
+            return;
+        };
+        if step.hold.is_some() {
             return;
         }
+        let hold_ns = hold_of(&step.cost);
         spin_until(step.section.max(step.began), hold_ns);
         step.hold = Some(hold_ns);
-        self.step.set(step);
+        self.step.set(Some(step));
     }
 
     /// Ends the current step: it lasts, net of its lock waits, at least its hold (the hit's
     /// where no path of the design spent one: the kernel took that time all the same) and its
     /// time outside the lock.
     pub fn spend_outside(&self) {
-        let step = self.step.take();
-        if step.cost == StepCost::default() {
+        let Some(step) = self.step.take() else {
             return;
-        }
+        };
         let waited = self.waited_ns() - step.waited_before;
         let target = step.hold.unwrap_or(step.cost.hit_hold_ns) + step.cost.outside_ns;
         spin_until(step.began, target + waited);

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::{
-    calibration::Calibration,
+    calibration::{Calibration, calibrate},
     models::{Backing, ModelOptions},
+    tracedata::TraceData,
 };
 use reference_cache::{Design, replay::ReplayOptions, timing::Timing};
 
@@ -52,17 +53,17 @@ pub enum TimingArg {
 }
 
 impl ModelArgs {
-    /// The calibration the designs run with under `--timing`, if any.
-    pub fn calibrated<'c>(&self, calibration: Option<&'c Calibration>) -> Option<&'c Calibration> {
+    /// The trace's calibration if `--timing` runs the designs with one (computed only then).
+    pub fn calibration(&self, trace: &TraceData) -> Option<Calibration> {
         match self.timing {
             TimingArg::Host => None,
-            TimingArg::Kernel => calibration,
-            TimingArg::Auto => calibration.filter(|c| c.holds_measured),
+            TimingArg::Kernel => calibrate(trace),
+            TimingArg::Auto => calibrate(trace).filter(|c| c.holds_measured),
         }
     }
 
-    /// How the designs run. `calibration`: the trace's, used as `--timing` says (without one
-    /// the designs run at host speed).
+    /// How the designs run. `calibration`: from [`ModelArgs::calibration`] (without one the
+    /// designs run at host speed).
     pub fn options(
         &self,
         cpus: Option<usize>,
@@ -70,7 +71,6 @@ impl ModelArgs {
         log: bool,
         calibration: Option<&Calibration>,
     ) -> ModelOptions {
-        let calibration = self.calibrated(calibration);
         // A miss's read takes what the kernel's took, unless a device or a latency was given.
         let io_latency = self
             .io_latency

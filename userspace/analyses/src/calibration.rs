@@ -28,7 +28,7 @@ use reference_cache::{
 use serde::Serialize;
 
 use crate::{
-    models::ReplayInput,
+    models::{ReplayInput, step_of},
     report::quantile,
     tracedata::TraceData,
     units::{duration_ns, thousands},
@@ -70,9 +70,16 @@ impl Calibration {
     /// is its critical section: it ran under a tree lock, which the probes do not time.
     pub fn timing(&self) -> Timing {
         let mut costs = [SectionCost::default(); Step::KINDS];
-        for (i, cost) in costs.iter_mut().enumerate() {
-            let op = STEP_OPS[i];
+        for kind in OpKind::ALL {
+            let Some(step) = step_of(&BufioOp {
+                kind,
+                ..BufioOp::default()
+            }) else {
+                continue;
+            };
+            let op = op_name(kind);
             let row = |result: &str| self.steps.iter().find(|s| s.op == op && s.result == result);
+            let cost = &mut costs[step.index()];
             if let Some(hit) = row("hit").or_else(|| row("-")) {
                 let (hold, outside) = if hit.hold_p50_ns > 0 {
                     (
@@ -147,21 +154,10 @@ impl Calibration {
     }
 }
 
-/// The operation each replay step comes from, indexed by `Step::index` (names as in
-/// [`StepCost::op`]).
-const STEP_OPS: [&str; Step::KINDS] = [
-    "get",
-    "read",
-    "new",
-    "prefetch",
-    "release",
-    "mark_buffer_dirty",
-    "mark_partial_buffer_dirty",
-    "write_dirty_buffers_async",
-    "write_dirty_buffers",
-    "forget",
-    "forget_buffers",
-];
+/// An operation's name in the table: its kernel function without the `dm_bufio_` prefix.
+fn op_name(kind: OpKind) -> &'static str {
+    kind.function().trim_start_matches("dm_bufio_")
+}
 
 /// The calibration of `trace`'s busiest client; `None` without dm-bufio operations.
 pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
@@ -192,7 +188,7 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         .map(|((kind, result), mut s)| {
             let count = s.net.len() as u64;
             StepCost {
-                op: kind.function().trim_start_matches("dm_bufio_"),
+                op: op_name(kind),
                 result: result_name(OpResult::from_u8(result).unwrap_or_default()),
                 count,
                 hold_p50_ns: median(&mut s.hold),
@@ -395,18 +391,6 @@ mod tests {
 
     #[test]
     fn each_step_takes_the_costs_of_the_operation_it_replays() {
-        for kind in OpKind::ALL {
-            let op = BufioOp {
-                kind,
-                ..BufioOp::default()
-            };
-            if let Some(step) = crate::models::step_of(&op) {
-                assert_eq!(
-                    STEP_OPS[step.index()],
-                    kind.function().trim_start_matches("dm_bufio_")
-                );
-            }
-        }
         // A 6.1-like hit (held 1 µs of 3) and miss (held 20 µs); a 6.12-like release (no mutex).
         let c = Calibration {
             client: CLIENT,
@@ -416,6 +400,7 @@ mod tests {
                 step("read", "hit", 1_000, 3_000),
                 step("read", "miss", 20_000, 1_000_000),
                 step("release", "-", 0, 2_000),
+                step("mark_buffer_dirty", "-", 1_500, 4_000),
             ],
         };
         let timing = c.timing();
@@ -426,6 +411,12 @@ mod tests {
         );
         let release = timing.cost(Step::Release);
         assert_eq!((release.hit_hold_ns, release.outside_ns), (2_000, 0));
+        let dirty = timing.cost(Step::MarkDirty);
+        assert_eq!(
+            (dirty.hit_hold_ns, dirty.outside_ns),
+            (1_500, 2_500),
+            "each step takes its own operation's row"
+        );
         assert_eq!(
             timing.cost(Step::New),
             SectionCost::default(),

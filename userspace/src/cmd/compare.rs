@@ -6,7 +6,6 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use bufscope_analyses::{
-    calibration::calibrate,
     compare::{Comparison, SourceStats, WaitStats, compare},
     models::{ReplayInput, as_trace, run_design},
     plot,
@@ -67,8 +66,8 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         .cpus
         .or((trace.header.cpus > 0).then_some(trace.header.cpus as usize));
     let speed = (!o.asap).then_some(o.speed);
-    let calibration = calibrate(&trace);
-    if let Some(c) = o.model.calibrated(calibration.as_ref())
+    let calibration = o.model.calibration(&trace);
+    if let Some(c) = &calibration
         && !o.json
         && !o.csv
     {

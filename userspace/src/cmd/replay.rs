@@ -9,7 +9,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use bufscope_analyses::{
-    calibration::calibrate,
     models::{ReplayInput, as_trace, run_design},
     tracedata::TraceData,
     units::thousands,
@@ -61,7 +60,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             .cpus
             .or(Some(trace.header.cpus as usize).filter(|c| *c > 0));
         let designs = chosen_designs(&o.designs);
-        let calibration = calibrate(&trace);
+        let calibration = o.model.calibration(&trace);
         let shadow = o.model.options(cpus, Some(1.0), true, calibration.as_ref());
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -104,8 +103,8 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let calibration = calibrate(&trace);
-    if let Some(c) = o.model.calibrated(calibration.as_ref())
+    let calibration = o.model.calibration(&trace);
+    if let Some(c) = &calibration
         && !o.json
     {
         eprint!(
