@@ -140,23 +140,62 @@ impl Tmux {
             for task in tasks.flatten() {
                 let dir = task.path();
                 let stat = read(format!("{}/stat", dir.display()));
-                // The state is the field after the parenthesised comm.
-                let state = stat
+                // After the parenthesised comm: the state, then (fields 14 and 15 of the line)
+                // the CPU time in user and kernel mode, in clock ticks: a thread that spun shows
+                // seconds, a starved one almost none.
+                let fields: Vec<&str> = stat
                     .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .unwrap_or("?");
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                let field = |i: usize| fields.get(i).copied().unwrap_or("?");
                 out += &format!(
-                    "  thread {} {} state {state} wchan {}\n",
+                    "  thread {} {} state {} utime {} stime {} (ticks) wchan {}\n",
                     task.file_name().to_string_lossy(),
                     read(format!("{}/comm", dir.display())).trim(),
+                    field(0),
+                    field(11),
+                    field(12),
                     read(format!("{}/wchan", dir.display())).trim(),
                 );
                 for frame in read(format!("{}/stack", dir.display())).lines().take(12) {
                     out += &format!("    {frame}\n");
                 }
             }
+            if cmdline.contains("bufscope") && !cmdline.starts_with("bash") {
+                out += &user_stacks(pid);
+            }
         }
         out
+    }
+}
+
+/// Where bufscope's main thread is in its own code, from gdb (on this kind of machine; a
+/// note without it): the kernel stacks say a thread runs, this says what it runs.
+fn user_stacks(pid: u32) -> String {
+    let out = Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+        // The main thread (gdb's thread 1) runs the screen's event loop.
+        .args([
+            "-ex",
+            "set pagination off",
+            "-ex",
+            "thread 1",
+            "-ex",
+            "bt 40",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let frames: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with('#'))
+                .map(|l| l.chars().take(200).collect())
+                .collect();
+            format!("gdb, process {pid}, main thread:\n{}\n", frames.join("\n"))
+        }
+        Err(e) => format!("no user stacks for {pid} (gdb: {e})\n"),
     }
 }
 
@@ -187,10 +226,11 @@ impl Drop for Tmux {
 }
 
 /// The command tmux runs: bufscope, then its exit status and whether the terminal is back in
-/// canonical mode (raw mode turns icanon off), then a pause so the pane stays readable.
+/// canonical mode (raw mode turns icanon off), then a pause so the pane stays readable: the
+/// pane's own process (`exec`), so killing the tmux server ends it and the test does not wait on it.
 fn shell(args: &str) -> String {
     format!(
-        "{} {args}; echo \"bufscope exited $?\"; stty -a | grep -o -w -- '-\\?icanon'; sleep 30",
+        "{} {args}; echo \"bufscope exited $?\"; stty -a | grep -o -w -- '-\\?icanon'; exec sleep 30",
         env!("CARGO_BIN_EXE_bufscope")
     )
 }
