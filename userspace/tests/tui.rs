@@ -107,8 +107,9 @@ impl Tmux {
             }
             assert!(
                 Instant::now() < deadline,
-                "waited {timeout:?} for {what}; the screen:\n{screen}\n{}",
-                self.processes()
+                "waited {timeout:?} for {what}; the screen:\n{screen}\n{}{}",
+                self.processes(),
+                runnable()
             );
             thread::sleep(Duration::from_millis(200));
         }
@@ -197,6 +198,40 @@ fn user_stacks(pid: u32) -> String {
         }
         Err(e) => format!("no user stacks for {pid} (gdb: {e})\n"),
     }
+}
+
+/// Every thread on the machine that is running or waiting for a CPU, and the load: whether
+/// something else (a process an earlier test left behind, say) took the CPUs.
+fn runnable() -> String {
+    let mut out = format!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+    );
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if rest.split_whitespace().next() == Some("R") {
+                let comm = head.split_once('(').map_or("?", |(_, c)| c);
+                out += &format!(
+                    "runnable: pid {pid} tid {} {comm}\n",
+                    task.file_name().to_string_lossy()
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The processes whose parent is `pid`.
