@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::{
-    calibration::{Calibration, calibrate},
+    calibration::{Calibration, TimingMode, calibrate},
     models::{Backing, ModelOptions},
     tracedata::TraceData,
 };
@@ -52,14 +52,24 @@ pub enum TimingArg {
     Kernel,
 }
 
+impl From<TimingArg> for TimingMode {
+    fn from(arg: TimingArg) -> Self {
+        match arg {
+            TimingArg::Auto => Self::Auto,
+            TimingArg::Host => Self::Host,
+            TimingArg::Kernel => Self::Kernel,
+        }
+    }
+}
+
 impl ModelArgs {
     /// The trace's calibration if `--timing` runs the designs with one (computed only then).
     pub fn calibration(&self, trace: &TraceData) -> Option<Calibration> {
-        match self.timing {
-            TimingArg::Host => None,
-            TimingArg::Kernel => calibrate(trace),
-            TimingArg::Auto => calibrate(trace).filter(|c| c.holds_measured),
+        let mode = TimingMode::from(self.timing);
+        if mode == TimingMode::Host {
+            return None;
         }
+        calibrate(trace).filter(|c| mode.uses(c))
     }
 
     /// How the designs run. `calibration`: from [`ModelArgs::calibration`] (without one the

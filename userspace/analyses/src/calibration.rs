@@ -164,14 +164,41 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
     let input = ReplayInput::from_trace(trace)?;
     let client = input.client;
     let waits = bufio_waits_by_tid(trace, client);
+    let ops = trace.ops.iter().filter(|o| o.client == client);
+    let (steps, holds_measured) =
+        step_costs(ops.map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op)))));
+    Some(Calibration {
+        client,
+        device: input.device,
+        holds_measured,
+        steps,
+    })
+}
+
+/// The calibration of one client's operations without the lock waits around them (a window of
+/// the live view): each operation's own client-mutex wait field is what it waited. On 6.4+
+/// kernels that leaves out the rare tree-lock waits, which a trace's calibration subtracts.
+pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration {
+    let ops = ops.iter().filter(|o| o.client == client);
+    let (steps, holds_measured) = step_costs(ops.map(|op| (op, op.lock_wait_ns)));
+    Calibration {
+        client,
+        device: device.to_string(),
+        holds_measured,
+        steps,
+    }
+}
+
+/// Per operation kind and outcome, the costs of `ops` (each with what it waited on the client's
+/// locks inside it); and whether any operation measured a client-mutex hold.
+fn step_costs<'a>(ops: impl Iterator<Item = (&'a BufioOp, u64)>) -> (Vec<StepCost>, bool) {
     let mut groups: BTreeMap<(OpKind, u8), Samples> = BTreeMap::new();
     let mut holds_measured = false;
-    for op in trace.ops.iter().filter(|o| o.client == client) {
+    for (op, waited) in ops {
         if matches!(op.kind, OpKind::ClientCreate | OpKind::ClientDestroy) {
             continue;
         }
         holds_measured |= op.lock_hold_ns > 0;
-        let waited = op.lock_wait_ns.max(waited_inside(&waits, op));
         let net = op.duration_ns.saturating_sub(waited);
         let s = groups.entry((op.kind, op.result as u8)).or_default();
         s.hold.push(op.lock_hold_ns);
@@ -201,12 +228,31 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
             }
         })
         .collect();
-    Some(Calibration {
-        client,
-        device: input.device,
-        holds_measured,
-        steps,
-    })
+    (steps, holds_measured)
+}
+
+/// When the designs run at a recording kernel's costs (`--timing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimingMode {
+    /// At the kernel's costs where the input measured the kernel's lock holds (a recording of
+    /// format 1.2 on, the live probes); at host speed otherwise (synthetic traces, older files).
+    #[default]
+    Auto,
+    /// Always at host speed.
+    Host,
+    /// Always at the kernel's costs, measured holds or not.
+    Kernel,
+}
+
+impl TimingMode {
+    /// Whether the designs take `calibration`'s costs under this mode.
+    pub fn uses(self, calibration: &Calibration) -> bool {
+        match self {
+            Self::Auto => calibration.holds_measured,
+            Self::Host => false,
+            Self::Kernel => true,
+        }
+    }
 }
 
 #[derive(Default)]

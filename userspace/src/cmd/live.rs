@@ -113,6 +113,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         record: options.record.clone(),
         metrics: options.metrics,
         shadow: options.model.options(None, Some(1.0), true, None),
+        timing: options.model.timing.into(),
     };
     runtime.block_on(run_live(probes, settings))?;
     Ok(ExitCode::SUCCESS)

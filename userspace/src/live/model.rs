@@ -22,6 +22,7 @@ use super::{
     shadow::{DesignResult, Window},
 };
 use bufscope_analyses::{
+    calibration::{TimingMode, calibrate_ops},
     models::{step_of, streams_of},
     naming::{Names, thread_role},
 };
@@ -325,6 +326,10 @@ pub struct Comparison {
     pub ops: u64,
     pub kernel: Log2Hist,
     pub designs: Vec<DesignColumn>,
+    /// Whether each window runs the designs at the costs its own operations measured (the live
+    /// view: `--timing`); `Host` leaves the shadow's options in charge (a replay, which set them
+    /// from the whole file's calibration).
+    pub window_timing: TimingMode,
     names: Names,
     block_sizes: HashMap<u64, u32>,
     client_ops: HashMap<u64, u64>,
@@ -348,6 +353,7 @@ impl Comparison {
             ops: 0,
             kernel: Log2Hist::default(),
             designs: designs.iter().map(|d| DesignColumn::new(*d)).collect(),
+            window_timing: TimingMode::Host,
             names: Names::default(),
             block_sizes: HashMap::new(),
             client_ops: HashMap::new(),
@@ -453,6 +459,10 @@ impl Comparison {
         if self.designs.is_empty() || ops.is_empty() {
             return None;
         }
+        let timing = (self.window_timing != TimingMode::Host)
+            .then(|| calibrate_ops(client, &self.device, &ops))
+            .filter(|c| self.window_timing.uses(c))
+            .map(|c| c.timing());
         let streams = streams_of(ops.iter(), start.unwrap_or(0));
         let id = self.next_id;
         self.next_id += 1;
@@ -471,6 +481,7 @@ impl Comparison {
             block_size: self.block_size,
             streams,
             speed: None,
+            timing,
         })
     }
 
@@ -1014,5 +1025,68 @@ mod tests {
         );
         let dirty = &m.role_rows[0];
         assert!((dirty.mutex_wait_share - 0.5).abs() < 0.01, "{dirty:?}");
+    }
+
+    fn compared(timing: TimingMode) -> Model {
+        let mut m = Model::new(
+            Header::new(
+                "6.1".into(),
+                Source::Live {
+                    attach: "tp_btf".into(),
+                },
+                BufioStatus::Unavailable(String::new()),
+            ),
+            CompareSource::Tables,
+            &[Design::Classic],
+        );
+        m.comparison.window_timing = timing;
+        m
+    }
+
+    /// Read hits of 5 µs that held the client mutex 2 µs and waited 1 µs for it: the window's
+    /// calibration holds 2 µs and spends the other 2 µs outside the lock.
+    fn read_hits(m: &mut Model, hold_ns: u64) {
+        for i in 0..10u64 {
+            m.add_op(&BufioOp {
+                start_ns: 1_000 + i * 10_000,
+                duration_ns: 5_000,
+                lock_wait_ns: 1_000,
+                lock_hold_ns: hold_ns,
+                client: 7,
+                block: i,
+                tid: 1,
+                tgid: 1,
+                kind: OpKind::Read,
+                result: OpResult::Hit,
+                ..BufioOp::default()
+            });
+        }
+    }
+
+    #[test]
+    fn windows_run_at_the_costs_their_operations_measured_as_timing_says() {
+        let mut m = compared(TimingMode::Auto);
+        read_hits(&mut m, 2_000);
+        let timing = m.tick(1.0, LockSort::Total, "").unwrap().timing.unwrap();
+        let read = timing.cost(reference_cache::replay::Step::Read);
+        assert_eq!((read.hit_hold_ns, read.outside_ns), (2_000, 2_000));
+
+        // Without measured holds, auto leaves the designs at host speed and kernel does not.
+        let mut m = compared(TimingMode::Auto);
+        read_hits(&mut m, 0);
+        assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+        let mut m = compared(TimingMode::Kernel);
+        read_hits(&mut m, 0);
+        let timing = m.tick(1.0, LockSort::Total, "").unwrap().timing.unwrap();
+        // No hold measured: the whole net time (5 - 1 µs) is taken as the critical section.
+        assert_eq!(
+            timing.cost(reference_cache::replay::Step::Read).hit_hold_ns,
+            4_000
+        );
+
+        // Host: the shadow's own options decide.
+        let mut m = compared(TimingMode::Host);
+        read_hits(&mut m, 2_000);
+        assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
     }
 }

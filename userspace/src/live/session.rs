@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bufscope_analyses::{models::ModelOptions, tracedata::TraceData, units::thousands};
+use bufscope_analyses::{
+    calibration::TimingMode, models::ModelOptions, tracedata::TraceData, units::thousands,
+};
 use bufscope_trace::TraceError;
 use reference_cache::Design;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -190,6 +192,8 @@ pub struct LiveSettings {
     pub record: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub shadow: ModelOptions,
+    /// Whether each window's designs run at the costs that window's operations measured.
+    pub timing: TimingMode,
 }
 
 fn recording_path() -> PathBuf {
@@ -246,6 +250,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
         compare,
         &settings.designs,
     );
+    model.comparison.window_timing = settings.timing;
     if let Some(sample) = &sample {
         for m in &sample.trace.metadata {
             model.comparison.add_metadata(m);

@@ -20,6 +20,7 @@ use std::{
 use reference_cache::{
     BufferCache, Design,
     replay::{ReplayOptions, Stream, replay},
+    timing::Timing,
 };
 
 use super::hist::Log2Hist;
@@ -38,6 +39,9 @@ pub struct Window {
     pub streams: Vec<Stream>,
     /// Pace of the replay (1.0: as recorded); `None`: the shadow's options decide.
     pub speed: Option<f64>,
+    /// What the designs' steps cost (the window's own calibration); `None`: the shadow's
+    /// options decide.
+    pub timing: Option<Timing>,
 }
 
 /// What one design measured on one window.
@@ -174,6 +178,7 @@ fn run_worker(
                 ReplayOptions {
                     log: true,
                     speed: window.speed.or(options.replay.speed),
+                    timing: window.timing.unwrap_or(options.replay.timing),
                     ..options.replay
                 },
             )
@@ -249,6 +254,7 @@ mod tests {
             block_size: 4096,
             streams,
             speed: None,
+            timing: None,
         }
     }
 
