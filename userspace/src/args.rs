@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use bufscope::probes::ProcessFilter;
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::{
     calibration::{Calibration, TimingMode, calibrate},
@@ -130,6 +131,41 @@ impl StackArgs {
             (false, false) => ProbeConfig::STACKS_REUSED,
         }
     }
+}
+
+/// Whose lock waits the probes keep: shared by `record` and `live`.
+#[derive(Debug, clap::Args)]
+pub struct ProcessArgs {
+    /// Keep only these processes' lock waits (repeat, or comma-separated); dm-bufio operations
+    /// stay from every process, since the models need all of them.
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = parse_pid)]
+    pub pids: Vec<u32>,
+    /// Keep bufscope's own lock waits too: by default the probes leave out every process whose
+    /// executable is named bufscope (this one's design threads and reader, a replay running
+    /// beside it).
+    #[arg(long)]
+    pub include_self: bool,
+}
+
+impl ProcessArgs {
+    pub fn filter(&self) -> ProcessFilter {
+        ProcessFilter {
+            only: self.pids.clone(),
+            only_listed: !self.pids.is_empty(),
+            include_self: self.include_self,
+        }
+    }
+}
+
+/// A `--pid`: a process running now.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    let pid: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a process id"))?;
+    if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("no process {pid} is running"));
+    }
+    Ok(pid)
 }
 
 /// One `--design` value: a design, or `all` of them.

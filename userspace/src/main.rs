@@ -56,6 +56,16 @@ enum Command {
         /// kernel allows it, else kprobes (auto); or one kind only.
         #[arg(long, value_enum, default_value_t = BufioProbes::Auto, conflicts_with = "no_bufio")]
         bufio_probes: BufioProbes,
+        #[command(flatten)]
+        processes: args::ProcessArgs,
+        /// With a command: keep only the lock waits of its processes (the command, and the
+        /// processes it starts from when they are seen, each second).
+        #[arg(long, requires = "command", conflicts_with = "pids")]
+        only_cmd: bool,
+        /// Run this command and record for exactly its lifetime (`record -o F -- CMD ARGS…`);
+        /// bufscope then exits with its status.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Watch kernel lock waits and dm-bufio operations as they happen (root), from in-kernel
     /// histograms: `--no-tui` prints a table per interval.
@@ -129,6 +139,9 @@ fn main() -> ExitCode {
             stacks,
             no_bufio,
             bufio_probes,
+            processes,
+            only_cmd,
+            command,
         } => cmd::record::run(cmd::record::Options {
             output,
             duration,
@@ -138,6 +151,9 @@ fn main() -> ExitCode {
             stacks: stacks.mode(),
             bufio: !no_bufio,
             bufio_probes,
+            processes: processes.filter(),
+            only_cmd,
+            command,
         }),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Live(options) => cmd::live::run(&options),

@@ -17,7 +17,7 @@ use crate::{
         symbols::{LockText, static_lock_names, symbolize_kernel},
         system,
     },
-    probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
+    probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError, descendants, keep_self_in},
     stop::sleep_until,
 };
 
@@ -42,6 +42,10 @@ pub enum RecordError {
     ReadStream(#[source] std::io::Error),
     #[error("installing the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
+    #[error("running {0}")]
+    Command(String, #[source] std::io::Error),
+    #[error("keeping the command's processes")]
+    Processes(#[source] ProbeError),
 }
 
 /// Why a recording ended.
@@ -50,15 +54,78 @@ pub enum StopReason {
     DurationReached,
     Interrupted,
     Terminated,
+    /// The command recorded (`record -- CMD`) ended so.
+    CommandExited(std::process::ExitStatus),
 }
 
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StopReason::DurationReached => "duration reached",
-            StopReason::Interrupted => "interrupted",
-            StopReason::Terminated => "terminated",
-        })
+        match self {
+            StopReason::DurationReached => f.write_str("duration reached"),
+            StopReason::Interrupted => f.write_str("interrupted"),
+            StopReason::Terminated => f.write_str("terminated"),
+            StopReason::CommandExited(status) => write!(f, "the command ended ({status})"),
+        }
+    }
+}
+
+/// A command recorded for exactly its lifetime (`record -- CMD ARGS…`).
+#[derive(Debug)]
+pub struct Watched {
+    child: tokio::process::Child,
+    pid: u32,
+    /// Keep only its processes' lock waits (`--only-cmd`).
+    only: bool,
+}
+
+impl Watched {
+    /// Starts `argv` once the probes are attached. With `only`, the child puts its own process
+    /// id in the probes' filter between fork and exec, so that not one of its lock waits is
+    /// left out (the parent learns the id only after the exec).
+    pub fn spawn(
+        argv: &[String],
+        probes: &mut LockProbes,
+        only: bool,
+    ) -> Result<Self, RecordError> {
+        let shown = argv.join(" ");
+        let error = |e| RecordError::Command(shown.clone(), e);
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| error(std::io::Error::other("no command given")))?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(args);
+        if only {
+            let map = probes.processes_map_fd();
+            // SAFETY: between fork and exec, one bpf(2) call on stack data (keep_self_in is
+            // async-signal-safe); the map descriptor is the parent's, open until the exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if keep_self_in(map) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().map_err(error)?;
+        let pid = child.id().unwrap_or(0);
+        if only {
+            // Also in the parent's own list, so that its children are followed.
+            probes.keep_process(pid).map_err(RecordError::Processes)?;
+        }
+        Ok(Self { child, pid, only })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// The watched command's exit, or never without one: the command arm of the record loop.
+async fn command_exit(watched: Option<&mut Watched>) -> std::io::Result<std::process::ExitStatus> {
+    match watched {
+        Some(w) => w.child.wait().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -79,6 +146,7 @@ pub async fn record_until_stopped(
     probes: &mut LockProbes,
     mut recorder: Recorder,
     duration: Option<Duration>,
+    mut watched: Option<Watched>,
     mut progress: impl FnMut(Duration, u64, u64),
 ) -> Result<RecordingOutcome, RecordError> {
     let mut stream = probes.event_stream().map_err(RecordError::OpenStream)?;
@@ -98,10 +166,17 @@ pub async fn record_until_stopped(
             _ = flush_tick.tick() => {
                 recorder.flush()?;
                 progress(started.elapsed(), recorder.waits(), recorder.bytes());
+                follow_processes(probes, watched.as_ref())?;
             }
             _ = sleep_until(deadline) => break StopReason::DurationReached,
             _ = interrupt.recv() => break StopReason::Interrupted,
             _ = terminate.recv() => break StopReason::Terminated,
+            status = command_exit(watched.as_mut()) => {
+                let shown = || watched.as_ref().map_or(0, Watched::pid).to_string();
+                break StopReason::CommandExited(
+                    status.map_err(|e| RecordError::Command(shown(), e))?,
+                );
+            }
             ready = stream.next_batch(&mut batch) => {
                 ready.map_err(RecordError::ReadStream)?;
                 recorder.write(probes, &batch)?;
@@ -121,6 +196,19 @@ pub async fn record_until_stopped(
         elapsed: started.elapsed(),
         finished,
     })
+}
+
+/// Each second: bufscope processes started since are left out, and with `--only-cmd` the
+/// processes the command started are kept (from when they are seen: a child that lives less
+/// than a second may be missed).
+fn follow_processes(probes: &mut LockProbes, watched: Option<&Watched>) -> Result<(), RecordError> {
+    probes.refresh_processes().map_err(RecordError::Processes)?;
+    if let Some(w) = watched.filter(|w| w.only) {
+        for pid in descendants(std::path::Path::new("/proc"), w.pid) {
+            probes.keep_process(pid).map_err(RecordError::Processes)?;
+        }
+    }
+    Ok(())
 }
 
 /// When a recording began, on the wall clock and the event clock.
@@ -239,6 +327,14 @@ impl Recorder {
 
     /// Writes the stacks the waits used with their symbols, the names of static locks, what
     /// the probes covered and cost, the loss counts and the end record, and closes the file.
+    /// Removes the file before anything was recorded into it (the command to record could
+    /// not start): an empty trace would only mislead.
+    pub fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+
     pub fn finish(
         mut self,
         probes: &LockProbes,

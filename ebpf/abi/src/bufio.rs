@@ -83,8 +83,19 @@ pub struct ProbeConfig {
     /// Kernel stacks at contention_begin: [`ProbeConfig::NO_STACKS`], [`ProbeConfig::STACKS_REUSED`]
     /// or [`ProbeConfig::STACKS_EVERY_WAIT`].
     pub stacks: u32,
+    /// Whose lock waits are kept: [`ProbeConfig::ALL_PROCESSES`] but those the `PROCESSES` map
+    /// marks [`process::IGNORE`](crate::process::IGNORE), or [`ProbeConfig::LISTED_PROCESSES`]:
+    /// only those it marks [`process::KEEP`](crate::process::KEEP). dm-bufio operations are
+    /// kept from every process: a model needs all of them to know what the cache holds.
+    pub processes: u32,
+    pub reserved: u32,
 }
-assert_layout!(ProbeConfig, size = 8, align = 4, fields = [u32, u32]);
+assert_layout!(
+    ProbeConfig,
+    size = 16,
+    align = 4,
+    fields = [u32, u32, u32, u32]
+);
 
 impl ProbeConfig {
     /// No stacks: no callers either.
@@ -97,9 +108,16 @@ impl ProbeConfig {
     /// A stack walked for every wait.
     pub const STACKS_EVERY_WAIT: u32 = 2;
 
+    /// Every process's waits but the ignored ones.
+    pub const ALL_PROCESSES: u32 = 0;
+    /// Only the listed processes' waits.
+    pub const LISTED_PROCESSES: u32 = 1;
+
     pub const DEFAULT: Self = Self {
         stream_events: 1,
         stacks: Self::STACKS_REUSED,
+        processes: Self::ALL_PROCESSES,
+        reserved: 0,
     };
 }
 

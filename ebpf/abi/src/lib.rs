@@ -44,6 +44,15 @@ impl EventKind {
     }
 }
 
+/// Values of the `PROCESSES` map, by process id (tgid): what the lock contention programs do
+/// with that process's waits (see [`ProbeConfig::processes`]).
+pub mod process {
+    /// Left out (bufscope's own processes, unless asked to keep them).
+    pub const IGNORE: u32 = 1;
+    /// Kept when only the listed processes are ([`ProbeConfig::LISTED_PROCESSES`](crate::ProbeConfig::LISTED_PROCESSES)).
+    pub const KEEP: u32 = 2;
+}
+
 /// Names of the maps and globals in the eBPF object, shared so the two sides cannot drift apart.
 pub mod names {
     /// Ring buffer of events (each starting with an [`EventKind`](crate::EventKind) tag).
@@ -59,6 +68,9 @@ pub mod names {
     pub const WAIT_HIST_MAP: &str = "WAIT_HIST";
     /// Per-CPU hash of [`OpStats`](crate::OpStats) by [`OpStatsKey`](crate::OpStatsKey).
     pub const OP_STATS_MAP: &str = "OP_STATS";
+    /// Hash of [`process`](crate::process) values by tgid: whose lock waits are left out or
+    /// kept.
+    pub const PROCESSES_MAP: &str = "PROCESSES";
     /// Global [`ProbeConfig`](crate::ProbeConfig).
     pub const PROBE_CONFIG_GLOBAL: &str = "PROBE_CONFIG";
     /// Global [`BufioOffsets`](crate::BufioOffsets).

@@ -54,11 +54,14 @@ pub enum Counter {
     StackRecheckMismatch,
     /// Stacks walked where a reuse was possible, to check it.
     StackRechecked,
+    /// contention_begin events of processes left out (bufscope's own, or not among `--pid`'s):
+    /// not paired, not counted as waits.
+    Filtered,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -81,6 +84,7 @@ impl Counter {
         Counter::StackReused,
         Counter::StackRecheckMismatch,
         Counter::StackRechecked,
+        Counter::Filtered,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -115,6 +119,7 @@ impl Counter {
             Counter::StackReused => "stack_reused",
             Counter::StackRecheckMismatch => "stack_recheck_mismatch",
             Counter::StackRechecked => "stack_rechecked",
+            Counter::Filtered => "filtered",
         }
     }
 }

@@ -8,13 +8,14 @@ use aya_ebpf::{
 };
 use bufscope_abi::{
     BufioOffsets, Counter, EventKind, LockFlags, LockWaitEvent, ProbeConfig, STACK_RECHECK_EVERY,
-    STACK_REUSE_NS, WaitHist, WaitHistKey,
+    STACK_REUSE_NS, WaitHist, WaitHistKey, process,
 };
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
+        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, STACK_CACHE, STACKS, WAIT_HIST,
+        ZERO_HIST, count,
     },
 };
 
@@ -28,7 +29,8 @@ pub(crate) struct PendingWait {
     stack_id: i32,
     /// The operation and client the waiter was inside (0 for none).
     op: u32,
-    _pad: u32,
+    /// The waiter: a spinning wait is paired by CPU, and only its own end closes it.
+    tid: u32,
     op_client: u64,
 }
 
@@ -109,6 +111,10 @@ pub fn contention_end_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
     count(Counter::BeginSeen);
+    if !process_wanted() {
+        count(Counter::Filtered);
+        return;
+    }
     let tid = current::tid();
     let mut wait = PendingWait {
         start_ns: 0,
@@ -116,7 +122,7 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         flags,
         stack_id: -1,
         op: 0,
-        _pad: 0,
+        tid,
         op_client: 0,
     };
     // SAFETY: only this thread writes its own key.
@@ -236,17 +242,17 @@ fn reuse_or_walk_stack<C: StackIdContext>(ctx: &C, tid: u32, wait: &PendingWait)
 fn on_end(lock_addr: u64, ret: i32) {
     let end_ns = current::now_ns();
     count(Counter::EndSeen);
+    let tid = current::tid();
     if let Some(slot) = PENDING_SPIN.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, as in on_begin.
         let slot = unsafe { &mut *slot };
-        if slot.lock_addr != 0 && slot.lock_addr == lock_addr {
+        if slot.lock_addr != 0 && slot.lock_addr == lock_addr && slot.tid == tid {
             let wait = *slot;
             slot.lock_addr = 0;
             emit(&wait, end_ns, ret);
             return;
         }
     }
-    let tid = current::tid();
     // SAFETY: only this thread writes its own key.
     match unsafe { PENDING_BY_TID.get(tid) } {
         Some(pending) if pending.lock_addr == lock_addr => {
@@ -255,7 +261,22 @@ fn on_end(lock_addr: u64, ret: i32) {
             emit(&wait, end_ns, ret);
         }
         Some(_) => count(Counter::MismatchedEnd),
+        // A left-out process's begin was never paired: its end is no loss. Looked up only
+        // here, so kept waits pay nothing for the filter at their end.
+        None if !process_wanted() => {}
         None => count(Counter::UnpairedEnd),
+    }
+}
+
+/// Whether the running process's waits are kept (see `ProbeConfig::processes`).
+#[inline(always)]
+fn process_wanted() -> bool {
+    let (_, tgid) = current::tid_tgid();
+    // SAFETY: a plain read of a value user space writes whole.
+    match unsafe { PROCESSES.get(tgid) } {
+        Some(&process::IGNORE) => false,
+        Some(_) => true,
+        None => PROBE_CONFIG.load().processes != ProbeConfig::LISTED_PROCESSES,
     }
 }
 

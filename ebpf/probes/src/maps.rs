@@ -69,6 +69,12 @@ pub(crate) static OP_STATS: PerCpuHashMap<OpStatsKey, OpStats> =
 #[map]
 pub(crate) static OPS: LruHashMap<u32, OpStack> = LruHashMap::with_max_entries(16384, 0);
 
+/// What to do with each process's lock waits, by tgid ([`bufscope_abi::process`] values):
+/// written by user space (bufscope's own processes, `--pid`), read by contention_begin and, for
+/// an end without a begin, contention_end.
+#[map]
+pub(crate) static PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
 /// Clients already announced to user space. The dm-bufio programs insert a client when they
 /// announce it and remove it when it is destroyed (or its announcement was lost); in-kernel only.
 #[map]

@@ -23,7 +23,7 @@ use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
 use crate::args::{
-    DesignArg, ModelArgs, StackArgs, chosen_designs, parse_design, parse_metrics_addr,
+    DesignArg, ModelArgs, ProcessArgs, StackArgs, chosen_designs, parse_design, parse_metrics_addr,
 };
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +63,8 @@ pub struct Options {
     #[command(flatten)]
     pub stacks: StackArgs,
     #[command(flatten)]
+    pub processes: ProcessArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
 }
 
@@ -98,9 +100,11 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks.mode(),
+            ..ProbeConfig::DEFAULT
         },
         bufio: true,
         bufio_probes: options.bufio_probes,
+        processes: options.processes.filter(),
     })?;
     eprintln!(
         "bufscope live: attached ({}); opening the screen…",
@@ -127,6 +131,7 @@ async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
         duration: options.duration,
         top: options.top,
         metrics: options.metrics,
+        processes: options.processes.filter(),
     };
     let probes = headless::attach(&settings)?;
     let bufio = probes.bufio();

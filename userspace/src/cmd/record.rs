@@ -12,8 +12,10 @@ use std::{
 use anyhow::{Context, bail};
 use bufscope::{
     kernel::system,
-    probes::{AttachMode, AttachOptions, BufioProbes, LockProbes},
-    record::{Recorder, RecordingOutcome, RecordingStart, record_until_stopped},
+    probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter},
+    record::{
+        Recorder, RecordingOutcome, RecordingStart, StopReason, Watched, record_until_stopped,
+    },
 };
 use bufscope_abi::{Counter, ProbeConfig};
 use bufscope_analyses::units::thousands;
@@ -29,6 +31,11 @@ pub struct Options {
     /// The probes' stack mode (`ProbeConfig::NO_STACKS`, ...).
     pub stacks: u32,
     pub bufio: bool,
+    pub processes: ProcessFilter,
+    /// Keep only the command's processes' lock waits.
+    pub only_cmd: bool,
+    /// Record for this command's lifetime (empty: none).
+    pub command: Vec<String>,
 }
 
 pub fn run(options: Options) -> anyhow::Result<ExitCode> {
@@ -57,9 +64,14 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks,
+            ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,
         bufio_probes: options.bufio_probes,
+        processes: ProcessFilter {
+            only_listed: options.processes.only_listed || options.only_cmd,
+            ..options.processes.clone()
+        },
     })?;
     let recorder = Recorder::create(&options.output, &probes, start)?;
 
@@ -76,17 +88,45 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         },
         probes.mode(),
         options.output.display(),
-        match options.duration {
-            Some(d) => format!("for {}, or until Ctrl-C", humantime::format_duration(d)),
-            None => "Ctrl-C to stop".into(),
+        match (options.duration, options.command.is_empty()) {
+            (Some(d), true) => format!("for {}, or until Ctrl-C", humantime::format_duration(d)),
+            (None, true) => "Ctrl-C to stop".into(),
+            (Some(d), false) => format!(
+                "while the command runs (at most {}), or until Ctrl-C",
+                humantime::format_duration(d)
+            ),
+            (None, false) => "while the command runs, or until Ctrl-C".into(),
         }
     );
+    let watched = if options.command.is_empty() {
+        None
+    } else {
+        let w = match Watched::spawn(&options.command, &mut probes, options.only_cmd) {
+            Ok(w) => w,
+            Err(e) => {
+                recorder.discard();
+                return Err(e.into());
+            }
+        };
+        eprintln!(
+            "bufscope: started {} (pid {}){}",
+            options.command.join(" "),
+            w.pid(),
+            if options.only_cmd {
+                "; keeping only its processes' lock waits"
+            } else {
+                ""
+            }
+        );
+        Some(w)
+    };
 
     let mut progress = Progress::new();
     let outcome = record_until_stopped(
         &mut probes,
         recorder,
         options.duration,
+        watched,
         |elapsed, waits, bytes| progress.update(elapsed, waits, bytes),
     )
     .await;
@@ -121,7 +161,20 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         thousands(counter(Counter::PendingFull)),
     );
     eprintln!("bufscope: see it with `bufscope info {}`", path.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(match stopped_by {
+        // The command's status, as a shell reports it (128 + the signal that ended it).
+        StopReason::CommandExited(status) => ExitCode::from(
+            status
+                .code()
+                .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+                .map_or(1, |c| c.clamp(0, 255) as u8),
+        ),
+        _ if !options.command.is_empty() => {
+            eprintln!("bufscope: the command is still running; it was left to run");
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 /// Says which dm-bufio probe points are missing and why, once, at the start.

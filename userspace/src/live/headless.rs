@@ -23,8 +23,8 @@ use super::{
 use crate::{
     kernel::system,
     probes::{
-        AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, lost_events,
-        skipped_runs,
+        AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProcessFilter,
+        lost_events, skipped_runs,
     },
     stop::sleep_until,
 };
@@ -39,6 +39,8 @@ pub struct HeadlessSettings {
     /// Locks listed per interval.
     pub top: usize,
     pub metrics: Option<SocketAddr>,
+    /// Whose lock waits the probes keep.
+    pub processes: ProcessFilter,
 }
 
 /// One interval's figures, differences of the in-kernel totals.
@@ -112,10 +114,12 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
         },
         config: ProbeConfig {
             stream_events: u32::from(streaming),
-            stacks: 0,
+            stacks: ProbeConfig::NO_STACKS,
+            ..ProbeConfig::DEFAULT
         },
         bufio: true,
         bufio_probes: settings.bufio_probes,
+        processes: settings.processes.clone(),
     })?)
 }
 
@@ -169,6 +173,7 @@ pub async fn run_headless(
                     }
                 }
                 previous = now;
+                probes.refresh_processes()?;
             }
             _ = sleep_until(deadline) => break,
             _ = interrupt.recv() => break,

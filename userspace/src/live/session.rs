@@ -312,6 +312,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                     let secs = last_tick.elapsed().as_secs_f64();
                     last_tick = Instant::now();
                     naming.update(&mut session.model, &probes);
+                    probes.refresh_processes()?;
                     let counters = probes.counters().unwrap_or_default();
                     let programs = probes.program_stats();
                     session.model.header.lost =

@@ -19,6 +19,7 @@ use super::{
     error_chain,
     fentry::{self, FentryError, FentryUnavailable, ModuleBtf, TracingLink, TracingPrograms},
     maps::take_map,
+    processes::{ProcessFilter, ProcessMap},
     sys::TracingKind,
 };
 use crate::kernel::{
@@ -32,7 +33,7 @@ pub(super) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bufscope"));
 
 /// What to attach and how.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AttachOptions {
     pub mode: AttachMode,
     pub ringbuf_bytes: u32,
@@ -41,6 +42,8 @@ pub struct AttachOptions {
     pub bufio: bool,
     /// With fentry/fexit or kprobes.
     pub bufio_probes: BufioProbes,
+    /// Whose lock waits to keep.
+    pub processes: ProcessFilter,
 }
 
 impl Default for AttachOptions {
@@ -51,6 +54,7 @@ impl Default for AttachOptions {
             config: ProbeConfig::DEFAULT,
             bufio: true,
             bufio_probes: BufioProbes::Auto,
+            processes: ProcessFilter::default(),
         }
     }
 }
@@ -245,6 +249,7 @@ impl LockProbes {
 
     fn attach_tp_btf(options: &AttachOptions, offsets: &BufioOffsets) -> Result<Self, ProbeError> {
         let mut ebpf = load(TracepointOffsets::USUAL, options, offsets)?;
+        let processes = process_map(&mut ebpf, &options.processes)?;
         let btf = Btf::from_sys_fs()?;
         for (program, event) in [
             (names::BEGIN_BTF_PROGRAM, "contention_begin"),
@@ -256,7 +261,7 @@ impl LockProbes {
             p.load(event, &btf).map_err(wrap)?;
             p.attach().map_err(wrap)?;
         }
-        Self::new(ebpf, AttachedAs::TpBtf, Vec::new())
+        Self::new(ebpf, AttachedAs::TpBtf, Vec::new(), processes)
     }
 
     fn attach_tracepoint(
@@ -270,6 +275,7 @@ impl LockProbes {
         }
         let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())?;
         let mut ebpf = load(tp_offsets, options, offsets)?;
+        let processes = process_map(&mut ebpf, &options.processes)?;
         for (program, event) in [
             (names::BEGIN_TP_PROGRAM, "contention_begin"),
             (names::END_TP_PROGRAM, "contention_end"),
@@ -279,10 +285,15 @@ impl LockProbes {
             p.load().map_err(wrap)?;
             p.attach("lock", event).map_err(wrap)?;
         }
-        Self::new(ebpf, AttachedAs::Tracepoint, notes)
+        Self::new(ebpf, AttachedAs::Tracepoint, notes, processes)
     }
 
-    fn new(mut ebpf: Ebpf, mode: AttachedAs, notes: Vec<String>) -> Result<Self, ProbeError> {
+    fn new(
+        mut ebpf: Ebpf,
+        mode: AttachedAs,
+        notes: Vec<String>,
+        processes: ProcessMap,
+    ) -> Result<Self, ProbeError> {
         let map_fds = map_fds(&ebpf)?;
         let map_error =
             |name: &'static str| move |source: MapError| ProbeError::Map { name, source };
@@ -311,6 +322,7 @@ impl LockProbes {
             map_fds,
             stats_fd: None,
             final_stats: Vec::new(),
+            processes,
         })
     }
 
@@ -642,12 +654,24 @@ fn load(
     options: &AttachOptions,
     bufio: &BufioOffsets,
 ) -> Result<Ebpf, ProbeError> {
+    let config = ProbeConfig {
+        processes: options.processes.config_value(),
+        ..options.config
+    };
     Ok(EbpfLoader::new()
         .override_global(names::TRACEPOINT_OFFSETS_GLOBAL, &tp_offsets, true)
-        .override_global(names::PROBE_CONFIG_GLOBAL, &options.config, true)
+        .override_global(names::PROBE_CONFIG_GLOBAL, &config, true)
         .override_global(names::BUFIO_OFFSETS_GLOBAL, bufio, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .load(EBPF_OBJECT)?)
+}
+
+/// The process filter, written to its map before any program attaches.
+fn process_map(ebpf: &mut Ebpf, filter: &ProcessFilter) -> Result<ProcessMap, ProbeError> {
+    let name = names::PROCESSES_MAP;
+    let map = aya::maps::HashMap::try_from(take_map(ebpf, name)?)
+        .map_err(|source| ProbeError::Map { name, source })?;
+    ProcessMap::new(map, filter.clone()).map_err(|source| ProbeError::Map { name, source })
 }
 
 fn program_mut<'a>(

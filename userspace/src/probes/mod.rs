@@ -13,6 +13,7 @@
 mod attach;
 mod fentry;
 mod maps;
+mod processes;
 mod stream;
 mod sys;
 
@@ -27,6 +28,7 @@ use bufscope_abi::{OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
 pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
 pub use maps::{ProgramStats, lost_events, skipped_runs};
+pub use processes::{ProcessFilter, bufscope_processes, descendants, keep_self_in};
 pub use stream::{ClientHow, ClientSighting, Event, EventStream};
 
 use crate::kernel::{
@@ -171,6 +173,8 @@ pub struct LockProbes {
     /// Keeps BPF run-time statistics on while held; the kernel turns them off when it closes.
     stats_fd: Option<OwnedFd>,
     final_stats: Vec<ProgramStats>,
+    /// Whose lock waits the programs keep.
+    processes: processes::ProcessMap,
 }
 
 impl std::fmt::Debug for LockProbes {

@@ -89,6 +89,28 @@ fn owned_fd(ret: i64) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets `key` to `value` in the `u32 → u32` map `map_fd`; the raw result (0, or -1 with errno
+/// set). Async-signal-safe (one system call on the stack's data, no allocation), so a child
+/// between fork and exec can put its own process id in a map it inherited.
+pub fn map_update_u32(map_fd: std::os::fd::RawFd, key: u32, value: u32) -> i64 {
+    let mut attr = zeroed_attr();
+    // SAFETY: the map-element member of the union, the one BPF_MAP_UPDATE_ELEM reads.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = map_fd as u32;
+    elem.key = std::ptr::from_ref(&key) as u64;
+    elem.__bindgen_anon_1.value = std::ptr::from_ref(&value) as u64;
+    elem.flags = 0; // BPF_ANY
+    // SAFETY: attr is initialised and points at key and value, which outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_UPDATE_ELEM as libc::c_long,
+            std::ptr::from_mut(&mut attr),
+            mem::size_of::<bpf_attr>(),
+        )
+    }
+}
+
 /// The id of the next BTF object after `start` (0: the first), `None` after the last.
 pub fn next_btf_id(start: u32) -> io::Result<Option<u32>> {
     let mut attr = zeroed_attr();

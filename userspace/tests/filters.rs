@@ -1,0 +1,191 @@
+//! Whose lock waits `bufscope record` keeps, on the real kernel (root): bufscope's own processes
+//! left out unless `--include-self`, `--pid` keeping only the processes named, and
+//! `record -- CMD` recording for exactly the command's lifetime (`--only-cmd`: its waits alone).
+//!
+//! The contending bufscope process is `bufscope stress` with writers on a scratch file (direct
+//! I/O writes contend on the file's locks: thousands of waits a second here); the other process
+//! is this test's own pipe workload.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+};
+
+use bufscope_trace::{LockWait, Metadata, Record, TraceReader};
+use common::{PipeContention, bufscope, root_or_skip};
+
+/// One test at a time: each runs contending processes whose CPU the others would take.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The waits in a recording, and its in-kernel counter of left-out begins.
+fn read(path: &Path) -> (Vec<LockWait>, u64) {
+    let mut reader = TraceReader::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let (mut waits, mut filtered) = (Vec::new(), 0);
+    while let Some(record) = reader.next_record().unwrap_or_else(|e| panic!("{e}")) {
+        match record {
+            Record::LockWaits(w) => waits.extend(w),
+            Record::Metadata(Metadata::LossCounts { kernel, .. }) => {
+                filtered = kernel.get("filtered").copied().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    (waits, filtered)
+}
+
+fn from(waits: &[LockWait], tgid: u32) -> usize {
+    waits.iter().filter(|w| w.tgid == tgid).count()
+}
+
+/// `bufscope record --no-bufio -o PATH ARGS…`, run to its end.
+fn record(path: &Path, args: &[&str]) -> Output {
+    let out = bufscope()
+        .args(["record", "--no-bufio", "--force", "-o"])
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bufscope record runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A scratch file for `bufscope stress`, and the arguments that make it contend.
+fn stress_args(dir: &Path, duration: &str) -> Vec<String> {
+    let img: PathBuf = dir.join("stress.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("scratch file");
+    [
+        "stress",
+        img.to_str().unwrap(),
+        "--threads",
+        "4",
+        "--writers",
+        "4",
+        "--allow-writes",
+        "--duration",
+        duration,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn start_stress(dir: &Path) -> Child {
+    bufscope()
+        .args(stress_args(dir, "120s"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bufscope stress starts")
+}
+
+#[test]
+fn bufscope_s_own_processes_are_left_out_unless_included() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("bufscope_s_own_processes_are_left_out_unless_included") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut stress = start_stress(dir.path());
+    let default = dir.path().join("default.bftrace");
+    let with_self = dir.path().join("self.bftrace");
+    let out = record(&default, &["-d", "3s"]);
+    assert!(out.status.success());
+    let out_self = record(&with_self, &["-d", "3s", "--include-self"]);
+    let _ = stress.kill();
+    let _ = stress.wait();
+    assert!(out_self.status.success());
+
+    let (waits, filtered) = read(&default);
+    let (waits_self, _) = read(&with_self);
+    let pid = stress.id();
+    assert_eq!(
+        from(&waits, pid),
+        0,
+        "a wait of the bufscope stress process was kept"
+    );
+    assert!(
+        from(&waits_self, pid) >= 100,
+        "--include-self kept {} waits of bufscope stress (thousands a second here)",
+        from(&waits_self, pid)
+    );
+    // Its begins were seen and left out in the kernel, not dropped later.
+    assert!(
+        filtered >= from(&waits_self, pid) as u64 / 10,
+        "filtered {filtered} begins"
+    );
+}
+
+#[test]
+fn pid_keeps_only_the_processes_named() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("pid_keeps_only_the_processes_named") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut stress = start_stress(dir.path());
+    let workload = PipeContention::start(4);
+    let path = dir.path().join("pid.bftrace");
+    let me = std::process::id().to_string();
+    // --include-self: the stress process is left out by --pid alone.
+    let out = record(&path, &["-d", "3s", "--include-self", "--pid", &me]);
+    workload.stop();
+    let _ = stress.kill();
+    let _ = stress.wait();
+    assert!(out.status.success());
+    let (waits, _) = read(&path);
+    let mine = from(&waits, std::process::id());
+    let others = waits.len() - mine;
+    assert!(mine >= 1_000, "{mine} waits of the pipe workload");
+    assert_eq!(others, 0, "waits of other processes among {mine}");
+    assert_eq!(from(&waits, stress.id()), 0);
+}
+
+#[test]
+fn a_command_is_recorded_for_its_lifetime_and_its_status_returned() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("a_command_is_recorded_for_its_lifetime_and_its_status_returned") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmd.bftrace");
+    let out = record(&path, &["--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "the command's status");
+    let info = bufscope().arg("info").arg(&path).output().unwrap();
+    assert!(info.status.success(), "a finished file");
+
+    // --only-cmd: a contending command's waits alone, while this process contends too.
+    let workload = PipeContention::start(4);
+    let stress = stress_args(dir.path(), "3s");
+    let bin = env!("CARGO_BIN_EXE_bufscope");
+    let mut args = vec!["--only-cmd", "--", bin];
+    args.extend(stress.iter().map(String::as_str));
+    let out = record(&path, &args);
+    workload.stop();
+    assert!(out.status.success(), "bufscope stress exits 0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pid: u32 = stderr
+        .split_once("(pid ")
+        .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stderr}"));
+    assert!(stderr.contains("the command ended"), "{stderr}");
+    let (waits, _) = read(&path);
+    let cmd = from(&waits, pid);
+    assert!(cmd >= 100, "{cmd} waits of the command");
+    assert_eq!(
+        from(&waits, std::process::id()),
+        0,
+        "a wait of this process was kept"
+    );
+}
