@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     kernel::{
+        lock_classes,
         symbols::{LockText, static_lock_names, symbolize_kernel},
         system,
     },
@@ -349,7 +350,8 @@ impl Recorder {
         self.seen.threads.write(writer).map_err(failed)?;
         let symbols_note = write_stacks(writer, probes, &self.seen.stack_ids).map_err(failed)?;
         let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
-        let lock_symbols = static_lock_names(&static_locks);
+        let mut lock_symbols = static_lock_names(&static_locks);
+        lock_symbols.extend(lock_classes::class_symbols(&probes.lock_classes()));
         if !lock_symbols.is_empty() {
             writer
                 .write_metadata(&Metadata::Symbols {

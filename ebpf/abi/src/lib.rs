@@ -15,7 +15,7 @@ pub use bufio::{
     BufioOffsets, BufioOpEvent, ClientEvent, HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig,
     WaitHist, WaitHistKey, op, result,
 };
-pub use lock::{LockFlags, LockWaitEvent, TracepointOffsets};
+pub use lock::{LockClass, LockFlags, LockWaitEvent, TaskOffsets, TracepointOffsets};
 pub use stats::Counter;
 
 /// The kind tag that starts every record in the event ring buffer.
@@ -73,6 +73,10 @@ pub mod names {
     pub const PROCESSES_MAP: &str = "PROCESSES";
     /// Global [`ProbeConfig`](crate::ProbeConfig).
     pub const PROBE_CONFIG_GLOBAL: &str = "PROBE_CONFIG";
+    /// Global [`TaskOffsets`](crate::TaskOffsets).
+    pub const TASK_OFFSETS_GLOBAL: &str = "TASK_OFFSETS";
+    /// LRU hash of [`LockClass`](crate::LockClass) by lock address.
+    pub const LOCK_CLASSES_MAP: &str = "LOCK_CLASSES";
     /// Global [`BufioOffsets`](crate::BufioOffsets).
     pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
     /// The one return program, attached to every operation function as a kretprobe.

@@ -69,6 +69,67 @@ impl TracepointOffsets {
     };
 }
 
+/// Offsets into the kernel's `task_struct`, `mm_struct` and `sighand_struct`, from vmlinux BTF,
+/// by which contention_begin tells that a waiter waits on its own process's mmap_lock or
+/// siglock (Rust eBPF has no CO-RE). [`TaskOffsets::ABSENT`] where this kernel lacks a field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.mm` (a `struct mm_struct *`).
+    pub task_mm: u32,
+    /// `mm_struct.mmap_lock` (a `struct rw_semaphore`).
+    pub mm_mmap_lock: u32,
+    /// `task_struct.sighand` (a `struct sighand_struct *`).
+    pub task_sighand: u32,
+    /// `sighand_struct.siglock` (a `spinlock_t`).
+    pub sighand_siglock: u32,
+}
+assert_layout!(
+    TaskOffsets,
+    size = 16,
+    align = 4,
+    fields = [u32, u32, u32, u32]
+);
+
+impl TaskOffsets {
+    pub const ABSENT: u32 = u32::MAX;
+    /// The eBPF global's initial value: no lock is classified until user space sets offsets.
+    pub const UNSET: Self = Self {
+        task_mm: Self::ABSENT,
+        mm_mmap_lock: Self::ABSENT,
+        task_sighand: Self::ABSENT,
+        sighand_siglock: Self::ABSENT,
+    };
+}
+
+/// What a lock turned out to be, by its address in the `LOCK_CLASSES` map: found when one of
+/// its waiters waited on its own process's lock of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockClass {
+    /// [`LockClass::MMAP_LOCK`] or [`LockClass::SIGLOCK`].
+    pub class: u32,
+    /// The process the lock belongs to (the waiter's).
+    pub tgid: u32,
+}
+assert_layout!(LockClass, size = 8, align = 4, fields = [u32, u32]);
+
+impl LockClass {
+    /// `mm->mmap_lock`: the process's address-space lock (mmap, munmap, page faults).
+    pub const MMAP_LOCK: u32 = 1;
+    /// `sighand->siglock`: the process's signal-handling lock.
+    pub const SIGLOCK: u32 = 2;
+
+    /// The lock's kind as perf lock contention names it.
+    pub const fn kind_name(self) -> &'static str {
+        match self.class {
+            Self::MMAP_LOCK => "mmap_lock",
+            Self::SIGLOCK => "siglock",
+            _ => "?",
+        }
+    }
+}
+
 /// The `flags` argument of `lock:contention_begin` (include/trace/events/lock.h, LCB_F_*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LockFlags(pub u32);
@@ -129,6 +190,10 @@ mod user {
     unsafe impl aya::Pod for super::LockWaitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LockClass {}
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_func_ip},
+    helpers::generated::bpf_get_func_ip,
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use bufscope_abi::{
-    BufioOffsets, BufioOpEvent, ClientEvent, Counter, EventKind, OpStats, OpStatsKey, op, result,
+    BufioOpEvent, ClientEvent, Counter, EventKind, OpStats, OpStatsKey, op, result,
 };
 
 use crate::{
@@ -344,16 +344,6 @@ pub fn bufio_unlock_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
-/// Reads a kernel value at `base + offset`; `None` for an offset this kernel lacks or a fault.
-#[inline(always)]
-fn read_field<T>(base: u64, offset: u32) -> Option<T> {
-    if offset == BufioOffsets::ABSENT || base == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
-}
-
 /// Tells user space about a client the first time it is seen.
 #[inline(always)]
 fn announce_client(client: u64, how: u32) {
@@ -374,7 +364,7 @@ fn announce_client(client: u64, how: u32) {
 #[inline(always)]
 fn send_client(client: u64, how: u32) {
     let offsets = BUFIO_OFFSETS.load();
-    let bdev: u64 = read_field(client, offsets.client_bdev).unwrap_or(0);
+    let bdev: u64 = current::read_field(client, offsets.client_bdev).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ClientEvent>(0) else {
         count(Counter::ReserveFailed);
         // Try again at the next operation.
@@ -384,9 +374,9 @@ fn send_client(client: u64, how: u32) {
     entry.write(ClientEvent {
         kind: EventKind::Client as u32,
         how,
-        dev: read_field(bdev, offsets.bdev_dev).unwrap_or(0),
-        block_size: read_field(client, offsets.client_block_size).unwrap_or(0),
-        num_locks: read_field(client, offsets.client_num_locks).unwrap_or(0),
+        dev: current::read_field(bdev, offsets.bdev_dev).unwrap_or(0),
+        block_size: current::read_field(client, offsets.client_block_size).unwrap_or(0),
+        num_locks: current::read_field(client, offsets.client_num_locks).unwrap_or(0),
         _pad: 0,
         client,
         at_ns: current::now_ns(),
@@ -399,8 +389,8 @@ fn send_client(client: u64, how: u32) {
 fn buffer_client_block(buffer: u64) -> (u64, u64) {
     let offsets = BUFIO_OFFSETS.load();
     (
-        read_field(buffer, offsets.buffer_client).unwrap_or(0),
-        read_field(buffer, offsets.buffer_block).unwrap_or(0),
+        current::read_field(buffer, offsets.buffer_client).unwrap_or(0),
+        current::read_field(buffer, offsets.buffer_block).unwrap_or(0),
     )
 }
 

@@ -7,15 +7,15 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
-    BufioOffsets, Counter, EventKind, LockFlags, LockWaitEvent, ProbeConfig, STACK_RECHECK_EVERY,
-    STACK_REUSE_NS, WaitHist, WaitHistKey, process,
+    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, ProbeConfig,
+    STACK_RECHECK_EVERY, STACK_REUSE_NS, TaskOffsets, WaitHist, WaitHistKey, process,
 };
 
 use crate::{
-    BUFIO_OFFSETS, PROBE_CONFIG, TRACEPOINT_OFFSETS, current,
+    BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, STACK_CACHE, STACKS, WAIT_HIST,
-        ZERO_HIST, count,
+        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, STACK_CACHE, STACKS,
+        WAIT_HIST, ZERO_HIST, count,
     },
 };
 
@@ -115,6 +115,7 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         count(Counter::Filtered);
         return;
     }
+    classify(lock_addr, flags);
     let tid = current::tid();
     let mut wait = PendingWait {
         start_ns: 0,
@@ -266,6 +267,40 @@ fn on_end(lock_addr: u64, ret: i32) {
         None if !process_wanted() => {}
         None => count(Counter::UnpairedEnd),
     }
+}
+
+/// Notes the lock as its process's mmap_lock (an rwsem) or siglock (a spinlock) when it is the
+/// waiter's own: one read of the task's pointer, one compare, and a map insert the first time.
+#[inline(always)]
+fn classify(lock_addr: u64, flags: u32) {
+    let offsets = TASK_OFFSETS.load();
+    let kinds = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
+    let (class, pointer, field) = if flags & kinds == 0 {
+        (LockClass::MMAP_LOCK, offsets.task_mm, offsets.mm_mmap_lock)
+    } else if flags & (kinds | LockFlags::READ | LockFlags::WRITE) == LockFlags::SPIN {
+        (
+            LockClass::SIGLOCK,
+            offsets.task_sighand,
+            offsets.sighand_siglock,
+        )
+    } else {
+        return;
+    };
+    if field == TaskOffsets::ABSENT {
+        return;
+    }
+    let Some(owner) = current::read_field::<u64>(current::task(), pointer) else {
+        return;
+    };
+    if owner == 0 || lock_addr != owner + u64::from(field) {
+        return;
+    }
+    // SAFETY: a plain read; the value is only compared against None.
+    if unsafe { LOCK_CLASSES.get(lock_addr) }.is_some() {
+        return;
+    }
+    let (_, tgid) = current::tid_tgid();
+    let _ = LOCK_CLASSES.insert(lock_addr, LockClass { class, tgid }, 0);
 }
 
 /// Whether the running process's waits are kept (see `ProbeConfig::processes`).

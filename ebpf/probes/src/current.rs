@@ -1,7 +1,10 @@
 //! The running thread, its CPU and the clock, as the kernel's BPF helpers report them.
 //! One place for the helpers' casts and SAFETY notes, shared by every program.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    bpf_probe_read_kernel,
+};
 
 /// Nanoseconds since boot, not counting suspend (CLOCK_MONOTONIC).
 #[inline(always)]
@@ -28,4 +31,22 @@ pub(crate) fn tid_tgid() -> (u32, u32) {
 pub(crate) fn cpu() -> u32 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_get_smp_processor_id() }
+}
+
+/// The running thread's `struct task_struct *`.
+#[inline(always)]
+pub(crate) fn task() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// Reads a kernel value at `base + offset`; `None` for an offset this kernel lacks (`u32::MAX`,
+/// the offsets' ABSENT), a null base or a fault.
+#[inline(always)]
+pub(crate) fn read_field<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == u32::MAX || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }

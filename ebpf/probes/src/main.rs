@@ -19,7 +19,7 @@ mod current;
 mod maps;
 
 use aya_ebpf::Global;
-use bufscope_abi::{BufioOffsets, ProbeConfig, TracepointOffsets};
+use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, TracepointOffsets};
 
 /// Field offsets of the classic tracepoints, from this kernel's format files.
 #[unsafe(no_mangle)]
@@ -32,6 +32,10 @@ static PROBE_CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig::DEFAULT);
 /// Field offsets into dm-bufio's private structs, from the module's BTF (Rust eBPF has no CO-RE).
 #[unsafe(no_mangle)]
 static BUFIO_OFFSETS: Global<BufioOffsets> = Global::new(BufioOffsets::UNSET);
+
+/// Field offsets into the kernel's task structs, from vmlinux BTF, to classify locks.
+#[unsafe(no_mangle)]
+static TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets::UNSET);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use bufscope_abi::{Counter, MAX_STACK_FRAMES, OpStats, OpStatsKey, WaitHist, WaitHistKey};
+use bufscope_abi::{
+    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, WaitHist, WaitHistKey,
+};
 
 use crate::{
     bufio_ops::OpStack,
@@ -74,6 +76,12 @@ pub(crate) static OPS: LruHashMap<u32, OpStack> = LruHashMap::with_max_entries(1
 /// an end without a begin, contention_end.
 #[map]
 pub(crate) static PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Locks found to be a process's mmap_lock or siglock, by address: contention_begin inserts one
+/// the first time a waiter waits on its own process's lock; user space reads it to name them.
+/// LRU, so the locks of processes long gone age out.
+#[map]
+pub(crate) static LOCK_CLASSES: LruHashMap<u64, LockClass> = LruHashMap::with_max_entries(4096, 0);
 
 /// Clients already announced to user space. The dm-bufio programs insert a client when they
 /// announce it and remove it when it is destroyed (or its announcement was lost); in-kernel only.

@@ -343,7 +343,7 @@ pub fn device_name(event: &ClientEvent) -> String {
     format!("{major}:{minor}")
 }
 
-fn find_struct(btf: &Btf, name: &'static str) -> Result<btf_rs::Struct, BtfLayoutError> {
+pub(crate) fn find_struct(btf: &Btf, name: &'static str) -> Result<btf_rs::Struct, BtfLayoutError> {
     let types = btf
         .resolve_types_by_name(name)
         .map_err(|_| BtfLayoutError::NoStruct(name))?;
@@ -376,7 +376,11 @@ fn resolve(btf: &Btf, mut t: Type) -> Result<Type, BtfLayoutError> {
 
 /// Byte offset and type of a member path like "cache.num_locks", looking through anonymous
 /// structs and unions as C does.
-fn field(btf: &Btf, s: &btf_rs::Struct, path: &'static str) -> Result<(u32, Type), BtfLayoutError> {
+pub(crate) fn field(
+    btf: &Btf,
+    s: &btf_rs::Struct,
+    path: &'static str,
+) -> Result<(u32, Type), BtfLayoutError> {
     let (head, rest) = match path.split_once('.') {
         Some((head, rest)) => (head, Some(rest)),
         None => (path, None),

@@ -7,6 +7,7 @@
 pub mod bufio;
 pub mod doctor;
 pub mod kretprobe;
+pub mod lock_classes;
 pub mod symbols;
 pub mod system;
 pub mod tracepoint_format;

@@ -7,7 +7,7 @@ use bufscope_trace::Metadata;
 
 use super::model::Model;
 use crate::{
-    kernel::{symbols::KernelSymbols, system::NewThreads},
+    kernel::{lock_classes, symbols::KernelSymbols, system::NewThreads},
     probes::{ClientHow, Event, LockProbes},
 };
 
@@ -48,6 +48,8 @@ pub struct KernelNames {
     symbols: KernelSymbols,
     symbolized: HashSet<u64>,
     statics: HashSet<u64>,
+    /// Locks already named as a process's mmap_lock or siglock.
+    classified: HashSet<u64>,
 }
 
 impl KernelNames {
@@ -56,6 +58,7 @@ impl KernelNames {
             symbols: KernelSymbols::new(),
             symbolized: HashSet::new(),
             statics: HashSet::new(),
+            classified: HashSet::new(),
         }
     }
 
@@ -82,6 +85,16 @@ impl KernelNames {
         if !statics.is_empty() {
             model.add_metadata(&Metadata::Symbols {
                 symbols: self.symbols.static_lock_names(&statics),
+            });
+        }
+        let classified: Vec<_> = probes
+            .lock_classes()
+            .into_iter()
+            .filter(|(addr, _)| self.classified.insert(*addr))
+            .collect();
+        if !classified.is_empty() {
+            model.add_metadata(&Metadata::Symbols {
+                symbols: lock_classes::class_symbols(&classified),
             });
         }
     }

@@ -12,7 +12,7 @@ use aya::{
     maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
-use bufscope_abi::{BufioOffsets, ProbeConfig, TracepointOffsets, names};
+use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, TracepointOffsets, names};
 
 use super::{
     AttachMode, AttachedAs, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError,
@@ -25,7 +25,7 @@ use super::{
 use crate::kernel::{
     bufio::{self, BtfLayoutError, BufioBtf, Design, Layout, ProbePoint, Role, Symbols},
     kretprobe::{self, TracefsKretprobe},
-    system, tracepoint_format,
+    lock_classes, system, tracepoint_format,
 };
 
 /// The eBPF object, built from ebpf/probes by build.rs.
@@ -211,10 +211,22 @@ impl LockProbes {
         } else {
             bufio.unavailable = Some(BufioUnavailable::NotAskedFor);
         }
-        let offsets = bufio
+        let bufio_offsets = bufio
             .layout
             .as_ref()
             .map_or(BufioOffsets::UNSET, |l| l.offsets);
+        // Without them, mmap_lock and siglock waits keep their addresses for names.
+        let (task_offsets, task_note) = match lock_classes::task_offsets() {
+            Ok(o) => (o, None),
+            Err(e) => (
+                TaskOffsets::UNSET,
+                Some(format!("mmap_lock and siglock are not named: {e}")),
+            ),
+        };
+        let offsets = Offsets {
+            bufio: bufio_offsets,
+            task: task_offsets,
+        };
         let mut probes = match options.mode {
             AttachMode::TpBtf => Self::attach_tp_btf(&options, &offsets),
             AttachMode::Tracepoint => Self::attach_tracepoint(&options, &offsets),
@@ -231,6 +243,7 @@ impl LockProbes {
                 })
             }),
         }?;
+        probes.notes.extend(task_note);
         let maps = std::mem::take(&mut probes.map_fds);
         if let Some((symbols, types)) = found {
             probes.attach_bufio(&symbols, types, &maps, options.bufio_probes, &mut bufio);
@@ -247,7 +260,7 @@ impl LockProbes {
         Ok(probes)
     }
 
-    fn attach_tp_btf(options: &AttachOptions, offsets: &BufioOffsets) -> Result<Self, ProbeError> {
+    fn attach_tp_btf(options: &AttachOptions, offsets: &Offsets) -> Result<Self, ProbeError> {
         let mut ebpf = load(TracepointOffsets::USUAL, options, offsets)?;
         let processes = process_map(&mut ebpf, &options.processes)?;
         let btf = Btf::from_sys_fs()?;
@@ -264,10 +277,7 @@ impl LockProbes {
         Self::new(ebpf, AttachedAs::TpBtf, Vec::new(), processes)
     }
 
-    fn attach_tracepoint(
-        options: &AttachOptions,
-        offsets: &BufioOffsets,
-    ) -> Result<Self, ProbeError> {
+    fn attach_tracepoint(options: &AttachOptions, offsets: &Offsets) -> Result<Self, ProbeError> {
         let tracefs = system::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let mut notes = Vec::new();
         if let system::Tracefs::MountedNow(path) = &tracefs {
@@ -307,6 +317,9 @@ impl LockProbes {
             .map_err(map_error(names::WAIT_HIST_MAP))?;
         let op_stats = PerCpuHashMap::try_from(take_map(&mut ebpf, names::OP_STATS_MAP)?)
             .map_err(map_error(names::OP_STATS_MAP))?;
+        let lock_classes =
+            aya::maps::HashMap::try_from(take_map(&mut ebpf, names::LOCK_CLASSES_MAP)?)
+                .map_err(map_error(names::LOCK_CLASSES_MAP))?;
         Ok(Self {
             ebpf: Some(ebpf),
             mode,
@@ -323,6 +336,7 @@ impl LockProbes {
             stats_fd: None,
             final_stats: Vec::new(),
             processes,
+            lock_classes,
         })
     }
 
@@ -649,10 +663,16 @@ fn attach_return(
     Ok("kprobe + kretprobe (default maxactive: returns may be missed)".into())
 }
 
+/// The struct offsets baked into the programs at load.
+struct Offsets {
+    bufio: BufioOffsets,
+    task: TaskOffsets,
+}
+
 fn load(
     tp_offsets: TracepointOffsets,
     options: &AttachOptions,
-    bufio: &BufioOffsets,
+    offsets: &Offsets,
 ) -> Result<Ebpf, ProbeError> {
     let config = ProbeConfig {
         processes: options.processes.config_value(),
@@ -661,7 +681,8 @@ fn load(
     Ok(EbpfLoader::new()
         .override_global(names::TRACEPOINT_OFFSETS_GLOBAL, &tp_offsets, true)
         .override_global(names::PROBE_CONFIG_GLOBAL, &config, true)
-        .override_global(names::BUFIO_OFFSETS_GLOBAL, bufio, true)
+        .override_global(names::BUFIO_OFFSETS_GLOBAL, &offsets.bufio, true)
+        .override_global(names::TASK_OFFSETS_GLOBAL, &offsets.task, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .load(EBPF_OBJECT)?)
 }

@@ -84,6 +84,11 @@ impl LockProbes {
             .collect()
     }
 
+    /// Locks found so far to be a process's mmap_lock or siglock, by address.
+    pub fn lock_classes(&self) -> Vec<(u64, bufscope_abi::LockClass)> {
+        self.lock_classes.iter().filter_map(Result::ok).collect()
+    }
+
     /// The kernel stack with this id, innermost frame first.
     pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;

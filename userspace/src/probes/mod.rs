@@ -175,6 +175,8 @@ pub struct LockProbes {
     final_stats: Vec<ProgramStats>,
     /// Whose lock waits the programs keep.
     processes: processes::ProcessMap,
+    /// Locks found to be a process's mmap_lock or siglock.
+    lock_classes: aya::maps::HashMap<MapData, u64, bufscope_abi::LockClass>,
 }
 
 impl std::fmt::Debug for LockProbes {

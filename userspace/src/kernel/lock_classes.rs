@@ -1,0 +1,93 @@
+//! Which per-process kernel locks a lock is: a process's `mmap_lock` (its address space: mmap,
+//! munmap, page faults) or `siglock` (its signal handling), named as perf lock contention names
+//! them. contention_begin compares the lock with the waiter's own `task->mm->mmap_lock` and
+//! `task->sighand->siglock`, at the offsets read here from vmlinux BTF, and notes the lock in
+//! the `LOCK_CLASSES` map; the names go into trace files as symbols, and into the live view.
+
+use btf_rs::Btf;
+use bufscope_abi::{LockClass, TaskOffsets};
+use bufscope_trace::Symbol;
+
+use super::bufio::{BtfLayoutError, VMLINUX_BTF, field, find_struct};
+
+/// The offsets the classification needs, from this kernel's BTF. mm_struct's lock was
+/// `mmap_sem` before Linux 5.8.
+pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| BtfLayoutError::Read {
+        path: VMLINUX_BTF,
+        source,
+    })?;
+    let task = find_struct(&btf, "task_struct")?;
+    let mm = find_struct(&btf, "mm_struct")?;
+    let sighand = find_struct(&btf, "sighand_struct")?;
+    let offset = |s, path| field(&btf, s, path).map(|(offset, _)| offset);
+    Ok(TaskOffsets {
+        task_mm: offset(&task, "mm")?,
+        mm_mmap_lock: offset(&mm, "mmap_lock").or_else(|_| offset(&mm, "mmap_sem"))?,
+        task_sighand: offset(&task, "sighand")?,
+        sighand_siglock: offset(&sighand, "siglock")?,
+    })
+}
+
+/// A classified lock's name: "mmap_lock (4242 postgres)", with the process's name where known.
+pub fn class_lock_name(class: LockClass, process_name: Option<&str>) -> String {
+    match process_name {
+        Some(name) => format!("{} ({} {name})", class.kind_name(), class.tgid),
+        None => format!("{} ({})", class.kind_name(), class.tgid),
+    }
+}
+
+/// The classified locks as symbols of their addresses, the way trace files and the live view
+/// name locks: "mmap_lock (4242 postgres)".
+pub fn class_symbols(classes: &[(u64, LockClass)]) -> Vec<Symbol> {
+    classes
+        .iter()
+        .map(|&(addr, class)| Symbol {
+            addr,
+            name: class_lock_name(class, process_name(class.tgid).as_deref()),
+            module: None,
+            lock_text: false,
+        })
+        .collect()
+}
+
+/// The process's name from procfs, if it still runs.
+pub fn process_name(tgid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_the_kind_and_the_process() {
+        let mmap = LockClass {
+            class: LockClass::MMAP_LOCK,
+            tgid: 4242,
+        };
+        assert_eq!(
+            class_lock_name(mmap, Some("postgres")),
+            "mmap_lock (4242 postgres)"
+        );
+        let sig = LockClass {
+            class: LockClass::SIGLOCK,
+            tgid: 7,
+        };
+        assert_eq!(class_lock_name(sig, None), "siglock (7)");
+    }
+
+    #[test]
+    fn this_kernel_s_task_offsets_are_found() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("no {VMLINUX_BTF}: nothing to read");
+            return;
+        }
+        let o = task_offsets().unwrap();
+        // Every field found, and mmap_lock is not the first member of mm_struct.
+        assert!(o.task_mm < 16_384 && o.task_sighand < 16_384, "{o:?}");
+        assert!(o.mm_mmap_lock > 0 && o.mm_mmap_lock < 4_096, "{o:?}");
+        assert!(o.sighand_siglock < 4_096, "{o:?}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Locks named by what they are, on the real kernel (root): a threaded mmap/munmap workload
+//! contends on its process's mmap_lock, and `bufscope record` must name those waits
+//! "mmap_lock (PID NAME)", as perf lock contention does, instead of leaving an rwsem address.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+};
+
+use bufscope_analyses::naming::Names;
+use bufscope_trace::{LockWait, Record, TraceReader};
+use common::{bufscope, root_or_skip};
+
+/// Threads mapping, touching and unmapping memory in a loop: munmap takes the process's
+/// mmap_lock for writing, page faults take it for reading.
+fn mmap_storm(threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
+    (0..threads)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            thread::spawn(move || {
+                let len = 64 << 10;
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: a private anonymous mapping of our own, touched within its length
+                    // and unmapped before the next.
+                    unsafe {
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                        assert_ne!(p, libc::MAP_FAILED);
+                        for page in (0..len).step_by(4096) {
+                            p.cast::<u8>().add(page).write_volatile(1);
+                        }
+                        libc::munmap(p, len);
+                    }
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_process_s_mmap_lock_is_named_with_the_process() {
+    if !root_or_skip("a_process_s_mmap_lock_is_named_with_the_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mmap.bftrace");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = mmap_storm(8, &stop);
+    let me = std::process::id();
+    let out = bufscope()
+        .args([
+            "record",
+            "--no-bufio",
+            "-d",
+            "3s",
+            "--pid",
+            &me.to_string(),
+            "-o",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let rounds: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut reader = TraceReader::open(&path).unwrap();
+    let (mut waits, mut names): (Vec<LockWait>, Names) = Default::default();
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(w) => waits.extend(w),
+            Record::Metadata(m) => names.add(&m),
+            _ => {}
+        }
+    }
+    let rwsem: Vec<&LockWait> = waits
+        .iter()
+        .filter(|w| {
+            bufscope_abi::LockFlags(w.flags)
+                .type_name()
+                .starts_with("rwsem")
+        })
+        .collect();
+    let expected = format!("mmap_lock ({me} ");
+    let named = rwsem
+        .iter()
+        .filter(|w| names.lock_name(w.lock_addr, w.flags).starts_with(&expected))
+        .count();
+    assert!(
+        rwsem.len() >= 100,
+        "{} rwsem waits in {rounds} rounds of mmap/munmap",
+        rwsem.len()
+    );
+    // This process has one mmap_lock, and its rwsem waits here are all on it.
+    assert_eq!(
+        named,
+        rwsem.len(),
+        "rwsem waits named {expected}…: {named} of {}; e.g. {}",
+        rwsem.len(),
+        names.lock_name(rwsem[0].lock_addr, rwsem[0].flags)
+    );
+}
