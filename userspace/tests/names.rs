@@ -118,3 +118,74 @@ fn a_process_s_mmap_lock_is_named_with_the_process() {
         names.lock_name(rwsem[0].lock_addr, rwsem[0].flags)
     );
 }
+
+#[test]
+fn runqueue_locks_are_named_by_their_cpu() {
+    if !root_or_skip("runqueue_locks_are_named_by_their_cpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rq.bftrace");
+    // Pipe writers wake the reader and each other: wake-ups take the runqueues' locks.
+    let workload = common::PipeContention::start(8);
+    let me = std::process::id().to_string();
+    let out = bufscope()
+        .args([
+            "record",
+            "--no-bufio",
+            "-d",
+            "3s",
+            "--exact-stacks",
+            "--pid",
+            &me,
+            "-o",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    workload.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut reader = TraceReader::open(&path).unwrap();
+    let (mut waits, mut names): (Vec<LockWait>, Names) = Default::default();
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(w) => waits.extend(w),
+            Record::Metadata(m) => names.add(&m),
+            _ => {}
+        }
+    }
+    let cpus = thread::available_parallelism().unwrap().get();
+    let rq: Vec<(&LockWait, String)> = waits
+        .iter()
+        .map(|w| (w, names.lock_name(w.lock_addr, w.flags)))
+        .filter(|(_, name)| name.starts_with("rq "))
+        .collect();
+    assert!(rq.len() >= 10, "{} waits on locks named rq N", rq.len());
+    for (_, name) in &rq {
+        let cpu: usize = name["rq ".len()..].parse().unwrap();
+        assert!(cpu < cpus, "{name} on a machine of {cpus} CPUs");
+    }
+    // Checked apart from the naming: every such wait was taken in the scheduler.
+    let in_scheduler = |w: &LockWait| {
+        w.stack_id
+            .and_then(|id| names.stack(id))
+            .is_some_and(|frames| {
+                frames.iter().any(|f| {
+                    ["rq_lock", "wake_up", "schedule", "sched_"]
+                        .iter()
+                        .any(|s| f.contains(s))
+                })
+            })
+    };
+    let scheduled = rq.iter().filter(|(w, _)| in_scheduler(w)).count();
+    assert_eq!(
+        scheduled,
+        rq.len(),
+        "waits named rq N whose stacks show the scheduler"
+    );
+}

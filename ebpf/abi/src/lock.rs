@@ -83,12 +83,20 @@ pub struct TaskOffsets {
     pub task_sighand: u32,
     /// `sighand_struct.siglock` (a `spinlock_t`).
     pub sighand_siglock: u32,
+    /// `task_struct.se.cfs_rq` (a `struct cfs_rq *`; with CONFIG_FAIR_GROUP_SCHED).
+    pub task_cfs_rq: u32,
+    /// `cfs_rq.rq` (a `struct rq *`: the CPU's runqueue).
+    pub cfs_rq_rq: u32,
+    /// `rq.__lock` (`lock` before Linux 5.14), the runqueue's raw spinlock.
+    pub rq_lock: u32,
+    /// `rq.cpu` (int).
+    pub rq_cpu: u32,
 }
 assert_layout!(
     TaskOffsets,
-    size = 16,
+    size = 32,
     align = 4,
-    fields = [u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl TaskOffsets {
@@ -99,18 +107,23 @@ impl TaskOffsets {
         mm_mmap_lock: Self::ABSENT,
         task_sighand: Self::ABSENT,
         sighand_siglock: Self::ABSENT,
+        task_cfs_rq: Self::ABSENT,
+        cfs_rq_rq: Self::ABSENT,
+        rq_lock: Self::ABSENT,
+        rq_cpu: Self::ABSENT,
     };
 }
 
 /// What a lock turned out to be, by its address in the `LOCK_CLASSES` map: found when one of
-/// its waiters waited on its own process's lock of that kind.
+/// its waiters waited on its own process's lock of that kind, or on its own CPU's runqueue.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockClass {
-    /// [`LockClass::MMAP_LOCK`] or [`LockClass::SIGLOCK`].
+    /// [`LockClass::MMAP_LOCK`], [`LockClass::SIGLOCK`] or [`LockClass::RQ_LOCK`].
     pub class: u32,
-    /// The process the lock belongs to (the waiter's).
-    pub tgid: u32,
+    /// Whose lock: the process (the waiter's tgid) for mmap_lock and siglock, the CPU for a
+    /// runqueue's.
+    pub whose: u32,
 }
 assert_layout!(LockClass, size = 8, align = 4, fields = [u32, u32]);
 
@@ -119,12 +132,15 @@ impl LockClass {
     pub const MMAP_LOCK: u32 = 1;
     /// `sighand->siglock`: the process's signal-handling lock.
     pub const SIGLOCK: u32 = 2;
+    /// A CPU's runqueue lock (`rq->__lock`): wake-ups and scheduling on that CPU.
+    pub const RQ_LOCK: u32 = 3;
 
     /// The lock's kind as perf lock contention names it.
     pub const fn kind_name(self) -> &'static str {
         match self.class {
             Self::MMAP_LOCK => "mmap_lock",
             Self::SIGLOCK => "siglock",
+            Self::RQ_LOCK => "rq",
             _ => "?",
         }
     }

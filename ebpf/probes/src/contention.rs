@@ -14,8 +14,8 @@ use bufscope_abi::{
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, STACK_CACHE, STACKS,
-        WAIT_HIST, ZERO_HIST, count,
+        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, RQ_LOCK, STACK_CACHE,
+        STACKS, WAIT_HIST, ZERO_HIST, count,
     },
 };
 
@@ -269,8 +269,9 @@ fn on_end(lock_addr: u64, ret: i32) {
     }
 }
 
-/// Notes the lock as its process's mmap_lock (an rwsem) or siglock (a spinlock) when it is the
-/// waiter's own: one read of the task's pointer, one compare, and a map insert the first time.
+/// Notes the lock as its process's mmap_lock (an rwsem) or siglock (a spinlock), or as this
+/// CPU's runqueue lock, when it is the waiter's own: a read of the task's pointer (the runqueue's
+/// is kept per CPU after the first), one compare, and a map insert the first time.
 #[inline(always)]
 fn classify(lock_addr: u64, flags: u32) {
     let offsets = TASK_OFFSETS.load();
@@ -278,6 +279,10 @@ fn classify(lock_addr: u64, flags: u32) {
     let (class, pointer, field) = if flags & kinds == 0 {
         (LockClass::MMAP_LOCK, offsets.task_mm, offsets.mm_mmap_lock)
     } else if flags & (kinds | LockFlags::READ | LockFlags::WRITE) == LockFlags::SPIN {
+        if this_rq_lock(&offsets) == Some(lock_addr) {
+            note_class(lock_addr, LockClass::RQ_LOCK, current::cpu());
+            return;
+        }
         (
             LockClass::SIGLOCK,
             offsets.task_sighand,
@@ -295,12 +300,41 @@ fn classify(lock_addr: u64, flags: u32) {
     if owner == 0 || lock_addr != owner + u64::from(field) {
         return;
     }
+    let (_, tgid) = current::tid_tgid();
+    note_class(lock_addr, class, tgid);
+}
+
+#[inline(always)]
+fn note_class(lock_addr: u64, class: u32, whose: u32) {
     // SAFETY: a plain read; the value is only compared against None.
     if unsafe { LOCK_CLASSES.get(lock_addr) }.is_some() {
         return;
     }
-    let (_, tgid) = current::tid_tgid();
-    let _ = LOCK_CLASSES.insert(lock_addr, LockClass { class, tgid }, 0);
+    let _ = LOCK_CLASSES.insert(lock_addr, LockClass { class, whose }, 0);
+}
+
+/// This CPU's runqueue lock: from the running task's CFS runqueue the first time (checked to be
+/// this CPU's), then from the per-CPU slot. `None` without the offsets (a kernel without
+/// CONFIG_FAIR_GROUP_SCHED has no `cfs_rq.rq`).
+#[inline(always)]
+fn this_rq_lock(offsets: &TaskOffsets) -> Option<u64> {
+    let slot = RQ_LOCK.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; programs on one CPU do not interleave on it.
+    let slot = unsafe { &mut *slot };
+    if *slot != 0 {
+        return Some(*slot);
+    }
+    if offsets.rq_lock == TaskOffsets::ABSENT {
+        return None;
+    }
+    let cfs_rq: u64 = current::read_field(current::task(), offsets.task_cfs_rq)?;
+    let rq: u64 = current::read_field(cfs_rq, offsets.cfs_rq_rq)?;
+    let cpu: i32 = current::read_field(rq, offsets.rq_cpu)?;
+    if rq == 0 || cpu as u32 != current::cpu() {
+        return None;
+    }
+    *slot = rq + u64::from(offsets.rq_lock);
+    Some(*slot)
 }
 
 /// Whether the running process's waits are kept (see `ProbeConfig::processes`).

@@ -83,6 +83,11 @@ pub(crate) static PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096,
 #[map]
 pub(crate) static LOCK_CLASSES: LruHashMap<u64, LockClass> = LruHashMap::with_max_entries(4096, 0);
 
+/// This CPU's runqueue lock address, found once from the running task's runqueue (see
+/// `contention::classify`); 0 until then. In-kernel only.
+#[map]
+pub(crate) static RQ_LOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Clients already announced to user space. The dm-bufio programs insert a client when they
 /// announce it and remove it when it is destroyed (or its announcement was lost); in-kernel only.
 #[map]

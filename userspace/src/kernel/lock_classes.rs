@@ -20,20 +20,38 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
     let task = find_struct(&btf, "task_struct")?;
     let mm = find_struct(&btf, "mm_struct")?;
     let sighand = find_struct(&btf, "sighand_struct")?;
-    let offset = |s, path| field(&btf, s, path).map(|(offset, _)| offset);
+    let offset = |s: &btf_rs::Struct, path| field(&btf, s, path).map(|(offset, _)| offset);
+    // Runqueues are named only where tasks point at theirs (CONFIG_FAIR_GROUP_SCHED).
+    let runqueue = || -> Result<[u32; 4], BtfLayoutError> {
+        let cfs_rq = find_struct(&btf, "cfs_rq")?;
+        let rq = find_struct(&btf, "rq")?;
+        Ok([
+            offset(&task, "se.cfs_rq")?,
+            offset(&cfs_rq, "rq")?,
+            offset(&rq, "__lock").or_else(|_| offset(&rq, "lock"))?,
+            offset(&rq, "cpu")?,
+        ])
+    };
+    let [task_cfs_rq, cfs_rq_rq, rq_lock, rq_cpu] = runqueue().unwrap_or([TaskOffsets::ABSENT; 4]);
     Ok(TaskOffsets {
         task_mm: offset(&task, "mm")?,
         mm_mmap_lock: offset(&mm, "mmap_lock").or_else(|_| offset(&mm, "mmap_sem"))?,
         task_sighand: offset(&task, "sighand")?,
         sighand_siglock: offset(&sighand, "siglock")?,
+        task_cfs_rq,
+        cfs_rq_rq,
+        rq_lock,
+        rq_cpu,
     })
 }
 
-/// A classified lock's name: "mmap_lock (4242 postgres)", with the process's name where known.
+/// A classified lock's name: "mmap_lock (4242 postgres)", with the process's name where known,
+/// or a runqueue's with its CPU, "rq 3".
 pub fn class_lock_name(class: LockClass, process_name: Option<&str>) -> String {
-    match process_name {
-        Some(name) => format!("{} ({} {name})", class.kind_name(), class.tgid),
-        None => format!("{} ({})", class.kind_name(), class.tgid),
+    match (class.class, process_name) {
+        (LockClass::RQ_LOCK, _) => format!("rq {}", class.whose),
+        (_, Some(name)) => format!("{} ({} {name})", class.kind_name(), class.whose),
+        (_, None) => format!("{} ({})", class.kind_name(), class.whose),
     }
 }
 
@@ -44,7 +62,10 @@ pub fn class_symbols(classes: &[(u64, LockClass)]) -> Vec<Symbol> {
         .iter()
         .map(|&(addr, class)| Symbol {
             addr,
-            name: class_lock_name(class, process_name(class.tgid).as_deref()),
+            name: match class.class {
+                LockClass::RQ_LOCK => class_lock_name(class, None),
+                _ => class_lock_name(class, process_name(class.whose).as_deref()),
+            },
             module: None,
             lock_text: false,
         })
@@ -65,7 +86,7 @@ mod tests {
     fn names_say_the_kind_and_the_process() {
         let mmap = LockClass {
             class: LockClass::MMAP_LOCK,
-            tgid: 4242,
+            whose: 4242,
         };
         assert_eq!(
             class_lock_name(mmap, Some("postgres")),
@@ -73,9 +94,14 @@ mod tests {
         );
         let sig = LockClass {
             class: LockClass::SIGLOCK,
-            tgid: 7,
+            whose: 7,
         };
         assert_eq!(class_lock_name(sig, None), "siglock (7)");
+        let rq = LockClass {
+            class: LockClass::RQ_LOCK,
+            whose: 3,
+        };
+        assert_eq!(class_lock_name(rq, Some("ignored")), "rq 3");
     }
 
     #[test]
@@ -89,5 +115,7 @@ mod tests {
         assert!(o.task_mm < 16_384 && o.task_sighand < 16_384, "{o:?}");
         assert!(o.mm_mmap_lock > 0 && o.mm_mmap_lock < 4_096, "{o:?}");
         assert!(o.sighand_siglock < 4_096, "{o:?}");
+        // This kind of machine has CONFIG_FAIR_GROUP_SCHED: runqueues are found.
+        assert!(o.rq_lock < 4_096 && o.task_cfs_rq < 16_384, "{o:?}");
     }
 }
