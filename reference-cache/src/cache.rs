@@ -262,12 +262,26 @@ impl CacheConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("reading block {block}: {source}")]
+    #[error("reading block {block}")]
     Read { block: u64, source: io::Error },
-    #[error("writing block {block}: {source}")]
+    #[error("writing block {block}")]
     Write { block: u64, source: io::Error },
-    #[error("flushing: {0}")]
-    Flush(io::Error),
+    #[error("flushing")]
+    Flush(#[source] io::Error),
+}
+
+impl CacheError {
+    /// The message and its causes in one line: the message leaves out the cause it keeps as
+    /// its source.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
 }
 
 /// How full a cache is right now.

@@ -114,7 +114,7 @@ impl BlockIo for MemoryIo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
         "{path} is mounted (device {major}:{minor}); bufscope refuses to write to a mounted \
@@ -127,7 +127,7 @@ pub enum OpenError {
     },
     #[error("{path}: block size {block_size} is not a multiple of 512, as O_DIRECT needs")]
     Unaligned { path: PathBuf, block_size: usize },
-    #[error("{path}: reading /proc/self/mountinfo to check that it is not mounted: {source}")]
+    #[error("{path}: reading /proc/self/mountinfo to check that it is not mounted")]
     MountCheck { path: PathBuf, source: io::Error },
 }
 
@@ -136,14 +136,14 @@ pub enum OpenError {
 /// with [`io::Error::get_ref`].
 #[derive(Debug, thiserror::Error)]
 pub enum FileIoError {
-    #[error("{path}: reading block {block} at offset {offset}: {source}")]
+    #[error("{path}: reading block {block} at offset {offset}")]
     Read {
         path: PathBuf,
         block: u64,
         offset: u64,
         source: io::Error,
     },
-    #[error("{path}: writing block {block} at offset {offset}: {source}")]
+    #[error("{path}: writing block {block} at offset {offset}")]
     Write {
         path: PathBuf,
         block: u64,

@@ -383,7 +383,7 @@ fn run_thread(
     let mut first_io_error = None;
     let mut io_error = |mismatches: &mut Mismatches, e: crate::CacheError| {
         mismatches.io_errors += 1;
-        first_io_error.get_or_insert_with(|| e.to_string());
+        first_io_error.get_or_insert_with(|| e.with_causes());
     };
     let mut held = Held::default();
     let clock = clock();

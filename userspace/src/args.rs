@@ -1,8 +1,12 @@
 //! Command-line arguments that several subcommands share: how the reference designs run
-//! (`replay`, `compare`, `live`), which designs, and the values clap parses for them.
+//! (`replay`, `compare`, `live`), which designs, how a damaged trace file is taken, and the values
+//! clap parses for them (impossible numbers refused at parsing, naming the option).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
 
 use bufscope::probes::ProcessFilter;
 use bufscope_abi::ProbeConfig;
@@ -17,7 +21,7 @@ use reference_cache::{Design, replay::ReplayOptions, timing::Timing};
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// Replay threads (default: one per recorded thread).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub threads: Option<usize>,
     /// Read (and, with --allow-writes, write) buffers on this file or block device instead of
     /// memory.
@@ -31,10 +35,10 @@ pub struct ModelArgs {
     pub direct: bool,
     /// Without --device: how long each memory-backend read or write takes, e.g. 100us (a stand-in
     /// for a device; default: none).
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "device")]
-    pub io_latency: Option<std::time::Duration>,
+    #[arg(long, value_parser = parse_positive_duration, conflicts_with = "device")]
+    pub io_latency: Option<Duration>,
     /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
-    #[arg(long, default_value_t = 76_800)]
+    #[arg(long, default_value_t = 76_800, value_parser = at_least_one())]
     pub capacity: usize,
     /// How long the designs' steps take: `kernel` (each critical section as long as the
     /// recording kernel held its lock for that operation, and memory reads as long as its misses
@@ -166,6 +170,49 @@ fn parse_pid(s: &str) -> Result<u32, String> {
         return Err(format!("no process {pid} is running"));
     }
     Ok(pid)
+}
+
+/// How a command takes a trace file with damaged records: shared by every command that reads one.
+#[derive(Debug, clap::Args)]
+pub struct DamageArgs {
+    /// Fail (exit non-zero) when the trace file has damaged records or ends early, instead of
+    /// skipping the damaged records, saying so on stderr and going on with the rest.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl DamageArgs {
+    /// Says on stderr what reading skipped as damaged (`skipped`, a line naming the file) and
+    /// goes on; with --strict, that, or reading ending early (`problem`), is the error instead.
+    pub fn check(&self, skipped: Option<String>, problem: Option<&str>) -> anyhow::Result<()> {
+        match (skipped, problem) {
+            (Some(skipped), _) if self.strict => {
+                bail!("{skipped}; --strict refuses a damaged file")
+            }
+            (None, Some(problem)) if self.strict => {
+                bail!("{problem}; --strict refuses a file that ends early")
+            }
+            (Some(skipped), _) => eprintln!("bufscope: {skipped}"),
+            (None, _) => {}
+        }
+        Ok(())
+    }
+}
+
+/// A count of at least 1 (`--threads`, `--cpus`, `--capacity`, ...).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// A duration longer than 0, e.g. 10s, 2m, 500ms.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("`{s}` is no time at all; give a duration above 0")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "`{s}` is not a duration like 10s, 2m or 500ms: {e}"
+        )),
+    }
 }
 
 /// One `--design` value: a design, or `all` of them.

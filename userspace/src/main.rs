@@ -36,7 +36,7 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// Stop after this long, e.g. 10s, 2m, 500ms (default: until Ctrl-C).
-        #[arg(short, long, value_parser = humantime::parse_duration)]
+        #[arg(short, long, value_parser = args::parse_positive_duration)]
         duration: Option<Duration>,
         /// How to attach to the lock tracepoints.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
@@ -77,6 +77,8 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        damage: args::DamageArgs,
     },
     /// Tables of a trace's lock waits by lock, caller, operation, thread, thread role, type or
     /// client, in perf lock contention's terms, with percentiles and histograms; or, with
@@ -155,7 +157,7 @@ fn main() -> ExitCode {
             only_cmd,
             command,
         }),
-        Command::Info { file, json } => cmd::info::run(&file, json),
+        Command::Info { file, json, damage } => cmd::info::run(&file, json, &damage),
         Command::Live(options) => cmd::live::run(&options),
         Command::Doctor { json } => cmd::doctor::run(json),
         Command::Synth(options) => cmd::synth::run(&options),

@@ -1,6 +1,7 @@
-//! The command line as a user meets it: help, bad options, trace files that are missing,
-//! foreign, damaged or cut short, and `report --ops` on a bundled sample and on files with and
-//! without thread names. None of this needs root.
+//! The command line as a user meets it: help, bad options and impossible numbers, trace files
+//! that are missing, foreign, damaged (each damaged record skipped, or refused with --strict) or
+//! cut short, errors that name their cause once, and `report --ops` on a bundled sample and on
+//! files with and without thread names. None of this needs root.
 
 mod common;
 
@@ -131,17 +132,298 @@ fn info_shows_what_a_cut_recording_holds_then_fails() {
     assert!(stderr.contains("crashed.bftrace: at offset"), "{stderr}");
     assert!(stderr.contains("did not finish"), "{stderr}");
 
-    // Damage one byte in the middle of the events: named as damage, with the record.
+    // Damage one byte in the middle of the events: named as damage, with the record, and
+    // skipped; the rest is read.
     let damaged = dir.path().join("damaged.bftrace");
     write_trace(&damaged, 1000, true);
     let mut bytes = std::fs::read(&damaged).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&damaged, bytes).unwrap();
-    let (ok, _, stderr) = run(&["info", damaged.to_str().unwrap()]);
+    let (ok, stdout, stderr) = run(&["info", damaged.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("records         2 (0 lock waits, 0 dm-bufio operations, 1 metadata)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("damaged.bftrace: skipped 1 damaged record at offset ")
+            && stderr.contains("(record 0, ")
+            && stderr.contains("payload checksum mismatch); by the end record's counts it held 1,000 lock waits; read the other 2 records"),
+        "{stderr}"
+    );
+}
+
+/// The bundled dm-verity recording with byte 300,000 changed, as the issue found it: that byte
+/// lies in record 9, a chunk of 12,711 dm-bufio operations.
+fn damaged_sample(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(sample("6.1-verity-read.bftrace")).unwrap();
+    bytes[300_000] ^= 0x01;
+    let path = dir.join("verity-damaged.bftrace");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = damaged_sample(dir.path());
+    let file = damaged.to_str().unwrap();
+    let whole = sample("6.1-verity-read.bftrace");
+    let said = format!(
+        "bufscope: {file}: skipped 1 damaged record at offset 233,378 (record 9, 109,955 bytes: \
+         payload checksum mismatch); by the end record's counts it held 12,711 dm-bufio \
+         operations; read the other 47 records\n"
+    );
+
+    let (ok, stdout, stderr) = run(&["info", "--json", file]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, said);
+    let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let undamaged = report_json(&["info", "--json", whole.to_str().unwrap()]);
+    assert_eq!(info["lock_waits"], undamaged["lock_waits"]);
+    assert_eq!(
+        info["bufio_ops"].as_u64().unwrap(),
+        undamaged["bufio_ops"].as_u64().unwrap() - 12_711
+    );
+    assert_eq!(
+        info["records"].as_u64().unwrap(),
+        undamaged["records"].as_u64().unwrap() - 1
+    );
+    assert_eq!(info["problem"], serde_json::Value::Null);
+    let skipped = &info["skipped"];
+    assert_eq!(
+        (skipped["records"].as_u64(), skipped["bytes"].as_u64()),
+        (Some(1), Some(109_955))
+    );
+    assert_eq!(skipped["listed"][0]["offset"], 233_378);
+    assert_eq!(skipped["listed"][0]["record"], 9);
+    assert_eq!(skipped["listed"][0]["kind"], "bufio_ops_v2");
+    assert_eq!(skipped["listed"][0]["items"], 12_711);
+    assert_eq!(skipped["listed"][0]["damage"]["why"], "payload_checksum");
+    assert_eq!(skipped["lost"]["bufio_ops"], 12_711);
+
+    let (ok, stdout, stderr) = run(&["report", file, "--ops", "--by", "op", "--json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, said);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["operations"], info["bufio_ops"]);
+
+    let (ok, _, stderr) = run(&["report", file]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, said);
+
+    let out = dir.path().join("out.csv");
+    let (ok, _, stderr) = run(&[
+        "export",
+        file,
+        "--format",
+        "csv",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.starts_with(&said), "{stderr}");
+    let rows = std::fs::read_to_string(&out).unwrap().lines().count() as u64 - 1;
+    assert_eq!(
+        rows,
+        info["lock_waits"].as_u64().unwrap() + info["bufio_ops"].as_u64().unwrap()
+    );
+
+    // --strict: the same line, as the error, and nothing else done.
+    let strict_out = dir.path().join("strict.csv");
+    for args in [
+        &["info", file][..],
+        &["info", "--json", file],
+        &["report", file],
+        &["report", file, "--calibration"],
+        &[
+            "export",
+            file,
+            "--format",
+            "csv",
+            "-o",
+            strict_out.to_str().unwrap(),
+        ],
+        &[
+            "compare",
+            file,
+            "--plot",
+            dir.path().join("p.svg").to_str().unwrap(),
+        ],
+        &["replay", file],
+    ] {
+        let (ok, stdout, stderr) = run(&[args, &["--strict"]].concat());
+        assert!(!ok, "{args:?} --strict succeeded");
+        assert_eq!(stdout, "", "{args:?}");
+        assert_eq!(
+            stderr,
+            format!(
+                "bufscope: error: {}; --strict refuses a damaged file\n",
+                said.trim_end().trim_start_matches("bufscope: ")
+            ),
+            "{args:?}"
+        );
+    }
+    assert!(!strict_out.exists());
+    assert!(!dir.path().join("p.svg").exists());
+}
+
+#[test]
+fn strict_also_refuses_a_file_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.bftrace");
+    write_trace(&cut, 100, false);
+    let (ok, _, stderr) = run(&["report", cut.to_str().unwrap()]);
+    assert!(
+        ok,
+        "without --strict, what came before is reported: {stderr}"
+    );
+    let (ok, stdout, stderr) = run(&["report", cut.to_str().unwrap(), "--strict"]);
     assert!(!ok);
-    assert!(stderr.contains("checksum mismatch"), "{stderr}");
-    assert!(stderr.contains("(record 0)"), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("did not finish")
+            && stderr.ends_with("; --strict refuses a file that ends early\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.bftrace");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        &["info", missing][..],
+        &["report", missing],
+        &["export", missing, "--format", "csv", "-o", "-"],
+        &["replay", missing],
+    ] {
+        let (ok, _, stderr) = run(args);
+        assert!(!ok, "{args:?}");
+        assert_eq!(
+            stderr,
+            format!(
+                "bufscope: error: {missing}: at offset 0: read failed: No such file or directory \
+                 (os error 2)\n"
+            ),
+            "{args:?}"
+        );
+    }
+    // A cause deeper in the chain, from the reference cache: also once.
+    let device = dir.path().join("no-device");
+    let (ok, _, stderr) = run(&[
+        "replay",
+        sample("6.1-verity-read.bftrace").to_str().unwrap(),
+        "--design",
+        "classic",
+        "--device",
+        device.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(&format!(
+            "bufscope: error: opening --device {0}: {0}: No such file or directory (os error 2)\n",
+            device.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn impossible_numbers_are_refused_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = sample("6.1-verity-read.bftrace");
+    let trace = trace.to_str().unwrap();
+    let out = dir.path().join("out.bftrace");
+    let out = out.to_str().unwrap();
+    let device = dir.path().join("device");
+    std::fs::write(&device, [0u8; 8192]).unwrap();
+    let device = device.to_str().unwrap();
+    for (args, option) in [
+        (
+            &["replay", trace, "--threads", "0"][..],
+            "--threads <THREADS>",
+        ),
+        (
+            &["replay", trace, "--capacity", "0"],
+            "--capacity <CAPACITY>",
+        ),
+        (&["replay", trace, "--cpus", "0"], "--cpus <CPUS>"),
+        (&["replay", trace, "--speed", "0"], "--speed <SPEED>"),
+        (&["replay", trace, "--speed=-2"], "--speed <SPEED>"),
+        (
+            &["replay", trace, "--io-latency", "0s"],
+            "--io-latency <IO_LATENCY>",
+        ),
+        (&["compare", trace, "--threads", "0"], "--threads <THREADS>"),
+        (&["compare", trace, "--cpus", "0"], "--cpus <CPUS>"),
+        (
+            &["record", "-o", out, "--duration", "0s"],
+            "--duration <DURATION>",
+        ),
+        (&["live", "--top", "0"], "--top <TOP>"),
+        (&["live", "--interval", "0"], "--interval <INTERVAL>"),
+        (&["live", "--duration", "0ms"], "--duration <DURATION>"),
+        (
+            &["stress", device, "--duration", "0s"],
+            "--duration <DURATION>",
+        ),
+        (
+            &["stress", device, "--block-size", "1000"],
+            "--block-size <BLOCK_SIZE>",
+        ),
+        (
+            &["stress", device, "--region-blocks", "0"],
+            "--region-blocks <REGION_BLOCKS>",
+        ),
+        (
+            &["synth", "hotspot", "-o", out, "--hotspot-threads", "0"],
+            "--hotspot-threads",
+        ),
+        (
+            &["synth", "hotspot", "-o", out, "--passes", "0"],
+            "--passes <PASSES>",
+        ),
+        (
+            &["synth", "uniform", "-o", out, "--threads", "0"],
+            "--threads <THREADS>",
+        ),
+        (
+            &["synth", "zipf", "-o", out, "--exponent", "0"],
+            "--exponent <EXPONENT>",
+        ),
+        (
+            &["synth", "btree", "-o", out, "--depth", "1"],
+            "--depth <DEPTH>",
+        ),
+        (
+            &["synth", "scan", "-o", out, "--block-size", "0"],
+            "--block-size <BLOCK_SIZE>",
+        ),
+    ] {
+        let (ok, stdout, stderr) = run(args);
+        assert!(!ok, "{args:?} was accepted");
+        assert_eq!(stdout, "", "{args:?}");
+        assert!(
+            stderr.starts_with("error: invalid value ")
+                && stderr.contains(&format!("for '{option}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !Path::new(out).exists(),
+        "nothing is written when a number is impossible"
+    );
+    // 0 where it means something is still taken: every row of a report.
+    let (ok, _, stderr) = run(&["report", trace, "--top", "0"]);
+    assert!(ok, "{stderr}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! design's run back into a trace, so that [`compare`] can measure kernel and designs with the
 //! same code and [`plot`] can draw them side by side; [`export`] writes a trace in the formats
 //! other tools load; [`synth`] makes traces of dm-bufio operations without a kernel. [`units`]
-//! formats the figures.
+//! formats the figures (and errors, with their causes, as text).
 
 pub mod calibration;
 pub mod compare;

@@ -10,12 +10,12 @@ use std::{
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{
-    ClientLock, Metadata, OpKind, OpResult, ProgramRun, Record, TraceError, TraceHeader,
-    TraceReader,
+    ClientLock, Metadata, OpKind, OpResult, ProgramRun, Record, SkippedDamage, TraceError,
+    TraceHeader, TraceReader,
 };
 use serde::Serialize;
 
-use crate::naming::Names;
+use crate::{naming::Names, tracedata::skipped_message, units::error_chain};
 
 /// How many named locks and callers a summary lists.
 pub const TOP_ROWS: usize = 15;
@@ -124,14 +124,24 @@ pub struct TraceSummary {
     /// Metadata records by type.
     pub metadata: BTreeMap<String, u64>,
     pub losses: Option<LossSummary>,
+    /// Damaged records skipped (everything around them is summarised).
+    pub skipped: SkippedDamage,
     /// Why reading stopped before a proper end, when it did.
     pub problem: Option<String>,
     /// True when the problem is that the file was cut short (not damaged).
     pub truncated: bool,
 }
 
-/// Reads the whole file. A file whose header cannot be read is an error; damage further on is
-/// reported in `problem` after everything before it has been summarised.
+impl TraceSummary {
+    /// What reading skipped as damaged, in a line (see [`skipped_message`]).
+    pub fn skipped_message(&self) -> Option<String> {
+        skipped_message(&self.file, &self.skipped, self.records)
+    }
+}
+
+/// Reads the whole file. A file whose header cannot be read is an error; a damaged record further
+/// on is skipped and reported in `skipped`; where nothing more can be read, `problem` says why,
+/// after everything before it has been summarised.
 pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
     let mut reader = TraceReader::open(path)?;
     let (major, minor) = reader.format_version();
@@ -160,6 +170,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
         programs: Vec::new(),
         metadata: BTreeMap::new(),
         losses: None,
+        skipped: SkippedDamage::default(),
         problem: None,
         truncated: false,
     };
@@ -286,11 +297,12 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
             }
             Err(e) => {
                 summary.truncated = e.is_truncation();
-                summary.problem = Some(e.to_string());
+                summary.problem = Some(error_chain(&e));
                 break;
             }
         }
     }
+    summary.skipped = reader.skipped().clone();
     summary.threads = threads.len();
     summary.locks = locks.len();
     summary.clients = clients.len();

@@ -58,13 +58,13 @@ pub enum Workload {
 #[derive(Debug, clap::Args)]
 pub struct Hotspot {
     /// Hotspot threads; thread n owns blocks [n*R, n*R + R-1].
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub hotspot_threads: u32,
     /// Blocks per hotspot region (R).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub region_blocks: u64,
     /// Passes of read+release over each region.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub passes: u32,
     /// Blocks the dirtier walks from block 0 (hotspot only).
     #[arg(long, default_value_t = 262_144)]
@@ -74,13 +74,13 @@ pub struct Hotspot {
 #[derive(Debug, clap::Args)]
 pub struct Random {
     /// Threads.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
     /// Reads per thread.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub reads: u64,
     /// Blocks on the device.
-    #[arg(long, default_value_t = 262_144)]
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub blocks: u64,
     /// Percent of reads that also dirty the block.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -92,37 +92,45 @@ pub struct ZipfArgs {
     #[command(flatten)]
     pub random: Random,
     /// Zipf exponent: larger is more skewed.
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, value_parser = parse_exponent)]
     pub exponent: f64,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Scan {
     /// Threads.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
     /// Blocks on the device.
-    #[arg(long, default_value_t = 262_144)]
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub blocks: u64,
     /// Passes over the device per thread.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub passes: u32,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Btree {
     /// Threads doing lookups.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
     /// Lookups per thread.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub lookups: u64,
     /// Children per node.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..))]
     pub fanout: u64,
     /// Levels, root included.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=8))]
     pub depth: u32,
+}
+
+/// `--exponent`: a positive number.
+fn parse_exponent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
 }
 
 impl Workload {

@@ -7,11 +7,14 @@ use std::{io::Read, path::Path};
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{
-    BufioOp, ClientLock, LockWait, Metadata, Record, TraceError, TraceHeader, TraceReader,
-    TraceWriter,
+    BufioOp, ClientLock, LockWait, Metadata, Record, SkippedDamage, TraceError, TraceHeader,
+    TraceReader, TraceWriter,
 };
 
-use crate::naming::{self, Names};
+use crate::{
+    naming::{self, Names},
+    units::{error_chain, thousands},
+};
 
 /// The lock classes compared between the kernel and the designs: dm-bufio's own locks, and
 /// everything else.
@@ -60,13 +63,19 @@ pub struct TraceData {
     pub design: Option<String>,
     /// The kernel's dm-bufio design as seen at recording ("classic" or "sharded").
     pub kernel_design: Option<String>,
+    /// Records read.
+    pub records: u64,
+    /// Damaged records skipped (everything around them is kept).
+    pub skipped: SkippedDamage,
     /// Why reading stopped early, when it did (what came before is kept).
     pub problem: Option<String>,
 }
 
 impl TraceData {
-    /// Reads a whole trace file. A file that is not a trace is an error; damage past the header
-    /// ends the reading and is told in `problem`, keeping everything before it.
+    /// Reads a whole trace file. A file that is not a trace is an error; a damaged record past
+    /// the header is skipped and told in `skipped`; where nothing more can be read (a file cut
+    /// short, damage with no whole record after it), reading ends and `problem` says why,
+    /// keeping everything before it.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
         Ok(Self::read_all(
             TraceReader::open(path)?,
@@ -98,12 +107,19 @@ impl TraceData {
                 Ok(Some(Record::Metadata(m))) => data.add_metadata(m),
                 Ok(Some(_)) => {}
                 Err(e) => {
-                    data.problem = Some(e.to_string());
+                    data.problem = Some(error_chain(&e));
                     break;
                 }
             }
         }
+        data.records = reader.records_read();
+        data.skipped = reader.skipped().clone();
         data
+    }
+
+    /// What reading skipped as damaged, in a line (see [`skipped_message`]).
+    pub fn skipped_message(&self) -> Option<String> {
+        skipped_message(&self.source, &self.skipped, self.records)
     }
 
     pub fn add_metadata(&mut self, m: Metadata) {
@@ -201,6 +217,73 @@ impl TraceData {
     }
 }
 
+/// Damaged stretches named one by one in [`skipped_message`]; the rest are counted.
+const NAMED_IN_MESSAGE: usize = 5;
+
+/// The line that says what a reader skipped as damaged in `source` and what it read, e.g.
+/// "t.bftrace: skipped 1 damaged record at offset 233,378 (record 9, 109,955 bytes: payload
+/// checksum mismatch); by the end record's counts it held 12,711 dm-bufio operations; read the
+/// other 47 records". `None` when nothing was skipped.
+pub fn skipped_message(source: &str, skipped: &SkippedDamage, records_read: u64) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let stretch = |s: &bufscope_trace::SkippedRecord| {
+        format!(
+            "at offset {} (record {}, {} bytes: {})",
+            thousands(s.offset),
+            s.record,
+            thousands(s.bytes),
+            s.damage
+        )
+    };
+    let mut text = if let ([only], 1) = (&skipped.listed[..], skipped.records) {
+        format!("{source}: skipped 1 damaged record {}", stretch(only))
+    } else {
+        let named: Vec<String> = skipped
+            .listed
+            .iter()
+            .take(NAMED_IN_MESSAGE)
+            .map(stretch)
+            .collect();
+        let unnamed = skipped.records - named.len() as u64;
+        format!(
+            "{source}: skipped {} damaged records, {} bytes: {}{}",
+            thousands(skipped.records),
+            thousands(skipped.bytes),
+            named.join(", "),
+            if unnamed > 0 {
+                format!(" and {} more", thousands(unnamed))
+            } else {
+                String::new()
+            }
+        )
+    };
+    if let Some(lost) = skipped.lost {
+        let held: Vec<String> = [
+            (lost.lock_waits, "lock waits"),
+            (lost.bufio_ops, "dm-bufio operations"),
+            (lost.metadata_records, "metadata records"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{} {what}", thousands(n)))
+        .collect();
+        if !held.is_empty() {
+            text.push_str(&format!(
+                "; by the end record's counts {} held {}",
+                if skipped.records == 1 { "it" } else { "they" },
+                held.join(" and ")
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "; read the other {} records",
+        thousands(records_read)
+    ));
+    Some(text)
+}
+
 /// Why [`TraceData::write`] failed; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteTraceError {
@@ -219,4 +302,56 @@ pub enum WriteTraceError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../samples")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Byte 300,000 of the dm-verity sample lies in record 9, a chunk of 12,711 operations: only
+    /// those are lost, and the line says so.
+    #[test]
+    fn a_damaged_record_costs_only_its_own_events_and_is_told() {
+        let bytes = sample("6.1-verity-read.bftrace");
+        let whole = TraceData::from_bytes(&bytes, "verity.bftrace").unwrap();
+        assert_eq!((whole.skipped_message(), &whole.problem), (None, &None));
+        let mut damaged = bytes.clone();
+        damaged[300_000] ^= 0x01;
+        let trace = TraceData::from_bytes(&damaged, "verity.bftrace").unwrap();
+        assert_eq!(trace.problem, None);
+        assert_eq!(trace.waits, whole.waits);
+        assert_eq!(trace.ops.len(), whole.ops.len() - 12_711);
+        assert_eq!(trace.metadata, whole.metadata);
+        assert_eq!(trace.records, whole.records - 1);
+        assert_eq!(
+            trace.skipped_message().as_deref(),
+            Some(
+                "verity.bftrace: skipped 1 damaged record at offset 233,378 (record 9, 109,955 \
+                 bytes: payload checksum mismatch); by the end record's counts it held 12,711 \
+                 dm-bufio operations; read the other 47 records"
+            )
+        );
+
+        // Two more, one in a header: each named, the total counted.
+        damaged[bytes.len() / 2] ^= 0x01;
+        damaged[600_000] ^= 0x01;
+        let trace = TraceData::from_bytes(&damaged, "verity.bftrace").unwrap();
+        let message = trace.skipped_message().unwrap();
+        assert!(
+            message.starts_with("verity.bftrace: skipped 3 damaged records, "),
+            "{message}"
+        );
+        assert_eq!(message.matches("at offset").count(), 3, "{message}");
+        assert!(
+            message.ends_with("; read the other 45 records"),
+            "{message}"
+        );
+    }
 }

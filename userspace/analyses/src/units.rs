@@ -1,5 +1,8 @@
 //! Numbers as people read them in tables: counts with thousands separators, durations in the
-//! unit perf lock contention would pick, rates in a few characters.
+//! unit perf lock contention would pick, rates in a few characters; and errors with their causes
+//! as one line of text.
+
+use std::error::Error;
 
 /// `1234567` → `1,234,567`, for counts people read.
 pub fn thousands(n: u64) -> String {
@@ -36,6 +39,20 @@ pub fn compact(x: f64) -> String {
     } else {
         format!("{:.2}G", x / 1e9)
     }
+}
+
+/// An error and its sources, `: `-separated as anyhow's `{:#}` prints them, for where an error is
+/// kept or shown as text: an error's message leaves out the cause it keeps as its source, so
+/// `to_string` alone would lose it.
+pub fn error_chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use bufscope_analyses::{
 };
 
 use crate::args::{
-    DesignArg, ModelArgs, chosen_designs, parse_design, parse_plot_path, parse_speed,
+    DamageArgs, DesignArg, ModelArgs, at_least_one, chosen_designs, parse_design, parse_plot_path,
+    parse_speed,
 };
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +41,7 @@ pub struct Options {
     #[arg(long)]
     pub asap: bool,
     /// CPUs the sharded design sizes its trees for (default: the recorded kernel's).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub cpus: Option<usize>,
     /// Print JSON instead of tables.
     #[arg(long, conflicts_with = "csv")]
@@ -52,10 +53,14 @@ pub struct Options {
     /// .png).
     #[arg(long, value_name = "FILE", value_parser = parse_plot_path)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub damage: DamageArgs,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let trace = TraceData::load(&o.file)?;
+    o.damage
+        .check(trace.skipped_message(), trace.problem.as_deref())?;
     if let Some(problem) = &trace.problem {
         eprintln!("bufscope: warning: {problem}; comparing what came before it");
     }

@@ -16,6 +16,8 @@ use bufscope_analyses::{
     units::thousands,
 };
 
+use crate::args::DamageArgs;
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     bufscope export t.bftrace --format perfetto -o t.perfetto-trace   (open in ui.perfetto.dev)\n  \
@@ -41,6 +43,8 @@ pub struct Options {
     /// Print the csv/json/parquet schema and exit.
     #[arg(long)]
     pub schema: bool,
+    #[command(flatten)]
+    pub damage: DamageArgs,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
@@ -55,6 +59,8 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         bail!("FILE, --format and --output are needed");
     };
     let trace = TraceData::load(file)?;
+    o.damage
+        .check(trace.skipped_message(), trace.problem.as_deref())?;
     if let Some(problem) = &trace.problem {
         eprintln!("bufscope: warning: {problem}; exporting what came before it");
     }

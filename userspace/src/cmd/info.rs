@@ -7,8 +7,11 @@ use bufscope_analyses::summary::{TraceSummary, WaitRow, summarize};
 
 use bufscope_analyses::units::{duration_ns, thousands};
 
-pub fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+use crate::args::DamageArgs;
+
+pub fn run(path: &Path, json: bool, damage: &DamageArgs) -> anyhow::Result<ExitCode> {
     let summary = summarize(path)?;
+    damage.check(summary.skipped_message(), summary.problem.as_deref())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -61,6 +64,14 @@ fn print_text(s: &TraceSummary) {
     );
     for (kind, n) in &s.metadata {
         println!("  metadata      {kind}: {n}");
+    }
+    if !s.skipped.is_empty() {
+        println!(
+            "skipped         {} damaged record{} ({} bytes; what and where is on stderr)",
+            thousands(s.skipped.records),
+            if s.skipped.records == 1 { "" } else { "s" },
+            thousands(s.skipped.bytes)
+        );
     }
     println!(
         "threads         {} (lock waits on {} distinct locks)",

@@ -23,7 +23,8 @@ use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
 use crate::args::{
-    DesignArg, ModelArgs, ProcessArgs, StackArgs, chosen_designs, parse_design, parse_metrics_addr,
+    DesignArg, ModelArgs, ProcessArgs, StackArgs, at_least_one, chosen_designs, parse_design,
+    parse_metrics_addr, parse_positive_duration,
 };
 
 #[derive(Debug, clap::Args)]
@@ -35,10 +36,10 @@ pub struct Options {
     #[arg(long)]
     pub no_tui: bool,
     /// Stop after this long, e.g. 10s (default: until q, Ctrl-C or SIGTERM).
-    #[arg(short, long, value_parser = humantime::parse_duration)]
+    #[arg(short, long, value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
     /// Locks listed per `--no-tui` interval.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     pub top: usize,
     /// How to attach to the lock tracepoints.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]

@@ -19,7 +19,9 @@ use reference_cache::{
 };
 use serde_json::json;
 
-use crate::args::{DesignArg, ModelArgs, chosen_designs, parse_design, parse_speed};
+use crate::args::{
+    DamageArgs, DesignArg, ModelArgs, at_least_one, chosen_designs, parse_design, parse_speed,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -34,7 +36,7 @@ pub struct Options {
     #[arg(long, value_parser = parse_speed)]
     pub speed: Option<f64>,
     /// CPUs the sharded design sizes its trees for (default: this machine's).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub cpus: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -51,10 +53,14 @@ pub struct Options {
     /// Overwrite --trace-out files that exist.
     #[arg(long, requires = "trace_out")]
     pub force: bool,
+    #[command(flatten)]
+    pub damage: DamageArgs,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let trace = TraceData::load(&o.file)?;
+    o.damage
+        .check(trace.skipped_message(), trace.problem.as_deref())?;
     if o.tui {
         let cpus = o
             .cpus

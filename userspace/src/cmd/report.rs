@@ -16,6 +16,8 @@ use bufscope_analyses::{
 };
 use bufscope_trace::OpKind;
 
+use crate::args::DamageArgs;
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     bufscope report samples/6.1-thin-hotspot.bftrace\n  \
@@ -79,6 +81,8 @@ pub struct Options {
     /// Print CSV instead of a table.
     #[arg(long)]
     pub csv: bool,
+    #[command(flatten)]
+    pub damage: DamageArgs,
 }
 
 fn parse_type(s: &str) -> Result<String, String> {
@@ -94,6 +98,8 @@ fn parse_type(s: &str) -> Result<String, String> {
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let trace = TraceData::load(&o.file)?;
+    o.damage
+        .check(trace.skipped_message(), trace.problem.as_deref())?;
     if let Some(problem) = &trace.problem {
         eprintln!("bufscope: warning: {problem}; reporting what came before it");
     }

@@ -8,6 +8,8 @@ use bufscope::stress::{Pattern, StressPlan, StressResult, StressTotals, run_stre
 use bufscope_analyses::units::thousands;
 use serde_json::json;
 
+use crate::args::parse_positive_duration;
+
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Block device or file to read (and, with --writers, write).
@@ -22,16 +24,16 @@ pub struct Options {
     #[arg(long)]
     pub allow_writes: bool,
     /// How long to run, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub duration: Duration,
     /// Where readers read.
     #[arg(long, value_enum, default_value_t = Pattern::Random)]
     pub pattern: Pattern,
     /// Blocks per reader's region with --pattern hot.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub region_blocks: u64,
     /// I/O size in bytes (a multiple of 512).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = parse_io_size)]
     pub block_size: usize,
     /// Use buffered I/O instead of O_DIRECT (for filesystems that refuse O_DIRECT, like tmpfs).
     #[arg(long)]
@@ -39,6 +41,14 @@ pub struct Options {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A positive multiple of 512, as O_DIRECT needs.
+fn parse_io_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 && n.is_multiple_of(512) => Ok(n),
+        _ => Err(format!("`{s}` is not a positive multiple of 512 bytes")),
+    }
 }
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {

@@ -23,7 +23,7 @@ pub struct Common {
     #[arg(short, long, value_name = "FILE", global = true)]
     pub output: Option<PathBuf>,
     /// Block size in bytes.
-    #[arg(long, default_value_t = 4096, global = true)]
+    #[arg(long, default_value_t = 4096, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub block_size: u32,
     /// Seed of the random workloads.
     #[arg(long, default_value_t = 1, global = true)]

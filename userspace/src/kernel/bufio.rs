@@ -188,21 +188,17 @@ impl Symbols {
 /// doctor and trace files), never through a chain of sources.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfLayoutError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Read {
         path: &'static str,
-        #[source]
-        source: btf_rs::Error,
+        cause: btf_rs::Error,
     },
     /// dm-bufio's types are not in vmlinux, and it has no split BTF of its own.
     #[error(
-        "{source} (and {MODULE_BTF} is missing: is dm_bufio loaded, with \
+        "{cause} (and {MODULE_BTF} is missing: is dm_bufio loaded, with \
          CONFIG_DEBUG_INFO_BTF_MODULES?)"
     )]
-    NoModuleBtf {
-        #[source]
-        source: Box<BtfLayoutError>,
-    },
+    NoModuleBtf { cause: Box<BtfLayoutError> },
     #[error("struct {0} is not in the BTF")]
     NoStruct(&'static str),
     #[error("no field {0}")]
@@ -249,9 +245,9 @@ impl std::fmt::Debug for BufioBtf {
 impl BufioBtf {
     /// Reads vmlinux's BTF and, when dm-bufio is a module with BTF, its split BTF on top.
     pub fn read() -> Result<Self, BtfLayoutError> {
-        let base = Btf::from_file(VMLINUX_BTF).map_err(|source| BtfLayoutError::Read {
+        let base = Btf::from_file(VMLINUX_BTF).map_err(|cause| BtfLayoutError::Read {
             path: VMLINUX_BTF,
-            source,
+            cause,
         })?;
         if !Path::new(MODULE_BTF).exists() {
             return Ok(Self {
@@ -260,9 +256,9 @@ impl BufioBtf {
             });
         }
         let module =
-            Btf::from_split_file(MODULE_BTF, &base).map_err(|source| BtfLayoutError::Read {
+            Btf::from_split_file(MODULE_BTF, &base).map_err(|cause| BtfLayoutError::Read {
                 path: MODULE_BTF,
-                source,
+                cause,
             })?;
         Ok(Self {
             btf: module,
@@ -281,9 +277,7 @@ impl Layout {
     pub fn of(types: &BufioBtf) -> Result<Self, BtfLayoutError> {
         let layout = Self::from_btf(&types.btf);
         if types.object == "vmlinux" {
-            layout.map_err(|e| BtfLayoutError::NoModuleBtf {
-                source: Box::new(e),
-            })
+            layout.map_err(|e| BtfLayoutError::NoModuleBtf { cause: Box::new(e) })
         } else {
             layout
         }
@@ -500,7 +494,7 @@ ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
     #[test]
     fn a_built_in_lookup_says_the_module_btf_is_missing() {
         let err = BtfLayoutError::NoModuleBtf {
-            source: Box::new(BtfLayoutError::NoStruct("dm_bufio_client")),
+            cause: Box::new(BtfLayoutError::NoStruct("dm_bufio_client")),
         };
         assert_eq!(
             err.to_string(),

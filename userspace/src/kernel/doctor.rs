@@ -152,7 +152,7 @@ fn ring_buffer() -> Check {
         Err(e) => check(
             "bpf ring buffer",
             Status::Refused,
-            format!("BPF syscall: {e}"),
+            format!("BPF syscall: {}", error_chain(&e)),
         ),
     }
     .otherwise("bufscope cannot stream events from this kernel")

@@ -13,9 +13,9 @@ use super::bufio::{BtfLayoutError, VMLINUX_BTF, field, find_struct};
 /// The offsets the classification needs, from this kernel's BTF. mm_struct's lock was
 /// `mmap_sem` before Linux 5.8.
 pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| BtfLayoutError::Read {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|cause| BtfLayoutError::Read {
         path: VMLINUX_BTF,
-        source,
+        cause,
     })?;
     let task = find_struct(&btf, "task_struct")?;
     let mm = find_struct(&btf, "mm_struct")?;

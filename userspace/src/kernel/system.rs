@@ -161,12 +161,11 @@ impl Tracefs {
 /// command that fixes it, so it is complete on its own.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "tracefs is not mounted and mounting it at {TRACEFS} failed ({source}); \
+    "tracefs is not mounted and mounting it at {TRACEFS} failed ({cause}); \
      mount it with `mount -t tracefs tracefs {TRACEFS}`"
 )]
 pub struct TracefsError {
-    #[source]
-    source: std::io::Error,
+    cause: std::io::Error,
 }
 
 /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted (as perf does).
@@ -187,7 +186,7 @@ pub fn ensure_tracefs() -> Result<Tracefs, TracefsError> {
     };
     if rc != 0 {
         return Err(TracefsError {
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     Ok(Tracefs::MountedNow(PathBuf::from(TRACEFS)))

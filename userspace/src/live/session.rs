@@ -15,7 +15,10 @@ use std::{
 };
 
 use bufscope_analyses::{
-    calibration::TimingMode, models::ModelOptions, tracedata::TraceData, units::thousands,
+    calibration::TimingMode,
+    models::ModelOptions,
+    tracedata::TraceData,
+    units::{error_chain, thousands},
 };
 use bufscope_trace::TraceError;
 use reference_cache::Design;
@@ -408,7 +411,7 @@ fn toggle_recording(
             model.header.status = None;
             *recorder = Some(r);
         }
-        Err(e) => model.header.status = Some(format!("cannot record: {e:#}")),
+        Err(e) => model.header.status = Some(format!("cannot record: {}", error_chain(&e))),
     }
     Ok(())
 }
@@ -441,7 +444,8 @@ pub async fn run_replay(
         status: trace
             .problem
             .clone()
-            .map(|p| format!("the file ends early: {p}")),
+            .map(|p| format!("the file ends early: {p}"))
+            .or_else(|| trace.skipped_message()),
     };
     let Some(mut playback) = Playback::new(trace, speed, false) else {
         return Err(SessionError::NothingToPlay { file });

@@ -24,7 +24,10 @@ use reference_cache::{
 };
 
 use super::hist::Log2Hist;
-use bufscope_analyses::models::{ModelOptions, build_cache};
+use bufscope_analyses::{
+    models::{ModelOptions, build_cache},
+    units::error_chain,
+};
 
 /// Windows a design may have queued or running before new ones are skipped.
 const MAX_IN_FLIGHT: usize = 2;
@@ -205,7 +208,7 @@ fn run_worker(
                 waits: Log2Hist::default(),
                 steps: 0,
                 mismatched: 0,
-                error: Some(format!("{e:#}")),
+                error: Some(error_chain(&e)),
             },
         };
         in_flight.fetch_sub(1, Ordering::AcqRel);

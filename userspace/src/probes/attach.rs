@@ -66,7 +66,7 @@ pub enum BufioUnavailable {
     #[error("not asked for")]
     NotAskedFor,
     #[error("reading /proc/kallsyms: {0}")]
-    Kallsyms(#[source] std::io::Error),
+    Kallsyms(std::io::Error),
     #[error(
         "dm-bufio is not loaded (no dm_bufio functions in /proc/kallsyms); it loads with \
          dm-thin-pool, dm-cache, dm-verity or dm-integrity, or `modprobe dm_bufio`"
@@ -88,29 +88,25 @@ pub enum PointError {
     MissingProgram(&'static str),
     #[error("{} missing", names::OP_RETURN_PROGRAM)]
     MissingReturnProgram,
-    #[error("{program}: {source}")]
+    #[error("{program}: {cause}")]
     NotAKprobe {
         program: &'static str,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
-    #[error("loading {program}: {source}")]
+    #[error("loading {program}: {cause}")]
     Load {
         program: &'static str,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
-    #[error("kprobe on {function}: {source}")]
+    #[error("kprobe on {function}: {cause}")]
     Kprobe {
         function: &'static str,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
-    #[error("kretprobe on {function}: {source}")]
+    #[error("kretprobe on {function}: {cause}")]
     Kretprobe {
         function: &'static str,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
     /// An operation's return program, shared by all of them, could not be loaded.
     #[error(transparent)]
@@ -253,9 +249,10 @@ impl LockProbes {
         probes.bufio = bufio;
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => probes.stats_fd = Some(fd),
-            Err(e) => probes
-                .notes
-                .push(format!("BPF run-time statistics unavailable: {e}")),
+            Err(e) => probes.notes.push(format!(
+                "BPF run-time statistics unavailable: {}",
+                error_chain(&e)
+            )),
         }
         Ok(probes)
     }
@@ -596,7 +593,7 @@ fn return_program(ebpf: &mut Ebpf) -> Result<&mut KProbe, PointError> {
     ebpf.program_mut(program)
         .ok_or(PointError::MissingReturnProgram)?
         .try_into()
-        .map_err(|source| PointError::Load { program, source })
+        .map_err(|cause| PointError::Load { program, cause })
 }
 
 /// Loads the return program once, before any operation is attached: without it no operation
@@ -604,9 +601,9 @@ fn return_program(ebpf: &mut Ebpf) -> Result<&mut KProbe, PointError> {
 fn load_return_program(ebpf: &mut Ebpf) -> Result<(), PointError> {
     return_program(ebpf)?
         .load()
-        .map_err(|source| PointError::Load {
+        .map_err(|cause| PointError::Load {
             program: names::OP_RETURN_PROGRAM,
-            source,
+            cause,
         })
 }
 
@@ -620,13 +617,13 @@ fn attach_entry(
         .program_mut(program)
         .ok_or(PointError::MissingProgram(program))?
         .try_into()
-        .map_err(|source| PointError::NotAKprobe { program, source })?;
+        .map_err(|cause| PointError::NotAKprobe { program, cause })?;
     if loaded.insert(program) {
         p.load()
-            .map_err(|source| PointError::Load { program, source })?;
+            .map_err(|cause| PointError::Load { program, cause })?;
     }
     p.attach(function, 0)
-        .map_err(|source| PointError::Kprobe { function, source })?;
+        .map_err(|cause| PointError::Kprobe { function, cause })?;
     Ok(())
 }
 
@@ -640,9 +637,9 @@ fn attach_return(
     let p = return_program(ebpf)?;
     let tracefs_error = match tracefs {
         Some(tracefs) => {
-            let fd = p.fd().map_err(|source| PointError::Load {
+            let fd = p.fd().map_err(|cause| PointError::Load {
                 program: names::OP_RETURN_PROGRAM,
-                source,
+                cause,
             })?;
             match TracefsKretprobe::attach(tracefs, function, fd.as_fd()) {
                 Ok(probe) => {
@@ -659,7 +656,7 @@ fn attach_return(
     };
     log::info!("{tracefs_error}; using the kernel's default kretprobe instead");
     p.attach(function, 0)
-        .map_err(|source| PointError::Kretprobe { function, source })?;
+        .map_err(|cause| PointError::Kretprobe { function, cause })?;
     Ok("kprobe + kretprobe (default maxactive: returns may be missed)".into())
 }
 

@@ -30,19 +30,20 @@ use btf_rs::{Btf, Type};
 
 use super::sys::{self, LoadError, ProgRunInfo, TracingKind, TracingTarget};
 
-/// Why no function of a module can be traced with fentry/fexit here.
+/// Why no function of a module can be traced with fentry/fexit here. Each message is complete,
+/// its cause included (no error source): it is printed and kept in trace files as text.
 #[derive(Debug, thiserror::Error)]
 pub enum FentryUnavailable {
     #[error("listing the kernel's BTF objects: {0}")]
-    List(#[source] io::Error),
+    List(io::Error),
     #[error("no BTF object named {0} is loaded (a kernel without CONFIG_DEBUG_INFO_BTF_MODULES?)")]
     NoBtfObject(String),
     #[error("parsing bufscope's eBPF object: {0}")]
-    Parse(#[source] aya_obj::ParseError),
+    Parse(aya_obj::ParseError),
     #[error("no descriptor for map {0} (a mismatched build?)")]
     MissingMap(String),
     #[error("relocating bufscope's eBPF object: {0}")]
-    Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
+    Relocate(aya_obj::relocation::EbpfRelocationError),
 }
 
 /// Why one function is not traced with fentry/fexit. Each message is complete, the kernel's reason

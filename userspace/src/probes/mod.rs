@@ -17,7 +17,7 @@ mod processes;
 mod stream;
 mod sys;
 
-use std::{error::Error, os::fd::OwnedFd};
+use std::os::fd::OwnedFd;
 
 use aya::{
     Ebpf,
@@ -27,6 +27,7 @@ use aya::{
 use bufscope_abi::{OpStats, OpStatsKey, WaitHist, WaitHistKey};
 
 pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
+pub(crate) use bufscope_analyses::units::error_chain;
 pub use maps::{ProgramStats, lost_events, skipped_runs};
 pub use processes::{ProcessFilter, bufscope_processes, descendants, keep_self_in};
 pub use stream::{ClientHow, ClientSighting, Event, EventStream};
@@ -86,16 +87,18 @@ impl std::fmt::Display for AttachedAs {
     }
 }
 
+/// Why the probes could not be attached. A cause kept as the error's source is not repeated in
+/// its message: `{:#}` (main) and [`error_chain`] (doctor) print each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("loading bufscope's eBPF object failed: {0}")]
+    #[error("loading bufscope's eBPF object failed")]
     Load(#[from] aya::EbpfError),
-    #[error("{program}: {source}")]
+    #[error("{program}")]
     Program {
         program: &'static str,
         source: ProgramError,
     },
-    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) failed: {0}")]
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) failed")]
     Btf(#[from] aya::BtfError),
     /// Not a source: its message already names the mount error, which a chain would repeat.
     #[error("{0}")]
@@ -128,28 +131,10 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// The message in one line, with the cause that [`ProbeError::Map`] and
-    /// [`ProbeError::TracepointFormat`] leave to the chain of sources.
+    /// The message in one line with the causes it leaves to the chain of sources.
     fn with_cause(&self) -> String {
-        match (self, self.source()) {
-            (ProbeError::Map { .. } | ProbeError::TracepointFormat(_), Some(cause)) => {
-                format!("{self}: {cause}")
-            }
-            _ => self.to_string(),
-        }
+        error_chain(self)
     }
-}
-
-/// An error and its sources, `: `-separated as anyhow's `{:#}` prints them, so that the errno
-/// values inside errors reach the user where one is shown as text.
-pub(crate) fn error_chain(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// bufscope's programs, attached. Dropping it detaches them.
@@ -190,6 +175,8 @@ impl std::fmt::Debug for LockProbes {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error;
+
     use super::*;
 
     /// `{:#}` (main) and doctor print the chain; `NoAttachMode` quotes each attempt whole.

@@ -7,7 +7,10 @@ mod common;
 
 use std::{fs, path::PathBuf};
 
-use bufscope_trace::fuzzing::{encode_bufio_op_chunk, encode_lock_wait_chunk};
+use bufscope_trace::{
+    TraceReader,
+    fuzzing::{encode_bufio_op_chunk, encode_lock_wait_chunk, undamaged_trace},
+};
 
 fn main() -> std::io::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/trace_reader");
@@ -17,13 +20,36 @@ fn main() -> std::io::Result<()> {
     let mut flipped = valid.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x10;
-    let seeds: [(&str, &[u8]); 6] = [
+    // A record in the middle, its header and its sync marker damaged: the reader resynchronises.
+    let mut reader = TraceReader::new(&valid[..], "valid").expect("valid");
+    for _ in 0..3 {
+        reader.next_record().expect("valid");
+    }
+    let record = reader.offset() as usize;
+    let mut bad_header = valid.clone();
+    bad_header[record + 9] ^= 0x01;
+    let mut bad_sync = valid.clone();
+    bad_sync[record] = b'X';
+    // The same three kinds of damage as edits of `fuzzing::undamaged_trace` (position u32 LE,
+    // then the byte to xor there), which the fuzz target reads its input as too.
+    let mut reader = TraceReader::new(undamaged_trace(), "undamaged").expect("valid");
+    for _ in 0..5 {
+        reader.next_record().expect("valid");
+    }
+    let at = reader.offset() as u32;
+    let edit = |pos: u32, xor: u8| [&pos.to_le_bytes()[..], &[xor]].concat();
+    let seeds: [(&str, &[u8]); 11] = [
         ("seed-valid-small", &valid),
         ("seed-valid-empty", &common::trace_bytes(&[], 16)),
         ("seed-cut", cut),
         ("seed-flipped", &flipped),
+        ("seed-flipped-header", &bad_header),
+        ("seed-flipped-sync", &bad_sync),
         ("seed-header-only", &valid[..valid.len().min(200)]),
         ("seed-garbage", b"not a trace at all, just some text\n"),
+        ("seed-edit-payload", &edit(at + 40, 0x04)),
+        ("seed-edit-header", &edit(at + 9, 0x04)),
+        ("seed-edit-sync", &edit(at, 0x04)),
     ];
     for (name, bytes) in seeds {
         fs::write(dir.join(name), bytes)?;

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-/// What went wrong while reading a trace.
+/// What went wrong while reading a trace. A cause kept as the error's source (the I/O error) is
+/// not repeated in its message: printing the chain of sources shows it once.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceErrorKind {
-    #[error("read failed: {0}")]
+    #[error("read failed")]
     Io(#[from] std::io::Error),
     #[error("not a bufscope trace file (it starts with {found:02x?}, not \"BUFSCOPE\")")]
     NotATrace { found: Vec<u8> },

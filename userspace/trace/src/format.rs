@@ -22,7 +22,9 @@
 //!  28      payload
 //! ```
 //! Because each header's own checksum is checked before its lengths are used, a damaged length is
-//! reported as damage, and a file that simply stops is reported as cut short.
+//! told apart from a file that simply stops (cut short). A record whose payload fails its checksum
+//! under a header that verifies is skipped whole; after a header that does not verify, a reader
+//! finds the next record by scanning for a sync marker followed by a header that verifies.
 //! The last record of a finished file is an end record; a file without one was cut short.
 //!
 //! History: 1.0 lock waits, metadata, end. 1.1 adds dm-bufio operation chunks (record kind 4)
@@ -55,7 +57,8 @@ pub const MAX_CHUNK_EVENTS: usize = 1 << 16;
 
 /// What a record holds.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     /// A chunk of lock-wait events, columnar (see the chunk codec).
     LockWaits = 1,

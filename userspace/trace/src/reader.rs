@@ -1,7 +1,10 @@
-//! Streaming trace reader. Reads records one at a time; stops at the first problem with an error
-//! that says where and why, after handing out every whole record before it.
+//! Streaming trace reader. Reads records one at a time; a damaged record costs only itself: it is
+//! skipped, named and counted, and reading goes on from the next record. The reader stops with an
+//! error that says where and why only where nothing after can be read, after handing out every
+//! whole record before it.
 
 use std::{
+    collections::VecDeque,
     fs::File,
     io::{self, BufReader, Read},
     path::Path,
@@ -10,6 +13,7 @@ use std::{
 use crate::{
     BufioOp, LockWait, Metadata, TraceEnd, TraceError, TraceErrorKind, TraceHeader,
     chunk::{self, Layout},
+    damage::{Damage, LostCounts, SkippedDamage, SkippedRecord},
     format::{
         Codec, FILE_HEADER_LEN, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_HEADER_LEN, MAX_PAYLOAD_LEN,
         RECORD_HEADER_LEN, RECORD_SYNC, RecordKind,
@@ -31,13 +35,21 @@ pub struct TraceReader<R: Read> {
     source_name: String,
     header: TraceHeader,
     version: (u16, u16),
+    /// Offset and index of the next record (records skipped as damaged included).
     offset: u64,
     records: u64,
+    /// Records handed out.
+    records_read: u64,
     lock_waits: u64,
     bufio_ops: u64,
     metadata_records: u64,
     end_seen: bool,
+    /// The end record's header verified but its payload did not: the file finished.
+    end_skipped: bool,
     stopped: bool,
+    skipped: SkippedDamage,
+    /// Bytes a resync read past the header it found, read before `inner`.
+    pending: VecDeque<u8>,
     stored: Vec<u8>,
     raw: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
@@ -50,6 +62,7 @@ impl<R: Read> std::fmt::Debug for TraceReader<R> {
             .field("version", &self.version)
             .field("offset", &self.offset)
             .field("records", &self.records)
+            .field("skipped", &self.skipped.records)
             .finish_non_exhaustive()
     }
 }
@@ -162,11 +175,15 @@ impl<R: Read> TraceReader<R> {
             version: (major, minor),
             offset: json_offset + u64::from(json_len),
             records: 0,
+            records_read: 0,
             lock_waits: 0,
             bufio_ops: 0,
             metadata_records: 0,
             end_seen: false,
+            end_skipped: false,
             stopped: false,
+            skipped: SkippedDamage::default(),
+            pending: VecDeque::new(),
             stored: Vec::new(),
             raw: Vec::new(),
             decompressor,
@@ -187,13 +204,19 @@ impl<R: Read> TraceReader<R> {
         self.offset
     }
 
-    /// Whole records read so far.
+    /// Whole records handed out so far (records skipped as damaged not included).
     pub fn records_read(&self) -> u64 {
-        self.records
+        self.records_read
     }
 
-    /// The next record; `Ok(None)` after the end record of a finished file. After an error the
-    /// reader stays stopped and returns `Ok(None)`.
+    /// Damaged records skipped so far.
+    pub fn skipped(&self) -> &SkippedDamage {
+        &self.skipped
+    }
+
+    /// The next record; `Ok(None)` after the end record of a finished file. Damaged records are
+    /// skipped on the way (see [`TraceReader::skipped`]); an error means nothing after it can be
+    /// read. After an error the reader stays stopped and returns `Ok(None)`.
     pub fn next_record(&mut self) -> Result<Option<Record>, TraceError> {
         if self.stopped {
             return Ok(None);
@@ -216,8 +239,9 @@ impl<R: Read> TraceReader<R> {
 
     fn read_record(&mut self) -> Result<Option<Record>, TraceError> {
         loop {
-            let mut header = [0u8; RECORD_HEADER_LEN];
-            let got = read_up_to(&mut self.inner, &mut header).map_err(|e| self.error(e.into()))?;
+            let mut bytes = [0u8; RECORD_HEADER_LEN];
+            let got = fill(&mut self.pending, &mut self.inner, &mut bytes)
+                .map_err(|e| self.error(e.into()))?;
             if self.end_seen {
                 if got == 0 {
                     return Ok(None);
@@ -225,42 +249,38 @@ impl<R: Read> TraceReader<R> {
                 return Err(self.error(corrupt("file", "data after the end record".to_string())));
             }
             if got == 0 {
+                if self.end_skipped {
+                    // The end record was there, only damaged: the recording finished.
+                    return Ok(None);
+                }
                 return Err(self.error(TraceErrorKind::MissingEnd));
             }
             if got < RECORD_HEADER_LEN {
                 return Err(self.error(truncated("a record header", RECORD_HEADER_LEN, got)));
             }
-            if header[0..4] != RECORD_SYNC {
-                return Err(self.error(corrupt(
-                    "record header",
-                    format!("no record starts here (found {:02x?})", &header[0..4]),
-                )));
-            }
-            let stored_crc = le_u32(&header[24..28]);
-            let computed = crc32c::crc32c(&header[..24]);
-            if stored_crc != computed {
-                return Err(self.error(TraceErrorKind::ChecksumMismatch {
-                    what: "a record header",
-                    stored: stored_crc,
-                    computed,
-                }));
-            }
-            let kind = header[4];
-            let codec = header[5];
-            let stored_len = le_u32(&header[8..12]);
-            let raw_len = le_u32(&header[12..16]);
-            let item_count = le_u32(&header[16..20]);
-            let payload_crc = le_u32(&header[20..24]);
-            if stored_len > MAX_PAYLOAD_LEN || raw_len > MAX_PAYLOAD_LEN {
-                return Err(self.error(corrupt(
-                    "record header",
-                    format!("payload of {stored_len}/{raw_len} bytes exceeds {MAX_PAYLOAD_LEN}"),
-                )));
-            }
+            let header = match parse_header(&bytes) {
+                Ok(header) => header,
+                Err(damage) => {
+                    // Its lengths cannot be trusted: read on from the next record that verifies.
+                    let start = self.offset;
+                    let Some((found, header)) = self.resync(&bytes)? else {
+                        return Err(self.error(damage.into_error_kind()));
+                    };
+                    self.skip(SkippedRecord {
+                        offset: start,
+                        record: self.records,
+                        bytes: found - start,
+                        kind: None,
+                        items: None,
+                        damage,
+                    });
+                    header
+                }
+            };
 
-            self.stored.resize(stored_len as usize, 0);
-            let got =
-                read_up_to(&mut self.inner, &mut self.stored).map_err(|e| self.error(e.into()))?;
+            self.stored.resize(header.stored_len as usize, 0);
+            let got = fill(&mut self.pending, &mut self.inner, &mut self.stored)
+                .map_err(|e| self.error(e.into()))?;
             if got < self.stored.len() {
                 return Err(self.error(truncated(
                     "a record's payload",
@@ -269,77 +289,182 @@ impl<R: Read> TraceReader<R> {
                 )));
             }
             let computed = crc32c::crc32c(&self.stored);
-            if payload_crc != computed {
-                return Err(self.error(TraceErrorKind::ChecksumMismatch {
-                    what: "a record's payload",
-                    stored: payload_crc,
-                    computed,
-                }));
+            if header.payload_crc != computed {
+                self.skip_whole(
+                    &header,
+                    Damage::PayloadChecksum {
+                        stored: header.payload_crc,
+                        computed,
+                    },
+                );
+                continue;
             }
-
-            let Some(kind) = RecordKind::from_u8(kind) else {
+            let Some(kind) = RecordKind::from_u8(header.kind) else {
                 if self.version.1 > FORMAT_MINOR {
                     // A record kind added by a newer minor version: skip it whole.
-                    self.advance(stored_len);
+                    self.advance(header.stored_len);
                     continue;
                 }
-                return Err(self.error(corrupt(
-                    "record header",
-                    format!("unknown record kind {kind}"),
-                )));
+                let detail = format!("unknown record kind {}", header.kind);
+                self.skip_whole(&header, Damage::BadHeader { detail });
+                continue;
             };
-            self.decompress(codec, raw_len)?;
-            let record = match kind {
-                RecordKind::LockWaits | RecordKind::LockWaitsV2 => {
-                    let layout = if kind == RecordKind::LockWaits {
-                        Layout::V1
-                    } else {
-                        Layout::V2
-                    };
-                    let events = chunk::decode_lock_waits(&self.raw, item_count, layout)
-                        .map_err(|detail| self.error(corrupt("lock-wait chunk", detail)))?;
-                    self.lock_waits += events.len() as u64;
-                    Record::LockWaits(events)
-                }
-                RecordKind::BufioOps | RecordKind::BufioOpsV2 => {
-                    let layout = if kind == RecordKind::BufioOps {
-                        Layout::V1
-                    } else {
-                        Layout::V2
-                    };
-                    let ops = chunk::decode_bufio_ops(&self.raw, item_count, layout).map_err(
-                        |detail| self.error(corrupt("dm-bufio operation chunk", detail)),
-                    )?;
-                    self.bufio_ops += ops.len() as u64;
-                    Record::BufioOps(ops)
-                }
-                RecordKind::Metadata => {
-                    let metadata = serde_json::from_slice(&self.raw)
-                        .map_err(|e| self.error(corrupt("metadata record", e.to_string())))?;
-                    self.metadata_records += 1;
-                    Record::Metadata(metadata)
-                }
-                RecordKind::End => {
-                    let end: TraceEnd = serde_json::from_slice(&self.raw)
-                        .map_err(|e| self.error(corrupt("end record", e.to_string())))?;
-                    let counted = (end.lock_waits, end.bufio_ops, end.metadata_records);
-                    let held = (self.lock_waits, self.bufio_ops, self.metadata_records);
-                    if counted != held {
-                        return Err(self.error(corrupt(
-                            "end record",
-                            format!(
-                                "it counts {counted:?} (lock waits, operations, metadata records), \
-                                 the file holds {held:?}"
-                            ),
-                        )));
-                    }
-                    self.end_seen = true;
-                    Record::End(end)
+            let decoded = self
+                .decompress(header.codec, header.raw_len)
+                .and_then(|()| self.decode(kind, header.item_count));
+            let record = match decoded {
+                Ok(record) => record,
+                Err(damage) => {
+                    self.skip_whole(&header, damage);
+                    continue;
                 }
             };
-            self.advance(stored_len);
+            match &record {
+                Record::LockWaits(events) => self.lock_waits += events.len() as u64,
+                Record::BufioOps(ops) => self.bufio_ops += ops.len() as u64,
+                Record::Metadata(_) => self.metadata_records += 1,
+                Record::End(end) => self.check_end(end)?,
+            }
+            self.advance(header.stored_len);
+            self.records_read += 1;
             return Ok(Some(record));
         }
+    }
+
+    /// Checks the end record's counts against what was read. Records skipped as damaged explain
+    /// counts the end record has and the file did not give; anything else is damage.
+    fn check_end(&mut self, end: &TraceEnd) -> Result<(), TraceError> {
+        let counted = (end.lock_waits, end.bufio_ops, end.metadata_records);
+        let held = (self.lock_waits, self.bufio_ops, self.metadata_records);
+        let explained = !self.skipped.is_empty()
+            && held.0 <= counted.0
+            && held.1 <= counted.1
+            && held.2 <= counted.2;
+        if counted != held && !explained {
+            return Err(self.error(corrupt(
+                "end record",
+                format!(
+                    "it counts {counted:?} (lock waits, operations, metadata records), the file \
+                     holds {held:?}"
+                ),
+            )));
+        }
+        if !self.skipped.is_empty() {
+            self.skipped.lost = Some(LostCounts {
+                lock_waits: counted.0 - held.0,
+                bufio_ops: counted.1 - held.1,
+                metadata_records: counted.2 - held.2,
+            });
+        }
+        self.end_seen = true;
+        Ok(())
+    }
+
+    /// Decodes the raw payload in `self.raw`.
+    fn decode(&self, kind: RecordKind, item_count: u32) -> Result<Record, Damage> {
+        let undecodable = |what| move |detail: String| Damage::Undecodable { what, detail };
+        Ok(match kind {
+            RecordKind::LockWaits | RecordKind::LockWaitsV2 => {
+                let layout = if kind == RecordKind::LockWaits {
+                    Layout::V1
+                } else {
+                    Layout::V2
+                };
+                let events = chunk::decode_lock_waits(&self.raw, item_count, layout)
+                    .map_err(undecodable("lock-wait chunk"))?;
+                Record::LockWaits(events)
+            }
+            RecordKind::BufioOps | RecordKind::BufioOpsV2 => {
+                let layout = if kind == RecordKind::BufioOps {
+                    Layout::V1
+                } else {
+                    Layout::V2
+                };
+                let ops = chunk::decode_bufio_ops(&self.raw, item_count, layout)
+                    .map_err(undecodable("dm-bufio operation chunk"))?;
+                Record::BufioOps(ops)
+            }
+            RecordKind::Metadata => Record::Metadata(
+                serde_json::from_slice(&self.raw)
+                    .map_err(|e| undecodable("metadata record")(e.to_string()))?,
+            ),
+            RecordKind::End => Record::End(
+                serde_json::from_slice(&self.raw)
+                    .map_err(|e| undecodable("end record")(e.to_string()))?,
+            ),
+        })
+    }
+
+    /// Scans on from the byte after `damaged` (a record header at `self.offset` that did not
+    /// verify) for the next sync marker whose header verifies. Returns that record's offset and
+    /// header, with the reader positioned after the header; `None` when the input ends first.
+    /// Memory stays bounded: one block of look-ahead, what follows the header kept for reading.
+    fn resync(
+        &mut self,
+        damaged: &[u8; RECORD_HEADER_LEN],
+    ) -> Result<Option<(u64, RecordHeader)>, TraceError> {
+        const BLOCK: usize = 64 << 10;
+        let mut window = damaged[1..].to_vec();
+        let mut window_offset = self.offset + 1;
+        let mut at_end = false;
+        loop {
+            // What is kept for the next round: the last bytes, which may begin a marker, or a
+            // marker whose header is not all read yet.
+            let mut keep_from = window.len().saturating_sub(RECORD_SYNC.len() - 1);
+            let mut from = 0;
+            while let Some(i) = window[from..]
+                .windows(RECORD_SYNC.len())
+                .position(|w| w == RECORD_SYNC)
+            {
+                let at = from + i;
+                let Some(candidate) = window.get(at..at + RECORD_HEADER_LEN) else {
+                    keep_from = at;
+                    break;
+                };
+                let candidate: &[u8; RECORD_HEADER_LEN] =
+                    candidate.try_into().expect("a header's length");
+                if let Ok(header) = parse_header(candidate) {
+                    let rest = &window[at + RECORD_HEADER_LEN..];
+                    for &byte in rest.iter().rev() {
+                        self.pending.push_front(byte);
+                    }
+                    return Ok(Some((window_offset + at as u64, header)));
+                }
+                from = at + 1;
+            }
+            if at_end {
+                return Ok(None);
+            }
+            window.drain(..keep_from);
+            window_offset += keep_from as u64;
+            let old = window.len();
+            window.resize(old + BLOCK, 0);
+            let got = fill(&mut self.pending, &mut self.inner, &mut window[old..])
+                .map_err(|e| self.error(e.into()))?;
+            window.truncate(old + got);
+            at_end = got < BLOCK;
+        }
+    }
+
+    /// Notes a damaged stretch that starts at the reader's offset, and moves past it.
+    fn skip(&mut self, skipped: SkippedRecord) {
+        self.offset += skipped.bytes;
+        self.records += 1;
+        self.skipped.add(skipped);
+    }
+
+    /// Skips a record whose header verified (its payload already read): its lengths hold.
+    fn skip_whole(&mut self, header: &RecordHeader, damage: Damage) {
+        let kind = RecordKind::from_u8(header.kind);
+        self.end_skipped |= kind == Some(RecordKind::End);
+        self.skip(SkippedRecord {
+            offset: self.offset,
+            record: self.records,
+            bytes: RECORD_HEADER_LEN as u64 + u64::from(header.stored_len),
+            kind,
+            items: Some(header.item_count),
+            damage,
+        });
     }
 
     fn advance(&mut self, stored_len: u32) {
@@ -348,17 +473,16 @@ impl<R: Read> TraceReader<R> {
     }
 
     /// Leaves the payload's raw bytes in `self.raw`.
-    fn decompress(&mut self, codec: u8, raw_len: u32) -> Result<(), TraceError> {
+    fn decompress(&mut self, codec: u8, raw_len: u32) -> Result<(), Damage> {
         match Codec::from_u8(codec) {
             Some(Codec::Raw) => {
                 if raw_len as usize != self.stored.len() {
-                    return Err(self.error(corrupt(
-                        "record header",
-                        format!(
+                    return Err(Damage::BadHeader {
+                        detail: format!(
                             "raw payload of {} bytes but a raw length of {raw_len}",
                             self.stored.len()
                         ),
-                    )));
+                    });
                 }
                 std::mem::swap(&mut self.raw, &mut self.stored);
             }
@@ -368,19 +492,91 @@ impl<R: Read> TraceReader<R> {
                 let n = self
                     .decompressor
                     .decompress_to_buffer(&self.stored[..], &mut self.raw)
-                    .map_err(|e| self.error(corrupt("record payload", format!("zstd: {e}"))))?;
+                    .map_err(|e| Damage::Undecodable {
+                        what: "record payload",
+                        detail: format!("zstd: {e}"),
+                    })?;
                 if n != raw_len as usize {
-                    return Err(self.error(corrupt(
-                        "record payload",
-                        format!("decompressed to {n} bytes, the header says {raw_len}"),
-                    )));
+                    return Err(Damage::Undecodable {
+                        what: "record payload",
+                        detail: format!("decompressed to {n} bytes, the header says {raw_len}"),
+                    });
                 }
             }
             None => {
-                return Err(self.error(corrupt("record header", format!("unknown codec {codec}"))));
+                return Err(Damage::BadHeader {
+                    detail: format!("unknown codec {codec}"),
+                });
             }
         }
         Ok(())
+    }
+}
+
+/// A record header's fields, once its marker and checksum have verified.
+#[derive(Clone, Copy, Debug)]
+struct RecordHeader {
+    kind: u8,
+    codec: u8,
+    stored_len: u32,
+    raw_len: u32,
+    item_count: u32,
+    payload_crc: u32,
+}
+
+/// The header's fields if it starts with the sync marker, its checksum verifies and its lengths
+/// are within what a reader accepts.
+fn parse_header(bytes: &[u8; RECORD_HEADER_LEN]) -> Result<RecordHeader, Damage> {
+    if bytes[0..4] != RECORD_SYNC {
+        return Err(Damage::NoSync {
+            found: bytes[0..4].try_into().expect("4 bytes"),
+        });
+    }
+    let stored = le_u32(&bytes[24..28]);
+    let computed = crc32c::crc32c(&bytes[..24]);
+    if stored != computed {
+        return Err(Damage::HeaderChecksum { stored, computed });
+    }
+    let header = RecordHeader {
+        kind: bytes[4],
+        codec: bytes[5],
+        stored_len: le_u32(&bytes[8..12]),
+        raw_len: le_u32(&bytes[12..16]),
+        item_count: le_u32(&bytes[16..20]),
+        payload_crc: le_u32(&bytes[20..24]),
+    };
+    if header.stored_len > MAX_PAYLOAD_LEN || header.raw_len > MAX_PAYLOAD_LEN {
+        return Err(Damage::BadHeader {
+            detail: format!(
+                "payload of {}/{} bytes exceeds {MAX_PAYLOAD_LEN}",
+                header.stored_len, header.raw_len
+            ),
+        });
+    }
+    Ok(header)
+}
+
+impl Damage {
+    /// As the error of a reader that could not read past it.
+    fn into_error_kind(self) -> TraceErrorKind {
+        match self {
+            Damage::NoSync { found } => corrupt(
+                "record header",
+                format!("no record starts here (found {found:02x?}), nor anywhere after"),
+            ),
+            Damage::HeaderChecksum { stored, computed } => TraceErrorKind::ChecksumMismatch {
+                what: "a record header, and no record after it verifies",
+                stored,
+                computed,
+            },
+            Damage::PayloadChecksum { stored, computed } => TraceErrorKind::ChecksumMismatch {
+                what: "a record's payload",
+                stored,
+                computed,
+            },
+            Damage::BadHeader { detail } => corrupt("record header", detail),
+            Damage::Undecodable { what, detail } => corrupt(what, detail),
+        }
     }
 }
 
@@ -390,6 +586,13 @@ impl<R: Read> Iterator for TraceReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record().transpose()
     }
+}
+
+/// Reads into `buf` what a resync read ahead (`pending`), then from `inner`, until `buf` is full or
+/// the input ends; returns the bytes read.
+fn fill(pending: &mut VecDeque<u8>, inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let ahead = read_up_to(pending, buf)?;
+    Ok(ahead + read_up_to(inner, &mut buf[ahead..])?)
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

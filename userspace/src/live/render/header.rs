@@ -1,12 +1,12 @@
-//! The header (kernel, probes, events/s, losses, the probes' CPU share, recording, status)
-//! and the footer of keys.
+//! The header (kernel, probes, events/s, losses, the probes' CPU share, recording, the dm-bufio
+//! status wrapped to the screen's width, status) and the footer of keys.
 
 use ratatui::{
     Frame,
-    layout::Rect,
+    layout::{Constraint, Layout, Rect},
     style::{Color, Style},
     text::{Line, Span},
-    widgets::Paragraph,
+    widgets::{Paragraph, Wrap},
 };
 
 use crate::live::{
@@ -14,6 +14,14 @@ use crate::live::{
     ui::{Overlay, Panel, Ui},
 };
 use bufscope_analyses::units::{compact, thousands};
+
+/// Rows the header needs on `screen`: the title and the tabs, and the dm-bufio status wrapped to
+/// the width, at most a third of the screen so that the panels keep the rest.
+pub(super) fn header_height(model: &Model, screen: Rect) -> u16 {
+    let status = bufio_status(model).line_count(screen.width).max(1);
+    let most = (screen.height / 3).max(1);
+    2 + u16::try_from(status).unwrap_or(u16::MAX).min(most)
+}
 
 pub(super) fn draw_header(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
     let h = &model.header;
@@ -73,7 +81,36 @@ pub(super) fn draw_header(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui)
             Style::new().fg(Color::Yellow).bold(),
         ));
     }
-    let second = match &h.bufio {
+    let mut tabs: Vec<Span> = Vec::new();
+    for (i, panel) in Panel::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, panel.title());
+        tabs.push(if *panel == ui.focus {
+            Span::styled(label, Style::new().bg(Color::Cyan).fg(Color::Black).bold())
+        } else {
+            Span::styled(label, Style::new().fg(Color::Gray))
+        });
+    }
+    if let Some(status) = &h.status {
+        tabs.push(Span::styled(
+            format!("  {status}"),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let [title, bufio, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    frame.render_widget(Paragraph::new(Line::from(first)), title);
+    frame.render_widget(bufio_status(model), bufio);
+    frame.render_widget(Paragraph::new(Line::from(tabs)), keys);
+}
+
+/// What the probes see of dm-bufio (or why they see nothing), wrapped: the reason can be long,
+/// and cut at the screen's edge it would lose what to do about it.
+fn bufio_status(model: &Model) -> Paragraph<'static> {
+    let line = match &model.header.bufio {
         BufioStatus::Probed {
             attached,
             points,
@@ -110,25 +147,7 @@ pub(super) fn draw_header(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui)
             design.as_deref().unwrap_or("design unknown")
         )),
     };
-    let mut tabs: Vec<Span> = Vec::new();
-    for (i, panel) in Panel::ALL.iter().enumerate() {
-        let label = format!(" {} {} ", i + 1, panel.title());
-        tabs.push(if *panel == ui.focus {
-            Span::styled(label, Style::new().bg(Color::Cyan).fg(Color::Black).bold())
-        } else {
-            Span::styled(label, Style::new().fg(Color::Gray))
-        });
-    }
-    if let Some(status) = &h.status {
-        tabs.push(Span::styled(
-            format!("  {status}"),
-            Style::new().fg(Color::Yellow),
-        ));
-    }
-    frame.render_widget(
-        Paragraph::new(vec![Line::from(first), second, Line::from(tabs)]),
-        area,
-    );
+    Paragraph::new(line).wrap(Wrap { trim: true })
 }
 
 pub(super) fn draw_footer(frame: &mut Frame, area: Rect, ui: &Ui) {

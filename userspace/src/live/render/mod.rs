@@ -27,7 +27,7 @@ use self::{
     clients::draw_clients,
     compare::draw_compare,
     designs::draw_designs,
-    header::{draw_footer, draw_header},
+    header::{draw_footer, draw_header, header_height},
     help::draw_help,
     locks::draw_locks,
     stacks::draw_stacks,
@@ -49,7 +49,7 @@ const KERNEL_COLOR: Color = Color::Cyan;
 pub fn draw(frame: &mut Frame, model: &Model, ui: &Ui) {
     let area = frame.area();
     let [header, body, footer] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(header_height(model, area)),
         Constraint::Min(0),
         Constraint::Length(1),
     ])
@@ -139,7 +139,7 @@ mod tests {
 
     use super::fixture::*;
     use crate::live::{
-        model::LockSort,
+        model::{BufioStatus, CompareSource, LockSort},
         ui::{Overlay, Panel},
     };
 
@@ -178,6 +178,40 @@ mod tests {
             chosen: vec![true, true, false],
         };
         insta::assert_snapshot!("designs_80x24", render(&m, &ui, 80, 24));
+    }
+
+    /// The live view on a machine without dm-bufio: the reason and what to do about it wrap to
+    /// the screen's width, whole, with the tabs below them.
+    #[test]
+    fn the_reason_for_no_dm_bufio_wraps_on_a_narrow_screen() {
+        let mut m = fixture();
+        let why = "dm-bufio is not loaded (no dm_bufio functions in /proc/kallsyms); it loads \
+                   with dm-thin-pool, dm-cache, dm-verity or dm-integrity, or `modprobe dm_bufio`";
+        m.header.bufio = BufioStatus::Unavailable(why.into());
+        m.comparison.source = CompareSource::Sample("6.1-thin-hotspot.bftrace".into());
+        let text = render(&m, &ui(), 60, 24);
+        insta::assert_snapshot!("no_bufio_60x24", text);
+        let rows: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_matches('"').trim_end())
+            .collect();
+        let tabs = rows
+            .iter()
+            .position(|r| r.starts_with(" 1 Locks"))
+            .unwrap_or_else(|| panic!("no tabs:\n{text}"));
+        assert!(
+            tabs > 2,
+            "the reason takes more than one row at 60 columns:\n{text}"
+        );
+        assert_eq!(
+            rows[1..tabs].join(" "),
+            format!(
+                "no dm-bufio here ({why}): kernel-wide lock contention; the comparison replays \
+                 the bundled sample 6.1-thin-hotspot.bftrace"
+            ),
+            "{text}"
+        );
+        assert!(rows.iter().all(|r| r.chars().count() <= 60));
     }
 
     #[test]
