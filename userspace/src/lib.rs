@@ -6,8 +6,9 @@
 //! stream) → the stream's consumers: [`record`] (trace files) and [`live`] (the live view, its
 //! shadow replay through the reference designs, the metrics it serves). The analyses of trace
 //! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate; [`stress`]
-//! is the VM test bed's workload driver.
+//! is the VM test bed's workload driver; [`cli_docs`] makes the man pages and shell completions.
 
+pub mod cli_docs;
 pub mod kernel;
 pub mod live;
 pub mod probes;

@@ -5,7 +5,7 @@ mod cmd;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use bufscope::probes::{AttachMode, BufioProbes, DEFAULT_RINGBUF_BYTES};
 
@@ -105,6 +105,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print bufscope's completion script for a shell on stdout.
+    ///
+    /// The .deb installs the scripts for bash, zsh and fish. Without it, write one where the
+    /// shell looks for it:
+    ///
+    /// bash: `bufscope completions bash > ~/.local/share/bash-completion/completions/bufscope`
+    ///
+    /// zsh: `bufscope completions zsh > ~/.zfunc/_bufscope`, with `fpath+=~/.zfunc` before
+    /// `compinit` in ~/.zshrc
+    ///
+    /// fish: `bufscope completions fish > ~/.config/fish/completions/bufscope.fish`
+    Completions {
+        /// The shell to complete bufscope's subcommands, options and values in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (bufscope.1 and bufscope-SUBCOMMAND.1 for each subcommand) into DIR,
+    /// created if missing; `cargo xtask dist` packages them.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into.
+        dir: PathBuf,
+        /// The date the pages show, YYYY-MM-DD (default: today).
+        #[arg(long, value_parser = cmd::man::parse_date)]
+        date: Option<String>,
+    },
 }
 
 fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
@@ -166,6 +192,8 @@ fn main() -> ExitCode {
         Command::Compare(options) => cmd::compare::run(&options),
         Command::Export(options) => cmd::export::run(&options),
         Command::Stress(options) => cmd::stress::run(&options),
+        Command::Completions { shell } => cmd::completions::run(shell, Cli::command()),
+        Command::Man { dir, date } => cmd::man::run(&dir, date.as_deref(), Cli::command()),
     };
     match result {
         Ok(code) => code,

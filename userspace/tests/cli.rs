@@ -69,11 +69,70 @@ fn every_subcommand_has_help() {
         &["info", "--help"],
         &["doctor", "--help"],
         &["report", "--help"],
+        &["completions", "--help"],
     ] {
         let (ok, stdout, _) = run(cmd);
         assert!(ok, "{cmd:?}");
         assert!(stdout.contains("Usage: bufscope"), "{cmd:?}: {stdout}");
     }
+}
+
+#[test]
+fn completions_and_man_pages_cover_the_whole_command_line() {
+    let (ok, bash, stderr) = run(&["completions", "bash"]);
+    assert!(ok, "{stderr}");
+    for word in [
+        "complete -F _bufscope",
+        "record",
+        "live",
+        "--duration",
+        "perfetto",
+    ] {
+        assert!(bash.contains(word), "bash completions lack {word:?}");
+    }
+    let (ok, _, stderr) = run(&["completions", "tcsh"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("'tcsh'") && stderr.contains("bash") && stderr.contains("zsh"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let (ok, listing, stderr) = run(&["man", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let pages: BTreeSet<String> = listing
+        .lines()
+        .map(|l| {
+            Path::new(l)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for page in [
+        "bufscope.1",
+        "bufscope-live.1",
+        "bufscope-record.1",
+        "bufscope-doctor.1",
+    ] {
+        assert!(pages.contains(page), "{page} missing: {pages:?}");
+    }
+    // `man` is for packaging (hidden), `help` is what every page is.
+    assert!(
+        !pages.contains("bufscope-man.1") && !pages.contains("bufscope-help.1"),
+        "{pages:?}"
+    );
+    let (ok, _, stderr) = run(&["man", out.to_str().unwrap(), "--date", "yesterday"]);
+    assert!(!ok && stderr.contains("YYYY-MM-DD"), "{stderr}");
+    let live = std::fs::read_to_string(out.join("bufscope-live.1")).unwrap();
+    assert!(live.contains("no\\-tui"), "{live}");
+    let (_, help, _) = run(&["--help"]);
+    assert!(
+        help.contains("completions") && !help.contains("  man "),
+        "{help}"
+    );
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //!
 //! `cargo xtask setup` installs everything the project needs on a fresh machine, `cargo xtask test`
 //! runs the whole suite as CI does, `cargo xtask run -- ARGS` builds and runs bufscope, and
-//! `cargo xtask bench` prints the benchmarks side by side.
+//! `cargo xtask bench` prints the benchmarks side by side, and `cargo xtask dist` builds the packages
+//! users install.
 
 mod bench;
 mod cmd;
+mod dist;
 mod fuzz;
 mod run;
 mod setup;
@@ -51,6 +53,15 @@ enum Task {
         #[arg(long)]
         save_samples: bool,
     },
+    /// Build what users install: a static x86_64 bufscope (eBPF object inside) with its man pages
+    /// and bash, zsh and fish completions, README and samples, as a .deb and a tarball in
+    /// target/dist/.
+    Dist {
+        /// Then install the .deb into a scratch root and use it (doctor, info on a sample,
+        /// completions, man -l), as `cargo xtask test` does.
+        #[arg(long)]
+        check: bool,
+    },
     /// Fuzz the trace reader with cargo-fuzz (nightly), starting from the seed corpus.
     Fuzz {
         /// How long to fuzz.
@@ -67,6 +78,14 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Bench => bench::run(),
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Dist { check } => {
+            setup::run()?;
+            let packages = dist::run()?;
+            if check {
+                dist::check(&packages)?;
+            }
+            Ok(())
+        }
         Task::VmTest {
             kernel,
             scenario,

@@ -43,6 +43,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs and BTF"),
     ("tmux", "end-to-end tests of the terminal UI"),
     (
+        "man-db",
+        "the dist check renders the packaged man pages with man -l",
+    ),
+    (
         "fonts-dejavu-core",
         "compare --plot draws its text with DejaVu Sans",
     ),

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite, exactly as CI runs it: formatting, clippy on every crate,
-//! every test, and the VM test bed on real Debian kernels.
+//! every test, the packages `cargo xtask dist` makes installed and used, and the VM test bed on
+//! real Debian kernels.
 //!
 //! A run that skips is not a pass: the tests run with BUFSCOPE_REQUIRE_ALL_TESTS=1, under which an
 //! integration test that cannot run here (not root, tmux or the Python readers missing) fails
@@ -77,6 +78,10 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .env("BUFSCOPE_REQUIRE_ALL_TESTS", "1"),
     )?;
+    // The packages users install, installed into a scratch root and used. Their static binary is
+    // the one the test bed boots (one build, target/static), so this costs a few seconds more.
+    let packages = crate::dist::run()?;
+    crate::dist::check(&packages)?;
     // The real-kernel test bed: Debian 6.1, 6.12 and 7.3 under qemu, with dm-bufio.
     crate::vm::run("all", "all", false, false)?;
     heading("test", "all green");

@@ -3,10 +3,12 @@
 //! [`crate::args`].
 
 pub mod compare;
+pub mod completions;
 pub mod doctor;
 pub mod export;
 pub mod info;
 pub mod live;
+pub mod man;
 pub mod record;
 pub mod replay;
 pub mod report;

@@ -9,10 +9,12 @@ use std::{fs, path::Path};
 use anyhow::Context;
 
 use super::{
-    PROBE_COST, build_initramfs, build_static_bufscope, fetch_kernel, kernels::KERNELS,
-    qemu::boot_retrying_tcg_int3,
+    PROBE_COST, build_initramfs, fetch_kernel, kernels::KERNELS, qemu::boot_retrying_tcg_int3,
 };
-use crate::cmd::{heading, workspace_root};
+use crate::{
+    cmd::{heading, workspace_root},
+    dist::build_static_bufscope,
+};
 
 /// The ways the workload runs, in the order the table prints them, with the share of the
 /// unprobed reads/s each must keep (none for the kprobe row: it is there for comparison).
@@ -28,7 +30,7 @@ const ROUNDS: u32 = 3;
 pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
     let work = workspace_root().join("target/vm");
     fs::create_dir_all(&work)?;
-    let bufscope = build_static_bufscope(&work)?;
+    let bufscope = build_static_bufscope("bench")?;
     for line in KERNELS
         .iter()
         .filter(|k| kernel == "all" || k.name == kernel)

@@ -34,28 +34,6 @@ const MODULES: &[&str] = &[
     "dm-verity",
 ];
 
-/// bufscope built static, for the initramfs (and usable on the host to read results back).
-pub fn build_static_bufscope(work: &Path) -> anyhow::Result<PathBuf> {
-    let target_dir = work.join("static");
-    run_checked(
-        "vm-test",
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--package",
-                "bufscope",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "--target-dir",
-            ])
-            .arg(&target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    )?;
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/bufscope"))
-}
-
 /// The initramfs: busybox, /init, the scenarios, bufscope, dmsetup with its libraries, modules.
 pub fn build_initramfs(
     work: &Path,

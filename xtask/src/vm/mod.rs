@@ -18,9 +18,12 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, ensure};
 
-use crate::cmd::{heading, workspace_root};
+use crate::{
+    cmd::{heading, workspace_root},
+    dist::build_static_bufscope,
+};
 use checks::{Hotspot, Outcome, check_results};
-use initramfs::{build_initramfs, build_static_bufscope};
+use initramfs::build_initramfs;
 use kernels::{KERNELS, KernelLine, fetch_kernel};
 use qemu::boot_retrying_tcg_int3;
 
@@ -73,7 +76,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     );
     let work = workspace_root().join("target/vm");
     fs::create_dir_all(&work)?;
-    let bufscope = build_static_bufscope(&work)?;
+    let bufscope = build_static_bufscope("vm-test")?;
 
     let mut rows = Vec::new();
     let mut not_run = Vec::new();
