@@ -58,6 +58,14 @@ pub struct Filter {
     pub types: Vec<String>,
     /// dm-bufio client, by device ("7:0") or address ("0xff...").
     pub client: Option<String>,
+    /// Waits of these processes (tgids).
+    pub pids: Vec<u32>,
+    /// Waits of threads whose name contains this text (the trace's thread names).
+    pub comm: Option<String>,
+    /// Waits whose kernel stack has a frame containing this text (a function name).
+    pub stack: Option<String>,
+    /// Waits at least this long.
+    pub min_wait_ns: u64,
 }
 
 /// Every lock type name a wait can have, for checking `--type`.
@@ -157,7 +165,29 @@ struct Acc {
 
 impl Filter {
     fn keeps(&self, trace: &TraceData, w: &LockWait) -> bool {
+        if w.wait_ns < self.min_wait_ns {
+            return false;
+        }
         if !self.tids.is_empty() && !self.tids.contains(&w.tid) {
+            return false;
+        }
+        if !self.pids.is_empty() && !self.pids.contains(&w.tgid) {
+            return false;
+        }
+        if let Some(text) = &self.comm
+            && !trace
+                .names
+                .thread_name(w.tid)
+                .is_some_and(|name| name.contains(text.as_str()))
+        {
+            return false;
+        }
+        if let Some(text) = &self.stack
+            && !w
+                .stack_id
+                .and_then(|id| trace.names.stack(id))
+                .is_some_and(|frames| frames.iter().any(|f| f.contains(text.as_str())))
+        {
             return false;
         }
         if !self.ops.is_empty() && !self.ops.contains(&w.op) {
@@ -366,7 +396,7 @@ pub fn bucket_floor(bucket: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use bufscope_trace::{ClientLocks, Metadata, Thread};
+    use bufscope_trace::{ClientLocks, Metadata, Symbol, Thread};
 
     use super::*;
 
@@ -376,6 +406,7 @@ mod tests {
             wait_ns,
             lock_addr,
             tid,
+            tgid: 1,
             flags,
             op,
             op_client: if op.is_some() { 0xc0 } else { 0 },
@@ -470,6 +501,77 @@ mod tests {
             build(&t, GroupBy::Client, &client, SortKey::Total, 0, 0).kept,
             101
         );
+        // Process, thread name, stack and length: the trace names thread 12 and gives the
+        // spinlock waits a stack.
+        let mut named = trace();
+        named.add_metadata(Metadata::Threads {
+            threads: vec![Thread {
+                tid: 12,
+                tgid: 12,
+                comm: "kworker/1:2".into(),
+            }],
+        });
+        named.add_metadata(Metadata::Stack {
+            id: 5,
+            frames: vec![0xffff_ffff_8100_0000],
+        });
+        named.add_metadata(Metadata::Symbols {
+            symbols: vec![Symbol {
+                addr: 0xffff_ffff_8100_0000,
+                name: "try_to_wake_up".into(),
+                module: None,
+                lock_text: false,
+            }],
+        });
+        for w in named.waits.iter_mut().filter(|w| w.tid == 12) {
+            w.stack_id = Some(5);
+        }
+        let kept =
+            |filter: Filter| build(&named, GroupBy::Lock, &filter, SortKey::Total, 0, 0).kept;
+        assert_eq!(
+            kept(Filter {
+                pids: vec![1],
+                ..Default::default()
+            }),
+            103
+        );
+        assert_eq!(
+            kept(Filter {
+                pids: vec![2],
+                ..Default::default()
+            }),
+            0
+        );
+        assert_eq!(
+            kept(Filter {
+                comm: Some("kworker".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            kept(Filter {
+                stack: Some("wake_up".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            kept(Filter {
+                stack: Some("schedule".into()),
+                ..Default::default()
+            }),
+            0
+        );
+        // 1,000..100,000 ns get waits, a 1 ms release: 10 µs and up keeps 91 + 1.
+        assert_eq!(
+            kept(Filter {
+                min_wait_ns: 10_000,
+                ..Default::default()
+            }),
+            92
+        );
+
         let spin = Filter {
             types: vec!["spinlock".into()],
             lock: Some("0x2000".into()),

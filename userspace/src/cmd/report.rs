@@ -24,6 +24,7 @@ use crate::args::DamageArgs;
     bufscope report t.bftrace --by caller --stacks\n  \
     bufscope report t.bftrace --by op --client 7:0 --sort p99\n  \
     bufscope report t.bftrace --by role\n  \
+    bufscope report t.bftrace --stack dm_thin_find_block --min-wait 10us --by tid\n  \
     bufscope report t.bftrace --ops                 # buffer acquisition latency per thread\n  \
     bufscope report t.bftrace --ops --by role --json\n  \
     bufscope report t.bftrace --ops --by op --op release --op mark_buffer_dirty\n  \
@@ -37,12 +38,12 @@ pub struct Options {
     /// acquisitions (get, read, new; choose others with --op), by thread unless --by says
     /// otherwise (tid, role, op or client). Columns: count, total, avg, p50, p99, max (exact
     /// percentiles), and each thread's name and role.
-    #[arg(long, conflicts_with_all = ["lock", "types", "stacks"])]
+    #[arg(long, conflicts_with_all = ["lock", "types", "stacks", "pids", "comm", "stack", "min_wait"])]
     pub ops: bool,
     /// What each dm-bufio operation kind and outcome cost on the recording kernel, for the
     /// busiest client: client-mutex hold, duration net of the thread's dm-bufio lock waits, and
     /// for misses the time outside the lock (the device read); medians and means.
-    #[arg(long, conflicts_with_all = ["ops", "lock", "types", "stacks", "by", "kinds", "tids", "client", "csv"])]
+    #[arg(long, conflicts_with_all = ["ops", "lock", "types", "stacks", "by", "kinds", "tids", "client", "csv", "pids", "comm", "stack", "min_wait"])]
     pub calibration: bool,
     /// What each row is [default: lock; with --ops: tid, and only tid, role, op or client].
     #[arg(long, value_enum)]
@@ -69,6 +70,18 @@ pub struct Options {
     /// (0xff...).
     #[arg(long, value_name = "CLIENT")]
     pub client: Option<String>,
+    /// Only waits of this process (repeat, or comma-separated).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Only waits of threads whose name contains TEXT, e.g. kworker or bufio_hot.
+    #[arg(long, value_name = "TEXT")]
+    pub comm: Option<String>,
+    /// Only waits whose kernel stack has a frame containing TEXT, e.g. dm_thin_find_block.
+    #[arg(long, value_name = "TEXT")]
+    pub stack: Option<String>,
+    /// Only waits at least this long, e.g. 10us or 1ms.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_wait: Option<std::time::Duration>,
     /// Rows to show (0: all).
     #[arg(long, default_value_t = 20)]
     pub top: usize,
@@ -137,6 +150,12 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         tids: o.tids.clone(),
         types: o.types.clone(),
         client: o.client.clone(),
+        pids: o.pids.clone(),
+        comm: o.comm.clone(),
+        stack: o.stack.clone(),
+        min_wait_ns: o
+            .min_wait
+            .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
     };
     let stacks = if o.stacks { 3 } else { 0 };
     let by = o.by.unwrap_or(GroupBy::Lock);
