@@ -170,22 +170,32 @@ fn runqueue_locks_are_named_by_their_cpu() {
         let cpu: usize = name["rq ".len()..].parse().unwrap();
         assert!(cpu < cpus, "{name} on a machine of {cpus} CPUs");
     }
-    // Checked apart from the naming: every such wait was taken in the scheduler.
-    let in_scheduler = |w: &LockWait| {
-        w.stack_id
-            .and_then(|id| names.stack(id))
-            .is_some_and(|frames| {
-                frames.iter().any(|f| {
-                    ["rq_lock", "wake_up", "schedule", "sched_"]
-                        .iter()
-                        .any(|s| f.contains(s))
-                })
-            })
-    };
-    let scheduled = rq.iter().filter(|(w, _)| in_scheduler(w)).count();
-    assert_eq!(
-        scheduled,
-        rq.len(),
-        "waits named rq N whose stacks show the scheduler"
+    // Checked apart from the naming: every such wait with a stack was taken in the scheduler.
+    // (A wait can lack a stack: the stack map refuses one whose hash collides with another's.)
+    let stacked: Vec<Vec<String>> = rq
+        .iter()
+        .filter_map(|(w, _)| w.stack_id.and_then(|id| names.stack(id)))
+        .collect();
+    assert!(
+        stacked.len() * 10 >= rq.len() * 9,
+        "{} of {} waits on rq N have stacks",
+        stacked.len(),
+        rq.len()
+    );
+    let scheduler = ["rq_lock", "wake_up", "schedule", "sched_"];
+    let outside: Vec<&Vec<String>> = stacked
+        .iter()
+        .filter(|frames| {
+            !frames
+                .iter()
+                .any(|f| scheduler.iter().any(|s| f.contains(s)))
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} of {} waits named rq N have stacks without the scheduler, e.g. {:?}",
+        outside.len(),
+        stacked.len(),
+        outside.first()
     );
 }
