@@ -62,11 +62,15 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Fuzz the trace reader with cargo-fuzz (nightly), starting from the seed corpus.
+    /// Fuzz the trace reader and the chunk decoder with cargo-fuzz (nightly), from the seed
+    /// corpora; a crash is kept as a seed. `cargo xtask test` runs each for 30 s.
     Fuzz {
-        /// How long to fuzz.
-        #[arg(long, default_value_t = 60)]
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Only this target (repeat): trace_reader, chunk_decoder.
+        #[arg(long = "target", value_name = "TARGET")]
+        targets: Vec<String>,
     },
 }
 
@@ -77,7 +81,14 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test => test::run(),
         Task::Bench => bench::run(),
-        Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Fuzz { seconds, targets } => {
+            let targets: Vec<&str> = if targets.is_empty() {
+                fuzz::TARGETS.to_vec()
+            } else {
+                targets.iter().map(String::as_str).collect()
+            };
+            fuzz::run(&targets, seconds)
+        }
         Task::Dist { check } => {
             setup::run()?;
             let packages = dist::run()?;

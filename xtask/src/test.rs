@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole suite, exactly as CI runs it: formatting, clippy on every crate,
-//! every test, the packages `cargo xtask dist` makes installed and used, and the VM test bed on
-//! real Debian kernels.
+//! every test, the packages `cargo xtask dist` makes installed and used, every fuzz target for
+//! 30 s, and the VM test bed on real Debian kernels.
 //!
 //! A run that skips is not a pass: the tests run with BUFSCOPE_REQUIRE_ALL_TESTS=1, under which an
 //! integration test that cannot run here (not root, tmux or the Python readers missing) fails
@@ -82,6 +82,8 @@ pub fn run() -> anyhow::Result<()> {
     // the one the test bed boots (one build, target/static), so this costs a few seconds more.
     let packages = crate::dist::run()?;
     crate::dist::check(&packages)?;
+    // Every fuzz target, briefly: a crash fails the run and is kept as a seed.
+    crate::fuzz::run(&crate::fuzz::TARGETS, crate::fuzz::SUITE_SECONDS)?;
     // The real-kernel test bed: Debian 6.1, 6.12 and 7.3 under qemu, with dm-bufio.
     crate::vm::run("all", "all", false, false)?;
     heading("test", "all green");
