@@ -301,7 +301,15 @@ impl LockProbes {
         notes: Vec<String>,
         processes: ProcessMap,
     ) -> Result<Self, ProbeError> {
-        let map_fds = map_fds(&ebpf)?;
+        let mut map_fds = map_fds(&ebpf)?;
+        // Taken out of the object before the programs attached (to fill it first), the process
+        // filter is still one of its maps: programs loaded outside aya need its descriptor too.
+        map_fds.insert(
+            names::PROCESSES_MAP.to_string(),
+            processes
+                .owned_fd()
+                .map_err(|e| ProbeError::MapFd(names::PROCESSES_MAP.to_string(), e))?,
+        );
         let map_error =
             |name: &'static str| move |source: MapError| ProbeError::Map { name, source };
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS_MAP)?)

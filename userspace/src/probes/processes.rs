@@ -69,6 +69,12 @@ impl ProcessMap {
         std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(self.map.map().fd()))
     }
 
+    /// A descriptor of the map of its own, for programs loaded outside aya.
+    pub(super) fn owned_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use aya::maps::IterableMap;
+        std::os::fd::AsFd::as_fd(self.map.map().fd()).try_clone_to_owned()
+    }
+
     /// Keeps `tgid` too (a process that joined a watched command).
     pub(super) fn keep(&mut self, tgid: u32) -> Result<(), MapError> {
         if !self.filter.only.contains(&tgid) {
