@@ -83,6 +83,11 @@ impl EventStream {
     /// ticks and frames would wait for it. What is left keeps the stream ready, so the next call
     /// returns at once.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+        // Lets the runtime turn its drivers first. A stream that is always ready (events come
+        // faster than the caller takes them) would otherwise keep a current-thread runtime from
+        // firing timers and delivering signals for as long as it lasts: the live view drew no
+        // frame and record did not see Ctrl-C for minutes under a pipe storm in a debug build.
+        tokio::task::yield_now().await;
         let mut guard = self.ring.readable_mut().await?;
         let (malformed, left) = drain(guard.get_inner_mut(), out, MAX_BATCH);
         if !left {
