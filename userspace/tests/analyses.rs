@@ -326,13 +326,16 @@ fn kernel_timing_brings_classic_s_mutex_waits_to_the_kernel_s_on_6_1() {
             .unwrap_or(0)
     };
     let host = compare("host");
-    let calibrated = compare("kernel");
+    // A model's waits move with the machine's moment (one CI-like run: 33,945 where alone it
+    // gave 23,254): the median of three runs is the figure, as in the benchmarks.
+    let runs: Vec<serde_json::Value> = (0..3).map(|_| compare("kernel")).collect();
+    let mut per_run: Vec<u64> = runs.iter().map(|r| read_waits(&r["designs"][0])).collect();
+    per_run.sort_unstable();
+    let calibrated = &runs[0];
     let kernel = read_waits(&calibrated["kernel"]);
     assert_eq!(kernel, read_waits(&host["kernel"]), "the same kernel");
-    let (at_host, at_kernel) = (
-        read_waits(&host["designs"][0]),
-        read_waits(&calibrated["designs"][0]),
-    );
+    let (at_host, at_kernel) = (read_waits(&host["designs"][0]), per_run[1]);
+    eprintln!("calibrated classic's read waits in three runs: {per_run:?}");
     eprintln!(
         "read waits on the client mutex: kernel {kernel}, classic at host speed {at_host}, with the kernel's costs {at_kernel}"
     );
