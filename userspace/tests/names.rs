@@ -16,6 +16,20 @@ use bufscope_analyses::naming::Names;
 use bufscope_trace::{LockWait, Record, TraceReader};
 use common::{bufscope, root_or_skip};
 
+/// A recording's lock waits and the names its metadata gives.
+fn read(path: &std::path::Path) -> (Vec<LockWait>, Names) {
+    let mut reader = TraceReader::open(path).unwrap();
+    let (mut waits, mut names): (Vec<LockWait>, Names) = Default::default();
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(w) => waits.extend(w),
+            Record::Metadata(m) => names.add(&m),
+            _ => {}
+        }
+    }
+    (waits, names)
+}
+
 /// Threads mapping, touching and unmapping memory in a loop: munmap takes the process's
 /// mmap_lock for writing, page faults take it for reading.
 fn mmap_storm(threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
@@ -82,15 +96,7 @@ fn a_process_s_mmap_lock_is_named_with_the_process() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut reader = TraceReader::open(&path).unwrap();
-    let (mut waits, mut names): (Vec<LockWait>, Names) = Default::default();
-    while let Some(record) = reader.next_record().unwrap() {
-        match record {
-            Record::LockWaits(w) => waits.extend(w),
-            Record::Metadata(m) => names.add(&m),
-            _ => {}
-        }
-    }
+    let (waits, names) = read(&path);
     let rwsem: Vec<&LockWait> = waits
         .iter()
         .filter(|w| {
@@ -150,15 +156,7 @@ fn runqueue_locks_are_named_by_their_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut reader = TraceReader::open(&path).unwrap();
-    let (mut waits, mut names): (Vec<LockWait>, Names) = Default::default();
-    while let Some(record) = reader.next_record().unwrap() {
-        match record {
-            Record::LockWaits(w) => waits.extend(w),
-            Record::Metadata(m) => names.add(&m),
-            _ => {}
-        }
-    }
+    let (waits, names) = read(&path);
     let cpus = thread::available_parallelism().unwrap().get();
     let rq: Vec<(&LockWait, String)> = waits
         .iter()

@@ -959,9 +959,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn acquisition_time_is_grouped_by_role_once_threads_are_named() {
-        let mut m = Model::new(
+    /// A live model of a 6.1 kernel without dm-bufio probes, comparing `designs`.
+    fn live_model(designs: &[Design]) -> Model {
+        Model::new(
             Header::new(
                 "6.1".into(),
                 Source::Live {
@@ -970,8 +970,13 @@ mod tests {
                 BufioStatus::Unavailable(String::new()),
             ),
             CompareSource::Tables,
-            &[],
-        );
+            designs,
+        )
+    }
+
+    #[test]
+    fn acquisition_time_is_grouped_by_role_once_threads_are_named() {
+        let mut m = live_model(&[]);
         // Sixteen hot threads at 10–25 µs, the dirtier at 1 ms of which half is mutex wait,
         // releases (not acquisitions) ignored, one thread never named.
         for tid in 0..16u32 {
@@ -1028,17 +1033,7 @@ mod tests {
     }
 
     fn compared(timing: TimingMode) -> Model {
-        let mut m = Model::new(
-            Header::new(
-                "6.1".into(),
-                Source::Live {
-                    attach: "tp_btf".into(),
-                },
-                BufioStatus::Unavailable(String::new()),
-            ),
-            CompareSource::Tables,
-            &[Design::Classic],
-        );
+        let mut m = live_model(&[Design::Classic]);
         m.comparison.window_timing = timing;
         m
     }

@@ -65,14 +65,17 @@ impl ProcessMap {
     /// The map's descriptor, for a child to add itself between fork and exec
     /// ([`keep_self_in`]).
     pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
-        use aya::maps::IterableMap;
-        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(self.map.map().fd()))
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd())
     }
 
     /// A descriptor of the map of its own, for programs loaded outside aya.
     pub(super) fn owned_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.fd().try_clone_to_owned()
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use aya::maps::IterableMap;
-        std::os::fd::AsFd::as_fd(self.map.map().fd()).try_clone_to_owned()
+        std::os::fd::AsFd::as_fd(self.map.map().fd())
     }
 
     /// Keeps `tgid` too (a process that joined a watched command).
@@ -124,23 +127,20 @@ impl super::LockProbes {
     /// Leaves out the bufscope processes started since the last call (a replay begun while
     /// this one records), unless they are kept.
     pub fn refresh_processes(&mut self) -> Result<(), super::ProbeError> {
-        self.processes
-            .refresh()
-            .map_err(|source| super::ProbeError::Map {
-                name: bufscope_abi::names::PROCESSES_MAP,
-                source,
-            })
+        self.processes.refresh().map_err(map_error)
     }
 
     /// Keeps `tgid`'s lock waits too (with a `--pid` list: a process the watched command
     /// started).
     pub fn keep_process(&mut self, tgid: u32) -> Result<(), super::ProbeError> {
-        self.processes
-            .keep(tgid)
-            .map_err(|source| super::ProbeError::Map {
-                name: bufscope_abi::names::PROCESSES_MAP,
-                source,
-            })
+        self.processes.keep(tgid).map_err(map_error)
+    }
+}
+
+fn map_error(source: MapError) -> super::ProbeError {
+    super::ProbeError::Map {
+        name: bufscope_abi::names::PROCESSES_MAP,
+        source,
     }
 }
 
