@@ -59,6 +59,7 @@ fn one_second(second: u64) -> Vec<Ev> {
                 stack_id: Some((x % 50) as u32),
                 op: (lock == CLIENT + 0x10).then_some(OpKind::Read),
                 op_client: if lock == CLIENT + 0x10 { CLIENT } else { 0 },
+                owner: bufscope_trace::LockOwner::Unknown,
             }));
         } else {
             let tid = (i / 2 % 16) as u32;

@@ -1,11 +1,12 @@
 //! What watching costs the watched, and whether the waits reported are the kernel's: a
 //! pipe-contention workload (8 threads writing 64-byte chunks into one pipe) with no probes, under
-//! a minimal bpftrace pairing, `bufscope record`, `record --no-stacks` and `live --no-tui`, each
+//! a minimal bpftrace pairing, `bufscope record` (also with `--exact-stacks`, `--no-stacks` and
+//! `--no-owners`) and `live --no-tui`, each
 //! run alone (two observers attached together distort the workload together and agree), rounds
 //! interleaved so that drift on this shared machine hits every mode alike, median of three. Prints
 //! the truth table (throughput, the workload's sleeping-lock contentions/s and average wait as
-//! each tool saw them, BPF time per contention event) and the targets of "measure without
-//! distorting". Needs root and bpftrace (`cargo xtask setup` installs it).
+//! each tool saw them, BPF time per contention event), the targets of "measure without
+//! distorting", and what reading lock owners costs per contention event. Needs root and bpftrace (`cargo xtask setup` installs it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,16 +32,18 @@ enum Mode {
     RecordExactStacks,
     RecordNoStacks,
     Live,
+    RecordNoOwners,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 7] = [
         Mode::None,
         Mode::Bpftrace,
         Mode::Record,
         Mode::RecordExactStacks,
         Mode::RecordNoStacks,
         Mode::Live,
+        Mode::RecordNoOwners,
     ];
 
     fn name(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Mode {
             Mode::RecordExactStacks => "bufscope record --exact-stacks",
             Mode::RecordNoStacks => "bufscope record --no-stacks",
             Mode::Live => "bufscope live --no-tui",
+            Mode::RecordNoOwners => "bufscope record --no-owners",
         }
     }
 }
@@ -74,12 +78,13 @@ fn observe(mode: Mode, trace: &std::path::Path) -> Option<Observer> {
     let pid = std::process::id().to_string();
     match mode {
         Mode::None => None,
-        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks => {
+        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks | Mode::RecordNoOwners => {
             let mut cmd = bufscope();
             cmd.args(["record", "--force", "-o"]).arg(trace);
             match mode {
                 Mode::RecordNoStacks => cmd.arg("--no-stacks"),
                 Mode::RecordExactStacks => cmd.arg("--exact-stacks"),
+                Mode::RecordNoOwners => cmd.arg("--no-owners"),
                 _ => &mut cmd,
             };
             Some(start_observer(cmd, "bufscope: recording"))
@@ -219,7 +224,7 @@ fn run_mode(mode: Mode, trace: &std::path::Path) -> Sample {
             sample.waits_per_s = Some(n as f64 / secs);
             sample.average_wait_ns = per_wait(n, total);
         }
-        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks => {
+        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks | Mode::RecordNoOwners => {
             let (n, total) = recorded_waits(trace);
             sample.waits_per_s = Some(n as f64 / secs);
             sample.average_wait_ns = per_wait(n, total);
@@ -323,6 +328,14 @@ fn main() {
              {b:.0}: {}), live {l:.0} ns (target <= half of it: {})",
             verdict(r <= b),
             verdict(l <= 0.5 * b)
+        );
+    }
+    let no_owners = 6;
+    if let (Some(with), Some(without)) = (bpf[rec], bpf[no_owners]) {
+        println!(
+            "probe_overhead: owner tracking: record {with:.0} ns vs --no-owners {without:.0} ns of \
+             BPF time per contention event: {:+.0} ns",
+            with - without
         );
     }
     let slowdown: Vec<f64> = chunks

@@ -112,7 +112,8 @@ impl ModelArgs {
     }
 }
 
-/// Which kernel stacks the probes take: shared by `record` and `live`.
+/// What the probes take at each wait's begin besides its time (kernel stacks, lock owners):
+/// shared by `record` and `live`.
 #[derive(Debug, clap::Args)]
 pub struct StackArgs {
     /// Take no kernel stacks (no callers then).
@@ -124,9 +125,19 @@ pub struct StackArgs {
     /// checked and how many came out different.
     #[arg(long)]
     pub exact_stacks: bool,
+    /// Read no lock owners. By default each contended mutex's or writer-held rwsem's owner is
+    /// read at the wait's begin (its thread, and the dm-bufio operation it is inside: `report
+    /// --by owner`); rwsems held by readers and spinning locks have none.
+    #[arg(long)]
+    pub no_owners: bool,
 }
 
 impl StackArgs {
+    /// The probes' owner setting (`ProbeConfig::owners`).
+    pub fn owners(&self) -> u32 {
+        u32::from(!self.no_owners)
+    }
+
     /// The probes' stack mode.
     pub fn mode(&self) -> u32 {
         match (self.no_stacks, self.exact_stacks) {

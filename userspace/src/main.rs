@@ -177,6 +177,7 @@ fn main() -> ExitCode {
             ringbuf_bytes: ringbuf_size,
             force,
             stacks: stacks.mode(),
+            owners: stacks.owners(),
             bufio: !no_bufio,
             bufio_probes,
             processes: processes.filter(),

@@ -452,6 +452,9 @@ impl SeenReferences {
             match event {
                 &Event::LockWait(wait) => {
                     self.threads.see(wait.tid, wait.tgid);
+                    if let Some(owner) = wait.owner.thread() {
+                        self.threads.see(owner.tid, owner.tgid);
+                    }
                     if let Some(id) = wait.stack_id {
                         self.stack_ids.insert(id);
                     }

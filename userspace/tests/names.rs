@@ -1,6 +1,7 @@
 //! Locks named by what they are, on the real kernel (root): a threaded mmap/munmap workload
 //! contends on its process's mmap_lock, and `bufscope record` must name those waits
-//! "mmap_lock (PID NAME)", as perf lock contention does, instead of leaving an rwsem address.
+//! "mmap_lock (PID NAME)", as perf lock contention does, instead of leaving an rwsem address;
+//! runqueue locks are named by their CPU; and a contended mutex's waits carry its holder.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::{
 };
 
 use bufscope_analyses::naming::Names;
-use bufscope_trace::{LockWait, Record, TraceReader};
+use bufscope_trace::{LockOwner, LockWait, Record, TraceReader};
 use common::{bufscope, root_or_skip};
 
 /// A recording's lock waits and the names its metadata gives.
@@ -196,4 +197,107 @@ fn runqueue_locks_are_named_by_their_cpu() {
         stacked.len(),
         outside.first()
     );
+}
+
+#[test]
+fn pipe_mutex_waits_carry_their_holder() {
+    if !root_or_skip("pipe_mutex_waits_carry_their_holder") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owners.bftrace");
+    // Eight writers and a reader take the pipe's mutex in turn: whoever waits, one of the
+    // others holds it.
+    let workload = common::PipeContention::start(8);
+    let me = std::process::id();
+    let out = bufscope()
+        .args([
+            "record",
+            "--no-bufio",
+            "--no-stacks",
+            "-d",
+            "3s",
+            "--pid",
+            &me.to_string(),
+            "-o",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let storm: Vec<u32> = workload
+        .tids
+        .iter()
+        .copied()
+        .chain([workload.reader_tid])
+        .collect();
+    workload.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (waits, names) = read(&path);
+    let mutex: Vec<&LockWait> = waits
+        .iter()
+        .filter(|w| bufscope_abi::LockFlags(w.flags).type_name() == "mutex")
+        .collect();
+    assert!(mutex.len() >= 1_000, "{} mutex waits", mutex.len());
+    let by_storm = mutex
+        .iter()
+        .filter(|w| {
+            w.owner
+                .thread()
+                .is_some_and(|o| storm.contains(&o.tid) && o.tgid == me)
+        })
+        .count();
+    assert!(
+        by_storm * 10 >= mutex.len() * 9,
+        "{by_storm} of {} mutex waits held by one of the storm's threads {storm:?} ({} free as \
+         the wait began); e.g. {:?}",
+        mutex.len(),
+        mutex.iter().filter(|w| w.owner == LockOwner::Free).count(),
+        mutex
+            .iter()
+            .find(|w| !w.owner.thread().is_some_and(|o| storm.contains(&o.tid)))
+    );
+    // No thread waits on a mutex it holds itself.
+    let own = mutex
+        .iter()
+        .filter(|w| w.owner.thread().is_some_and(|o| o.tid == w.tid))
+        .count();
+    assert_eq!(own, 0, "waits whose owner is the waiter");
+    // Holders are named in the file, and the report groups by them.
+    let holder = mutex.iter().find_map(|w| w.owner.thread()).unwrap();
+    assert_eq!(
+        names.thread_name(holder.tid),
+        Some(if holder.tid == storm[8] {
+            "pipe-reader"
+        } else {
+            common::PipeContention::WRITER_NAME
+        })
+    );
+    let report = bufscope()
+        .args(["report", "--by", "owner", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let rows = report["rows"].as_array().expect("rows");
+    let named = |r: &&serde_json::Value| {
+        r["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(" pipe-writer") || n.ends_with(" pipe-reader"))
+    };
+    let held: u64 = rows
+        .iter()
+        .filter(named)
+        .map(|r| r["contended"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, by_storm as u64, "report --by owner rows: {rows:?}");
 }

@@ -88,7 +88,9 @@ pub struct ProbeConfig {
     /// only those it marks [`process::KEEP`](crate::process::KEEP). dm-bufio operations are
     /// kept from every process: a model needs all of them to know what the cache holds.
     pub processes: u32,
-    pub reserved: u32,
+    /// 1: read a contended mutex's or writer-held rwsem's owner at contention_begin (its ids and
+    /// the dm-bufio operation it is in); 0: no owners.
+    pub owners: u32,
 }
 assert_layout!(
     ProbeConfig,
@@ -117,7 +119,7 @@ impl ProbeConfig {
         stream_events: 1,
         stacks: Self::STACKS_REUSED,
         processes: Self::ALL_PROCESSES,
-        reserved: 0,
+        owners: 1,
     };
 }
 

@@ -15,7 +15,7 @@ pub use bufio::{
     BufioOffsets, BufioOpEvent, ClientEvent, HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig,
     WaitHist, WaitHistKey, op, result,
 };
-pub use lock::{LockClass, LockFlags, LockWaitEvent, TaskOffsets, TracepointOffsets};
+pub use lock::{LockClass, LockFlags, LockWaitEvent, TaskOffsets, TracepointOffsets, owner};
 pub use stats::Counter;
 
 /// The kind tag that starts every record in the event ring buffer.

@@ -33,12 +33,37 @@ pub struct LockWaitEvent {
     pub stack_id: i32,
     /// The dm-bufio operation ([`crate::op`]) the waiter was inside, 0 for none.
     pub op: u32,
+    /// What the lock's owner word said at contention_begin ([`owner`] values); the three
+    /// fields after it are set for [`owner::THREAD`] only.
+    pub owner_state: u32,
+    /// The owning thread's id...
+    pub owner_tid: u32,
+    /// ...its thread group id...
+    pub owner_tgid: u32,
+    /// ...and the dm-bufio operation ([`crate::op`]) it was inside, 0 for none.
+    pub owner_op: u32,
+}
+
+/// Values of [`LockWaitEvent::owner_state`]: what a mutex's or rwsem's owner word said when a
+/// wait began.
+pub mod owner {
+    /// Not read: another lock type (spinning locks keep no owner), owners not asked for, or
+    /// the read failed.
+    pub const UNKNOWN: u32 = 0;
+    /// No owner: the holder let go between the waiter's failed attempt and the read.
+    pub const FREE: u32 = 1;
+    /// An rwsem held by readers (its word then names only the last reader in).
+    pub const READERS: u32 = 2;
+    /// A thread holds it: `owner_tid`, `owner_tgid`, `owner_op`.
+    pub const THREAD: u32 = 3;
 }
 assert_layout!(
     LockWaitEvent,
-    size = 64,
+    size = 80,
     align = 8,
-    fields = [u32, u32, u32, u32, u32, i32, u64, u64, u64, u64, i32, u32]
+    fields = [
+        u32, u32, u32, u32, u32, i32, u64, u64, u64, u64, i32, u32, u32, u32, u32, u32
+    ]
 );
 
 /// Byte offsets of the fields the classic tracepoint programs read, taken at start-up from
@@ -69,9 +94,10 @@ impl TracepointOffsets {
     };
 }
 
-/// Offsets into the kernel's `task_struct`, `mm_struct` and `sighand_struct`, from vmlinux BTF,
-/// by which contention_begin tells that a waiter waits on its own process's mmap_lock or
-/// siglock (Rust eBPF has no CO-RE). [`TaskOffsets::ABSENT`] where this kernel lacks a field.
+/// Offsets into the kernel's `task_struct`, `mm_struct`, `sighand_struct`, runqueue and lock
+/// structs, from vmlinux BTF, by which contention_begin tells that a waiter waits on its own
+/// process's mmap_lock or siglock, or its CPU's runqueue, and reads a mutex's or rwsem's owner
+/// (Rust eBPF has no CO-RE). [`TaskOffsets::ABSENT`] where this kernel lacks a field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskOffsets {
@@ -91,12 +117,20 @@ pub struct TaskOffsets {
     pub rq_lock: u32,
     /// `rq.cpu` (int).
     pub rq_cpu: u32,
+    /// `task_struct.pid`, followed by `tgid` (both read as one u64): a lock owner's ids.
+    pub task_pid: u32,
+    /// `mutex.owner` (an `atomic_long_t`: the owning task, flags in its low 3 bits).
+    pub mutex_owner: u32,
+    /// `rw_semaphore.owner` (an `atomic_long_t`: the writer, or a reader when its bit 0 is set;
+    /// flags in the low 2 bits).
+    pub rwsem_owner: u32,
+    pub reserved: u32,
 }
 assert_layout!(
     TaskOffsets,
-    size = 32,
+    size = 48,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl TaskOffsets {
@@ -111,7 +145,18 @@ impl TaskOffsets {
         cfs_rq_rq: Self::ABSENT,
         rq_lock: Self::ABSENT,
         rq_cpu: Self::ABSENT,
+        task_pid: Self::ABSENT,
+        mutex_owner: Self::ABSENT,
+        rwsem_owner: Self::ABSENT,
+        reserved: 0,
     };
+
+    /// The low bits of `mutex.owner` that are flags, not the task pointer (MUTEX_FLAGS).
+    pub const MUTEX_OWNER_FLAGS: u64 = 0x07;
+    /// The low bits of `rw_semaphore.owner` that are flags (RWSEM_OWNER_FLAGS_MASK)...
+    pub const RWSEM_OWNER_FLAGS: u64 = 0x03;
+    /// ...of which this one says readers hold it (the pointer is then only the last reader).
+    pub const RWSEM_READER_OWNED: u64 = 0x01;
 }
 
 /// What a lock turned out to be, by its address in the `LOCK_CLASSES` map: found when one of

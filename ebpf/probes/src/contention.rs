@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use bufscope_abi::{
     BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, ProbeConfig,
-    STACK_RECHECK_EVERY, STACK_REUSE_NS, TaskOffsets, WaitHist, WaitHistKey, process,
+    STACK_RECHECK_EVERY, STACK_REUSE_NS, TaskOffsets, WaitHist, WaitHistKey, owner, process,
 };
 
 use crate::{
@@ -32,6 +32,11 @@ pub(crate) struct PendingWait {
     /// The waiter: a spinning wait is paired by CPU, and only its own end closes it.
     tid: u32,
     op_client: u64,
+    /// The lock's owner at begin (see [`read_owner`]).
+    owner_state: u32,
+    owner_tid: u32,
+    owner_tgid: u32,
+    owner_op: u32,
 }
 
 /// Whose stack a [`CachedStack`] is: a thread's waits on one lock inside one operation (the
@@ -125,6 +130,10 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         op: 0,
         tid,
         op_client: 0,
+        owner_state: owner::UNKNOWN,
+        owner_tid: 0,
+        owner_tgid: 0,
+        owner_op: 0,
     };
     // SAFETY: only this thread writes its own key.
     if let Some(stack) = unsafe { OPS.get(tid) }
@@ -133,7 +142,11 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         wait.op = stack.frames[0].op;
         wait.op_client = stack.frames[0].client;
     }
-    match PROBE_CONFIG.load().stacks {
+    let config = PROBE_CONFIG.load();
+    if config.owners != 0 {
+        read_owner(lock_addr, flags, &mut wait);
+    }
+    match config.stacks {
         ProbeConfig::NO_STACKS => {}
         ProbeConfig::STACKS_EVERY_WAIT => wait.stack_id = walk_stack(ctx),
         _ => wait.stack_id = reuse_or_walk_stack(ctx, tid, &wait),
@@ -176,6 +189,51 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
     if let Some(pending) = PENDING_BY_TID.get_ptr_mut(tid) {
         // SAFETY: only this thread writes its own key.
         unsafe { (*pending).start_ns = current::now_ns() };
+    }
+}
+
+/// The owner of a contended mutex or rwsem, as the lock's owner word says at the waiter's
+/// begin: free, held by readers, or a thread (its ids and the dm-bufio operation it is inside).
+/// Unknown for other lock types (spinning locks keep no owner) or when a read fails.
+#[inline(always)]
+fn read_owner(lock_addr: u64, flags: u32, wait: &mut PendingWait) {
+    let offsets = TASK_OFFSETS.load();
+    let sleeping_rw = LockFlags::READ | LockFlags::WRITE;
+    let other = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
+    let task = if flags & LockFlags::MUTEX != 0 {
+        let Some(word) = current::read_field::<u64>(lock_addr, offsets.mutex_owner) else {
+            return;
+        };
+        word & !TaskOffsets::MUTEX_OWNER_FLAGS
+    } else if flags & other == 0 && flags & sleeping_rw != 0 {
+        let Some(word) = current::read_field::<u64>(lock_addr, offsets.rwsem_owner) else {
+            return;
+        };
+        if word & TaskOffsets::RWSEM_READER_OWNED != 0 {
+            wait.owner_state = owner::READERS;
+            return;
+        }
+        word & !TaskOffsets::RWSEM_OWNER_FLAGS
+    } else {
+        return;
+    };
+    if task == 0 {
+        wait.owner_state = owner::FREE;
+        return;
+    }
+    // task_struct.pid and .tgid are adjacent pid_t's (checked by user space).
+    let Some(ids) = current::read_field::<u64>(task, offsets.task_pid) else {
+        return;
+    };
+    wait.owner_state = owner::THREAD;
+    wait.owner_tid = ids as u32;
+    wait.owner_tgid = (ids >> 32) as u32;
+    // SAFETY: another thread's entry, read while it may change it: at worst an operation that
+    // just ended or began, never an out-of-bounds read (the value stays valid map memory).
+    if let Some(stack) = unsafe { OPS.get(wait.owner_tid) }
+        && stack.depth > 0
+    {
+        wait.owner_op = stack.frames[0].op;
     }
 }
 
@@ -377,6 +435,10 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         op_client: wait.op_client,
         stack_id: wait.stack_id,
         op: wait.op,
+        owner_state: wait.owner_state,
+        owner_tid: wait.owner_tid,
+        owner_tgid: wait.owner_tgid,
+        owner_op: wait.owner_op,
     });
     entry.submit(0);
     count(Counter::Submitted);

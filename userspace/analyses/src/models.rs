@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult};
+use bufscope_trace::{BufioOp, ClientLocks, LockOwner, LockWait, Metadata, OpKind, OpResult};
 use reference_cache::{
     BlockIo, BufferCache, CacheConfig, Design, FileIo, FileIoOptions, Latency, LockClass, MemoryIo,
     build,
@@ -325,6 +325,7 @@ pub fn as_trace(
                 stack_id: None,
                 op: Some(op_of(w.step).0),
                 op_client: input.client,
+                owner: LockOwner::Unknown,
             }
         })
         .collect();

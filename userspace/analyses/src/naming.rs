@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{ClientLock, ClientLocks, Metadata, Symbol};
+use bufscope_trace::{ClientLock, ClientLocks, LockOwner, Metadata, Symbol};
 
 #[derive(Clone, Debug)]
 struct Client {
@@ -93,6 +93,26 @@ impl Names {
     /// The thread's name, e.g. "bufio_hot/3"; `None` when the file does not name it.
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
         self.threads.get(&tid).map(String::as_str)
+    }
+
+    /// A lock's owner as reports name it: a thread by its id and name, and the dm-bufio
+    /// operation it was inside, e.g. "812 kworker/u4:2 in dm_bufio_write_dirty_buffers".
+    pub fn owner_name(&self, owner: &LockOwner) -> String {
+        let owner = match owner {
+            LockOwner::Thread(owner) => owner,
+            LockOwner::Free => return "(free as the wait began)".to_string(),
+            LockOwner::Readers => return "(held by readers)".to_string(),
+            LockOwner::Unknown => return "(owner not known)".to_string(),
+        };
+        let mut name = match self.thread_name(owner.tid) {
+            Some(comm) => format!("{} {comm}", owner.tid),
+            None => owner.tid.to_string(),
+        };
+        if let Some(op) = owner.op {
+            name.push_str(" in ");
+            name.push_str(op.function());
+        }
+        name
     }
 
     /// The device of a client, e.g. "253:2".

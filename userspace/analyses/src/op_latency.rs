@@ -132,6 +132,7 @@ pub fn build(
         GroupBy::Lock => return Err(OpLatencyError::Grouping { by: "lock" }),
         GroupBy::Caller => return Err(OpLatencyError::Grouping { by: "caller" }),
         GroupBy::Type => return Err(OpLatencyError::Grouping { by: "type" }),
+        GroupBy::Owner => return Err(OpLatencyError::Grouping { by: "owner" }),
     };
     if sort == SortKey::Type {
         return Err(OpLatencyError::Sort);

@@ -101,6 +101,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks.mode(),
+            owners: options.stacks.owners(),
             ..ProbeConfig::DEFAULT
         },
         bufio: true,

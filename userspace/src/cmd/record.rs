@@ -30,6 +30,8 @@ pub struct Options {
     pub force: bool,
     /// The probes' stack mode (`ProbeConfig::NO_STACKS`, ...).
     pub stacks: u32,
+    /// Whether the probes read lock owners (`ProbeConfig::owners`).
+    pub owners: u32,
     pub bufio: bool,
     pub processes: ProcessFilter,
     /// Keep only the command's processes' lock waits.
@@ -64,6 +66,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks,
+            owners: options.owners,
             ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,

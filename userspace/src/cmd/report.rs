@@ -24,6 +24,7 @@ use crate::args::DamageArgs;
     bufscope report t.bftrace --by caller --stacks\n  \
     bufscope report t.bftrace --by op --client 7:0 --sort p99\n  \
     bufscope report t.bftrace --by role\n  \
+    bufscope report t.bftrace --by owner --lock \"client mutex\"   # who held it, doing what\n  \
     bufscope report t.bftrace --stack dm_thin_find_block --min-wait 10us --by tid\n  \
     bufscope report t.bftrace --ops                 # buffer acquisition latency per thread\n  \
     bufscope report t.bftrace --ops --by role --json\n  \
@@ -207,6 +208,7 @@ fn grouping(by: GroupBy) -> &'static str {
         GroupBy::Role => "thread role",
         GroupBy::Type => "lock type",
         GroupBy::Client => "dm-bufio client",
+        GroupBy::Owner => "lock owner",
     }
 }
 

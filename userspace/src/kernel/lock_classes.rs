@@ -3,6 +3,7 @@
 //! them. contention_begin compares the lock with the waiter's own `task->mm->mmap_lock` and
 //! `task->sighand->siglock`, at the offsets read here from vmlinux BTF, and notes the lock in
 //! the `LOCK_CLASSES` map; the names go into trace files as symbols, and into the live view.
+//! The same offsets let contention_begin read a mutex's or rwsem's owner.
 
 use btf_rs::Btf;
 use bufscope_abi::{LockClass, TaskOffsets};
@@ -33,6 +34,24 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
         ])
     };
     let [task_cfs_rq, cfs_rq_rq, rq_lock, rq_cpu] = runqueue().unwrap_or([TaskOffsets::ABSENT; 4]);
+    // Owners are read where the lock keeps one: `mutex.owner` (not under PREEMPT_RT, where a
+    // mutex is an rt_mutex) and `rw_semaphore.owner`; the owner's pid and tgid as one read.
+    let owners = || -> Result<[u32; 3], BtfLayoutError> {
+        let mutex = find_struct(&btf, "mutex")?;
+        let rwsem = find_struct(&btf, "rw_semaphore")?;
+        let pid = offset(&task, "pid")?;
+        let pids_adjacent = offset(&task, "tgid")? == pid + 4;
+        Ok([
+            if pids_adjacent {
+                pid
+            } else {
+                TaskOffsets::ABSENT
+            },
+            offset(&mutex, "owner")?,
+            offset(&rwsem, "owner")?,
+        ])
+    };
+    let [task_pid, mutex_owner, rwsem_owner] = owners().unwrap_or([TaskOffsets::ABSENT; 3]);
     Ok(TaskOffsets {
         task_mm: offset(&task, "mm")?,
         mm_mmap_lock: offset(&mm, "mmap_lock").or_else(|_| offset(&mm, "mmap_sem"))?,
@@ -42,6 +61,10 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
         cfs_rq_rq,
         rq_lock,
         rq_cpu,
+        task_pid,
+        mutex_owner,
+        rwsem_owner,
+        reserved: 0,
     })
 }
 
@@ -117,5 +140,8 @@ mod tests {
         assert!(o.sighand_siglock < 4_096, "{o:?}");
         // This kind of machine has CONFIG_FAIR_GROUP_SCHED: runqueues are found.
         assert!(o.rq_lock < 4_096 && o.task_cfs_rq < 16_384, "{o:?}");
+        // Owners: mutex.owner is its first member, rw_semaphore.owner follows its count.
+        assert_eq!((o.mutex_owner, o.rwsem_owner), (0, 8), "{o:?}");
+        assert!(o.task_pid > 0 && o.task_pid < 16_384, "{o:?}");
     }
 }

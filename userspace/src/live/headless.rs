@@ -102,7 +102,8 @@ impl Snapshot {
     }
 }
 
-/// The probes attached for `live --no-tui`: stacks never, events streamed only for `--metrics`.
+/// The probes attached for `live --no-tui`: stacks never, events (and owners) streamed only for
+/// `--metrics`.
 pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
     let streaming = settings.metrics.is_some();
     Ok(LockProbes::attach(AttachOptions {
@@ -115,6 +116,8 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
         config: ProbeConfig {
             stream_events: u32::from(streaming),
             stacks: ProbeConfig::NO_STACKS,
+            // Only streamed events carry owners.
+            owners: u32::from(streaming),
             ..ProbeConfig::DEFAULT
         },
         bufio: true,

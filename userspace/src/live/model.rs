@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, OpResult};
+use bufscope_trace::{BufioOp, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
 use reference_cache::Design;
 
@@ -214,7 +214,13 @@ pub struct LockStats {
     interval: u64,
     /// By stack id; waits without a stack are not here.
     pub stacks: HashMap<u32, StackCount>,
+    /// By the lock's owner at each wait's begin (the first [`MAX_OWNERS`] kinds and threads);
+    /// waits on locks that keep no owner are not here.
+    pub owners: HashMap<LockOwner, StackCount>,
 }
+
+/// Owners kept per lock: enough for any real holder set, bounded against thread churn.
+const MAX_OWNERS: usize = 256;
 
 /// A row of the lock table, named and ready to draw.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,6 +237,8 @@ pub struct LockRow {
     pub max_ns: u64,
     /// The most frequent callers, with their waits.
     pub callers: Vec<(String, u64)>,
+    /// The owners waited on most, named with the operation they were in, with those waits.
+    pub holders: Vec<(String, u64)>,
 }
 
 /// What the lock table is sorted by (`s` cycles through them).
@@ -681,6 +689,13 @@ impl Model {
             s.waits += 1;
             s.total_ns += w.wait_ns;
         }
+        if w.owner != LockOwner::Unknown
+            && (stats.owners.len() < MAX_OWNERS || stats.owners.contains_key(&w.owner))
+        {
+            let s = stats.owners.entry(w.owner).or_default();
+            s.waits += 1;
+            s.total_ns += w.wait_ns;
+        }
         if w.op.is_some()
             && self.names.bufio_lock(w.lock_addr).is_some()
             && let Some(client) = self.clients.get_mut(&w.op_client)
@@ -877,6 +892,13 @@ impl Model {
         let mut callers: Vec<(String, u64)> = callers.into_iter().collect();
         callers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         callers.truncate(TOP_CALLERS);
+        let mut holders: Vec<(String, u64)> = s
+            .owners
+            .iter()
+            .map(|(owner, count)| (self.names.owner_name(owner), count.waits))
+            .collect();
+        holders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        holders.truncate(TOP_CALLERS);
         LockRow {
             key,
             name: self.names.lock_name(key.addr, key.flags),
@@ -889,6 +911,7 @@ impl Model {
             p99_ns: s.hist.quantile(0.99),
             max_ns: s.hist.max_ns,
             callers,
+            holders,
         }
     }
 

@@ -4,8 +4,8 @@
 use std::io;
 
 use aya::maps::{MapData, RingBuf};
-use bufscope_abi::{BufioOpEvent, ClientEvent, EventKind, LockWaitEvent};
-use bufscope_trace::{BufioOp, LockWait, OpKind, OpResult};
+use bufscope_abi::{BufioOpEvent, ClientEvent, EventKind, LockWaitEvent, owner};
+use bufscope_trace::{BufioOp, LockOwner, LockWait, OpKind, OpResult, Owner};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::LockProbes;
@@ -153,6 +153,16 @@ fn decode(record: &[u8]) -> Option<Event> {
                 stack_id: u32::try_from(e.stack_id).ok(),
                 op,
                 op_client: if op.is_some() { e.op_client } else { 0 },
+                owner: match e.owner_state {
+                    owner::FREE => LockOwner::Free,
+                    owner::READERS => LockOwner::Readers,
+                    owner::THREAD => LockOwner::Thread(Owner {
+                        tid: e.owner_tid,
+                        tgid: e.owner_tgid,
+                        op: u8::try_from(e.owner_op).ok().and_then(OpKind::from_u8),
+                    }),
+                    _ => LockOwner::Unknown,
+                },
             }))
         }
         EventKind::BufioOp => {
@@ -215,6 +225,10 @@ mod tests {
             op_client: 0xffff_8881_0000_0000,
             stack_id: 3,
             op: bufscope_abi::op::READ,
+            owner_state: owner::THREAD,
+            owner_tid: 8,
+            owner_tgid: 5,
+            owner_op: bufscope_abi::op::WRITE_DIRTY,
         };
         let bytes = bytes_of(&event);
         let Some(Event::LockWait(decoded)) = decode(&bytes) else {
@@ -229,6 +243,14 @@ mod tests {
         assert_eq!(decoded.stack_id, Some(3));
         assert_eq!(decoded.op, Some(OpKind::Read));
         assert_eq!(decoded.op_client, 0xffff_8881_0000_0000);
+        assert_eq!(
+            decoded.owner,
+            LockOwner::Thread(Owner {
+                tid: 8,
+                tgid: 5,
+                op: Some(OpKind::WriteDirty)
+            })
+        );
         assert_eq!(decode(&bytes[..40]), None, "short record");
         let mut other = bytes.clone();
         other[0] = 99;
@@ -237,14 +259,20 @@ mod tests {
         let no_stack_no_op = LockWaitEvent {
             stack_id: -17,
             op: 0,
+            owner_state: owner::READERS,
             ..event
         };
         let Some(Event::LockWait(decoded)) = decode(&bytes_of(&no_stack_no_op)) else {
             panic!("decodes");
         };
         assert_eq!(
-            (decoded.stack_id, decoded.op, decoded.op_client),
-            (None, None, 0)
+            (
+                decoded.stack_id,
+                decoded.op,
+                decoded.op_client,
+                decoded.owner
+            ),
+            (None, None, 0, LockOwner::Readers)
         );
     }
 

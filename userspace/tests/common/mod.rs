@@ -93,7 +93,10 @@ pub struct PipeContention {
     stop: Arc<AtomicBool>,
     writers: Vec<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
+    /// The writers' thread ids.
     pub tids: Vec<u32>,
+    /// The reader's thread id.
+    pub reader_tid: u32,
     pub chunks: Arc<AtomicU64>,
     write_fd: i32,
 }
@@ -109,11 +112,15 @@ impl PipeContention {
         let [read_fd, write_fd] = fds;
         let stop = Arc::new(AtomicBool::new(false));
         let chunks = Arc::new(AtomicU64::new(0));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let reader = {
             let stop = Arc::clone(&stop);
+            let tid_tx = tid_tx.clone();
             thread::Builder::new()
                 .name("pipe-reader".into())
                 .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
                     let mut buf = vec![0u8; 1 << 16];
                     while !stop.load(Ordering::Relaxed) {
                         // SAFETY: buf is valid for its length; read_fd stays open until after join.
@@ -127,7 +134,7 @@ impl PipeContention {
                 })
                 .expect("the pipe reader starts")
         };
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let reader_tid = tid_rx.recv().unwrap();
         let writers = (0..threads)
             .map(|_| {
                 let stop = Arc::clone(&stop);
@@ -159,6 +166,7 @@ impl PipeContention {
             writers,
             reader: Some(reader),
             tids,
+            reader_tid,
             chunks,
             write_fd,
         }

@@ -42,6 +42,7 @@ fn synthetic_events(n: usize) -> Vec<LockWait> {
                 stack_id: Some(rng.random_range(0..300)),
                 op: inside_op.then_some(OpKind::Read),
                 op_client: if inside_op { 0xffff_8881_4000_0000 } else { 0 },
+                owner: bufscope_trace::LockOwner::Unknown,
             }
         })
         .collect()

@@ -9,7 +9,9 @@ use std::{fs, path::PathBuf};
 
 use bufscope_trace::{
     TraceReader,
-    fuzzing::{encode_bufio_op_chunk, encode_lock_wait_chunk, undamaged_trace},
+    fuzzing::{
+        encode_bufio_op_chunk, encode_lock_wait_chunk, encode_lock_wait_chunk_v3, undamaged_trace,
+    },
 };
 
 fn main() -> std::io::Result<()> {
@@ -56,8 +58,9 @@ fn main() -> std::io::Result<()> {
         println!("trace_reader/{name}: {} bytes", bytes.len());
     }
 
-    // The chunk decoders' input: selector (modulo 4: lock waits V1, operations V1, lock waits
-    // V2, operations V2), claimed count (u32 LE), then a raw chunk. The helpers encode V2.
+    // The chunk decoders' input: selector (modulo 6: lock waits V1, operations V1, lock waits
+    // V2, operations V2, lock waits V3, operations V2), claimed count (u32 LE), then a raw
+    // chunk.
     let dir = dir.join("../chunk_decoder");
     fs::create_dir_all(&dir)?;
     let input = |selector: u8, count: usize, raw: Vec<u8>| {
@@ -67,10 +70,13 @@ fn main() -> std::io::Result<()> {
         input
     };
     let waits = |n| input(2, n, encode_lock_wait_chunk(&common::events(n)));
+    let owned = |n| input(4, n, encode_lock_wait_chunk_v3(&common::events(n)));
     let ops = |n| input(3, n, encode_bufio_op_chunk(&common::ops(n)));
     let mut wrong_count = waits(20);
     wrong_count[1] = 21;
-    let seeds: [(&str, Vec<u8>); 6] = [
+    let seeds: [(&str, Vec<u8>); 8] = [
+        ("seed-valid-v3-waits-20", owned(20)),
+        ("seed-valid-v3-waits-1", owned(1)),
         ("seed-valid-v2-waits-20", waits(20)),
         ("seed-valid-v2-waits-1", waits(1)),
         ("seed-valid-v2-waits-0", waits(0)),

@@ -19,6 +19,10 @@
 //! dictionary, `n × varint client` (index + 1, 0 for none); for operations: `n × varint`
 //! client-mutex wait ns, `n × varint` hold ns.
 //!
+//! Layout V3 (format 1.3, record kind 7; lock waits only) appends to V2's: `varint O, O ×
+//! (varint tid, varint tgid)` owner dictionary, `n × varint owner` (0 not known, 1 free,
+//! 2 readers, index + 3 for a thread), `n × varint owner operation` (0 for none).
+//!
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
 //! order, so their deltas are small, and so are the block deltas of scans.
 
@@ -26,7 +30,10 @@ use std::{collections::HashMap, hash::Hash};
 
 use integer_encoding::VarInt;
 
-use crate::{BufioOp, LockWait, OpKind, OpResult};
+use crate::{BufioOp, LockOwner, LockWait, OpKind, OpResult, Owner};
+
+/// The owner column's first thread index: 0, 1 and 2 say not known, free and readers.
+const OWNER_INDEX_BASE: u32 = 3;
 
 /// The smallest encoding of one lock wait and of one operation: a byte per column (V1).
 const MIN_LOCK_WAIT_BYTES: usize = 7;
@@ -39,6 +46,8 @@ pub(crate) enum Layout {
     V1,
     /// Format 1.2 on (record kinds 5 and 6).
     V2,
+    /// Format 1.3 on, lock waits only (record kind 7).
+    V3,
 }
 
 /// A dictionary in first-seen order, reused across chunks.
@@ -81,6 +90,7 @@ pub(crate) struct ChunkEncoder {
     threads: Dict<(u32, u32)>,
     addr_column: Vec<u32>,
     thread_column: Vec<u32>,
+    owners: Dict<(u32, u32)>,
 }
 
 fn put<V: VarInt>(out: &mut Vec<u8>, value: V) {
@@ -183,6 +193,34 @@ impl ChunkEncoder {
         }
         for &index in &self.addr_column {
             put(out, index);
+        }
+        if layout == Layout::V2 {
+            return;
+        }
+        self.owners.clear();
+        self.addr_column.clear();
+        for e in events {
+            let index = match e.owner {
+                LockOwner::Unknown => 0,
+                LockOwner::Free => 1,
+                LockOwner::Readers => 2,
+                LockOwner::Thread(o) => self.owners.index_of((o.tid, o.tgid)) + OWNER_INDEX_BASE,
+            };
+            self.addr_column.push(index);
+        }
+        put(out, self.owners.order.len() as u64);
+        for &(tid, tgid) in &self.owners.order {
+            put(out, tid);
+            put(out, tgid);
+        }
+        for &index in &self.addr_column {
+            put(out, index);
+        }
+        for e in events {
+            put(
+                out,
+                e.owner.thread().and_then(|o| o.op).map_or(0, |op| op as u8),
+            );
         }
     }
 
@@ -370,7 +408,7 @@ pub(crate) fn decode_lock_waits(
     for e in events.iter_mut() {
         e.ret = cur.varint("ret")?;
     }
-    if layout == Layout::V2 {
+    if layout != Layout::V1 {
         for e in events.iter_mut() {
             let at = cur.pos;
             let id: u64 = cur.varint("stack id")?;
@@ -384,12 +422,7 @@ pub(crate) fn decode_lock_waits(
         for e in events.iter_mut() {
             let at = cur.pos;
             let op: u8 = cur.varint("operation")?;
-            e.op = match op {
-                0 => None,
-                op => Some(OpKind::from_u8(op).ok_or_else(|| {
-                    format!("unknown operation kind {op} at byte {at} of the chunk")
-                })?),
-            };
+            e.op = optional_op(op, at)?;
         }
         let n_clients = cur.count("client dictionary size", raw.len() / 8)?;
         let mut clients = Vec::with_capacity(n_clients);
@@ -401,8 +434,56 @@ pub(crate) fn decode_lock_waits(
             e.op_client = if index == 0 { 0 } else { clients[index - 1] };
         }
     }
+    if layout == Layout::V3 {
+        let n_owners = cur.count("owner dictionary size", raw.len() / 2)?;
+        let mut owners = Vec::with_capacity(n_owners);
+        for _ in 0..n_owners {
+            owners.push((
+                cur.varint::<u32>("owner tid")?,
+                cur.varint::<u32>("owner tgid")?,
+            ));
+        }
+        for e in events.iter_mut() {
+            e.owner = match cur.index("owner index", owners.len() + OWNER_INDEX_BASE as usize)? {
+                0 => LockOwner::Unknown,
+                1 => LockOwner::Free,
+                2 => LockOwner::Readers,
+                index => {
+                    let (tid, tgid) = owners[index - OWNER_INDEX_BASE as usize];
+                    LockOwner::Thread(Owner {
+                        tid,
+                        tgid,
+                        op: None,
+                    })
+                }
+            };
+        }
+        for e in events.iter_mut() {
+            let at = cur.pos;
+            let op: u8 = cur.varint("owner operation")?;
+            match (&mut e.owner, op) {
+                (_, 0) => {}
+                (LockOwner::Thread(owner), op) => owner.op = optional_op(op, at)?,
+                _ => {
+                    return Err(format!(
+                        "owner operation {op} at byte {at} of the chunk for a wait without owner"
+                    ));
+                }
+            }
+        }
+    }
     cur.finish()?;
     Ok(events)
+}
+
+/// An operation column's value: 0 for none, else a known [`OpKind`].
+fn optional_op(op: u8, at: usize) -> Result<Option<OpKind>, String> {
+    match op {
+        0 => Ok(None),
+        op => OpKind::from_u8(op)
+            .map(Some)
+            .ok_or_else(|| format!("unknown operation kind {op} at byte {at} of the chunk")),
+    }
 }
 
 /// Decodes a dm-bufio operation chunk that claims `expected` operations.
@@ -448,7 +529,7 @@ pub(crate) fn decode_bufio_ops(
     for o in ops.iter_mut() {
         o.arg1 = cur.varint("arg1")?;
     }
-    if layout == Layout::V2 {
+    if layout != Layout::V1 {
         for o in ops.iter_mut() {
             o.lock_wait_ns = cur.varint("client-mutex wait")?;
         }

@@ -32,6 +32,8 @@
 //! operation and client columns) and operations as kind 6 (adding client-mutex wait and hold);
 //! a 1.2 reader still reads kinds 1 and 4, while a 1.1 reader skips 5 and 6 and then finds the
 //! end record's counts unmatched, so it reports the file as damaged instead of showing too little.
+//! 1.3 writes lock waits as kind 7 (adding the lock's owner: thread, process and the dm-bufio
+//! operation it was inside); operations stay kind 6.
 //! Metadata types can be added without a new version: a reader that does not know a metadata
 //! record's `type` (e.g. `threads`, added in 1.2) keeps it as unknown and reads on.
 
@@ -40,7 +42,7 @@ pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.
@@ -72,6 +74,8 @@ pub enum RecordKind {
     LockWaitsV2 = 5,
     /// dm-bufio operations with client-mutex wait and hold columns (format 1.2 on).
     BufioOpsV2 = 6,
+    /// Lock waits with the lock's owner columns too (format 1.3 on).
+    LockWaitsV3 = 7,
 }
 
 impl RecordKind {
@@ -83,6 +87,7 @@ impl RecordKind {
             4 => Some(Self::BufioOps),
             5 => Some(Self::LockWaitsV2),
             6 => Some(Self::BufioOpsV2),
+            7 => Some(Self::LockWaitsV3),
             _ => None,
         }
     }

@@ -22,8 +22,8 @@ pub use damage::{Damage, LostCounts, SkippedDamage, SkippedRecord};
 pub use error::{TraceError, TraceErrorKind};
 pub use reader::{Record, TraceReader};
 pub use records::{
-    BufioOp, ClientLock, ClientLocks, LockWait, Metadata, OpKind, OpResult, ProgramRun, Symbol,
-    Thread, TraceEnd, TraceHeader,
+    BufioOp, ClientLock, ClientLocks, LockOwner, LockWait, Metadata, OpKind, OpResult, Owner,
+    ProgramRun, Symbol, Thread, TraceEnd, TraceHeader,
 };
 pub use writer::{TraceWriter, WriterOptions};
 
@@ -182,16 +182,17 @@ pub mod fuzzing {
     }
 
     /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items: `selector`
-    /// modulo 4 picks lock waits V1, operations V1, lock waits V2, operations V2. Whatever
+    /// modulo 6 picks lock waits V1, operations V1, lock waits V2, operations V2, lock waits V3
+    /// (with owners), operations V2. Whatever
     /// decodes must survive an encode/decode round trip (panics otherwise). Returns the items
     /// decoded.
     pub fn check_chunk(selector: u8, raw: &[u8], expected: u32) -> Result<usize, String> {
         let mut encoder = chunk::ChunkEncoder::default();
         let mut again = Vec::new();
-        let layout = if selector % 4 < 2 {
-            Layout::V1
-        } else {
-            Layout::V2
+        let layout = match selector % 6 {
+            0 | 1 => Layout::V1,
+            4 => Layout::V3,
+            _ => Layout::V2,
         };
         if selector.is_multiple_of(2) {
             let events = chunk::decode_lock_waits(raw, expected, layout)?;
@@ -220,6 +221,13 @@ pub mod fuzzing {
     pub fn encode_lock_wait_chunk(events: &[LockWait]) -> Vec<u8> {
         let mut raw = Vec::new();
         chunk::ChunkEncoder::default().encode_lock_waits(events, Layout::V2, &mut raw);
+        raw
+    }
+
+    /// Encodes lock waits with their owners as one chunk's raw payload (for seeds).
+    pub fn encode_lock_wait_chunk_v3(events: &[LockWait]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        chunk::ChunkEncoder::default().encode_lock_waits(events, Layout::V3, &mut raw);
         raw
     }
 

@@ -364,11 +364,11 @@ impl<R: Read> TraceReader<R> {
     fn decode(&self, kind: RecordKind, item_count: u32) -> Result<Record, Damage> {
         let undecodable = |what| move |detail: String| Damage::Undecodable { what, detail };
         Ok(match kind {
-            RecordKind::LockWaits | RecordKind::LockWaitsV2 => {
-                let layout = if kind == RecordKind::LockWaits {
-                    Layout::V1
-                } else {
-                    Layout::V2
+            RecordKind::LockWaits | RecordKind::LockWaitsV2 | RecordKind::LockWaitsV3 => {
+                let layout = match kind {
+                    RecordKind::LockWaits => Layout::V1,
+                    RecordKind::LockWaitsV2 => Layout::V2,
+                    _ => Layout::V3,
                 };
                 let events = chunk::decode_lock_waits(&self.raw, item_count, layout)
                     .map_err(undecodable("lock-wait chunk"))?;

@@ -51,6 +51,44 @@ pub struct LockWait {
     pub op: Option<OpKind>,
     /// ...and that operation's client (0 when `op` is `None`).
     pub op_client: u64,
+    /// Who held the lock when the wait began (format 1.3 on): a mutex's or rwsem's owner.
+    pub owner: LockOwner,
+}
+
+/// What a waiter found of the lock's owner at contention_begin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockOwner {
+    /// Not recorded: a lock type that keeps no owner (spinning locks), owners not asked for,
+    /// or a file older than format 1.3.
+    #[default]
+    Unknown,
+    /// Nobody: the holder let go between the waiter's failed attempt and the read.
+    Free,
+    /// An rwsem held by readers (which ones, the kernel does not keep).
+    Readers,
+    /// A thread held it.
+    Thread(Owner),
+}
+
+impl LockOwner {
+    /// The owning thread, when a thread held the lock.
+    pub fn thread(self) -> Option<Owner> {
+        match self {
+            Self::Thread(owner) => Some(owner),
+            _ => None,
+        }
+    }
+}
+
+/// A thread holding a lock, as a waiter found it at contention_begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    /// The holder's thread id...
+    pub tid: u32,
+    /// ...its process id...
+    pub tgid: u32,
+    /// ...and the dm-bufio operation it was inside.
+    pub op: Option<OpKind>,
 }
 
 impl LockWait {

@@ -93,11 +93,12 @@ fn layout(bytes: &[u8]) -> (u64, Vec<Layout>) {
         let Some(record) = reader.next_record().unwrap() else {
             break;
         };
-        let (kind, items) = match &record {
-            Record::LockWaits(w) => (RecordKind::LockWaitsV2, w.len() as u32),
-            Record::BufioOps(o) => (RecordKind::BufioOpsV2, o.len() as u32),
-            Record::Metadata(_) => (RecordKind::Metadata, 1),
-            Record::End(_) => (RecordKind::End, 1),
+        // The kind as the record's header says (byte 4), the items as read.
+        let kind = RecordKind::from_u8(bytes[offset as usize + 4]).expect("a known kind");
+        let items = match &record {
+            Record::LockWaits(w) => w.len() as u32,
+            Record::BufioOps(o) => o.len() as u32,
+            Record::Metadata(_) | Record::End(_) => 1,
         };
         records.push(Layout {
             offset,
@@ -148,7 +149,7 @@ fn contents(bytes: &[u8]) -> Contents {
 fn lost(record: &Layout) -> LostCounts {
     let n = u64::from(record.items);
     match record.kind {
-        RecordKind::LockWaits | RecordKind::LockWaitsV2 => LostCounts {
+        RecordKind::LockWaits | RecordKind::LockWaitsV2 | RecordKind::LockWaitsV3 => LostCounts {
             lock_waits: n,
             ..LostCounts::default()
         },

@@ -6,8 +6,8 @@
 use std::{fs, path::PathBuf};
 
 use bufscope_trace::{
-    BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, Record, Symbol, TraceHeader,
-    TraceReader, TraceWriter,
+    BufioOp, ClientLocks, LockOwner, LockWait, Metadata, OpKind, OpResult, Owner, Record, Symbol,
+    TraceHeader, TraceReader, TraceWriter,
 };
 
 fn frozen_header() -> TraceHeader {
@@ -298,4 +298,66 @@ fn format_1_2_reads_back_exactly() {
     assert_eq!(metadata, frozen_1_2_metadata());
     let end = end.expect("end record");
     assert_eq!((end.lock_waits, end.bufio_ops), (120, 202));
+}
+
+/// 1.3: lock waits with the lock's owner (thread, process, and the operation it was in).
+fn frozen_1_3_events() -> Vec<LockWait> {
+    frozen_1_2_events()
+        .into_iter()
+        .take(90)
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.owner = match i % 6 {
+                3 => LockOwner::Unknown,
+                4 => LockOwner::Free,
+                5 => LockOwner::Readers,
+                _ => LockOwner::Thread(Owner {
+                    tid: 4100 + (i % 5) as u32,
+                    tgid: [4100, 77][i % 2],
+                    op: (i % 4 == 0).then_some(OpKind::WriteDirty),
+                }),
+            };
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn format_1_3_reads_back_exactly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-1.3.bftrace");
+    if !path.exists() && std::env::var_os("BUFSCOPE_WRITE_GOLDEN").is_some() {
+        let file = fs::File::create(&path).unwrap();
+        let options = bufscope_trace::WriterOptions {
+            chunk_events: 40,
+            zstd_level: 3,
+        };
+        let mut writer = TraceWriter::with_options(file, &frozen_header(), options).unwrap();
+        for e in frozen_1_3_events() {
+            writer.push(e).unwrap();
+        }
+        for op in frozen_1_2_ops() {
+            writer.push_op(op).unwrap();
+        }
+        for m in frozen_1_2_metadata() {
+            writer.write_metadata(&m).unwrap();
+        }
+        writer.finish(1_795_460_040_000_000_000).unwrap();
+    }
+    let mut reader = TraceReader::open(&path)
+        .unwrap_or_else(|e| panic!("the frozen 1.3 file must be readable: {e}"));
+    assert_eq!(reader.format_version(), (1, 3));
+    let (mut events, mut ops, mut metadata, mut end) = (Vec::new(), Vec::new(), Vec::new(), None);
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            Record::LockWaits(chunk) => events.extend(chunk),
+            Record::BufioOps(chunk) => ops.extend(chunk),
+            Record::Metadata(m) => metadata.push(m),
+            Record::End(e) => end = Some(e),
+        }
+    }
+    assert_eq!(events, frozen_1_3_events());
+    assert_eq!(ops, frozen_1_2_ops());
+    assert_eq!(metadata, frozen_1_2_metadata());
+    let end = end.expect("end record");
+    assert_eq!((end.lock_waits, end.bufio_ops), (90, 202));
 }

@@ -4,8 +4,8 @@
 mod common;
 
 use bufscope_trace::{
-    BufioOp, LockWait, Metadata, OpKind, OpResult, Record, Thread, TraceReader, TraceWriter,
-    WriterOptions,
+    BufioOp, LockOwner, LockWait, Metadata, OpKind, OpResult, Owner, Record, Thread, TraceReader,
+    TraceWriter, WriterOptions,
 };
 use proptest::prelude::*;
 
@@ -26,10 +26,35 @@ fn any_event() -> impl Strategy<Value = LockWait> {
             proptest::option::of(any::<u32>()),
             proptest::option::of(0usize..OpKind::ALL.len()),
             prop_oneof![Just(0u64), any::<u64>(), Just(0xffff_8881_0000_0000u64)],
+            prop_oneof![
+                Just(LockOwner::Unknown),
+                Just(LockOwner::Free),
+                Just(LockOwner::Readers),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    proptest::option::of(0usize..OpKind::ALL.len()),
+                )
+                    .prop_map(|(tid, tgid, op)| LockOwner::Thread(Owner {
+                        tid,
+                        tgid,
+                        op: op.map(|i| OpKind::ALL[i]),
+                    })),
+            ],
         ),
     )
         .prop_map(
-            |(start_ns, wait_ns, lock_addr, tid, tgid, cpu, flags, ret, (stack_id, op, client))| {
+            |(
+                start_ns,
+                wait_ns,
+                lock_addr,
+                tid,
+                tgid,
+                cpu,
+                flags,
+                ret,
+                (stack_id, op, client, owner),
+            )| {
                 LockWait {
                     start_ns,
                     wait_ns,
@@ -42,6 +67,7 @@ fn any_event() -> impl Strategy<Value = LockWait> {
                     stack_id,
                     op: op.map(|i| OpKind::ALL[i]),
                     op_client: if op.is_some() { client } else { 0 },
+                    owner,
                 }
             },
         )

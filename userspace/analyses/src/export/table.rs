@@ -8,7 +8,7 @@
 use std::{collections::HashSet, io::Write, sync::Arc};
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::OpResult;
+use bufscope_trace::{LockOwner, OpResult};
 use parquet::{
     basic::{Compression, ZstdLevel},
     data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
@@ -130,6 +130,32 @@ pub const COLUMNS: &[Column] = &[
         "INT64 (UINT_64), null",
         "bufio_op: time holding the client mutex inside it",
     ),
+    col(
+        "owner_state",
+        "BYTE_ARRAY (UTF8), null",
+        "lock_wait (mutex, rwsem): \"thread\" (the owner_ columns say which), \"free\" (let go \
+         as the wait began) or \"readers\"; null where not known",
+    ),
+    col(
+        "owner_tid",
+        "INT32 (UINT_32), null",
+        "lock_wait: the thread holding the lock when the wait began (mutex, rwsem writer)",
+    ),
+    col(
+        "owner_tgid",
+        "INT32 (UINT_32), null",
+        "lock_wait: that holder's process id",
+    ),
+    col(
+        "owner_comm",
+        "BYTE_ARRAY (UTF8), null",
+        "lock_wait: that holder's thread name, where the trace has it",
+    ),
+    col(
+        "owner_op",
+        "BYTE_ARRAY (UTF8), null",
+        "lock_wait: the dm-bufio function that holder was inside",
+    ),
 ];
 
 const fn col(name: &'static str, parquet: &'static str, doc: &'static str) -> Column {
@@ -163,6 +189,11 @@ pub struct EventRow {
     pub arg1: Option<u32>,
     pub mutex_wait_ns: Option<u64>,
     pub mutex_hold_ns: Option<u64>,
+    pub owner_state: Option<&'static str>,
+    pub owner_tid: Option<u32>,
+    pub owner_tgid: Option<u32>,
+    pub owner_comm: Option<String>,
+    pub owner_op: Option<&'static str>,
 }
 
 /// The trace's rows: lock waits, then operations (each in file order).
@@ -197,6 +228,20 @@ pub fn rows(trace: &TraceData) -> impl Iterator<Item = EventRow> + '_ {
             device: (w.op.is_some() && w.op_client != 0)
                 .then(|| device(w.op_client))
                 .flatten(),
+            owner_state: match w.owner {
+                LockOwner::Unknown => None,
+                LockOwner::Free => Some("free"),
+                LockOwner::Readers => Some("readers"),
+                LockOwner::Thread(_) => Some("thread"),
+            },
+            owner_tid: w.owner.thread().map(|o| o.tid),
+            owner_tgid: w.owner.thread().map(|o| o.tgid),
+            owner_comm: w
+                .owner
+                .thread()
+                .and_then(|o| trace.thread_name(o.tid))
+                .map(str::to_string),
+            owner_op: w.owner.thread().and_then(|o| o.op).map(|k| k.function()),
             ..base.clone()
         }
     });
@@ -319,6 +364,11 @@ fn column_values(name: &str, rows: &[EventRow]) -> Values {
         "arg1" => u32s(&|r| r.arg1),
         "mutex_wait_ns" => u64s(&|r| r.mutex_wait_ns),
         "mutex_hold_ns" => u64s(&|r| r.mutex_hold_ns),
+        "owner_state" => text(&|r| r.owner_state),
+        "owner_tid" => u32s(&|r| r.owner_tid),
+        "owner_tgid" => u32s(&|r| r.owner_tgid),
+        "owner_comm" => text(&|r| r.owner_comm.as_deref()),
+        "owner_op" => text(&|r| r.owner_op),
         other => unreachable!("column {other} has no values"),
     }
 }

@@ -2,7 +2,9 @@
 //! client's operations, a design's results), and helpers to draw it on a test backend.
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, Symbol};
+use bufscope_trace::{
+    BufioOp, ClientLocks, LockOwner, LockWait, Metadata, OpKind, OpResult, Owner, Symbol,
+};
 use ratatui::{Terminal, backend::TestBackend};
 
 use super::draw;
@@ -39,6 +41,7 @@ pub(crate) fn wait(
         stack_id: Some(stack),
         op,
         op_client: if op.is_some() { CLIENT } else { 0 },
+        owner: LockOwner::Unknown,
     }
 }
 
@@ -138,23 +141,38 @@ pub(crate) fn fixture() -> Model {
             sym(STATIC_LOCK, "rcu_state", None, false),
         ],
     });
+    // The mutex's holders: mostly the dirtier writing back, then a reader; some found free.
+    let dirtier = LockOwner::Thread(Owner {
+        tid: 102,
+        tgid: 100,
+        op: Some(OpKind::WriteDirty),
+    });
+    let reader = LockOwner::Thread(Owner {
+        tid: 101,
+        tgid: 100,
+        op: Some(OpKind::Get),
+    });
     for i in 0..300u64 {
-        m.add_wait(&wait(
+        let mut w = wait(
             MUTEX,
             LockFlags::MUTEX,
             20_000 + i * 100,
             1,
             Some(OpKind::Get),
-        ));
+        );
+        w.owner = [dirtier, dirtier, reader, LockOwner::Free][i as usize % 4];
+        m.add_wait(&w);
     }
     for i in 0..120u64 {
-        m.add_wait(&wait(
+        let mut w = wait(
             MUTEX,
             LockFlags::MUTEX,
             60_000 + i * 500,
             2,
             Some(OpKind::Release),
-        ));
+        );
+        w.owner = dirtier;
+        m.add_wait(&w);
     }
     for _ in 0..40 {
         m.add_wait(&wait(STATIC_LOCK, LockFlags::SPIN, 3_000, 1, None));

@@ -171,6 +171,13 @@ pub(super) fn draw_lock_detail(
             Span::styled(format!("{} waits", thousands(*waits)), dim),
         ]));
     }
+    for (holder, waits) in &row.holders {
+        lines.push(Line::from(vec![
+            Span::styled("holder ", dim),
+            Span::raw(format!("{holder}  ")),
+            Span::styled(format!("{} waits", thousands(*waits)), dim),
+        ]));
+    }
     lines.push(Line::styled("Enter: every stack of this lock", dim));
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }

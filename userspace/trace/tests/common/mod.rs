@@ -3,8 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use bufscope_trace::{
-    BufioOp, ClientLocks, LockWait, Metadata, OpKind, OpResult, TraceHeader, TraceWriter,
-    WriterOptions,
+    BufioOp, ClientLocks, LockOwner, LockWait, Metadata, OpKind, OpResult, Owner, TraceHeader,
+    TraceWriter, WriterOptions,
 };
 
 pub fn header() -> TraceHeader {
@@ -35,6 +35,16 @@ pub fn events(n: usize) -> Vec<LockWait> {
             stack_id: (i % 3 != 0).then_some((i % 5) as u32),
             op: (i % 2 == 0).then_some(OpKind::Read),
             op_client: if i % 2 == 0 { 0xffff_8881_5000_0000 } else { 0 },
+            owner: match i % 5 {
+                0 => LockOwner::Unknown,
+                1 => LockOwner::Free,
+                2 => LockOwner::Readers,
+                _ => LockOwner::Thread(Owner {
+                    tid: 1000 + ((i + 1) % 8) as u32,
+                    tgid: 1000,
+                    op: (i % 4 == 0).then_some(OpKind::WriteDirty),
+                }),
+            },
         })
         .collect()
 }
