@@ -157,6 +157,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .init();
+    // Commands that print and end (info, report, ...) stop quietly when their reader goes away
+    // (`bufscope info F | head`), as other command-line tools do; record and live keep writing
+    // their files whatever happens to a pipe.
+    if !matches!(cli.command, Command::Record { .. } | Command::Live(_)) {
+        // SAFETY: restoring the default disposition of a signal; no handler is involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Record {
             output,

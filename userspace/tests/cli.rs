@@ -881,3 +881,39 @@ fn report_ops_refuses_what_it_cannot_show_and_names_the_file() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `bufscope export F -o - | head -1`: the reader goes away after one line of megabytes, and
+/// bufscope stops quietly (killed by SIGPIPE, as other tools are), without a panic's message.
+#[test]
+fn a_reader_that_goes_away_stops_the_output_quietly() {
+    use std::{
+        io::{BufRead, BufReader},
+        os::unix::process::ExitStatusExt,
+        process::Stdio,
+    };
+    for format in ["csv", "json"] {
+        let mut child = bufscope()
+            .arg("export")
+            .arg(sample("6.1-thin-hotspot.bftrace"))
+            .args(["--format", format, "-o", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bufscope runs");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!first.is_empty(), "{format}: no first line");
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        // Far more than a pipe holds was left to write: SIGPIPE ended it.
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{format}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

@@ -15,7 +15,9 @@ pub use bufio::{
     BufioOffsets, BufioOpEvent, ClientEvent, HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig,
     WaitHist, WaitHistKey, op, result,
 };
-pub use lock::{LockClass, LockFlags, LockWaitEvent, TaskOffsets, TracepointOffsets, owner};
+pub use lock::{
+    LockClass, LockFlags, LockWaitEvent, TaskOffsets, ThinOffsets, TracepointOffsets, owner,
+};
 pub use stats::Counter;
 
 /// The kind tag that starts every record in the event ring buffer.
@@ -75,6 +77,10 @@ pub mod names {
     pub const PROBE_CONFIG_GLOBAL: &str = "PROBE_CONFIG";
     /// Global [`TaskOffsets`](crate::TaskOffsets).
     pub const TASK_OFFSETS_GLOBAL: &str = "TASK_OFFSETS";
+    /// Global [`ThinOffsets`](crate::ThinOffsets).
+    pub const THIN_OFFSETS_GLOBAL: &str = "THIN_OFFSETS";
+    /// The kprobe on dm-thin's metadata functions that names each pool's root_lock.
+    pub const THIN_METADATA_PROGRAM: &str = "thin_metadata";
     /// LRU hash of [`LockClass`](crate::LockClass) by lock address.
     pub const LOCK_CLASSES_MAP: &str = "LOCK_CLASSES";
     /// Global [`BufioOffsets`](crate::BufioOffsets).

@@ -160,14 +160,15 @@ impl TaskOffsets {
 }
 
 /// What a lock turned out to be, by its address in the `LOCK_CLASSES` map: found when one of
-/// its waiters waited on its own process's lock of that kind, or on its own CPU's runqueue.
+/// its waiters waited on its own process's lock of that kind, or on its own CPU's runqueue, or
+/// when dm-thin handed a pool's metadata to one of the functions the thin probe watches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockClass {
     /// [`LockClass::MMAP_LOCK`], [`LockClass::SIGLOCK`] or [`LockClass::RQ_LOCK`].
     pub class: u32,
     /// Whose lock: the process (the waiter's tgid) for mmap_lock and siglock, the CPU for a
-    /// runqueue's.
+    /// runqueue's, the metadata device (its kernel `dev_t`) for a dm-thin pool's.
     pub whose: u32,
 }
 assert_layout!(LockClass, size = 8, align = 4, fields = [u32, u32]);
@@ -179,6 +180,9 @@ impl LockClass {
     pub const SIGLOCK: u32 = 2;
     /// A CPU's runqueue lock (`rq->__lock`): wake-ups and scheduling on that CPU.
     pub const RQ_LOCK: u32 = 3;
+    /// A dm-thin pool's metadata `root_lock` (an rwsem: mapping lookups read, inserts and
+    /// commits write); `whose` is the metadata device's `dev_t`.
+    pub const THIN_ROOT_LOCK: u32 = 4;
 
     /// The lock's kind as perf lock contention names it.
     pub const fn kind_name(self) -> &'static str {
@@ -186,9 +190,40 @@ impl LockClass {
             Self::MMAP_LOCK => "mmap_lock",
             Self::SIGLOCK => "siglock",
             Self::RQ_LOCK => "rq",
+            Self::THIN_ROOT_LOCK => "dm-thin metadata root_lock",
             _ => "?",
         }
     }
+}
+
+/// Offsets into dm-thin's `struct dm_pool_metadata` (from the dm_thin_pool module's BTF) and
+/// `struct block_device` (vmlinux), by which the thin probe names a pool's metadata root_lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinOffsets {
+    /// `dm_pool_metadata.root_lock` (a `struct rw_semaphore`).
+    pub pmd_root_lock: u32,
+    /// `dm_pool_metadata.bdev` (the metadata device's `struct block_device *`).
+    pub pmd_bdev: u32,
+    /// `block_device.bd_dev` (a `dev_t`).
+    pub bdev_dev: u32,
+    pub reserved: u32,
+}
+assert_layout!(
+    ThinOffsets,
+    size = 16,
+    align = 4,
+    fields = [u32, u32, u32, u32]
+);
+
+impl ThinOffsets {
+    /// The eBPF global's initial value: the thin probe is attached only with real offsets.
+    pub const UNSET: Self = Self {
+        pmd_root_lock: TaskOffsets::ABSENT,
+        pmd_bdev: TaskOffsets::ABSENT,
+        bdev_dev: TaskOffsets::ABSENT,
+        reserved: 0,
+    };
 }
 
 /// The `flags` argument of `lock:contention_begin` (include/trace/events/lock.h, LCB_F_*).
@@ -255,6 +290,8 @@ mod user {
     unsafe impl aya::Pod for super::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LockClass {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThinOffsets {}
 }
 
 #[cfg(test)]

@@ -362,8 +362,9 @@ fn classify(lock_addr: u64, flags: u32) {
     note_class(lock_addr, class, tgid);
 }
 
+/// Notes what the lock at `lock_addr` is, the first time only.
 #[inline(always)]
-fn note_class(lock_addr: u64, class: u32, whose: u32) {
+pub(crate) fn note_class(lock_addr: u64, class: u32, whose: u32) {
     // SAFETY: a plain read; the value is only compared against None.
     if unsafe { LOCK_CLASSES.get(lock_addr) }.is_some() {
         return;

@@ -8,7 +8,9 @@
 //! operations are folded into [`maps::OP_STATS`] when they return. When user space streams,
 //! waits, operations and first-seen clients also go to the ring buffer [`maps::EVENTS`]. Anything
 //! nested, repeated, unpaired or lost is only counted ([`maps::COUNTERS`]), never turned into a
-//! duration. User space sets the globals below before load.
+//! duration. The thin probe ([`thin`]) names dm-thin pools' metadata locks in
+//! [`maps::LOCK_CLASSES`], as contention_begin names mmap_locks, siglocks and runqueues. User
+//! space sets the globals below before load.
 
 #![no_std]
 #![no_main]
@@ -17,9 +19,10 @@ mod bufio_ops;
 mod contention;
 mod current;
 mod maps;
+mod thin;
 
 use aya_ebpf::Global;
-use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, TracepointOffsets};
+use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets};
 
 /// Field offsets of the classic tracepoints, from this kernel's format files.
 #[unsafe(no_mangle)]
@@ -36,6 +39,10 @@ static BUFIO_OFFSETS: Global<BufioOffsets> = Global::new(BufioOffsets::UNSET);
 /// Field offsets into the kernel's task structs, from vmlinux BTF, to classify locks.
 #[unsafe(no_mangle)]
 static TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets::UNSET);
+
+/// Field offsets into dm-thin's pool metadata, from the dm_thin_pool module's BTF.
+#[unsafe(no_mangle)]
+static THIN_OFFSETS: Global<ThinOffsets> = Global::new(ThinOffsets::UNSET);
 
 #[cfg(not(test))]
 #[panic_handler]

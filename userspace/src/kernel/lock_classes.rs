@@ -3,10 +3,14 @@
 //! them. contention_begin compares the lock with the waiter's own `task->mm->mmap_lock` and
 //! `task->sighand->siglock`, at the offsets read here from vmlinux BTF, and notes the lock in
 //! the `LOCK_CLASSES` map; the names go into trace files as symbols, and into the live view.
-//! The same offsets let contention_begin read a mutex's or rwsem's owner.
+//! The same offsets let contention_begin read a mutex's or rwsem's owner. dm-thin pools'
+//! metadata root_locks are named by the thin probe, from offsets in dm_thin_pool's BTF
+//! ([`thin_offsets`]).
+
+use std::path::Path;
 
 use btf_rs::Btf;
-use bufscope_abi::{LockClass, TaskOffsets};
+use bufscope_abi::{ClientEvent, LockClass, TaskOffsets, ThinOffsets};
 use bufscope_trace::Symbol;
 
 use super::bufio::{BtfLayoutError, VMLINUX_BTF, field, find_struct};
@@ -68,11 +72,58 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
     })
 }
 
+/// dm-thin's pool-metadata module, whose split BTF has `struct dm_pool_metadata`.
+pub const THIN_MODULE_BTF: &str = "/sys/kernel/btf/dm_thin_pool";
+
+/// dm-thin functions that take a pool's metadata first and run rarely: a commit (each second
+/// while the pool changes), status queries (`dmsetup status`, lvm's monitoring) and the free
+/// space checks of provisioning. The thin probe names the pool's root_lock from any of them.
+pub const THIN_METADATA_FUNCTIONS: [&str; 4] = [
+    "dm_pool_commit_metadata",
+    "dm_pool_get_metadata_transaction_id",
+    "dm_pool_get_free_block_count",
+    "dm_pool_get_free_metadata_block_count",
+];
+
+/// The offsets the thin probe needs: `dm_pool_metadata`'s from dm_thin_pool's split BTF (or
+/// vmlinux's, when dm-thin is built in), `block_device.bd_dev` from vmlinux.
+pub fn thin_offsets() -> Result<ThinOffsets, BtfLayoutError> {
+    let base = Btf::from_file(VMLINUX_BTF).map_err(|cause| BtfLayoutError::Read {
+        path: VMLINUX_BTF,
+        cause,
+    })?;
+    let bdev = find_struct(&base, "block_device")?;
+    let bdev_dev = field(&base, &bdev, "bd_dev")?.0;
+    let module;
+    let btf = if Path::new(THIN_MODULE_BTF).exists() {
+        module =
+            Btf::from_split_file(THIN_MODULE_BTF, &base).map_err(|cause| BtfLayoutError::Read {
+                path: THIN_MODULE_BTF,
+                cause,
+            })?;
+        &module
+    } else {
+        &base
+    };
+    let pmd = find_struct(btf, "dm_pool_metadata")?;
+    Ok(ThinOffsets {
+        pmd_root_lock: field(btf, &pmd, "root_lock")?.0,
+        pmd_bdev: field(btf, &pmd, "bdev")?.0,
+        bdev_dev,
+        reserved: 0,
+    })
+}
+
 /// A classified lock's name: "mmap_lock (4242 postgres)", with the process's name where known,
-/// or a runqueue's with its CPU, "rq 3".
+/// a runqueue's with its CPU, "rq 3", or a dm-thin pool's with its metadata device,
+/// "dm-thin 253:0 metadata root_lock".
 pub fn class_lock_name(class: LockClass, process_name: Option<&str>) -> String {
     match (class.class, process_name) {
         (LockClass::RQ_LOCK, _) => format!("rq {}", class.whose),
+        (LockClass::THIN_ROOT_LOCK, _) => {
+            let (major, minor) = ClientEvent::major_minor(class.whose);
+            format!("dm-thin {major}:{minor} metadata root_lock")
+        }
         (_, Some(name)) => format!("{} ({} {name})", class.kind_name(), class.whose),
         (_, None) => format!("{} ({})", class.kind_name(), class.whose),
     }
@@ -86,7 +137,7 @@ pub fn class_symbols(classes: &[(u64, LockClass)]) -> Vec<Symbol> {
         .map(|&(addr, class)| Symbol {
             addr,
             name: match class.class {
-                LockClass::RQ_LOCK => class_lock_name(class, None),
+                LockClass::RQ_LOCK | LockClass::THIN_ROOT_LOCK => class_lock_name(class, None),
                 _ => class_lock_name(class, process_name(class.whose).as_deref()),
             },
             module: None,
@@ -125,6 +176,15 @@ mod tests {
             whose: 3,
         };
         assert_eq!(class_lock_name(rq, Some("ignored")), "rq 3");
+        // A kernel dev_t: major in the top 12 bits, minor in the low 20.
+        let thin = LockClass {
+            class: LockClass::THIN_ROOT_LOCK,
+            whose: (253 << 20) | 4,
+        };
+        assert_eq!(
+            class_lock_name(thin, None),
+            "dm-thin 253:4 metadata root_lock"
+        );
     }
 
     #[test]

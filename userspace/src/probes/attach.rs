@@ -12,7 +12,7 @@ use aya::{
     maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
 };
-use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, TracepointOffsets, names};
+use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets, names};
 
 use super::{
     AttachMode, AttachedAs, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError,
@@ -219,9 +219,12 @@ impl LockProbes {
                 Some(format!("mmap_lock and siglock are not named: {e}")),
             ),
         };
+        // dm-thin pools' metadata locks are named where dm-thin is there to name.
+        let thin_offsets = lock_classes::thin_offsets();
         let offsets = Offsets {
             bufio: bufio_offsets,
             task: task_offsets,
+            thin: thin_offsets.as_ref().map_or(ThinOffsets::UNSET, |o| *o),
         };
         let mut probes = match options.mode {
             AttachMode::TpBtf => Self::attach_tp_btf(&options, &offsets),
@@ -246,6 +249,19 @@ impl LockProbes {
         }
         // The programs hold their maps now; these descriptors were only for loading them.
         drop(maps);
+        match thin_offsets {
+            Ok(_) => {
+                if let Err(why) = probes.attach_thin() {
+                    probes
+                        .notes
+                        .push(format!("dm-thin metadata locks are not named: {why}"));
+                }
+            }
+            Err(e) if std::path::Path::new(lock_classes::THIN_MODULE_BTF).exists() => probes
+                .notes
+                .push(format!("dm-thin metadata locks are not named: {e}")),
+            Err(_) => {}
+        }
         probes.bufio = bufio;
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => probes.stats_fd = Some(fd),
@@ -348,6 +364,39 @@ impl LockProbes {
     /// Attaches every dm-bufio point the kernel has; records why each other one is missing.
     /// Each point is traced with fentry/fexit where that works ([`fentry`]), else with kprobes,
     /// unless `how` asks for one kind only.
+    /// The thin probe on each of dm-thin's rarely called metadata functions this kernel has,
+    /// then one status query of every thin pool (as `dmsetup status` does, where dmsetup is
+    /// installed), so that a pool is named at once even while nothing commits. `Err` says why
+    /// no function could be probed.
+    fn attach_thin(&mut self) -> Result<(), String> {
+        let ebpf = self.ebpf.as_mut().ok_or("no eBPF object")?;
+        let program = names::THIN_METADATA_PROGRAM;
+        let p: &mut KProbe = ebpf
+            .program_mut(program)
+            .ok_or(format!("{program} is not in the eBPF object"))?
+            .try_into()
+            .map_err(|e: ProgramError| error_chain(&e))?;
+        p.load()
+            .map_err(|e| format!("loading {program}: {}", error_chain(&e)))?;
+        let mut failed = Vec::new();
+        let mut attached = 0;
+        for function in lock_classes::THIN_METADATA_FUNCTIONS {
+            match p.attach(function, 0) {
+                Ok(_) => attached += 1,
+                Err(e) => failed.push(format!("{function}: {}", error_chain(&e))),
+            }
+        }
+        if attached == 0 {
+            return Err(failed.join("; "));
+        }
+        let _ = std::process::Command::new("dmsetup")
+            .args(["status", "--target", "thin-pool"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        Ok(())
+    }
+
     fn attach_bufio(
         &mut self,
         symbols: &Symbols,
@@ -672,6 +721,7 @@ fn attach_return(
 struct Offsets {
     bufio: BufioOffsets,
     task: TaskOffsets,
+    thin: ThinOffsets,
 }
 
 fn load(
@@ -688,6 +738,7 @@ fn load(
         .override_global(names::PROBE_CONFIG_GLOBAL, &config, true)
         .override_global(names::BUFIO_OFFSETS_GLOBAL, &offsets.bufio, true)
         .override_global(names::TASK_OFFSETS_GLOBAL, &offsets.task, true)
+        .override_global(names::THIN_OFFSETS_GLOBAL, &offsets.thin, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .load(EBPF_OBJECT)?)
 }
@@ -721,6 +772,7 @@ mod tests {
             names::BEGIN_TP_PROGRAM,
             names::END_TP_PROGRAM,
             names::OP_RETURN_PROGRAM,
+            names::THIN_METADATA_PROGRAM,
         ]
         .into_iter()
         .chain(bufio::OPERATIONS.iter().map(|p| p.program))

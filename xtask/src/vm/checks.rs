@@ -28,6 +28,8 @@ pub struct Outcome {
     /// The largest share of get, read or release calls missing from the recording (each one
     /// counted as lost).
     pub missing_share: f64,
+    /// Thin scenarios: rwsem waits in dm_thin_find_block, all named as the pool's root_lock.
+    pub thin_root_waits: Option<u64>,
     /// Lock waits charged to a dm-bufio operation although their caller is one of dm-bufio's
     /// callers (see [`check_attribution`]).
     pub misattributed: u64,
@@ -121,6 +123,10 @@ pub struct Hotspot {
     pub recorded: ModuleRun,
     /// bufscope's dm_bufio_read durations of the hotspot threads (role `bufio_hot`).
     pub by_bufscope: Acquisitions,
+    /// The hotspot threads' waits on the client's dm-bufio locks whose owner was the dirtier,
+    /// and those whose owner was any thread.
+    pub held_by_dirtier: u64,
+    pub held_by_threads: u64,
 }
 
 /// One row of `bufscope report --ops --json`.
@@ -197,11 +203,86 @@ fn check_hotspot(
         module_mean / 1e3,
         HOTSPOT_TOLERANCE * 100.0
     );
+    let (held_by_dirtier, held_by_threads) = check_holders(kernel, bufscope, trace, &recorded)?;
     Ok(Hotspot {
         alone,
         recorded,
         by_bufscope,
+        held_by_dirtier,
+        held_by_threads,
     })
+}
+
+/// Who held the dm-bufio locks the hotspot threads waited on, as bufscope read the owners:
+/// every owning thread must be one of the module's own 17 (nothing else uses that client), and
+/// the dirtier must be among them, named with the operation it was in. Returns the waits held
+/// by the dirtier and by any thread.
+fn check_holders(
+    kernel: &str,
+    bufscope: &Path,
+    trace: &Path,
+    recorded: &ModuleRun,
+) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new(bufscope)
+        .args([
+            "report",
+            "--by",
+            "owner",
+            "--lock",
+            "dm-bufio",
+            "--comm",
+            "bufio_hot",
+        ])
+        .args(["--top", "0", "--json"])
+        .arg(trace)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{kernel} bufio-hotspot: bufscope report --by owner failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rows: Vec<(String, u64)> = report["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap_or("").to_string();
+            (name, r["contended"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    // Thread owners are named "PID NAME in OPERATION"; the rest "(free ...)", "(held by ...)".
+    let pid_of = |name: &str| name.split(' ').next()?.parse::<u32>().ok();
+    let module: Vec<u32> = recorded.threads.iter().map(|t| t.pid).collect();
+    let dirtier = recorded
+        .threads
+        .iter()
+        .find(|t| !t.hotspot)
+        .map(|t| t.pid)
+        .context("the module reported no dirtier")?;
+    let strangers: Vec<&(String, u64)> = rows
+        .iter()
+        .filter(|(name, _)| pid_of(name).is_some_and(|pid| !module.contains(&pid)))
+        .collect();
+    ensure!(
+        strangers.is_empty(),
+        "{kernel} bufio-hotspot: the hotspot threads waited on dm-bufio locks held by threads          outside the module ({module:?}): {strangers:?}"
+    );
+    let held = |keep: &dyn Fn(u32) -> bool| -> u64 {
+        rows.iter()
+            .filter(|(name, _)| pid_of(name).is_some_and(keep))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (by_dirtier, by_threads) = (held(&|pid| pid == dirtier), held(&|_| true));
+    let dirtier_named = rows.iter().any(|(name, n)| {
+        *n > 0 && name.starts_with(&format!("{dirtier} bufio_dirty in dm_bufio_"))
+    });
+    ensure!(
+        dirtier_named,
+        "{kernel} bufio-hotspot: the dirtier ({dirtier}) is not named among the owners of the          locks the hotspot threads waited on: {rows:?}"
+    );
+    Ok((by_dirtier, by_threads))
 }
 
 /// What the dm-bufio probes recorded in one guest, summed over its clients.
@@ -309,6 +390,13 @@ pub fn check_results(
         );
     }
     let misattributed = check_attribution(kernel, scenario, bufscope, &trace, preemptible_bpf)?;
+    let thin_root_waits = if scenario == "thin-hotspot" || scenario == "small-cache" {
+        Some(check_thin_names(
+            kernel, scenario, bufscope, &trace, results,
+        )?)
+    } else {
+        None
+    };
     let hotspot = if scenario == "bufio-hotspot" {
         Some(check_hotspot(kernel, results, bufscope, &trace)?)
     } else {
@@ -351,7 +439,67 @@ pub fn check_results(
         missing_share,
         misattributed,
         hotspot,
+        thin_root_waits,
     })
+}
+
+/// dm-thin's metadata root_lock is taken by `dm_thin_find_block` (for reading) and by inserts
+/// and commits (for writing): every rwsem wait with that function in its stack must be named
+/// "dm-thin M:m metadata root_lock", M:m the pool's metadata device (loop0 in the guest).
+/// Returns how many there were.
+fn check_thin_names(
+    kernel: &str,
+    scenario: &str,
+    bufscope: &Path,
+    trace: &Path,
+    results: &Path,
+) -> anyhow::Result<u64> {
+    let out = Command::new(bufscope)
+        .args(["report", "--by", "lock", "--top", "0", "--json"])
+        .args([
+            "--stack",
+            "dm_thin_find_block",
+            "--type",
+            "rwsem:R",
+            "--type",
+            "rwsem:W",
+        ])
+        .arg(trace)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        ensure!(
+            stderr.contains("match the filters"),
+            "{kernel} {scenario}: bufscope report --stack dm_thin_find_block failed: {stderr}"
+        );
+        return Ok(0);
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // The metadata device: the first loop device (devices.txt lists "major:minor sectors").
+    let devices = fs::read_to_string(results.join("devices.txt"))?;
+    let metadata = devices
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|d| d.starts_with("7:"))
+        .unwrap_or("7:0")
+        .to_string();
+    let expected = format!("dm-thin {metadata} metadata root_lock");
+    let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    let count = |keep: &dyn Fn(&str) -> bool| -> u64 {
+        rows.iter()
+            .filter(|r| keep(r["name"].as_str().unwrap_or("")))
+            .map(|r| r["contended"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (all, named) = (count(&|_| true), count(&|name| name == expected));
+    ensure!(
+        named == all,
+        "{kernel} {scenario}: {named} of {all} rwsem waits in dm_thin_find_block named          {expected:?}; the rows: {:?}",
+        rows.iter()
+            .map(|r| (r["name"].clone(), r["contended"].clone()))
+            .collect::<Vec<_>>()
+    );
+    Ok(all)
 }
 
 /// What the dm-bufio probes recorded: operations of the expected kinds on blocks inside their

@@ -103,7 +103,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8}  {:<16} kernel release",
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -118,11 +118,12 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "skipped",
         "missing",
         "misattr.",
+        "thin root",
         "dm_bufio_get as",
     );
     for r in &rows {
         println!(
-            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8}  {:<16} {}",
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>9}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -137,6 +138,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.bufio.skipped_runs,
             r.missing_share * 100.0,
             r.misattributed,
+            r.thin_root_waits.map_or("-".to_string(), |n| n.to_string()),
             r.bufio.attached_as,
             r.release
         );
@@ -184,6 +186,15 @@ fn print_hotspot(rows: &[Outcome]) {
             b.p50_ns as f64 / 1e3,
             b.p99_ns as f64 / 1e3,
             b.count,
+        );
+    }
+    for (kernel, h) in &runs {
+        println!(
+            "{kernel}: the hotspot threads' waits on the client's dm-bufio locks held by a thread: \
+             {}, by the dirtier {} ({:.1}%)",
+            h.held_by_threads,
+            h.held_by_dirtier,
+            100.0 * h.held_by_dirtier as f64 / h.held_by_threads.max(1) as f64
         );
     }
     let of = |name: &str| runs.iter().find(|(k, _)| *k == name).map(|(_, h)| *h);
