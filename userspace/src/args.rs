@@ -3,7 +3,7 @@
 //! clap parses for them (impossible numbers refused at parsing, naming the option).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -155,6 +155,11 @@ pub struct ProcessArgs {
     /// stay from every process, since the models need all of them.
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = parse_pid)]
     pub pids: Vec<u32>,
+    /// Keep only the lock waits of processes in this cgroup (v2) or its sub-cgroups, as they
+    /// come and go (checked each second): a path under /sys/fs/cgroup, e.g.
+    /// system.slice/postgresql.service (repeat for several; with --pid, either kind is kept).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Vec<PathBuf>,
     /// Keep bufscope's own lock waits too: by default the probes leave out every process whose
     /// executable is named bufscope (this one's design threads and reader, a replay running
     /// beside it).
@@ -166,7 +171,8 @@ impl ProcessArgs {
     pub fn filter(&self) -> ProcessFilter {
         ProcessFilter {
             only: self.pids.clone(),
-            only_listed: !self.pids.is_empty(),
+            only_listed: !self.pids.is_empty() || !self.cgroup.is_empty(),
+            cgroups: self.cgroup.clone(),
             include_self: self.include_self,
         }
     }
@@ -181,6 +187,28 @@ fn parse_pid(s: &str) -> Result<u32, String> {
         return Err(format!("no process {pid} is running"));
     }
     Ok(pid)
+}
+
+/// A `--cgroup`: a cgroup v2 directory, given from the hierarchy's root
+/// (`/system.slice/x.service`, as /proc/PID/cgroup and `report --by cgroup` write it, or without
+/// the leading slash) or in full (`/sys/fs/cgroup/...`).
+fn parse_cgroup(s: &str) -> Result<PathBuf, String> {
+    let root = bufscope::kernel::system::cgroup2_root().ok_or_else(|| {
+        format!("--cgroup {s}: this machine has no cgroup v2 hierarchy mounted (no cgroup2 in /proc/self/mounts)")
+    })?;
+    let path = if Path::new(s).starts_with(&root) {
+        PathBuf::from(s)
+    } else {
+        root.join(s.trim_start_matches('/'))
+    };
+    if !path.join("cgroup.procs").exists() {
+        return Err(format!(
+            "no cgroup {s}: {} has no cgroup.procs (cgroup v2 is mounted at {})",
+            path.display(),
+            root.display()
+        ));
+    }
+    Ok(path)
 }
 
 /// How a command takes a trace file with damaged records: shared by every command that reads one.

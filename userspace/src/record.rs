@@ -559,6 +559,7 @@ mod tests {
             tid,
             tgid,
             comm: "bufio_dirty".into(),
+            cgroup: None,
         };
         assert_eq!(threads, [expected], "named once, by its comm");
 

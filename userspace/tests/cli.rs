@@ -747,6 +747,7 @@ fn write_named_trace(path: &Path) {
         tid,
         tgid: 2,
         comm: comm.into(),
+        cgroup: None,
     };
     let mut threads: Vec<Thread> = (0..4)
         .map(|i| thread(100 + i, &format!("bufio_hot/{i}")))

@@ -189,3 +189,93 @@ fn a_command_is_recorded_for_its_lifetime_and_its_status_returned() {
         "a wait of this process was kept"
     );
 }
+
+/// A cgroup v2 made for one test, removed (its processes moved back to the root) on drop.
+struct ScratchCgroup {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+impl ScratchCgroup {
+    fn new() -> Option<Self> {
+        let root = bufscope::kernel::system::cgroup2_root()?;
+        let path = root.join(format!("bufscope-test-{}", std::process::id()));
+        std::fs::create_dir(&path).ok()?;
+        Some(Self { root, path })
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .expect("moving a process into the scratch cgroup");
+    }
+
+    /// Its path from the hierarchy's root, as /proc/PID/cgroup writes it.
+    fn name(&self) -> String {
+        format!("/{}", self.path.file_name().unwrap().to_str().unwrap())
+    }
+}
+
+impl Drop for ScratchCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+#[test]
+fn cgroup_keeps_only_its_processes_and_names_them() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("cgroup_keeps_only_its_processes_and_names_them") {
+        return;
+    }
+    let Some(cgroup) = ScratchCgroup::new() else {
+        common::skip(
+            "cgroup_keeps_only_its_processes_and_names_them",
+            "no cgroup v2 hierarchy to make a cgroup in",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut stress = start_stress(dir.path());
+    cgroup.enter(stress.id());
+    // Waits outside the cgroup, in this process, that must be left out.
+    let workload = PipeContention::start(4);
+    let path = dir.path().join("cgroup.bftrace");
+    // --include-self: the contending process in the cgroup is a bufscope.
+    let out = record(
+        &path,
+        &["-d", "3s", "--include-self", "--cgroup", &cgroup.name()],
+    );
+    workload.stop();
+    let _ = stress.kill();
+    let _ = stress.wait();
+    assert!(out.status.success());
+    let (waits, _) = read(&path);
+    let inside = from(&waits, stress.id());
+    assert!(inside >= 100, "{inside} waits of the process in the cgroup");
+    assert_eq!(waits.len() - inside, 0, "waits from outside the cgroup");
+    // The file says which cgroup each thread was in, and the report groups by it.
+    let report = bufscope()
+        .args(["report", "--by", "cgroup", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let rows: Vec<(String, u64)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["contended"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(cgroup.name(), inside as u64)]);
+}

@@ -24,6 +24,8 @@ pub struct Names {
     symbols: HashMap<u64, Symbol>,
     stacks: HashMap<u32, Vec<u64>>,
     threads: HashMap<u32, String>,
+    /// Threads' cgroups, where the trace has them.
+    cgroups: HashMap<u32, String>,
 }
 
 /// The role of a thread without a name.
@@ -84,6 +86,9 @@ impl Names {
             Metadata::Threads { threads } => {
                 for t in threads {
                     self.threads.insert(t.tid, t.comm.clone());
+                    if let Some(cgroup) = &t.cgroup {
+                        self.cgroups.insert(t.tid, cgroup.clone());
+                    }
                 }
             }
             _ => {}
@@ -93,6 +98,12 @@ impl Names {
     /// The thread's name, e.g. "bufio_hot/3"; `None` when the file does not name it.
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
         self.threads.get(&tid).map(String::as_str)
+    }
+
+    /// The thread's cgroup (v2, from the root), e.g. "/system.slice/postgresql.service";
+    /// `None` when the file does not say.
+    pub fn thread_cgroup(&self, tid: u32) -> Option<&str> {
+        self.cgroups.get(&tid).map(String::as_str)
     }
 
     /// A lock's owner as reports name it: a thread by its id and name, and the dm-bufio
@@ -322,6 +333,7 @@ mod tests {
             tid,
             tgid: 1,
             comm: comm.into(),
+            cgroup: None,
         };
         let mut n = names();
         n.add(&Metadata::Threads {

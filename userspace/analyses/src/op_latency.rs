@@ -133,6 +133,7 @@ pub fn build(
         GroupBy::Caller => return Err(OpLatencyError::Grouping { by: "caller" }),
         GroupBy::Type => return Err(OpLatencyError::Grouping { by: "type" }),
         GroupBy::Owner => return Err(OpLatencyError::Grouping { by: "owner" }),
+        GroupBy::Cgroup => return Err(OpLatencyError::Grouping { by: "cgroup" }),
     };
     if sort == SortKey::Type {
         return Err(OpLatencyError::Sort);
@@ -255,6 +256,7 @@ mod tests {
             tid,
             tgid: 2,
             comm: comm.into(),
+            cgroup: None,
         };
         t.add_metadata(Metadata::Threads {
             threads: vec![

@@ -34,6 +34,8 @@ pub enum GroupBy {
     /// Who held the lock when the wait began, and the dm-bufio operation it was in (mutexes
     /// and writer-held rwsems; perf lock contention -o).
     Owner,
+    /// The waiter's cgroup (v2 path), where the trace names its threads' cgroups.
+    Cgroup,
 }
 
 /// Columns to sort by (largest first; `name` and `type` alphabetically).
@@ -65,6 +67,8 @@ pub struct Filter {
     pub pids: Vec<u32>,
     /// Waits of threads whose name contains this text (the trace's thread names).
     pub comm: Option<String>,
+    /// Waits of threads whose cgroup path contains this text.
+    pub cgroup: Option<String>,
     /// Waits whose kernel stack has a frame containing this text (a function name).
     pub stack: Option<String>,
     /// Waits at least this long.
@@ -185,6 +189,14 @@ impl Filter {
         {
             return false;
         }
+        if let Some(text) = &self.cgroup
+            && !trace
+                .names
+                .thread_cgroup(w.tid)
+                .is_some_and(|cgroup| cgroup.contains(text.as_str()))
+        {
+            return false;
+        }
         if let Some(text) = &self.stack
             && !w
                 .stack_id
@@ -258,6 +270,11 @@ fn row_name(trace: &TraceData, by: GroupBy, w: &LockWait) -> String {
             (None, None) => "(no dm-bufio client)".to_string(),
         },
         GroupBy::Owner => trace.names.owner_name(&w.owner),
+        GroupBy::Cgroup => trace
+            .names
+            .thread_cgroup(w.tid)
+            .unwrap_or("(cgroup not known)")
+            .to_string(),
     }
 }
 
@@ -486,6 +503,7 @@ mod tests {
                 tid: 812,
                 tgid: 2,
                 comm: "kworker/u4:2".into(),
+                cgroup: None,
             }],
         });
         let dirtier = Owner {
@@ -565,6 +583,7 @@ mod tests {
                 tid: 12,
                 tgid: 12,
                 comm: "kworker/1:2".into(),
+                cgroup: None,
             }],
         });
         named.add_metadata(Metadata::Stack {
@@ -661,6 +680,7 @@ mod tests {
             tid,
             tgid: 1,
             comm: comm.into(),
+            cgroup: None,
         };
         t.add_metadata(Metadata::Threads {
             threads: vec![thread(10, "bufio_hot/0"), thread(11, "bufio_hot/1")],

@@ -39,12 +39,12 @@ pub struct Options {
     /// acquisitions (get, read, new; choose others with --op), by thread unless --by says
     /// otherwise (tid, role, op or client). Columns: count, total, avg, p50, p99, max (exact
     /// percentiles), and each thread's name and role.
-    #[arg(long, conflicts_with_all = ["lock", "types", "stacks", "pids", "comm", "stack", "min_wait"])]
+    #[arg(long, conflicts_with_all = ["lock", "types", "stacks", "pids", "comm", "cgroup", "stack", "min_wait"])]
     pub ops: bool,
     /// What each dm-bufio operation kind and outcome cost on the recording kernel, for the
     /// busiest client: client-mutex hold, duration net of the thread's dm-bufio lock waits, and
     /// for misses the time outside the lock (the device read); medians and means.
-    #[arg(long, conflicts_with_all = ["ops", "lock", "types", "stacks", "by", "kinds", "tids", "client", "csv", "pids", "comm", "stack", "min_wait"])]
+    #[arg(long, conflicts_with_all = ["ops", "lock", "types", "stacks", "by", "kinds", "tids", "client", "csv", "pids", "comm", "cgroup", "stack", "min_wait"])]
     pub calibration: bool,
     /// What each row is [default: lock; with --ops: tid, and only tid, role, op or client].
     #[arg(long, value_enum)]
@@ -77,6 +77,9 @@ pub struct Options {
     /// Only waits of threads whose name contains TEXT, e.g. kworker or bufio_hot.
     #[arg(long, value_name = "TEXT")]
     pub comm: Option<String>,
+    /// Only waits of threads whose cgroup (v2 path) contains TEXT, e.g. postgresql.service.
+    #[arg(long, value_name = "TEXT")]
+    pub cgroup: Option<String>,
     /// Only waits whose kernel stack has a frame containing TEXT, e.g. dm_thin_find_block.
     #[arg(long, value_name = "TEXT")]
     pub stack: Option<String>,
@@ -153,6 +156,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         client: o.client.clone(),
         pids: o.pids.clone(),
         comm: o.comm.clone(),
+        cgroup: o.cgroup.clone(),
         stack: o.stack.clone(),
         min_wait_ns: o
             .min_wait
@@ -209,6 +213,7 @@ fn grouping(by: GroupBy) -> &'static str {
         GroupBy::Type => "lock type",
         GroupBy::Client => "dm-bufio client",
         GroupBy::Owner => "lock owner",
+        GroupBy::Cgroup => "cgroup",
     }
 }
 

@@ -52,6 +52,26 @@ pub fn thread_comm(tgid: u32, tid: u32) -> Option<String> {
     Some(comm.strip_suffix('\n').unwrap_or(&comm).to_string())
 }
 
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// hybrid system), from /proc/self/mounts.
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}
+
+/// The thread's cgroup v2 path from the root ("0::/system.slice/x.service" in
+/// /proc/PID/task/TID/cgroup); `None` on a cgroup v1 only system or once the thread is gone.
+pub fn thread_cgroup(tgid: u32, tid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
 /// Thread names learned the first time a tid shows up in an event, by reading the thread's
 /// `comm` right then: one read per thread, and one set lookup per event. Events reach user space
 /// in batches, up to tens of milliseconds after they happened, so a thread that exited before
@@ -69,7 +89,12 @@ impl NewThreads {
             return None;
         }
         let comm = thread_comm(tgid, tid)?;
-        Some(bufscope_trace::Thread { tid, tgid, comm })
+        Some(bufscope_trace::Thread {
+            tid,
+            tgid,
+            comm,
+            cgroup: thread_cgroup(tgid, tid),
+        })
     }
 
     /// Whether `tid` was seen (named or not).

@@ -1019,11 +1019,13 @@ mod tests {
                     tid,
                     tgid: 1,
                     comm: format!("bufio_hot/{tid}"),
+                    cgroup: None,
                 })
                 .chain([Thread {
                     tid: 16,
                     tgid: 1,
                     comm: "bufio_dirty".into(),
+                    cgroup: None,
                 }])
                 .collect(),
         });

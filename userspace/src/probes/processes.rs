@@ -1,13 +1,17 @@
 //! Whose lock waits the probes keep: every process but bufscope's own (its design threads and
 //! the probes' reader would otherwise fill the view with their own waits), or only the processes
-//! asked for (`--pid`, a command run under `record -- CMD`).
+//! asked for (`--pid`, the processes of a cgroup `--cgroup`, a command run under
+//! `record -- CMD`).
 //!
 //! The filter lives in the eBPF `PROCESSES` map, by process id: a left-out process's
 //! contention_begin returns before any pairing, stack walk or event (counted as `filtered`).
 //! dm-bufio operations are kept from every process, since a model needs all of them to know
 //! what the cache holds.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{HashMap, MapData, MapError};
 use bufscope_abi::{ProbeConfig, process};
@@ -19,6 +23,9 @@ pub struct ProcessFilter {
     /// ([`LockProbes::keep_process`](super::LockProbes::keep_process)), when `only_listed`.
     pub only: Vec<u32>,
     pub only_listed: bool,
+    /// Only the processes in these cgroups (v2 directories under /sys/fs/cgroup, their
+    /// sub-cgroups included), as they are at each refresh, when `only_listed`.
+    pub cgroups: Vec<PathBuf>,
     /// Keep bufscope's own processes too (every process whose executable is named
     /// `bufscope`, this one included).
     pub include_self: bool,
@@ -41,6 +48,8 @@ pub(super) struct ProcessMap {
     filter: ProcessFilter,
     /// bufscope processes marked ignored, to unmark when they exit (their ids get reused).
     ignored: BTreeSet<u32>,
+    /// Processes kept for being in one of `filter.cgroups`, to unmark when they leave.
+    in_cgroups: BTreeSet<u32>,
 }
 
 impl ProcessMap {
@@ -54,6 +63,7 @@ impl ProcessMap {
             map,
             filter,
             ignored: BTreeSet::new(),
+            in_cgroups: BTreeSet::new(),
         };
         for tgid in this.filter.only.clone() {
             this.map.insert(tgid, process::KEEP, 0)?;
@@ -87,9 +97,26 @@ impl ProcessMap {
         Ok(())
     }
 
-    /// Marks the bufscope processes running now as ignored and forgets those that exited
-    /// (unless `include_self`). A process listed in `only` stays kept: naming it wins.
+    /// Keeps the processes in the watched cgroups now and lets go of those that left; marks the
+    /// bufscope processes running now as ignored and forgets those that exited (unless
+    /// `include_self`). A process listed in `only` stays kept: naming it wins.
     pub(super) fn refresh(&mut self) -> Result<(), MapError> {
+        if !self.filter.cgroups.is_empty() {
+            let now: BTreeSet<u32> = self
+                .filter
+                .cgroups
+                .iter()
+                .flat_map(|c| cgroup_processes(c))
+                .filter(|tgid| !self.filter.only.contains(tgid))
+                .collect();
+            for gone in self.in_cgroups.difference(&now) {
+                let _ = self.map.remove(gone);
+            }
+            for &tgid in now.difference(&self.in_cgroups) {
+                self.map.insert(tgid, process::KEEP, 0)?;
+            }
+            self.in_cgroups = now;
+        }
         if self.filter.include_self {
             return Ok(());
         }
@@ -142,6 +169,29 @@ fn map_error(source: MapError) -> super::ProbeError {
         name: bufscope_abi::names::PROCESSES_MAP,
         source,
     }
+}
+
+/// The processes in the cgroup v2 directory `cgroup` and its sub-cgroups (their
+/// `cgroup.procs`); none for a cgroup that is gone.
+pub fn cgroup_processes(cgroup: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            found.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// The processes under `proc` (a procfs mount) whose executable is named `bufscope`: this one,
@@ -246,8 +296,21 @@ mod tests {
         let listed = ProcessFilter {
             only: vec![42],
             only_listed: true,
-            include_self: false,
+            ..ProcessFilter::default()
         };
         assert_eq!(listed.config_value(), ProbeConfig::LISTED_PROCESSES);
+    }
+
+    #[test]
+    fn a_cgroup_s_processes_include_its_sub_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("a.service/worker");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(root.path().join("cgroup.procs"), "7\n3\n").unwrap();
+        std::fs::write(root.path().join("a.service/cgroup.procs"), "").unwrap();
+        std::fs::write(sub.join("cgroup.procs"), "12\n3\n").unwrap();
+        assert_eq!(cgroup_processes(root.path()), [3, 7, 12]);
+        assert_eq!(cgroup_processes(&root.path().join("a.service")), [3, 12]);
+        assert!(cgroup_processes(&root.path().join("gone")).is_empty());
     }
 }

@@ -301,6 +301,10 @@ pub struct Thread {
     pub tgid: u32,
     /// Its `comm` (at most 15 bytes) when first seen, e.g. "bufio_hot/3" or "kworker/1:2H".
     pub comm: String,
+    /// Its cgroup (v2) when first seen, from the cgroup root, e.g.
+    /// "/system.slice/postgresql.service"; absent in older files or where not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// One eBPF program's runs while attached.
@@ -390,11 +394,13 @@ mod tests {
                     tid: 4242,
                     tgid: 2,
                     comm: "bufio_hot/3".into(),
+                    cgroup: None,
                 },
                 Thread {
                     tid: 77,
                     tgid: 70,
                     comm: "pipe-writer".into(),
+                    cgroup: None,
                 },
             ],
         };
@@ -425,6 +431,7 @@ mod tests {
                 tid: 1,
                 tgid: 1,
                 comm: "init".into(),
+                cgroup: None,
             }],
         };
         let json = serde_json::to_string(&m).unwrap();

@@ -200,11 +200,13 @@ fn thread_names_read_back_between_the_events() {
                 tid: 4001,
                 tgid: 4000,
                 comm: "bufio_hot/0".into(),
+                cgroup: None,
             },
             Thread {
                 tid: 4002,
                 tgid: 4000,
                 comm: "bufio_dirty".into(),
+                cgroup: None,
             },
         ],
     };

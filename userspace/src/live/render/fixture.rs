@@ -183,6 +183,7 @@ pub(crate) fn fixture() -> Model {
         tid,
         tgid: 100,
         comm: comm.into(),
+        cgroup: None,
     };
     m.add_metadata(&Metadata::Threads {
         threads: vec![
