@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use bufscope::probes::ProcessFilter;
-use bufscope_abi::ProbeConfig;
+use bufscope::{probes::ProcessFilter, record::WaitFilter};
+use bufscope_abi::{LockFlags, ProbeConfig};
 use bufscope_analyses::{
     calibration::{Calibration, TimingMode, calibrate},
     models::{Backing, ModelOptions},
@@ -144,6 +144,65 @@ impl StackArgs {
             (true, _) => ProbeConfig::NO_STACKS,
             (false, true) => ProbeConfig::STACKS_EVERY_WAIT,
             (false, false) => ProbeConfig::STACKS_REUSED,
+        }
+    }
+}
+
+/// Which lock types' waits the probes keep (in the kernel): shared by `record` and `live`.
+#[derive(Debug, clap::Args)]
+pub struct LockTypeArgs {
+    /// Keep only waits on locks of this type (repeat for several): mutex, rwsem:R, rwsem:W,
+    /// spinlock, rwlock:R, ... (perf lock contention's names). Other types' waits are left out
+    /// in the kernel (counted as filtered).
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_lock_type)]
+    pub types: Vec<u32>,
+}
+
+impl LockTypeArgs {
+    /// The probes' `ProbeConfig::lock_types` mask: a bit per type kept, 0 for all.
+    pub fn mask(&self) -> u32 {
+        self.types
+            .iter()
+            .fold(0, |mask, &index| mask | (1 << index))
+    }
+}
+
+/// A `--type`: one of perf lock contention's lock type names, as its index.
+fn parse_lock_type(s: &str) -> Result<u32, String> {
+    LockFlags::TYPE_NAMES
+        .iter()
+        .position(|&name| name == s)
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            format!(
+                "unknown lock type `{s}`; known: {}",
+                LockFlags::TYPE_NAMES.join(", ")
+            )
+        })
+}
+
+/// Lock waits `record` keeps beyond what the kernel filters: by thread, thread name, length.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Keep only this thread's lock waits (repeat, or comma-separated).
+    #[arg(long = "tid", value_name = "TID", value_delimiter = ',')]
+    pub tids: Vec<u32>,
+    /// Keep only lock waits of threads whose name contains TEXT, e.g. kworker or bufio_hot.
+    #[arg(long, value_name = "TEXT")]
+    pub comm: Option<String>,
+    /// Keep only lock waits at least this long, e.g. 10us or 1ms.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_wait: Option<Duration>,
+}
+
+impl WaitArgs {
+    pub fn filter(&self) -> WaitFilter {
+        WaitFilter {
+            tids: self.tids.clone(),
+            comm: self.comm.clone(),
+            min_wait_ns: self
+                .min_wait
+                .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
         }
     }
 }

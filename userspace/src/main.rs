@@ -58,6 +58,10 @@ enum Command {
         bufio_probes: BufioProbes,
         #[command(flatten)]
         processes: args::ProcessArgs,
+        #[command(flatten)]
+        types: args::LockTypeArgs,
+        #[command(flatten)]
+        waits: args::WaitArgs,
         /// With a command: keep only the lock waits of its processes (the command, and the
         /// processes it starts from when they are seen, each second).
         #[arg(long, requires = "command", conflicts_with = "pids")]
@@ -175,6 +179,8 @@ fn main() -> ExitCode {
             no_bufio,
             bufio_probes,
             processes,
+            types,
+            waits,
             only_cmd,
             command,
         } => cmd::record::run(cmd::record::Options {
@@ -188,6 +194,8 @@ fn main() -> ExitCode {
             bufio: !no_bufio,
             bufio_probes,
             processes: processes.filter(),
+            lock_types: types.mask(),
+            waits: waits.filter(),
             only_cmd,
             command,
         }),

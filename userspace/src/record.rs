@@ -2,14 +2,14 @@
 //! view's `--record` and `r`: one [`Recorder`] per file, finished with what its events refer to.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use bufscope_trace::{Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
+use bufscope_trace::{LockWait, Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -137,6 +137,8 @@ pub struct RecordingOutcome {
     pub path: PathBuf,
     pub elapsed: Duration,
     pub finished: Finished,
+    /// Lock waits the recorder's [`WaitFilter`] left out.
+    pub left_out: u64,
 }
 
 /// Records the probes' events into `recorder` until `duration` passes, SIGINT or SIGTERM,
@@ -190,12 +192,14 @@ pub async fn record_until_stopped(
     stream.drain_now(&mut batch);
     recorder.write(probes, &batch)?;
     let path = recorder.path.clone();
+    let left_out = recorder.left_out();
     let finished = recorder.finish(probes, stream.malformed())?;
     Ok(RecordingOutcome {
         stopped_by,
         path,
         elapsed: started.elapsed(),
         finished,
+        left_out,
     })
 }
 
@@ -250,6 +254,28 @@ pub struct Recorder {
     pub path: PathBuf,
     writer: TraceWriter<BufWriter<File>>,
     seen: SeenReferences,
+    filter: WaitFilter,
+    /// Whether each thread seen passes `filter.comm`.
+    comm_kept: HashMap<u32, bool>,
+    /// Lock waits `filter` left out.
+    left_out: u64,
+    kept: Vec<Event>,
+}
+
+/// Lock waits a recording keeps beyond what the probes filter in the kernel: by thread, thread
+/// name (read once per thread, when its first wait arrives) and length. Operations and clients
+/// are always kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WaitFilter {
+    pub tids: Vec<u32>,
+    pub comm: Option<String>,
+    pub min_wait_ns: u64,
+}
+
+impl WaitFilter {
+    fn is_empty(&self) -> bool {
+        self.tids.is_empty() && self.comm.is_none() && self.min_wait_ns == 0
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -291,6 +317,10 @@ impl Recorder {
             path: path.to_path_buf(),
             writer,
             seen: SeenReferences::default(),
+            filter: WaitFilter::default(),
+            comm_kept: HashMap::new(),
+            left_out: 0,
+            kept: Vec::new(),
         })
     }
 
@@ -302,8 +332,44 @@ impl Recorder {
     }
 
     pub fn write(&mut self, probes: &LockProbes, events: &[Event]) -> Result<(), RecordError> {
-        let result = self.seen.write(&mut self.writer, probes, events);
+        if self.filter.is_empty() {
+            let result = self.seen.write(&mut self.writer, probes, events);
+            return result.map_err(self.write_error());
+        }
+        let mut kept = std::mem::take(&mut self.kept);
+        kept.clear();
+        for event in events {
+            match event {
+                Event::LockWait(w) if !self.keeps(w) => self.left_out += 1,
+                event => kept.push(event.clone()),
+            }
+        }
+        let result = self.seen.write(&mut self.writer, probes, &kept);
+        self.kept = kept;
         result.map_err(self.write_error())
+    }
+
+    /// Keeps only the lock waits `filter` wants from now on.
+    pub fn set_filter(&mut self, filter: WaitFilter) {
+        self.filter = filter;
+    }
+
+    /// Lock waits the filter left out so far.
+    pub fn left_out(&self) -> u64 {
+        self.left_out
+    }
+
+    fn keeps(&mut self, w: &LockWait) -> bool {
+        let f = &self.filter;
+        if w.wait_ns < f.min_wait_ns || (!f.tids.is_empty() && !f.tids.contains(&w.tid)) {
+            return false;
+        }
+        let Some(text) = &f.comm else {
+            return true;
+        };
+        *self.comm_kept.entry(w.tid).or_insert_with(|| {
+            system::thread_comm(w.tgid, w.tid).is_some_and(|name| name.contains(text.as_str()))
+        })
     }
 
     /// Writes the events held so far and the names of the threads they brought, and flushes

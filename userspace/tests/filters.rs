@@ -9,6 +9,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
     sync::{Mutex, MutexGuard},
@@ -278,4 +279,77 @@ fn cgroup_keeps_only_its_processes_and_names_them() {
         })
         .collect();
     assert_eq!(rows, [(cgroup.name(), inside as u64)]);
+}
+
+#[test]
+fn type_tid_comm_and_min_wait_keep_only_what_they_name() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("type_tid_comm_and_min_wait_keep_only_what_they_name") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workload = PipeContention::start(8);
+    let me = std::process::id().to_string();
+    // The same workload three ways: all its waits, its mutex waits only (in the kernel), and
+    // the writers' waits of 2 us or more (in user space).
+    let all = dir.path().join("all.bftrace");
+    let mutex = dir.path().join("mutex.bftrace");
+    let writers = dir.path().join("writers.bftrace");
+    let out_all = record(&all, &["-d", "3s", "--pid", &me]);
+    let out_mutex = record(&mutex, &["-d", "3s", "--pid", &me, "--type", "mutex"]);
+    let out_writers = record(
+        &writers,
+        &[
+            "-d",
+            "3s",
+            "--pid",
+            &me,
+            "--comm",
+            PipeContention::WRITER_NAME,
+            "--min-wait",
+            "2us",
+        ],
+    );
+    let writer_tids = workload.tids.clone();
+    workload.stop();
+    assert!(out_all.status.success() && out_mutex.status.success());
+    assert!(out_writers.status.success());
+
+    let (all, _) = read(&all);
+    let types = |waits: &[LockWait]| -> BTreeSet<&'static str> {
+        waits
+            .iter()
+            .map(|w| bufscope_abi::LockFlags(w.flags).type_name())
+            .collect()
+    };
+    // The unfiltered recording has other types too (the pipe's wake-ups take spinlocks).
+    assert!(types(&all).len() >= 2, "{:?}", types(&all));
+    let (mutex, filtered) = read(&mutex);
+    assert!(mutex.len() >= 1_000, "{} mutex waits", mutex.len());
+    assert_eq!(types(&mutex), BTreeSet::from(["mutex"]));
+    assert!(
+        filtered > 0,
+        "other types' begins were left out in the kernel"
+    );
+    let (writers, _) = read(&writers);
+    assert!(
+        writers.len() >= 100,
+        "{} waits of the writers",
+        writers.len()
+    );
+    let wrong: Vec<&LockWait> = writers
+        .iter()
+        .filter(|w| !writer_tids.contains(&w.tid) || w.wait_ns < 2_000)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} waits kept that were not asked for: {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+    let stderr = String::from_utf8_lossy(&out_writers.stderr);
+    assert!(
+        stderr.contains("left out by --tid, --comm or --min-wait"),
+        "{stderr}"
+    );
 }

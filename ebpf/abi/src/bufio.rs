@@ -91,12 +91,17 @@ pub struct ProbeConfig {
     /// 1: read a contended mutex's or writer-held rwsem's owner at contention_begin (its ids and
     /// the dm-bufio operation it is in); 0: no owners.
     pub owners: u32,
+    /// Only waits on locks of these types: bit [`LockFlags::type_index`](crate::LockFlags::type_index)
+    /// per type; 0 for every type. A left-out type's begin returns at once (counted as
+    /// `filtered`), and its end, unpaired, is not counted.
+    pub lock_types: u32,
+    pub reserved: u32,
 }
 assert_layout!(
     ProbeConfig,
-    size = 16,
+    size = 24,
     align = 4,
-    fields = [u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32]
 );
 
 impl ProbeConfig {
@@ -120,6 +125,8 @@ impl ProbeConfig {
         stacks: Self::STACKS_REUSED,
         processes: Self::ALL_PROCESSES,
         owners: 1,
+        lock_types: 0,
+        reserved: 0,
     };
 }
 

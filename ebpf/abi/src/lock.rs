@@ -244,6 +244,51 @@ impl LockFlags {
         self.0 & (Self::SPIN | Self::MUTEX) == Self::SPIN
     }
 
+    /// Every lock type name [`LockFlags::type_name`] gives, in [`LockFlags::type_index`] order.
+    pub const TYPE_NAMES: [&'static str; 13] = [
+        "mutex",
+        "rwsem:R",
+        "rwsem:W",
+        "semaphore",
+        "spinlock",
+        "rwlock:R",
+        "rwlock:W",
+        "rtmutex",
+        "rwlock-rt:R",
+        "rwlock-rt:W",
+        "pcpu-sem",
+        "pcpu-sem:R",
+        "pcpu-sem:W",
+    ];
+
+    /// The position of [`LockFlags::type_name`] in [`LockFlags::TYPE_NAMES`]: the bit of this
+    /// type in `ProbeConfig::lock_types`. Computed without strings, for the eBPF programs.
+    pub const fn type_index(self) -> u32 {
+        let f = self.0;
+        let rw = f & (Self::READ | Self::WRITE);
+        // 0 for neither (or both), 1 for read, 2 for write.
+        let side = if rw == Self::READ {
+            1
+        } else if rw == Self::WRITE {
+            2
+        } else {
+            0
+        };
+        if f & Self::MUTEX != 0 {
+            return 0;
+        }
+        if f & Self::RT != 0 {
+            return if side == 0 { 7 } else { 7 + side };
+        }
+        if f & Self::PERCPU != 0 {
+            return 10 + side;
+        }
+        if f & Self::SPIN != 0 {
+            return if side == 0 { 4 } else { 4 + side };
+        }
+        if side == 0 { 3 } else { side }
+    }
+
     /// The lock type in `perf lock contention`'s vocabulary, so people's habits carry over.
     pub const fn type_name(self) -> &'static str {
         let f = self.0;
@@ -314,6 +359,18 @@ mod tests {
         ];
         for (flags, name) in cases {
             assert_eq!(LockFlags(flags).type_name(), name, "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn every_flag_combination_s_index_names_its_type() {
+        for flags in 0..64 {
+            let f = LockFlags(flags);
+            assert_eq!(
+                LockFlags::TYPE_NAMES[f.type_index() as usize],
+                f.type_name(),
+                "flags {flags:#x}"
+            );
         }
     }
 

@@ -54,8 +54,8 @@ pub enum Counter {
     StackRecheckMismatch,
     /// Stacks walked where a reuse was possible, to check it.
     StackRechecked,
-    /// contention_begin events of processes left out (bufscope's own, or not among `--pid`'s):
-    /// not paired, not counted as waits.
+    /// contention_begin events of processes left out (bufscope's own, or not among `--pid`'s),
+    /// or on lock types left out (`--type`): not paired, not counted as waits.
     Filtered,
 }
 

@@ -116,7 +116,8 @@ pub fn contention_end_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
     count(Counter::BeginSeen);
-    if !process_wanted() {
+    let config = PROBE_CONFIG.load();
+    if !process_wanted() || !type_wanted(&config, flags) {
         count(Counter::Filtered);
         return;
     }
@@ -142,7 +143,6 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         wait.op = stack.frames[0].op;
         wait.op_client = stack.frames[0].client;
     }
-    let config = PROBE_CONFIG.load();
     if config.owners != 0 {
         read_owner(lock_addr, flags, &mut wait);
     }
@@ -321,8 +321,9 @@ fn on_end(lock_addr: u64, ret: i32) {
         }
         Some(_) => count(Counter::MismatchedEnd),
         // A left-out process's begin was never paired: its end is no loss. Looked up only
-        // here, so kept waits pay nothing for the filter at their end.
-        None if !process_wanted() => {}
+        // here, so kept waits pay nothing for the filter at their end. An end does not say its
+        // lock's type: with a type filter, no unpaired end is counted.
+        None if !process_wanted() || PROBE_CONFIG.load().lock_types != 0 => {}
         None => count(Counter::UnpairedEnd),
     }
 }
@@ -394,6 +395,12 @@ fn this_rq_lock(offsets: &TaskOffsets) -> Option<u64> {
     }
     *slot = rq + u64::from(offsets.rq_lock);
     Some(*slot)
+}
+
+/// Whether waits on this type of lock are kept (see `ProbeConfig::lock_types`).
+#[inline(always)]
+fn type_wanted(config: &ProbeConfig, flags: u32) -> bool {
+    config.lock_types == 0 || config.lock_types & (1 << LockFlags(flags).type_index()) != 0
 }
 
 /// Whether the running process's waits are kept (see `ProbeConfig::processes`).

@@ -23,8 +23,8 @@ use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
 use crate::args::{
-    DesignArg, ModelArgs, ProcessArgs, StackArgs, at_least_one, chosen_designs, parse_design,
-    parse_metrics_addr, parse_positive_duration,
+    DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, at_least_one, chosen_designs,
+    parse_design, parse_metrics_addr, parse_positive_duration,
 };
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +66,8 @@ pub struct Options {
     #[command(flatten)]
     pub processes: ProcessArgs,
     #[command(flatten)]
+    pub types: LockTypeArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
 }
 
@@ -102,6 +104,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
             stream_events: 1,
             stacks: options.stacks.mode(),
             owners: options.stacks.owners(),
+            lock_types: options.types.mask(),
             ..ProbeConfig::DEFAULT
         },
         bufio: true,
@@ -134,6 +137,7 @@ async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
         top: options.top,
         metrics: options.metrics,
         processes: options.processes.filter(),
+        lock_types: options.types.mask(),
     };
     let probes = headless::attach(&settings)?;
     let bufio = probes.bufio();

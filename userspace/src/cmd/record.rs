@@ -14,7 +14,8 @@ use bufscope::{
     kernel::system,
     probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter},
     record::{
-        Recorder, RecordingOutcome, RecordingStart, StopReason, Watched, record_until_stopped,
+        Recorder, RecordingOutcome, RecordingStart, StopReason, WaitFilter, Watched,
+        record_until_stopped,
     },
 };
 use bufscope_abi::{Counter, ProbeConfig};
@@ -34,6 +35,10 @@ pub struct Options {
     pub owners: u32,
     pub bufio: bool,
     pub processes: ProcessFilter,
+    /// The lock types kept (`ProbeConfig::lock_types`).
+    pub lock_types: u32,
+    /// Lock waits kept by thread, name and length.
+    pub waits: WaitFilter,
     /// Keep only the command's processes' lock waits.
     pub only_cmd: bool,
     /// Record for this command's lifetime (empty: none).
@@ -67,6 +72,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
             stream_events: 1,
             stacks: options.stacks,
             owners: options.owners,
+            lock_types: options.lock_types,
             ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,
@@ -76,7 +82,8 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
             ..options.processes.clone()
         },
     })?;
-    let recorder = Recorder::create(&options.output, &probes, start)?;
+    let mut recorder = Recorder::create(&options.output, &probes, start)?;
+    recorder.set_filter(options.waits.clone());
 
     for note in probes.notes() {
         eprintln!("bufscope: {note}");
@@ -139,6 +146,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         path,
         elapsed,
         finished: done,
+        left_out,
     } = outcome?;
     if let Some(note) = &done.symbols_note {
         eprintln!("bufscope: {note}");
@@ -163,6 +171,12 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
         thousands(counter(Counter::NestedBegin)),
         thousands(counter(Counter::PendingFull)),
     );
+    if left_out > 0 {
+        eprintln!(
+            "bufscope: {} lock waits left out by --tid, --comm or --min-wait",
+            thousands(left_out)
+        );
+    }
     eprintln!("bufscope: see it with `bufscope info {}`", path.display());
     Ok(match stopped_by {
         // The command's status, as a shell reports it (128 + the signal that ended it).

@@ -41,6 +41,8 @@ pub struct HeadlessSettings {
     pub metrics: Option<SocketAddr>,
     /// Whose lock waits the probes keep.
     pub processes: ProcessFilter,
+    /// Which lock types' waits the probes keep (`ProbeConfig::lock_types`).
+    pub lock_types: u32,
 }
 
 /// One interval's figures, differences of the in-kernel totals.
@@ -118,6 +120,7 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
             stacks: ProbeConfig::NO_STACKS,
             // Only streamed events carry owners.
             owners: u32::from(streaming),
+            lock_types: settings.lock_types,
             ..ProbeConfig::DEFAULT
         },
         bufio: true,
