@@ -50,7 +50,19 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "fonts-dejavu-core",
         "compare --plot draws its text with DejaVu Sans",
     ),
+    (
+        "prometheus",
+        "the metrics test scrapes `live --metrics` with a real Prometheus and lints it with promtool",
+    ),
 ];
+
+/// Debian packages whose service setup must not start or enable: a system Prometheus would hold
+/// :9090 and scrape itself forever; the metrics test runs its own instance on a free port.
+const SERVICES_KEPT_OFF: &[&str] = &["prometheus"];
+
+/// Debian's hook for asking maintainer scripts not to start services (invoke-rc.d and
+/// deb-systemd-invoke consult it).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -156,13 +168,76 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
+    let services_held = ServiceStartsHeld::hold()?;
     run_checked(
         "setup",
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    drop(services_held);
+    for service in SERVICES_KEPT_OFF.iter().filter(|s| missing.contains(s)) {
+        keep_service_off(service)?;
+    }
+    Ok(())
+}
+
+/// A `policy-rc.d` that denies every service start, for the length of an install; removed when
+/// dropped. One already there (a container's, an administrator's) is left as it is.
+struct ServiceStartsHeld {
+    created: bool,
+}
+
+impl ServiceStartsHeld {
+    fn hold() -> anyhow::Result<Self> {
+        let path = std::path::Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(Self { created: false });
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for ServiceStartsHeld {
+    fn drop(&mut self) {
+        if self.created
+            && let Err(e) = std::fs::remove_file(POLICY_RC_D)
+        {
+            heading("setup", &format!("could not remove {POLICY_RC_D}: {e}"));
+        }
+    }
+}
+
+/// Stops a just-installed package's service where a policy-rc.d of someone else's let it start,
+/// and disables it for later boots (update-rc.d removes the sysvinit and the systemd links).
+fn keep_service_off(service: &str) -> anyhow::Result<()> {
+    heading(
+        "setup",
+        &format!("{service}: stopping and disabling its service (tests run their own)"),
+    );
+    if std::path::Path::new("/run/systemd/system").exists() {
+        return run_checked(
+            "setup",
+            Command::new("systemctl").args(["disable", "--now", &format!("{service}.service")]),
+        );
+    }
+    let init_script = format!("/etc/init.d/{service}");
+    if std::path::Path::new(&init_script).exists() {
+        run_checked("setup", Command::new(&init_script).arg("stop"))?;
+        run_checked(
+            "setup",
+            Command::new("update-rc.d").args([service, "disable"]),
+        )?;
+    }
+    Ok(())
 }
 
 /// The Python readers the export tests check Perfetto and Parquet files with, in a virtual
