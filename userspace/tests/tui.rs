@@ -278,10 +278,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The metrics in OpenMetrics, asked for as Prometheus asks.
 fn get_metrics(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to --metrics");
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .write_all(
+            b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\
+              Accept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+        )
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();

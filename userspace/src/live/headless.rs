@@ -15,7 +15,6 @@ use tokio::signal::unix::SignalKind;
 
 use super::{
     ingest::ingest,
-    metrics,
     model::{BufioStatus, CompareSource, Header, LockSort, Model, Source},
     serve::serve_metrics,
     session::{SessionError, handler},
@@ -138,7 +137,7 @@ pub async fn run_headless(
 ) -> Result<(), SessionError> {
     // With --metrics, events stream into a model for the per-lock figures; without, the
     // in-kernel histograms are all this needs.
-    let metrics_text = settings.metrics.map(serve_metrics).transpose()?;
+    let published = settings.metrics.map(serve_metrics).transpose()?;
     let mut model = Model::new(
         Header::new(
             system::kernel_release(),
@@ -171,12 +170,10 @@ pub async fn run_headless(
                 last = Instant::now();
                 let table = interval_table(&previous, &now, elapsed, &model.names, settings.top);
                 on_interval(&table).map_err(SessionError::Output)?;
-                if let Some(text) = &metrics_text {
+                if let Some(metrics) = &published {
                     model.header.lost = lost_events(&now.counters) + now.skipped;
                     model.tick(elapsed.as_secs_f64(), LockSort::Total, "");
-                    if let Ok(mut t) = text.lock() {
-                        *t = metrics::render(&model);
-                    }
+                    metrics.publish(&model);
                 }
                 previous = now;
                 probes.refresh_processes()?;

@@ -1,5 +1,7 @@
-//! The live figures in the OpenMetrics text format (which Prometheus scrapes), for `live
-//! --metrics ADDR`. The names, documented in the README:
+//! The live figures as text for Prometheus, for `live --metrics ADDR`: OpenMetrics for scrapers
+//! that ask for it (Prometheus does), Prometheus's classic text format (0.0.4) for the rest (curl,
+//! `promtool check metrics`, which lints only the classic format). The names, documented in the
+//! README:
 //!
 //! - `bufscope_lock_wait_seconds{lock,type}`: histogram of contended kernel lock waits, per lock
 //!   (the [`TOP_LOCKS`] with the most total wait). Buckets are the log2 buckets' upper bounds,
@@ -22,8 +24,85 @@ use bufscope_analyses::report::op_short;
 /// Locks exported, by total wait (bounds the series a scrape carries).
 pub const TOP_LOCKS: usize = 50;
 
-/// The content type to serve the text with.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The two text formats: the same samples, with different metadata lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0: a counter family is named without `_total`, units are declared, and the
+    /// text ends in `# EOF`.
+    OpenMetrics,
+    /// Prometheus text format 0.0.4: a counter family is named as its samples are.
+    Classic,
+}
+
+impl Format {
+    /// The content type to serve the text with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The format a request's `Accept` header prefers: OpenMetrics when it is listed with a
+    /// quality no lower than the classic format's (Prometheus sends it first, at q=1).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let accept = accept.unwrap_or("");
+        let quality = |media: &str| {
+            accept
+                .split(',')
+                .filter_map(|entry| {
+                    let mut params = entry.split(';');
+                    let name = params.next()?.trim();
+                    name.eq_ignore_ascii_case(media).then(|| {
+                        params
+                            .find_map(|p| p.trim().strip_prefix("q=")?.parse::<f64>().ok())
+                            .unwrap_or(1.0)
+                    })
+                })
+                .fold(0.0, f64::max)
+        };
+        let openmetrics = quality("application/openmetrics-text");
+        if openmetrics > 0.0 && openmetrics >= quality("text/plain") {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+}
+
+/// One interval's figures in both formats, rendered together so every scraper sees the same
+/// interval.
+#[derive(Clone, Debug)]
+pub struct Exposition {
+    openmetrics: String,
+    classic: String,
+}
+
+impl Default for Exposition {
+    /// No figures yet (before the first interval ends): valid and empty in both formats.
+    fn default() -> Self {
+        Self {
+            openmetrics: "# EOF\n".to_string(),
+            classic: String::new(),
+        }
+    }
+}
+
+impl Exposition {
+    pub fn new(model: &Model) -> Self {
+        Self {
+            openmetrics: render(model, Format::OpenMetrics),
+            classic: render(model, Format::Classic),
+        }
+    }
+
+    pub fn text(&self, format: Format) -> &str {
+        match format {
+            Format::OpenMetrics => &self.openmetrics,
+            Format::Classic => &self.classic,
+        }
+    }
+}
 
 /// Label values are quoted; backslash, quote and newline escaped.
 fn label(value: &str) -> String {
@@ -49,19 +128,38 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Log2Hist) {
     let _ = writeln!(out, "{name}_sum{{{labels}}} {:e}", h.total_ns as f64 / 1e9);
 }
 
-fn family(out: &mut String, name: &str, kind: &str, unit: Option<&str>, help: &str) {
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    if let Some(unit) = unit {
-        let _ = writeln!(out, "# UNIT {name} {unit}");
+/// A family's metadata lines. `name` is the OpenMetrics family name; the classic format names a
+/// counter after its samples (`…_total`) and has no unit line.
+fn family(
+    out: &mut String,
+    format: Format,
+    name: &str,
+    kind: &str,
+    unit: Option<&str>,
+    help: &str,
+) {
+    match format {
+        Format::OpenMetrics => {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            if let Some(unit) = unit {
+                let _ = writeln!(out, "# UNIT {name} {unit}");
+            }
+            let _ = writeln!(out, "# HELP {name} {help}");
+        }
+        Format::Classic => {
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            let _ = writeln!(out, "# HELP {name}{suffix} {help}");
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+        }
     }
-    let _ = writeln!(out, "# HELP {name} {help}");
 }
 
-/// The model's figures as one OpenMetrics exposition (ending in `# EOF`).
-pub fn render(model: &Model) -> String {
+/// The model's figures as one exposition in `format`.
+pub fn render(model: &Model, format: Format) -> String {
     let mut out = String::new();
     family(
         &mut out,
+        format,
         "bufscope_lock_wait_seconds",
         "histogram",
         Some("seconds"),
@@ -79,6 +177,7 @@ pub fn render(model: &Model) -> String {
     }
     family(
         &mut out,
+        format,
         "bufscope_bufio_operations",
         "counter",
         None,
@@ -99,6 +198,7 @@ pub fn render(model: &Model) -> String {
     }
     family(
         &mut out,
+        format,
         "bufscope_bufio_lookups",
         "counter",
         None,
@@ -115,6 +215,7 @@ pub fn render(model: &Model) -> String {
     }
     family(
         &mut out,
+        format,
         "bufscope_bufio_dirty_buffers",
         "gauge",
         None,
@@ -130,6 +231,7 @@ pub fn render(model: &Model) -> String {
     }
     family(
         &mut out,
+        format,
         "bufscope_compare_lock_wait_seconds",
         "histogram",
         Some("seconds"),
@@ -155,6 +257,7 @@ pub fn render(model: &Model) -> String {
     }
     family(
         &mut out,
+        format,
         "bufscope_events",
         "counter",
         None,
@@ -172,6 +275,7 @@ pub fn render(model: &Model) -> String {
     );
     family(
         &mut out,
+        format,
         "bufscope_events_lost",
         "counter",
         None,
@@ -181,6 +285,7 @@ pub fn render(model: &Model) -> String {
     if let Some(o) = model.header.overhead {
         family(
             &mut out,
+            format,
             "bufscope_probe_cpu_ratio",
             "gauge",
             None,
@@ -188,6 +293,121 @@ pub fn render(model: &Model) -> String {
         );
         let _ = writeln!(out, "bufscope_probe_cpu_ratio {o}");
     }
-    out.push_str("# EOF\n");
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use bufscope_abi::LockFlags;
+    use bufscope_trace::{BufioOp, LockWait, OpKind, OpResult};
+
+    use super::*;
+    use crate::live::model::{BufioStatus, CompareSource, Header, LockSort, Source};
+
+    /// A live model with mutex waits, a client's operations and the probes' cost.
+    fn model() -> Model {
+        let mut m = Model::new(
+            Header::new(
+                "6.1".into(),
+                Source::Live {
+                    attach: "tp_btf".into(),
+                },
+                BufioStatus::Unavailable(String::new()),
+            ),
+            CompareSource::Tables,
+            &[],
+        );
+        for wait_ns in [1_000, 3_000, 70_000] {
+            m.add_wait(&LockWait {
+                lock_addr: 0xffff_8881_2301_56c0,
+                flags: LockFlags::MUTEX,
+                wait_ns,
+                ..LockWait::default()
+            });
+        }
+        for (kind, result) in [
+            (OpKind::Read, OpResult::Hit),
+            (OpKind::Read, OpResult::Miss),
+        ] {
+            m.add_op(&BufioOp {
+                client: 7,
+                kind,
+                result,
+                ..BufioOp::default()
+            });
+        }
+        m.header.overhead = Some(0.0125);
+        m.tick(1.0, LockSort::Total, "");
+        m
+    }
+
+    /// The sample lines (no metadata), in order.
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn prometheus_is_served_openmetrics_and_everyone_else_the_classic_format() {
+        // What Prometheus 2.x sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Classic, "curl");
+        assert_eq!(Format::negotiate(None), Format::Classic);
+        assert_eq!(
+            Format::negotiate(Some("text/plain, application/openmetrics-text;q=0.5")),
+            Format::Classic
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Classic
+        );
+    }
+
+    #[test]
+    fn both_formats_carry_the_same_samples_under_the_family_names_each_expects() {
+        let m = model();
+        let e = Exposition::new(&m);
+        let (open, classic) = (e.text(Format::OpenMetrics), e.text(Format::Classic));
+        assert_eq!(samples(open), samples(classic));
+        assert!(
+            samples(open).contains(&"bufscope_lock_wait_seconds_count{lock=\"mutex 0xffff8881230156c0\",type=\"mutex\"} 3"),
+            "{open}"
+        );
+        assert!(
+            samples(open).contains(&"bufscope_events_total{kind=\"bufio_op\"} 2"),
+            "{open}"
+        );
+        assert!(
+            samples(open).contains(&"bufscope_probe_cpu_ratio 0.0125"),
+            "{open}"
+        );
+        // OpenMetrics names a counter family without `_total`, declares units, ends in # EOF.
+        assert!(open.contains("# TYPE bufscope_events counter\n"), "{open}");
+        assert!(open.contains("# UNIT bufscope_lock_wait_seconds seconds\n"));
+        assert!(open.ends_with("# EOF\n"));
+        // The classic format names it as its samples, and has neither.
+        assert!(
+            classic.contains("# TYPE bufscope_events_total counter\n"),
+            "{classic}"
+        );
+        assert!(classic.contains("# HELP bufscope_events_lost_total "));
+        assert!(!classic.contains("# UNIT") && !classic.contains("# EOF"));
+        // A histogram's buckets are cumulative and end in the count.
+        let buckets: Vec<u64> = samples(open)
+            .iter()
+            .filter(|l| l.starts_with("bufscope_lock_wait_seconds_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(buckets.is_sorted(), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&3));
+        assert_eq!(
+            buckets.iter().filter(|&&n| n == 0).count(),
+            1,
+            "{buckets:?}"
+        );
+    }
 }

@@ -1,9 +1,14 @@
-//! `live --metrics`: the OpenMetrics text served over HTTP from a thread of its own, so a scrape
-//! never waits on the view's loop; the loop replaces the text each interval.
+//! `live --metrics`: the metrics text served over HTTP from a thread of its own, so a scrape
+//! never waits on the view's loop; the loop publishes new figures each interval.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+};
+
+use super::{
+    metrics::{Exposition, Format},
+    model::Model,
 };
 
 /// Why the metrics could not be served.
@@ -18,22 +23,47 @@ pub enum ServeError {
     Thread(#[source] std::io::Error),
 }
 
-/// Serves the latest metrics text on `addr` from a thread; the text is replaced each interval.
-pub fn serve_metrics(addr: SocketAddr) -> Result<Arc<Mutex<String>>, ServeError> {
+/// The figures the server thread serves; the view's loop replaces them each interval.
+#[derive(Clone, Debug)]
+pub struct PublishedMetrics(Arc<Mutex<Exposition>>);
+
+impl PublishedMetrics {
+    /// Renders the model's figures for the next scrapes.
+    pub fn publish(&self, model: &Model) {
+        let exposition = Exposition::new(model);
+        if let Ok(mut published) = self.0.lock() {
+            *published = exposition;
+        }
+    }
+}
+
+/// Serves the latest published metrics on `addr` from a thread, in the format each request's
+/// `Accept` header prefers (see [`Format::negotiate`]).
+pub fn serve_metrics(addr: SocketAddr) -> Result<PublishedMetrics, ServeError> {
     let server =
         tiny_http::Server::http(addr).map_err(|source| ServeError::Listen { addr, source })?;
-    let text = Arc::new(Mutex::new("# EOF\n".to_string()));
-    let shared = Arc::clone(&text);
+    let published = PublishedMetrics(Arc::new(Mutex::new(Exposition::default())));
+    let shared = published.clone();
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            let content_type =
-                tiny_http::Header::from_bytes("Content-Type", super::metrics::CONTENT_TYPE)
-                    .expect("a valid header");
             for request in server.incoming_requests() {
                 let response = if request.url() == "/metrics" {
-                    let body = shared.lock().map(|t| t.clone()).unwrap_or_default();
-                    tiny_http::Response::from_string(body).with_header(content_type.clone())
+                    let accept = request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("Accept"))
+                        .map(|h| h.value.as_str());
+                    let format = Format::negotiate(accept);
+                    let body = shared
+                        .0
+                        .lock()
+                        .map(|e| e.text(format).to_string())
+                        .unwrap_or_default();
+                    let content_type =
+                        tiny_http::Header::from_bytes("Content-Type", format.content_type())
+                            .expect("a valid header");
+                    tiny_http::Response::from_string(body).with_header(content_type)
                 } else {
                     tiny_http::Response::from_string("bufscope serves /metrics\n")
                         .with_status_code(404)
@@ -42,5 +72,5 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<Arc<Mutex<String>>, ServeError>
             }
         })
         .map_err(ServeError::Thread)?;
-    Ok(text)
+    Ok(published)
 }

@@ -10,7 +10,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,13 +26,12 @@ use tokio::time::MissedTickBehavior;
 
 use super::{
     ingest::{KernelNames, ingest},
-    metrics,
     model::{BufioStatus, CompareSource, Header, Model, Recording, Source},
     playback::Playback,
     render,
     sample::{SAMPLE, SAMPLE_NAME},
     screen::{Screen, ScreenError, next_key},
-    serve::{ServeError, serve_metrics},
+    serve::{PublishedMetrics, ServeError, serve_metrics},
     shadow::{Shadow, ShadowError},
     ui::{Action, Ui},
 };
@@ -88,7 +86,7 @@ struct ViewState {
     ui: Ui,
     shadow: Option<Shadow>,
     shadow_options: ModelOptions,
-    metrics: Option<Arc<Mutex<String>>>,
+    metrics: Option<PublishedMetrics>,
 }
 
 impl ViewState {
@@ -96,7 +94,7 @@ impl ViewState {
         model: Model,
         ui: Ui,
         shadow_options: ModelOptions,
-        metrics: Option<Arc<Mutex<String>>>,
+        metrics: Option<PublishedMetrics>,
     ) -> Result<Self, SessionError> {
         let shadow = start_shadow(&ui.designs, &shadow_options)?;
         Ok(Self {
@@ -124,10 +122,8 @@ impl ViewState {
                 self.model.comparison.skip(id);
             }
         }
-        if let Some(text) = &self.metrics
-            && let Ok(mut t) = text.lock()
-        {
-            *t = metrics::render(&self.model);
+        if let Some(metrics) = &self.metrics {
+            metrics.publish(&self.model);
         }
     }
 
