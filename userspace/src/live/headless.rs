@@ -172,6 +172,7 @@ pub async fn run_headless(
                 on_interval(&table).map_err(SessionError::Output)?;
                 if let Some(metrics) = &published {
                     model.header.lost = lost_events(&now.counters) + now.skipped;
+                    model.header.overhead = Some(table.overhead);
                     model.tick(elapsed.as_secs_f64(), LockSort::Total, "");
                     metrics.publish(&model);
                 }
