@@ -1,11 +1,12 @@
 //! `live --metrics` under a real Prometheus (Debian's, which `cargo xtask setup` installs; root):
-//! promtool lints the served text, and a Prometheus of the test's own scrapes it under the pipe
-//! contention workload and answers `histogram_quantile` over the lock waits.
+//! promtool lints the served text, a Prometheus of the test's own scrapes it under the pipe
+//! contention workload and answers `histogram_quantile` over the lock waits, and every query of
+//! the Grafana dashboard in contrib/grafana runs there and names only metrics bufscope serves.
 
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::Path,
@@ -23,6 +24,14 @@ use serde_json::Value;
 
 /// Prometheus's scrape interval; bufscope publishes new figures every second too.
 const SCRAPE_INTERVAL: &str = "1s";
+
+/// What the dashboard's Grafana variables stand for when its queries run here: the interval
+/// variables a duration covering the test's scrapes, the label variables "all".
+const GRAFANA_INTERVALS: &[(&str, &str)] = &[
+    ("$__rate_interval", "1m"),
+    ("$__interval", "1m"),
+    ("$__range", "5m"),
+];
 
 /// A process of the test's, ended (SIGTERM, then SIGKILL after 15 s) and reaped when dropped,
 /// however the test ends.
@@ -242,10 +251,165 @@ fn number(value: &Value) -> f64 {
     value.as_str().unwrap().parse().unwrap()
 }
 
+/// Every sample name bufscope declares in its classic-format text, with its family's type:
+/// a histogram's `_bucket`, `_sum` and `_count`, a counter's and a gauge's own name.
+fn declared_samples(text: &str) -> BTreeMap<String, String> {
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let names: Vec<String> = match kind {
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect(),
+            _ => vec![name.to_string()],
+        };
+        for n in names {
+            samples.insert(n, name.to_string());
+        }
+    }
+    samples
+}
+
+/// The sample names the text has at least one sample of.
+fn names_with_samples(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l[..l.find(['{', ' ']).unwrap()].to_string())
+        .collect()
+}
+
 /// A sample's value in classic-format text, by its name and labels as written.
 fn served_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The metric names a PromQL expression selects: identifiers that are not functions, aggregation
+/// operators or keywords, outside strings, label matchers, ranges and grouping label lists.
+fn metric_names(expr: &str) -> Vec<String> {
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    const KEYWORDS: &[&str] = &["offset", "bool", "and", "or", "unless", "inf", "nan"];
+    let chars: Vec<char> = expr.chars().collect();
+    let skip_past = |from: usize, close: char| -> usize {
+        let mut i = from + 1;
+        let mut quote = None;
+        while i < chars.len() {
+            match (quote, chars[i]) {
+                (Some(_), '\\') => i += 1,
+                (Some(q), c) if c == q => quote = None,
+                (None, c @ ('"' | '\'' | '`')) => quote = Some(c),
+                (None, c) if c == close => return i + 1,
+                _ => {}
+            }
+            i += 1;
+        }
+        i
+    };
+    let word_at = |from: usize| -> (String, usize) {
+        let mut end = from;
+        while end < chars.len() && (chars[end].is_ascii_alphanumeric() || "_:".contains(chars[end]))
+        {
+            end += 1;
+        }
+        (chars[from..end].iter().collect(), end)
+    };
+    let next_token = |from: usize| -> usize {
+        let mut i = from;
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_past(i, c);
+        } else if c == '{' {
+            i = skip_past(i, '}');
+        } else if c == '[' {
+            i = skip_past(i, ']');
+        } else if c.is_ascii_digit() {
+            // A number (0.99, 1e-3) or a duration (5m): never a name.
+            let (_, end) = word_at(i);
+            i = end;
+            if i < chars.len() && "+-".contains(chars[i]) && chars[i - 1] == 'e' {
+                i = word_at(i + 1).1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let (word, end) = word_at(i);
+            let after = next_token(end);
+            let lower = word.to_ascii_lowercase();
+            i = end;
+            if GROUPING.contains(&lower.as_str()) {
+                let open = next_token(end);
+                if chars.get(open) == Some(&'(') {
+                    i = skip_past(open, ')');
+                }
+            } else if KEYWORDS.contains(&lower.as_str()) || chars.get(after) == Some(&'(') {
+                // a keyword, or a function or aggregation called with its argument list
+            } else if GROUPING[..2].contains(&word_at(after).0.as_str()) {
+                // an aggregation followed by its grouping: `sum by (le) (...)`
+            } else {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The dashboard's queries: (panel title, expression), from every panel, rows' panels included.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                out.push((
+                    panel["title"].as_str().unwrap_or("?").to_string(),
+                    target["expr"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("a target without expr: {target}"))
+                        .to_string(),
+                ));
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+/// The expression with Grafana's variables replaced: intervals by durations, the dashboard's own
+/// variables (label filters) by "any value".
+fn as_promql(expr: &str, variables: &[String]) -> String {
+    let mut query = expr.to_string();
+    for (variable, value) in GRAFANA_INTERVALS {
+        query = query.replace(variable, value);
+    }
+    for v in variables {
+        query = query
+            .replace(&format!("${{{v}}}"), ".*")
+            .replace(&format!("${v}"), ".*");
+    }
+    assert!(
+        !query.contains('$'),
+        "{expr}: a variable the dashboard does not define"
+    );
+    query
 }
 
 /// Reads the served counter of lock waits every 100 ms, so each value bufscope published (one
@@ -314,8 +478,30 @@ fn prometheus_or_skip(test: &str) -> bool {
 }
 
 #[test]
-fn prometheus_scrapes_live_metrics_and_answers_histogram_quantile() {
-    let test = "prometheus_scrapes_live_metrics_and_answers_histogram_quantile";
+fn metric_names_are_the_selectors_of_an_expression() {
+    assert_eq!(
+        metric_names(
+            "histogram_quantile(0.99, sum by (le, lock) (rate(bufscope_lock_wait_seconds_bucket\
+             {instance=~\".*\",lock!=\"a{b}\"}[1m])))"
+        ),
+        ["bufscope_lock_wait_seconds_bucket"]
+    );
+    assert_eq!(
+        metric_names(
+            "sum(rate(x_total{result=\"hit\"}[5m] offset 1m)) by (device) / ignoring(result) \
+             sum without (result) (y_total) * 1e-3 > bool 2"
+        ),
+        ["x_total", "y_total"]
+    );
+    assert_eq!(
+        metric_names("bufscope_probe_cpu_ratio and on(instance) up"),
+        ["bufscope_probe_cpu_ratio", "up"]
+    );
+}
+
+#[test]
+fn prometheus_scrapes_live_metrics_and_runs_every_dashboard_query() {
+    let test = "prometheus_scrapes_live_metrics_and_runs_every_dashboard_query";
     if !root_or_skip(test) || !prometheus_or_skip(test) {
         return;
     }
@@ -469,5 +655,70 @@ fn prometheus_scrapes_live_metrics_and_answers_histogram_quantile() {
         all_p99.len()
     );
 
+    check_dashboard(&prometheus, &served_text(metrics_port).unwrap());
     eprintln!("{test}: {:.1?}", started.elapsed());
+}
+
+/// Every query of contrib/grafana/bufscope.json is valid PromQL (the real Prometheus runs it),
+/// names only metrics bufscope serves, and shows data wherever this host has the figures; every
+/// metric bufscope serves has a panel.
+fn check_dashboard(prometheus: &Prometheus, served: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/bufscope.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let templating = dashboard["templating"]["list"].as_array().unwrap();
+    let variables: Vec<String> = templating
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    let declared = declared_samples(served);
+    let with_samples = names_with_samples(served);
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut families_used = BTreeSet::new();
+    let mut with_data = 0;
+    for (title, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{title}: {expr} selects no metric");
+        for name in &names {
+            let family = declared.get(name).unwrap_or_else(|| {
+                panic!(
+                    "{title}: {expr} uses {name}, which bufscope does not serve; it serves {:?}",
+                    declared.keys()
+                )
+            });
+            families_used.insert(family.clone());
+        }
+        let query = as_promql(expr, &variables);
+        let answer = prometheus.query(&query);
+        assert_eq!(answer["status"], "success", "{title}: {query}: {answer}");
+        if names.iter().all(|n| with_samples.contains(n)) {
+            let result = answer["data"]["result"].as_array().unwrap();
+            assert!(
+                !result.is_empty(),
+                "{title}: {query} gave no data: {answer}"
+            );
+            with_data += 1;
+        }
+    }
+    // The variables' own queries (Grafana's label_values) name served metrics too.
+    for v in templating.iter().filter(|v| v["type"] == "query") {
+        let definition = v["definition"].as_str().unwrap();
+        let inner = definition
+            .strip_prefix("label_values(")
+            .unwrap_or_else(|| panic!("{definition}"));
+        let names = metric_names(&inner[..inner.rfind(',').unwrap()]);
+        assert!(
+            !names.is_empty() && names.iter().all(|n| declared.contains_key(n)),
+            "variable {}: {definition}",
+            v["name"]
+        );
+    }
+    let families: BTreeSet<String> = declared.values().cloned().collect();
+    assert_eq!(families_used, families, "a metric without a panel");
+    eprintln!(
+        "dashboard: {} queries valid, {with_data} with data here, {} metric families covered",
+        queries.len(),
+        families.len()
+    );
 }
