@@ -22,7 +22,8 @@ use crate::args::DamageArgs;
 #[command(after_help = "Examples:\n  \
     bufscope export t.bftrace --format perfetto -o t.perfetto-trace   (open in ui.perfetto.dev)\n  \
     bufscope export t.bftrace --format folded -o - | inferno-flamegraph > waits.svg\n  \
-    bufscope export t.bftrace --format parquet -o t.parquet           (DuckDB: SELECT ... FROM 't.parquet')\n\n\
+    bufscope export t.bftrace --format parquet -o t.parquet           (DuckDB: SELECT ... FROM 't.parquet')\n  \
+    bufscope export t.bftrace --format parquet --host testbox-3 -o traces/testbox-3.parquet\n\n\
     The csv, json (JSON Lines) and parquet formats share one schema; `bufscope export --schema` prints it.")]
 pub struct Options {
     /// Trace file: a kernel recording, or a design's run from `replay --trace-out`.
@@ -40,6 +41,11 @@ pub struct Options {
     /// folded: weigh stacks by total wait (ns) or by number of waits.
     #[arg(long, value_enum, default_value_t = folded::Weight::Wait)]
     pub weight: folded::Weight,
+    /// csv/json/parquet: the `host` column's value, instead of the recording machine's name from
+    /// the trace's header (to tell apart traces from machines that had the same name or none, such
+    /// as the test bed's VMs).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Print the csv/json/parquet schema and exit.
     #[arg(long)]
     pub schema: bool,
@@ -58,7 +64,13 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let (Some(file), Some(format), Some(output)) = (&o.file, o.format, &o.output) else {
         bail!("FILE, --format and --output are needed");
     };
-    let trace = TraceData::load(file)?;
+    if o.host.is_some() && !matches!(format, Format::Csv | Format::Json | Format::Parquet) {
+        bail!("--host sets the host column, which only csv, json and parquet have");
+    }
+    let mut trace = TraceData::load(file)?;
+    if let Some(host) = &o.host {
+        trace.header.host.clone_from(host);
+    }
     o.damage
         .check(trace.skipped_message(), trace.problem.as_deref())?;
     if let Some(problem) = &trace.problem {
