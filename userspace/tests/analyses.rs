@@ -591,6 +591,151 @@ fn parquet_export_reads_back_with_pyarrow_and_agrees_with_report() {
     assert_eq!(s["mutex_wait_total_ns"], row["total_wait_ns"]);
 }
 
+/// The README's DuckDB query over a fleet's Parquet exports, as written there (its line breaks
+/// made spaces).
+fn readme_duckdb_query() -> String {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let paragraph = &readme[readme
+        .find("in DuckDB,")
+        .expect("README's fleet paragraph: \"... in DuckDB, `SELECT ...`\"")..];
+    let query = paragraph.split('`').nth(1).unwrap();
+    query.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn readme_duckdb_query_over_two_hosts_exports_counts_every_wait_by_host_and_lock() {
+    let _others = others_may_run();
+    let test = "readme_duckdb_query_over_two_hosts_exports_counts_every_wait_by_host_and_lock";
+    let Some(python) = py_reader(test) else {
+        return;
+    };
+    let has_duckdb = std::process::Command::new(&python)
+        .args(["-c", "import duckdb"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_duckdb {
+        skip(
+            test,
+            "duckdb is missing from target/py-readers; `cargo xtask setup` installs the pinned \
+             readers again when userspace/tests/readers/requirements.txt changes",
+        );
+        return;
+    }
+    // Two machines of a fleet: the samples were recorded in VMs without a host name, so each
+    // export is given one.
+    let fleet = [
+        ("6.1-small-cache.bftrace", "testbox-1"),
+        ("6.12-small-cache.bftrace", "testbox-2"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("traces")).unwrap();
+    let exports: Vec<_> = fleet
+        .iter()
+        .map(|(name, host)| {
+            bufscope()
+                .args([
+                    "export",
+                    &sample(name),
+                    "--format",
+                    "parquet",
+                    "--host",
+                    host,
+                    "-o",
+                ])
+                .arg(dir.path().join(format!("traces/{host}.parquet")))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("bufscope starts")
+        })
+        .collect();
+    for ((name, _), export) in fleet.iter().zip(exports) {
+        let out = export.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The query as the README gives it, run where its FROM 'traces/*.parquet' finds both.
+    let query = readme_duckdb_query();
+    assert!(query.contains("FROM 'traces/*.parquet'"), "{query}");
+    let out = std::process::Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/fleet_query.py"))
+        .arg(&query)
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = result["rows"].as_array().unwrap();
+    let got: std::collections::BTreeMap<(String, String, String), (u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let text = |i: usize| r[i].as_str().unwrap().to_string();
+            (
+                (text(0), text(1), text(2)),
+                (r[3].as_u64().unwrap(), r[4].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), rows.len(), "one row per host, kernel and lock");
+
+    // The same figures from each trace by bufscope's own report: waits and total wait per lock.
+    let mut expected = std::collections::BTreeMap::new();
+    for (name, host) in fleet {
+        let file = sample(name);
+        let kernel = info(&file)["header"]["kernel_release"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let report: serde_json::Value =
+            serde_json::from_str(&ok(&["report", &file, "--json"])).unwrap();
+        for row in report["rows"].as_array().unwrap() {
+            let lock = (
+                host.to_string(),
+                kernel.clone(),
+                row["name"].as_str().unwrap().to_string(),
+            );
+            let e: &mut (u64, u64) = expected.entry(lock).or_default();
+            e.0 += row["contended"].as_u64().unwrap();
+            e.1 += row["total_wait_ns"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(got, expected);
+    let totals: Vec<u64> = rows.iter().map(|r| r[4].as_u64().unwrap()).collect();
+    assert!(
+        totals.is_sorted_by(|a, b| a >= b),
+        "ORDER BY 5 DESC: {totals:?}"
+    );
+    eprintln!(
+        "{test}: {} rows, {} waits",
+        rows.len(),
+        got.values().map(|v| v.0).sum::<u64>()
+    );
+
+    fails(
+        &[
+            "export",
+            &sample(fleet[0].0),
+            "--format",
+            "folded",
+            "--host",
+            "testbox-1",
+            "-o",
+            "-",
+        ],
+        "--host sets the host column",
+    );
+}
+
 #[test]
 fn csv_json_chrome_and_folded_exports_hold_every_event() {
     let _others = others_may_run();

@@ -253,13 +253,13 @@ fn py_readers() -> anyhow::Result<()> {
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
         heading(
             "setup",
-            "Python export readers (perfetto, pyarrow): present",
+            "Python export readers (perfetto, pyarrow, duckdb): present",
         );
         return Ok(());
     }
     heading(
         "setup",
-        "Python export readers: installing perfetto, protobuf and pyarrow from PyPI into target/py-readers",
+        "Python export readers: installing perfetto, protobuf, pyarrow and duckdb from PyPI into target/py-readers",
     );
     run_checked(
         "setup",
