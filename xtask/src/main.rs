@@ -54,11 +54,11 @@ enum Task {
         save_samples: bool,
     },
     /// Build what users install: a static x86_64 bufscope (eBPF object inside) with its man pages
-    /// and bash, zsh and fish completions, README and samples, as a .deb and a tarball in
-    /// target/dist/.
+    /// and bash, zsh and fish completions, README, copyright and samples, as a .deb and a tarball
+    /// in target/dist/.
     Dist {
         /// Then install the .deb into a scratch root and use it (doctor, info on a sample,
-        /// completions, man -l), as `cargo xtask test` does.
+        /// completions, man -l, the copyright file), as `cargo xtask test` does.
         #[arg(long)]
         check: bool,
     },

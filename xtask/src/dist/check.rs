@@ -1,7 +1,7 @@
 //! The packages used as a user would (`cargo xtask dist --check`, part of `cargo xtask test`): the
 //! .deb installed by dpkg into a scratch root (`--root`, a database of its own), its bufscope run
 //! (doctor, info on a packaged sample), its completions read, its man pages rendered with `man -l`,
-//! then purged; the tarball holds the same files.
+//! its copyright file read, then purged; the tarball holds the same files.
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +14,8 @@ use std::{
 use anyhow::{Context, ensure};
 
 use super::{
-    BINARY, COMPLETIONS, DOC_DIR, MAN_DIR, Packages, SAMPLES_DIR, needs_interpreter, output_checked,
+    BINARY, COMPLETIONS, DOC_DIR, MAN_DIR, Packages, SAMPLES_DIR, copyright, needs_interpreter,
+    output_checked,
 };
 use crate::cmd::{heading, run_checked, workspace_root};
 
@@ -63,6 +64,11 @@ pub fn check(packages: &Packages) -> anyhow::Result<()> {
         usr.join(DOC_DIR).join("README.md").is_file(),
         "the README is not in /usr/{DOC_DIR}"
     );
+    heading(
+        "dist check",
+        &format!("/usr/{DOC_DIR}/copyright: machine-readable, bufscope's license"),
+    );
+    copyright_file(&usr.join(DOC_DIR).join("copyright"))?;
 
     let bufscope = usr.join(BINARY);
     ensure!(
@@ -225,6 +231,65 @@ fn installed_binary_runs(bufscope: &Path, version: &str, usr: &Path) -> anyhow::
         sample.display(),
         json["problem"]
     );
+    Ok(())
+}
+
+/// Debian's copyright file in the machine-readable format: its header, a `Files: *` paragraph
+/// under the workspace's license (Cargo.toml's, in DEP-5 words), the eBPF programs' paragraph
+/// with the license they declare to the kernel, a standalone paragraph for each license named, and
+/// the linked crates with their licenses (the one non-permissive, btf-rs, among them).
+fn copyright_file(path: &Path) -> anyhow::Result<()> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("the package has no {}", path.display()))?;
+    let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim_end).collect();
+    let field = |paragraph: &str, name: &str| {
+        paragraph
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    ensure!(
+        field(paragraphs[0], "Format").as_deref() == Some(copyright::FORMAT),
+        "{}: no DEP-5 Format line first:\n{text}",
+        path.display()
+    );
+    let files = |pattern: &str| {
+        paragraphs
+            .iter()
+            .find(|p| field(p, "Files").as_deref() == Some(pattern))
+            .with_context(|| format!("{}: no `Files: {pattern}` paragraph", path.display()))
+    };
+    let sources = copyright::Sources::read()?;
+    let own = copyright::dep5_license(&sources.license);
+    let all = files("*")?;
+    ensure!(
+        field(all, "License").as_deref() == Some(own.as_str()),
+        "{}: `Files: *` is not under Cargo.toml's license ({own}):\n{all}",
+        path.display()
+    );
+    let ebpf = files("ebpf/probes/*")?;
+    ensure!(
+        ebpf.contains(&format!("\"{}\"", sources.ebpf_license)),
+        "{}: the eBPF paragraph does not name the license the programs declare ({}):\n{ebpf}",
+        path.display(),
+        sources.ebpf_license
+    );
+    for name in copyright::short_names(&own) {
+        ensure!(
+            paragraphs
+                .iter()
+                .any(|p| p.starts_with(&format!("License: {name}\n "))),
+            "{}: no standalone paragraph with the text of {name}",
+            path.display()
+        );
+    }
+    for linked in [" aya ", " btf-rs "] {
+        ensure!(
+            paragraphs[0].contains(&format!("\n{linked}")),
+            "{}: the linked crates do not list{linked}",
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! `cargo xtask dist`: bufscope as users install it. A static x86_64 binary (eBPF object inside)
-//! with man pages, bash/zsh/fish completions, README and samples, as a .deb and a tarball under
-//! target/dist/; [`check`] installs the .deb into a scratch root and uses it.
+//! with man pages, bash/zsh/fish completions, README, copyright and samples, as a .deb and a
+//! tarball under target/dist/; [`check`] installs the .deb into a scratch root and uses it.
 
 mod check;
+mod copyright;
 
 use std::{
     fs,
@@ -104,7 +105,7 @@ pub fn run() -> anyhow::Result<Packages> {
     heading(
         "dist",
         &format!(
-            "2/6 staging bufscope {version}: binary, README, samples in {}",
+            "2/6 staging bufscope {version}: binary, README, copyright, samples in {}",
             stage.display()
         ),
     );
@@ -117,6 +118,10 @@ pub fn run() -> anyhow::Result<Packages> {
     copy_file(
         &root.join("README.md"),
         &usr.join(DOC_DIR).join("README.md"),
+    )?;
+    write_file(
+        &usr.join(DOC_DIR).join("copyright"),
+        copyright::render(&copyright::Sources::read()?)?.as_bytes(),
     )?;
     let samples = root.join("samples");
     for entry in fs::read_dir(&samples).with_context(|| format!("{}", samples.display()))? {
