@@ -625,9 +625,15 @@ mod tests {
             tid,
             tgid,
             comm: "bufio_dirty".into(),
-            cgroup: None,
+            // Its cgroup as the kernel says it (this process's: threads share it here).
+            cgroup: std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| Some(l.strip_prefix("0::")?.to_string()))
+                }),
         };
-        assert_eq!(threads, [expected], "named once, by its comm");
+        assert_eq!(threads, [expected], "named once, by its comm and cgroup");
 
         drop(exit_tx);
         dirtier.join().unwrap();
