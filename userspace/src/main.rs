@@ -97,7 +97,7 @@ enum Command {
     /// Make a trace of dm-bufio operations without a kernel (e.g. the hotspot test).
     Synth(cmd::synth::Options),
     /// Run a trace's dm-bufio operations through the reference cache designs and measure their
-    /// lock waits.
+    /// lock waits and each thread role's buffer acquisition time.
     Replay(cmd::replay::Options),
     /// Drive a block device with reader (and writer) threads of direct I/O and report ops/s and
     /// latency: the workload the VM test bed runs under dm-thin and dm-verity.

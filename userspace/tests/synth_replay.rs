@@ -101,6 +101,204 @@ fn a_synthetic_hotspot_trace_replays_through_every_design() {
     assert!(stdout.contains("tree lock (read)"), "{stdout}");
 }
 
+/// A role's row among a design's acquisitions in `replay --json`.
+fn role_row<'a>(design: &'a serde_json::Value, role: &str) -> &'a serde_json::Value {
+    design["acquisitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == role)
+        .unwrap_or_else(|| panic!("no {role} row in {design}"))
+}
+
+fn mean_ns(row: &serde_json::Value) -> f64 {
+    row["total_ns"].as_f64().unwrap() / row["count"].as_f64().unwrap()
+}
+
+#[test]
+fn replay_shows_each_roles_acquisitions_and_the_ratios_between_designs() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("hotspot.bftrace");
+    let trace = trace.to_str().unwrap();
+    let (ok, _, stderr) = run(&[
+        "synth",
+        "hotspot",
+        "-o",
+        trace,
+        "--hotspot-threads",
+        "3",
+        "--region-blocks",
+        "64",
+        "--passes",
+        "8",
+        "--dirtier-blocks",
+        "500",
+    ]);
+    assert!(ok, "{stderr}");
+    let run_out = dir.path().join("run.bftrace");
+    let (ok, stdout, stderr) = run(&[
+        "replay",
+        "--json",
+        "--trace-out",
+        run_out.to_str().unwrap(),
+        trace,
+    ]);
+    assert!(ok, "{stderr}");
+    let replay: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let designs = replay["designs"].as_array().unwrap();
+    for d in designs {
+        let name = d["design"].as_str().unwrap();
+        let hot = role_row(d, "bufio_hot");
+        assert_eq!(
+            (hot["threads"].as_u64(), hot["count"].as_u64()),
+            (Some(3), Some(3 * 64 * 8)),
+            "{name}: one acquisition per read of the hotspot threads"
+        );
+        let dirty = role_row(d, "bufio_dirty");
+        assert_eq!(
+            (dirty["threads"].as_u64(), dirty["count"].as_u64()),
+            (Some(1), Some(500)),
+            "{name}"
+        );
+        // The role rows are the threads' own figures added up: the design's run, read back
+        // per thread by `report --ops`.
+        let path = dir.path().join(format!("run.{name}.bftrace"));
+        let (ok, stdout, stderr) = run(&[
+            "report",
+            "--ops",
+            "--by",
+            "tid",
+            "--top",
+            "0",
+            "--json",
+            path.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        let per_thread: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let (mut count, mut total_ns, mut threads) = (0, 0, 0);
+        for row in per_thread["rows"].as_array().unwrap() {
+            if row["role"] == "bufio_hot" {
+                count += row["count"].as_u64().unwrap();
+                total_ns += row["total_ns"].as_u64().unwrap();
+                threads += 1;
+            }
+        }
+        assert_eq!(
+            (threads, count, total_ns),
+            (
+                3,
+                hot["count"].as_u64().unwrap(),
+                hot["total_ns"].as_u64().unwrap()
+            ),
+            "{name}: per-thread rows {per_thread}"
+        );
+        assert_eq!(
+            hot["avg_ns"].as_u64().unwrap(),
+            total_ns / count,
+            "{name}: the mean is the total over the count"
+        );
+    }
+    // Each design over the next: classic/sharded and sharded/lockfree, from the means above.
+    let ratios = replay["acquisition_ratios"].as_array().unwrap();
+    for (numerator, denominator) in [("classic", "sharded"), ("sharded", "lockfree")] {
+        let design = |name: &str| designs.iter().find(|d| d["design"] == name).unwrap();
+        for role in ["bufio_hot", "bufio_dirty"] {
+            let ratio =
+                ratios
+                    .iter()
+                    .find(|r| {
+                        r["role"] == role
+                            && r["numerator"] == numerator
+                            && r["denominator"] == denominator
+                    })
+                    .unwrap_or_else(|| panic!("no {role} {numerator}/{denominator} in {ratios:?}"))
+                    ["ratio"]
+                    .as_f64()
+                    .unwrap();
+            let expected = mean_ns(role_row(design(numerator), role))
+                / mean_ns(role_row(design(denominator), role));
+            assert!(
+                (ratio - expected).abs() <= 1e-9 * expected,
+                "{role} {numerator}/{denominator}: {ratio} vs {expected}"
+            );
+        }
+    }
+    assert_eq!(ratios.len(), 4, "two roles, two pairs: {ratios:?}");
+
+    // The table: every role under every design, then one ratio per role and pair of designs,
+    // each the printed means' ratio (up to their rounding: three digits, or whole ns).
+    let (ok, stdout, stderr) = run(&["replay", trace]);
+    assert!(ok, "{stderr}");
+    let ns = |cell: &str| -> f64 {
+        let (value, unit) = cell.split_once(' ').unwrap();
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            other => panic!("unit {other} in {cell}"),
+        };
+        value.parse::<f64>().unwrap() * scale
+    };
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("acquisitions"))
+        .unwrap_or_else(|| panic!("no acquisitions table in {stdout}"));
+    // role, design, threads, count, then mean, p50, p99 as "<value> <unit>".
+    let mut means: Vec<(String, String, f64)> = Vec::new();
+    let mut role = String::new();
+    for line in &lines[header + 1..] {
+        if line.is_empty() {
+            break;
+        }
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let design_at = if line.starts_with(' ') {
+            0
+        } else {
+            role = cells[0].to_string();
+            1
+        };
+        let mean = format!("{} {}", cells[design_at + 3], cells[design_at + 4]);
+        means.push((role.clone(), cells[design_at].to_string(), ns(&mean)));
+    }
+    assert_eq!(means.len(), 6, "two roles by three designs: {stdout}");
+    let ratio_header = lines
+        .iter()
+        .position(|l| l.starts_with("mean ratio"))
+        .unwrap_or_else(|| panic!("no ratios in {stdout}"));
+    assert!(
+        lines[ratio_header].contains("classic/sharded")
+            && lines[ratio_header].contains("sharded/lockfree"),
+        "{stdout}"
+    );
+    let mean_of = |role: &str, design: &str| {
+        means
+            .iter()
+            .find(|(r, d, _)| r == role && d == design)
+            .map(|m| m.2)
+            .unwrap()
+    };
+    for line in &lines[ratio_header + 1..ratio_header + 3] {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let printed: Vec<f64> = cells[1..]
+            .iter()
+            .map(|c| c.trim_end_matches('x').parse().unwrap())
+            .collect();
+        let expected = [
+            mean_of(cells[0], "classic") / mean_of(cells[0], "sharded"),
+            mean_of(cells[0], "sharded") / mean_of(cells[0], "lockfree"),
+        ];
+        for (p, e) in printed.iter().zip(expected) {
+            assert!(
+                (p - e).abs() <= 0.02 * e + 0.005,
+                "{}: printed {p}, from the printed means {e}: {stdout}",
+                cells[0]
+            );
+        }
+    }
+}
+
 #[test]
 fn replay_and_synth_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();

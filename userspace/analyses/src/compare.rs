@@ -17,8 +17,8 @@ use bufscope_trace::OpResult;
 use serde::Serialize;
 
 use crate::{
-    op_latency::{self, OpFilter},
-    report::{BUCKETS, GroupBy, SortKey, bucket_of, quantile},
+    op_latency,
+    report::{BUCKETS, bucket_of, quantile},
     tracedata::{TraceData, WaitClass},
 };
 
@@ -171,15 +171,7 @@ impl SourceStats {
                 .collect(),
             wait_hist,
             unattributed_waits: unattributed,
-            acquisitions: op_latency::build(
-                trace,
-                GroupBy::Role,
-                &OpFilter::default(),
-                SortKey::Name,
-                0,
-            )
-            .map(|r| r.rows)
-            .unwrap_or_default(),
+            acquisitions: op_latency::acquisitions_by_role(trace),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `bufscope report --ops`: how long dm-bufio operations took (by default the acquisitions: get,
 //! read, new), grouped by thread, thread role, operation or client, with exact percentiles.
-//! Works on any [`TraceData`]; threads are named only when the file names them.
+//! Works on any [`TraceData`]; threads are named only when the file names them. The acquisitions
+//! by thread role are also what `compare` and `replay` show for each source, with the ratios of
+//! their means between sources ([`acquisition_ratios`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -60,6 +62,13 @@ pub struct OpRow {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+}
+
+impl OpRow {
+    /// The mean duration, unrounded (`avg_ns` is rounded down to the ns).
+    pub fn mean_ns(&self) -> f64 {
+        self.total_ns as f64 / self.count.max(1) as f64
+    }
 }
 
 /// A whole report.
@@ -226,6 +235,47 @@ pub fn build(
     })
 }
 
+/// Buffer acquisitions (get, read, new) by thread role, roles in name order; none when the trace
+/// has no acquisitions.
+pub fn acquisitions_by_role(trace: &TraceData) -> Vec<OpRow> {
+    build(trace, GroupBy::Role, &OpFilter::default(), SortKey::Name, 0)
+        .map(|r| r.rows)
+        .unwrap_or_default()
+}
+
+/// How the threads of one role fared under two sources: the mean acquisition time under
+/// `numerator` over the mean under `denominator`, i.e. how many times faster `denominator`'s
+/// threads got their buffers (`replay`'s classic/sharded and sharded/lockfree).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AcquisitionRatio {
+    pub role: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub ratio: f64,
+}
+
+/// The ratio of each source's mean acquisition time to the next one's, for every role both
+/// have; `sources` are (name, [`acquisitions_by_role`] rows), in the order the ratios pair them.
+pub fn acquisition_ratios(sources: &[(&str, &[OpRow])]) -> Vec<AcquisitionRatio> {
+    sources
+        .windows(2)
+        .flat_map(|pair| {
+            let [(numerator, slower), (denominator, faster)] = pair else {
+                unreachable!("windows of two")
+            };
+            slower.iter().filter_map(move |row| {
+                let other = faster.iter().find(|r| r.key == row.key)?;
+                Some(AcquisitionRatio {
+                    role: row.key.clone(),
+                    numerator: numerator.to_string(),
+                    denominator: denominator.to_string(),
+                    ratio: row.mean_ns() / other.mean_ns().max(f64::MIN_POSITIVE),
+                })
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use bufscope_trace::{Metadata, Thread};
@@ -351,6 +401,51 @@ mod tests {
             (None, Some("bufio_hot"))
         );
         assert_eq!((r.rows[1].count, r.rows[1].p99_ns), (1, 5_000));
+    }
+
+    #[test]
+    fn ratios_pair_each_source_with_the_next_by_role_from_unrounded_means() {
+        let row = |key: &str, count, total_ns| OpRow {
+            key: key.into(),
+            name: None,
+            role: Some(key.into()),
+            threads: 1,
+            count,
+            total_ns,
+            avg_ns: total_ns / count,
+            p50_ns: 0,
+            p99_ns: 0,
+            max_ns: 0,
+        };
+        let classic = [row("bufio_dirty", 3, 10), row("bufio_hot", 4, 4_000)];
+        let sharded = [row("bufio_hot", 4, 1_000)];
+        let lockfree = [row("bufio_dirty", 1, 1), row("bufio_hot", 3, 250)];
+        let ratios = acquisition_ratios(&[
+            ("classic", &classic),
+            ("sharded", &sharded),
+            ("lockfree", &lockfree),
+        ]);
+        let found: Vec<(&str, &str, &str, f64)> = ratios
+            .iter()
+            .map(|r| {
+                (
+                    r.role.as_str(),
+                    r.numerator.as_str(),
+                    r.denominator.as_str(),
+                    r.ratio,
+                )
+            })
+            .collect();
+        // bufio_dirty is missing from sharded: no ratio on either side of it.
+        assert_eq!(
+            found,
+            [
+                ("bufio_hot", "classic", "sharded", 4.0),
+                ("bufio_hot", "sharded", "lockfree", 250.0 / (250.0 / 3.0)),
+            ]
+        );
+        assert_eq!(row("x", 3, 10).mean_ns(), 10.0 / 3.0);
+        assert_eq!(row("x", 3, 10).avg_ns, 3, "the rounded figure");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Every workload is a set of threads, each an ordered stream of operations; operations are
 //! stamped 500 ns apart on each thread and written merged in time order, so a replay reading the
 //! file sees every thread's operations interleaved as they would run. Random workloads are
-//! deterministic for a given seed.
+//! deterministic for a given seed. Threads are named as the kernel's would be (the hotspot's
+//! `bufio_hot/N` and `bufio_dirty`, as the test bed's module names its kthreads), so that reports
+//! by thread role read a synthetic trace, its replays and a kernel recording alike.
 
 use std::{
     fs::File,
@@ -12,6 +14,9 @@ use std::{
 };
 
 use bufscope_trace::{BufioOp, Metadata, OpKind, OpResult, TraceHeader, TraceWriter};
+
+/// The process every synthetic thread belongs to.
+const SYNTHETIC_TGID: u32 = 999;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Zipf};
 
@@ -250,9 +255,11 @@ impl Workload {
 
 type Ops = Box<dyn Iterator<Item = (OpKind, u64)>>;
 
-/// One synthetic thread: a tid and its operations, generated lazily.
+/// One synthetic thread: a tid, its name and its operations, generated lazily.
 pub struct Thread {
     pub tid: u32,
+    /// Its `comm`: role, then `/` and its instance where the role has several threads.
+    pub name: String,
     pub ops: Ops,
 }
 
@@ -260,6 +267,7 @@ impl std::fmt::Debug for Thread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Thread")
             .field("tid", &self.tid)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -296,6 +304,7 @@ fn hotspot(h: &Hotspot, warm_with_new: bool) -> Vec<Thread> {
                 (0..passes).flat_map(move |_| (first..first + region).flat_map(read_release));
             Thread {
                 tid: 1000 + n,
+                name: format!("bufio_hot/{n}"),
                 ops: Box::new(warm.chain(passes)),
             }
         })
@@ -303,6 +312,7 @@ fn hotspot(h: &Hotspot, warm_with_new: bool) -> Vec<Thread> {
     if !warm_with_new && h.dirtier_blocks > 0 {
         threads.push(Thread {
             tid: 999,
+            name: "bufio_dirty".into(),
             ops: Box::new((0..h.dirtier_blocks).flat_map(read_dirty_release)),
         });
     }
@@ -330,6 +340,7 @@ fn random(
             });
             Thread {
                 tid: 1000 + n,
+                name: format!("bufio_reader/{n}"),
                 ops: Box::new(ops),
             }
         })
@@ -346,6 +357,7 @@ fn scan(s: &Scan) -> Vec<Thread> {
             });
             Thread {
                 tid: 1000 + n,
+                name: format!("bufio_scan/{n}"),
                 ops: Box::new(ops),
             }
         })
@@ -380,14 +392,15 @@ fn btree(b: &Btree, seed: u64) -> Vec<Thread> {
             });
             Thread {
                 tid: 1000 + n,
+                name: format!("bufio_btree/{n}"),
                 ops: Box::new(ops),
             }
         })
         .collect()
 }
 
-/// Writes the threads' operations to `output`, every thread's i-th operation at i × 500 ns, and
-/// returns how many operations it wrote.
+/// Writes the threads' names and operations to `output`, every thread's i-th operation at
+/// i × 500 ns, and returns how many operations it wrote.
 pub fn write_trace(
     output: &Path,
     header: &TraceHeader,
@@ -415,6 +428,17 @@ pub fn write_trace(
             destroyed_ns: None,
         })
         .map_err(failed_at)?;
+    let names = threads
+        .iter()
+        .map(|t| bufscope_trace::Thread {
+            tid: t.tid,
+            tgid: SYNTHETIC_TGID,
+            comm: t.name.clone(),
+        })
+        .collect();
+    writer
+        .write_metadata(&Metadata::Threads { threads: names })
+        .map_err(failed_at)?;
     let mut step = 0u64;
     let mut failed = None;
     // Round-robin over threads: every thread's i-th operation is at i x 500 ns.
@@ -427,7 +451,7 @@ pub fn write_trace(
                     client: SYNTHETIC_CLIENT,
                     block,
                     tid: t.tid,
-                    tgid: 999,
+                    tgid: SYNTHETIC_TGID,
                     cpu: 0,
                     kind,
                     result: OpResult::None,
@@ -459,6 +483,36 @@ mod tests {
 
     fn collect(threads: Vec<Thread>) -> Vec<Vec<(OpKind, u64)>> {
         threads.into_iter().map(|t| t.ops.collect()).collect()
+    }
+
+    #[test]
+    fn a_written_hotspot_names_its_threads_as_the_kernel_test_does() {
+        let h = Hotspot {
+            hotspot_threads: 2,
+            region_blocks: 4,
+            passes: 1,
+            dirtier_blocks: 3,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.bftrace");
+        let ops = write_trace(&path, &TraceHeader::default(), 512, hotspot(&h, false), 0).unwrap();
+        assert_eq!(ops, 2 * 4 * 2 + 3 * 3);
+        let trace = crate::tracedata::TraceData::load(&path).unwrap();
+        let names = [1000, 1001, 999].map(|tid| (trace.thread_name(tid), trace.thread_role(tid)));
+        assert_eq!(
+            names,
+            [
+                (Some("bufio_hot/0"), "bufio_hot"),
+                (Some("bufio_hot/1"), "bufio_hot"),
+                (Some("bufio_dirty"), "bufio_dirty"),
+            ]
+        );
+        assert!(
+            trace
+                .ops
+                .iter()
+                .all(|op| trace.thread_name(op.tid).is_some())
+        );
     }
 
     #[test]

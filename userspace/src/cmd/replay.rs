@@ -1,5 +1,7 @@
 //! `bufscope replay FILE`: the trace's dm-bufio operations through each reference design, on a
-//! device or in memory, with a summary table (or JSON) of throughput, hits and lock waits.
+//! device or in memory, with a summary table (or JSON) of throughput, hits, lock waits, and how
+//! long each thread role's buffer acquisitions took under each design, with the ratios of their
+//! means from one design to the next (classic/sharded, sharded/lockfree).
 
 use std::{
     path::{Path, PathBuf},
@@ -10,8 +12,9 @@ use std::{
 use anyhow::{Context, bail};
 use bufscope_analyses::{
     models::{ReplayInput, as_trace, run_design},
+    op_latency::{AcquisitionRatio, OpRow, acquisition_ratios, acquisitions_by_role},
     tracedata::TraceData,
-    units::thousands,
+    units::{duration_ns, thousands},
 };
 use reference_cache::{
     Design, LockClass,
@@ -118,18 +121,21 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             c.table()
         );
     }
-    let options = o
-        .model
-        .options(o.cpus, o.speed, o.trace_out.is_some(), calibration.as_ref());
+    // Logged: each operation's duration gives the acquisitions by role.
+    let options = o.model.options(o.cpus, o.speed, true, calibration.as_ref());
     let mut results = Vec::new();
+    let mut acquisitions = Vec::new();
     for &design in &designs {
         if !o.json {
             eprintln!("bufscope: replaying through {design}...");
         }
-        let result = run_design(design, &input, &options)?;
+        let mut result = run_design(design, &input, &options)?;
+        let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
+        // The log and its trace hold every operation: keep one design's at a time.
+        result.log = None;
+        acquisitions.push(acquisitions_by_role(&model));
         if let Some(out) = &o.trace_out {
             let path = trace_out_path(out, design, designs.len());
-            let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
             model.write(&path, o.force)?;
             eprintln!(
                 "bufscope: wrote {} ({} operations, {} lock waits)",
@@ -140,8 +146,18 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         }
         results.push(result);
     }
+    let sources: Vec<(&str, &[OpRow])> = results
+        .iter()
+        .zip(&acquisitions)
+        .map(|(r, rows)| (r.design.name(), rows.as_slice()))
+        .collect();
+    let ratios = acquisition_ratios(&sources);
     if o.json {
-        let designs: Vec<_> = results.iter().map(to_json).collect();
+        let designs: Vec<_> = results
+            .iter()
+            .zip(&acquisitions)
+            .map(|(r, rows)| to_json(r, rows))
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -150,10 +166,12 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
                 "operations": input.steps,
                 "threads": input.streams.len(),
                 "designs": designs,
+                "acquisition_ratios": ratios,
             }))?
         );
     } else {
         print_table(&results);
+        print_acquisitions(&sources, &ratios);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,7 +200,7 @@ fn quantile_us(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     }
 }
 
-fn to_json(r: &ReplayResult) -> serde_json::Value {
+fn to_json(r: &ReplayResult, acquisitions: &[OpRow]) -> serde_json::Value {
     let ops = r.report.ops();
     let locks: Vec<_> = LockClass::ALL
         .iter()
@@ -224,6 +242,7 @@ fn to_json(r: &ReplayResult) -> serde_json::Value {
         "writes": ops.writes,
         "evictions": ops.evictions,
         "locks": locks,
+        "acquisitions": acquisitions,
         "mismatches": {
             "not_held": r.mismatches.not_held,
             "extra_hits": r.mismatches.extra_hits,
@@ -292,5 +311,66 @@ fn print_table(results: &[ReplayResult]) {
         if let Some(error) = &r.first_io_error {
             println!("{}: first I/O error: {error}", r.design);
         }
+    }
+}
+
+/// Buffer acquisitions (get, read, new) by thread role under each design, then each role's
+/// ratio of mean acquisition time from one design to the next.
+fn print_acquisitions(sources: &[(&str, &[OpRow])], ratios: &[AcquisitionRatio]) {
+    let mut roles: Vec<&str> = sources
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|r| r.key.as_str()))
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    if roles.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<16} {:<8} {:>8} {:>12} {:>11} {:>11} {:>11}",
+        "acquisitions", "design", "threads", "count", "mean", "p50", "p99"
+    );
+    for role in &roles {
+        let mut first = true;
+        for (design, rows) in sources {
+            let Some(row) = rows.iter().find(|r| r.key == *role) else {
+                continue;
+            };
+            println!(
+                "{:<16} {:<8} {:>8} {:>12} {:>11} {:>11} {:>11}",
+                if first { role } else { "" },
+                design,
+                row.threads,
+                thousands(row.count),
+                duration_ns(row.avg_ns),
+                duration_ns(row.p50_ns),
+                duration_ns(row.p99_ns),
+            );
+            first = false;
+        }
+    }
+    if ratios.is_empty() {
+        return;
+    }
+    let pairs: Vec<(&str, &str)> = sources.windows(2).map(|w| (w[0].0, w[1].0)).collect();
+    println!();
+    print!("{:<16}", "mean ratio");
+    for (numerator, denominator) in &pairs {
+        print!(" {:>17}", format!("{numerator}/{denominator}"));
+    }
+    println!();
+    for role in &roles {
+        print!("{role:<16}");
+        for (numerator, denominator) in &pairs {
+            let ratio = ratios.iter().find(|r| {
+                r.role == *role && r.numerator == *numerator && r.denominator == *denominator
+            });
+            print!(
+                " {:>17}",
+                ratio.map_or("-".to_string(), |r| format!("{:.2}x", r.ratio))
+            );
+        }
+        println!();
     }
 }
