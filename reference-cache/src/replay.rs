@@ -365,6 +365,27 @@ struct ThreadOutcome {
     log: Option<ReplayLog>,
 }
 
+/// An empty log with room for `steps` operations whose memory has been written once, so that
+/// the page faults of a fresh allocation (a microsecond or more each in a VM) happen here, before
+/// the clock starts, instead of inside the operations the log times.
+fn written_log(steps: usize) -> Vec<LoggedOp> {
+    let blank = LoggedOp {
+        tid: 0,
+        step: Step::Release,
+        block: 0,
+        start_ns: 0,
+        duration_ns: 0,
+        result: StepResult::None,
+        mutex_wait_ns: 0,
+        mutex_hold_ns: 0,
+    };
+    let mut log = vec![blank; steps];
+    // The writes must happen although nothing reads them.
+    std::hint::black_box(log.as_mut_slice());
+    log.clear();
+    log
+}
+
 fn run_thread(
     cache: &dyn BufferCache,
     steps: Vec<(usize, TimedStep)>,
@@ -379,7 +400,11 @@ fn run_thread(
     } else {
         ThreadRecorder::new()
     };
-    let mut ops_log = Vec::with_capacity(if options.log { steps.len() } else { 0 });
+    let mut ops_log = if options.log {
+        written_log(steps.len())
+    } else {
+        Vec::new()
+    };
     let mut latency = histograms();
     let mut mismatches = Mismatches::default();
     let mut first_io_error = None;
