@@ -434,6 +434,7 @@ pub fn write_trace(
             tid: t.tid,
             tgid: SYNTHETIC_TGID,
             comm: t.name.clone(),
+            cgroup: None,
         })
         .collect();
     writer
