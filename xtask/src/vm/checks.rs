@@ -214,7 +214,8 @@ fn check_hotspot(
 }
 
 /// Who held the dm-bufio locks the hotspot threads waited on, as bufscope read the owners:
-/// every owning thread must be one of the module's own 17 (nothing else uses that client), and
+/// every owning thread must be one of the module's own 17 or dm-bufio's own worker (nothing
+/// else uses that client), and
 /// the dirtier must be among them, named with the operation it was in. Returns the waits held
 /// by the dirtier and by any thread.
 fn check_holders(
@@ -260,13 +261,19 @@ fn check_holders(
         .find(|t| !t.hotspot)
         .map(|t| t.pid)
         .context("the module reported no dirtier")?;
+    // dm-bufio's own work (its cache's eviction and cleanup, run by a kworker named after the
+    // dm_bufio_cache workqueue) takes the client's lock too.
     let strangers: Vec<&(String, u64)> = rows
         .iter()
-        .filter(|(name, _)| pid_of(name).is_some_and(|pid| !module.contains(&pid)))
+        .filter(|(name, _)| {
+            pid_of(name).is_some_and(|pid| !module.contains(&pid))
+                && !name.contains("dm_bufio_cache")
+        })
         .collect();
     ensure!(
         strangers.is_empty(),
-        "{kernel} bufio-hotspot: the hotspot threads waited on dm-bufio locks held by threads          outside the module ({module:?}): {strangers:?}"
+        "{kernel} bufio-hotspot: the hotspot threads waited on dm-bufio locks held by threads \
+         outside the module ({module:?}) and dm-bufio's own workers: {strangers:?}"
     );
     let held = |keep: &dyn Fn(u32) -> bool| -> u64 {
         rows.iter()
@@ -280,7 +287,8 @@ fn check_holders(
     });
     ensure!(
         dirtier_named,
-        "{kernel} bufio-hotspot: the dirtier ({dirtier}) is not named among the owners of the          locks the hotspot threads waited on: {rows:?}"
+        "{kernel} bufio-hotspot: the dirtier ({dirtier}) is not named among the owners of the \
+         locks the hotspot threads waited on: {rows:?}"
     );
     Ok((by_dirtier, by_threads))
 }
