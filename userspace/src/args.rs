@@ -167,12 +167,21 @@ impl LockTypeArgs {
     }
 }
 
-/// A `--type`: one of perf lock contention's lock type names, as its index.
+/// A `--type` of `record` and `live`: one of perf lock contention's lock type names, as its
+/// index.
 fn parse_lock_type(s: &str) -> Result<u32, String> {
+    lock_type_index(s).map(|i| i as u32)
+}
+
+/// A `--type` of `report`: one of perf lock contention's lock type names.
+pub fn parse_lock_type_name(s: &str) -> Result<String, String> {
+    lock_type_index(s).map(|i| LockFlags::TYPE_NAMES[i].to_string())
+}
+
+fn lock_type_index(s: &str) -> Result<usize, String> {
     LockFlags::TYPE_NAMES
         .iter()
         .position(|&name| name == s)
-        .map(|i| i as u32)
         .ok_or_else(|| {
             format!(
                 "unknown lock type `{s}`; known: {}",

@@ -31,6 +31,34 @@ fn read(path: &std::path::Path) -> (Vec<LockWait>, Names) {
     (waits, names)
 }
 
+/// One test at a time: each records this whole process, whose other tests' workloads would
+/// show up in it (the pipe test's mutex waits held by another test's pipe threads).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `bufscope record --no-bufio -d 3s --pid <this process> ARGS… -o PATH`, run to its end and
+/// required to succeed.
+fn record_this_process(path: &std::path::Path, args: &[&str]) {
+    let out = bufscope()
+        .args(["record", "--no-bufio", "-d", "3s", "--pid"])
+        .arg(std::process::id().to_string())
+        .args(args)
+        .arg("-o")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Threads mapping, touching and unmapping memory in a loop: munmap takes the process's
 /// mmap_lock for writing, page faults take it for reading.
 fn mmap_storm(threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
@@ -68,6 +96,7 @@ fn mmap_storm(threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<
 
 #[test]
 fn a_process_s_mmap_lock_is_named_with_the_process() {
+    let _alone = one_at_a_time();
     if !root_or_skip("a_process_s_mmap_lock_is_named_with_the_process") {
         return;
     }
@@ -76,26 +105,9 @@ fn a_process_s_mmap_lock_is_named_with_the_process() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = mmap_storm(8, &stop);
     let me = std::process::id();
-    let out = bufscope()
-        .args([
-            "record",
-            "--no-bufio",
-            "-d",
-            "3s",
-            "--pid",
-            &me.to_string(),
-            "-o",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
+    record_this_process(&path, &[]);
     stop.store(true, Ordering::Relaxed);
     let rounds: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let (waits, names) = read(&path);
     let rwsem: Vec<&LockWait> = waits
@@ -128,6 +140,7 @@ fn a_process_s_mmap_lock_is_named_with_the_process() {
 
 #[test]
 fn runqueue_locks_are_named_by_their_cpu() {
+    let _alone = one_at_a_time();
     if !root_or_skip("runqueue_locks_are_named_by_their_cpu") {
         return;
     }
@@ -135,27 +148,8 @@ fn runqueue_locks_are_named_by_their_cpu() {
     let path = dir.path().join("rq.bftrace");
     // Pipe writers wake the reader and each other: wake-ups take the runqueues' locks.
     let workload = common::PipeContention::start(8);
-    let me = std::process::id().to_string();
-    let out = bufscope()
-        .args([
-            "record",
-            "--no-bufio",
-            "-d",
-            "3s",
-            "--exact-stacks",
-            "--pid",
-            &me,
-            "-o",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
+    record_this_process(&path, &["--exact-stacks"]);
     workload.stop();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let (waits, names) = read(&path);
     let cpus = thread::available_parallelism().unwrap().get();
@@ -201,6 +195,7 @@ fn runqueue_locks_are_named_by_their_cpu() {
 
 #[test]
 fn pipe_mutex_waits_carry_their_holder() {
+    let _alone = one_at_a_time();
     if !root_or_skip("pipe_mutex_waits_carry_their_holder") {
         return;
     }
@@ -210,20 +205,7 @@ fn pipe_mutex_waits_carry_their_holder() {
     // others holds it.
     let workload = common::PipeContention::start(8);
     let me = std::process::id();
-    let out = bufscope()
-        .args([
-            "record",
-            "--no-bufio",
-            "--no-stacks",
-            "-d",
-            "3s",
-            "--pid",
-            &me.to_string(),
-            "-o",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
+    record_this_process(&path, &["--no-stacks"]);
     let storm: Vec<u32> = workload
         .tids
         .iter()
@@ -231,11 +213,6 @@ fn pipe_mutex_waits_carry_their_holder() {
         .chain([workload.reader_tid])
         .collect();
     workload.stop();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let (waits, names) = read(&path);
     let mutex: Vec<&LockWait> = waits

@@ -75,23 +75,6 @@ pub struct Filter {
     pub min_wait_ns: u64,
 }
 
-/// Every lock type name a wait can have, for checking `--type`.
-pub const TYPE_NAMES: &[&str] = &[
-    "mutex",
-    "rwsem:R",
-    "rwsem:W",
-    "semaphore",
-    "spinlock",
-    "rwlock:R",
-    "rwlock:W",
-    "rtmutex",
-    "rwlock-rt:R",
-    "rwlock-rt:W",
-    "pcpu-sem",
-    "pcpu-sem:R",
-    "pcpu-sem:W",
-];
-
 /// Short operation names (`get`, `mark_dirty`, ...) or kernel functions, as `--op` takes them;
 /// `none` means outside any dm-bufio operation.
 pub fn parse_op(s: &str) -> Result<Option<OpKind>, String> {
@@ -181,19 +164,13 @@ impl Filter {
         if !self.pids.is_empty() && !self.pids.contains(&w.tgid) {
             return false;
         }
-        if let Some(text) = &self.comm
-            && !trace
-                .names
-                .thread_name(w.tid)
-                .is_some_and(|name| name.contains(text.as_str()))
-        {
-            return false;
-        }
-        if let Some(text) = &self.cgroup
-            && !trace
-                .names
-                .thread_cgroup(w.tid)
-                .is_some_and(|cgroup| cgroup.contains(text.as_str()))
+        // A text filter keeps a wait whose thread has that text in its name (or cgroup).
+        let has = |text: &Option<String>, value: Option<&str>| {
+            text.as_ref()
+                .is_none_or(|t| value.is_some_and(|v| v.contains(t.as_str())))
+        };
+        if !has(&self.comm, trace.names.thread_name(w.tid))
+            || !has(&self.cgroup, trace.names.thread_cgroup(w.tid))
         {
             return false;
         }

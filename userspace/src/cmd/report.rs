@@ -10,13 +10,13 @@ use bufscope_analyses::{
     calibration,
     naming::UNNAMED_ROLE,
     op_latency::{self, OpFilter, OpLatencyReport},
-    report::{self, Filter, GroupBy, Report, SortKey, TYPE_NAMES},
+    report::{self, Filter, GroupBy, Report, SortKey},
     tracedata::TraceData,
     units::{duration_ns, thousands},
 };
 use bufscope_trace::OpKind;
 
-use crate::args::DamageArgs;
+use crate::args::{DamageArgs, parse_lock_type_name};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -65,7 +65,7 @@ pub struct Options {
     #[arg(long = "tid", value_name = "TID")]
     pub tids: Vec<u32>,
     /// Only locks of this type: mutex, rwsem:R, rwsem:W, spinlock, ... (repeat for several).
-    #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_lock_type_name)]
     pub types: Vec<String>,
     /// Only waits (with --ops: operations) for this dm-bufio client: its device (7:0) or address
     /// (0xff...).
@@ -100,17 +100,6 @@ pub struct Options {
     pub csv: bool,
     #[command(flatten)]
     pub damage: DamageArgs,
-}
-
-fn parse_type(s: &str) -> Result<String, String> {
-    if TYPE_NAMES.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown lock type `{s}`; known: {}",
-            TYPE_NAMES.join(", ")
-        ))
-    }
 }
 
 pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
