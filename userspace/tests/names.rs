@@ -220,23 +220,26 @@ fn pipe_mutex_waits_carry_their_holder() {
         .filter(|w| bufscope_abi::LockFlags(w.flags).type_name() == "mutex")
         .collect();
     assert!(mutex.len() >= 1_000, "{} mutex waits", mutex.len());
-    let by_storm = mutex
+    // A mutex wait finds a thread holding the lock, or finds it free (the holder let go between
+    // the waiter's failed fast path and contention_begin: 8-15 % of this storm's waits, by
+    // run). Held ones must be held by the storm; the state must be known for every wait.
+    let held: Vec<_> = mutex.iter().filter_map(|w| w.owner.thread()).collect();
+    let free = mutex.iter().filter(|w| w.owner == LockOwner::Free).count();
+    let by_storm = held
         .iter()
-        .filter(|w| {
-            w.owner
-                .thread()
-                .is_some_and(|o| storm.contains(&o.tid) && o.tgid == me)
-        })
+        .filter(|o| storm.contains(&o.tid) && o.tgid == me)
         .count();
     assert!(
-        by_storm * 10 >= mutex.len() * 9,
-        "{by_storm} of {} mutex waits held by one of the storm's threads {storm:?} ({} free as \
-         the wait began); e.g. {:?}",
+        held.len() * 2 >= mutex.len() && (held.len() + free) * 100 >= mutex.len() * 99,
+        "of {} mutex waits {} held by a thread, {free} free as the wait began",
         mutex.len(),
-        mutex.iter().filter(|w| w.owner == LockOwner::Free).count(),
-        mutex
-            .iter()
-            .find(|w| !w.owner.thread().is_some_and(|o| storm.contains(&o.tid)))
+        held.len()
+    );
+    assert!(
+        by_storm * 100 >= held.len() * 99,
+        "{by_storm} of {} held mutex waits held by one of the storm's threads {storm:?}; e.g. {:?}",
+        held.len(),
+        held.iter().find(|o| !storm.contains(&o.tid))
     );
     // No thread waits on a mutex it holds itself.
     let own = mutex
