@@ -208,6 +208,7 @@ pub async fn record_until_stopped(
 /// than a second may be missed).
 fn follow_processes(probes: &mut LockProbes, watched: Option<&Watched>) -> Result<(), RecordError> {
     probes.refresh_processes().map_err(RecordError::Processes)?;
+    probes.flush_kernel_notes();
     if let Some(w) = watched.filter(|w| w.only) {
         for pid in descendants(std::path::Path::new("/proc"), w.pid) {
             probes.keep_process(pid).map_err(RecordError::Processes)?;

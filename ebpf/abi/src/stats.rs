@@ -57,11 +57,20 @@ pub enum Counter {
     /// contention_begin events of processes left out (bufscope's own, or not among `--pid`'s),
     /// or on lock types left out (`--type`): not paired, not counted as waits.
     Filtered,
+    /// A wait that began below no live dm-bufio operation of its thread although the thread had
+    /// one on record: the operation's frame lies at or below the wait on the kernel stack, so it
+    /// returned without its return program running (or the wait runs on another stack, an
+    /// interrupt's). The wait is charged to no operation.
+    WaitOpStale,
+    /// A read of a kernel field at an offset taken from BTF failed (memory the kernel would not
+    /// let the program read, or an offset that does not fit this kernel): what it would have
+    /// told (a lock's owner) is unknown for that wait.
+    FieldReadFailed,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -85,6 +94,8 @@ impl Counter {
         Counter::StackRecheckMismatch,
         Counter::StackRechecked,
         Counter::Filtered,
+        Counter::WaitOpStale,
+        Counter::FieldReadFailed,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -120,6 +131,8 @@ impl Counter {
             Counter::StackRecheckMismatch => "stack_recheck_mismatch",
             Counter::StackRechecked => "stack_rechecked",
             Counter::Filtered => "filtered",
+            Counter::WaitOpStale => "wait_op_stale",
+            Counter::FieldReadFailed => "field_read_failed",
         }
     }
 }

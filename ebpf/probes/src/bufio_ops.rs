@@ -22,6 +22,7 @@ use bufscope_abi::{
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, current,
     maps::{CLIENTS, EVENTS, OP_STATS, OPS, ZERO_OPS, count},
+    notes::count_noted,
 };
 
 /// One dm-bufio operation in progress on a thread. In-kernel only; contention reads `op` and
@@ -33,6 +34,10 @@ pub(crate) struct OpFrame {
     func_ip: u64,
     /// Where the call entered on the kernel stack (`Call::stack_addr`).
     stack_addr: u64,
+    /// The word at `stack_addr` when the call entered (fentry: its first argument, saved in the
+    /// trampoline's frame; kprobe: the return address). It stays there while the call runs; a
+    /// call that returned leaves the slot to whatever runs there next.
+    stack_word: u64,
     start_ns: u64,
     pub(crate) client: u64,
     block: u64,
@@ -59,6 +64,32 @@ pub(crate) struct OpStack {
     pub(crate) depth: u32,
     _pad: u32,
     pub(crate) frames: [OpFrame; MAX_FRAMES],
+}
+
+impl OpStack {
+    /// The operation a lock wait beginning at `here` on this thread's kernel stack is inside:
+    /// the outermost frame, if it is still live. A live operation's frame lies above everything
+    /// it calls and keeps its entry's word ([`OpFrame::stack_word`]); a frame at or below `here`,
+    /// or whose word has changed, was left by a call whose return program the kernel skipped (or
+    /// the wait runs on another stack, an interrupt's): the wait is inside no operation, and
+    /// [`Counter::WaitOpStale`] counts it. The frames stay for the next entry to drop
+    /// ([`drop_returned_frames`]); a program on an interrupt's stack must not drop a live one.
+    /// `here` 0 (unknown) trusts the frame.
+    #[inline(always)]
+    pub(crate) fn outermost_at(&self, here: u64) -> Option<&OpFrame> {
+        if self.depth == 0 {
+            return None;
+        }
+        let frame = &self.frames[0];
+        if frame.stack_addr != 0 {
+            let below = here != 0 && frame.stack_addr <= here;
+            if below || current::read_field::<u64>(frame.stack_addr, 0) != Some(frame.stack_word) {
+                count(Counter::WaitOpStale);
+                return None;
+            }
+        }
+        Some(frame)
+    }
 }
 
 /// A probed call as either kind of entry program sees it.
@@ -366,7 +397,7 @@ fn send_client(client: u64, how: u32) {
     let offsets = BUFIO_OFFSETS.load();
     let bdev: u64 = current::read_field(client, offsets.client_bdev).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ClientEvent>(0) else {
-        count(Counter::ReserveFailed);
+        count_noted(Counter::ReserveFailed);
         // Try again at the next operation.
         let _ = CLIENTS.remove(client);
         return;
@@ -469,12 +500,14 @@ fn op_entry(func_ip: u64, stack_addr: u64, op: u32, client: u64, block: u64, arg
     drop_returned_frames(stack, stack_addr, op);
     let depth = stack.depth as usize;
     let Some(frame) = stack.frames.get_mut(depth) else {
-        count(Counter::OpTooDeep);
+        count_noted(Counter::OpTooDeep);
         return;
     };
+    let stack_word = current::read_field::<u64>(stack_addr, 0).unwrap_or(0);
     *frame = OpFrame {
         func_ip,
         stack_addr,
+        stack_word,
         start_ns: current::now_ns(),
         client,
         block,
@@ -507,7 +540,7 @@ fn is_err_ptr(value: u64) -> bool {
 fn op_return(ip: u64, ret: u64) {
     let tid = current::tid();
     let Some(stack) = OPS.get_ptr_mut(tid) else {
-        count(Counter::OpUnmatchedReturn);
+        count_noted(Counter::OpUnmatchedReturn);
         return;
     };
     // SAFETY: only this thread writes its own frames.
@@ -528,7 +561,7 @@ fn op_return(ip: u64, ret: u64) {
         found = stack.depth as usize - 1;
     }
     if found == MAX_FRAMES {
-        count(Counter::OpUnmatchedReturn);
+        count_noted(Counter::OpUnmatchedReturn);
         return;
     }
     let mut stale = stack.depth as usize - found - 1;
@@ -578,7 +611,7 @@ fn op_return(ip: u64, ret: u64) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<BufioOpEvent>(0) else {
-        count(Counter::ReserveFailed);
+        count_noted(Counter::ReserveFailed);
         return;
     };
     let (tid, tgid) = current::tid_tgid();

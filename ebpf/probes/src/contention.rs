@@ -2,6 +2,7 @@
 //! into one wait, folded into histograms and (when streaming) sent as a [`LockWaitEvent`].
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_FAST_STACK_CMP, BPF_NOEXIST},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
@@ -17,6 +18,7 @@ use crate::{
         EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, RQ_LOCK, STACK_CACHE,
         STACKS, WAIT_HIST, ZERO_HIST, count,
     },
+    notes::count_noted,
 };
 
 /// A wait that has begun and not yet ended. In-kernel only.
@@ -109,12 +111,34 @@ pub fn contention_end_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where a contention program runs on the waiter's kernel stack, to tell the dm-bufio operation
+/// the waiter is inside from one that returned unseen ([`OpStack::outermost_at`](crate::bufio_ops::OpStack::outermost_at)).
+trait StackPlace: StackIdContext {
+    /// An address on the waiter's kernel stack below the lock function's frame; 0 when unknown.
+    fn stack_place(&self) -> u64;
+}
+
+impl StackPlace for BtfTracePointContext {
+    /// A tp_btf program's context is the argument array its caller (bpf_trace_run*) keeps on
+    /// the stack.
+    fn stack_place(&self) -> u64 {
+        self.as_ptr() as u64
+    }
+}
+
+impl StackPlace for TracePointContext {
+    /// A classic tracepoint's context is a record in a per-CPU buffer, not on the stack.
+    fn stack_place(&self) -> u64 {
+        0
+    }
+}
+
 /// Everything the probe does for a waiter happens before its wait's start is taken, so the wait
 /// reported is the kernel's, not the probe's: the operation lookup, the stack walk and the
 /// pending map's insert all run first (they delay the waiter like a slower caller would, and
 /// never lengthen anyone's hold of the lock).
 #[inline(always)]
-fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
+fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     count(Counter::BeginSeen);
     let config = PROBE_CONFIG.load();
     if !process_wanted() || !type_wanted(&config, flags) {
@@ -137,11 +161,11 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         owner_op: 0,
     };
     // SAFETY: only this thread writes its own key.
-    if let Some(stack) = unsafe { OPS.get(tid) }
-        && stack.depth > 0
+    if let Some(frame) =
+        unsafe { OPS.get(tid) }.and_then(|stack| stack.outermost_at(ctx.stack_place()))
     {
-        wait.op = stack.frames[0].op;
-        wait.op_client = stack.frames[0].client;
+        wait.op = frame.op;
+        wait.op_client = frame.client;
     }
     if config.owners != 0 {
         read_owner(lock_addr, flags, &mut wait);
@@ -182,7 +206,7 @@ fn on_begin<C: StackIdContext>(ctx: &C, lock_addr: u64, flags: u32) {
         .insert(tid, wait, u64::from(BPF_NOEXIST))
         .is_err()
     {
-        count(Counter::PendingFull);
+        count_noted(Counter::PendingFull);
         return;
     }
     // The insert's own cost stays outside the wait too.
@@ -201,12 +225,12 @@ fn read_owner(lock_addr: u64, flags: u32, wait: &mut PendingWait) {
     let sleeping_rw = LockFlags::READ | LockFlags::WRITE;
     let other = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
     let task = if flags & LockFlags::MUTEX != 0 {
-        let Some(word) = current::read_field::<u64>(lock_addr, offsets.mutex_owner) else {
+        let Some(word) = current::read_btf_field::<u64>(lock_addr, offsets.mutex_owner) else {
             return;
         };
         word & !TaskOffsets::MUTEX_OWNER_FLAGS
     } else if flags & other == 0 && flags & sleeping_rw != 0 {
-        let Some(word) = current::read_field::<u64>(lock_addr, offsets.rwsem_owner) else {
+        let Some(word) = current::read_btf_field::<u64>(lock_addr, offsets.rwsem_owner) else {
             return;
         };
         if word & TaskOffsets::RWSEM_READER_OWNED != 0 {
@@ -222,7 +246,7 @@ fn read_owner(lock_addr: u64, flags: u32, wait: &mut PendingWait) {
         return;
     }
     // task_struct.pid and .tgid are adjacent pid_t's (checked by user space).
-    let Some(ids) = current::read_field::<u64>(task, offsets.task_pid) else {
+    let Some(ids) = current::read_btf_field::<u64>(task, offsets.task_pid) else {
         return;
     };
     wait.owner_state = owner::THREAD;
@@ -242,7 +266,7 @@ fn walk_stack<C: StackIdContext>(ctx: &C) -> i32 {
     match ctx.get_stackid(&STACKS, u64::from(BPF_F_FAST_STACK_CMP)) {
         Ok(id) => id as i32,
         Err(_) => {
-            count(Counter::StackLost);
+            count_noted(Counter::StackLost);
             -1
         }
     }
@@ -426,7 +450,7 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<LockWaitEvent>(0) else {
-        count(Counter::ReserveFailed);
+        count_noted(Counter::ReserveFailed);
         return;
     };
     let (tid, tgid) = current::tid_tgid();
@@ -471,7 +495,7 @@ fn add_to_histogram(wait: &PendingWait, wait_ns: u64) {
                 reason = "a copy would not fit on the 512-byte BPF stack"
             )]
             if WAIT_HIST.insert(key, unsafe { &*zero }, 0).is_err() {
-                count(Counter::HistFull);
+                count_noted(Counter::HistFull);
                 return;
             }
             let Some(hist) = WAIT_HIST.get_ptr_mut(key) else {

@@ -5,6 +5,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     bpf_probe_read_kernel,
 };
+use bufscope_abi::Counter;
+
+use crate::notes::count_noted;
 
 /// Nanoseconds since boot, not counting suspend (CLOCK_MONOTONIC).
 #[inline(always)]
@@ -49,4 +52,18 @@ pub(crate) fn read_field<T>(base: u64, offset: u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// [`read_field`], where a failed read (not a field this kernel lacks, nor a null base) is worth
+/// counting and telling: [`Counter::FieldReadFailed`].
+#[inline(always)]
+pub(crate) fn read_btf_field<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == u32::MAX || base == 0 {
+        return None;
+    }
+    let value = read_field(base, offset);
+    if value.is_none() {
+        count_noted(Counter::FieldReadFailed);
+    }
+    value
 }

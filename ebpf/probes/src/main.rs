@@ -8,7 +8,8 @@
 //! operations are folded into [`maps::OP_STATS`] when they return. When user space streams,
 //! waits, operations and first-seen clients also go to the ring buffer [`maps::EVENTS`]. Anything
 //! nested, repeated, unpaired or lost is only counted ([`maps::COUNTERS`]), never turned into a
-//! duration. The thin probe ([`thin`]) names dm-thin pools' metadata locks in
+//! duration; the first time a loss counter moves on a CPU, [`notes`] says so through aya-log.
+//! The thin probe ([`thin`]) names dm-thin pools' metadata locks in
 //! [`maps::LOCK_CLASSES`], as contention_begin names mmap_locks, siglocks and runqueues. User
 //! space sets the globals below before load.
 
@@ -19,6 +20,7 @@ mod bufio_ops;
 mod contention;
 mod current;
 mod maps;
+mod notes;
 mod thin;
 
 use aya_ebpf::Global;

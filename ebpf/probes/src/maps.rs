@@ -107,3 +107,16 @@ pub(crate) fn count(counter: Counter) {
         unsafe { *value += 1 };
     }
 }
+
+/// Adds one to `counter`; true when it was the first on this CPU (see [`crate::notes`]).
+#[inline(always)]
+pub(crate) fn count_first(counter: Counter) -> bool {
+    let Some(value) = COUNTERS.get_ptr_mut(counter as u32) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot; programs on one CPU do not preempt each other for this map.
+    unsafe {
+        *value += 1;
+        *value == 1
+    }
+}

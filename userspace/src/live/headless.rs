@@ -178,6 +178,7 @@ pub async fn run_headless(
                 }
                 previous = now;
                 probes.refresh_processes()?;
+                probes.flush_kernel_notes();
             }
             _ = sleep_until(deadline) => break,
             _ = interrupt.recv() => break,

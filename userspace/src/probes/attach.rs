@@ -326,6 +326,11 @@ impl LockProbes {
                 .owned_fd()
                 .map_err(|e| ProbeError::MapFd(names::PROCESSES_MAP.to_string(), e))?,
         );
+        // After map_fds: the logger takes its ring buffer out of the object, and the programs
+        // loaded outside aya log through it too.
+        let kernel_notes = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| log::debug!("the eBPF programs' notes cannot be read: {e}"))
+            .ok();
         let map_error =
             |name: &'static str| move |source: MapError| ProbeError::Map { name, source };
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS_MAP)?)
@@ -357,6 +362,7 @@ impl LockProbes {
             stats_fd: None,
             final_stats: Vec::new(),
             processes,
+            kernel_notes,
             lock_classes,
         })
     }
@@ -515,7 +521,7 @@ impl LockProbes {
     }
 
     /// Detaches and unloads the programs; the maps stay readable. Program statistics are
-    /// taken first, so they cover the whole run.
+    /// taken first, so they cover the whole run, and the programs' last notes are told.
     pub fn detach(&mut self) {
         if self.ebpf.is_some() {
             self.final_stats = self.program_stats();
@@ -524,6 +530,16 @@ impl LockProbes {
         self.tracing_links.clear();
         self.ebpf = None;
         self.stats_fd = None;
+        self.flush_kernel_notes();
+    }
+
+    /// Tells the notes the programs logged since the last call (a map full, a return matching
+    /// no entry: `bufscope_ebpf::notes`), as `info` records of the `log` crate: shown with `-v`.
+    /// The loops call it each second; the live view only at its end, when its screen is closed.
+    pub fn flush_kernel_notes(&mut self) {
+        if let Some(notes) = &mut self.kernel_notes {
+            notes.flush();
+        }
     }
 }
 

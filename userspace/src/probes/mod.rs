@@ -160,6 +160,9 @@ pub struct LockProbes {
     final_stats: Vec<ProgramStats>,
     /// Whose lock waits the programs keep.
     processes: processes::ProcessMap,
+    /// The programs' aya-log notes ([`LockProbes::flush_kernel_notes`]); `None` when the object
+    /// logs nothing.
+    kernel_notes: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Locks found to be a process's mmap_lock or siglock.
     lock_classes: aya::maps::HashMap<MapData, u64, bufscope_abi::LockClass>,
 }

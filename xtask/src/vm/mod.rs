@@ -103,7 +103,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9}  {:<16} kernel release",
+        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -118,12 +118,13 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "skipped",
         "missing",
         "misattr.",
+        "stale w",
         "thin root",
         "dm_bufio_get as",
     );
     for r in &rows {
         println!(
-            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>9}  {:<16} {}",
+            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -138,6 +139,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.bufio.skipped_runs,
             r.missing_share * 100.0,
             r.misattributed,
+            r.bufio.stale_waits,
             r.thin_root_waits.map_or("-".to_string(), |n| n.to_string()),
             r.bufio.attached_as,
             r.release
