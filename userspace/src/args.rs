@@ -279,6 +279,23 @@ fn parse_cgroup(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// A command whose lifetime a session lasts: shared by `record` and `live`.
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// With a command: keep only the lock waits of its processes (the command from its first
+    /// instruction, and the processes it starts from when they are seen, each second).
+    #[arg(long, requires = "command", conflicts_with = "pids")]
+    pub only_cmd: bool,
+    /// Run this command once the probes are attached and stop when it ends (`-- CMD ARGS…`);
+    /// bufscope then exits with its status (128 + the signal's number if a signal ended it).
+    /// Stopped earlier (--duration, Ctrl-C, SIGTERM, q), bufscope leaves it running. Under
+    /// `live`'s full-screen view its stdin, stdout and stderr are /dev/null (the screen is the
+    /// terminal's: `-- sh -c 'CMD >cmd.log 2>&1'` keeps its output); otherwise they are
+    /// bufscope's (with `live --no-tui`, its output mixes with the tables on stdout).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
 /// How a command takes a trace file with damaged records: shared by every command that reads one.
 #[derive(Debug, clap::Args)]
 pub struct DamageArgs {

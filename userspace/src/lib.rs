@@ -4,7 +4,8 @@
 //! [`kernel`] (what the running kernel offers: BTF offsets, tracefs, dm-bufio's probe points,
 //! symbols, the doctor report) → [`probes`] (the eBPF programs attached, their maps, the event
 //! stream) → the stream's consumers: [`record`] (trace files) and [`live`] (the live view, its
-//! shadow replay through the reference designs, the metrics it serves). The analyses of trace
+//! shadow replay through the reference designs, the metrics it serves), both bounded by a
+//! [`watched`] command's lifetime when given one. The analyses of trace
 //! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate; [`stress`]
 //! is the VM test bed's workload driver; [`cli_docs`] makes the man pages and shell completions.
 
@@ -15,6 +16,7 @@ pub mod probes;
 pub mod record;
 pub mod stop;
 pub mod stress;
+pub mod watched;
 
 /// For a unit test that needs root or a kernel feature this machine lacks: prints why it skips,
 /// or fails under `cargo xtask test` (`BUFSCOPE_REQUIRE_ALL_TESTS=1`), where a skip is no pass.

@@ -62,17 +62,12 @@ enum Command {
         types: args::LockTypeArgs,
         #[command(flatten)]
         waits: args::WaitArgs,
-        /// With a command: keep only the lock waits of its processes (the command, and the
-        /// processes it starts from when they are seen, each second).
-        #[arg(long, requires = "command", conflicts_with = "pids")]
-        only_cmd: bool,
-        /// Run this command and record for exactly its lifetime (`record -o F -- CMD ARGS…`);
-        /// bufscope then exits with its status.
-        #[arg(last = true, value_name = "CMD")]
-        command: Vec<String>,
+        #[command(flatten)]
+        watched: args::CommandArgs,
     },
-    /// Watch kernel lock waits and dm-bufio operations as they happen (root), from in-kernel
-    /// histograms: `--no-tui` prints a table per interval.
+    /// Watch kernel lock waits and dm-bufio operations as they happen (root): the full-screen
+    /// view, or with `--no-tui` a table per interval from in-kernel histograms; `-- CMD ARGS…`
+    /// watches for exactly the command's lifetime and exits with its status.
     Live(cmd::live::Options),
     /// Summarise a trace file: header, time span, counts per event kind and lock type, losses.
     Info {
@@ -181,8 +176,7 @@ fn main() -> ExitCode {
             processes,
             types,
             waits,
-            only_cmd,
-            command,
+            watched,
         } => cmd::record::run(cmd::record::Options {
             output,
             duration,
@@ -196,8 +190,8 @@ fn main() -> ExitCode {
             processes: processes.filter(),
             lock_types: types.mask(),
             waits: waits.filter(),
-            only_cmd,
-            command,
+            only_cmd: watched.only_cmd,
+            command: watched.command,
         }),
         Command::Info { file, json, damage } => cmd::info::run(&file, json, &damage),
         Command::Live(options) => cmd::live::run(&options),

@@ -18,8 +18,9 @@ use crate::{
         symbols::{LockText, static_lock_names, symbolize_kernel},
         system,
     },
-    probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError, descendants, keep_self_in},
+    probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
     stop::sleep_until,
+    watched::{CommandError, Watched, command_exit},
 };
 
 /// Why a recording could not go on; each names the file.
@@ -43,9 +44,9 @@ pub enum RecordError {
     ReadStream(#[source] std::io::Error),
     #[error("installing the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
-    #[error("running {0}")]
-    Command(String, #[source] std::io::Error),
-    #[error("keeping the command's processes")]
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("updating the probes' process filter")]
     Processes(#[source] ProbeError),
 }
 
@@ -67,66 +68,6 @@ impl std::fmt::Display for StopReason {
             StopReason::Terminated => f.write_str("terminated"),
             StopReason::CommandExited(status) => write!(f, "the command ended ({status})"),
         }
-    }
-}
-
-/// A command recorded for exactly its lifetime (`record -- CMD ARGS…`).
-#[derive(Debug)]
-pub struct Watched {
-    child: tokio::process::Child,
-    pid: u32,
-    /// Keep only its processes' lock waits (`--only-cmd`).
-    only: bool,
-}
-
-impl Watched {
-    /// Starts `argv` once the probes are attached. With `only`, the child puts its own process
-    /// id in the probes' filter between fork and exec, so that not one of its lock waits is
-    /// left out (the parent learns the id only after the exec).
-    pub fn spawn(
-        argv: &[String],
-        probes: &mut LockProbes,
-        only: bool,
-    ) -> Result<Self, RecordError> {
-        let shown = argv.join(" ");
-        let error = |e| RecordError::Command(shown.clone(), e);
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| error(std::io::Error::other("no command given")))?;
-        let mut command = tokio::process::Command::new(program);
-        command.args(args);
-        if only {
-            let map = probes.processes_map_fd();
-            // SAFETY: between fork and exec, one bpf(2) call on stack data (keep_self_in is
-            // async-signal-safe); the map descriptor is the parent's, open until the exec.
-            unsafe {
-                command.pre_exec(move || {
-                    if keep_self_in(map) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = command.spawn().map_err(error)?;
-        let pid = child.id().unwrap_or(0);
-        if only {
-            // Also in the parent's own list, so that its children are followed.
-            probes.keep_process(pid).map_err(RecordError::Processes)?;
-        }
-        Ok(Self { child, pid, only })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-}
-
-/// The watched command's exit, or never without one: the command arm of the record loop.
-async fn command_exit(watched: Option<&mut Watched>) -> std::io::Result<std::process::ExitStatus> {
-    match watched {
-        Some(w) => w.child.wait().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -175,10 +116,7 @@ pub async fn record_until_stopped(
             _ = interrupt.recv() => break StopReason::Interrupted,
             _ = terminate.recv() => break StopReason::Terminated,
             status = command_exit(watched.as_mut()) => {
-                let shown = || watched.as_ref().map_or(0, Watched::pid).to_string();
-                break StopReason::CommandExited(
-                    status.map_err(|e| RecordError::Command(shown(), e))?,
-                );
+                break StopReason::CommandExited(status?);
             }
             ready = stream.next_batch(&mut batch) => {
                 ready.map_err(RecordError::ReadStream)?;
@@ -204,15 +142,12 @@ pub async fn record_until_stopped(
 }
 
 /// Each second: bufscope processes started since are left out, and with `--only-cmd` the
-/// processes the command started are kept (from when they are seen: a child that lives less
-/// than a second may be missed).
+/// processes the command started are kept ([`Watched::follow`]).
 fn follow_processes(probes: &mut LockProbes, watched: Option<&Watched>) -> Result<(), RecordError> {
     probes.refresh_processes().map_err(RecordError::Processes)?;
     probes.flush_kernel_notes();
-    if let Some(w) = watched.filter(|w| w.only) {
-        for pid in descendants(std::path::Path::new("/proc"), w.pid) {
-            probes.keep_process(pid).map_err(RecordError::Processes)?;
-        }
+    if let Some(w) = watched {
+        w.follow(probes)?;
     }
     Ok(())
 }

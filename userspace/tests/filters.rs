@@ -353,3 +353,75 @@ fn type_tid_comm_and_min_wait_keep_only_what_they_name() {
         "{stderr}"
     );
 }
+
+/// `bufscope live --no-tui ARGS…` run to its end, and when it ended (seconds since the epoch).
+fn live_no_tui(args: &[&str]) -> (Output, f64) {
+    let out = bufscope()
+        .args(["live", "--no-tui"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bufscope live runs");
+    let ended = unix_secs();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    (out, ended)
+}
+
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn live_watches_a_command_for_its_lifetime_and_exits_with_its_status() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("live_watches_a_command_for_its_lifetime_and_exits_with_its_status") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The command writes the time it ends at, then ends with status 3. The duration is a
+    // backstop: a live that missed the command's end would run into it.
+    let stamp = dir.path().join("ended");
+    let script = format!("sleep 2; date +%s.%N > {}; exit 3", stamp.display());
+    let (out, exited) = live_no_tui(&[
+        "--interval",
+        "500",
+        "--duration",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "the command's status: {stderr}");
+    assert!(
+        stderr.contains("the command ended (exit status: 3)"),
+        "{stderr}"
+    );
+    let ended: f64 = std::fs::read_to_string(&stamp)
+        .expect("the command ran")
+        .trim()
+        .parse()
+        .unwrap();
+    let lag = exited - ended;
+    assert!(
+        (0.0..2.0).contains(&lag),
+        "bufscope ended {lag:.2} s after the command did"
+    );
+    // A table each half second of the command's 2 s, and one for the stretch up to its end.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tables = stdout.lines().filter(|l| l.starts_with("--- ")).count();
+    assert!((3..=6).contains(&tables), "{tables} tables:\n{stdout}");
+
+    // Killed by a signal: 128 + its number, as a shell says.
+    let (out, _) = live_no_tui(&["--duration", "60s", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    // A command that cannot start is an error, naming it.
+    let (out, _) = live_no_tui(&["--duration", "60s", "--", "/nonexistent/cmd"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("running /nonexistent/cmd"), "{stderr}");
+}

@@ -428,6 +428,74 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     workload.stop();
 }
 
+/// The lock waits of a recording, with its thread ids and process ids.
+fn recorded_waits(path: &Path) -> Vec<bufscope_trace::LockWait> {
+    let mut reader = bufscope_trace::TraceReader::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut waits = Vec::new();
+    while let Some(record) = reader.next_record().unwrap_or_else(|e| panic!("{e}")) {
+        if let bufscope_trace::Record::LockWaits(w) = record {
+            waits.extend(w);
+        }
+    }
+    waits
+}
+
+#[test]
+fn live_tui_watches_a_command_and_ends_with_it() {
+    let test = "live_tui_watches_a_command_and_ends_with_it";
+    let _alone = one_at_a_time();
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("stress.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap();
+    let recording = dir.path().join("cmd.bftrace");
+    let pid_file = dir.path().join("pid");
+    // This process contends too, and --only-cmd must leave it out: the view and its recording
+    // hold only the command's waits (direct I/O writes contending on the scratch file's locks).
+    let workload = PipeContention::start(4);
+    let command = format!(
+        "live --interval 500 --design classic --record {} --only-cmd -- sh -c 'echo $$ > {}; \
+         exec {} stress {} --threads 2 --writers 2 --allow-writes --duration 4s'",
+        recording.display(),
+        pid_file.display(),
+        env!("CARGO_BIN_EXE_bufscope"),
+        img.display()
+    );
+    let Some(tmux) = Tmux::start("command", &shell(&command), 100, 30) else {
+        workload.stop();
+        return;
+    };
+    // No key: the view ends with the command, with its status, the terminal restored.
+    let screen = tmux.wait_for("bufscope to exit", Duration::from_secs(90), |s| {
+        s.contains("bufscope exited") && s.contains("icanon")
+    });
+    workload.stop();
+    assert!(screen.contains("bufscope exited 0"), "{screen}");
+    assert!(
+        screen.contains("the command ended (exit status: 0)"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    // The command's shell wrote its pid, which it kept as it became bufscope stress.
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the command ran")
+        .trim()
+        .parse()
+        .unwrap();
+    let waits = recorded_waits(&recording);
+    let of_command = waits.iter().filter(|w| w.tgid == pid).count();
+    assert!(of_command >= 100, "{of_command} waits of the command");
+    assert_eq!(
+        waits.len() - of_command,
+        0,
+        "waits of other processes (this one's pipe writers among them)"
+    );
+}
+
 #[test]
 fn replay_tui_plays_pauses_speeds_up_and_compares_a_sample() {
     let _alone = one_at_a_time();

@@ -1,12 +1,13 @@
 //! `bufscope live`: the full-screen view of kernel lock waits, dm-bufio clients and the
 //! reference designs fed the same operations ([`bufscope::live::session`]); with `--no-tui`, a
-//! table per interval on stdout ([`bufscope::live::headless`]).
+//! table per interval on stdout ([`bufscope::live::headless`]); with `-- CMD`, for exactly the
+//! command's lifetime ([`bufscope::watched`]).
 
 use std::{
     io::{IsTerminal, Write},
     net::SocketAddr,
     path::PathBuf,
-    process::ExitCode,
+    process::{ExitCode, ExitStatus},
     time::Duration,
 };
 
@@ -17,14 +18,17 @@ use bufscope::{
         headless::{self, HeadlessSettings, IntervalTable},
         session::{LiveSettings, run_live},
     },
-    probes::{AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes},
+    probes::{
+        AttachMode, AttachOptions, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProcessFilter,
+    },
+    watched::{CommandStdio, Watched, shell_status},
 };
 use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
 use crate::args::{
-    DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, at_least_one, chosen_designs,
-    parse_design, parse_metrics_addr, parse_positive_duration,
+    CommandArgs, DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, at_least_one,
+    chosen_designs, parse_design, parse_metrics_addr, parse_positive_duration,
 };
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +73,58 @@ pub struct Options {
     pub types: LockTypeArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub command: CommandArgs,
+}
+
+impl Options {
+    /// Whose lock waits the probes keep: `--pid`, `--cgroup`, and with `--only-cmd` the
+    /// command's processes (added once it runs).
+    fn processes(&self) -> ProcessFilter {
+        let filter = self.processes.filter();
+        ProcessFilter {
+            only_listed: filter.only_listed || self.command.only_cmd,
+            ..filter
+        }
+    }
+
+    /// Starts the command, if one was given, once the probes are attached.
+    fn spawn(
+        &self,
+        probes: &mut LockProbes,
+        stdio: CommandStdio,
+    ) -> anyhow::Result<Option<Watched>> {
+        if self.command.command.is_empty() {
+            return Ok(None);
+        }
+        let w = Watched::spawn(&self.command.command, probes, self.command.only_cmd, stdio)?;
+        eprintln!(
+            "bufscope live: started {} (pid {}){}",
+            w.shown(),
+            w.pid(),
+            if self.command.only_cmd {
+                "; showing only its processes' lock waits"
+            } else {
+                ""
+            }
+        );
+        Ok(Some(w))
+    }
+}
+
+/// bufscope's exit code: the command's status if its end ended the session.
+fn exit_code(options: &Options, ended: Option<ExitStatus>) -> ExitCode {
+    match ended {
+        Some(status) => {
+            eprintln!("bufscope live: the command ended ({status})");
+            ExitCode::from(shell_status(status))
+        }
+        None if !options.command.command.is_empty() => {
+            eprintln!("bufscope live: the command is still running; it was left to run");
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::SUCCESS,
+    }
 }
 
 pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
@@ -97,7 +153,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     // Loading and verifying the programs takes seconds on a slow or busy machine: say what is
     // happening until the screen opens (the line stays above the shell prompt afterwards).
     eprintln!("bufscope live: loading the eBPF programs…");
-    let probes = LockProbes::attach(AttachOptions {
+    let mut probes = LockProbes::attach(AttachOptions {
         mode: options.attach,
         ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
         config: ProbeConfig {
@@ -109,7 +165,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         },
         bufio: true,
         bufio_probes: options.bufio_probes,
-        processes: options.processes.filter(),
+        processes: options.processes(),
     })?;
     eprintln!(
         "bufscope live: attached ({}); opening the screen…",
@@ -124,8 +180,12 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         shadow: options.model.options(None, Some(1.0), true, None),
         timing: options.model.timing.into(),
     };
-    runtime.block_on(run_live(probes, settings))?;
-    Ok(ExitCode::SUCCESS)
+    // The runtime first: the command's child process is watched through it.
+    let ended = runtime.block_on(async {
+        let watched = options.spawn(&mut probes, CommandStdio::Null)?;
+        anyhow::Ok(run_live(probes, settings, watched).await?)
+    })?;
+    Ok(exit_code(options, ended))
 }
 
 async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
@@ -136,10 +196,10 @@ async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
         duration: options.duration,
         top: options.top,
         metrics: options.metrics,
-        processes: options.processes.filter(),
+        processes: options.processes(),
         lock_types: options.types.mask(),
     };
-    let probes = headless::attach(&settings)?;
+    let mut probes = headless::attach(&settings)?;
     let bufio = probes.bufio();
     eprintln!(
         "bufscope live: {} on Linux {}; dm-bufio: {}; in-kernel histograms only, every {} ms",
@@ -155,9 +215,13 @@ async fn no_tui(options: &Options) -> anyhow::Result<ExitCode> {
         },
         options.interval
     );
+    let watched = options.spawn(&mut probes, CommandStdio::Inherit)?;
     let mut out = std::io::stdout().lock();
-    headless::run_headless(probes, &settings, |table| print_interval(&mut out, table)).await?;
-    Ok(ExitCode::SUCCESS)
+    let ended = headless::run_headless(probes, &settings, watched, |table| {
+        print_interval(&mut out, table)
+    })
+    .await?;
+    Ok(exit_code(options, ended))
 }
 
 fn print_interval(out: &mut impl Write, table: &IntervalTable) -> std::io::Result<()> {

@@ -14,9 +14,9 @@ use bufscope::{
     kernel::system,
     probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter},
     record::{
-        Recorder, RecordingOutcome, RecordingStart, StopReason, WaitFilter, Watched,
-        record_until_stopped,
+        Recorder, RecordingOutcome, RecordingStart, StopReason, WaitFilter, record_until_stopped,
     },
+    watched::{CommandStdio, Watched, shell_status},
 };
 use bufscope_abi::{Counter, ProbeConfig};
 use bufscope_analyses::units::thousands;
@@ -111,7 +111,13 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     let watched = if options.command.is_empty() {
         None
     } else {
-        let w = match Watched::spawn(&options.command, &mut probes, options.only_cmd) {
+        let spawned = Watched::spawn(
+            &options.command,
+            &mut probes,
+            options.only_cmd,
+            CommandStdio::Inherit,
+        );
+        let w = match spawned {
             Ok(w) => w,
             Err(e) => {
                 recorder.discard();
@@ -180,12 +186,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     eprintln!("bufscope: see it with `bufscope info {}`", path.display());
     Ok(match stopped_by {
         // The command's status, as a shell reports it (128 + the signal that ended it).
-        StopReason::CommandExited(status) => ExitCode::from(
-            status
-                .code()
-                .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
-                .map_or(1, |c| c.clamp(0, 255) as u8),
-        ),
+        StopReason::CommandExited(status) => ExitCode::from(shell_status(status)),
         _ if !options.command.is_empty() => {
             eprintln!("bufscope: the command is still running; it was left to run");
             ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,7 @@ use crate::{
         lost_events, skipped_runs,
     },
     stop::sleep_until,
+    watched::{Watched, command_exit},
 };
 
 /// How `live --no-tui` runs.
@@ -128,13 +130,15 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
     })?)
 }
 
-/// Runs until the duration passes, SIGINT or SIGTERM, handing each interval's table to
-/// `on_interval`.
+/// Runs until the duration passes, SIGINT, SIGTERM or the `watched` command ends, handing each
+/// interval's table to `on_interval`; the command's end hands over the interval cut short by
+/// it too, and its status is returned.
 pub async fn run_headless(
     mut probes: LockProbes,
     settings: &HeadlessSettings,
+    mut watched: Option<Watched>,
     mut on_interval: impl FnMut(&IntervalTable) -> std::io::Result<()>,
-) -> Result<(), SessionError> {
+) -> Result<Option<ExitStatus>, SessionError> {
     // With --metrics, events stream into a model for the per-lock figures; without, the
     // in-kernel histograms are all this needs.
     let published = settings.metrics.map(serve_metrics).transpose()?;
@@ -160,7 +164,7 @@ pub async fn run_headless(
     let mut threads = system::NewThreads::default();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
-    loop {
+    let ended = loop {
         // Signals and ticks first: a flood of events must not delay them.
         tokio::select! {
             biased;
@@ -179,10 +183,21 @@ pub async fn run_headless(
                 previous = now;
                 probes.refresh_processes()?;
                 probes.flush_kernel_notes();
+                if let Some(w) = &watched {
+                    w.follow(&mut probes)?;
+                }
             }
-            _ = sleep_until(deadline) => break,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = sleep_until(deadline) => break None,
+            _ = interrupt.recv() => break None,
+            _ = terminate.recv() => break None,
+            status = command_exit(watched.as_mut()) => {
+                let status = status?;
+                // The command's last stretch: what it waited on since the last table.
+                let now = Snapshot::take(&probes)?;
+                let table = interval_table(&previous, &now, last.elapsed(), &model.names, settings.top);
+                on_interval(&table).map_err(SessionError::Output)?;
+                break Some(status);
+            }
             ready = stream.next_batch(&mut batch) => {
                 ready.map_err(SessionError::ReadStream)?;
                 // Clients (always streamed) name the locks; waits and operations only with
@@ -191,9 +206,9 @@ pub async fn run_headless(
                 batch.clear();
             }
         }
-    }
+    };
     probes.detach();
-    Ok(())
+    Ok(ended)
 }
 
 /// The upper bound of the log2 bucket holding quantile `q` (0..1).

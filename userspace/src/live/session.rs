@@ -10,6 +10,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -40,6 +41,7 @@ use crate::{
     probes::{Event, EventStream, LockProbes, ProbeError, lost_events, skipped_runs},
     record::{RecordError, Recorder, RecordingStart},
     stop::sleep_until,
+    watched::{CommandError, Watched, command_exit},
 };
 
 /// Why a view stopped early.
@@ -65,6 +67,8 @@ pub enum SessionError {
     Metrics(#[from] ServeError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
     #[error("writing to stdout")]
     Output(#[source] std::io::Error),
 }
@@ -212,8 +216,13 @@ fn recording_status(r: &Recorder) -> Recording {
 }
 
 /// `live` without `--no-tui`: the full-screen view of the kernel's events until q, the duration,
-/// SIGTERM or SIGHUP.
-pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<(), SessionError> {
+/// SIGTERM, SIGHUP or the end of the `watched` command; returns the command's status if its end
+/// ended the view.
+pub async fn run_live(
+    mut probes: LockProbes,
+    settings: LiveSettings,
+    mut watched: Option<Watched>,
+) -> Result<Option<ExitStatus>, SessionError> {
     let mut stream = probes.event_stream().map_err(SessionError::OpenStream)?;
     let bufio = probes.bufio();
     let (status, mut sample) = match &bufio.unavailable {
@@ -262,6 +271,13 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
     };
     let mut naming = KernelNames::new();
     let mut threads = NewThreads::default();
+    if let Some(w) = &watched {
+        model.header.status = Some(format!(
+            "watching {} (pid {}): the view ends when it does",
+            w.shown(),
+            w.pid()
+        ));
+    }
     let mut session = ViewState::new(
         model,
         Ui::new(&settings.designs, false),
@@ -285,7 +301,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
     let mut last_tick = Instant::now();
     let mut last_frame = Instant::now();
     let mut last_run_ns: u64 = probes.program_stats().iter().map(|p| p.run_time_ns).sum();
-    let outcome: Result<(), SessionError> = async {
+    let outcome: Result<Option<ExitStatus>, SessionError> = async {
         loop {
             // In this order: a flood of events must not delay what the user asked for (a key,
             // a signal) or the screen; the stream is read whenever nothing else is due.
@@ -293,6 +309,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                 biased;
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => break,
+                status = command_exit(watched.as_mut()) => return Ok(Some(status?)),
                 key = next_key(&mut keys) => {
                     let Some(key) = key else { break };
                     match session.key(key)? {
@@ -312,6 +329,9 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                     last_tick = Instant::now();
                     naming.update(&mut session.model, &probes);
                     probes.refresh_processes()?;
+                    if let Some(w) = &watched {
+                        w.follow(&mut probes)?;
+                    }
                     let counters = probes.counters().unwrap_or_default();
                     let programs = probes.program_stats();
                     session.model.header.lost =
@@ -347,7 +367,7 @@ pub async fn run_live(mut probes: LockProbes, settings: LiveSettings) -> Result<
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
     .await;
     drop(screen);
