@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use bufscope::{probes::ProcessFilter, record::WaitFilter};
+use bufscope::{probes::ProcessFilter, wait_filter::WaitFilter};
 use bufscope_abi::{LockFlags, ProbeConfig};
 use bufscope_analyses::{
     calibration::{Calibration, TimingMode, calibrate},
@@ -190,7 +190,8 @@ fn lock_type_index(s: &str) -> Result<usize, String> {
         })
 }
 
-/// Lock waits `record` keeps beyond what the kernel filters: by thread, thread name, length.
+/// Lock waits `record` keeps beyond what the kernel filters: by thread, thread name, length,
+/// and (shared with `live`) lock name and stack.
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
     /// Keep only this thread's lock waits (repeat, or comma-separated).
@@ -202,6 +203,8 @@ pub struct WaitArgs {
     /// Keep only lock waits at least this long, e.g. 10us or 1ms.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub min_wait: Option<Duration>,
+    #[command(flatten)]
+    pub names: WaitNameArgs,
 }
 
 impl WaitArgs {
@@ -212,6 +215,43 @@ impl WaitArgs {
             min_wait_ns: self
                 .min_wait
                 .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
+            ..self.names.filter()
+        }
+    }
+}
+
+/// Lock waits kept by what bufscope names as they arrive, the lock and the kernel stack:
+/// shared by `record` and `live`. Judged in user space, so the probes still pair and stack
+/// every wait.
+#[derive(Debug, clap::Args)]
+pub struct WaitNameArgs {
+    /// Keep only waits on locks whose name or address contains TEXT (case matters), e.g.
+    /// "client mutex", "dm-bufio 253:2", mmap_lock, rtnl_mutex or 0xffff8881. The name is the
+    /// one known as the wait arrives, as `report` names locks: a dm-bufio lock once its client
+    /// has been seen (created, or in its first operation since bufscope started); a static lock
+    /// by its kernel symbol; a process's mmap_lock or siglock from the wait's begin; a
+    /// runqueue (`rq 3`) or a dm-thin pool's root_lock once the probes have classified it
+    /// (a runqueue at a wait of one of its own tasks, a root_lock when the pool's metadata
+    /// functions run; looked for again each second: until then it is `spinlock 0x…`,
+    /// `rwsem:W 0x…`); any other lock as its type and address (`mutex 0xffff…`). A file's
+    /// `report` may name more, from what was known at its end.
+    #[arg(long, value_name = "TEXT")]
+    pub lock: Option<String>,
+    /// Keep only waits whose kernel stack has a frame containing TEXT, e.g. dm_thin_find_block
+    /// or pipe_write (frames as `report --stack` matches them: `function+0xoffset [module]`).
+    /// Each stack is read and symbolized at the first wait that has it; waits without a stack
+    /// (--no-stacks, or none taken) are left out. By default a thread's waits on one lock in
+    /// one dm-bufio operation reuse a stack (see --exact-stacks): they match as it does.
+    #[arg(long, value_name = "TEXT")]
+    pub stack: Option<String>,
+}
+
+impl WaitNameArgs {
+    pub fn filter(&self) -> WaitFilter {
+        WaitFilter {
+            lock: self.lock.clone(),
+            stack: self.stack.clone(),
+            ..WaitFilter::default()
         }
     }
 }

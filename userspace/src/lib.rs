@@ -5,7 +5,8 @@
 //! symbols, the doctor report) → [`probes`] (the eBPF programs attached, their maps, the event
 //! stream) → the stream's consumers: [`record`] (trace files) and [`live`] (the live view, its
 //! shadow replay through the reference designs, the metrics it serves), both bounded by a
-//! [`watched`] command's lifetime when given one. The analyses of trace
+//! [`watched`] command's lifetime when given one, keeping the waits a [`wait_filter`] wants.
+//! The analyses of trace
 //! files are the `bufscope-analyses` crate, the file format the `bufscope-trace` crate; [`stress`]
 //! is the VM test bed's workload driver; [`cli_docs`] makes the man pages and shell completions.
 
@@ -16,6 +17,7 @@ pub mod probes;
 pub mod record;
 pub mod stop;
 pub mod stress;
+pub mod wait_filter;
 pub mod watched;
 
 /// For a unit test that needs root or a kernel feature this machine lacks: prints why it skips,

@@ -2,14 +2,14 @@
 //! view's `--record` and `r`: one [`Recorder`] per file, finished with what its events refer to.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use bufscope_trace::{LockWait, Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
+use bufscope_trace::{Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
     },
     probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
     stop::sleep_until,
+    wait_filter::{WaitFilter, WaitSelector},
     watched::{CommandError, Watched, command_exit},
 };
 
@@ -109,6 +110,7 @@ pub async fn record_until_stopped(
             biased;
             _ = flush_tick.tick() => {
                 recorder.flush()?;
+                recorder.refresh_filter(probes);
                 progress(started.elapsed(), recorder.waits(), recorder.bytes());
                 follow_processes(probes, watched.as_ref())?;
             }
@@ -190,28 +192,8 @@ pub struct Recorder {
     pub path: PathBuf,
     writer: TraceWriter<BufWriter<File>>,
     seen: SeenReferences,
-    filter: WaitFilter,
-    /// Whether each thread seen passes `filter.comm`.
-    comm_kept: HashMap<u32, bool>,
-    /// Lock waits `filter` left out.
-    left_out: u64,
+    selector: WaitSelector,
     kept: Vec<Event>,
-}
-
-/// Lock waits a recording keeps beyond what the probes filter in the kernel: by thread, thread
-/// name (read once per thread, when its first wait arrives) and length. Operations and clients
-/// are always kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WaitFilter {
-    pub tids: Vec<u32>,
-    pub comm: Option<String>,
-    pub min_wait_ns: u64,
-}
-
-impl WaitFilter {
-    fn is_empty(&self) -> bool {
-        self.tids.is_empty() && self.comm.is_none() && self.min_wait_ns == 0
-    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -253,9 +235,7 @@ impl Recorder {
             path: path.to_path_buf(),
             writer,
             seen: SeenReferences::default(),
-            filter: WaitFilter::default(),
-            comm_kept: HashMap::new(),
-            left_out: 0,
+            selector: WaitSelector::new(WaitFilter::default()),
             kept: Vec::new(),
         })
     }
@@ -268,18 +248,14 @@ impl Recorder {
     }
 
     pub fn write(&mut self, probes: &LockProbes, events: &[Event]) -> Result<(), RecordError> {
-        if self.filter.is_empty() {
+        if self.selector.keeps_all() {
             let result = self.seen.write(&mut self.writer, probes, events);
             return result.map_err(self.write_error());
         }
         let mut kept = std::mem::take(&mut self.kept);
         kept.clear();
-        for event in events {
-            match event {
-                Event::LockWait(w) if !self.keeps(w) => self.left_out += 1,
-                event => kept.push(event.clone()),
-            }
-        }
+        let selector = &mut self.selector;
+        kept.extend(events.iter().filter(|e| selector.keeps(probes, e)).cloned());
         let result = self.seen.write(&mut self.writer, probes, &kept);
         self.kept = kept;
         result.map_err(self.write_error())
@@ -287,25 +263,17 @@ impl Recorder {
 
     /// Keeps only the lock waits `filter` wants from now on.
     pub fn set_filter(&mut self, filter: WaitFilter) {
-        self.filter = filter;
+        self.selector = WaitSelector::new(filter);
     }
 
     /// Lock waits the filter left out so far.
     pub fn left_out(&self) -> u64 {
-        self.left_out
+        self.selector.left_out()
     }
 
-    fn keeps(&mut self, w: &LockWait) -> bool {
-        let f = &self.filter;
-        if w.wait_ns < f.min_wait_ns || (!f.tids.is_empty() && !f.tids.contains(&w.tid)) {
-            return false;
-        }
-        let Some(text) = &f.comm else {
-            return true;
-        };
-        *self.comm_kept.entry(w.tid).or_insert_with(|| {
-            system::thread_comm(w.tgid, w.tid).is_some_and(|name| name.contains(text.as_str()))
-        })
+    /// Lets the filter learn the lock names found since the last call; every second or so.
+    pub fn refresh_filter(&mut self, probes: &LockProbes) {
+        self.selector.refresh(probes);
     }
 
     /// Writes the events held so far and the names of the threads they brought, and flushes

@@ -12,9 +12,11 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
+use bufscope_analyses::tracedata::TraceData;
 use bufscope_trace::{LockWait, Metadata, Record, TraceReader};
 use common::{PipeContention, bufscope, root_or_skip};
 
@@ -349,7 +351,7 @@ fn type_tid_comm_and_min_wait_keep_only_what_they_name() {
     );
     let stderr = String::from_utf8_lossy(&out_writers.stderr);
     assert!(
-        stderr.contains("left out by --tid, --comm or --min-wait"),
+        stderr.contains("left out by --tid, --comm, --min-wait, --lock or --stack"),
         "{stderr}"
     );
 }
@@ -424,4 +426,202 @@ fn live_watches_a_command_for_its_lifetime_and_exits_with_its_status() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("running /nonexistent/cmd"), "{stderr}");
+}
+
+/// A recording's sleeping-lock waits (mutexes, rwsems) judged by one text filter: (waits,
+/// matching). Spinlock waits differ between recordings made at once: each recording's probes
+/// contend on their ring buffer's lock and wake its reader (runqueue locks) inside the
+/// workload's threads, under its stacks, where the others see them.
+fn judged(path: &Path, filter: &Filter) -> (u64, u64) {
+    let trace = TraceData::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let (mut waits, mut matching) = (0, 0);
+    for w in &trace.waits {
+        if bufscope_abi::LockFlags(w.flags).is_pure_spin() {
+            continue;
+        }
+        waits += 1;
+        let matches = match filter {
+            Filter::Lock(text) => trace.lock_name(w).contains(text),
+            Filter::Stack(text) => w
+                .stack_id
+                .and_then(|id| trace.names.stack(id))
+                .is_some_and(|frames| frames.iter().any(|f| f.contains(text))),
+        };
+        matching += u64::from(matches);
+    }
+    (waits, matching)
+}
+
+#[derive(Debug)]
+enum Filter {
+    Lock(&'static str),
+    Stack(&'static str),
+}
+
+impl Filter {
+    fn args(&self) -> [&'static str; 2] {
+        match self {
+            Filter::Lock(text) => ["--lock", text],
+            Filter::Stack(text) => ["--stack", text],
+        }
+    }
+}
+
+/// What `report --json ARGS FILE` says: the waits in the file, and those its filters kept.
+fn report_kept(path: &Path, args: &[&str]) -> (u64, u64) {
+    let out = bufscope()
+        .args(["report", "--json"])
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        report["waits"].as_u64().unwrap(),
+        report["kept"].as_u64().unwrap(),
+    )
+}
+
+/// Lock wait events a recording's probes handed over (submitted), those it could not (ring
+/// buffer full, program runs the kernel skipped), and those malformed.
+fn delivered(path: &Path) -> (u64, u64, u64) {
+    let mut reader = TraceReader::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let (mut submitted, mut lost, mut malformed) = (0, 0, 0);
+    while let Some(record) = reader.next_record().unwrap_or_else(|e| panic!("{e}")) {
+        match record {
+            Record::Metadata(Metadata::LossCounts {
+                kernel,
+                user_dropped,
+                ..
+            }) => {
+                submitted = kernel.get("submitted").copied().unwrap_or(0);
+                lost += kernel.get("ringbuf_full").copied().unwrap_or(0);
+                malformed = user_dropped;
+            }
+            Record::Metadata(Metadata::Probes { programs, .. }) => {
+                lost += programs.iter().map(|p| p.recursion_misses).sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    (submitted, lost, malformed)
+}
+
+/// The count in record's "N lock waits left out by …" line, once it has printed its last line.
+fn left_out(lines: &Arc<Mutex<Vec<String>>>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = lines.lock().unwrap();
+        if lines.iter().any(|l| l.contains("see it with")) {
+            return lines
+                .iter()
+                .find_map(|l| {
+                    let count = l
+                        .strip_prefix("bufscope: ")?
+                        .split_once(" lock waits left out")?
+                        .0;
+                    count.replace(',', "").parse().ok()
+                })
+                .unwrap_or(0);
+        }
+        drop(lines);
+        assert!(Instant::now() < deadline, "record never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lock_and_stack_keep_the_waits_report_would_and_count_the_rest() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("lock_and_stack_keep_the_waits_report_would_and_count_the_rest") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // One process, idle until told, then contending on a scratch file (its readers and writers
+    // wait on the file's rwsem, from read and write paths), then gone: all its waits fall
+    // inside three recordings of it, one unfiltered, one by --lock and one by --stack.
+    let stress = stress_args(dir.path(), "2s").join(" ");
+    let mut workload = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; exec {} {stress}",
+            env!("CARGO_BIN_EXE_bufscope")
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = workload.id().to_string();
+    let filters = [Filter::Lock("rwsem:W"), Filter::Stack("write_iter")];
+    let path = |name: &str| dir.path().join(format!("{name}.bftrace"));
+    let start = |name: &str, filter: &[&str]| {
+        let file = path(name);
+        let mut args = vec![
+            "--no-bufio",
+            "--exact-stacks",
+            "--include-self",
+            "--pid",
+            &pid,
+            "-o",
+            file.to_str().unwrap(),
+        ];
+        args.extend(filter);
+        common::start_recording_collecting(&args)
+    };
+    let recordings = [
+        start("all", &[]),
+        start("lock", &filters[0].args()),
+        start("stack", &filters[1].args()),
+    ];
+    std::io::Write::write_all(workload.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(workload.wait().unwrap().success(), "bufscope stress failed");
+    let mut stderr = Vec::new();
+    for (mut child, _, lines) in recordings {
+        // SAFETY: kill with a child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        assert!(child.wait().unwrap().success());
+        stderr.push(lines);
+    }
+
+    let all = path("all");
+    let (_, lost_all, _) = delivered(&all);
+    for ((filter, name), lines) in filters.iter().zip(["lock", "stack"]).zip(&stderr[1..]) {
+        let file = path(name);
+        // Every wait kept matches as `report` judges it from the finished file.
+        let (kept, kept_matching) = report_kept(&file, &filter.args());
+        assert_eq!(
+            kept_matching, kept,
+            "{filter:?} kept a wait report does not match"
+        );
+        // Every wait the probes handed over was kept or counted as left out.
+        let left_out = left_out(lines);
+        let (submitted, lost, malformed) = delivered(&file);
+        assert_eq!(
+            kept + left_out,
+            submitted - malformed,
+            "{filter:?}: kept {kept} and left out {left_out} of {submitted} waits handed over"
+        );
+        // The workload's sleeping-lock waits: those matching kept, as the unfiltered recording
+        // has them (exactly, unless one of the two lost events).
+        let (waits, matching) = judged(&all, filter);
+        let others = waits - matching;
+        assert!(
+            matching >= 100 && others >= 100,
+            "{filter:?}: the workload gives both kinds: {matching} of {waits} waits match"
+        );
+        let (own, own_kept) = judged(&file, filter);
+        assert_eq!(own, own_kept, "{filter:?}");
+        let slack = lost_all + lost;
+        eprintln!(
+            "{filter:?}: unfiltered {waits} waits, {matching} matching; kept {own_kept} of them, \
+             left out {left_out} in all; lost {slack}"
+        );
+        assert!(
+            own_kept.abs_diff(matching) <= slack,
+            "{filter:?}: kept {own_kept} of the workload's waits, the unfiltered recording has \
+             {matching} matching (events lost in the two: {slack})"
+        );
+    }
 }

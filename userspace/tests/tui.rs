@@ -455,10 +455,12 @@ fn live_tui_watches_a_command_and_ends_with_it() {
     let recording = dir.path().join("cmd.bftrace");
     let pid_file = dir.path().join("pid");
     // This process contends too, and --only-cmd must leave it out: the view and its recording
-    // hold only the command's waits (direct I/O writes contending on the scratch file's locks).
+    // hold only the command's waits (direct I/O writes contending on the scratch file's locks),
+    // and of those, with --lock and --stack, only its rwsem waits on its write path.
     let workload = PipeContention::start(4);
     let command = format!(
-        "live --interval 500 --design classic --record {} --only-cmd -- sh -c 'echo $$ > {}; \
+        "live --interval 500 --design classic --record {} --lock rwsem --stack write_iter \
+         --only-cmd -- sh -c 'echo $$ > {}; \
          exec {} stress {} --threads 2 --writers 2 --allow-writes --duration 4s'",
         recording.display(),
         pid_file.display(),
@@ -493,6 +495,24 @@ fn live_tui_watches_a_command_and_ends_with_it() {
         waits.len() - of_command,
         0,
         "waits of other processes (this one's pipe writers among them)"
+    );
+    let report = Command::new(env!("CARGO_BIN_EXE_bufscope"))
+        .args([
+            "report",
+            "--json",
+            "--lock",
+            "rwsem",
+            "--stack",
+            "write_iter",
+        ])
+        .arg(&recording)
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{report:?}");
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report["kept"], report["waits"],
+        "waits recorded that --lock rwsem --stack write_iter do not match"
     );
 }
 

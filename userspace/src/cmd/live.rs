@@ -27,8 +27,8 @@ use bufscope_abi::ProbeConfig;
 use bufscope_analyses::units::{duration_ns, thousands};
 
 use crate::args::{
-    CommandArgs, DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, at_least_one,
-    chosen_designs, parse_design, parse_metrics_addr, parse_positive_duration,
+    CommandArgs, DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, WaitNameArgs,
+    at_least_one, chosen_designs, parse_design, parse_metrics_addr, parse_positive_duration,
 };
 
 #[derive(Debug, clap::Args)]
@@ -37,7 +37,9 @@ pub struct Options {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub interval: u64,
     /// Print interval tables on stdout instead of the full-screen view (for logs and pipes).
-    #[arg(long)]
+    /// They come from in-kernel histograms, per lock and operation: --lock and --stack, which
+    /// judge each wait, are the full-screen view's.
+    #[arg(long, conflicts_with_all = ["lock", "stack"])]
     pub no_tui: bool,
     /// Stop after this long, e.g. 10s (default: until q, Ctrl-C or SIGTERM).
     #[arg(short, long, value_parser = parse_positive_duration)]
@@ -71,6 +73,9 @@ pub struct Options {
     pub processes: ProcessArgs,
     #[command(flatten)]
     pub types: LockTypeArgs,
+    /// The view shows (and --record records) only the waits these keep.
+    #[command(flatten)]
+    pub names: WaitNameArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -179,6 +184,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         metrics: options.metrics,
         shadow: options.model.options(None, Some(1.0), true, None),
         timing: options.model.timing.into(),
+        waits: options.names.filter(),
     };
     // The runtime first: the command's child process is watched through it.
     let ended = runtime.block_on(async {

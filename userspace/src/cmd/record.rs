@@ -13,9 +13,8 @@ use anyhow::{Context, bail};
 use bufscope::{
     kernel::system,
     probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter},
-    record::{
-        Recorder, RecordingOutcome, RecordingStart, StopReason, WaitFilter, record_until_stopped,
-    },
+    record::{Recorder, RecordingOutcome, RecordingStart, StopReason, record_until_stopped},
+    wait_filter::WaitFilter,
     watched::{CommandStdio, Watched, shell_status},
 };
 use bufscope_abi::{Counter, ProbeConfig};
@@ -179,7 +178,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
     );
     if left_out > 0 {
         eprintln!(
-            "bufscope: {} lock waits left out by --tid, --comm or --min-wait",
+            "bufscope: {} lock waits left out by --tid, --comm, --min-wait, --lock or --stack",
             thousands(left_out)
         );
     }

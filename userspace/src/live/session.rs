@@ -41,6 +41,7 @@ use crate::{
     probes::{Event, EventStream, LockProbes, ProbeError, lost_events, skipped_runs},
     record::{RecordError, Recorder, RecordingStart},
     stop::sleep_until,
+    wait_filter::{WaitFilter, WaitSelector},
     watched::{CommandError, Watched, command_exit},
 };
 
@@ -197,6 +198,8 @@ pub struct LiveSettings {
     pub shadow: ModelOptions,
     /// Whether each window's designs run at the costs that window's operations measured.
     pub timing: TimingMode,
+    /// The lock waits shown and recorded (`--lock`, `--stack`).
+    pub waits: WaitFilter,
 }
 
 fn recording_path() -> PathBuf {
@@ -271,6 +274,7 @@ pub async fn run_live(
     };
     let mut naming = KernelNames::new();
     let mut threads = NewThreads::default();
+    let mut selector = WaitSelector::new(settings.waits.clone());
     if let Some(w) = &watched {
         model.header.status = Some(format!(
             "watching {} (pid {}): the view ends when it does",
@@ -328,6 +332,7 @@ pub async fn run_live(
                     let secs = last_tick.elapsed().as_secs_f64();
                     last_tick = Instant::now();
                     naming.update(&mut session.model, &probes);
+                    selector.refresh(&probes);
                     probes.refresh_processes()?;
                     if let Some(w) = &watched {
                         w.follow(&mut probes)?;
@@ -359,6 +364,9 @@ pub async fn run_live(
                 _ = sleep_until(deadline) => break,
                 ready = stream.next_batch(&mut batch) => {
                     ready.map_err(SessionError::ReadStream)?;
+                    if !selector.keeps_all() {
+                        batch.retain(|e| selector.keeps(&probes, e));
+                    }
                     ingest(&mut session.model, &probes, &mut threads, &batch);
                     if let Some(r) = &mut recorder {
                         r.write(&probes, &batch)?;
@@ -374,6 +382,9 @@ pub async fn run_live(
     probes.detach();
     if let Some(r) = recorder.take() {
         stream.drain_now(&mut batch);
+        if !selector.keeps_all() {
+            batch.retain(|e| selector.keeps(&probes, e));
+        }
         // The screen is closed: the summary goes to stderr.
         for line in finish_recording(r, &probes, &stream, &batch)? {
             eprintln!("bufscope: {line}");

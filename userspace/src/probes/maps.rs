@@ -89,6 +89,11 @@ impl LockProbes {
         self.lock_classes.iter().filter_map(Result::ok).collect()
     }
 
+    /// What [`lock_classes`](Self::lock_classes) says of one lock, if anything.
+    pub fn lock_class(&self, addr: u64) -> Option<bufscope_abi::LockClass> {
+        self.lock_classes.get(&addr, 0).ok()
+    }
+
     /// The kernel stack with this id, innermost frame first.
     pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;

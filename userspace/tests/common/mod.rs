@@ -51,6 +51,12 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// Starts `bufscope record` and waits until its probes are attached.
 pub fn start_recording(args: &[&str]) -> (Child, Vec<String>) {
+    let (child, seen, _) = start_recording_collecting(args);
+    (child, seen)
+}
+
+/// As [`start_recording`], with what it prints on stderr after attaching, as it prints it.
+pub fn start_recording_collecting(args: &[&str]) -> (Child, Vec<String>, Arc<Mutex<Vec<String>>>) {
     let mut child = bufscope()
         .arg("record")
         .args(args)
@@ -83,7 +89,7 @@ pub fn start_recording(args: &[&str]) -> (Child, Vec<String>) {
             sink.lock().unwrap().push(line);
         }
     });
-    (child, seen)
+    (child, seen, collected)
 }
 
 /// Eight or more threads writing 64-byte chunks into one pipe: writers contend on the pipe's
