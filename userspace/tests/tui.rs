@@ -375,6 +375,15 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
         .find(|l| l.contains(" mutex ") && l.contains("mutex 0x"))
         .unwrap();
     assert!(!row.contains(" 0 ns "), "{row}");
+    // The detail names the cgroup the waiters ran in: this process's.
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| Some(l.strip_prefix("0::")?.to_string()))
+        .expect("a cgroup v2 path for this process");
+    tmux.wait_for("the waiters' cgroup", Duration::from_secs(30), |s| {
+        s.contains(&format!("cgroup {cgroup} "))
+    });
 
     // Enter opens the selected lock's stacks; the pipe functions are in them.
     tmux.keys(&["g", "Enter"]);

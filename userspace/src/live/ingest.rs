@@ -12,19 +12,21 @@ use crate::{
 };
 
 /// The kernel's events into the model (clients named with their lock addresses, threads that
-/// run dm-bufio operations or hold contended locks with their names, read the first time each
-/// shows up).
+/// run dm-bufio operations, wait on or hold contended locks with their names and cgroups, read
+/// the first time each shows up).
 pub fn ingest(model: &mut Model, probes: &LockProbes, threads: &mut NewThreads, batch: &[Event]) {
     for event in batch {
         match event {
             Event::LockWait(w) => {
-                // Owners are named as they first show up: a holder may be gone by the end.
-                if let Some(owner) = w.owner.thread()
-                    && let Some(thread) = threads.learn(owner.tid, owner.tgid)
-                {
-                    model.add_metadata(&Metadata::Threads {
-                        threads: vec![thread],
-                    });
+                // Waiters and owners are named (with their cgroups) as they first show up: a
+                // thread may be gone by the end.
+                let owner = w.owner.thread().map(|o| (o.tid, o.tgid));
+                for (tid, tgid) in std::iter::once((w.tid, w.tgid)).chain(owner) {
+                    if let Some(thread) = threads.learn(tid, tgid) {
+                        model.add_metadata(&Metadata::Threads {
+                            threads: vec![thread],
+                        });
+                    }
                 }
                 model.add_wait(w);
             }

@@ -217,10 +217,20 @@ pub struct LockStats {
     /// By the lock's owner at each wait's begin (the first [`MAX_OWNERS`] kinds and threads);
     /// waits on locks that keep no owner are not here.
     pub owners: HashMap<LockOwner, StackCount>,
+    /// By the waiting thread (the first [`MAX_WAITERS`]), grouped by their cgroups when the
+    /// rows are derived: a thread's name and cgroup may arrive after its waits.
+    pub waiters: HashMap<u32, StackCount>,
 }
 
 /// Owners kept per lock: enough for any real holder set, bounded against thread churn.
 const MAX_OWNERS: usize = 256;
+
+/// Waiting threads kept per lock, bounded against thread churn; later threads' waits count in
+/// no cgroup's row.
+const MAX_WAITERS: usize = 1024;
+
+/// The cgroup row of waiters whose cgroup is not known (unnamed threads, cgroup v1).
+pub const UNKNOWN_CGROUP: &str = "(cgroup not known)";
 
 /// A row of the lock table, named and ready to draw.
 #[derive(Clone, Debug, PartialEq)]
@@ -239,6 +249,8 @@ pub struct LockRow {
     pub callers: Vec<(String, u64)>,
     /// The owners waited on most, named with the operation they were in, with those waits.
     pub holders: Vec<(String, u64)>,
+    /// The cgroups (v2) whose threads waited most, with those waits.
+    pub cgroups: Vec<(String, u64)>,
 }
 
 /// What the lock table is sorted by (`s` cycles through them).
@@ -696,6 +708,11 @@ impl Model {
             s.waits += 1;
             s.total_ns += w.wait_ns;
         }
+        if stats.waiters.len() < MAX_WAITERS || stats.waiters.contains_key(&w.tid) {
+            let s = stats.waiters.entry(w.tid).or_default();
+            s.waits += 1;
+            s.total_ns += w.wait_ns;
+        }
         if w.op.is_some()
             && self.names.bufio_lock(w.lock_addr).is_some()
             && let Some(client) = self.clients.get_mut(&w.op_client)
@@ -899,6 +916,17 @@ impl Model {
             .collect();
         holders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         holders.truncate(TOP_CALLERS);
+        let mut cgroups: HashMap<&str, u64> = HashMap::new();
+        for (tid, count) in &s.waiters {
+            let cgroup = self.names.thread_cgroup(*tid).unwrap_or(UNKNOWN_CGROUP);
+            *cgroups.entry(cgroup).or_default() += count.waits;
+        }
+        let mut cgroups: Vec<(String, u64)> = cgroups
+            .into_iter()
+            .map(|(cgroup, waits)| (cgroup.to_string(), waits))
+            .collect();
+        cgroups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        cgroups.truncate(TOP_CALLERS);
         LockRow {
             key,
             name: self.names.lock_name(key.addr, key.flags),
@@ -912,6 +940,7 @@ impl Model {
             max_ns: s.hist.max_ns,
             callers,
             holders,
+            cgroups,
         }
     }
 

@@ -172,6 +172,8 @@ pub(crate) fn fixture() -> Model {
             Some(OpKind::Release),
         );
         w.owner = dirtier;
+        // The dirtier's own waits, from a thread no metadata names.
+        w.tid = 103;
         m.add_wait(&w);
     }
     for _ in 0..40 {
@@ -183,7 +185,7 @@ pub(crate) fn fixture() -> Model {
         tid,
         tgid: 100,
         comm: comm.into(),
-        cgroup: None,
+        cgroup: Some("/system.slice/dmtest.service".into()),
     };
     m.add_metadata(&Metadata::Threads {
         threads: vec![

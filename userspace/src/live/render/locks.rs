@@ -1,5 +1,6 @@
 //! The lock table: waits/s, total, p50, p99, max, type and name per lock, sorted and filtered,
-//! with the selected lock's histogram and top callers under it when there is room.
+//! with the selected lock's histogram, top callers, holders and waiters' cgroups under it when
+//! there is room.
 
 use ratatui::{
     Frame,
@@ -175,6 +176,13 @@ pub(super) fn draw_lock_detail(
         lines.push(Line::from(vec![
             Span::styled("holder ", dim),
             Span::raw(format!("{holder}  ")),
+            Span::styled(format!("{} waits", thousands(*waits)), dim),
+        ]));
+    }
+    for (cgroup, waits) in &row.cgroups {
+        lines.push(Line::from(vec![
+            Span::styled("cgroup ", dim),
+            Span::raw(format!("{cgroup}  ")),
             Span::styled(format!("{} waits", thousands(*waits)), dim),
         ]));
     }
