@@ -322,6 +322,7 @@ impl Recorder {
         let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
         let mut lock_symbols = static_lock_names(&static_locks);
         lock_symbols.extend(lock_classes::class_symbols(&probes.lock_classes()));
+        lock_symbols.extend(probes.slab_lock_symbols());
         if !lock_symbols.is_empty() {
             writer
                 .write_metadata(&Metadata::Symbols {

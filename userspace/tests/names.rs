@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -280,4 +281,67 @@ fn pipe_mutex_waits_carry_their_holder() {
         .map(|r| r["contended"].as_u64().unwrap())
         .sum();
     assert_eq!(held, by_storm as u64, "report --by owner rows: {rows:?}");
+}
+
+/// The caches /proc/slabinfo lists (root only), by name.
+fn slab_caches() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/slabinfo")
+        .expect("/proc/slabinfo (root)")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn locks_in_slab_objects_are_named_by_their_cache() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("locks_in_slab_objects_are_named_by_their_cache") {
+        return;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let version: Vec<u32> = release
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if version < vec![6, 13] {
+        common::skip(
+            "locks_in_slab_objects_are_named_by_their_cache",
+            &format!(
+                "bpf_get_kmem_cache came with Linux 6.13; this is {}",
+                release.trim()
+            ),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slab.bftrace");
+    // The pipe's mutex lives in its pipe_inode_info, a kmalloc'd object.
+    let workload = common::PipeContention::start(8);
+    let me = std::process::id();
+    record_this_process(&path, &["--no-stacks", "--no-owners"]);
+    workload.stop();
+
+    let (waits, names) = read(&path);
+    let pipe: Vec<&LockWait> = waits
+        .iter()
+        .filter(|w| w.tgid == me && bufscope_abi::LockFlags(w.flags).type_name() == "mutex")
+        .collect();
+    assert!(pipe.len() >= 1_000, "{} pipe mutex waits", pipe.len());
+    let caches = slab_caches();
+    let in_a_cache = |w: &&&LockWait| {
+        names
+            .lock_name(w.lock_addr, w.flags)
+            .strip_prefix('&')
+            .is_some_and(|cache| caches.contains(cache))
+    };
+    let named = pipe.iter().filter(in_a_cache).count();
+    assert_eq!(
+        named,
+        pipe.len(),
+        "pipe mutex waits named after a slab cache of /proc/slabinfo: {named} of {}; e.g. {}",
+        pipe.len(),
+        names.lock_name(pipe[0].lock_addr, pipe[0].flags)
+    );
 }

@@ -95,7 +95,9 @@ pub struct ProbeConfig {
     /// per type; 0 for every type. A left-out type's begin returns at once (counted as
     /// `filtered`), and its end, unpaired, is not counted.
     pub lock_types: u32,
-    pub reserved: u32,
+    /// 1: name locks inside slab objects by their cache (the kfunc bpf_get_kmem_cache, Linux
+    /// 6.13+, tp_btf programs only); 0: the kernel has no such kfunc, nothing is asked.
+    pub slab_names: u32,
 }
 assert_layout!(
     ProbeConfig,
@@ -126,7 +128,7 @@ impl ProbeConfig {
         processes: Self::ALL_PROCESSES,
         owners: 1,
         lock_types: 0,
-        reserved: 0,
+        slab_names: 0,
     };
 }
 

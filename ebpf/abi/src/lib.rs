@@ -16,7 +16,8 @@ pub use bufio::{
     WaitHist, WaitHistKey, op, result,
 };
 pub use lock::{
-    LockClass, LockFlags, LockWaitEvent, TaskOffsets, ThinOffsets, TracepointOffsets, owner,
+    LockClass, LockFlags, LockWaitEvent, SlabName, TaskOffsets, ThinOffsets, TracepointOffsets,
+    owner,
 };
 pub use stats::Counter;
 
@@ -83,6 +84,8 @@ pub mod names {
     pub const THIN_METADATA_PROGRAM: &str = "thin_metadata";
     /// LRU hash of [`LockClass`](crate::LockClass) by lock address.
     pub const LOCK_CLASSES_MAP: &str = "LOCK_CLASSES";
+    /// LRU hash of [`SlabName`](crate::SlabName) by lock address.
+    pub const SLAB_LOCKS_MAP: &str = "SLAB_LOCKS";
     /// Global [`BufioOffsets`](crate::BufioOffsets).
     pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
     /// The one return program, attached to every operation function as a kretprobe.

@@ -124,7 +124,8 @@ pub struct TaskOffsets {
     /// `rw_semaphore.owner` (an `atomic_long_t`: the writer, or a reader when its bit 0 is set;
     /// flags in the low 2 bits).
     pub rwsem_owner: u32,
-    pub reserved: u32,
+    /// `kmem_cache.name` (a `const char *`): the slab cache a lock lives in, for its name.
+    pub kmem_cache_name: u32,
 }
 assert_layout!(
     TaskOffsets,
@@ -148,7 +149,7 @@ impl TaskOffsets {
         task_pid: Self::ABSENT,
         mutex_owner: Self::ABSENT,
         rwsem_owner: Self::ABSENT,
-        reserved: 0,
+        kmem_cache_name: Self::ABSENT,
     };
 
     /// The low bits of `mutex.owner` that are flags, not the task pointer (MUTEX_FLAGS).
@@ -193,6 +194,29 @@ impl LockClass {
             Self::THIN_ROOT_LOCK => "dm-thin metadata root_lock",
             _ => "?",
         }
+    }
+}
+
+/// The slab cache a lock lives in, by the lock's address in the `SLAB_LOCKS` map: its name as
+/// the kernel gives it (`dentry`, `kmalloc-192`), NUL-terminated; empty for a lock found to be in
+/// no slab object (a static lock, a per-CPU one), so that the kernel is asked once per lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlabName {
+    pub name: [u8; SlabName::LEN],
+}
+assert_layout!(SlabName, size = 32, align = 1, fields = [[u8; 32]]);
+
+impl SlabName {
+    /// Longer cache names are cut.
+    pub const LEN: usize = 32;
+
+    /// The name, when the lock is in a slab object.
+    pub fn name(&self) -> Option<&str> {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(Self::LEN);
+        core::str::from_utf8(&self.name[..len])
+            .ok()
+            .filter(|n| !n.is_empty())
     }
 }
 
@@ -335,6 +359,8 @@ mod user {
     unsafe impl aya::Pod for super::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LockClass {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SlabName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ThinOffsets {}
 }

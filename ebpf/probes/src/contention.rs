@@ -4,19 +4,21 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_FAST_STACK_CMP, BPF_NOEXIST},
+    helpers::bpf_probe_read_kernel_str_bytes,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
     BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, ProbeConfig,
-    STACK_RECHECK_EVERY, STACK_REUSE_NS, TaskOffsets, WaitHist, WaitHistKey, owner, process,
+    STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets, WaitHist, WaitHistKey, owner,
+    process,
 };
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, RQ_LOCK, STACK_CACHE,
-        STACKS, WAIT_HIST, ZERO_HIST, count,
+        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, RQ_LOCK, SLAB_LOCKS,
+        STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
     },
     notes::count_noted,
 };
@@ -352,19 +354,29 @@ fn on_end(lock_addr: u64, ret: i32) {
     }
 }
 
-/// Notes the lock as its process's mmap_lock (an rwsem) or siglock (a spinlock), or as this
-/// CPU's runqueue lock, when it is the waiter's own: a read of the task's pointer (the runqueue's
-/// is kept per CPU after the first), one compare, and a map insert the first time.
+/// Names the lock where the kernel lets the program tell what it is: the waiter's own
+/// process's or CPU's ([`classify_own`]), else the slab cache it lives in ([`classify_slab`]).
 #[inline(always)]
 fn classify(lock_addr: u64, flags: u32) {
     let offsets = TASK_OFFSETS.load();
+    if !classify_own(&offsets, lock_addr, flags) && PROBE_CONFIG.load().slab_names != 0 {
+        classify_slab(&offsets, lock_addr);
+    }
+}
+
+/// Notes the lock as its process's mmap_lock (an rwsem) or siglock (a spinlock), or as this
+/// CPU's runqueue lock, when it is the waiter's own: a read of the task's pointer (the runqueue's
+/// is kept per CPU after the first), one compare, and a map insert the first time. True when it
+/// is one of them.
+#[inline(always)]
+fn classify_own(offsets: &TaskOffsets, lock_addr: u64, flags: u32) -> bool {
     let kinds = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
     let (class, pointer, field) = if flags & kinds == 0 {
         (LockClass::MMAP_LOCK, offsets.task_mm, offsets.mm_mmap_lock)
     } else if flags & (kinds | LockFlags::READ | LockFlags::WRITE) == LockFlags::SPIN {
-        if this_rq_lock(&offsets) == Some(lock_addr) {
+        if this_rq_lock(offsets) == Some(lock_addr) {
             note_class(lock_addr, LockClass::RQ_LOCK, current::cpu());
-            return;
+            return true;
         }
         (
             LockClass::SIGLOCK,
@@ -372,19 +384,50 @@ fn classify(lock_addr: u64, flags: u32) {
             offsets.sighand_siglock,
         )
     } else {
-        return;
+        return false;
     };
     if field == TaskOffsets::ABSENT {
-        return;
+        return false;
     }
     let Some(owner) = current::read_field::<u64>(current::task(), pointer) else {
-        return;
+        return false;
     };
     if owner == 0 || lock_addr != owner + u64::from(field) {
-        return;
+        return false;
     }
     let (_, tgid) = current::tid_tgid();
     note_class(lock_addr, class, tgid);
+    true
+}
+
+unsafe extern "C" {
+    /// kfunc (Linux 6.13+): the slab cache of the object at `addr`, NULL for an address in no
+    /// slab object. User space links the call to this kernel's BTF id, or turns it into a NULL
+    /// result where the kernel lacks it (`probes/kfunc.rs` in the user-space crate).
+    fn bpf_get_kmem_cache(addr: u64) -> *const core::ffi::c_void;
+}
+
+/// Notes the slab cache the lock lives in, once per lock: one map lookup per wait on a lock not
+/// named otherwise; the first wait on a lock asks the kernel and reads the cache's name.
+#[inline(always)]
+fn classify_slab(offsets: &TaskOffsets, lock_addr: u64) {
+    // SAFETY: a plain read; the value is only compared against None.
+    if unsafe { SLAB_LOCKS.get(lock_addr) }.is_some() {
+        return;
+    }
+    let mut slab = SlabName {
+        name: [0; SlabName::LEN],
+    };
+    // SAFETY: a kfunc taking any address; NULL when it is in no slab object.
+    let cache = unsafe { bpf_get_kmem_cache(lock_addr) };
+    if !cache.is_null()
+        && let Some(name) = current::read_btf_field::<u64>(cache as u64, offsets.kmem_cache_name)
+    {
+        // SAFETY: bpf_probe_read_kernel_str checks the address and fails cleanly, writing at
+        // most the buffer's length.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut slab.name) };
+    }
+    let _ = SLAB_LOCKS.insert(lock_addr, slab, 0);
 }
 
 /// Notes what the lock at `lock_addr` is, the first time only.

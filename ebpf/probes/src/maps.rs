@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bufscope_abi::{
-    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, WaitHist, WaitHistKey,
+    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, SlabName, WaitHist, WaitHistKey,
 };
 
 use crate::{
@@ -82,6 +82,12 @@ pub(crate) static PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(4096,
 /// LRU, so the locks of processes long gone age out.
 #[map]
 pub(crate) static LOCK_CLASSES: LruHashMap<u64, LockClass> = LruHashMap::with_max_entries(4096, 0);
+
+/// The slab cache of each lock contention_begin met that is named no other way (empty for a
+/// lock in no slab object), so the kernel is asked once per lock. Written by contention_begin
+/// where the kernel has bpf_get_kmem_cache; read by user space to name the locks ("&dentry").
+#[map]
+pub(crate) static SLAB_LOCKS: LruHashMap<u64, SlabName> = LruHashMap::with_max_entries(4096, 0);
 
 /// This CPU's runqueue lock address, found once from the running task's runqueue (see
 /// `contention::classify`); 0 until then. In-kernel only.

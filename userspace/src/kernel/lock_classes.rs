@@ -68,7 +68,10 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
         task_pid,
         mutex_owner,
         rwsem_owner,
-        reserved: 0,
+        // Slab names need this field, and the kfunc (kfunc.rs) that finds the cache.
+        kmem_cache_name: find_struct(&btf, "kmem_cache")
+            .and_then(|cache| offset(&cache, "name"))
+            .unwrap_or(TaskOffsets::ABSENT),
     })
 }
 

@@ -110,6 +110,14 @@ impl KernelNames {
                 symbols: lock_classes::class_symbols(&classified),
             });
         }
+        let slab: Vec<_> = probes
+            .slab_lock_symbols()
+            .into_iter()
+            .filter(|s| self.classified.insert(s.addr))
+            .collect();
+        if !slab.is_empty() {
+            model.add_metadata(&Metadata::Symbols { symbols: slab });
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     AttachMode, AttachedAs, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError,
     error_chain,
     fentry::{self, FentryError, FentryUnavailable, ModuleBtf, TracingLink, TracingPrograms},
+    kfunc,
     maps::take_map,
     processes::{ProcessFilter, ProcessMap},
     sys::TracingKind,
@@ -273,8 +274,26 @@ impl LockProbes {
         Ok(probes)
     }
 
+    /// tp_btf programs, calling the kernel functions this kernel has ([`kfunc`]); should the
+    /// verifier refuse those calls, once more without them, saying what is lost.
     fn attach_tp_btf(options: &AttachOptions, offsets: &Offsets) -> Result<Self, ProbeError> {
-        let mut ebpf = load(TracepointOffsets::USUAL, options, offsets)?;
+        Self::attach_tp_btf_with(options, offsets, true).or_else(|with_kfuncs| {
+            let mut probes = Self::attach_tp_btf_with(options, offsets, false)?;
+            probes.notes.push(format!(
+                "locks in slab objects are not named: the kernel refused its own functions' \
+                 calls ({})",
+                with_kfuncs.with_cause()
+            ));
+            Ok(probes)
+        })
+    }
+
+    fn attach_tp_btf_with(
+        options: &AttachOptions,
+        offsets: &Offsets,
+        kfuncs: bool,
+    ) -> Result<Self, ProbeError> {
+        let mut ebpf = load(TracepointOffsets::USUAL, options, offsets, kfuncs)?;
         let processes = process_map(&mut ebpf, &options.processes)?;
         let btf = Btf::from_sys_fs()?;
         for (program, event) in [
@@ -297,7 +316,8 @@ impl LockProbes {
             notes.push(format!("mounted tracefs at {}", path.display()));
         }
         let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())?;
-        let mut ebpf = load(tp_offsets, options, offsets)?;
+        // Classic tracepoint programs may not call the kfuncs: each call returns nothing.
+        let mut ebpf = load(tp_offsets, options, offsets, false)?;
         let processes = process_map(&mut ebpf, &options.processes)?;
         for (program, event) in [
             (names::BEGIN_TP_PROGRAM, "contention_begin"),
@@ -346,6 +366,8 @@ impl LockProbes {
         let lock_classes =
             aya::maps::HashMap::try_from(take_map(&mut ebpf, names::LOCK_CLASSES_MAP)?)
                 .map_err(map_error(names::LOCK_CLASSES_MAP))?;
+        let slab_locks = aya::maps::HashMap::try_from(take_map(&mut ebpf, names::SLAB_LOCKS_MAP)?)
+            .map_err(map_error(names::SLAB_LOCKS_MAP))?;
         Ok(Self {
             ebpf: Some(ebpf),
             mode,
@@ -363,6 +385,7 @@ impl LockProbes {
             final_stats: Vec::new(),
             processes,
             kernel_notes,
+            slab_locks,
             lock_classes,
         })
     }
@@ -740,13 +763,23 @@ struct Offsets {
     thin: ThinOffsets,
 }
 
+/// Loads the object with its globals set; with `kfuncs`, its kernel-function calls linked to
+/// those this kernel has (else each call returns nothing, see [`kfunc`]).
 fn load(
     tp_offsets: TracepointOffsets,
     options: &AttachOptions,
     offsets: &Offsets,
+    kfuncs: bool,
 ) -> Result<Ebpf, ProbeError> {
+    let vmlinux = kfuncs
+        .then(|| btf_rs::Btf::from_file(crate::kernel::bufio::VMLINUX_BTF).ok())
+        .flatten();
+    let linked = kfunc::link_kfuncs(EBPF_OBJECT, vmlinux.as_ref())?;
+    let slab_names =
+        linked.has("bpf_get_kmem_cache") && offsets.task.kmem_cache_name != TaskOffsets::ABSENT;
     let config = ProbeConfig {
         processes: options.processes.config_value(),
+        slab_names: u32::from(slab_names),
         ..options.config
     };
     Ok(EbpfLoader::new()
@@ -756,7 +789,7 @@ fn load(
         .override_global(names::TASK_OFFSETS_GLOBAL, &offsets.task, true)
         .override_global(names::THIN_OFFSETS_GLOBAL, &offsets.thin, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
-        .load(EBPF_OBJECT)?)
+        .load(&linked.object)?)
 }
 
 /// The process filter, written to its map before any program attaches.

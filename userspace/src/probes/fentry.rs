@@ -44,6 +44,8 @@ pub enum FentryUnavailable {
     MissingMap(String),
     #[error("relocating bufscope's eBPF object: {0}")]
     Relocate(aya_obj::relocation::EbpfRelocationError),
+    #[error("linking the eBPF programs' kernel-function calls: {0}")]
+    Kfunc(String),
 }
 
 /// Why one function is not traced with fentry/fexit. Each message is complete, the kernel's reason
@@ -132,7 +134,12 @@ impl TracingPrograms {
         elf: &[u8],
         maps: &HashMap<String, OwnedFd>,
     ) -> Result<Self, FentryUnavailable> {
-        let mut object = aya_obj::Object::parse(elf).map_err(FentryUnavailable::Parse)?;
+        // No tracing program calls a kfunc, but aya relocates every program's calls: the kfunc
+        // calls (in the contention programs) must not look like calls to it.
+        let linked = super::kfunc::link_kfuncs(elf, None)
+            .map_err(|e| FentryUnavailable::Kfunc(e.to_string()))?;
+        let mut object =
+            aya_obj::Object::parse(&linked.object).map_err(FentryUnavailable::Parse)?;
         let text_sections: HashSet<usize> = object
             .functions
             .keys()

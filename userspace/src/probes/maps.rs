@@ -89,6 +89,23 @@ impl LockProbes {
         self.lock_classes.iter().filter_map(Result::ok).collect()
     }
 
+    /// Locks found so far to live in a slab object, named after their cache as perf names them
+    /// (`&dentry`): where the kernel has bpf_get_kmem_cache (Linux 6.13+).
+    pub fn slab_lock_symbols(&self) -> Vec<bufscope_trace::Symbol> {
+        self.slab_locks
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(addr, slab)| {
+                Some(bufscope_trace::Symbol {
+                    addr,
+                    name: format!("&{}", slab.name()?),
+                    module: None,
+                    lock_text: false,
+                })
+            })
+            .collect()
+    }
+
     /// What [`lock_classes`](Self::lock_classes) says of one lock, if anything.
     pub fn lock_class(&self, addr: u64) -> Option<bufscope_abi::LockClass> {
         self.lock_classes.get(&addr, 0).ok()

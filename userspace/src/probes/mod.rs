@@ -12,6 +12,7 @@
 
 mod attach;
 mod fentry;
+mod kfunc;
 mod maps;
 mod processes;
 mod stream;
@@ -93,6 +94,8 @@ impl std::fmt::Display for AttachedAs {
 pub enum ProbeError {
     #[error("loading bufscope's eBPF object failed")]
     Load(#[from] aya::EbpfError),
+    #[error("linking the eBPF programs' kernel-function calls")]
+    Kfunc(#[from] kfunc::KfuncError),
     #[error("{program}")]
     Program {
         program: &'static str,
@@ -163,6 +166,8 @@ pub struct LockProbes {
     /// The programs' aya-log notes ([`LockProbes::flush_kernel_notes`]); `None` when the object
     /// logs nothing.
     kernel_notes: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The slab cache of locks named no other way (`SLAB_LOCKS`).
+    slab_locks: aya::maps::HashMap<MapData, u64, bufscope_abi::SlabName>,
     /// Locks found to be a process's mmap_lock or siglock.
     lock_classes: aya::maps::HashMap<MapData, u64, bufscope_abi::LockClass>,
 }

@@ -1,0 +1,247 @@
+//! Calls from bufscope's eBPF programs to kernel functions (kfuncs), which aya 0.14 cannot load:
+//! its object parser knows helper calls and calls between the object's own functions, nothing
+//! else (the kfunc loader came with a later aya line, whose rust-version no toolchain here has).
+//!
+//! A kfunc is declared in the eBPF crate as an `extern "C"` function. bpf-linker leaves each call
+//! to it as `call -1` (a BPF-to-BPF call, source register 1) with an `R_BPF_64_32` relocation
+//! against the undefined symbol of that name. The kernel wants instead source register 2
+//! (BPF_PSEUDO_KFUNC_CALL) and, as the immediate, the function's type id in vmlinux's BTF.
+//! [`link_kfuncs`] rewrites the object's bytes so before any loader sees them:
+//! - a kfunc this kernel has becomes a kfunc call to its BTF id;
+//! - a kfunc it lacks (older kernels) becomes `r0 = 0`: the call returns NULL, which every
+//!   caller already handles (the kfuncs bufscope calls may return NULL), as libbpf does for a
+//!   weak kfunc it cannot find.
+//!
+//! aya's relocation then passes the rewritten instructions by: a source register other than 1 is
+//! no call to link, and the relocation's undefined symbol is no map. Only the kfuncs in
+//! [`KFUNCS`] are rewritten; any other undefined call target is an error, named.
+
+use std::borrow::Cow;
+
+use btf_rs::{Btf, Type};
+use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+/// The kernel functions bufscope's programs may call, and the kernel they came with.
+pub const KFUNCS: &[(&str, &str)] = &[
+    // The slab cache an address belongs to: names a lock inside a slab object ("&dentry").
+    ("bpf_get_kmem_cache", "Linux 6.13"),
+];
+
+/// BPF_JMP | BPF_CALL: the opcode of both calls.
+const CALL: u8 = 0x85;
+/// BPF_PSEUDO_CALL, as bpf-linker leaves an extern call.
+const PSEUDO_CALL: u8 = 1;
+/// BPF_PSEUDO_KFUNC_CALL.
+const PSEUDO_KFUNC_CALL: u8 = 2;
+/// BPF_ALU64 | BPF_MOV | BPF_K: `r0 = imm` with the destination register 0.
+const MOV64_IMM: u8 = 0xb7;
+
+/// Why the object's kfunc calls cannot be linked: a mismatched or damaged build.
+#[derive(Debug, thiserror::Error)]
+pub enum KfuncError {
+    #[error("parsing bufscope's eBPF object: {0}")]
+    Parse(#[source] object::Error),
+    #[error("a call to {name} at byte {offset} of section {section} is not a BPF call instruction")]
+    NotACall {
+        name: String,
+        section: String,
+        offset: u64,
+    },
+    #[error(
+        "the eBPF programs call {0}, which is no kernel function bufscope knows (kfunc::KFUNCS)"
+    )]
+    Unknown(String),
+}
+
+/// The object with its kfunc calls linked for one kernel, and what this kernel offered.
+#[derive(Debug)]
+pub struct Linked<'a> {
+    pub object: Cow<'a, [u8]>,
+    /// Each kfunc called, with its BTF id here, or `None` where this kernel lacks it.
+    pub kfuncs: Vec<(&'static str, Option<u32>)>,
+}
+
+impl Linked<'_> {
+    /// Whether this kernel has the kfunc `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.kfuncs.iter().any(|(k, id)| *k == name && id.is_some())
+    }
+}
+
+/// Rewrites every call to a kfunc of [`KFUNCS`] in `elf` for the kernel whose BTF is `vmlinux`.
+pub fn link_kfuncs<'a>(elf: &'a [u8], vmlinux: Option<&Btf>) -> Result<Linked<'a>, KfuncError> {
+    let file = object::File::parse(elf).map_err(KfuncError::Parse)?;
+    let mut patches = Vec::new();
+    let mut kfuncs: Vec<(&'static str, Option<u32>)> = Vec::new();
+    for section in file.sections() {
+        let Some((start, _)) = section.file_range() else {
+            continue;
+        };
+        for (offset, relocation) in section.relocations() {
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let Ok(symbol) = file.symbol_by_index(index) else {
+                continue;
+            };
+            if !symbol.is_undefined() {
+                continue;
+            }
+            let name = symbol.name().unwrap_or_default();
+            let &(kfunc, _) = KFUNCS
+                .iter()
+                .find(|(k, _)| *k == name)
+                .ok_or_else(|| KfuncError::Unknown(name.to_string()))?;
+            let at = (start + offset) as usize;
+            let insn = elf
+                .get(at..at + 8)
+                .filter(|i| i[0] == CALL && i[1] >> 4 == PSEUDO_CALL && i[1] & 0x0f == 0);
+            if insn.is_none() {
+                return Err(KfuncError::NotACall {
+                    name: name.to_string(),
+                    section: section.name().unwrap_or("?").to_string(),
+                    offset,
+                });
+            }
+            let id = match kfuncs.iter().find(|(k, _)| *k == kfunc) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = vmlinux.and_then(|btf| function_id(btf, kfunc));
+                    kfuncs.push((kfunc, id));
+                    id
+                }
+            };
+            patches.push((at, id));
+        }
+    }
+    if patches.is_empty() {
+        return Ok(Linked {
+            object: Cow::Borrowed(elf),
+            kfuncs,
+        });
+    }
+    let mut bytes = elf.to_vec();
+    for (at, id) in patches {
+        let insn = &mut bytes[at..at + 8];
+        match id {
+            Some(id) => {
+                insn[1] = PSEUDO_KFUNC_CALL << 4;
+                insn[4..8].copy_from_slice(&id.to_le_bytes());
+            }
+            None => insn.copy_from_slice(&[MOV64_IMM, 0, 0, 0, 0, 0, 0, 0]),
+        }
+    }
+    Ok(Linked {
+        object: Cow::Owned(bytes),
+        kfuncs,
+    })
+}
+
+/// The type id of the function `name` in `btf`.
+fn function_id(btf: &Btf, name: &str) -> Option<u32> {
+    btf.resolve_ids_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::attach::EBPF_OBJECT;
+
+    /// Every instruction the kfunc relocations point at, as (section, byte offset, bytes).
+    fn kfunc_calls(elf: &[u8]) -> Vec<(String, u64, [u8; 8])> {
+        let file = object::File::parse(elf).unwrap();
+        let mut calls = Vec::new();
+        for section in file.sections() {
+            let Some((start, _)) = section.file_range() else {
+                continue;
+            };
+            for (offset, relocation) in section.relocations() {
+                let RelocationTarget::Symbol(index) = relocation.target() else {
+                    continue;
+                };
+                let symbol = file.symbol_by_index(index).unwrap();
+                if symbol.is_undefined() && KFUNCS.iter().any(|(k, _)| Ok(*k) == symbol.name()) {
+                    let at = (start + offset) as usize;
+                    calls.push((
+                        section.name().unwrap().to_string(),
+                        offset,
+                        elf[at..at + 8].try_into().unwrap(),
+                    ));
+                }
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn the_programs_call_kfuncs_as_bpf_linker_leaves_them() {
+        let calls = kfunc_calls(EBPF_OBJECT);
+        assert!(
+            !calls.is_empty(),
+            "the contention programs call bpf_get_kmem_cache"
+        );
+        for (section, offset, insn) in &calls {
+            assert_eq!(
+                (
+                    insn[0],
+                    insn[1],
+                    i32::from_le_bytes(insn[4..8].try_into().unwrap())
+                ),
+                (CALL, PSEUDO_CALL << 4, -1),
+                "{section}+{offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kernel_with_the_kfunc_gets_kfunc_calls_to_its_btf_id() {
+        let Ok(vmlinux) = Btf::from_file("/sys/kernel/btf/vmlinux") else {
+            crate::skip_or_fail("no /sys/kernel/btf/vmlinux here");
+            return;
+        };
+        let linked = link_kfuncs(EBPF_OBJECT, Some(&vmlinux)).unwrap();
+        let expected = function_id(&vmlinux, "bpf_get_kmem_cache");
+        assert_eq!(linked.kfuncs, vec![("bpf_get_kmem_cache", expected)]);
+        let calls = kfunc_calls(&linked.object);
+        assert_eq!(calls.len(), kfunc_calls(EBPF_OBJECT).len());
+        for (section, offset, insn) in calls {
+            match expected {
+                Some(id) => assert_eq!(
+                    (
+                        insn[0],
+                        insn[1],
+                        u32::from_le_bytes(insn[4..8].try_into().unwrap())
+                    ),
+                    (CALL, PSEUDO_KFUNC_CALL << 4, id),
+                    "{section}+{offset}"
+                ),
+                None => assert_eq!(insn, [MOV64_IMM, 0, 0, 0, 0, 0, 0, 0]),
+            }
+        }
+        // Nothing else moved.
+        let changed = EBPF_OBJECT
+            .iter()
+            .zip(linked.object.iter())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            changed <= 5 * kfunc_calls(EBPF_OBJECT).len(),
+            "{changed} bytes changed"
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_the_kfunc_gets_a_null_result_in_its_place() {
+        let linked = link_kfuncs(EBPF_OBJECT, None).unwrap();
+        assert_eq!(linked.kfuncs, vec![("bpf_get_kmem_cache", None)]);
+        assert!(!linked.has("bpf_get_kmem_cache"));
+        for (_, _, insn) in kfunc_calls(&linked.object) {
+            assert_eq!(insn, [MOV64_IMM, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        // aya still parses and relocates the result.
+        aya_obj::Object::parse(&linked.object).expect("the rewritten object parses");
+    }
+}
