@@ -321,8 +321,16 @@ impl Recorder {
         let symbols_note = write_stacks(writer, probes, &self.seen.stack_ids).map_err(failed)?;
         let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
         let mut lock_symbols = static_lock_names(&static_locks);
-        lock_symbols.extend(lock_classes::class_symbols(&probes.lock_classes()));
-        lock_symbols.extend(probes.slab_lock_symbols());
+        let classes = lock_classes::class_symbols(&probes.lock_classes());
+        // A slab cache names only what nothing more specific names (a dm-thin pool's root_lock
+        // lives in a kmalloc'd object too, and the thin probe may name it later).
+        let slab: Vec<_> = probes
+            .slab_lock_symbols()
+            .into_iter()
+            .filter(|s| !classes.iter().any(|c| c.addr == s.addr))
+            .collect();
+        lock_symbols.extend(classes);
+        lock_symbols.extend(slab);
         if !lock_symbols.is_empty() {
             writer
                 .write_metadata(&Metadata::Symbols {

@@ -61,8 +61,10 @@ pub struct KernelNames {
     symbols: KernelSymbols,
     symbolized: HashSet<u64>,
     statics: HashSet<u64>,
-    /// Locks already named as a process's mmap_lock or siglock.
+    /// Locks already named as a process's mmap_lock or siglock (or a runqueue, a dm-thin pool's).
     classified: HashSet<u64>,
+    /// Locks already named after their slab cache.
+    slab_named: HashSet<u64>,
 }
 
 impl KernelNames {
@@ -72,6 +74,7 @@ impl KernelNames {
             symbolized: HashSet::new(),
             statics: HashSet::new(),
             classified: HashSet::new(),
+            slab_named: HashSet::new(),
         }
     }
 
@@ -110,10 +113,12 @@ impl KernelNames {
                 symbols: lock_classes::class_symbols(&classified),
             });
         }
+        // A slab cache names only what nothing more specific names; a class found later for the
+        // same lock (a dm-thin root_lock) is added after, and so replaces it.
         let slab: Vec<_> = probes
             .slab_lock_symbols()
             .into_iter()
-            .filter(|s| self.classified.insert(s.addr))
+            .filter(|s| !self.classified.contains(&s.addr) && self.slab_named.insert(s.addr))
             .collect();
         if !slab.is_empty() {
             model.add_metadata(&Metadata::Symbols { symbols: slab });
