@@ -124,6 +124,7 @@ fn main() {
             trees: 0,
             first_tree: 0,
             tree_stride: 0,
+            ..Default::default()
         }),
         seen_ns: 0,
         destroyed_ns: None,

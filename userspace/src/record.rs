@@ -455,7 +455,7 @@ impl SeenReferences {
                         addr: client.addr,
                         device: client.device.clone(),
                         block_size: client.block_size,
-                        locks: probes.client_locks(client.addr, client.num_locks),
+                        locks: probes.client_locks(client),
                         seen_ns,
                         destroyed_ns: (client.how == ClientHow::Destroyed).then_some(client.at_ns),
                     })?;

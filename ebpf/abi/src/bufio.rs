@@ -47,7 +47,8 @@ pub struct BufioOffsets {
     pub buffer_block: u32,
     /// `struct dm_buffer`: `c`, the owning client.
     pub buffer_client: u32,
-    pub _pad: u32,
+    /// `struct dm_bufio_client`: `no_sleep` (bool, Linux 6.0 on), or [`Self::ABSENT`].
+    pub client_no_sleep: u32,
 }
 assert_layout!(
     BufioOffsets,
@@ -69,7 +70,7 @@ impl BufioOffsets {
         client_num_locks: Self::ABSENT,
         buffer_block: Self::ABSENT,
         buffer_client: Self::ABSENT,
-        _pad: 0,
+        client_no_sleep: Self::ABSENT,
     };
 }
 
@@ -184,7 +185,8 @@ pub struct ClientEvent {
     pub block_size: u32,
     /// Tree locks (6.4+), 0 for a single-mutex client.
     pub num_locks: u32,
-    pub _pad: u32,
+    /// 1 for a client created with DM_BUFIO_CLIENT_NO_SLEEP (`c->no_sleep`), else 0.
+    pub no_sleep: u32,
     pub client: u64,
     pub at_ns: u64,
 }

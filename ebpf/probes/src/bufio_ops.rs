@@ -408,7 +408,9 @@ fn send_client(client: u64, how: u32) {
         dev: current::read_field(bdev, offsets.bdev_dev).unwrap_or(0),
         block_size: current::read_field(client, offsets.client_block_size).unwrap_or(0),
         num_locks: current::read_field(client, offsets.client_num_locks).unwrap_or(0),
-        _pad: 0,
+        no_sleep: u32::from(
+            current::read_field::<u8>(client, offsets.client_no_sleep).unwrap_or(0) != 0,
+        ),
         client,
         at_ns: current::now_ns(),
     });

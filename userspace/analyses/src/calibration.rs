@@ -352,6 +352,7 @@ mod tests {
                 trees: 0,
                 first_tree: 0,
                 tree_stride: 0,
+                ..Default::default()
             }),
             seen_ns: 0,
             destroyed_ns: None,

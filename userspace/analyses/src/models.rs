@@ -260,6 +260,7 @@ pub fn as_trace(
             trees,
             first_tree: MODEL_FIRST_TREE,
             tree_stride: MODEL_TREE_STRIDE,
+            ..Default::default()
         }),
         seen_ns: input.first_ns,
         destroyed_ns: None,

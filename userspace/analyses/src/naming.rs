@@ -145,6 +145,7 @@ impl Names {
         if let Some((device, which)) = self.bufio_lock(addr) {
             return match which {
                 ClientLock::Mutex => format!("dm-bufio {device} client mutex"),
+                ClientLock::Spinlock => format!("dm-bufio {device} client spinlock (no-sleep)"),
                 ClientLock::Tree(i) => {
                     let mode = if flags & LockFlags::WRITE != 0 {
                         "write"
@@ -153,12 +154,14 @@ impl Names {
                     } else {
                         "?"
                     };
-                    let kind = if flags & LockFlags::SPIN != 0 {
-                        "rwlock"
+                    // Only a no-sleep client's trees are rwlocks (spinning); the others' are
+                    // rw_semaphores.
+                    let (kind, no_sleep) = if flags & LockFlags::SPIN != 0 {
+                        ("rwlock", ", no-sleep")
                     } else {
-                        "rwsem"
+                        ("rwsem", "")
                     };
-                    format!("dm-bufio {device} tree {i} ({kind} {mode})")
+                    format!("dm-bufio {device} tree {i} ({kind} {mode}{no_sleep})")
                 }
             };
         }
@@ -237,6 +240,7 @@ mod tests {
                 trees: 4,
                 first_tree: 0x1180,
                 tree_stride: 64,
+                ..Default::default()
             }),
             seen_ns: 0,
             destroyed_ns: None,
@@ -282,6 +286,42 @@ mod tests {
         );
         assert_eq!(n.lock_name(0xffff_ffff_8300_0000, 0x20), "rtnl_mutex");
         assert_eq!(n.client_device(0x1000), Some("253:2"));
+    }
+
+    #[test]
+    fn a_no_sleep_clients_locks_are_named_as_such() {
+        let mut n = Names::default();
+        n.add(&Metadata::Client {
+            addr: 0x2000,
+            device: "7:1".into(),
+            block_size: 4096,
+            locks: Some(ClientLocks {
+                mutex: 0x2010,
+                spinlock: 0x2030,
+                no_sleep: true,
+                trees: 4,
+                first_tree: 0x2180,
+                tree_stride: 64,
+            }),
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        assert_eq!(
+            n.lock_name(0x2030, LockFlags::SPIN),
+            "dm-bufio 7:1 client spinlock (no-sleep)"
+        );
+        assert_eq!(
+            n.lock_name(0x2180 + 3 * 64, LockFlags::SPIN | LockFlags::WRITE),
+            "dm-bufio 7:1 tree 3 (rwlock write, no-sleep)"
+        );
+        assert_eq!(
+            n.lock_name(0x2180, LockFlags::SPIN | LockFlags::READ),
+            "dm-bufio 7:1 tree 0 (rwlock read, no-sleep)"
+        );
+        assert_eq!(n.bufio_lock(0x2030), Some(("7:1", ClientLock::Spinlock)));
+        // A client recorded without its spinlock (older files): the address stays unnamed.
+        let old = names();
+        assert_eq!(old.lock_name(0x1030, LockFlags::SPIN), "spinlock 0x1030");
     }
 
     #[test]

@@ -57,9 +57,14 @@ pub struct ClientRow {
     /// The highest block an operation named.
     pub max_block: u64,
     pub waits_on_its_locks: u64,
-    /// ...of which on its client mutex, and on its tree locks.
+    /// ...of which on its client mutex, on its client spinlock (a no-sleep client's), and on
+    /// its tree locks.
     pub waits_on_mutex: u64,
+    pub waits_on_spinlock: u64,
     pub waits_on_trees: u64,
+    /// Created with DM_BUFIO_CLIENT_NO_SLEEP: a spinlock for the client lock, rwlocks for the
+    /// trees (false where the file does not say).
+    pub no_sleep: bool,
 }
 
 /// Waits of one lock type, in perf lock contention's terms.
@@ -277,6 +282,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                                 row.block_size = block_size;
                                 if let Some(locks) = locks {
                                     row.trees = locks.trees;
+                                    row.no_sleep = locks.no_sleep;
                                 }
                             }
                             Metadata::Stack { .. } => summary.stacks += 1,
@@ -317,6 +323,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
             client.waits_on_its_locks += row.contended;
             match which {
                 ClientLock::Mutex => client.waits_on_mutex += row.contended,
+                ClientLock::Spinlock => client.waits_on_spinlock += row.contended,
                 ClientLock::Tree(_) => client.waits_on_trees += row.contended,
             }
         }

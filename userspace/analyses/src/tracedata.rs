@@ -20,6 +20,7 @@ use crate::{
 /// everything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WaitClass {
+    /// The client lock: the mutex, or a no-sleep client's spinlock.
     ClientMutex,
     TreeRead,
     TreeWrite,
@@ -137,7 +138,9 @@ impl TraceData {
     /// Which class of lock a wait was for.
     pub fn wait_class(&self, w: &LockWait) -> WaitClass {
         match self.names.bufio_lock(w.lock_addr) {
-            Some((_, ClientLock::Mutex)) => WaitClass::ClientMutex,
+            // The client lock, a mutex or (a no-sleep client's) a spinlock: the designs' client
+            // lock class either way.
+            Some((_, ClientLock::Mutex | ClientLock::Spinlock)) => WaitClass::ClientMutex,
             Some((_, ClientLock::Tree(_))) if w.flags & LockFlags::WRITE != 0 => {
                 WaitClass::TreeWrite
             }

@@ -124,13 +124,14 @@ fn print_text(s: &TraceSummary) {
         );
         for c in &s.client_list {
             println!(
-                "{:>12} {:>8} {:>6} {:>12}  {} ({:#x})",
+                "{:>12} {:>8} {:>6} {:>12}  {} ({:#x}){}",
                 thousands(c.ops),
                 c.block_size,
                 c.trees,
                 thousands(c.waits_on_its_locks),
                 c.device,
-                c.addr
+                c.addr,
+                if c.no_sleep { ", no-sleep" } else { "" }
             );
         }
     }

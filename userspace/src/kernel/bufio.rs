@@ -225,6 +225,9 @@ pub enum BtfLayoutError {
 pub struct Layout {
     /// Handed to the eBPF programs before load.
     pub offsets: BufioOffsets,
+    /// Offset of the client spinlock (`spinlock`, Linux 6.0 on), which no-sleep clients take
+    /// instead of the mutex.
+    pub spinlock: Option<u64>,
     /// Tree locks (6.4+): offset of `cache.trees[0]`'s lock in the client, and the array stride.
     pub trees: Option<(u64, u64)>,
 }
@@ -297,8 +300,12 @@ impl Layout {
                 .unwrap_or(BufioOffsets::ABSENT),
             buffer_block: field(btf, &buffer, "block")?.0,
             buffer_client: field(btf, &buffer, "c")?.0,
-            _pad: 0,
+            client_no_sleep: field(btf, &client, "no_sleep")
+                .map(|f| f.0)
+                .unwrap_or(BufioOffsets::ABSENT),
         };
+        // 6.0 on: a no-sleep client's lock.
+        let spinlock = field(btf, &client, "spinlock").ok().map(|f| u64::from(f.0));
         let trees = match field(btf, &client, "cache.trees") {
             Ok((offset, Type::Array(array))) => {
                 let element = resolve(btf, btf.resolve_chained_type(&array)?)?;
@@ -312,14 +319,20 @@ impl Layout {
             Ok(_) => return Err(BtfLayoutError::TreesNotAnArray),
             Err(_) => None,
         };
-        Ok(Self { offsets, trees })
+        Ok(Self {
+            offsets,
+            spinlock,
+            trees,
+        })
     }
 
     /// The lock addresses of the client at `client`, given what the eBPF side read from it.
-    pub fn client_locks(&self, client: u64, num_locks: u32) -> ClientLocks {
+    pub fn client_locks(&self, client: u64, num_locks: u32, no_sleep: bool) -> ClientLocks {
         let (first_tree, tree_stride) = self.trees.unwrap_or((0, 0));
         ClientLocks {
             mutex: client + u64::from(self.offsets.client_lock),
+            spinlock: self.spinlock.map_or(0, |offset| client + offset),
+            no_sleep,
             trees: if self.trees.is_some() { num_locks } else { 0 },
             first_tree: if self.trees.is_some() {
                 client + first_tree
@@ -459,10 +472,19 @@ ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
                 client_lock: 16,
                 ..BufioOffsets::UNSET
             },
+            spinlock: Some(48),
             trees: Some((384, 64)),
         };
-        let locks = layout.client_locks(0xffff_8880_1000_0000, 32);
+        let locks = layout.client_locks(0xffff_8880_1000_0000, 32, true);
         assert_eq!(locks.mutex, 0xffff_8880_1000_0010);
+        assert_eq!(
+            (locks.spinlock, locks.no_sleep),
+            (0xffff_8880_1000_0030, true)
+        );
+        assert_eq!(
+            locks.classify(0xffff_8880_1000_0030),
+            Some(bufscope_trace::ClientLock::Spinlock)
+        );
         assert_eq!(locks.first_tree, 0xffff_8880_1000_0180);
         assert_eq!(
             locks.classify(0xffff_8880_1000_0180 + 17 * 64),
@@ -483,7 +505,7 @@ ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
             trees: None,
             ..layout
         };
-        let locks = classic.client_locks(0x1000, 0);
+        let locks = classic.client_locks(0x1000, 0, false);
         assert_eq!((locks.mutex, locks.trees), (0x1010, 0));
         assert_eq!(
             locks.classify(0x1010),

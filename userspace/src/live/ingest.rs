@@ -44,7 +44,7 @@ pub fn ingest(model: &mut Model, probes: &LockProbes, threads: &mut NewThreads, 
                     addr: c.addr,
                     device: c.device.clone(),
                     block_size: c.block_size,
-                    locks: probes.client_locks(c.addr, c.num_locks),
+                    locks: probes.client_locks(c),
                     seen_ns: c.at_ns,
                     destroyed_ns: None,
                 });

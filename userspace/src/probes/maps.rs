@@ -7,7 +7,7 @@ use aya::Ebpf;
 use bufscope_abi::{Counter, OpStats, OpStatsKey, WaitHist, WaitHistKey, names};
 use bufscope_trace::ClientLocks;
 
-use super::{LockProbes, ProbeError, sys};
+use super::{ClientSighting, LockProbes, ProbeError, sys};
 
 /// A program's run count and time while attached (BPF run-time statistics), and the runs the
 /// kernel skipped.
@@ -31,11 +31,11 @@ impl ProgramStats {
 
 impl LockProbes {
     /// The lock addresses of a client, when the layout is known.
-    pub fn client_locks(&self, client: u64, num_locks: u32) -> Option<ClientLocks> {
+    pub fn client_locks(&self, client: &ClientSighting) -> Option<ClientLocks> {
         self.bufio
             .layout
             .as_ref()
-            .map(|l| l.client_locks(client, num_locks))
+            .map(|l| l.client_locks(client.addr, client.num_locks, client.no_sleep))
     }
 
     /// Run count and time of each program that ran (BPF run-time statistics); after

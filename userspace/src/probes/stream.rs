@@ -31,6 +31,8 @@ pub struct ClientSighting {
     pub block_size: u32,
     /// Tree locks (6.4+), 0 before.
     pub num_locks: u32,
+    /// Created with DM_BUFIO_CLIENT_NO_SLEEP: its locks are a spinlock and rwlocks.
+    pub no_sleep: bool,
     pub how: ClientHow,
     pub at_ns: u64,
 }
@@ -190,6 +192,7 @@ fn decode(record: &[u8]) -> Option<Event> {
                 device: bufio::device_name(&e),
                 block_size: e.block_size,
                 num_locks: e.num_locks,
+                no_sleep: e.no_sleep != 0,
                 how: match e.how {
                     ClientEvent::CREATED => ClientHow::Created,
                     ClientEvent::DESTROYED => ClientHow::Destroyed,
@@ -314,7 +317,7 @@ mod tests {
             dev: (253 << 20) | 2,
             block_size: 4096,
             num_locks: 64,
-            _pad: 0,
+            no_sleep: 1,
             client: 0xffff_8881_0000_0000,
             at_ns: 5,
         };
@@ -323,8 +326,8 @@ mod tests {
         };
         assert_eq!(seen.device, "253:2");
         assert_eq!(
-            (seen.how, seen.block_size, seen.num_locks),
-            (ClientHow::Created, 4096, 64)
+            (seen.how, seen.block_size, seen.num_locks, seen.no_sleep),
+            (ClientHow::Created, 4096, 64, true)
         );
     }
 

@@ -321,10 +321,19 @@ pub struct ProgramRun {
 }
 
 /// The kernel addresses of a dm-bufio client's locks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLocks {
     /// The client mutex (`&c->lock`).
     pub mutex: u64,
+    /// The client spinlock (`&c->spinlock`, Linux 6.0 on), which a no-sleep client takes instead
+    /// of the mutex; 0 where not known (files before bufscope wrote it, or kernels without it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spinlock: u64,
+    /// The client was created with DM_BUFIO_CLIENT_NO_SLEEP (dm-verity's with
+    /// `try_verify_in_tasklet`): its client lock is the spinlock, taken with bottom halves off,
+    /// and (6.4+) its tree locks are rwlocks. False where not known.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_sleep: bool,
     /// Tree rw-locks (6.4+): tree i's lock is at `first_tree + i * tree_stride`.
     #[serde(default)]
     pub trees: u32,
@@ -340,6 +349,9 @@ impl ClientLocks {
         if addr == self.mutex {
             return Some(ClientLock::Mutex);
         }
+        if self.spinlock != 0 && addr == self.spinlock {
+            return Some(ClientLock::Spinlock);
+        }
         if self.trees == 0 || self.tree_stride == 0 || addr < self.first_tree {
             return None;
         }
@@ -354,7 +366,13 @@ impl ClientLocks {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClientLock {
     Mutex,
+    /// The no-sleep client's lock (`c->spinlock`).
+    Spinlock,
     Tree(u32),
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -232,6 +232,7 @@ fn frozen_1_2_metadata() -> Vec<Metadata> {
                 trees: 64,
                 first_tree: 0xffff_8881_7c00_0180,
                 tree_stride: 64,
+                ..Default::default()
             }),
             seen_ns: 20_000_000_000,
             destroyed_ns: None,

@@ -111,6 +111,7 @@ pub(crate) fn fixture() -> Model {
                 trees: 0,
                 first_tree: 0,
                 tree_stride: 0,
+                ..Default::default()
             }),
             seen_ns: 0,
             destroyed_ns: None,

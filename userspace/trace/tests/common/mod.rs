@@ -121,6 +121,7 @@ pub fn trace_bytes(events: &[LockWait], chunk_events: usize) -> Vec<u8> {
                 trees: 64,
                 first_tree: 0xffff_8880_4000_0180,
                 tree_stride: 64,
+                ..Default::default()
             }),
             seen_ns: 5_000_000_000,
             destroyed_ns: None,
