@@ -12,6 +12,9 @@
 //! - Prefetch reads in the calling thread, outside the mutex, instead of asynchronously.
 //! - A read that fails removes its buffer, so a later read retries (the kernel frees buffers with
 //!   read errors on release).
+//!
+//! `ClassicCache<NoSleep>` is a no-sleep client's ([`Design::ClassicNoSleep`]): the same, with a
+//! spinlock for the client lock.
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +28,7 @@ use crate::{
         Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
         new_held_buffer, read_into, state, submit_writes,
     },
-    lock::{InstrumentedMutex, LockClass, MutexGuard},
+    lock::{InstrumentedMutex, Locking, Sleeping},
     lru::Lists,
     recorder::ThreadRecorder,
 };
@@ -39,21 +42,23 @@ struct State {
     lists: Lists,
 }
 
-/// Linux ≤ 6.3 dm-bufio.
-pub struct ClassicCache {
+/// Linux ≤ 6.3 dm-bufio; `L` says how its client lock waits ([`Sleeping`]: a mutex,
+/// [`NoSleep`](crate::NoSleep): a no-sleep client's spinlock).
+pub struct ClassicCache<L: Locking = Sleeping> {
     // ---- Immutable after construction. ----
     config: CacheConfig,
     io: Arc<dyn BlockIo>,
 
-    // ---- The one lock: the client mutex. ----
-    /// `c->lock`, taken by every operation, release included. Protects [`State`] and, for
-    /// every buffer, the fields `Buffer` puts under the client mutex, and in this design its
-    /// hold count too. Outside it: a buffer's `data` and I/O wait, and I/O completion (which
-    /// clears READING or WRITING, and sets DIRTY again after a failed write).
-    client: InstrumentedMutex<State>,
+    // ---- The one lock: the client lock. ----
+    /// `c->lock` (a no-sleep client's `c->spinlock`), taken by every operation, release
+    /// included. Protects [`State`] and, for every buffer, the fields `Buffer` puts under the
+    /// client mutex, and in this design its hold count too. Outside it: a buffer's `data` and
+    /// I/O wait, and I/O completion (which clears READING or WRITING, and sets DIRTY again after
+    /// a failed write).
+    client: InstrumentedMutex<State, L::Mutex>,
 }
 
-impl fmt::Debug for ClassicCache {
+impl<L: Locking> fmt::Debug for ClassicCache<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClassicCache")
             .field("config", &self.config)
@@ -62,11 +67,20 @@ impl fmt::Debug for ClassicCache {
 }
 
 impl ClassicCache {
+    /// A normal client's cache: the client mutex.
     pub fn new(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
+        Self::with_locking(config, io)
+    }
+}
+
+impl<L: Locking> ClassicCache<L> {
+    /// The cache with `L`'s client lock (`ClassicCache::<NoSleep>::with_locking`: a no-sleep
+    /// client's).
+    pub fn with_locking(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
         Self {
             config,
             io,
-            client: InstrumentedMutex::new(LockClass::ClientMutex, State::default()),
+            client: InstrumentedMutex::with_raw_lock(L::CLIENT, State::default()),
         }
     }
 
@@ -165,7 +179,7 @@ impl ClassicCache {
         }
     }
 
-    fn forget_locked(state: &mut MutexGuard<'_, State>, block: u64) {
+    fn forget_locked(state: &mut State, block: u64) {
         if let Some(buffer) = state.tree.get(&block).cloned()
             && is_idle(&buffer)
         {
@@ -175,9 +189,13 @@ impl ClassicCache {
     }
 }
 
-impl BufferCache for ClassicCache {
+impl<L: Locking> BufferCache for ClassicCache<L> {
     fn design(&self) -> Design {
-        Design::Classic
+        if L::NO_SLEEP {
+            Design::ClassicNoSleep
+        } else {
+            Design::Classic
+        }
     }
 
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {

@@ -14,10 +14,27 @@ pub enum Design {
     Sharded,
     /// [`LockFreeCache`](crate::LockFreeCache).
     LockFree,
+    /// [`ClassicCache`](crate::ClassicCache) of a no-sleep client
+    /// ([`NoSleep`](crate::NoSleep) locks).
+    ClassicNoSleep,
+    /// [`ShardedCache`](crate::ShardedCache) of a no-sleep client
+    /// ([`NoSleep`](crate::NoSleep) locks).
+    ShardedNoSleep,
 }
 
 impl Design {
-    pub const ALL: [Design; 3] = [Design::Classic, Design::Sharded, Design::LockFree];
+    /// Every design.
+    pub const ALL: [Design; 5] = [
+        Design::Classic,
+        Design::Sharded,
+        Design::LockFree,
+        Design::ClassicNoSleep,
+        Design::ShardedNoSleep,
+    ];
+
+    /// The designs run when none is named: the kernel's for its usual clients, and ours. The
+    /// no-sleep ones model only clients created so (dm-verity's with `try_verify_in_tasklet`).
+    pub const DEFAULT: [Design; 3] = [Design::Classic, Design::Sharded, Design::LockFree];
 
     /// The name users type and read (`--design`, reports, exported traces); never changes.
     pub fn name(&self) -> &'static str {
@@ -25,6 +42,8 @@ impl Design {
             Design::Classic => "classic",
             Design::Sharded => "sharded",
             Design::LockFree => "lockfree",
+            Design::ClassicNoSleep => "classic-nosleep",
+            Design::ShardedNoSleep => "sharded-nosleep",
         }
     }
 
@@ -34,7 +53,14 @@ impl Design {
             Design::Classic => "one client mutex (Linux ≤ 6.3)",
             Design::Sharded => "per-tree rw-locks (Linux ≥ 6.4)",
             Design::LockFree => "bufscope's lock-free lookups",
+            Design::ClassicNoSleep => "a no-sleep client's one spinlock (Linux ≤ 6.3)",
+            Design::ShardedNoSleep => "a no-sleep client's per-tree rwlocks (Linux ≥ 6.4)",
         }
+    }
+
+    /// A no-sleep client's design (DM_BUFIO_CLIENT_NO_SLEEP): spinning locks, no sleeping.
+    pub fn no_sleep(&self) -> bool {
+        matches!(self, Design::ClassicNoSleep | Design::ShardedNoSleep)
     }
 }
 
@@ -89,7 +115,16 @@ mod tests {
     #[test]
     fn names_are_the_user_visible_ones_and_parse_back() {
         let names = Design::ALL.map(|d| d.name());
-        assert_eq!(names, ["classic", "sharded", "lockfree"]);
+        assert_eq!(
+            names,
+            [
+                "classic",
+                "sharded",
+                "lockfree",
+                "classic-nosleep",
+                "sharded-nosleep"
+            ]
+        );
         for design in Design::ALL {
             assert_eq!(design.name().parse(), Ok(design));
             assert_eq!(design.to_string(), design.name());
@@ -108,7 +143,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "unknown design `Classic`; the designs are classic, sharded, lockfree"
+            "unknown design `Classic`; the designs are classic, sharded, lockfree, classic-nosleep, \
+             sharded-nosleep"
         );
     }
 

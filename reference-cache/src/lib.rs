@@ -8,6 +8,9 @@
 //! - [`LockFreeCache`]: ours: lock-free lookups and holds, so hits and releases take no lock
 //!   (on the hotspot, a hit costs half of sharded's CPU, a quarter counting the lock instrumentation
 //!   sharded pays and lockfree does not: see its module docs).
+//! - `ClassicCache<NoSleep>` and `ShardedCache<NoSleep>`: the same two kernel designs for a
+//!   no-sleep client (DM_BUFIO_CLIENT_NO_SLEEP, dm-verity's with `try_verify_in_tasklet`), whose
+//!   locks spin: a client spinlock, and (6.4+) rwlock trees ([`NoSleep`]).
 //!
 //! Every design implements [`BufferCache`]; each shared field states which lock protects it.
 //! [`timing`] makes their critical sections take what a recording kernel's took.
@@ -31,7 +34,7 @@ pub use cache::{BufferCache, BufferRef, CacheConfig, CacheError, Occupancy};
 pub use classic::ClassicCache;
 pub use design::{Design, UnknownDesign};
 pub use io::{BlockIo, FileIo, FileIoOptions, Latency, MemoryIo};
-pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass};
+pub use lock::{InstrumentedMutex, InstrumentedRwLock, LockClass, Locking, NoSleep, Sleeping};
 pub use lockfree::LockFreeCache;
 pub use recorder::{ClassStats, LockTotals, LoggedWait, OpCounts, Report, ThreadRecorder};
 pub use sharded::ShardedCache;
@@ -46,5 +49,7 @@ pub fn build(
         Design::Classic => Box::new(ClassicCache::new(config, io)),
         Design::Sharded => Box::new(ShardedCache::new(config, io)),
         Design::LockFree => Box::new(LockFreeCache::new(config, io)),
+        Design::ClassicNoSleep => Box::new(ClassicCache::<NoSleep>::with_locking(config, io)),
+        Design::ShardedNoSleep => Box::new(ShardedCache::<NoSleep>::with_locking(config, io)),
     }
 }

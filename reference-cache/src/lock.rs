@@ -1,6 +1,7 @@
 //! Instrumented locks: a mutex and a reader-writer lock that record, per lock class, every
 //! acquisition, the contended ones (the uncontended try failed, as in the kernel's slow path where
 //! its contention tracepoints fire), how long those waited, and how long every hold lasted.
+//! Each waits as a [`Locking`] says: sleeping, or spinning as a no-sleep client's locks do.
 //!
 //! Measurements go to the [`ThreadRecorder`] each thread owns and passes to every operation.
 
@@ -9,7 +10,56 @@ use std::{
     ops::{Deref, DerefMut},
 };
 
+use parking_lot::lock_api::{self, RawMutex, RawRwLock};
+
 use crate::recorder::{ThreadRecorder, clock};
+
+/// How a design's locks wait: the raw locks under its [`InstrumentedMutex`] and
+/// [`InstrumentedRwLock`], and the classes they are recorded under.
+pub trait Locking: Send + Sync + 'static {
+    /// The client lock's.
+    type Mutex: RawMutex + Send + Sync;
+    /// The tree locks'.
+    type RwLock: RawRwLock + Send + Sync;
+    /// Spinning locks: a no-sleep client's.
+    const NO_SLEEP: bool;
+    /// The client lock's class.
+    const CLIENT: LockClass;
+    /// The tree locks' classes, taken shared and exclusive.
+    const TREE_READ: LockClass;
+    const TREE_WRITE: LockClass;
+}
+
+/// A normal client's locks: the client mutex and rw_semaphore trees, whose waiters sleep.
+#[derive(Debug)]
+pub enum Sleeping {}
+
+impl Locking for Sleeping {
+    type Mutex = parking_lot::RawMutex;
+    type RwLock = parking_lot::RawRwLock;
+    const NO_SLEEP: bool = false;
+    const CLIENT: LockClass = LockClass::ClientMutex;
+    const TREE_READ: LockClass = LockClass::TreeRead;
+    const TREE_WRITE: LockClass = LockClass::TreeWrite;
+}
+
+/// A no-sleep client's locks (DM_BUFIO_CLIENT_NO_SLEEP, as dm-verity's `try_verify_in_tasklet`
+/// makes it): the client lock is a spinlock (`spin_lock_bh(&c->spinlock)`), fair like the
+/// kernel's queued spinlock, and (6.4+) the trees are rwlocks (`read_lock_bh`), where readers
+/// pass waiting writers as the kernel's do with bottom halves off. Waiters never sleep; each
+/// turn of the spin loop yields the CPU, since a user-space holder can be preempted, which a
+/// kernel spinlock's holder cannot (spinning out a time slice would time the scheduler instead).
+#[derive(Debug)]
+pub enum NoSleep {}
+
+impl Locking for NoSleep {
+    type Mutex = spin::mutex::TicketMutex<(), spin::relax::Yield>;
+    type RwLock = spin::rwlock::RwLock<(), spin::relax::Yield>;
+    const NO_SLEEP: bool = true;
+    const CLIENT: LockClass = LockClass::ClientSpinlock;
+    const TREE_READ: LockClass = LockClass::TreeRwlockRead;
+    const TREE_WRITE: LockClass = LockClass::TreeRwlockWrite;
+}
 
 /// The lock classes dm-bufio has, named as bufscope reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,14 +72,26 @@ pub enum LockClass {
     TreeWrite,
     /// Module-wide state (the pre-6.4 global LRU spinlock, global cleanup).
     Global,
+    /// A no-sleep client's lock (`c->spinlock`, `spin_lock_bh`), taken where others take the
+    /// client mutex.
+    ClientSpinlock,
+    /// A no-sleep client's buffer tree rwlock taken shared (6.4+ `read_lock_bh`).
+    TreeRwlockRead,
+    /// A no-sleep client's buffer tree rwlock taken exclusive (6.4+ `write_lock_bh`).
+    TreeRwlockWrite,
 }
 
 impl LockClass {
-    pub const ALL: [LockClass; 4] = [
+    pub const COUNT: usize = 7;
+
+    pub const ALL: [LockClass; LockClass::COUNT] = [
         LockClass::ClientMutex,
         LockClass::TreeRead,
         LockClass::TreeWrite,
         LockClass::Global,
+        LockClass::ClientSpinlock,
+        LockClass::TreeRwlockRead,
+        LockClass::TreeRwlockWrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,7 +100,16 @@ impl LockClass {
             LockClass::TreeRead => "tree lock (read)",
             LockClass::TreeWrite => "tree lock (write)",
             LockClass::Global => "global",
+            LockClass::ClientSpinlock => "client spinlock",
+            LockClass::TreeRwlockRead => "tree rwlock (read)",
+            LockClass::TreeRwlockWrite => "tree rwlock (write)",
         }
+    }
+
+    /// The client lock, whichever kind: the mutex or a no-sleep client's spinlock. (A design
+    /// has one of the two.)
+    pub fn is_client_lock(self) -> bool {
+        matches!(self, LockClass::ClientMutex | LockClass::ClientSpinlock)
     }
 
     pub(crate) fn index(self) -> usize {
@@ -70,15 +141,16 @@ fn acquire<G>(
     (guard, acquired)
 }
 
-/// A mutex that records its waits and holds under one lock class.
-pub struct InstrumentedMutex<T> {
+/// A mutex that records its waits and holds under one lock class; `R` is how it waits
+/// (a [`Locking::Mutex`]).
+pub struct InstrumentedMutex<T, R = parking_lot::RawMutex> {
     class: LockClass,
     /// Which lock of its class this is, for wait logs (0 unless set).
     instance: u32,
-    inner: parking_lot::Mutex<T>,
+    inner: lock_api::Mutex<R, T>,
 }
 
-impl<T> fmt::Debug for InstrumentedMutex<T> {
+impl<T, R> fmt::Debug for InstrumentedMutex<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InstrumentedMutex")
             .field("class", &self.class)
@@ -87,15 +159,23 @@ impl<T> fmt::Debug for InstrumentedMutex<T> {
 }
 
 impl<T> InstrumentedMutex<T> {
+    /// A sleeping mutex.
     pub fn new(class: LockClass, value: T) -> Self {
+        Self::with_raw_lock(class, value)
+    }
+}
+
+impl<T, R: RawMutex> InstrumentedMutex<T, R> {
+    /// A mutex waiting as `R` does.
+    pub fn with_raw_lock(class: LockClass, value: T) -> Self {
         Self {
             class,
             instance: 0,
-            inner: parking_lot::Mutex::new(value),
+            inner: lock_api::Mutex::new(value),
         }
     }
 
-    pub fn lock<'a>(&'a self, recorder: &'a ThreadRecorder) -> MutexGuard<'a, T> {
+    pub fn lock<'a>(&'a self, recorder: &'a ThreadRecorder) -> MutexGuard<'a, T, R> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.class,
@@ -112,45 +192,52 @@ impl<T> InstrumentedMutex<T> {
     }
 }
 
-#[derive(Debug)]
-pub struct MutexGuard<'a, T> {
-    guard: parking_lot::MutexGuard<'a, T>,
+pub struct MutexGuard<'a, T, R: RawMutex = parking_lot::RawMutex> {
+    guard: lock_api::MutexGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
     acquired_at: u64,
 }
 
-impl<T> Drop for MutexGuard<'_, T> {
+impl<T, R: RawMutex> fmt::Debug for MutexGuard<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, R: RawMutex> Drop for MutexGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
         self.recorder.released(self.class, held);
     }
 }
 
-impl<T> Deref for MutexGuard<'_, T> {
+impl<T, R: RawMutex> Deref for MutexGuard<'_, T, R> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.guard
     }
 }
 
-impl<T> DerefMut for MutexGuard<'_, T> {
+impl<T, R: RawMutex> DerefMut for MutexGuard<'_, T, R> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.guard
     }
 }
 
 /// A reader-writer lock that records shared holds under one class and exclusive holds under
-/// another (the tree lock's read and write sides).
-pub struct InstrumentedRwLock<T> {
+/// another (the tree lock's read and write sides); `R` is how it waits (a [`Locking::RwLock`]).
+pub struct InstrumentedRwLock<T, R = parking_lot::RawRwLock> {
     read_class: LockClass,
     write_class: LockClass,
     /// Which lock of its class this is (a tree's index), for wait logs.
     instance: u32,
-    inner: parking_lot::RwLock<T>,
+    inner: lock_api::RwLock<R, T>,
 }
 
-impl<T> fmt::Debug for InstrumentedRwLock<T> {
+impl<T, R> fmt::Debug for InstrumentedRwLock<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InstrumentedRwLock")
             .field("read_class", &self.read_class)
@@ -160,12 +247,20 @@ impl<T> fmt::Debug for InstrumentedRwLock<T> {
 }
 
 impl<T> InstrumentedRwLock<T> {
+    /// A sleeping reader-writer lock.
     pub fn new(read_class: LockClass, write_class: LockClass, value: T) -> Self {
+        Self::with_raw_lock(read_class, write_class, value)
+    }
+}
+
+impl<T, R: RawRwLock> InstrumentedRwLock<T, R> {
+    /// A reader-writer lock waiting as `R` does.
+    pub fn with_raw_lock(read_class: LockClass, write_class: LockClass, value: T) -> Self {
         Self {
             read_class,
             write_class,
             instance: 0,
-            inner: parking_lot::RwLock::new(value),
+            inner: lock_api::RwLock::new(value),
         }
     }
 
@@ -176,7 +271,7 @@ impl<T> InstrumentedRwLock<T> {
         self
     }
 
-    pub fn read<'a>(&'a self, recorder: &'a ThreadRecorder) -> ReadGuard<'a, T> {
+    pub fn read<'a>(&'a self, recorder: &'a ThreadRecorder) -> ReadGuard<'a, T, R> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.read_class,
@@ -192,7 +287,7 @@ impl<T> InstrumentedRwLock<T> {
         }
     }
 
-    pub fn write<'a>(&'a self, recorder: &'a ThreadRecorder) -> WriteGuard<'a, T> {
+    pub fn write<'a>(&'a self, recorder: &'a ThreadRecorder) -> WriteGuard<'a, T, R> {
         let (guard, acquired_at) = acquire(
             recorder,
             self.write_class,
@@ -209,51 +304,65 @@ impl<T> InstrumentedRwLock<T> {
     }
 }
 
-#[derive(Debug)]
-pub struct ReadGuard<'a, T> {
-    guard: parking_lot::RwLockReadGuard<'a, T>,
+pub struct ReadGuard<'a, T, R: RawRwLock = parking_lot::RawRwLock> {
+    guard: lock_api::RwLockReadGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
     acquired_at: u64,
 }
 
-impl<T> Drop for ReadGuard<'_, T> {
+impl<T, R: RawRwLock> fmt::Debug for ReadGuard<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, R: RawRwLock> Drop for ReadGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
         self.recorder.released(self.class, held);
     }
 }
 
-impl<T> Deref for ReadGuard<'_, T> {
+impl<T, R: RawRwLock> Deref for ReadGuard<'_, T, R> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.guard
     }
 }
 
-#[derive(Debug)]
-pub struct WriteGuard<'a, T> {
-    guard: parking_lot::RwLockWriteGuard<'a, T>,
+pub struct WriteGuard<'a, T, R: RawRwLock = parking_lot::RawRwLock> {
+    guard: lock_api::RwLockWriteGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
     acquired_at: u64,
 }
 
-impl<T> Drop for WriteGuard<'_, T> {
+impl<T, R: RawRwLock> fmt::Debug for WriteGuard<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, R: RawRwLock> Drop for WriteGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
         self.recorder.released(self.class, held);
     }
 }
 
-impl<T> Deref for WriteGuard<'_, T> {
+impl<T, R: RawRwLock> Deref for WriteGuard<'_, T, R> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.guard
     }
 }
 
-impl<T> DerefMut for WriteGuard<'_, T> {
+impl<T, R: RawRwLock> DerefMut for WriteGuard<'_, T, R> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.guard
     }
@@ -345,5 +454,38 @@ mod tests {
         assert_eq!(writer.contended, 1);
         assert!(writer.wait_ns.max() >= 10_000_000);
         assert_eq!(*lock.read(&rec), 1);
+    }
+
+    #[test]
+    fn a_no_sleep_lock_spins_and_records_its_wait_under_its_own_class() {
+        let lock = Arc::new(
+            InstrumentedMutex::<u32, <NoSleep as Locking>::Mutex>::with_raw_lock(
+                NoSleep::CLIENT,
+                0,
+            ),
+        );
+        let holding = Arc::new(Barrier::new(2));
+        let holder = {
+            let (lock, holding) = (Arc::clone(&lock), Arc::clone(&holding));
+            thread::spawn(move || {
+                let rec = ThreadRecorder::new();
+                let mut guard = lock.lock(&rec);
+                holding.wait();
+                thread::sleep(Duration::from_millis(30));
+                *guard += 1;
+            })
+        };
+        let rec = ThreadRecorder::new();
+        holding.wait();
+        assert_eq!(*lock.lock(&rec), 1, "acquired after the holder let go");
+        holder.join().unwrap();
+        let spin = rec.class(LockClass::ClientSpinlock);
+        assert_eq!((spin.acquisitions, spin.contended), (1, 1));
+        assert!(
+            spin.wait_ns.max() >= 20_000_000,
+            "waited {} ns",
+            spin.wait_ns.max()
+        );
+        assert_eq!(rec.class(LockClass::ClientMutex).acquisitions, 0);
     }
 }

@@ -75,9 +75,9 @@ impl fmt::Debug for ClassStats {
 /// One thread's lock measurements. Not shareable between threads on purpose: each thread owns
 /// one and hands `&ThreadRecorder` to the operations it runs.
 pub struct ThreadRecorder {
-    classes: RefCell<[ClassStats; 4]>,
+    classes: RefCell<[ClassStats; LockClass::COUNT]>,
     ops: Cell<OpCounts>,
-    totals: Cell<[LockTotals; 4]>,
+    totals: Cell<[LockTotals; LockClass::COUNT]>,
     /// Copied into each logged wait: what the thread is doing (set by the caller).
     tag: Cell<u32>,
     /// The current step's calibrated timing (see [`crate::timing`]); `None` at host speed.
@@ -167,7 +167,7 @@ impl ThreadRecorder {
         Self {
             classes: RefCell::new(std::array::from_fn(|_| ClassStats::new())),
             ops: Cell::new(OpCounts::default()),
-            totals: Cell::new([LockTotals::default(); 4]),
+            totals: Cell::new([LockTotals::default(); LockClass::COUNT]),
             tag: Cell::new(0),
             step: Cell::new(None),
             log: None,
@@ -257,8 +257,20 @@ impl ThreadRecorder {
     }
 
     /// Wait and hold so far per class, indexed like [`LockClass::ALL`].
-    pub fn totals(&self) -> [LockTotals; 4] {
+    pub fn totals(&self) -> [LockTotals; LockClass::COUNT] {
         self.totals.get()
+    }
+
+    /// Wait and hold so far on the client lock, the mutex or a no-sleep client's spinlock.
+    pub fn client_lock_totals(&self) -> LockTotals {
+        let totals = self.totals.get();
+        LockClass::ALL
+            .into_iter()
+            .filter(|c| c.is_client_lock())
+            .fold(LockTotals::default(), |sum, c| LockTotals {
+                wait_ns: sum.wait_ns + totals[c.index()].wait_ns,
+                hold_ns: sum.hold_ns + totals[c.index()].hold_ns,
+            })
     }
 
     /// Takes the waits logged so far (empty unless made with [`ThreadRecorder::logging`]).
@@ -331,7 +343,7 @@ impl ThreadRecorder {
 /// Measurements merged over threads.
 #[derive(Clone, Debug)]
 pub struct Report {
-    classes: [ClassStats; 4],
+    classes: [ClassStats; LockClass::COUNT],
     ops: OpCounts,
 }
 

@@ -136,7 +136,8 @@ pub struct LoggedOp {
     pub start_ns: u64,
     pub duration_ns: u64,
     pub result: StepResult,
-    /// Time waiting for and holding the client mutex inside this operation.
+    /// Time waiting for and holding the client lock inside this operation (the mutex, or a
+    /// no-sleep design's spinlock).
     pub mutex_wait_ns: u64,
     pub mutex_hold_ns: u64,
 }
@@ -421,7 +422,7 @@ fn run_thread(
     for &(stream, TimedStep { at_ns, block, step }) in &steps {
         let before = options.log.then(|| {
             rec.set_tag(ops_log.len() as u32);
-            (rec.totals(), rec.ops(), mismatches.io_errors)
+            (rec.client_lock_totals(), rec.ops(), mismatches.io_errors)
         });
         let op_began = match speed {
             Some(speed) => {
@@ -497,8 +498,7 @@ fn run_thread(
         let duration_ns = clock.delta_as_nanos(op_began, last_end);
         latency[step.index()].saturating_record(duration_ns.max(1));
         if let Some((totals, counts, io_errors)) = before {
-            let mutex = LockClass::ClientMutex.index();
-            let now = rec.totals()[mutex];
+            let now = rec.client_lock_totals();
             let after = rec.ops();
             let result = if mismatches.io_errors > io_errors {
                 StepResult::Error
@@ -518,8 +518,8 @@ fn run_thread(
                 start_ns: clock.delta_as_nanos(epoch, op_began),
                 duration_ns,
                 result,
-                mutex_wait_ns: now.wait_ns - totals[mutex].wait_ns,
-                mutex_hold_ns: now.hold_ns - totals[mutex].hold_ns,
+                mutex_wait_ns: now.wait_ns - totals.wait_ns,
+                mutex_hold_ns: now.hold_ns - totals.hold_ns,
             });
         }
     }
@@ -615,7 +615,11 @@ mod tests {
                 "{design}: write_dirty wrote block 5"
             );
             assert_eq!(result.first_io_error, None, "{design}");
-            assert!(result.report.class(LockClass::ClientMutex).acquisitions > 0);
+            let client_lock = LockClass::ALL.into_iter().filter(|c| c.is_client_lock());
+            let taken: u64 = client_lock
+                .map(|c| result.report.class(c).acquisitions)
+                .sum();
+            assert!(taken > 0, "{design}");
         }
     }
 
@@ -760,24 +764,34 @@ mod tests {
             for (d, least) in durations.iter().zip([350_000, 100_000, 250_000, 100_000]) {
                 assert!(*d >= least, "{design}: {durations:?}");
             }
-            let mutex = result.report.class(LockClass::ClientMutex);
+            let client_lock = if design.no_sleep() {
+                LockClass::ClientSpinlock
+            } else {
+                LockClass::ClientMutex
+            };
+            let mutex = result.report.class(client_lock);
             let mutex_holds = (mutex.acquisitions, mutex.hold_ns.min());
             match design {
-                // Every step under the one mutex, each hold at least its step's cost.
-                Design::Classic => {
+                // Every step under the one client lock, each hold at least its step's cost.
+                Design::Classic | Design::ClassicNoSleep => {
                     assert_eq!(mutex.acquisitions, 4, "{design}");
                     assert!(mutex.hold_ns.min() >= 100_000, "{design}: {mutex_holds:?}");
                     assert!(mutex.hold_ns.max() >= 300_000, "{design}: {mutex_holds:?}");
                 }
                 // The miss under the mutex; the hit and the releases under tree locks (sharded)
                 // or none (lockfree), so the mutex holds only the miss's cost.
-                Design::Sharded | Design::LockFree => {
+                Design::Sharded | Design::ShardedNoSleep | Design::LockFree => {
                     assert_eq!(mutex.acquisitions, 1, "{design}");
                     assert!(mutex.hold_ns.min() >= 300_000, "{design}: {mutex_holds:?}");
                 }
             }
-            if design == Design::Sharded {
-                let trees = result.report.class(LockClass::TreeRead);
+            if let Design::Sharded | Design::ShardedNoSleep = design {
+                let tree_read = if design.no_sleep() {
+                    LockClass::TreeRwlockRead
+                } else {
+                    LockClass::TreeRead
+                };
+                let trees = result.report.class(tree_read);
                 assert!(
                     trees.hold_ns.max() >= 200_000,
                     "the hit under its tree lock"

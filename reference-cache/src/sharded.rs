@@ -9,6 +9,10 @@
 //! busy buffers are passed over, prefetch reads in the caller), plus: the kernel's lock_history
 //! keeps one tree lock across consecutive buffers of the same tree during writeback, while this
 //! model takes the tree lock once per buffer.
+//!
+//! `ShardedCache<NoSleep>` is a no-sleep client's ([`Design::ShardedNoSleep`], the kernel's since
+//! "dm-bufio: fix no-sleep mode", 6.7 and 6.4+ stable): the trees under rwlocks, the client lock
+//! a spinlock.
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +28,7 @@ use crate::{
         Buffer, ListMode, begin_write, complete_miss, finish_writeback, is_idle, mark_dirty_range,
         new_held_buffer, read_into, state, submit_writes,
     },
-    lock::{InstrumentedMutex, InstrumentedRwLock, LockClass},
+    lock::{InstrumentedMutex, InstrumentedRwLock, Locking, Sleeping},
     lru::{Lists, clock_make_room},
     recorder::ThreadRecorder,
 };
@@ -43,33 +47,39 @@ pub fn tree_index(block: u64, num_locks: usize) -> usize {
     ((h1 ^ h2) & (num_locks as u64 - 1)) as usize
 }
 
-/// A buffer tree; each sits on its own cache line, as the kernel's are.
-type Tree = CachePadded<InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>>>;
+/// A buffer tree under its lock, as `L` has it.
+type TreeLock<L> = InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>, <L as Locking>::RwLock>;
 
-/// Linux ≥ 6.4 dm-bufio.
+/// A buffer tree; each sits on its own cache line, as the kernel's are.
+type Tree<L> = CachePadded<TreeLock<L>>;
+
+/// Linux ≥ 6.4 dm-bufio; `L` says how its locks wait ([`Sleeping`]: the client mutex and
+/// rw_semaphore trees, [`NoSleep`](crate::NoSleep): a no-sleep client's spinlock and rwlock
+/// trees).
 ///
-/// Lock order: the client mutex before a tree lock, never the reverse, and one tree lock at a
+/// Lock order: the client lock before a tree lock, never the reverse, and one tree lock at a
 /// time. Hits and release take a tree lock alone.
-pub struct ShardedCache {
+pub struct ShardedCache<L: Locking = Sleeping> {
     // ---- Immutable after construction (the number of trees included). ----
     config: CacheConfig,
     io: Arc<dyn BlockIo>,
 
     // ---- Each tree under its own rw-lock. ----
-    /// Each tree's rw-lock protects that tree's map: which of the tree's blocks are cached (the
+    /// Each tree's rw-lock (`trees[i].u.lock`, a no-sleep client's `u.spinlock`) protects that tree's map: which of the tree's blocks are cached (the
     /// kernel's `node`). Lookups and release take it shared, and then change only atomics (hold
     /// count, referenced bit); insert, remove (which is where a hold count is checked) and moves
     /// between the lists take it exclusive, with the client mutex already held.
-    trees: Box<[Tree]>,
+    trees: Box<[Tree<L>]>,
 
-    // ---- The client mutex. ----
-    /// `c->lock`, for misses, dirtying, writeback, forget and eviction. Protects the clean and
-    /// dirty lists (the clock) and, for every buffer, the fields `Buffer` puts under the client
-    /// mutex. Hold counts follow the tree locks instead (see `Buffer::hold_count`).
-    client: InstrumentedMutex<Lists>,
+    // ---- The client lock. ----
+    /// `c->lock` (a no-sleep client's `c->spinlock`), for misses, dirtying, writeback, forget
+    /// and eviction. Protects the clean and dirty lists (the clock) and, for every buffer, the
+    /// fields `Buffer` puts under the client mutex. Hold counts follow the tree locks instead
+    /// (see `Buffer::hold_count`).
+    client: InstrumentedMutex<Lists, L::Mutex>,
 }
 
-impl fmt::Debug for ShardedCache {
+impl<L: Locking> fmt::Debug for ShardedCache<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardedCache")
             .field("config", &self.config)
@@ -79,16 +89,21 @@ impl fmt::Debug for ShardedCache {
 }
 
 impl ShardedCache {
+    /// A normal client's cache: rw_semaphore trees and the client mutex.
     pub fn new(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
+        Self::with_locking(config, io)
+    }
+}
+
+impl<L: Locking> ShardedCache<L> {
+    /// The cache with `L`'s locks (`ShardedCache::<NoSleep>::with_locking`: a no-sleep
+    /// client's).
+    pub fn with_locking(config: CacheConfig, io: Arc<dyn BlockIo>) -> Self {
         let trees = (0..num_locks(config.cpus))
             .map(|i| {
                 CachePadded::new(
-                    InstrumentedRwLock::new(
-                        LockClass::TreeRead,
-                        LockClass::TreeWrite,
-                        BTreeMap::new(),
-                    )
-                    .with_instance(i as u32),
+                    InstrumentedRwLock::with_raw_lock(L::TREE_READ, L::TREE_WRITE, BTreeMap::new())
+                        .with_instance(i as u32),
                 )
             })
             .collect();
@@ -96,7 +111,7 @@ impl ShardedCache {
             config,
             io,
             trees,
-            client: InstrumentedMutex::new(LockClass::ClientMutex, Lists::default()),
+            client: InstrumentedMutex::with_raw_lock(L::CLIENT, Lists::default()),
         }
     }
 
@@ -105,7 +120,7 @@ impl ShardedCache {
         self.trees.len()
     }
 
-    fn tree(&self, block: u64) -> &InstrumentedRwLock<BTreeMap<u64, Arc<Buffer>>> {
+    fn tree(&self, block: u64) -> &TreeLock<L> {
         &self.trees[tree_index(block, self.trees.len())]
     }
 
@@ -216,9 +231,13 @@ impl ShardedCache {
     }
 }
 
-impl BufferCache for ShardedCache {
+impl<L: Locking> BufferCache for ShardedCache<L> {
     fn design(&self) -> Design {
-        Design::Sharded
+        if L::NO_SLEEP {
+            Design::ShardedNoSleep
+        } else {
+            Design::Sharded
+        }
     }
 
     fn get(&self, rec: &ThreadRecorder, block: u64) -> Option<BufferRef> {

@@ -184,23 +184,53 @@ fn forget_discards_unwritten_changes_and_ranges_work() {
 
 #[test]
 fn every_design_takes_the_locks_its_kernel_takes() {
-    use reference_cache::LockClass::{ClientMutex, TreeRead};
-    // A hit and a release: classic takes the client mutex twice, sharded only tree read locks.
-    // Ours takes no lock at all.
-    for (design, mutex, tree_reads) in [
-        (Design::Classic, 2, 0),
-        (Design::Sharded, 0, 2),
-        (Design::LockFree, 0, 0),
+    use reference_cache::LockClass::{
+        ClientMutex, ClientSpinlock, TreeRead, TreeRwlockRead, TreeRwlockWrite, TreeWrite,
+    };
+    let classes = [
+        ClientMutex,
+        ClientSpinlock,
+        TreeRead,
+        TreeWrite,
+        TreeRwlockRead,
+        TreeRwlockWrite,
+    ];
+    // Acquisitions of each of `classes` by a hit and its release, and by a miss (with its
+    // release). Classic takes the client mutex for each step, sharded tree read locks for the
+    // hit and release, and for the miss the mutex, a tree write lock (the insert) and read locks
+    // for the lookup, its repeat under the mutex and the release. A
+    // no-sleep client's take the same, spinning: the client spinlock and tree rwlocks, and no
+    // sleeping lock at all. Ours takes the mutex for the miss alone.
+    for (design, hit, miss) in [
+        (Design::Classic, [2, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]),
+        (Design::Sharded, [0, 0, 2, 0, 0, 0], [1, 0, 3, 1, 0, 0]),
+        (Design::LockFree, [0; 6], [1, 0, 0, 0, 0, 0]),
+        (
+            Design::ClassicNoSleep,
+            [0, 2, 0, 0, 0, 0],
+            [0, 2, 0, 0, 0, 0],
+        ),
+        (
+            Design::ShardedNoSleep,
+            [0, 0, 0, 0, 2, 0],
+            [0, 1, 0, 0, 3, 1],
+        ),
     ] {
         let (cache, _) = cache(design, 16);
-        let warm = ThreadRecorder::new();
-        let b = cache.read(&warm, 9).unwrap();
-        cache.release(&warm, b);
+        let taken = |rec: &ThreadRecorder| classes.map(|c| rec.class(c).acquisitions);
         let rec = ThreadRecorder::new();
         let b = cache.read(&rec, 9).unwrap();
         cache.release(&rec, b);
-        assert_eq!(rec.class(ClientMutex).acquisitions, mutex, "{design}");
-        assert_eq!(rec.class(TreeRead).acquisitions, tree_reads, "{design}");
+        assert_eq!(taken(&rec), miss, "{design}: a miss and its release");
+        let rec = ThreadRecorder::new();
+        let b = cache.read(&rec, 9).unwrap();
+        cache.release(&rec, b);
+        assert_eq!(taken(&rec), hit, "{design}: a hit and its release");
+        let all: u64 = reference_cache::LockClass::ALL
+            .map(|c| rec.class(c).acquisitions)
+            .iter()
+            .sum();
+        assert_eq!(all, hit.iter().sum(), "{design}: no other lock");
     }
 }
 

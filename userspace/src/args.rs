@@ -386,8 +386,12 @@ pub enum DesignArg {
     One(Design),
 }
 
-/// The designs named by `--design` (`all` for every one), in the order given.
+/// The designs named by `--design` (`all` for every one), in the order given; none named:
+/// [`Design::DEFAULT`].
 pub fn chosen_designs(designs: &[DesignArg]) -> Vec<Design> {
+    if designs.is_empty() {
+        return Design::DEFAULT.to_vec();
+    }
     if designs.contains(&DesignArg::All) {
         return Design::ALL.to_vec();
     }
@@ -453,7 +457,10 @@ mod tests {
         assert_eq!(parse_design("sharded"), Ok(DesignArg::One(Design::Sharded)));
         let e = parse_design("btree").unwrap_err();
         assert!(e.contains("unknown design `btree`"), "{e}");
-        assert!(e.contains("classic, sharded, lockfree, all"), "{e}");
+        assert!(
+            e.contains("classic, sharded, lockfree, classic-nosleep, sharded-nosleep, all"),
+            "{e}"
+        );
         assert_eq!(
             chosen_designs(&[DesignArg::One(Design::LockFree), DesignArg::All]),
             Design::ALL
@@ -462,5 +469,6 @@ mod tests {
             chosen_designs(&[DesignArg::One(Design::LockFree)]),
             [Design::LockFree]
         );
+        assert_eq!(chosen_designs(&[]), Design::DEFAULT, "none named");
     }
 }

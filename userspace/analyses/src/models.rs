@@ -16,8 +16,9 @@ use reference_cache::{
 use crate::tracedata::TraceData;
 
 /// Where a model's lock waits appear to be: addresses no kernel lock has, laid out like a
-/// client's mutex and tree array so that [`ClientLocks::classify`] names them.
+/// client's mutex, spinlock and tree array so that [`ClientLocks::classify`] names them.
 const MODEL_MUTEX: u64 = 0x0000_7e57_0000_1000;
+const MODEL_SPINLOCK: u64 = 0x0000_7e57_0000_1040;
 const MODEL_FIRST_TREE: u64 = 0x0000_7e57_0000_2000;
 const MODEL_TREE_STRIDE: u64 = 64;
 
@@ -238,7 +239,15 @@ pub fn as_trace(
     let trees = log
         .waits
         .iter()
-        .filter(|w| matches!(w.class, LockClass::TreeRead | LockClass::TreeWrite))
+        .filter(|w| {
+            matches!(
+                w.class,
+                LockClass::TreeRead
+                    | LockClass::TreeWrite
+                    | LockClass::TreeRwlockRead
+                    | LockClass::TreeRwlockWrite
+            )
+        })
         .map(|w| w.instance + 1)
         .max()
         .unwrap_or(0);
@@ -257,10 +266,15 @@ pub fn as_trace(
         block_size: input.block_size,
         locks: Some(ClientLocks {
             mutex: MODEL_MUTEX,
+            spinlock: if result.design.no_sleep() {
+                MODEL_SPINLOCK
+            } else {
+                0
+            },
+            no_sleep: result.design.no_sleep(),
             trees,
             first_tree: MODEL_FIRST_TREE,
             tree_stride: MODEL_TREE_STRIDE,
-            ..Default::default()
         }),
         seen_ns: input.first_ns,
         destroyed_ns: None,
@@ -302,16 +316,15 @@ pub fn as_trace(
         .waits
         .iter()
         .map(|w| {
+            let tree = MODEL_FIRST_TREE + u64::from(w.instance) * MODEL_TREE_STRIDE;
+            // A no-sleep design's locks spin, as a no-sleep client's do.
             let (lock_addr, flags) = match w.class {
                 LockClass::ClientMutex => (MODEL_MUTEX, LockFlags::MUTEX),
-                LockClass::TreeRead => (
-                    MODEL_FIRST_TREE + u64::from(w.instance) * MODEL_TREE_STRIDE,
-                    LockFlags::READ,
-                ),
-                LockClass::TreeWrite => (
-                    MODEL_FIRST_TREE + u64::from(w.instance) * MODEL_TREE_STRIDE,
-                    LockFlags::WRITE,
-                ),
+                LockClass::ClientSpinlock => (MODEL_SPINLOCK, LockFlags::SPIN),
+                LockClass::TreeRead => (tree, LockFlags::READ),
+                LockClass::TreeWrite => (tree, LockFlags::WRITE),
+                LockClass::TreeRwlockRead => (tree, LockFlags::SPIN | LockFlags::READ),
+                LockClass::TreeRwlockWrite => (tree, LockFlags::SPIN | LockFlags::WRITE),
                 LockClass::Global => (MODEL_MUTEX + 0x100, LockFlags::SPIN),
             };
             LockWait {

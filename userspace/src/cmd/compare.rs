@@ -27,8 +27,8 @@ use crate::args::{
 pub struct Options {
     /// Kernel trace file with dm-bufio operations (from `bufscope record`).
     pub file: PathBuf,
-    /// Designs to compare with (repeat, or `all`).
-    #[arg(long = "design", default_value = "all", value_parser = parse_design)]
+    /// Designs to compare with (repeat, or `all`; default: classic, sharded and lockfree).
+    #[arg(long = "design", value_parser = parse_design)]
     pub designs: Vec<DesignArg>,
     #[command(flatten)]
     pub model: ModelArgs,

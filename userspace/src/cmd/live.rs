@@ -60,8 +60,9 @@ pub struct Options {
     /// Overwrite the --record file if it exists.
     #[arg(long, requires = "record")]
     pub force: bool,
-    /// Reference designs fed the same dm-bufio operations (repeat, or `all`; `d` changes them).
-    #[arg(long = "design", value_name = "DESIGN", default_value = "all", value_parser = parse_design)]
+    /// Reference designs fed the same dm-bufio operations (repeat, or `all`; default: classic,
+    /// sharded and lockfree; `d` changes them).
+    #[arg(long = "design", value_name = "DESIGN", value_parser = parse_design)]
     pub designs: Vec<DesignArg>,
     /// Serve the live figures in the OpenMetrics text format on ADDR/metrics: a port (bound to
     /// loopback), or HOST:PORT (0.0.0.0:PORT for every interface).

@@ -30,8 +30,8 @@ use crate::args::{
 pub struct Options {
     /// Trace file to replay.
     pub file: PathBuf,
-    /// Designs to replay through (repeat, or `all`).
-    #[arg(long = "design", default_value = "all", value_parser = parse_design)]
+    /// Designs to replay through (repeat, or `all`; default: classic, sharded and lockfree).
+    #[arg(long = "design", value_parser = parse_design)]
     pub designs: Vec<DesignArg>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -256,13 +256,13 @@ fn to_json(r: &ReplayResult, acquisitions: &[OpRow]) -> serde_json::Value {
 
 fn print_table(results: &[ReplayResult]) {
     println!(
-        "{:<8} {:>12} {:>9} {:>10} {:>10}",
+        "{:<15} {:>12} {:>9} {:>10} {:>10}",
         "design", "ops/s", "elapsed", "hit ratio", "evictions"
     );
     for r in results {
         let ops = r.report.ops();
         println!(
-            "{:<8} {:>12} {:>8.2}s {:>9.1}% {:>10}",
+            "{:<15} {:>12} {:>8.2}s {:>9.1}% {:>10}",
             r.design,
             thousands(r.steps_per_sec() as u64),
             r.elapsed.as_secs_f64(),
@@ -272,7 +272,7 @@ fn print_table(results: &[ReplayResult]) {
     }
     println!();
     println!(
-        "{:<8} {:<18} {:>12} {:>11} {:>10} {:>10} {:>10}",
+        "{:<15} {:<19} {:>12} {:>11} {:>10} {:>10} {:>10}",
         "design", "lock", "acquired", "contended", "wait p50", "wait p99", "wait max"
     );
     for r in results {
@@ -282,7 +282,7 @@ fn print_table(results: &[ReplayResult]) {
                 continue;
             }
             println!(
-                "{:<8} {:<18} {:>12} {:>11} {:>8.1}us {:>8.1}us {:>8.1}us",
+                "{:<15} {:<19} {:>12} {:>11} {:>8.1}us {:>8.1}us {:>8.1}us",
                 r.design,
                 class.name(),
                 thousands(c.acquisitions),

@@ -17,7 +17,7 @@ pub(super) fn draw_designs(frame: &mut Frame, area: Rect, cursor: usize, chosen:
         .enumerate()
         .map(|(i, (d, on))| {
             let text = format!(
-                "{} [{}] {d:<9} {}",
+                "{} [{}] {d:<16}{}",
                 if i == cursor { "▶" } else { " " },
                 if *on { "x" } else { " " },
                 d.description()
@@ -29,7 +29,7 @@ pub(super) fn draw_designs(frame: &mut Frame, area: Rect, cursor: usize, chosen:
             }
         })
         .collect();
-    let rect = centered(area, 56, lines.len() as u16 + 2);
+    let rect = centered(area, 72, lines.len() as u16 + 2);
     frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines).block(
