@@ -22,7 +22,7 @@ use crate::{
     cmd::{heading, workspace_root},
     dist::build_static_bufscope,
 };
-use checks::{Hotspot, Outcome, check_results};
+use checks::{Hotspot, NO_SLEEP_SCENARIO, Outcome, check_results};
 use initramfs::build_initramfs;
 use kernels::{KERNELS, KernelLine, fetch_kernel};
 use qemu::boot_retrying_tcg_int3;
@@ -34,6 +34,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("thin-hotspot", include_str!("../../vm/thin-hotspot.sh")),
     ("small-cache", include_str!("../../vm/small-cache.sh")),
     ("verity-read", include_str!("../../vm/verity-read.sh")),
+    ("verity-nosleep", include_str!("../../vm/verity-nosleep.sh")),
     (HOTSPOT, include_str!("../../vm/bufio-hotspot.sh")),
 ];
 
@@ -86,7 +87,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         for (name, _) in &scenarios {
             if let (HOTSPOT, Some(why)) = (*name, kernel.no_module) {
                 // Said in the table: the issue of record asks for it rather than a silent gap.
-                not_run.push(format!("{:<6} {HOTSPOT:<13} {why}", kernel.name));
+                not_run.push(format!("{:<6} {HOTSPOT:<14} {why}", kernel.name));
                 continue;
             }
             let outcome =
@@ -103,7 +104,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
+        "{:<6} {:<14} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -113,6 +114,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "kp rel",
         "bufio ops",
         "mutex w",
+        "spin w",
         "tree w",
         "lost",
         "skipped",
@@ -124,7 +126,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     );
     for r in &rows {
         println!(
-            "{:<6} {:<13} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
+            "{:<6} {:<14} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -134,6 +136,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.releases,
             r.bufio.ops,
             r.bufio.mutex_waits,
+            r.bufio.spinlock_waits,
             r.bufio.tree_waits,
             r.bufio.returns_missed + r.bufio.ringbuf_full,
             r.bufio.skipped_runs,
@@ -149,7 +152,34 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         println!("{line}");
     }
     print_hotspot(&rows);
+    print_no_sleep(&rows);
     Ok(())
+}
+
+/// How the no-sleep client's lock waits were named on each kernel.
+fn print_no_sleep(rows: &[Outcome]) {
+    let runs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| Some((r.kernel, r.no_sleep.as_ref()?)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{NO_SLEEP_SCENARIO}: dm-verity's no-sleep client; waits in dm_bufio_lock and those named \
+         its client spinlock, rwlock waits in dm-bufio and those named a tree's rwlock"
+    );
+    println!(
+        "{:<6} {:>15} {:>15} {:>15} {:>15}",
+        "kernel", "in lock fn", "spinlock named", "rwlock waits", "tree named"
+    );
+    for (kernel, w) in runs {
+        println!(
+            "{:<6} {:>15} {:>15} {:>15} {:>15}",
+            kernel, w.in_client_lock, w.client_spinlock, w.rwlocks_in_bufio, w.tree_rwlocks
+        );
+    }
 }
 
 /// The seed's figure: how long the hotspot threads took to acquire a buffer on each kernel, by
@@ -270,7 +300,7 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
          lock waits recorded: {waits}\n\
          kprobe counts: dm_bufio_get {gets}, dm_bufio_read {reads}, dm_bufio_release {releases}\n\
          dm-bufio operations recorded: {ops}\n\
-         waits named: client mutex {mutex}, tree locks {trees}\n\
+         waits named: client mutex {mutex}, client spinlock {spinlock}, tree locks {trees}\n\
          dm-bufio probed as: {attached_as}\n\
          lost: {missed} operation returns, {full} events (ring buffer full), {skipped} program \
          runs the kernel skipped\n",
@@ -278,6 +308,7 @@ fn save_sample(work: &Path, outcome: &Outcome, extracted: &Path) -> anyhow::Resu
         skipped = outcome.bufio.skipped_runs,
         ops = outcome.bufio.ops,
         mutex = outcome.bufio.mutex_waits,
+        spinlock = outcome.bufio.spinlock_waits,
         trees = outcome.bufio.tree_waits,
         missed = outcome.bufio.returns_missed,
         full = outcome.bufio.ringbuf_full,
