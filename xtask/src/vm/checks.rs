@@ -511,8 +511,8 @@ pub struct NoSleepWaits {
     /// and of them those named as the client's spinlock.
     pub in_client_lock: u64,
     pub client_spinlock: u64,
-    /// rwlock waits with dm-bufio in their stack (only its trees are rwlocks, a no-sleep
-    /// client's, 6.4+), and of them those named as a tree's.
+    /// rwlock waits with a dm-bufio function in their stack (only its trees are rwlocks, a
+    /// no-sleep client's, 6.4+), and of them those named as a tree's.
     pub rwlocks_in_bufio: u64,
     pub tree_rwlocks: u64,
 }
@@ -522,9 +522,9 @@ pub struct NoSleepWaits {
 /// rwlock wait in dm-bufio "dm-bufio D tree N (rwlock MODE, no-sleep)", none left an address or
 /// named as a sleeping lock. How many there are is printed, not required: the kernel traces
 /// few of these waits (a queued spinlock's only behind another spinning waiter, an rwlock's
-/// readers none with bottom halves off), and the runs of 2026-11-28 saw none (6.1: 16,312
-/// client-lock acquisitions at 4 vCPUs; 6.12: 257, the hits taking only tree read locks in
-/// bottom-half context).
+/// readers none with bottom halves off): the runs of 2026-11-28 at 4 vCPUs saw none on 6.1
+/// (47,730 operations, each taking the client spinlock) and one on 6.12 (a tree's write lock in
+/// a prefetch's miss; its hits take only tree read locks, in bottom-half context).
 fn check_no_sleep_names(
     kernel: &str,
     bufscope: &Path,
@@ -539,17 +539,14 @@ fn check_no_sleep_names(
     };
     let is_bufio = |name: &str| name.starts_with("dm-bufio ");
     let in_lock = lock_rows(&context, bufscope, trace, &["--stack", "dm_bufio_lock"])?;
+    // "bufio" is in every dm-bufio frame: its exported dm_bufio_* functions, __bufio_new and
+    // the like (frames do not name their module).
     let rwlocks = lock_rows(
         &context,
         bufscope,
         trace,
         &[
-            "--stack",
-            "[dm_bufio]",
-            "--type",
-            "rwlock:R",
-            "--type",
-            "rwlock:W",
+            "--stack", "bufio", "--type", "rwlock:R", "--type", "rwlock:W",
         ],
     )?;
     let waits = NoSleepWaits {
@@ -739,9 +736,10 @@ fn check_bufio(
         .map(|c| c["trees"].as_u64().unwrap_or(0))
         .collect();
     match kernel {
-        // One client lock: the readers' waits are on it, and there are no trees to name.
+        // One client lock: the readers' waits are on it (few of a no-sleep client's spinlock
+        // waits are traced: see check_no_sleep_names), and there are no trees to name.
         "6.1" => ensure!(
-            client_lock_waits > 0 && tree_waits == 0 && trees.iter().all(|&t| t == 0),
+            (no_sleep || client_lock_waits > 0) && tree_waits == 0 && trees.iter().all(|&t| t == 0),
             "{kernel} {scenario}: expected waits on the client lock only (mutex {mutex_waits}, \
              spinlock {spinlock_waits}, trees {tree_waits}, tree locks per client {trees:?})"
         ),
