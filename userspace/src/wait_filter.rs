@@ -121,7 +121,7 @@ impl WaitSelector {
                         addr: c.addr,
                         device: c.device.clone(),
                         block_size: c.block_size,
-                        locks: probes.client_locks(c.addr, c.num_locks),
+                        locks: probes.client_locks(c),
                         seen_ns: c.at_ns,
                         destroyed_ns: None,
                     });
