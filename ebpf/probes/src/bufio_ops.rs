@@ -21,7 +21,7 @@ use bufscope_abi::{
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, current,
-    maps::{CLIENTS, EVENTS, OP_STATS, OPS, ZERO_OPS, count},
+    maps::{CLIENTS, EVENTS, IRQ_OPS, OP_STATS, OPS, ZERO_OPS, count},
     notes::count_noted,
 };
 
@@ -34,10 +34,13 @@ pub(crate) struct OpFrame {
     func_ip: u64,
     /// Where the call entered on the kernel stack (`Call::stack_addr`).
     stack_addr: u64,
-    /// The word at `stack_addr` when the call entered (fentry: its first argument, saved in the
-    /// trampoline's frame; kprobe: the return address). It stays there while the call runs; a
-    /// call that returned leaves the slot to whatever runs there next.
+    /// The word at `stack_addr` when the call entered ([`Call::stack_word`]). It stays there
+    /// while the call runs; a call that returned leaves the slot to whatever runs there next.
     stack_word: u64,
+    /// 1 when `stack_word` tells a live frame from a returned one (fentry), 0 when it cannot
+    /// (kprobe).
+    word_checked: u32,
+    _pad: u32,
     start_ns: u64,
     pub(crate) client: u64,
     block: u64,
@@ -66,7 +69,31 @@ pub(crate) struct OpStack {
     pub(crate) frames: [OpFrame; MAX_FRAMES],
 }
 
+/// Farther apart than this, two places are on different kernel stacks: a thread's frames lie
+/// within its stack (THREAD_SIZE: 16 KiB on x86-64, 32 KiB with KASAN), and an interrupt's
+/// stack is an area of its own.
+const STACK_SPAN: u64 = 32 * 1024;
+
 impl OpStack {
+    /// Whether the frame still holds the word its entry found ([`OpFrame::stack_word`]); true
+    /// where that cannot be told (kprobe frames).
+    #[inline(always)]
+    fn word_intact(frame: &OpFrame) -> bool {
+        frame.word_checked == 0
+            || current::read_field::<u64>(frame.stack_addr, 0) == Some(frame.stack_word)
+    }
+
+    /// Whether `here` is on another stack than this thread's live frames: an interrupt (a
+    /// no-sleep client's dm-verity work runs in softirq, on top of whatever thread it
+    /// interrupted, maybe one inside a dm-bufio operation). 0 (unknown) is not.
+    #[inline(always)]
+    fn elsewhere(&self, here: u64) -> bool {
+        self.depth > 0
+            && here != 0
+            && self.frames[0].stack_addr != 0
+            && here.abs_diff(self.frames[0].stack_addr) > STACK_SPAN
+    }
+
     /// The operation a lock wait beginning at `here` on this thread's kernel stack is inside:
     /// the outermost frame, if it is still live. A live operation's frame lies above everything
     /// it calls and keeps its entry's word ([`OpFrame::stack_word`]); a frame at or below `here`,
@@ -82,8 +109,8 @@ impl OpStack {
         }
         let frame = &self.frames[0];
         if frame.stack_addr != 0 {
-            let below = here != 0 && frame.stack_addr <= here;
-            if below || current::read_field::<u64>(frame.stack_addr, 0) != Some(frame.stack_word) {
+            let below = here != 0 && (frame.stack_addr <= here || self.elsewhere(here));
+            if below || !Self::word_intact(frame) {
                 count(Counter::WaitOpStale);
                 return None;
             }
@@ -108,6 +135,9 @@ trait Call: EbpfContext {
     /// An address on the kernel stack at this call's entry: a call made from inside it enters
     /// at a lower address. 0 when unknown.
     fn stack_addr(&self) -> u64;
+
+    /// A word at `stack_addr` that stays as it is until this call returns, if there is one.
+    fn stack_word(&self, stack_addr: u64) -> Option<u64>;
 }
 
 impl Call for ProbeContext {
@@ -121,6 +151,12 @@ impl Call for ProbeContext {
         // SAFETY: a kprobe's context is the registers at the probe, readable directly.
         unsafe { (*self.regs).rsp }
     }
+
+    /// None: the word at rsp is the return address, which a kretprobe on the same function
+    /// replaces with its trampoline's, maybe after this program read it.
+    fn stack_word(&self, _stack_addr: u64) -> Option<u64> {
+        None
+    }
 }
 
 impl Call for FEntryContext {
@@ -130,49 +166,39 @@ impl Call for FEntryContext {
 
     /// The arguments the trampoline saved in its frame, on the stack below the caller's.
     fn stack_addr(&self) -> u64 {
-        self.as_ptr() as u64
+        current::stack_position(self.as_ptr())
+    }
+
+    /// The first argument, as the trampoline saved it for the fexit program; nothing writes it
+    /// until the trampoline's frame goes.
+    fn stack_word(&self, stack_addr: u64) -> Option<u64> {
+        current::read_field::<u64>(stack_addr, 0)
     }
 }
 
 /// `(c, block, ...)`
 #[inline(always)]
 fn client_block<C: Call>(ctx: &C, op: u32) {
-    op_entry(
-        ctx.func_ip(),
-        ctx.stack_addr(),
-        op,
-        ctx.arg(0),
-        ctx.arg(1),
-        0,
-        0,
-    );
+    op_entry(ctx, op, ctx.arg(0), ctx.arg(1), 0, 0);
 }
 
 /// `(c, block, n_blocks, ...)`
 #[inline(always)]
 fn client_block_count<C: Call>(ctx: &C, op: u32) {
-    op_entry(
-        ctx.func_ip(),
-        ctx.stack_addr(),
-        op,
-        ctx.arg(0),
-        ctx.arg(1),
-        ctx.arg(2) as u32,
-        0,
-    );
+    op_entry(ctx, op, ctx.arg(0), ctx.arg(1), ctx.arg(2) as u32, 0);
 }
 
 /// `(c)`
 #[inline(always)]
 fn client_only<C: Call>(ctx: &C, op: u32) {
-    op_entry(ctx.func_ip(), ctx.stack_addr(), op, ctx.arg(0), 0, 0, 0);
+    op_entry(ctx, op, ctx.arg(0), 0, 0, 0);
 }
 
 /// `(b)`
 #[inline(always)]
 fn buffer<C: Call>(ctx: &C, op: u32) {
     let (client, block) = buffer_client_block(ctx.arg(0));
-    op_entry(ctx.func_ip(), ctx.stack_addr(), op, client, block, 0, 0);
+    op_entry(ctx, op, client, block, 0, 0);
 }
 
 /// `(b, start, end)`
@@ -180,36 +206,20 @@ fn buffer<C: Call>(ctx: &C, op: u32) {
 fn buffer_range<C: Call>(ctx: &C, op: u32) {
     let (client, block) = buffer_client_block(ctx.arg(0));
     let (start, end) = (ctx.arg(1) as u32, ctx.arg(2) as u32);
-    op_entry(
-        ctx.func_ip(),
-        ctx.stack_addr(),
-        op,
-        client,
-        block,
-        start,
-        end,
-    );
+    op_entry(ctx, op, client, block, start, end);
 }
 
 /// `dm_bufio_client_create(bdev, block_size, ...)`: the client is the return value.
 #[inline(always)]
 fn client_create<C: Call>(ctx: &C, op: u32) {
-    op_entry(
-        ctx.func_ip(),
-        ctx.stack_addr(),
-        op,
-        0,
-        0,
-        ctx.arg(1) as u32,
-        0,
-    );
+    op_entry(ctx, op, 0, 0, ctx.arg(1) as u32, 0);
 }
 
 /// `dm_bufio_client_destroy(c)`: announced at entry, while the client is still readable.
 #[inline(always)]
 fn client_destroy<C: Call>(ctx: &C, op: u32) {
     let client = ctx.arg(0);
-    op_entry(ctx.func_ip(), ctx.stack_addr(), op, client, 0, 0, 0);
+    op_entry(ctx, op, client, 0, 0, 0);
     send_client(client, ClientEvent::DESTROYED);
     let _ = CLIENTS.remove(client);
 }
@@ -290,7 +300,9 @@ operation!(
 pub fn bufio_op_return(ctx: RetProbeContext) -> u32 {
     // SAFETY: a kretprobe context, where the helper is allowed (5.15+).
     let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
-    op_return(ip, ctx.ret());
+    // SAFETY: a kretprobe's context is the registers at the return, readable directly.
+    let here = unsafe { (*ctx.regs).rsp };
+    op_return(ip, ctx.ret(), here);
     0
 }
 
@@ -300,22 +312,27 @@ pub fn bufio_op_return(ctx: RetProbeContext) -> u32 {
 pub fn bufio_op_fexit(ctx: FExitContext) -> u32 {
     // SAFETY: an fexit context, where the helper is allowed (5.15+).
     let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
-    op_return(ip, ctx.ret::<u64>().unwrap_or(0));
+    // The trampoline's frame, where the entry's fentry context was.
+    op_return(
+        ip,
+        ctx.ret::<u64>().unwrap_or(0),
+        current::stack_position(ctx.as_ptr()),
+    );
     0
 }
 
 /// The function that runs only on a miss: the operation in progress is a miss.
 #[inline(always)]
-fn miss() {
-    if let Some(frame) = current_op() {
+fn miss(here: u64) {
+    if let Some(frame) = current_op(here) {
         frame.result = result::MISS;
     }
 }
 
 /// `dm_bufio_lock(c)` entry: the client mutex is about to be taken.
 #[inline(always)]
-fn lock(client: u64) {
-    if let Some(frame) = current_op()
+fn lock(client: u64, here: u64) {
+    if let Some(frame) = current_op(here)
         && frame.client == client
     {
         frame.lock_enter_ns = current::now_ns();
@@ -325,8 +342,8 @@ fn lock(client: u64) {
 
 /// `dm_bufio_unlock(c)` entry: the hold ends; the wait inside dm_bufio_lock is not hold time.
 #[inline(always)]
-fn unlock(client: u64) {
-    if let Some(frame) = current_op()
+fn unlock(client: u64, here: u64) {
+    if let Some(frame) = current_op(here)
         && frame.client == client
         && frame.lock_enter_ns != 0
     {
@@ -340,38 +357,38 @@ fn unlock(client: u64) {
 }
 
 #[kprobe]
-pub fn bufio_miss(_ctx: ProbeContext) -> u32 {
-    miss();
+pub fn bufio_miss(ctx: ProbeContext) -> u32 {
+    miss(ctx.stack_addr());
     0
 }
 
 #[fentry]
-pub fn bufio_miss_fentry(_ctx: FEntryContext) -> u32 {
-    miss();
+pub fn bufio_miss_fentry(ctx: FEntryContext) -> u32 {
+    miss(ctx.stack_addr());
     0
 }
 
 #[kprobe]
 pub fn bufio_lock(ctx: ProbeContext) -> u32 {
-    lock(Call::arg(&ctx, 0));
+    lock(Call::arg(&ctx, 0), ctx.stack_addr());
     0
 }
 
 #[fentry]
 pub fn bufio_lock_fentry(ctx: FEntryContext) -> u32 {
-    lock(Call::arg(&ctx, 0));
+    lock(Call::arg(&ctx, 0), ctx.stack_addr());
     0
 }
 
 #[kprobe]
 pub fn bufio_unlock(ctx: ProbeContext) -> u32 {
-    unlock(Call::arg(&ctx, 0));
+    unlock(Call::arg(&ctx, 0), ctx.stack_addr());
     0
 }
 
 #[fentry]
 pub fn bufio_unlock_fentry(ctx: FEntryContext) -> u32 {
-    unlock(Call::arg(&ctx, 0));
+    unlock(Call::arg(&ctx, 0), ctx.stack_addr());
     0
 }
 
@@ -448,10 +465,13 @@ fn may_call(caller: u32, callee: u32) -> bool {
 }
 
 /// Frames this entry shows to have returned unseen. A live caller's frame lies higher on the
-/// stack than this entry, and is an operation that calls this one ([`may_call`]). A frame at or
-/// below this entry's address, or of an operation that never calls this one, was left by a call
-/// that returned without its return program running (the kernel skips a program it finds already running on the CPU, as when
-/// the thread was preempted inside it). Left in place, such a frame would make every later
+/// stack than this entry and, where its entry word can tell (fentry), still holds that word
+/// ([`OpStack::word_intact`]): then any operation may be inside it, as when a no-sleep client's
+/// I/O completes in the caller's own context and dm-verity reads its next hash block there.
+/// Where the word cannot tell (kprobe frames), the caller must be an operation that calls this
+/// one ([`may_call`]). Any other frame was left by a call that returned without its return
+/// program running (the kernel skips a program it finds already running on the CPU, as when the
+/// thread was preempted inside it). Left in place, such a frame would make every later
 /// operation of the thread look nested in it, and go unreported. Each one dropped counts as a
 /// missed return; were a real caller ever dropped, its return would count as unmatched.
 #[inline(always)]
@@ -465,7 +485,12 @@ fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64, op: u32) {
         }
         let top = &stack.frames[i];
         let below = stack_addr != 0 && top.stack_addr != 0 && top.stack_addr <= stack_addr;
-        if may_call(top.op, op) && !below {
+        let caller = if top.word_checked != 0 {
+            OpStack::word_intact(top)
+        } else {
+            may_call(top.op, op)
+        };
+        if caller && !below {
             return;
         }
         stack.depth = i as u32;
@@ -474,11 +499,12 @@ fn drop_returned_frames(stack: &mut OpStack, stack_addr: u64, op: u32) {
 }
 
 #[inline(always)]
-fn op_entry(func_ip: u64, stack_addr: u64, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
+fn op_entry<C: Call>(ctx: &C, op: u32, client: u64, block: u64, arg0: u32, arg1: u32) {
     count(Counter::OpEntries);
+    let (func_ip, stack_addr) = (ctx.func_ip(), ctx.stack_addr());
     let tid = current::tid();
-    let stack = match OPS.get_ptr_mut(tid) {
-        Some(stack) => stack,
+    let stack = match frames_at(tid, stack_addr) {
+        Some(stack) => stack as *mut OpStack,
         None => {
             let Some(zero) = ZERO_OPS.get_ptr(0) else {
                 return;
@@ -505,11 +531,13 @@ fn op_entry(func_ip: u64, stack_addr: u64, op: u32, client: u64, block: u64, arg
         count_noted(Counter::OpTooDeep);
         return;
     };
-    let stack_word = current::read_field::<u64>(stack_addr, 0).unwrap_or(0);
+    let stack_word = ctx.stack_word(stack_addr);
     *frame = OpFrame {
         func_ip,
         stack_addr,
-        stack_word,
+        stack_word: stack_word.unwrap_or(0),
+        word_checked: u32::from(stack_word.is_some()),
+        _pad: 0,
         start_ns: current::now_ns(),
         client,
         block,
@@ -539,14 +567,12 @@ fn is_err_ptr(value: u64) -> bool {
 /// deliver (no kretprobe instance free) costs one operation, counted, and never mis-pairs the
 /// ones after it.
 #[inline(always)]
-fn op_return(ip: u64, ret: u64) {
+fn op_return(ip: u64, ret: u64, here: u64) {
     let tid = current::tid();
-    let Some(stack) = OPS.get_ptr_mut(tid) else {
+    let Some(stack) = frames_at(tid, here) else {
         count_noted(Counter::OpUnmatchedReturn);
         return;
     };
-    // SAFETY: only this thread writes its own frames.
-    let stack = unsafe { &mut *stack };
     // The innermost frame of this function; frames above it lost their returns.
     let mut found = MAX_FRAMES;
     let mut i = MAX_FRAMES;
@@ -669,13 +695,32 @@ fn add_op_stats(client: u64, op: u32, outcome: u32, duration_ns: u64, lock_wait_
     }
 }
 
-/// The outermost operation frame of this thread, if one is in progress.
+/// The frames a call at `here` on the stack belongs with: the thread's, or, when the thread is
+/// inside an operation on another stack (the call runs in an interrupt on top of it) or is a
+/// CPU's idle task (thread 0 on every CPU), this CPU's interrupt frames, so that the
+/// interrupt's operations neither drop nor hide the thread's. `None` when the thread has none.
 #[inline(always)]
-fn current_op() -> Option<&'static mut OpFrame> {
-    let tid = current::tid();
-    let stack = OPS.get_ptr_mut(tid)?;
-    // SAFETY: only this thread writes its own frames.
-    let stack = unsafe { &mut *stack };
+fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
+    if tid == 0 {
+        // Every CPU's idle task is thread 0: what runs there runs in an interrupt, one per CPU.
+        // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
+        return IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
+    }
+    let thread = OPS.get_ptr_mut(tid)?;
+    // SAFETY: only this thread (or an interrupt on its CPU, which then keeps to IRQ_OPS)
+    // writes its own frames.
+    let thread = unsafe { &mut *thread };
+    if !thread.elsewhere(here) {
+        return Some(thread);
+    }
+    // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
+    IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq })
+}
+
+/// The outermost operation frame of the call at `here` ([`frames_at`]), if one is in progress.
+#[inline(always)]
+fn current_op(here: u64) -> Option<&'static mut OpFrame> {
+    let stack = frames_at(current::tid(), here)?;
     if stack.depth == 0 {
         return None;
     }

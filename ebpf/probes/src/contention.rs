@@ -124,7 +124,7 @@ impl StackPlace for BtfTracePointContext {
     /// A tp_btf program's context is the argument array its caller (bpf_trace_run*) keeps on
     /// the stack.
     fn stack_place(&self) -> u64 {
-        self.as_ptr() as u64
+        current::stack_position(self.as_ptr())
     }
 }
 

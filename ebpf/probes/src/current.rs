@@ -54,6 +54,23 @@ pub(crate) fn read_field<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
+/// The address of a program's context (`ctx`, on the kernel stack for fentry, fexit and tp_btf
+/// programs) as a plain number, to compare and subtract freely: the verifier refuses arithmetic
+/// between a context pointer and a register it cannot bound ("math between ctx pointer and
+/// register with unbounded min value"), but a value read back from a map is a number to it. The
+/// store and load are volatile so the compiler keeps the pointer's round trip.
+#[inline(always)]
+pub(crate) fn stack_position(ctx: *mut core::ffi::c_void) -> u64 {
+    let Some(slot) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, used within one program run.
+    unsafe {
+        core::ptr::write_volatile(slot, ctx as u64);
+        core::ptr::read_volatile(slot)
+    }
+}
+
 /// [`read_field`], where a failed read (not a field this kernel lacks, nor a null base) is worth
 /// counting and telling: [`Counter::FieldReadFailed`].
 #[inline(always)]

@@ -99,6 +99,17 @@ pub(crate) static RQ_LOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub(crate) static CLIENTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
+/// dm-bufio operations running in an interrupt on top of a thread that is inside one of its own,
+/// or on top of a CPU's idle task (a no-sleep client's dm-verity work, in softirq): one frame
+/// stack per CPU, so the thread's frames stay as they are, and the idle tasks (all thread 0)
+/// do not share one. Written and read by the dm-bufio programs only.
+#[map]
+pub(crate) static IRQ_OPS: PerCpuArray<OpStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// A per-CPU word for [`crate::current::stack_position`]. In-kernel only.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Zeroed values to insert from: the BPF stack (512 bytes) is too small to build them on.
 /// Never written.
 #[map]
