@@ -225,16 +225,18 @@ impl WaitArgs {
 /// every wait.
 #[derive(Debug, clap::Args)]
 pub struct WaitNameArgs {
-    /// Keep only waits on locks whose name or address contains TEXT (case matters), e.g.
-    /// "client mutex", "dm-bufio 253:2", mmap_lock, rtnl_mutex or 0xffff8881. The name is the
-    /// one known as the wait arrives, as `report` names locks: a dm-bufio lock once its client
-    /// has been seen (created, or in its first operation since bufscope started); a static lock
-    /// by its kernel symbol; a process's mmap_lock or siglock from the wait's begin; a
-    /// runqueue (`rq 3`) or a dm-thin pool's root_lock once the probes have classified it
-    /// (a runqueue at a wait of one of its own tasks, a root_lock when the pool's metadata
-    /// functions run; looked for again each second: until then it is `spinlock 0x…`,
-    /// `rwsem:W 0x…`); any other lock as its type and address (`mutex 0xffff…`). A file's
-    /// `report` may name more, from what was known at its end.
+    /// Keep only waits on locks whose name, or type and address, contains TEXT (case matters),
+    /// e.g. "client mutex", "dm-bufio 253:2", mmap_lock, rtnl_mutex, "rwsem:W" or 0xffff8881.
+    /// The type and address ("rwsem:W 0xffff…") always match, however the lock is named. The
+    /// name is the one known as the wait arrives, as `report` names locks: a dm-bufio lock once
+    /// its client has been seen (created, or in its first operation since bufscope started); a
+    /// static lock by its kernel symbol; a process's mmap_lock or siglock, or a lock in a slab
+    /// object (`&dentry`, Linux 6.13+), from the wait's begin; a runqueue (`rq 3`) or a dm-thin
+    /// pool's root_lock once the probes have classified it (a runqueue at a wait of one of its
+    /// own tasks, a root_lock when the pool's metadata functions run; looked for again each
+    /// second: until then it is `spinlock 0x…`, `rwsem:W 0x…` or its slab cache); any other
+    /// lock as its type and address (`mutex 0xffff…`). A file's `report` may name more, from
+    /// what was known at its end.
     #[arg(long, value_name = "TEXT")]
     pub lock: Option<String>,
     /// Keep only waits whose kernel stack has a frame containing TEXT, e.g. dm_thin_find_block

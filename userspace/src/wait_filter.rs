@@ -184,8 +184,7 @@ impl WaitSelector {
             self.learn_lock_name(probes, addr);
         }
         let text = self.filter.lock.as_deref().unwrap_or_default();
-        let kept =
-            self.names.lock_name(addr, flags).contains(text) || format!("{addr:#x}").contains(text);
+        let kept = self.names.lock_matches(addr, flags, text);
         self.lock_kept.insert((addr, flags), kept);
         kept
     }
@@ -198,13 +197,16 @@ impl WaitSelector {
                 let symbols = self.symbols().static_lock_names(&[addr]);
                 self.names.add(&Metadata::Symbols { symbols });
             }
-        } else if !self.classified.contains(&addr)
-            && let Some(class) = probes.lock_class(addr)
-        {
-            self.classified.insert(addr);
-            self.names.add(&Metadata::Symbols {
-                symbols: lock_classes::class_symbols(&[(addr, class)]),
-            });
+        } else if !self.classified.contains(&addr) {
+            // A class names it over its slab cache, as in the file (record.rs).
+            let symbols = match probes.lock_class(addr) {
+                Some(class) => {
+                    self.classified.insert(addr);
+                    lock_classes::class_symbols(&[(addr, class)])
+                }
+                None => probes.slab_lock_symbol(addr).into_iter().collect(),
+            };
+            self.names.add(&Metadata::Symbols { symbols });
         }
     }
 

@@ -441,7 +441,7 @@ fn judged(path: &Path, filter: &Filter) -> (u64, u64) {
         }
         waits += 1;
         let matches = match filter {
-            Filter::Lock(text) => trace.lock_name(w).contains(text),
+            Filter::Lock(text) => trace.names.lock_matches(w.lock_addr, w.flags, text),
             Filter::Stack(text) => w
                 .stack_id
                 .and_then(|id| trace.names.stack(id))

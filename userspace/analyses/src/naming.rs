@@ -139,6 +139,14 @@ impl Names {
         })
     }
 
+    /// Whether `text` picks this lock (`--lock`): its name contains it, or its type and address
+    /// do ("rwsem:W 0xffff…", as an unnamed lock is named), so that a filter by type and
+    /// address keeps a lock however it comes to be named (a slab cache, a class found later).
+    pub fn lock_matches(&self, addr: u64, flags: u32, text: &str) -> bool {
+        self.lock_name(addr, flags).contains(text)
+            || format!("{} {addr:#x}", LockFlags(flags).type_name()).contains(text)
+    }
+
     /// The lock's name for reports.
     pub fn lock_name(&self, addr: u64, flags: u32) -> String {
         let type_name = LockFlags(flags).type_name();

@@ -54,7 +54,7 @@ pub enum SortKey {
 /// Which waits to keep. Empty fields keep everything.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Lock names containing this text.
+    /// Locks whose name, or type and address, contain this text ([`Names::lock_matches`]).
     pub lock: Option<String>,
     /// Waits inside these operations (`None` inside the list: outside any operation).
     pub ops: Vec<Option<OpKind>>,
@@ -194,7 +194,7 @@ impl Filter {
             return false;
         }
         if let Some(text) = &self.lock
-            && !trace.lock_name(w).contains(text.as_str())
+            && !trace.names.lock_matches(w.lock_addr, w.flags, text)
         {
             return false;
         }

@@ -53,7 +53,8 @@ pub struct Options {
     /// sorts by count and name by tid, role, operation or client).
     #[arg(long, value_enum, default_value_t = SortKey::Total)]
     pub sort: SortKey,
-    /// Only locks whose name contains TEXT, e.g. "client mutex" or "dm-bufio 7:0".
+    /// Only locks whose name contains TEXT, e.g. "client mutex" or "dm-bufio 7:0", or whose type
+    /// and address do ("rwsem:W 0xffff…").
     #[arg(long, value_name = "TEXT")]
     pub lock: Option<String>,
     /// Only waits inside this dm-bufio operation: get, read, release, mark_buffer_dirty, ... or

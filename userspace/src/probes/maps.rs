@@ -95,15 +95,13 @@ impl LockProbes {
         self.slab_locks
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(addr, slab)| {
-                Some(bufscope_trace::Symbol {
-                    addr,
-                    name: format!("&{}", slab.name()?),
-                    module: None,
-                    lock_text: false,
-                })
-            })
+            .filter_map(|(addr, slab)| slab_symbol(addr, &slab))
             .collect()
+    }
+
+    /// What [`slab_lock_symbols`](Self::slab_lock_symbols) says of one lock, if anything.
+    pub fn slab_lock_symbol(&self, addr: u64) -> Option<bufscope_trace::Symbol> {
+        slab_symbol(addr, &self.slab_locks.get(&addr, 0).ok()?)
     }
 
     /// What [`lock_classes`](Self::lock_classes) says of one lock, if anything.
@@ -179,4 +177,14 @@ pub fn lost_events(counters: &BTreeMap<String, u64>) -> u64 {
         .iter()
         .map(|c| counters.get(c.name()).copied().unwrap_or(0))
         .sum()
+}
+
+/// A slab cache's name for a lock in one of its objects, as perf writes it: `&dentry`.
+fn slab_symbol(addr: u64, slab: &bufscope_abi::SlabName) -> Option<bufscope_trace::Symbol> {
+    Some(bufscope_trace::Symbol {
+        addr,
+        name: format!("&{}", slab.name()?),
+        module: None,
+        lock_text: false,
+    })
 }
