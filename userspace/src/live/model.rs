@@ -823,22 +823,26 @@ impl Model {
         }
     }
 
-    /// Derives the lock table: named, filtered by a case-insensitive substring of the name or
-    /// a caller, sorted.
+    /// Derives the lock table: named, filtered by a case-insensitive substring of the name, of
+    /// the type and address ("mutex 0xffff…", as `--lock` matches them), or of a caller, sorted.
     pub fn refresh_rows(&mut self, sort: LockSort, filter: &str) {
         let filter = filter.to_lowercase();
         let mut rows: Vec<LockRow> = self
             .locks
             .iter()
-            .map(|(key, s)| self.row(*key, s))
-            .filter(|row| {
+            .map(|(key, s)| (*key, self.row(*key, s)))
+            .filter(|(key, row)| {
                 filter.is_empty()
                     || row.name.to_lowercase().contains(&filter)
+                    || format!("{} {:#x}", row.type_name, key.addr)
+                        .to_lowercase()
+                        .contains(&filter)
                     || row
                         .callers
                         .iter()
                         .any(|(c, _)| c.to_lowercase().contains(&filter))
             })
+            .map(|(_, row)| row)
             .collect();
         rows.sort_by(|a, b| {
             let key = |r: &LockRow| match sort {
