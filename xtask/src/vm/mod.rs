@@ -90,6 +90,10 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
                 not_run.push(format!("{:<6} {HOTSPOT:<14} {why}", kernel.name));
                 continue;
             }
+            if let (NO_SLEEP_SCENARIO, Some(why)) = (*name, kernel.no_sleep_broken) {
+                not_run.push(format!("{:<6} {NO_SLEEP_SCENARIO:<14} {why}", kernel.name));
+                continue;
+            }
             let outcome =
                 run_scenario(&work, kernel, &extracted, &initramfs, name, &bufscope, keep)
                     .with_context(|| format!("{} {name}", kernel.name))?;
