@@ -59,7 +59,11 @@ pub const KERNELS: &[KernelLine] = &[
         no_module: None,
         // PREEMPT_VOLUNTARY.
         preemptible_bpf: false,
-        no_sleep_broken: None,
+        no_sleep_broken: Some(
+            "not run: dm-bufio operations of dm-verity's no-sleep work still lose their frames \
+             now and then (a run on 2026-11-29 had 722 returns matching no entry with no program \
+             run skipped, another none): to be found",
+        ),
     },
     // The newest kernel users run: Debian trixie-backports.
     KernelLine {
@@ -84,8 +88,8 @@ pub const KERNELS: &[KernelLine] = &[
         preemptible_bpf: true,
         no_sleep_broken: Some(
             "not run: dm-bufio operations of dm-verity's no-sleep work lose their frames on 7.3 \
-             (960 returns matched no entry with no program run skipped, 2026-11-29; 6.1 and 6.12 \
-             run it clean): to be found",
+             (960 returns matched no entry with no program run skipped, 2026-11-29; 6.1 runs it \
+             clean): to be found",
         ),
     },
 ];
