@@ -68,11 +68,19 @@ impl Linked<'_> {
     }
 }
 
-/// Rewrites every call to a kfunc of [`KFUNCS`] in `elf` for the kernel whose BTF is `vmlinux`.
-pub fn link_kfuncs<'a>(elf: &'a [u8], vmlinux: Option<&Btf>) -> Result<Linked<'a>, KfuncError> {
-    let file = object::File::parse(elf).map_err(KfuncError::Parse)?;
-    let mut patches = Vec::new();
-    let mut kfuncs: Vec<(&'static str, Option<u32>)> = Vec::new();
+/// A relocation against an undefined symbol: where it points, and the symbol's name.
+struct ExternCall {
+    section: String,
+    /// The instruction's offset in its section...
+    offset: u64,
+    /// ...and in the file.
+    at: usize,
+    name: String,
+}
+
+/// Every relocation of `file` against an undefined symbol: bpf-linker's extern calls.
+fn extern_calls(file: &object::File) -> Vec<ExternCall> {
+    let mut calls = Vec::new();
     for section in file.sections() {
         let Some((start, _)) = section.file_range() else {
             continue;
@@ -84,35 +92,49 @@ pub fn link_kfuncs<'a>(elf: &'a [u8], vmlinux: Option<&Btf>) -> Result<Linked<'a
             let Ok(symbol) = file.symbol_by_index(index) else {
                 continue;
             };
-            if !symbol.is_undefined() {
-                continue;
-            }
-            let name = symbol.name().unwrap_or_default();
-            let &(kfunc, _) = KFUNCS
-                .iter()
-                .find(|(k, _)| *k == name)
-                .ok_or_else(|| KfuncError::Unknown(name.to_string()))?;
-            let at = (start + offset) as usize;
-            let insn = elf
-                .get(at..at + 8)
-                .filter(|i| i[0] == CALL && i[1] >> 4 == PSEUDO_CALL && i[1] & 0x0f == 0);
-            if insn.is_none() {
-                return Err(KfuncError::NotACall {
-                    name: name.to_string(),
+            if symbol.is_undefined() {
+                calls.push(ExternCall {
                     section: section.name().unwrap_or("?").to_string(),
                     offset,
+                    at: (start + offset) as usize,
+                    name: symbol.name().unwrap_or_default().to_string(),
                 });
             }
-            let id = match kfuncs.iter().find(|(k, _)| *k == kfunc) {
-                Some(&(_, id)) => id,
-                None => {
-                    let id = vmlinux.and_then(|btf| function_id(btf, kfunc));
-                    kfuncs.push((kfunc, id));
-                    id
-                }
-            };
-            patches.push((at, id));
         }
+    }
+    calls
+}
+
+/// Rewrites every call to a kfunc of [`KFUNCS`] in `elf` for the kernel whose BTF is `vmlinux`.
+pub fn link_kfuncs<'a>(elf: &'a [u8], vmlinux: Option<&Btf>) -> Result<Linked<'a>, KfuncError> {
+    let file = object::File::parse(elf).map_err(KfuncError::Parse)?;
+    let mut patches = Vec::new();
+    let mut kfuncs: Vec<(&'static str, Option<u32>)> = Vec::new();
+    for call in extern_calls(&file) {
+        let &(kfunc, _) = KFUNCS
+            .iter()
+            .find(|(k, _)| *k == call.name)
+            .ok_or_else(|| KfuncError::Unknown(call.name.clone()))?;
+        let at = call.at;
+        let insn = elf
+            .get(at..at + 8)
+            .filter(|i| i[0] == CALL && i[1] >> 4 == PSEUDO_CALL && i[1] & 0x0f == 0);
+        if insn.is_none() {
+            return Err(KfuncError::NotACall {
+                name: call.name,
+                section: call.section,
+                offset: call.offset,
+            });
+        }
+        let id = match kfuncs.iter().find(|(k, _)| *k == kfunc) {
+            Some(&(_, id)) => id,
+            None => {
+                let id = vmlinux.and_then(|btf| function_id(btf, kfunc));
+                kfuncs.push((kfunc, id));
+                id
+            }
+        };
+        patches.push((at, id));
     }
     if patches.is_empty() {
         return Ok(Linked {
@@ -153,27 +175,11 @@ mod tests {
     /// Every instruction the kfunc relocations point at, as (section, byte offset, bytes).
     fn kfunc_calls(elf: &[u8]) -> Vec<(String, u64, [u8; 8])> {
         let file = object::File::parse(elf).unwrap();
-        let mut calls = Vec::new();
-        for section in file.sections() {
-            let Some((start, _)) = section.file_range() else {
-                continue;
-            };
-            for (offset, relocation) in section.relocations() {
-                let RelocationTarget::Symbol(index) = relocation.target() else {
-                    continue;
-                };
-                let symbol = file.symbol_by_index(index).unwrap();
-                if symbol.is_undefined() && KFUNCS.iter().any(|(k, _)| Ok(*k) == symbol.name()) {
-                    let at = (start + offset) as usize;
-                    calls.push((
-                        section.name().unwrap().to_string(),
-                        offset,
-                        elf[at..at + 8].try_into().unwrap(),
-                    ));
-                }
-            }
-        }
-        calls
+        extern_calls(&file)
+            .into_iter()
+            .filter(|c| KFUNCS.iter().any(|(k, _)| *k == c.name))
+            .map(|c| (c.section, c.offset, elf[c.at..c.at + 8].try_into().unwrap()))
+            .collect()
     }
 
     #[test]
