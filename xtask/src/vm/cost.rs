@@ -9,7 +9,7 @@ use std::{fs, path::Path};
 use anyhow::Context;
 
 use super::{
-    PROBE_COST, build_initramfs, fetch_kernel, kernels::KERNELS, qemu::boot_retrying_tcg_int3,
+    PROBE_COST, build_initramfs, fetch_kernel, kernels::KERNELS, qemu::boot_retrying_tcg_patching,
 };
 use crate::{
     cmd::{heading, workspace_root},
@@ -37,7 +37,8 @@ pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
     {
         let extracted = fetch_kernel(&work, line)?;
         let initramfs = build_initramfs(&work, line, &extracted, &bufscope)?;
-        let guest = boot_retrying_tcg_int3(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
+        let guest =
+            boot_retrying_tcg_patching(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
         let runs = read_runs(&guest.dir)
             .with_context(|| format!("{} {}: reading the runs", line.name, PROBE_COST.0))?;
         print_table(line.name, &guest.release, &runs);

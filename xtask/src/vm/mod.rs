@@ -25,7 +25,7 @@ use crate::{
 use checks::{Hotspot, NO_SLEEP_SCENARIO, Outcome, check_results};
 use initramfs::build_initramfs;
 use kernels::{KERNELS, KernelLine, fetch_kernel};
-use qemu::boot_retrying_tcg_int3;
+use qemu::boot_retrying_tcg_patching;
 
 pub use cost::probe_cost;
 
@@ -256,7 +256,7 @@ fn run_scenario(
     bufscope: &Path,
     keep: bool,
 ) -> anyhow::Result<Outcome> {
-    let guest = boot_retrying_tcg_int3(work, line.name, extracted, initramfs, scenario)?;
+    let guest = boot_retrying_tcg_patching(work, line.name, extracted, initramfs, scenario)?;
     let outcome = check_results(
         line.name,
         scenario,

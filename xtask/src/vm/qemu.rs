@@ -1,5 +1,5 @@
 //! Booting one kernel with one scenario under qemu with TCG (KVM does not work on these machines):
-//! the console watched for the guest's markers, the results unpacked, TCG's int3 hazard retried.
+//! the console watched for the guest's markers, the results unpacked, TCG's text-patching hazards retried.
 
 use std::{
     fs,
@@ -29,25 +29,42 @@ pub struct GuestResults {
     pub disk: PathBuf,
 }
 
-/// The guest died of an int3 Oops: under multi-threaded TCG a vCPU can run code another vCPU
-/// is live-patching (static keys, kprobes and tracepoints arm through int3) from a stale
-/// translation, a known hazard of TCG with cross-modifying code, not a kernel or bufscope fault.
+/// The guest died of a known hazard of multi-threaded TCG with cross-modifying code, not a
+/// kernel or bufscope fault: static keys, kprobes, tracepoints and BPF trampolines are armed by
+/// live-patching kernel text through int3 (text_poke_bp), and a vCPU may run the patched code
+/// from a stale translation.
 #[derive(Debug)]
-struct TcgInt3;
+enum TcgPatching {
+    /// A vCPU hit the temporary int3 after the patcher had already retired it: an int3 Oops.
+    Int3Oops,
+    /// The patcher waited for ever for the other vCPUs to acknowledge its sync IPI: the watchdog
+    /// saw a soft lockup with text_poke in the stuck CPU's stack (seen once in CI on 6.1
+    /// verity-nosleep, 4 vCPUs: 500 s in smp_call_function_many_cond under text_poke_bp_batch
+    /// while arming a kprobe on dm_bufio).
+    StuckInTextPoke,
+}
 
-impl std::fmt::Display for TcgInt3 {
+impl std::fmt::Display for TcgPatching {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the guest died of an int3 Oops (TCG running half-patched kernel code)"
-        )
+        match self {
+            TcgPatching::Int3Oops => write!(
+                f,
+                "the guest died of an int3 Oops (TCG running half-patched kernel code)"
+            ),
+            TcgPatching::StuckInTextPoke => write!(
+                f,
+                "the guest's kernel text patching never finished (soft lockup in text_poke: \
+                 TCG did not let a vCPU acknowledge the patcher's sync IPI)"
+            ),
+        }
     }
 }
 
-impl std::error::Error for TcgInt3 {}
+impl std::error::Error for TcgPatching {}
 
-/// Boots, and boots again (at most twice more) only when the guest died of [`TcgInt3`].
-pub fn boot_retrying_tcg_int3(
+/// Boots, and boots again (at most twice more) only when the guest died of [`TcgPatching`].
+/// Each failed attempt's console is kept beside the run as `console.attemptN.log`.
+pub fn boot_retrying_tcg_patching(
     work: &Path,
     kernel: &str,
     extracted: &Path,
@@ -57,14 +74,62 @@ pub fn boot_retrying_tcg_int3(
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         match boot(work, kernel, extracted, initramfs, scenario) {
-            Err(e) if e.is::<TcgInt3>() && attempt < ATTEMPTS => heading(
-                "vm-test",
-                &format!("{kernel} {scenario}: {e}; booting again ({attempt}/{ATTEMPTS})"),
-            ),
+            Err(e) if e.is::<TcgPatching>() && attempt < ATTEMPTS => {
+                let console = work.join(format!("run-{kernel}-{scenario}/console.log"));
+                let kept = work.join(format!("console-{kernel}-{scenario}.attempt{attempt}.log"));
+                let _ = fs::rename(&console, &kept);
+                heading(
+                    "vm-test",
+                    &format!(
+                        "{kernel} {scenario}: {e}; booting again ({attempt}/{ATTEMPTS}); \
+                         its console is in {}",
+                        kept.display()
+                    ),
+                )
+            }
             result => return result,
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// What the console says about a guest that stopped without finishing: reads the lines in
+/// order and remembers a soft lockup and whether the stuck CPU was patching kernel text.
+#[derive(Debug, Default)]
+struct LockupWatch {
+    int3_oops: bool,
+    /// Inside a soft lockup report (from its "watchdog: BUG: soft lockup" line to the end of
+    /// the first call trace after it).
+    in_report: bool,
+    soft_lockup: Option<String>,
+    in_text_poke: bool,
+}
+
+impl LockupWatch {
+    fn line(&mut self, line: &str) {
+        self.int3_oops |= line.contains("Oops: int3");
+        if line.contains("BUG: soft lockup") {
+            if self.soft_lockup.is_none() {
+                self.soft_lockup = Some(line.trim().to_string());
+            }
+            self.in_report = true;
+        } else if self.in_report {
+            // text_poke_bp_batch / text_poke_finish (6.1, 6.12), smp_text_poke_batch_finish (7.x).
+            self.in_text_poke |= line.contains("text_poke");
+            self.in_report &= !line.contains("</TASK>");
+        }
+    }
+
+    /// The hazard the guest died of, if it was one.
+    fn tcg_patching(&self) -> Option<TcgPatching> {
+        if self.int3_oops {
+            Some(TcgPatching::Int3Oops)
+        } else if self.soft_lockup.is_some() && self.in_text_poke {
+            Some(TcgPatching::StuckInTextPoke)
+        } else {
+            None
+        }
+    }
 }
 
 /// vCPUs a scenario's guest gets: 2, but 4 for the no-sleep client's spinlock. An x86 queued
@@ -98,7 +163,7 @@ fn boot(
     );
     let mut qemu = Command::new("qemu-system-x86_64")
         // Multi-threaded TCG, so the vCPUs really run in parallel and locks really contend
-        // (single-threaded TCG hides most of 6.1's mutex contention). Its cost: see TcgInt3.
+        // (single-threaded TCG hides most of 6.1's mutex contention). Its cost: see TcgPatching.
         .args([
             "-accel",
             "tcg",
@@ -119,7 +184,8 @@ fn boot(
         // kept 50 % of the workload's reads instead of 71 % (probe-cost, 2026-11-28).
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=5 tsc=reliable bufscope.scenario={scenario}"
+            "console=ttyS0 panic=-1 loglevel=5 tsc=reliable softlockup_panic=1 \
+             softlockup_all_cpu_backtrace=1 bufscope.scenario={scenario}"
         ))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()))
@@ -141,7 +207,7 @@ fn boot(
     let started = Instant::now();
     let mut done_rc = None;
     let mut failures = Vec::new();
-    let mut tcg_int3 = false;
+    let mut lockups = LockupWatch::default();
     let mut release = String::new();
     loop {
         let left = BOOT_TIMEOUT.saturating_sub(started.elapsed());
@@ -161,7 +227,7 @@ fn boot(
                         .unwrap_or_default()
                         .to_string();
                 }
-                tcg_int3 |= line.contains("Oops: int3");
+                lockups.line(&line);
                 if line.contains("BUFSCOPE-FAIL") || line.contains("Kernel panic") {
                     failures.push(line);
                 }
@@ -185,8 +251,11 @@ fn boot(
             started.elapsed().as_secs_f64()
         ),
     );
-    if tcg_int3 {
-        return Err(TcgInt3.into());
+    if let Some(hazard) = lockups.tcg_patching() {
+        return Err(hazard.into());
+    }
+    if let Some(lockup) = &lockups.soft_lockup {
+        failures.push(lockup.clone());
     }
     ensure!(
         failures.is_empty(),
@@ -214,4 +283,70 @@ fn boot(
         dir: results,
         disk,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(console: &str) -> LockupWatch {
+        let mut watch = LockupWatch::default();
+        console.lines().for_each(|line| watch.line(line));
+        watch
+    }
+
+    /// The CI console of 6.1 verity-nosleep that hung (trimmed): CPU 1 arms a kprobe and waits
+    /// for the sync IPI of text_poke_bp_batch.
+    const STUCK_IN_TEXT_POKE: &str = "\
+[  544.808027] watchdog: BUG: soft lockup - CPU#1 stuck for 496s! [sh:131]
+[  544.817829] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+[  544.854924] Call Trace:
+[  544.855015]  <TASK>
+[  544.857725]  on_each_cpu_cond_mask+0x20/0x40
+[  544.857725]  text_poke_bp_batch+0xb7/0x300
+[  544.857908]  text_poke_finish+0x1b/0x30
+[  544.870997]  arm_kprobe+0xa0/0x100
+[  544.923230]  </TASK>
+";
+
+    #[test]
+    fn a_soft_lockup_in_text_poke_is_the_tcg_hazard() {
+        let watch = watch(STUCK_IN_TEXT_POKE);
+        assert!(matches!(
+            watch.tcg_patching(),
+            Some(TcgPatching::StuckInTextPoke)
+        ));
+        assert_eq!(
+            watch.soft_lockup.as_deref(),
+            Some("[  544.808027] watchdog: BUG: soft lockup - CPU#1 stuck for 496s! [sh:131]")
+        );
+    }
+
+    #[test]
+    fn a_soft_lockup_elsewhere_is_a_failure_not_retried() {
+        // text_poke in another CPU's backtrace, after the stuck CPU's trace ended, does not count.
+        let console = "\
+[  30.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:40]
+[  30.2] Call Trace:
+[  30.2]  <TASK>
+[  30.3]  queued_spin_lock_slowpath+0x40/0x1e0
+[  30.4]  dm_bufio_lock+0x10/0x20 [dm_bufio]
+[  30.5]  </TASK>
+[  30.6] NMI backtrace for cpu 1
+[  30.7]  text_poke_bp_batch+0xb7/0x300
+";
+        let watch = watch(console);
+        assert!(watch.tcg_patching().is_none());
+        assert!(watch.soft_lockup.is_some());
+    }
+
+    #[test]
+    fn an_int3_oops_is_the_tcg_hazard_and_a_clean_console_is_nothing() {
+        assert!(matches!(
+            watch("[ 12.0] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI").tcg_patching(),
+            Some(TcgPatching::Int3Oops)
+        ));
+        let clean = watch("BUFSCOPE-START scenario=thin-hotspot\nBUFSCOPE-DONE rc=0");
+        assert!(clean.tcg_patching().is_none() && clean.soft_lockup.is_none());
+    }
 }
