@@ -130,12 +130,22 @@ pub struct StackArgs {
     /// --by owner`); rwsems held by readers and spinning locks have none.
     #[arg(long)]
     pub no_owners: bool,
+    /// Take each owner's kernel stack too, where the owner is off its CPU (sleeping or
+    /// preempted while holding the lock): `report --by owner-stack` then says what the holders
+    /// were doing. Needs Linux 6.2+ (bpf_task_from_pid); costs a stack walk per wait on a
+    /// sleeping owner.
+    #[arg(long, conflicts_with = "no_owners")]
+    pub owner_stacks: bool,
 }
 
 impl StackArgs {
     /// The probes' owner setting (`ProbeConfig::owners`).
     pub fn owners(&self) -> u32 {
-        u32::from(!self.no_owners)
+        match (self.no_owners, self.owner_stacks) {
+            (true, _) => ProbeConfig::NO_OWNERS,
+            (false, true) => ProbeConfig::OWNER_STACKS,
+            (false, false) => ProbeConfig::OWNERS,
+        }
     }
 
     /// The probes' stack mode.

@@ -433,6 +433,7 @@ impl SeenReferences {
                     self.threads.see(wait.tid, wait.tgid);
                     if let Some(owner) = wait.owner.thread() {
                         self.threads.see(owner.tid, owner.tgid);
+                        self.stack_ids.extend(owner.stack_id);
                     }
                     if let Some(id) = wait.stack_id {
                         self.stack_ids.insert(id);

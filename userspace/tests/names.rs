@@ -345,3 +345,138 @@ fn locks_in_slab_objects_are_named_by_their_cache() {
         names.lock_name(pipe[0].lock_addr, pipe[0].flags)
     );
 }
+
+/// The state letter of one of this process's threads (`R`, `S`, `D`, ...), from its stat file.
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // After "pid (comm) ": the comm may hold spaces and parentheses, so from the last ')'.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Owner stacks on a holder known to sleep: each round, one thread writes a page-sized buffer
+/// to a file from a userfaultfd page, so it takes the file's i_rwsem and then sleeps in
+/// handle_userfault until the test fills the page; three more threads write to the same file
+/// meanwhile and wait on that i_rwsem. Every one of those waits must name the sleeping writer
+/// as its owner and carry its stack, through handle_userfault and the write.
+#[test]
+fn owner_stacks_say_what_a_sleeping_holder_is_doing() {
+    const ROUNDS: usize = 8;
+    const WAITERS: usize = 3;
+    let _alone = one_at_a_time();
+    if !root_or_skip("owner_stacks_say_what_a_sleeping_holder_is_doing") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owner-stacks.bftrace");
+    let target = dir.path().join("written");
+    std::fs::write(&target, b"").unwrap();
+    let me = std::process::id().to_string();
+    let path_arg = path.to_str().unwrap();
+    let (mut child, _) =
+        common::start_recording(&["--no-bufio", "--pid", &me, "--owner-stacks", "-o", path_arg]);
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        let page = Arc::new(common::userfault::SleepingPage::new().expect("userfaultfd (root)"));
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .unwrap(),
+        );
+        let (tids_tx, tids_rx) = std::sync::mpsc::channel();
+        let write_from = |buf: *const u8, len: usize, offset: i64| {
+            let file = Arc::clone(&file);
+            let tids = tids_tx.clone();
+            let buf = buf as usize;
+            thread::spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: gettid has no preconditions.
+                tids.send(unsafe { libc::gettid() }).unwrap();
+                // SAFETY: buf is valid for len bytes for the whole round (the page, or a
+                // static byte), and the fd is open.
+                let n = unsafe { libc::pwrite(file.as_raw_fd(), buf as *const _, len, offset) };
+                assert_eq!(n, len as isize, "{}", std::io::Error::last_os_error());
+            })
+        };
+        let holder = write_from(page.as_ptr(), page.len(), 0);
+        let holder_tid = tids_rx.recv().unwrap();
+        // The holder is inside its write, holding the i_rwsem, asleep on the page.
+        page.wait_for_fault().unwrap();
+        static BYTE: u8 = b'w';
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|_| write_from(&BYTE, 1, page.len() as i64))
+            .collect();
+        let waiter_tids: Vec<i32> = (0..WAITERS).map(|_| tids_rx.recv().unwrap()).collect();
+        // Each waiter is asleep on the i_rwsem (uninterruptibly) before the holder lets go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for &tid in &waiter_tids {
+            while thread_state(tid) != Some('D') {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: writer {tid} never blocked ({:?})",
+                    thread_state(tid)
+                );
+                thread::yield_now();
+            }
+        }
+        page.fill(round as u8).unwrap();
+        holder.join().unwrap();
+        waiters.into_iter().for_each(|w| w.join().unwrap());
+        rounds.push((holder_tid as u32, waiter_tids));
+    }
+    // SAFETY: kill with a child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+
+    let (waits, names) = read(&path);
+    let mut checked = 0;
+    for (holder, waiter_tids) in &rounds {
+        let theirs: Vec<&LockWait> = waits
+            .iter()
+            .filter(|w| waiter_tids.contains(&(w.tid as i32)))
+            .filter(|w| w.owner.thread().is_some_and(|o| o.tid == *holder))
+            .collect();
+        assert_eq!(
+            theirs.len(),
+            WAITERS,
+            "waits of {waiter_tids:?} held by {holder}: {theirs:#?}"
+        );
+        for w in theirs {
+            let owner = w.owner.thread().unwrap();
+            let frames = owner
+                .stack_id
+                .and_then(|id| names.stack(id))
+                .unwrap_or_else(|| panic!("no owner stack on {w:#?}"));
+            assert!(
+                frames.iter().any(|f| f.starts_with("handle_userfault"))
+                    && frames.iter().any(|f| f.contains("write")),
+                "the holder sleeps in handle_userfault inside a write: {frames:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ROUNDS * WAITERS);
+    // The report says what the holders were doing, with exactly these waits.
+    let report = bufscope()
+        .args(["report", "--by", "owner-stack", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let rows = report["rows"].as_array().expect("rows");
+    let in_userfault: u64 = rows
+        .iter()
+        .filter(|r| {
+            r["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("handle_userfault"))
+        })
+        .map(|r| r["contended"].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_userfault, (ROUNDS * WAITERS) as u64, "rows: {rows:#?}");
+}

@@ -89,8 +89,9 @@ pub struct ProbeConfig {
     /// only those it marks [`process::KEEP`](crate::process::KEEP). dm-bufio operations are
     /// kept from every process: a model needs all of them to know what the cache holds.
     pub processes: u32,
-    /// 1: read a contended mutex's or writer-held rwsem's owner at contention_begin (its ids and
-    /// the dm-bufio operation it is in); 0: no owners.
+    /// [`ProbeConfig::OWNERS`]: read a contended mutex's or writer-held rwsem's owner at
+    /// contention_begin (its ids and the dm-bufio operation it is in);
+    /// [`ProbeConfig::OWNER_STACKS`]: its kernel stack too; [`ProbeConfig::NO_OWNERS`]: none.
     pub owners: u32,
     /// Only waits on locks of these types: bit [`LockFlags::type_index`](crate::LockFlags::type_index)
     /// per type; 0 for every type. A left-out type's begin returns at once (counted as
@@ -118,6 +119,14 @@ impl ProbeConfig {
     /// A stack walked for every wait.
     pub const STACKS_EVERY_WAIT: u32 = 2;
 
+    /// No owners read.
+    pub const NO_OWNERS: u32 = 0;
+    /// The owner's ids and dm-bufio operation.
+    pub const OWNERS: u32 = 1;
+    /// The owner's ids, dm-bufio operation and kernel stack (bpf_task_from_pid, Linux 6.2+, and
+    /// bpf_get_task_stack; tp_btf programs only).
+    pub const OWNER_STACKS: u32 = 2;
+
     /// Every process's waits but the ignored ones.
     pub const ALL_PROCESSES: u32 = 0;
     /// Only the listed processes' waits.
@@ -127,7 +136,7 @@ impl ProbeConfig {
         stream_events: 1,
         stacks: Self::STACKS_REUSED,
         processes: Self::ALL_PROCESSES,
-        owners: 1,
+        owners: Self::OWNERS,
         lock_types: 0,
         slab_names: 0,
     };

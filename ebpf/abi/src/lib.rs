@@ -16,8 +16,8 @@ pub use bufio::{
     WaitHist, WaitHistKey, op, result,
 };
 pub use lock::{
-    LockClass, LockFlags, LockWaitEvent, SlabName, TaskOffsets, ThinOffsets, TracepointOffsets,
-    owner,
+    LockClass, LockFlags, LockWaitEvent, OwnerStack, SlabName, TaskOffsets, ThinOffsets,
+    TracepointOffsets, owner,
 };
 pub use stats::Counter;
 
@@ -86,6 +86,8 @@ pub mod names {
     pub const LOCK_CLASSES_MAP: &str = "LOCK_CLASSES";
     /// LRU hash of [`SlabName`](crate::SlabName) by lock address.
     pub const SLAB_LOCKS_MAP: &str = "SLAB_LOCKS";
+    /// Hash of [`OwnerStack`](crate::OwnerStack) by [`OwnerStack::hash`](crate::OwnerStack::hash).
+    pub const OWNER_STACKS_MAP: &str = "OWNER_STACKS";
     /// Global [`BufioOffsets`](crate::BufioOffsets).
     pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
     /// The one return program, attached to every operation function as a kretprobe.

@@ -42,6 +42,12 @@ pub struct LockWaitEvent {
     pub owner_tgid: u32,
     /// ...and the dm-bufio operation ([`crate::op`]) it was inside, 0 for none.
     pub owner_op: u32,
+    /// The owner's kernel stack at contention_begin: its key in the `OWNER_STACKS` map
+    /// ([`OwnerStack::hash`]), 0 for none (owner stacks off, or none taken: see
+    /// `Counter::OwnerStackNone`).
+    pub owner_stack: u32,
+    /// Zero: keeps the size a multiple of 8 without a hidden hole.
+    pub _pad: u32,
 }
 
 /// Values of [`LockWaitEvent::owner_state`]: what a mutex's or rwsem's owner word said when a
@@ -59,12 +65,57 @@ pub mod owner {
 }
 assert_layout!(
     LockWaitEvent,
-    size = 80,
+    size = 88,
     align = 8,
     fields = [
-        u32, u32, u32, u32, u32, i32, u64, u64, u64, u64, i32, u32, u32, u32, u32, u32
+        u32, u32, u32, u32, u32, i32, u64, u64, u64, u64, i32, u32, u32, u32, u32, u32, u32, u32
     ]
 );
+
+/// A lock owner's kernel stack (innermost frame first), taken with bpf_get_task_stack at a
+/// waiter's contention_begin, kept in the `OWNER_STACKS` map under [`OwnerStack::hash`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerStack {
+    /// Return addresses; only the first `len` are meaningful.
+    pub frames: [u64; OwnerStack::DEPTH],
+    pub len: u32,
+    pub _pad: u32,
+}
+assert_layout!(
+    OwnerStack,
+    size = 208,
+    align = 8,
+    fields = [[u64; OwnerStack::DEPTH], u32, u32]
+);
+
+impl OwnerStack {
+    /// Frames kept. A sleeping owner's stack starts with 4–8 scheduler and wait frames
+    /// (`__schedule`, `schedule`, `io_schedule`, `folio_wait_bit_common`, ...) before what it
+    /// was doing, so this keeps more than perf's 8 frames of a waiter.
+    pub const DEPTH: usize = 25;
+    /// Set in every [`OwnerStack::hash`].
+    pub const KEY_BIT: u32 = 1 << 31;
+
+    /// The map key of `frames[..len]`: FNV-1a over the frames, folded to 31 bits, with the top
+    /// bit set. So it is never 0 (which says "no stack" in [`LockWaitEvent::owner_stack`]), and
+    /// it never equals an id of the `STACKS` map (all below its size), so owner stacks and
+    /// waiters' stacks share one id space in trace files.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < Self::DEPTH {
+            if i as u32 >= self.len {
+                break;
+            }
+            h = (h ^ self.frames[i]).wrapping_mul(PRIME);
+            i += 1;
+        }
+        ((h ^ (h >> 32)) as u32) | Self::KEY_BIT
+    }
+}
 
 /// Byte offsets of the fields the classic tracepoint programs read, taken at start-up from
 /// `events/lock/contention_{begin,end}/format` in tracefs rather than hard-coded.
@@ -363,6 +414,8 @@ mod user {
     unsafe impl aya::Pod for super::SlabName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ThinOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnerStack {}
 }
 
 #[cfg(test)]
@@ -407,5 +460,27 @@ mod tests {
         assert!(!LockFlags(LockFlags::SPIN | LockFlags::MUTEX).is_pure_spin());
         assert!(!LockFlags(LockFlags::MUTEX).is_pure_spin());
         assert!(!LockFlags(LockFlags::READ).is_pure_spin());
+    }
+
+    #[test]
+    fn owner_stack_hash_covers_only_the_frames_in_use_and_is_never_zero() {
+        let mut a = OwnerStack {
+            frames: [0; OwnerStack::DEPTH],
+            len: 3,
+            _pad: 0,
+        };
+        a.frames[..3].copy_from_slice(&[0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020, 7]);
+        let mut b = a;
+        b.frames[5] = 0xdead; // beyond len: not part of the stack
+        assert_eq!(a.hash(), b.hash());
+        b.frames[2] = 8;
+        assert_ne!(a.hash(), b.hash());
+        let empty = OwnerStack {
+            frames: [0; OwnerStack::DEPTH],
+            len: 0,
+            _pad: 0,
+        };
+        assert_ne!(empty.hash(), 0);
+        assert!(a.hash() & OwnerStack::KEY_BIT != 0 && empty.hash() & OwnerStack::KEY_BIT != 0);
     }
 }

@@ -66,11 +66,18 @@ pub enum Counter {
     /// let the program read, or an offset that does not fit this kernel): what it would have
     /// told (a lock's owner) is unknown for that wait.
     FieldReadFailed,
+    /// Owner stacks asked for (`--owner-stacks`) but none taken: the owner was running on a CPU
+    /// (the kernel's unwinder does not walk a stack that is in use), had exited, or the kernel
+    /// has no bpf_task_from_pid.
+    OwnerStackNone,
+    /// An owner stack was taken but not stored: its map was full, or another stack had the same
+    /// hash (told apart by comparing frames, never mixed up).
+    OwnerStackLost,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 25;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -96,6 +103,8 @@ impl Counter {
         Counter::Filtered,
         Counter::WaitOpStale,
         Counter::FieldReadFailed,
+        Counter::OwnerStackNone,
+        Counter::OwnerStackLost,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -133,6 +142,8 @@ impl Counter {
             Counter::Filtered => "filtered",
             Counter::WaitOpStale => "wait_op_stale",
             Counter::FieldReadFailed => "field_read_failed",
+            Counter::OwnerStackNone => "owner_stack_none",
+            Counter::OwnerStackLost => "owner_stack_lost",
         }
     }
 }

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::task_struct,
     bindings::{BPF_F_FAST_STACK_CMP, BPF_NOEXIST},
-    helpers::bpf_probe_read_kernel_str_bytes,
+    helpers::{bpf_get_task_stack, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
-    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, ProbeConfig,
+    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, OwnerStack, ProbeConfig,
     STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets, WaitHist, WaitHistKey, owner,
     process,
 };
@@ -17,8 +18,8 @@ use bufscope_abi::{
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, current,
     maps::{
-        EVENTS, LOCK_CLASSES, OPS, PENDING_BY_TID, PENDING_SPIN, PROCESSES, RQ_LOCK, SLAB_LOCKS,
-        STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
+        EVENTS, LOCK_CLASSES, OPS, OWNER_STACK_SCRATCH, OWNER_STACKS, PENDING_BY_TID, PENDING_SPIN,
+        PROCESSES, RQ_LOCK, SLAB_LOCKS, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
     },
     notes::count_noted,
 };
@@ -41,6 +42,8 @@ pub(crate) struct PendingWait {
     owner_tid: u32,
     owner_tgid: u32,
     owner_op: u32,
+    /// The owner's stack in `OWNER_STACKS`, 0 for none.
+    owner_stack: u32,
 }
 
 /// Whose stack a [`CachedStack`] is: a thread's waits on one lock inside one operation (the
@@ -161,6 +164,7 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
         owner_tid: 0,
         owner_tgid: 0,
         owner_op: 0,
+        owner_stack: 0,
     };
     // SAFETY: only this thread writes its own key.
     if let Some(frame) =
@@ -169,8 +173,11 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
         wait.op = frame.op;
         wait.op_client = frame.client;
     }
-    if config.owners != 0 {
+    if config.owners != ProbeConfig::NO_OWNERS {
         read_owner(lock_addr, flags, &mut wait);
+        if config.owners == ProbeConfig::OWNER_STACKS && wait.owner_state == owner::THREAD {
+            wait.owner_stack = owner_stack(wait.owner_tid);
+        }
     }
     match config.stacks {
         ProbeConfig::NO_STACKS => {}
@@ -260,6 +267,66 @@ fn read_owner(lock_addr: u64, flags: u32, wait: &mut PendingWait) {
         && stack.depth > 0
     {
         wait.owner_op = stack.frames[0].op;
+    }
+}
+
+unsafe extern "C" {
+    /// kfunc (Linux 6.2+): the task with this (init namespace) thread id, with a reference
+    /// taken, or NULL. Linked like [`bpf_get_kmem_cache`]; NULL where the kernel lacks it.
+    fn bpf_task_from_pid(pid: i32) -> *mut task_struct;
+    /// kfunc (Linux 6.2+): drops the reference [`bpf_task_from_pid`] took.
+    fn bpf_task_release(task: *mut task_struct);
+}
+
+/// The owner's kernel stack, stored in `OWNER_STACKS`; its key, or 0 when none was taken or
+/// stored (counted). The unwinder walks only a task that is off its CPU (a sleeping or
+/// preempted owner: the case where "what is the holder doing" has an answer); a running
+/// owner's stack comes back empty. Runs before the wait's start is taken, like the rest.
+#[inline(always)]
+fn owner_stack(owner_tid: u32) -> u32 {
+    let Some(stack) = OWNER_STACK_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let stack = unsafe { &mut *stack };
+    // SAFETY: a kfunc taking any id; the reference it returns is released below on every path.
+    let task = unsafe { bpf_task_from_pid(owner_tid as i32) };
+    if task.is_null() {
+        count(Counter::OwnerStackNone);
+        return 0;
+    }
+    // SAFETY: a trusted task pointer (the kfunc's reference); the helper writes at most the
+    // buffer's size into the per-CPU scratch.
+    let bytes = unsafe {
+        bpf_get_task_stack(
+            task,
+            stack.frames.as_mut_ptr().cast(),
+            core::mem::size_of_val(&stack.frames) as u32,
+            0,
+        )
+    };
+    // SAFETY: the reference bpf_task_from_pid took.
+    unsafe { bpf_task_release(task) };
+    if bytes <= 0 {
+        count(Counter::OwnerStackNone);
+        return 0;
+    }
+    stack.len = (bytes as u32 / 8).min(OwnerStack::DEPTH as u32);
+    let key = stack.hash();
+    if OWNER_STACKS
+        .insert(key, *stack, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return key;
+    }
+    // Already there: the same stack seen before, or another with the same hash.
+    // SAFETY: a plain read of a value never changed once inserted.
+    match unsafe { OWNER_STACKS.get(key) } {
+        Some(stored) if stored.len == stack.len && stored.frames == stack.frames => key,
+        _ => {
+            count_noted(Counter::OwnerStackLost);
+            0
+        }
     }
 }
 
@@ -514,6 +581,8 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         owner_tid: wait.owner_tid,
         owner_tgid: wait.owner_tgid,
         owner_op: wait.owner_op,
+        owner_stack: wait.owner_stack,
+        _pad: 0,
     });
     entry.submit(0);
     count(Counter::Submitted);

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bufscope_abi::{
-    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, SlabName, WaitHist, WaitHistKey,
+    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, SlabName, WaitHist,
+    WaitHistKey,
 };
 
 use crate::{
@@ -88,6 +89,18 @@ pub(crate) static LOCK_CLASSES: LruHashMap<u64, LockClass> = LruHashMap::with_ma
 /// where the kernel has bpf_get_kmem_cache; read by user space to name the locks ("&dentry").
 #[map]
 pub(crate) static SLAB_LOCKS: LruHashMap<u64, SlabName> = LruHashMap::with_max_entries(4096, 0);
+
+/// Lock owners' kernel stacks (`--owner-stacks`), by [`OwnerStack::hash`]: written by
+/// contention_begin, read by user space for the waits that name them. Never evicted: a full map
+/// loses new stacks (counted as `owner_stack_lost`), never one a recorded wait points to.
+#[map]
+pub(crate) static OWNER_STACKS: HashMap<u32, OwnerStack> = HashMap::with_max_entries(8192, 0);
+
+/// Where contention_begin builds an owner stack: 208 bytes do not fit on the BPF stack beside
+/// the rest. In-kernel only.
+#[map]
+pub(crate) static OWNER_STACK_SCRATCH: PerCpuArray<OwnerStack> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's runqueue lock address, found once from the running task's runqueue (see
 /// `contention::classify`); 0 until then. In-kernel only.

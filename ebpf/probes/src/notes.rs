@@ -56,6 +56,11 @@ pub(crate) fn count_noted(counter: Counter) {
             "a read at a BTF field offset failed on CPU {}: that wait's owner is unknown (field_read_failed)",
             cpu
         ),
+        Counter::OwnerStackLost => info!(
+            &(),
+            "an owner stack was not stored on CPU {}: its map is full or another stack has its hash (owner_stack_lost)",
+            cpu
+        ),
         _ => {}
     }
 }

@@ -205,6 +205,25 @@ impl Names {
         Some(self.frame_name(*caller))
     }
 
+    /// What a lock owner was doing, from its stack: the first three frames past the scheduler
+    /// and lock code it sleeps in, innermost first ("folio_wait_bit_common ← ... ← ..."). `None`
+    /// for an unknown id.
+    pub fn doing(&self, id: u32) -> Option<String> {
+        let frames = self.stacks.get(&id)?;
+        let in_lock = |a: &&u64| self.symbols.get(*a).is_some_and(|s| s.lock_text);
+        let doing: Vec<String> = frames
+            .iter()
+            .skip_while(in_lock)
+            .take(3)
+            .map(|&a| self.frame_name(a))
+            .collect();
+        Some(if doing.is_empty() {
+            "(scheduler and lock code only)".to_string()
+        } else {
+            doing.join(" ← ")
+        })
+    }
+
     /// The stack as perf shows it: from the lock function on, without the tracepoint and BPF
     /// frames above it. `None` for an unknown id.
     pub fn lock_stack(&self, id: u32) -> Option<Vec<String>> {

@@ -142,6 +142,7 @@ pub fn build(
         GroupBy::Caller => return Err(OpLatencyError::Grouping { by: "caller" }),
         GroupBy::Type => return Err(OpLatencyError::Grouping { by: "type" }),
         GroupBy::Owner => return Err(OpLatencyError::Grouping { by: "owner" }),
+        GroupBy::OwnerStack => return Err(OpLatencyError::Grouping { by: "owner-stack" }),
         GroupBy::Cgroup => return Err(OpLatencyError::Grouping { by: "cgroup" }),
     };
     if sort == SortKey::Type {

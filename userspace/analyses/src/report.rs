@@ -34,6 +34,9 @@ pub enum GroupBy {
     /// Who held the lock when the wait began, and the dm-bufio operation it was in (mutexes
     /// and writer-held rwsems; perf lock contention -o).
     Owner,
+    /// What the owner was doing: its kernel stack's first frames past the scheduler and lock
+    /// code (`record --owner-stacks`); with `--stacks`, the owners' whole stacks.
+    OwnerStack,
     /// The waiter's cgroup (v2 path), where the trace names its threads' cgroups.
     Cgroup,
 }
@@ -247,6 +250,13 @@ fn row_name(trace: &TraceData, by: GroupBy, w: &LockWait) -> String {
             (None, None) => "(no dm-bufio client)".to_string(),
         },
         GroupBy::Owner => trace.names.owner_name(&w.owner),
+        GroupBy::OwnerStack => match w.owner.thread().and_then(|o| o.stack_id) {
+            Some(id) => trace
+                .names
+                .doing(id)
+                .unwrap_or_else(|| format!("(owner stack {id:#x} not in the file)")),
+            None => "(no owner stack)".to_string(),
+        },
         GroupBy::Cgroup => trace
             .names
             .thread_cgroup(w.tid)
@@ -282,7 +292,12 @@ pub fn build(
         acc.waits.push(w.wait_ns);
         *acc.types.entry(LockFlags(w.flags).type_name()).or_default() += 1;
         if stacks > 0 {
-            let s = acc.stacks.entry(w.stack_id).or_default();
+            // Grouped by what the owners did, a row's stacks are the owners'.
+            let stack = match by {
+                GroupBy::OwnerStack => w.owner.thread().and_then(|o| o.stack_id),
+                _ => w.stack_id,
+            };
+            let s = acc.stacks.entry(stack).or_default();
             s.0 += 1;
             s.1 += w.wait_ns;
         }
@@ -488,6 +503,7 @@ mod tests {
             tid: 812,
             tgid: 2,
             op: Some(OpKind::WriteDirty),
+            stack_id: None,
         };
         // The mutex waits: 60 held by the named dirtier inside write_dirty_buffers, 30 by an
         // unnamed thread outside dm-bufio, 11 found free; the spinlock keeps no owner.
@@ -498,6 +514,7 @@ mod tests {
                     tid: 99,
                     tgid: 99,
                     op: None,
+                    stack_id: None,
                 }),
                 _ => LockOwner::Free,
             };

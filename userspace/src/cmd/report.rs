@@ -203,6 +203,7 @@ fn grouping(by: GroupBy) -> &'static str {
         GroupBy::Type => "lock type",
         GroupBy::Client => "dm-bufio client",
         GroupBy::Owner => "lock owner",
+        GroupBy::OwnerStack => "what the owner was doing",
         GroupBy::Cgroup => "cgroup",
     }
 }

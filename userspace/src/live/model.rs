@@ -913,11 +913,21 @@ impl Model {
         let mut callers: Vec<(String, u64)> = callers.into_iter().collect();
         callers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         callers.truncate(TOP_CALLERS);
-        let mut holders: Vec<(String, u64)> = s
-            .owners
-            .iter()
-            .map(|(owner, count)| (self.names.owner_name(owner), count.waits))
-            .collect();
+        // A holder seen with several stacks (`--owner-stacks`) is one row per thing it did.
+        let mut holders: HashMap<String, u64> = HashMap::new();
+        for (owner, count) in &s.owners {
+            let mut name = self.names.owner_name(owner);
+            if let Some(doing) = owner
+                .thread()
+                .and_then(|o| o.stack_id)
+                .and_then(|id| self.names.doing(id))
+            {
+                name.push_str(": ");
+                name.push_str(&doing);
+            }
+            *holders.entry(name).or_default() += count.waits;
+        }
+        let mut holders: Vec<(String, u64)> = holders.into_iter().collect();
         holders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         holders.truncate(TOP_CALLERS);
         let mut cgroups: HashMap<&str, u64> = HashMap::new();
@@ -973,13 +983,16 @@ impl Model {
         stacks
     }
 
-    /// Stack ids the names do not know yet (the live runner reads and symbolizes them).
+    /// Stack ids the names do not know yet, waiters' and owners' (the live runner reads and
+    /// symbolizes them).
     pub fn unnamed_stacks(&self) -> HashSet<u32> {
         self.locks
             .values()
-            .flat_map(|s| s.stacks.keys())
-            .filter(|id| self.names.stack(**id).is_none())
-            .copied()
+            .flat_map(|s| {
+                let owners = s.owners.keys().filter_map(|o| o.thread()?.stack_id);
+                s.stacks.keys().copied().chain(owners)
+            })
+            .filter(|id| self.names.stack(*id).is_none())
             .collect()
     }
 
@@ -1141,5 +1154,57 @@ mod tests {
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
         assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+    }
+
+    /// With `--owner-stacks`, a holder is listed once per thing it was doing, named from its
+    /// stack once the runner has read it; until then the stack is among those still to read.
+    #[test]
+    fn holders_say_what_they_were_doing_once_their_stacks_are_read() {
+        use bufscope_trace::{LockOwner, LockWait, Owner, Symbol};
+        let mut m = live_model(&[]);
+        let holder = |stack_id| {
+            LockOwner::Thread(Owner {
+                tid: 7,
+                tgid: 7,
+                op: None,
+                stack_id,
+            })
+        };
+        let wait = |owner| LockWait {
+            lock_addr: 0xffff_8880_0000_1000,
+            flags: bufscope_abi::LockFlags::WRITE,
+            wait_ns: 1_000,
+            tid: 9,
+            owner,
+            ..LockWait::default()
+        };
+        for _ in 0..3 {
+            m.add_wait(&wait(holder(Some(0x8000_0001))));
+        }
+        m.add_wait(&wait(holder(None)));
+        assert_eq!(m.unnamed_stacks(), HashSet::from([0x8000_0001]));
+        m.add_metadata(&Metadata::Stack {
+            id: 0x8000_0001,
+            frames: vec![0x10, 0x20],
+        });
+        let sym = |addr, name: &str| Symbol {
+            addr,
+            name: name.into(),
+            module: None,
+            lock_text: false,
+        };
+        m.add_metadata(&Metadata::Symbols {
+            symbols: vec![sym(0x10, "handle_userfault"), sym(0x20, "vfs_write")],
+        });
+        assert!(m.unnamed_stacks().is_empty());
+        m.tick(1.0, LockSort::Total, "");
+        let row = &m.lock_rows[0];
+        assert_eq!(
+            row.holders,
+            vec![
+                ("7: handle_userfault ← vfs_write".to_string(), 3),
+                ("7".to_string(), 1)
+            ]
+        );
     }
 }

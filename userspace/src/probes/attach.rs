@@ -280,8 +280,8 @@ impl LockProbes {
         Self::attach_tp_btf_with(options, offsets, true).or_else(|with_kfuncs| {
             let mut probes = Self::attach_tp_btf_with(options, offsets, false)?;
             probes.notes.push(format!(
-                "locks in slab objects are not named: the kernel refused its own functions' \
-                 calls ({})",
+                "locks in slab objects are not named and owner stacks are not taken: the kernel \
+                 refused its own functions' calls ({})",
                 with_kfuncs.with_cause()
             ));
             Ok(probes)
@@ -293,7 +293,7 @@ impl LockProbes {
         offsets: &Offsets,
         kfuncs: bool,
     ) -> Result<Self, ProbeError> {
-        let mut ebpf = load(TracepointOffsets::USUAL, options, offsets, kfuncs)?;
+        let (mut ebpf, notes) = load(TracepointOffsets::USUAL, options, offsets, kfuncs)?;
         let processes = process_map(&mut ebpf, &options.processes)?;
         let btf = Btf::from_sys_fs()?;
         for (program, event) in [
@@ -306,7 +306,7 @@ impl LockProbes {
             p.load(event, &btf).map_err(wrap)?;
             p.attach().map_err(wrap)?;
         }
-        Self::new(ebpf, AttachedAs::TpBtf, Vec::new(), processes)
+        Self::new(ebpf, AttachedAs::TpBtf, notes, processes)
     }
 
     fn attach_tracepoint(options: &AttachOptions, offsets: &Offsets) -> Result<Self, ProbeError> {
@@ -317,7 +317,8 @@ impl LockProbes {
         }
         let tp_offsets = tracepoint_format::lock_contention_offsets(tracefs.path())?;
         // Classic tracepoint programs may not call the kfuncs: each call returns nothing.
-        let mut ebpf = load(tp_offsets, options, offsets, false)?;
+        let (mut ebpf, load_notes) = load(tp_offsets, options, offsets, false)?;
+        notes.extend(load_notes);
         let processes = process_map(&mut ebpf, &options.processes)?;
         for (program, event) in [
             (names::BEGIN_TP_PROGRAM, "contention_begin"),
@@ -368,6 +369,9 @@ impl LockProbes {
                 .map_err(map_error(names::LOCK_CLASSES_MAP))?;
         let slab_locks = aya::maps::HashMap::try_from(take_map(&mut ebpf, names::SLAB_LOCKS_MAP)?)
             .map_err(map_error(names::SLAB_LOCKS_MAP))?;
+        let owner_stacks =
+            aya::maps::HashMap::try_from(take_map(&mut ebpf, names::OWNER_STACKS_MAP)?)
+                .map_err(map_error(names::OWNER_STACKS_MAP))?;
         Ok(Self {
             ebpf: Some(ebpf),
             mode,
@@ -386,6 +390,7 @@ impl LockProbes {
             processes,
             kernel_notes,
             slab_locks,
+            owner_stacks,
             lock_classes,
         })
     }
@@ -764,32 +769,49 @@ struct Offsets {
 }
 
 /// Loads the object with its globals set; with `kfuncs`, its kernel-function calls linked to
-/// those this kernel has (else each call returns nothing, see [`kfunc`]).
+/// those this kernel has (else each call returns nothing, see [`kfunc`]). Also returns notes on
+/// what was asked for and cannot be had here (owner stacks without bpf_task_from_pid).
 fn load(
     tp_offsets: TracepointOffsets,
     options: &AttachOptions,
     offsets: &Offsets,
     kfuncs: bool,
-) -> Result<Ebpf, ProbeError> {
+) -> Result<(Ebpf, Vec<String>), ProbeError> {
     let vmlinux = kfuncs
         .then(|| btf_rs::Btf::from_file(crate::kernel::bufio::VMLINUX_BTF).ok())
         .flatten();
     let linked = kfunc::link_kfuncs(EBPF_OBJECT, vmlinux.as_ref())?;
     let slab_names =
         linked.has("bpf_get_kmem_cache") && offsets.task.kmem_cache_name != TaskOffsets::ABSENT;
+    let mut notes = Vec::new();
+    let mut owners = options.config.owners;
+    if owners == ProbeConfig::OWNER_STACKS && !linked.has("bpf_task_from_pid") {
+        owners = ProbeConfig::OWNERS;
+        notes.push(if kfuncs {
+            "owner stacks are not taken: this kernel has no bpf_task_from_pid (Linux 6.2+); \
+             owners are read without them"
+                .to_string()
+        } else {
+            "owner stacks are not taken: they need the tp_btf programs and their kfunc calls; \
+             owners are read without them"
+                .to_string()
+        });
+    }
     let config = ProbeConfig {
         processes: options.processes.config_value(),
         slab_names: u32::from(slab_names),
+        owners,
         ..options.config
     };
-    Ok(EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .override_global(names::TRACEPOINT_OFFSETS_GLOBAL, &tp_offsets, true)
         .override_global(names::PROBE_CONFIG_GLOBAL, &config, true)
         .override_global(names::BUFIO_OFFSETS_GLOBAL, &offsets.bufio, true)
         .override_global(names::TASK_OFFSETS_GLOBAL, &offsets.task, true)
         .override_global(names::THIN_OFFSETS_GLOBAL, &offsets.thin, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
-        .load(&linked.object)?)
+        .load(&linked.object)?;
+    Ok((ebpf, notes))
 }
 
 /// The process filter, written to its map before any program attaches.

@@ -25,6 +25,10 @@ use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 pub const KFUNCS: &[(&str, &str)] = &[
     // The slab cache an address belongs to: names a lock inside a slab object ("&dentry").
     ("bpf_get_kmem_cache", "Linux 6.13"),
+    // A task by thread id, with a reference, and the reference's release: a lock owner's kernel
+    // stack (`--owner-stacks`).
+    ("bpf_task_from_pid", "Linux 6.2"),
+    ("bpf_task_release", "Linux 6.2"),
 ];
 
 /// BPF_JMP | BPF_CALL: the opcode of both calls.
@@ -173,23 +177,31 @@ mod tests {
     use crate::probes::attach::EBPF_OBJECT;
 
     /// Every instruction the kfunc relocations point at, as (section, byte offset, bytes).
-    fn kfunc_calls(elf: &[u8]) -> Vec<(String, u64, [u8; 8])> {
+    /// Each kfunc call in `elf`: the function, where, and the instruction.
+    fn kfunc_calls(elf: &[u8]) -> Vec<(String, String, u64, [u8; 8])> {
         let file = object::File::parse(elf).unwrap();
         extern_calls(&file)
             .into_iter()
             .filter(|c| KFUNCS.iter().any(|(k, _)| *k == c.name))
-            .map(|c| (c.section, c.offset, elf[c.at..c.at + 8].try_into().unwrap()))
+            .map(|c| {
+                let insn = elf[c.at..c.at + 8].try_into().unwrap();
+                (c.name.to_string(), c.section, c.offset, insn)
+            })
             .collect()
     }
 
     #[test]
     fn the_programs_call_kfuncs_as_bpf_linker_leaves_them() {
         let calls = kfunc_calls(EBPF_OBJECT);
-        assert!(
-            !calls.is_empty(),
-            "the contention programs call bpf_get_kmem_cache"
-        );
-        for (section, offset, insn) in &calls {
+        // Every kfunc bufscope knows is called: a name left in KFUNCS unused would be linked
+        // for nothing.
+        for (kfunc, _) in KFUNCS {
+            assert!(
+                calls.iter().any(|(name, ..)| name == kfunc),
+                "the programs call {kfunc}"
+            );
+        }
+        for (name, section, offset, insn) in &calls {
             assert_eq!(
                 (
                     insn[0],
@@ -197,7 +209,7 @@ mod tests {
                     i32::from_le_bytes(insn[4..8].try_into().unwrap())
                 ),
                 (CALL, PSEUDO_CALL << 4, -1),
-                "{section}+{offset}"
+                "{name} at {section}+{offset}"
             );
         }
     }
@@ -209,12 +221,15 @@ mod tests {
             return;
         };
         let linked = link_kfuncs(EBPF_OBJECT, Some(&vmlinux)).unwrap();
-        let expected = function_id(&vmlinux, "bpf_get_kmem_cache");
-        assert_eq!(linked.kfuncs, vec![("bpf_get_kmem_cache", expected)]);
+        let expected: Vec<(&str, Option<u32>)> = KFUNCS
+            .iter()
+            .map(|(name, _)| (*name, function_id(&vmlinux, name)))
+            .collect();
+        assert_eq!(linked.kfuncs, expected);
         let calls = kfunc_calls(&linked.object);
         assert_eq!(calls.len(), kfunc_calls(EBPF_OBJECT).len());
-        for (section, offset, insn) in calls {
-            match expected {
+        for (name, section, offset, insn) in calls {
+            match function_id(&vmlinux, &name) {
                 Some(id) => assert_eq!(
                     (
                         insn[0],
@@ -222,7 +237,7 @@ mod tests {
                         u32::from_le_bytes(insn[4..8].try_into().unwrap())
                     ),
                     (CALL, PSEUDO_KFUNC_CALL << 4, id),
-                    "{section}+{offset}"
+                    "{name} at {section}+{offset}"
                 ),
                 None => assert_eq!(insn, [MOV64_IMM, 0, 0, 0, 0, 0, 0, 0]),
             }
@@ -242,9 +257,10 @@ mod tests {
     #[test]
     fn a_kernel_without_the_kfunc_gets_a_null_result_in_its_place() {
         let linked = link_kfuncs(EBPF_OBJECT, None).unwrap();
-        assert_eq!(linked.kfuncs, vec![("bpf_get_kmem_cache", None)]);
-        assert!(!linked.has("bpf_get_kmem_cache"));
-        for (_, _, insn) in kfunc_calls(&linked.object) {
+        let none: Vec<(&str, Option<u32>)> = KFUNCS.iter().map(|(name, _)| (*name, None)).collect();
+        assert_eq!(linked.kfuncs, none);
+        assert!(KFUNCS.iter().all(|(name, _)| !linked.has(name)));
+        for (_, _, _, insn) in kfunc_calls(&linked.object) {
             assert_eq!(insn, [MOV64_IMM, 0, 0, 0, 0, 0, 0, 0]);
         }
         // aya still parses and relocates the result.

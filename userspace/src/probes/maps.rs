@@ -109,8 +109,14 @@ impl LockProbes {
         self.lock_classes.get(&addr, 0).ok()
     }
 
-    /// The kernel stack with this id, innermost frame first.
+    /// The kernel stack with this id, innermost frame first: a waiter's from the stack map, or
+    /// a lock owner's (ids with [`OwnerStack::KEY_BIT`](bufscope_abi::OwnerStack::KEY_BIT)).
     pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        if id & bufscope_abi::OwnerStack::KEY_BIT != 0 {
+            let stack = self.owner_stacks.get(&id, 0).ok()?;
+            let len = (stack.len as usize).min(stack.frames.len());
+            return Some(stack.frames[..len].to_vec());
+        }
         let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
     }

@@ -168,6 +168,8 @@ pub struct LockProbes {
     kernel_notes: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The slab cache of locks named no other way (`SLAB_LOCKS`).
     slab_locks: aya::maps::HashMap<MapData, u64, bufscope_abi::SlabName>,
+    /// Lock owners' stacks by key (`--owner-stacks`).
+    owner_stacks: aya::maps::HashMap<MapData, u32, bufscope_abi::OwnerStack>,
     /// Locks found to be a process's mmap_lock or siglock.
     lock_classes: aya::maps::HashMap<MapData, u64, bufscope_abi::LockClass>,
 }

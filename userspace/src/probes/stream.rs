@@ -162,6 +162,7 @@ fn decode(record: &[u8]) -> Option<Event> {
                         tid: e.owner_tid,
                         tgid: e.owner_tgid,
                         op: u8::try_from(e.owner_op).ok().and_then(OpKind::from_u8),
+                        stack_id: (e.owner_stack != 0).then_some(e.owner_stack),
                     }),
                     _ => LockOwner::Unknown,
                 },
@@ -232,6 +233,8 @@ mod tests {
             owner_tid: 8,
             owner_tgid: 5,
             owner_op: bufscope_abi::op::WRITE_DIRTY,
+            owner_stack: 0x8000_0042,
+            _pad: 0,
         };
         let bytes = bytes_of(&event);
         let Some(Event::LockWait(decoded)) = decode(&bytes) else {
@@ -251,7 +254,8 @@ mod tests {
             LockOwner::Thread(Owner {
                 tid: 8,
                 tgid: 5,
-                op: Some(OpKind::WriteDirty)
+                op: Some(OpKind::WriteDirty),
+                stack_id: Some(0x8000_0042),
             })
         );
         assert_eq!(decode(&bytes[..40]), None, "short record");
@@ -261,6 +265,7 @@ mod tests {
 
         let no_stack_no_op = LockWaitEvent {
             stack_id: -17,
+            owner_stack: 0,
             op: 0,
             owner_state: owner::READERS,
             ..event

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod userfault;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     path::Path,

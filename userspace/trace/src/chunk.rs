@@ -23,6 +23,9 @@
 //! (varint tid, varint tgid)` owner dictionary, `n × varint owner` (0 not known, 1 free,
 //! 2 readers, index + 3 for a thread), `n × varint owner operation` (0 for none).
 //!
+//! Layout V4 (format 1.4, record kind 8; lock waits only) appends to V3's: `n × varint owner
+//! stack` (the owner's stack id + 1, 0 for none; only a thread owner has one).
+//!
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
 //! order, so their deltas are small, and so are the block deltas of scans.
 
@@ -46,8 +49,10 @@ pub(crate) enum Layout {
     V1,
     /// Format 1.2 on (record kinds 5 and 6).
     V2,
-    /// Format 1.3 on, lock waits only (record kind 7).
+    /// Format 1.3, lock waits only (record kind 7).
     V3,
+    /// Format 1.4 on, lock waits only (record kind 8).
+    V4,
 }
 
 /// A dictionary in first-seen order, reused across chunks.
@@ -220,6 +225,18 @@ impl ChunkEncoder {
             put(
                 out,
                 e.owner.thread().and_then(|o| o.op).map_or(0, |op| op as u8),
+            );
+        }
+        if layout == Layout::V3 {
+            return;
+        }
+        for e in events {
+            put(
+                out,
+                e.owner
+                    .thread()
+                    .and_then(|o| o.stack_id)
+                    .map_or(0, |id| u64::from(id) + 1),
             );
         }
     }
@@ -434,7 +451,7 @@ pub(crate) fn decode_lock_waits(
             e.op_client = if index == 0 { 0 } else { clients[index - 1] };
         }
     }
-    if layout == Layout::V3 {
+    if matches!(layout, Layout::V3 | Layout::V4) {
         let n_owners = cur.count("owner dictionary size", raw.len() / 2)?;
         let mut owners = Vec::with_capacity(n_owners);
         for _ in 0..n_owners {
@@ -454,6 +471,7 @@ pub(crate) fn decode_lock_waits(
                         tid,
                         tgid,
                         op: None,
+                        stack_id: None,
                     })
                 }
             };
@@ -467,6 +485,25 @@ pub(crate) fn decode_lock_waits(
                 _ => {
                     return Err(format!(
                         "owner operation {op} at byte {at} of the chunk for a wait without owner"
+                    ));
+                }
+            }
+        }
+    }
+    if layout == Layout::V4 {
+        for e in events.iter_mut() {
+            let at = cur.pos;
+            let stack: u64 = cur.varint("owner stack")?;
+            match (&mut e.owner, stack) {
+                (_, 0) => {}
+                (LockOwner::Thread(owner), stack) => {
+                    owner.stack_id = Some(u32::try_from(stack - 1).map_err(|_| {
+                        format!("owner stack {stack} at byte {at} of the chunk is out of range")
+                    })?)
+                }
+                _ => {
+                    return Err(format!(
+                        "owner stack {stack} at byte {at} of the chunk for a wait without owner"
                     ));
                 }
             }

@@ -33,7 +33,8 @@
 //! a 1.2 reader still reads kinds 1 and 4, while a 1.1 reader skips 5 and 6 and then finds the
 //! end record's counts unmatched, so it reports the file as damaged instead of showing too little.
 //! 1.3 writes lock waits as kind 7 (adding the lock's owner: thread, process and the dm-bufio
-//! operation it was inside); operations stay kind 6.
+//! operation it was inside); operations stay kind 6. 1.4 writes lock waits as kind 8 (adding the
+//! owner's stack).
 //! Metadata types can be added without a new version: a reader that does not know a metadata
 //! record's `type` (e.g. `threads`, added in 1.2) keeps it as unknown and reads on.
 
@@ -42,7 +43,7 @@ pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 3;
+pub const FORMAT_MINOR: u16 = 4;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.
@@ -76,6 +77,8 @@ pub enum RecordKind {
     BufioOpsV2 = 6,
     /// Lock waits with the lock's owner columns too (format 1.3 on).
     LockWaitsV3 = 7,
+    /// Lock waits with the owner's stack column too (format 1.4 on).
+    LockWaitsV4 = 8,
 }
 
 impl RecordKind {
@@ -88,6 +91,7 @@ impl RecordKind {
             5 => Some(Self::LockWaitsV2),
             6 => Some(Self::BufioOpsV2),
             7 => Some(Self::LockWaitsV3),
+            8 => Some(Self::LockWaitsV4),
             _ => None,
         }
     }

@@ -182,16 +182,17 @@ pub mod fuzzing {
     }
 
     /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items: `selector`
-    /// modulo 6 picks lock waits V1, operations V1, lock waits V2, operations V2, lock waits V3
-    /// (with owners), operations V2. Whatever
+    /// modulo 8 picks lock waits V1, operations V1, lock waits V2, operations V2, lock waits V3
+    /// (with owners), operations V2, lock waits V4 (with owner stacks), operations V2. Whatever
     /// decodes must survive an encode/decode round trip (panics otherwise). Returns the items
     /// decoded.
     pub fn check_chunk(selector: u8, raw: &[u8], expected: u32) -> Result<usize, String> {
         let mut encoder = chunk::ChunkEncoder::default();
         let mut again = Vec::new();
-        let layout = match selector % 6 {
+        let layout = match selector % 8 {
             0 | 1 => Layout::V1,
             4 => Layout::V3,
+            6 => Layout::V4,
             _ => Layout::V2,
         };
         if selector.is_multiple_of(2) {
@@ -228,6 +229,14 @@ pub mod fuzzing {
     pub fn encode_lock_wait_chunk_v3(events: &[LockWait]) -> Vec<u8> {
         let mut raw = Vec::new();
         chunk::ChunkEncoder::default().encode_lock_waits(events, Layout::V3, &mut raw);
+        raw
+    }
+
+    /// Encodes lock waits with their owners and owner stacks as one chunk's raw payload (for
+    /// seeds).
+    pub fn encode_lock_wait_chunk_v4(events: &[LockWait]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        chunk::ChunkEncoder::default().encode_lock_waits(events, Layout::V4, &mut raw);
         raw
     }
 

@@ -364,11 +364,15 @@ impl<R: Read> TraceReader<R> {
     fn decode(&self, kind: RecordKind, item_count: u32) -> Result<Record, Damage> {
         let undecodable = |what| move |detail: String| Damage::Undecodable { what, detail };
         Ok(match kind {
-            RecordKind::LockWaits | RecordKind::LockWaitsV2 | RecordKind::LockWaitsV3 => {
+            RecordKind::LockWaits
+            | RecordKind::LockWaitsV2
+            | RecordKind::LockWaitsV3
+            | RecordKind::LockWaitsV4 => {
                 let layout = match kind {
                     RecordKind::LockWaits => Layout::V1,
                     RecordKind::LockWaitsV2 => Layout::V2,
-                    _ => Layout::V3,
+                    RecordKind::LockWaitsV3 => Layout::V3,
+                    _ => Layout::V4,
                 };
                 let events = chunk::decode_lock_waits(&self.raw, item_count, layout)
                     .map_err(undecodable("lock-wait chunk"))?;

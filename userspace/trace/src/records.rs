@@ -87,8 +87,11 @@ pub struct Owner {
     pub tid: u32,
     /// ...its process id...
     pub tgid: u32,
-    /// ...and the dm-bufio operation it was inside.
+    /// ...the dm-bufio operation it was inside...
     pub op: Option<OpKind>,
+    /// ...and its kernel stack at the wait's begin, an id of a [`Metadata::Stack`] in the same
+    /// file (`record --owner-stacks`, format 1.4 on; only an owner off its CPU has one).
+    pub stack_id: Option<u32>,
 }
 
 impl LockWait {

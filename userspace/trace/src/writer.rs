@@ -185,9 +185,9 @@ impl<W: Write> TraceWriter<W> {
         }
         self.raw.clear();
         self.encoder
-            .encode_lock_waits(&self.pending, Layout::V3, &mut self.raw);
+            .encode_lock_waits(&self.pending, Layout::V4, &mut self.raw);
         let count = self.pending.len() as u32;
-        self.write_record(RecordKind::LockWaitsV3, count)?;
+        self.write_record(RecordKind::LockWaitsV4, count)?;
         self.lock_waits += u64::from(count);
         self.pending.clear();
         Ok(())

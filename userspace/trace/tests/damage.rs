@@ -149,7 +149,10 @@ fn contents(bytes: &[u8]) -> Contents {
 fn lost(record: &Layout) -> LostCounts {
     let n = u64::from(record.items);
     match record.kind {
-        RecordKind::LockWaits | RecordKind::LockWaitsV2 | RecordKind::LockWaitsV3 => LostCounts {
+        RecordKind::LockWaits
+        | RecordKind::LockWaitsV2
+        | RecordKind::LockWaitsV3
+        | RecordKind::LockWaitsV4 => LostCounts {
             lock_waits: n,
             ..LostCounts::default()
         },

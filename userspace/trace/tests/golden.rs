@@ -349,6 +349,7 @@ fn frozen_1_3_events() -> Vec<LockWait> {
                     tid: 4100 + (i % 5) as u32,
                     tgid: [4100, 77][i % 2],
                     op: (i % 4 == 0).then_some(OpKind::WriteDirty),
+                    stack_id: None,
                 }),
             };
             e
@@ -367,4 +368,41 @@ fn format_1_3_reads_back_exactly() {
         finished_unix_ns: 1_795_460_040_000_000_000,
     });
     assert_eq!(frozen_1_3_events().len(), 90);
+}
+
+/// 1.4: lock waits with the owner's kernel stack (an id of the file's stacks, in the owner-stack
+/// id space: top bit set).
+fn frozen_1_4_events() -> Vec<LockWait> {
+    frozen_1_3_events()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            if let LockOwner::Thread(owner) = &mut e.owner {
+                owner.stack_id = (i % 4 == 0).then_some(0x8000_0000 | (i % 3) as u32);
+            }
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn format_1_4_reads_back_exactly() {
+    let mut metadata = frozen_1_2_metadata();
+    metadata.push(Metadata::Stack {
+        id: 0x8000_0001,
+        frames: vec![0xffff_ffff_8110_0000, 0xffff_ffff_8120_0040],
+    });
+    reads_back_exactly(Frozen {
+        version: (1, 4),
+        chunk_events: 40,
+        events: frozen_1_4_events(),
+        ops: frozen_1_2_ops(),
+        metadata,
+        finished_unix_ns: 1_795_460_050_000_000_000,
+    });
+    let with_stacks = frozen_1_4_events()
+        .iter()
+        .filter(|e| e.owner.thread().is_some_and(|o| o.stack_id.is_some()))
+        .count();
+    assert_eq!((frozen_1_4_events().len(), with_stacks), (90, 15));
 }

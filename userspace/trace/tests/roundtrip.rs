@@ -34,12 +34,16 @@ fn any_event() -> impl Strategy<Value = LockWait> {
                     any::<u32>(),
                     any::<u32>(),
                     proptest::option::of(0usize..OpKind::ALL.len()),
+                    proptest::option::of(any::<u32>()),
                 )
-                    .prop_map(|(tid, tgid, op)| LockOwner::Thread(Owner {
-                        tid,
-                        tgid,
-                        op: op.map(|i| OpKind::ALL[i]),
-                    })),
+                    .prop_map(|(tid, tgid, op, stack_id)| LockOwner::Thread(
+                        Owner {
+                            tid,
+                            tgid,
+                            op: op.map(|i| OpKind::ALL[i]),
+                            stack_id,
+                        }
+                    )),
             ],
         ),
     )

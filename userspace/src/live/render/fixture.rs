@@ -147,11 +147,13 @@ pub(crate) fn fixture() -> Model {
         tid: 102,
         tgid: 100,
         op: Some(OpKind::WriteDirty),
+        stack_id: None,
     });
     let reader = LockOwner::Thread(Owner {
         tid: 101,
         tgid: 100,
         op: Some(OpKind::Get),
+        stack_id: None,
     });
     for i in 0..300u64 {
         let mut w = wait(

@@ -43,6 +43,7 @@ pub fn events(n: usize) -> Vec<LockWait> {
                     tid: 1000 + ((i + 1) % 8) as u32,
                     tgid: 1000,
                     op: (i % 4 == 0).then_some(OpKind::WriteDirty),
+                    stack_id: (i % 8 == 0).then_some(0x8000_0000 | i as u32),
                 }),
             },
         })
