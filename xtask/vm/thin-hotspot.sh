@@ -11,7 +11,8 @@ dmsetup message pool 0 "create_snap 1 0"
 dmsetup resume thin
 
 count_bufio_calls
-start_recording 120
+# Owner stacks: what the holder of a contended root_lock or client mutex was doing (6.2+).
+start_recording 120 --owner-stacks
 # 16 readers of 4 MiB hot regions, and one writer over the whole volume breaking the snapshot's
 # sharing: every write changes the pool's metadata btree (the dirtier).
 /bin/bufscope stress /dev/mapper/thin --threads 16 --pattern hot --region-blocks 1024 \

@@ -90,9 +90,10 @@ pub struct Options {
     /// Rows to show (0: all).
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Under each row, its heaviest kernel stacks, symbolized (up to 3).
-    #[arg(long)]
-    pub stacks: bool,
+    /// Under each row, its heaviest kernel stacks, symbolized: 3, or N with `--stacks=N` (0 for
+    /// all).
+    #[arg(long, value_name = "N", num_args = 0..=1, require_equals = true, default_missing_value = "3")]
+    pub stacks: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -152,7 +153,11 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             .min_wait
             .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
     };
-    let stacks = if o.stacks { 3 } else { 0 };
+    let stacks = match o.stacks {
+        None => 0,
+        Some(0) => usize::MAX,
+        Some(n) => n,
+    };
     let by = o.by.unwrap_or(GroupBy::Lock);
     let report = report::build(&trace, by, &filter, o.sort, o.top, stacks);
     if report.kept == 0 {
@@ -167,7 +172,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     } else if o.csv {
         write_csv(&report, std::io::stdout().lock())?;
     } else {
-        print_text(&report, o.stacks);
+        print_text(&report, o.stacks.is_some());
     }
     Ok(ExitCode::SUCCESS)
 }

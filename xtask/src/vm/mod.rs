@@ -157,7 +157,39 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     print_hotspot(&rows);
     print_no_sleep(&rows);
+    print_owner_stacks(&rows);
     Ok(())
+}
+
+/// What the holders of dm-thin's root_lock were doing (`record --owner-stacks`).
+fn print_owner_stacks(rows: &[Outcome]) {
+    let runs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| Some((r.kernel, &r.scenario, r.owner_stacks.as_ref()?)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "owner stacks: dm-thin root_lock waits, those whose owner's stack was taken (a holder off \
+         its CPU), and of those the ones inside dm-thin's metadata code"
+    );
+    println!(
+        "{:<6} {:<14} {:>10} {:>10} {:>10}  note",
+        "kernel", "scenario", "root waits", "stacks", "in dm-thin"
+    );
+    for (kernel, scenario, s) in runs {
+        println!(
+            "{:<6} {:<14} {:>10} {:>10} {:>10}  {}",
+            kernel,
+            scenario,
+            s.root_waits,
+            s.with_stack,
+            s.in_metadata_code,
+            s.not_taken.as_deref().unwrap_or("")
+        );
+    }
 }
 
 /// How the no-sleep client's lock waits were named on each kernel.
