@@ -331,6 +331,8 @@ impl Recorder {
             .collect();
         lock_symbols.extend(classes);
         lock_symbols.extend(slab);
+        // Every zone lock, contended or not: a handful per node.
+        lock_symbols.extend(probes.zone_lock_symbols().iter().cloned());
         if !lock_symbols.is_empty() {
             writer
                 .write_metadata(&Metadata::Symbols {

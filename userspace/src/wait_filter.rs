@@ -192,7 +192,13 @@ impl WaitSelector {
     /// Names a lock that is no dm-bufio client's: by kallsyms if static, else by the probes'
     /// classification (written at the wait's begin, so there by the time its event is read).
     fn learn_lock_name(&mut self, probes: &LockProbes, addr: u64) {
-        if addr >= KERNEL_IMAGE {
+        if let Some(zone) = probes.zone_lock_symbols().iter().find(|s| s.addr == addr) {
+            if self.classified.insert(addr) {
+                self.names.add(&Metadata::Symbols {
+                    symbols: vec![zone.clone()],
+                });
+            }
+        } else if addr >= KERNEL_IMAGE {
             if self.statics_looked_up.insert(addr) {
                 let symbols = self.symbols().static_lock_names(&[addr]);
                 self.names.add(&Metadata::Symbols { symbols });

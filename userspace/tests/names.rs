@@ -480,3 +480,76 @@ fn owner_stacks_say_what_a_sleeping_holder_is_doing() {
         .sum();
     assert_eq!(in_userfault, (ROUNDS * WAITERS) as u64, "rows: {rows:#?}");
 }
+
+/// The memory zones' locks: from the node bufscope's own memory cgroup leads to, one lock per
+/// zone /proc/zoneinfo lists, named after it ("zone lock (node 0 Normal)"), each at its own
+/// address, the zones a constant stride apart (struct zone's size). (Zone-lock waits
+/// themselves could not be produced on a 2-CPU host: page churn on both CPUs, even with the
+/// per-CPU page lists shrunk, contended the lruvec locks, not the zones'.)
+#[test]
+fn zone_locks_are_named_as_zoneinfo_lists_the_zones() {
+    let _alone = one_at_a_time();
+    if !root_or_skip("zone_locks_are_named_as_zoneinfo_lists_the_zones") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zones.bftrace");
+    record_this_process(&path, &["--no-stacks", "--no-owners"]);
+    let mut reader = TraceReader::open(&path).unwrap();
+    let mut zones: Vec<(u64, String)> = Vec::new();
+    while let Some(record) = reader.next_record().unwrap() {
+        if let Record::Metadata(bufscope_trace::Metadata::Symbols { symbols }) = record {
+            zones.extend(
+                symbols
+                    .into_iter()
+                    .filter(|s| s.name.starts_with("zone lock (node "))
+                    .map(|s| (s.addr, s.name)),
+            );
+        }
+    }
+    // "Node 0, zone   Normal" → "zone lock (node 0 Normal)", for every node zoneinfo lists.
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap();
+    let listed: Vec<String> = zoneinfo
+        .lines()
+        .filter_map(|l| {
+            let (node, zone) = l.strip_prefix("Node ")?.split_once(", zone")?;
+            Some(format!("zone lock (node {node} {})", zone.trim()))
+        })
+        .collect();
+    let listed_nodes: BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix("zone lock (node ")?
+                .split_once(' ')
+                .map(|(n, _)| n)
+        })
+        .collect();
+    let named: Vec<&String> = zones
+        .iter()
+        .map(|(_, name)| name)
+        .filter(|name| {
+            listed_nodes
+                .iter()
+                .any(|node| name.starts_with(&format!("zone lock (node {node} ")))
+        })
+        .collect();
+    assert_eq!(
+        named,
+        listed.iter().collect::<Vec<_>>(),
+        "zones: {zones:#x?}"
+    );
+    // Distinct kernel addresses, a node's zones evenly spaced.
+    let addrs: BTreeSet<u64> = zones.iter().map(|(a, _)| *a).collect();
+    assert_eq!(addrs.len(), zones.len());
+    assert!(
+        addrs.iter().all(|&a| a >= 0xffff_8000_0000_0000),
+        "{zones:#x?}"
+    );
+    let node0: Vec<u64> = zones
+        .iter()
+        .filter(|(_, n)| n.starts_with("zone lock (node 0 "))
+        .map(|(a, _)| *a)
+        .collect();
+    let strides: BTreeSet<u64> = node0.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(strides.len(), 1, "{zones:#x?}");
+}

@@ -17,7 +17,7 @@ pub use bufio::{
 };
 pub use lock::{
     LockClass, LockFlags, LockWaitEvent, OwnerStack, SlabName, TaskOffsets, ThinOffsets,
-    TracepointOffsets, owner,
+    TracepointOffsets, ZoneOffsets, owner,
 };
 pub use stats::Counter;
 
@@ -88,6 +88,13 @@ pub mod names {
     pub const SLAB_LOCKS_MAP: &str = "SLAB_LOCKS";
     /// Hash of [`OwnerStack`](crate::OwnerStack) by [`OwnerStack::hash`](crate::OwnerStack::hash).
     pub const OWNER_STACKS_MAP: &str = "OWNER_STACKS";
+    /// Global [`ZoneOffsets`](crate::ZoneOffsets).
+    pub const ZONE_OFFSETS_GLOBAL: &str = "ZONE_OFFSETS";
+    /// Array of each memory node's `struct pglist_data` address by node id (0: not found).
+    pub const NODES_MAP: &str = "NODES";
+    /// The raw tracepoint program that fills `NODES`: never attached, run once by user space
+    /// (BPF_PROG_TEST_RUN) from its own task.
+    pub const FIND_NODES_PROGRAM: &str = "find_nodes";
     /// Global [`BufioOffsets`](crate::BufioOffsets).
     pub const BUFIO_OFFSETS_GLOBAL: &str = "BUFIO_OFFSETS";
     /// The one return program, attached to every operation function as a kretprobe.

@@ -177,12 +177,19 @@ pub struct TaskOffsets {
     pub rwsem_owner: u32,
     /// `kmem_cache.name` (a `const char *`): the slab cache a lock lives in, for its name.
     pub kmem_cache_name: u32,
+    /// `task_struct.stack` (a `void *`): the lowest address of the task's kernel stack...
+    pub task_stack: u32,
+    /// ...which is this many bytes long (THREAD_SIZE): anything running elsewhere runs on an
+    /// interrupt's stack (a softirq on top of the task).
+    pub thread_size: u32,
 }
 assert_layout!(
     TaskOffsets,
-    size = 48,
+    size = 56,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32]
+    fields = [
+        u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32
+    ]
 );
 
 impl TaskOffsets {
@@ -201,6 +208,8 @@ impl TaskOffsets {
         mutex_owner: Self::ABSENT,
         rwsem_owner: Self::ABSENT,
         kmem_cache_name: Self::ABSENT,
+        task_stack: Self::ABSENT,
+        thread_size: 0,
     };
 
     /// The low bits of `mutex.owner` that are flags, not the task pointer (MUTEX_FLAGS).
@@ -298,6 +307,49 @@ impl ThinOffsets {
         pmd_bdev: TaskOffsets::ABSENT,
         bdev_dev: TaskOffsets::ABSENT,
         reserved: 0,
+    };
+}
+
+/// Offsets that lead from a task to the memory nodes (`struct pglist_data`) whose zones' locks
+/// bufscope names, from vmlinux BTF: the task's memory cgroup, its per-node info for each node,
+/// and that info's `lruvec.pgdat` (CONFIG_MEMCG). The `find_nodes` program follows them once,
+/// from bufscope's own task, and leaves each node's address in the `NODES` map; user space
+/// adds `node_zones[i].lock` to name the locks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneOffsets {
+    /// `task_struct.cgroups` (a `struct css_set *`).
+    pub task_cgroups: u32,
+    /// `css_set.subsys[memory_cgrp_id]` (a `struct cgroup_subsys_state *`).
+    pub css_set_memory: u32,
+    /// `mem_cgroup.css`: subtracted from the state's address to get the memory cgroup's.
+    pub memcg_css: u32,
+    /// `mem_cgroup.nodeinfo` (an array of `struct mem_cgroup_per_node *`, one per node id).
+    pub memcg_nodeinfo: u32,
+    /// `mem_cgroup_per_node.lruvec.pgdat` (the node's `struct pglist_data *`).
+    pub per_node_pgdat: u32,
+    /// Nodes to look up: the kernel's possible node ids, at most [`ZoneOffsets::MAX_NODES`].
+    pub nodes: u32,
+}
+assert_layout!(
+    ZoneOffsets,
+    size = 24,
+    align = 4,
+    fields = [u32, u32, u32, u32, u32, u32]
+);
+
+impl ZoneOffsets {
+    /// Entries of the `NODES` map: nodes beyond are not named.
+    pub const MAX_NODES: u32 = 64;
+
+    /// The eBPF global's initial value: `find_nodes` finds nothing until user space sets it.
+    pub const UNSET: Self = Self {
+        task_cgroups: TaskOffsets::ABSENT,
+        css_set_memory: TaskOffsets::ABSENT,
+        memcg_css: TaskOffsets::ABSENT,
+        memcg_nodeinfo: TaskOffsets::ABSENT,
+        per_node_pgdat: TaskOffsets::ABSENT,
+        nodes: 0,
     };
 }
 
@@ -414,6 +466,8 @@ mod user {
     unsafe impl aya::Pod for super::SlabName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ThinOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ZoneOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OwnerStack {}
 }

@@ -85,23 +85,31 @@ impl OpStack {
 
     /// Whether `here` is on another stack than this thread's live frames: an interrupt (a
     /// no-sleep client's dm-verity work runs in softirq, on top of whatever thread it
-    /// interrupted, maybe one inside a dm-bufio operation). 0 (unknown) is not.
+    /// interrupted, maybe one inside a dm-bufio operation). Told by the task's stack bounds
+    /// where they are known ([`current::on_thread_stack`]); else guessed from the distance to
+    /// the outermost frame, which fails where the IRQ stack happens to lie within
+    /// [`STACK_SPAN`] of the thread's (seen on 6.12 and 7.3: hundreds of a run's returns found
+    /// no entry). 0 (unknown) is not.
     #[inline(always)]
     fn elsewhere(&self, here: u64) -> bool {
-        self.depth > 0
-            && here != 0
-            && self.frames[0].stack_addr != 0
-            && here.abs_diff(self.frames[0].stack_addr) > STACK_SPAN
+        match current::on_thread_stack(here) {
+            Some(on_thread) => !on_thread,
+            None => {
+                self.depth > 0
+                    && here != 0
+                    && self.frames[0].stack_addr != 0
+                    && here.abs_diff(self.frames[0].stack_addr) > STACK_SPAN
+            }
+        }
     }
 
-    /// The operation a lock wait beginning at `here` on this thread's kernel stack is inside:
-    /// the outermost frame, if it is still live. A live operation's frame lies above everything
-    /// it calls and keeps its entry's word ([`OpFrame::stack_word`]); a frame at or below `here`,
-    /// or whose word has changed, was left by a call whose return program the kernel skipped (or
-    /// the wait runs on another stack, an interrupt's): the wait is inside no operation, and
+    /// The operation a lock wait beginning at `here` is inside, given the frames of the stack
+    /// it runs on ([`frames_at`]): the outermost frame, if it is still live. A live operation's
+    /// frame lies above everything it calls and keeps its entry's word
+    /// ([`OpFrame::stack_word`]); a frame at or below `here`, or whose word has changed, was left
+    /// by a call whose return program the kernel skipped: the wait is inside no operation, and
     /// [`Counter::WaitOpStale`] counts it. The frames stay for the next entry to drop
-    /// ([`drop_returned_frames`]); a program on an interrupt's stack must not drop a live one.
-    /// `here` 0 (unknown) trusts the frame.
+    /// ([`drop_returned_frames`]). `here` 0 (unknown) trusts the frame.
     #[inline(always)]
     pub(crate) fn outermost_at(&self, here: u64) -> Option<&OpFrame> {
         if self.depth == 0 {
@@ -109,7 +117,7 @@ impl OpStack {
         }
         let frame = &self.frames[0];
         if frame.stack_addr != 0 {
-            let below = here != 0 && (frame.stack_addr <= here || self.elsewhere(here));
+            let below = here != 0 && frame.stack_addr <= here;
             if below || !Self::word_intact(frame) {
                 count(Counter::WaitOpStale);
                 return None;
@@ -695,14 +703,18 @@ fn add_op_stats(client: u64, op: u32, outcome: u32, duration_ns: u64, lock_wait_
     }
 }
 
-/// The frames a call at `here` on the stack belongs with: the thread's, or, when the thread is
-/// inside an operation on another stack (the call runs in an interrupt on top of it) or is a
+/// The frames a call at `here` on the stack belongs with: the thread's, or, when the call runs
+/// on an interrupt's stack (on top of the thread, maybe inside one of its operations) or on a
 /// CPU's idle task (thread 0 on every CPU), this CPU's interrupt frames, so that the
 /// interrupt's operations neither drop nor hide the thread's. `None` when the thread has none.
 #[inline(always)]
-fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
+pub(crate) fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
     if tid == 0 {
         // Every CPU's idle task is thread 0: what runs there runs in an interrupt, one per CPU.
+        // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
+        return IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
+    }
+    if current::on_thread_stack(here) == Some(false) {
         // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
         return IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
     }

@@ -16,7 +16,7 @@ use bufscope_abi::{
 };
 
 use crate::{
-    BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, current,
+    BUFIO_OFFSETS, PROBE_CONFIG, TASK_OFFSETS, TRACEPOINT_OFFSETS, bufio_ops, current,
     maps::{
         EVENTS, LOCK_CLASSES, OPS, OWNER_STACK_SCRATCH, OWNER_STACKS, PENDING_BY_TID, PENDING_SPIN,
         PROCESSES, RQ_LOCK, SLAB_LOCKS, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
@@ -166,9 +166,10 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
         owner_op: 0,
         owner_stack: 0,
     };
-    // SAFETY: only this thread writes its own key.
-    if let Some(frame) =
-        unsafe { OPS.get(tid) }.and_then(|stack| stack.outermost_at(ctx.stack_place()))
+    // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
+    // client's operation in softirq).
+    let here = ctx.stack_place();
+    if let Some(frame) = bufio_ops::frames_at(tid, here).and_then(|stack| stack.outermost_at(here))
     {
         wait.op = frame.op;
         wait.op_client = frame.client;

@@ -71,6 +71,20 @@ pub(crate) fn stack_position(ctx: *mut core::ffi::c_void) -> u64 {
     }
 }
 
+/// Whether `here` lies on the current task's own kernel stack (`task_struct.stack`, THREAD_SIZE
+/// long): `Some(false)` on another, an interrupt's (x86-64 runs softirqs on the CPU's IRQ
+/// stack, on top of whatever task they interrupted). `None` when it cannot be told: `here` or
+/// the offsets unknown.
+#[inline(always)]
+pub(crate) fn on_thread_stack(here: u64) -> Option<bool> {
+    let offsets = crate::TASK_OFFSETS.load();
+    if here == 0 || offsets.thread_size == 0 {
+        return None;
+    }
+    let base = read_field::<u64>(task(), offsets.task_stack)?;
+    Some(here >= base && here - base < u64::from(offsets.thread_size))
+}
+
 /// [`read_field`], where a failed read (not a field this kernel lacks, nor a null base) is worth
 /// counting and telling: [`Counter::FieldReadFailed`].
 #[inline(always)]

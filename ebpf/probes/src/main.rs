@@ -22,9 +22,12 @@ mod current;
 mod maps;
 mod notes;
 mod thin;
+mod zones;
 
 use aya_ebpf::Global;
-use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets};
+use bufscope_abi::{
+    BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets, ZoneOffsets,
+};
 
 /// Field offsets of the classic tracepoints, from this kernel's format files.
 #[unsafe(no_mangle)]
@@ -45,6 +48,10 @@ static TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets::UNSET);
 /// Field offsets into dm-thin's pool metadata, from the dm_thin_pool module's BTF.
 #[unsafe(no_mangle)]
 static THIN_OFFSETS: Global<ThinOffsets> = Global::new(ThinOffsets::UNSET);
+
+/// Field offsets from a task to its memory nodes, from vmlinux BTF (see `zones`).
+#[unsafe(no_mangle)]
+static ZONE_OFFSETS: Global<ZoneOffsets> = Global::new(ZoneOffsets::UNSET);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     btf_maps::StackTrace,
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bufscope_abi::{
     Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, SlabName, WaitHist,
-    WaitHistKey,
+    WaitHistKey, ZoneOffsets,
 };
 
 use crate::{
@@ -101,6 +101,11 @@ pub(crate) static OWNER_STACKS: HashMap<u32, OwnerStack> = HashMap::with_max_ent
 #[map]
 pub(crate) static OWNER_STACK_SCRATCH: PerCpuArray<OwnerStack> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Each memory node's `struct pglist_data` address by node id, 0 where not found: written by
+/// `find_nodes`, read by user space to name the zones' locks.
+#[map]
+pub(crate) static NODES: Array<u64> = Array::with_max_entries(ZoneOffsets::MAX_NODES, 0);
 
 /// This CPU's runqueue lock address, found once from the running task's runqueue (see
 /// `contention::classify`); 0 until then. In-kernel only.

@@ -217,8 +217,23 @@ impl Names {
             .take(3)
             .map(|&a| self.frame_name(a))
             .collect();
+        let interrupt_entry = |f: &String| {
+            [
+                "irqentry_",
+                "asm_sysvec_",
+                "sysvec_",
+                "asm_common_interrupt",
+                "common_interrupt",
+            ]
+            .iter()
+            .any(|p| f.starts_with(p))
+        };
         Some(if doing.is_empty() {
             "(scheduler and lock code only)".to_string()
+        } else if doing.iter().all(interrupt_entry) {
+            // A holder preempted as an interrupt returned (PREEMPT_LAZY, PREEMPT_FULL): the
+            // kernel's unwinder stops at the interrupt's frame for a task it does not run.
+            "(preempted on an interrupt's return: its stack ends there)".to_string()
         } else {
             doing.join(" ← ")
         })

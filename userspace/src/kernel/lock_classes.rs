@@ -72,7 +72,21 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
         kmem_cache_name: find_struct(&btf, "kmem_cache")
             .and_then(|cache| offset(&cache, "name"))
             .unwrap_or(TaskOffsets::ABSENT),
+        task_stack: offset(&task, "stack").unwrap_or(TaskOffsets::ABSENT),
+        thread_size: thread_size(&super::system::kernel_release()),
     })
+}
+
+/// x86-64's THREAD_SIZE: 16 KiB, doubled under KASAN (KASAN_STACK_ORDER), as the kernel's
+/// config in /boot says; 16 KiB where it cannot be read (distribution kernels do not enable
+/// KASAN).
+fn thread_size(release: &str) -> u32 {
+    let config = std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default();
+    if config.lines().any(|l| l == "CONFIG_KASAN=y") {
+        32 << 10
+    } else {
+        16 << 10
+    }
 }
 
 /// dm-thin's pool-metadata module, whose split BTF has `struct dm_pool_metadata`.

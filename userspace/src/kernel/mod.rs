@@ -11,3 +11,4 @@ pub mod lock_classes;
 pub mod symbols;
 pub mod system;
 pub mod tracepoint_format;
+pub mod zones;

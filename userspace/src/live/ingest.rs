@@ -65,6 +65,8 @@ pub struct KernelNames {
     classified: HashSet<u64>,
     /// Locks already named after their slab cache.
     slab_named: HashSet<u64>,
+    /// Whether the zone locks have been named (all at once, on the first update).
+    zones_named: bool,
 }
 
 impl KernelNames {
@@ -75,6 +77,7 @@ impl KernelNames {
             statics: HashSet::new(),
             classified: HashSet::new(),
             slab_named: HashSet::new(),
+            zones_named: false,
         }
     }
 
@@ -122,6 +125,12 @@ impl KernelNames {
             .collect();
         if !slab.is_empty() {
             model.add_metadata(&Metadata::Symbols { symbols: slab });
+        }
+        if !self.zones_named {
+            self.zones_named = true;
+            model.add_metadata(&Metadata::Symbols {
+                symbols: probes.zone_lock_symbols().to_vec(),
+            });
         }
     }
 }

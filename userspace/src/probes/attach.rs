@@ -10,9 +10,12 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
-    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
+    programs::{BtfTracePoint, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
-use bufscope_abi::{BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets, names};
+use bufscope_abi::{
+    BufioOffsets, ProbeConfig, TaskOffsets, ThinOffsets, TracepointOffsets, ZoneOffsets, names,
+};
+use bufscope_trace::Symbol;
 
 use super::{
     AttachMode, AttachedAs, BufioProbes, DEFAULT_RINGBUF_BYTES, LockProbes, ProbeError,
@@ -21,12 +24,13 @@ use super::{
     kfunc,
     maps::take_map,
     processes::{ProcessFilter, ProcessMap},
-    sys::TracingKind,
+    sys::{self, TracingKind},
 };
 use crate::kernel::{
     bufio::{self, BtfLayoutError, BufioBtf, Design, Layout, ProbePoint, Role, Symbols},
     kretprobe::{self, TracefsKretprobe},
     lock_classes, system, tracepoint_format,
+    zones::{self, ZoneLayout},
 };
 
 /// The eBPF object, built from ebpf/probes by build.rs.
@@ -222,10 +226,13 @@ impl LockProbes {
         };
         // dm-thin pools' metadata locks are named where dm-thin is there to name.
         let thin_offsets = lock_classes::thin_offsets();
+        // Zone locks are named where the kernel has memory cgroups to find the nodes through.
+        let zone_layout = zones::zone_layout(zones::possible_nodes());
         let offsets = Offsets {
             bufio: bufio_offsets,
             task: task_offsets,
             thin: thin_offsets.as_ref().map_or(ThinOffsets::UNSET, |o| *o),
+            zone: zone_layout.as_ref().map_or(ZoneOffsets::UNSET, |(o, _)| *o),
         };
         let mut probes = match options.mode {
             AttachMode::TpBtf => Self::attach_tp_btf(&options, &offsets),
@@ -244,6 +251,15 @@ impl LockProbes {
             }),
         }?;
         probes.notes.extend(task_note);
+        match zone_layout {
+            Ok((offsets, layout)) => match probes.find_zones(offsets.nodes, &layout) {
+                Ok(symbols) => probes.zone_locks = symbols,
+                Err(why) => probes
+                    .notes
+                    .push(format!("zone locks are not named: {why}")),
+            },
+            Err(e) => probes.notes.push(format!("zone locks are not named: {e}")),
+        }
         let maps = std::mem::take(&mut probes.map_fds);
         if let Some((symbols, types)) = found {
             probes.attach_bufio(&symbols, types, &maps, options.bufio_probes, &mut bufio);
@@ -392,7 +408,40 @@ impl LockProbes {
             slab_locks,
             owner_stacks,
             lock_classes,
+            zone_locks: Vec::new(),
         })
+    }
+
+    /// Runs `find_nodes` once from this task and names the zone locks of the nodes it found.
+    fn find_zones(&mut self, nodes: u32, layout: &ZoneLayout) -> Result<Vec<Symbol>, String> {
+        let ebpf = self.ebpf.as_mut().ok_or("the programs are not loaded")?;
+        let program: &mut RawTracePoint = program_mut(ebpf, names::FIND_NODES_PROGRAM)
+            .map_err(|e| e.to_string())?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        program.load().map_err(|e| error_chain(&e))?;
+        let fd = program.fd().map_err(|e| error_chain(&e))?;
+        let found = sys::prog_test_run(fd.as_fd()).map_err(|e| {
+            format!(
+                "running {}: {}",
+                names::FIND_NODES_PROGRAM,
+                sys::describe(&e)
+            )
+        })?;
+        let map = ebpf
+            .map(names::NODES_MAP)
+            .ok_or(ProbeError::MissingMap(names::NODES_MAP))
+            .map_err(|e| e.to_string())?;
+        let table: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(map).map_err(|e| error_chain(&e))?;
+        let nodes: Vec<(u32, u64)> = (0..nodes)
+            .filter_map(|node| Some((node, table.get(&node, 0).ok()?)))
+            .filter(|&(_, pgdat)| pgdat != 0)
+            .collect();
+        if found != 0 || nodes.is_empty() {
+            return Err("no memory node was reachable from this task's memory cgroup".into());
+        }
+        Ok(layout.lock_symbols(&nodes))
     }
 
     /// Attaches every dm-bufio point the kernel has; records why each other one is missing.
@@ -766,6 +815,7 @@ struct Offsets {
     bufio: BufioOffsets,
     task: TaskOffsets,
     thin: ThinOffsets,
+    zone: ZoneOffsets,
 }
 
 /// Loads the object with its globals set; with `kfuncs`, its kernel-function calls linked to
@@ -809,6 +859,7 @@ fn load(
         .override_global(names::BUFIO_OFFSETS_GLOBAL, &offsets.bufio, true)
         .override_global(names::TASK_OFFSETS_GLOBAL, &offsets.task, true)
         .override_global(names::THIN_OFFSETS_GLOBAL, &offsets.thin, true)
+        .override_global(names::ZONE_OFFSETS_GLOBAL, &offsets.zone, true)
         .map_max_entries(names::EVENTS_MAP, options.ringbuf_bytes)
         .load(&linked.object)?;
     Ok((ebpf, notes))

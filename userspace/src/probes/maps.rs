@@ -104,6 +104,11 @@ impl LockProbes {
         slab_symbol(addr, &self.slab_locks.get(&addr, 0).ok()?)
     }
 
+    /// The memory zones' locks, by name ("zone lock (node 0 Normal)"), found at attach.
+    pub fn zone_lock_symbols(&self) -> &[bufscope_trace::Symbol] {
+        &self.zone_locks
+    }
+
     /// What [`lock_classes`](Self::lock_classes) says of one lock, if anything.
     pub fn lock_class(&self, addr: u64) -> Option<bufscope_abi::LockClass> {
         self.lock_classes.get(&addr, 0).ok()

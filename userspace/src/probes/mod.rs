@@ -172,6 +172,9 @@ pub struct LockProbes {
     owner_stacks: aya::maps::HashMap<MapData, u32, bufscope_abi::OwnerStack>,
     /// Locks found to be a process's mmap_lock or siglock.
     lock_classes: aya::maps::HashMap<MapData, u64, bufscope_abi::LockClass>,
+    /// The memory zones' locks, named ("zone lock (node 0 Normal)"); empty where they could
+    /// not be found.
+    zone_locks: Vec<bufscope_trace::Symbol>,
 }
 
 impl std::fmt::Debug for LockProbes {

@@ -251,6 +251,17 @@ fn log_tail(log: &[u8], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// Runs a loaded program once in this thread (BPF_PROG_TEST_RUN), with an empty context; its
+/// return value. For a raw tracepoint program, current is the calling task.
+pub fn prog_test_run(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut attr = zeroed_attr();
+    // The test member of the union, the one BPF_PROG_TEST_RUN reads; all else zero.
+    attr.test.prog_fd = prog.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
+    // SAFETY: the kernel wrote the result into the same member.
+    Ok(unsafe { attr.test.retval })
+}
+
 /// Attaches a loaded tracing program to the target it was loaded for; it stays attached while
 /// the returned link descriptor is open.
 pub fn attach_tracing(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {

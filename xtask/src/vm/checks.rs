@@ -527,20 +527,28 @@ fn report_rows(
 /// What the holders of dm-thin's root_lock were doing, from their stacks.
 pub struct OwnerStacks {
     /// Waits on the root_lock, and of them those with an owner's stack (a holder off its CPU),
-    /// and of those the ones whose stack runs through dm-thin, persistent-data or dm-bufio code.
+    /// and of those the ones whose stack runs through dm-thin, persistent-data or dm-bufio code,
+    /// and the ones whose stack ends at an interrupt's return (a holder preempted there: the
+    /// unwinder does not walk a sleeping task past the interrupt's frame).
     pub root_waits: u64,
     pub with_stack: u64,
     pub in_metadata_code: u64,
+    pub preempted: u64,
     /// Why the kernel gave no owner stacks, when bufscope said so (no bpf_task_from_pid: 6.1).
     pub not_taken: Option<String>,
 }
+
+/// What `report --by owner-stack` calls a holder preempted as an interrupt returned.
+const PREEMPTED: &str = "(preempted on an interrupt's return: its stack ends there)";
 
 /// Thin scenarios record with `--owner-stacks`. Whoever holds a pool's root_lock is inside
 /// dm-thin's metadata code (a lookup, an insert, a commit), so every owner stack of a root_lock
 /// wait must run through it: a dm-thin, persistent-data (dm_tm_, dm_btree_, sm_, dm_sm_) or
 /// dm-bufio frame. Where bpf_task_from_pid exists (6.2+) some waits must have one (the pool's
 /// worker sleeps on I/O while holding the lock: 87 of 381 waits on 6.12, 2026-11-29); where it
-/// does not, bufscope must have said so and taken none.
+/// does not, bufscope must have said so and taken none. On a kernel that preempts in an
+/// interrupt's return (7.3, PREEMPT_LAZY), a holder preempted there has a stack that ends at
+/// the interrupt (7.3 small-cache, 2026-11-29: 1 of 153): counted apart, as the report names it.
 fn check_owner_stacks(
     kernel: &str,
     scenario: &str,
@@ -582,6 +590,7 @@ fn check_owner_stacks(
         root_waits: 0,
         with_stack: 0,
         in_metadata_code: 0,
+        preempted: 0,
         not_taken: fs::read_to_string(results.join("record.log"))?
             .lines()
             .find_map(|l| l.split_once("owner stacks are not taken: "))
@@ -602,8 +611,11 @@ fn check_owner_stacks(
                 .flatten()
                 .filter_map(|f| f.as_str())
                 .collect();
+            let contended = stack["contended"].as_u64().unwrap_or(0);
             if frames.iter().any(|f| metadata_code(f)) {
-                stacks.in_metadata_code += stack["contended"].as_u64().unwrap_or(0);
+                stacks.in_metadata_code += contended;
+            } else if row["name"] == PREEMPTED {
+                stacks.preempted += contended;
             } else {
                 outside.push(frames.join(" ← "));
             }
@@ -616,12 +628,15 @@ fn check_owner_stacks(
             stacks.with_stack
         ),
         None => ensure!(
-            stacks.with_stack > 0 && stacks.in_metadata_code == stacks.with_stack,
-            "{context}: of {} root_lock waits, {} have an owner stack and {} of those run through \
-             dm-thin's metadata code; the others: {outside:?}",
+            stacks.in_metadata_code > 0
+                && stacks.in_metadata_code + stacks.preempted == stacks.with_stack,
+            "{context}: of {} root_lock waits, {} have an owner stack; {} of those run through \
+             dm-thin's metadata code and {} end at an interrupt's return; the others: \
+             {outside:?}",
             stacks.root_waits,
             stacks.with_stack,
-            stacks.in_metadata_code
+            stacks.in_metadata_code,
+            stacks.preempted
         ),
     }
     Ok(stacks)

@@ -31,9 +31,6 @@ pub struct KernelLine {
     /// one makes the kernel skip that program for the next thread on the CPU (a recursion miss),
     /// so the test bed's oversubscribed vCPUs lose a few operations, each one counted.
     pub preemptible_bpf: bool,
-    /// Why the verity-nosleep scenario is not run on this kernel, if it is not: said in the
-    /// table, as a known gap rather than a silent one.
-    pub no_sleep_broken: Option<&'static str>,
 }
 
 pub const KERNELS: &[KernelLine] = &[
@@ -47,7 +44,6 @@ pub const KERNELS: &[KernelLine] = &[
         no_module: None,
         // PREEMPT_VOLUNTARY.
         preemptible_bpf: false,
-        no_sleep_broken: None,
     },
     KernelLine {
         name: "6.12",
@@ -59,11 +55,6 @@ pub const KERNELS: &[KernelLine] = &[
         no_module: None,
         // PREEMPT_VOLUNTARY.
         preemptible_bpf: false,
-        no_sleep_broken: Some(
-            "not run: dm-bufio operations of dm-verity's no-sleep work still lose their frames \
-             now and then (a run on 2026-11-29 had 722 returns matching no entry with no program \
-             run skipped, another none): to be found",
-        ),
     },
     // The newest kernel users run: Debian trixie-backports.
     KernelLine {
@@ -86,11 +77,6 @@ pub const KERNELS: &[KernelLine] = &[
         // PREEMPT_LAZY: measured 2026-11-28, thin-hotspot lost 2.7 % of dm_bufio_get's calls
         // to skipped runs (each counted), 6.1 and 6.12 (PREEMPT_VOLUNTARY) none.
         preemptible_bpf: true,
-        no_sleep_broken: Some(
-            "not run: dm-bufio operations of dm-verity's no-sleep work lose their frames on 7.3 \
-             (960 returns matched no entry with no program run skipped, 2026-11-29; 6.1 runs it \
-             clean): to be found",
-        ),
     },
 ];
 

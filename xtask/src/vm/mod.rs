@@ -90,10 +90,6 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
                 not_run.push(format!("{:<6} {HOTSPOT:<14} {why}", kernel.name));
                 continue;
             }
-            if let (NO_SLEEP_SCENARIO, Some(why)) = (*name, kernel.no_sleep_broken) {
-                not_run.push(format!("{:<6} {NO_SLEEP_SCENARIO:<14} {why}", kernel.name));
-                continue;
-            }
             let outcome =
                 run_scenario(&work, kernel, &extracted, &initramfs, name, &bufscope, keep)
                     .with_context(|| format!("{} {name}", kernel.name))?;
@@ -173,20 +169,22 @@ fn print_owner_stacks(rows: &[Outcome]) {
     println!();
     println!(
         "owner stacks: dm-thin root_lock waits, those whose owner's stack was taken (a holder off \
-         its CPU), and of those the ones inside dm-thin's metadata code"
+         its CPU), and of those the ones inside dm-thin's metadata code and the ones cut at an \
+         interrupt's return (a holder preempted there)"
     );
     println!(
-        "{:<6} {:<14} {:>10} {:>10} {:>10}  note",
-        "kernel", "scenario", "root waits", "stacks", "in dm-thin"
+        "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10}  note",
+        "kernel", "scenario", "root waits", "stacks", "in dm-thin", "preempted"
     );
     for (kernel, scenario, s) in runs {
         println!(
-            "{:<6} {:<14} {:>10} {:>10} {:>10}  {}",
+            "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10}  {}",
             kernel,
             scenario,
             s.root_waits,
             s.with_stack,
             s.in_metadata_code,
+            s.preempted,
             s.not_taken.as_deref().unwrap_or("")
         );
     }
