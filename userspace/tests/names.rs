@@ -299,19 +299,11 @@ fn locks_in_slab_objects_are_named_by_their_cache() {
     if !root_or_skip("locks_in_slab_objects_are_named_by_their_cache") {
         return;
     }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let version: Vec<u32> = release
-        .split(|c: char| !c.is_ascii_digit())
-        .take(2)
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    if version < vec![6, 13] {
+    let (major, minor) = common::kernel_version();
+    if (major, minor) < (6, 13) {
         common::skip(
             "locks_in_slab_objects_are_named_by_their_cache",
-            &format!(
-                "bpf_get_kmem_cache came with Linux 6.13; this is {}",
-                release.trim()
-            ),
+            &format!("bpf_get_kmem_cache came with Linux 6.13; this is {major}.{minor}"),
         );
         return;
     }

@@ -254,11 +254,29 @@ fn live_prints_interval_tables_from_in_kernel_histograms() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let tables = stdout.lines().filter(|l| l.starts_with("--- ")).count();
     assert!(tables >= 3, "{tables} tables in 3 s at 500 ms: {stdout}");
-    let mutex_rows = stdout
+    // The pipe's mutex, named as a recording names it: after its slab cache where the kernel
+    // has bpf_get_kmem_cache (6.13+), else by its address. Fixed columns: waits/s to p99 (58
+    // characters), inside (18 and a space), type (11 and a space), then the lock's name.
+    fn column(line: &str, from: usize, to: usize) -> Option<&str> {
+        line.get(from..to.min(line.len())).map(str::trim)
+    }
+    let mutex_rows: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.contains(" mutex 0x") || l.contains("client mutex"))
-        .count();
-    assert!(mutex_rows >= 2, "no mutex rows: {stdout}");
+        .filter(|l| column(l, 77, 88) == Some("mutex"))
+        .collect();
+    assert!(mutex_rows.len() >= 2, "no mutex rows: {stdout}");
+    let slab_names = common::kernel_version() >= (6, 13);
+    for row in &mutex_rows {
+        let lock = column(row, 89, row.len()).unwrap_or("");
+        if slab_names {
+            assert!(
+                lock.starts_with("&kmalloc"),
+                "the pipe's mutex named {lock}: {stdout}"
+            );
+        } else {
+            assert!(lock.starts_with("mutex 0x"), "{stdout}");
+        }
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in-kernel histograms only"), "{stderr}");
 }

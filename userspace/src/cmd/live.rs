@@ -242,20 +242,21 @@ fn print_interval(out: &mut impl Write, table: &IntervalTable) -> std::io::Resul
     if !table.locks.is_empty() {
         writeln!(
             out,
-            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} lock",
-            "waits/s", "total wait", "avg", "p50 <", "p99 <", "inside"
+            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} {:<11} lock",
+            "waits/s", "total wait", "avg", "p50 <", "p99 <", "inside", "type"
         )?;
     }
     for row in &table.locks {
         writeln!(
             out,
-            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} {}",
+            "{:>10} {:>12} {:>10} {:>10} {:>10}  {:<18} {:<11} {}",
             thousands(row.waits_per_sec as u64),
             duration_ns(row.total_ns),
             duration_ns(row.average_ns),
             duration_ns(row.p50_below_ns),
             duration_ns(row.p99_below_ns),
             row.inside.trim_start_matches("dm_bufio_"),
+            row.type_name,
             row.lock
         )?;
     }

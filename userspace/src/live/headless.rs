@@ -9,13 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bufscope_abi::{HIST_BUCKETS, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
+use bufscope_abi::{
+    HIST_BUCKETS, LockFlags, OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey,
+};
 use bufscope_analyses::naming::Names;
 use bufscope_trace::OpKind;
 use tokio::signal::unix::SignalKind;
 
 use super::{
-    ingest::ingest,
+    ingest::{KernelNames, ingest},
     model::{BufioStatus, CompareSource, Header, LockSort, Model, Source},
     serve::serve_metrics,
     session::{SessionError, handler},
@@ -69,6 +71,8 @@ pub struct LockRow {
     pub p99_below_ns: u64,
     /// The dm-bufio function the waits were inside, `-` for none.
     pub inside: &'static str,
+    /// The lock type: mutex, rwsem:R, spinlock, ...
+    pub type_name: &'static str,
     pub lock: String,
 }
 
@@ -162,6 +166,8 @@ pub async fn run_headless(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Vec::new();
     let mut threads = system::NewThreads::default();
+    // Names for the tables' locks, as the full view and files give them.
+    let mut naming = KernelNames::new();
     let mut previous = Snapshot::take(&probes)?;
     let mut last = Instant::now();
     let ended = loop {
@@ -172,6 +178,7 @@ pub async fn run_headless(
                 let now = Snapshot::take(&probes)?;
                 let elapsed = last.elapsed();
                 last = Instant::now();
+                naming.update(&mut model, &probes, now.waits.keys().map(|k| k.lock_addr));
                 let table = interval_table(&previous, &now, elapsed, &model.names, settings.top);
                 on_interval(&table).map_err(SessionError::Output)?;
                 if let Some(metrics) = &published {
@@ -194,6 +201,7 @@ pub async fn run_headless(
                 let status = status?;
                 // The command's last stretch: what it waited on since the last table.
                 let now = Snapshot::take(&probes)?;
+                naming.update(&mut model, &probes, now.waits.keys().map(|k| k.lock_addr));
                 let table = interval_table(&previous, &now, last.elapsed(), &model.names, settings.top);
                 on_interval(&table).map_err(SessionError::Output)?;
                 break Some(status);
@@ -265,6 +273,7 @@ fn interval_table(
             p50_below_ns: quantile_ns(&d.buckets, 0.5),
             p99_below_ns: quantile_ns(&d.buckets, 0.99),
             inside: OpKind::from_u8(key.op as u8).map_or("-", |k| k.function()),
+            type_name: LockFlags(key.flags).type_name(),
             lock: names.lock_name(key.lock_addr, key.flags),
         })
         .collect();

@@ -81,9 +81,16 @@ impl KernelNames {
         }
     }
 
-    /// Reads the stacks the model has not seen yet and names their frames and the model's static
-    /// locks.
-    pub fn update(&mut self, model: &mut Model, probes: &LockProbes) {
+    /// Reads the stacks the model has not seen yet and names their frames, the model's static
+    /// locks and every lock the probes classified (process locks, runqueues, dm-thin pools,
+    /// slab objects, zones). The locks of `also` are named too where static: the in-kernel
+    /// histograms' locks, for a view without a stream of waits (`live --no-tui`).
+    pub fn update(
+        &mut self,
+        model: &mut Model,
+        probes: &LockProbes,
+        also: impl IntoIterator<Item = u64>,
+    ) {
         let mut new_addrs = Vec::new();
         for id in model.unnamed_stacks() {
             if let Some(frames) = probes.stack(id) {
@@ -99,6 +106,7 @@ impl KernelNames {
             .locks
             .keys()
             .map(|k| k.addr)
+            .chain(also)
             .filter(|a| *a >= 0xffff_ffff_8000_0000 && self.statics.insert(*a))
             .collect();
         if !statics.is_empty() {

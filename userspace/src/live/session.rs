@@ -331,7 +331,7 @@ pub async fn run_live(
                 _ = data_tick.tick() => {
                     let secs = last_tick.elapsed().as_secs_f64();
                     last_tick = Instant::now();
-                    naming.update(&mut session.model, &probes);
+                    naming.update(&mut session.model, &probes, []);
                     selector.refresh(&probes);
                     probes.refresh_processes()?;
                     if let Some(w) = &watched {
