@@ -729,6 +729,19 @@ pub(crate) fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
     IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq })
 }
 
+/// [`frames_at`] for a lock wait, which only reads them: the common case, a thread outside
+/// dm-bufio with no interrupt operation on its CPU, costs two lookups and no read of the task.
+#[inline(always)]
+pub(crate) fn frames_for_wait(tid: u32, here: u64) -> Option<&'static OpStack> {
+    // SAFETY: read-only lookups of this thread's entry and this CPU's slot.
+    let thread_busy = tid != 0 && unsafe { OPS.get(tid) }.is_some_and(|s| s.depth > 0);
+    let irq_busy = IRQ_OPS.get(0).is_some_and(|s| s.depth > 0);
+    if !thread_busy && !irq_busy {
+        return None;
+    }
+    frames_at(tid, here).map(|stack| &*stack)
+}
+
 /// The outermost operation frame of the call at `here` ([`frames_at`]), if one is in progress.
 #[inline(always)]
 fn current_op(here: u64) -> Option<&'static mut OpFrame> {

@@ -169,7 +169,8 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
     // client's operation in softirq).
     let here = ctx.stack_place();
-    if let Some(frame) = bufio_ops::frames_at(tid, here).and_then(|stack| stack.outermost_at(here))
+    if let Some(frame) =
+        bufio_ops::frames_for_wait(tid, here).and_then(|stack| stack.outermost_at(here))
     {
         wait.op = frame.op;
         wait.op_client = frame.client;
