@@ -528,7 +528,10 @@ fn prometheus_scrapes_live_metrics_and_runs_every_dashboard_query() {
             let text = served_text(metrics_port)?;
             let busiest = text
                 .lines()
-                .filter(|l| l.starts_with("bufscope_lock_wait_seconds_count{lock=\"mutex 0x"))
+                .filter(|l| {
+                    l.starts_with("bufscope_lock_wait_seconds_count{")
+                        && l.contains("type=\"mutex\"")
+                })
                 .filter_map(|l| {
                     let lock = l.split('"').nth(1)?.to_string();
                     Some((l.rsplit(' ').next()?.parse::<u64>().ok()?, lock))
