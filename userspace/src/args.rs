@@ -40,9 +40,9 @@ pub struct ModelArgs {
     /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
     #[arg(long, default_value_t = 76_800, value_parser = at_least_one())]
     pub capacity: usize,
-    /// How long the designs' steps take: `kernel` (each critical section as long as the
-    /// recording kernel held its lock for that operation, and memory reads as long as its misses
-    /// read; see `report --calibration`), `host` (as fast as this machine runs them), or `auto`:
+    /// How long the designs' steps take: `kernel` (each kind of operation's critical section as
+    /// long as the recording kernel's median hold for that kind and outcome, and memory reads as
+    /// long as its misses' median read; see `report --calibration`), `host` (as fast as this machine runs them), or `auto`:
     /// kernel for a recording that measured the kernel's lock holds, host otherwise (synthetic
     /// traces, older files).
     #[arg(long, value_enum, default_value_t = TimingArg::Auto)]
