@@ -135,7 +135,7 @@ fn symbolize_with(
         .enumerate()
         .map(|(i, &addr)| {
             let (name, module) = match resolved.get(i) {
-                Some(Symbolized::Sym(sym)) => (
+                Some(Symbolized::Sym(sym)) if inside(sym.offset, sym.size) => (
                     if sym.offset == 0 {
                         sym.name.to_string()
                     } else {
@@ -157,6 +157,20 @@ fn symbolize_with(
         .collect();
     (symbols, note)
 }
+
+/// Whether an address `offset` bytes past a symbol's start can be in it: within its size where
+/// that is known, else within [`MAX_FUNCTION_BYTES`]. An address in code kallsyms does not list
+/// (a BPF trampoline, where BPF's kallsyms entries are off) otherwise takes the name of the last
+/// symbol below it, however far: "__init_scratch_end+0xf886b7c" in the 6.12 test bed.
+fn inside(offset: usize, size: Option<usize>) -> bool {
+    match size {
+        Some(size) if size > 0 => offset < size,
+        _ => offset < MAX_FUNCTION_BYTES,
+    }
+}
+
+/// Larger than any kernel function (the largest are a few tens of KiB).
+const MAX_FUNCTION_BYTES: usize = 1 << 20;
 
 /// Names of static locks (kernel or module data, as `perf lock contention -l` names them) from
 /// /proc/kallsyms' data symbols: `rtnl_mutex`, or `symbol+0x10` inside a struct. Heap addresses
@@ -314,5 +328,16 @@ ffffffff81000000 T _text
         assert_eq!(note, None);
         assert_eq!(symbols[0].name, "schedule+0x4");
         assert!(symbols[0].lock_text, "schedule is in the scheduler text");
+    }
+
+    #[test]
+    fn an_address_far_past_the_last_symbol_below_it_keeps_its_address() {
+        assert!(inside(0x52, Some(0x200)));
+        assert!(!inside(0x200, Some(0x200)));
+        assert!(inside(0x1000, None));
+        assert!(
+            !inside(0xf88_6b7c, None),
+            "a trampoline 260 MB past __init_scratch_end"
+        );
     }
 }
