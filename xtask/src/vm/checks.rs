@@ -534,6 +534,9 @@ pub struct OwnerStacks {
     pub with_stack: u64,
     pub in_metadata_code: u64,
     pub preempted: u64,
+    /// Stacks of one or two frames outside that code: a walk cut short (the owner woke and ran
+    /// while the kernel walked its stack, which it does without stopping the task).
+    pub cut_short: u64,
     /// Why the kernel gave no owner stacks, when bufscope said so (no bpf_task_from_pid: 6.1).
     pub not_taken: Option<String>,
 }
@@ -549,6 +552,9 @@ const PREEMPTED: &str = "(preempted on an interrupt's return: its stack ends the
 /// does not, bufscope must have said so and taken none. On a kernel that preempts in an
 /// interrupt's return (7.3, PREEMPT_LAZY), a holder preempted there has a stack that ends at
 /// the interrupt (7.3 small-cache, 2026-11-29: 1 of 153): counted apart, as the report names it.
+/// And the kernel walks a sleeping owner's stack without stopping it: an owner woken meanwhile
+/// can leave a walk of one or two frames (6.12 thin-hotspot, a CI-like run of 2026-11-29: 1 of
+/// 164, "cache_get+0x50"), counted apart too, and allowed up to 5 % of the stacks.
 fn check_owner_stacks(
     kernel: &str,
     scenario: &str,
@@ -591,6 +597,7 @@ fn check_owner_stacks(
         with_stack: 0,
         in_metadata_code: 0,
         preempted: 0,
+        cut_short: 0,
         not_taken: fs::read_to_string(results.join("record.log"))?
             .lines()
             .find_map(|l| l.split_once("owner stacks are not taken: "))
@@ -616,6 +623,9 @@ fn check_owner_stacks(
                 stacks.in_metadata_code += contended;
             } else if row["name"] == PREEMPTED {
                 stacks.preempted += contended;
+            } else if frames.len() <= 2 {
+                stacks.cut_short += contended;
+                outside.push(frames.join(" ← "));
             } else {
                 outside.push(frames.join(" ← "));
             }
@@ -629,14 +639,17 @@ fn check_owner_stacks(
         ),
         None => ensure!(
             stacks.in_metadata_code > 0
-                && stacks.in_metadata_code + stacks.preempted == stacks.with_stack,
+                && stacks.in_metadata_code + stacks.preempted + stacks.cut_short
+                    == stacks.with_stack
+                && stacks.cut_short * 20 <= stacks.with_stack,
             "{context}: of {} root_lock waits, {} have an owner stack; {} of those run through \
-             dm-thin's metadata code and {} end at an interrupt's return; the others: \
-             {outside:?}",
+             dm-thin's metadata code, {} end at an interrupt's return and {} were cut short \
+             (at most 5 % may be); the others: {outside:?}",
             stacks.root_waits,
             stacks.with_stack,
             stacks.in_metadata_code,
-            stacks.preempted
+            stacks.preempted,
+            stacks.cut_short
         ),
     }
     Ok(stacks)

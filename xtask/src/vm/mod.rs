@@ -169,22 +169,24 @@ fn print_owner_stacks(rows: &[Outcome]) {
     println!();
     println!(
         "owner stacks: dm-thin root_lock waits, those whose owner's stack was taken (a holder off \
-         its CPU), and of those the ones inside dm-thin's metadata code and the ones cut at an \
-         interrupt's return (a holder preempted there)"
+         its CPU), and of those the ones inside dm-thin's metadata code, the ones cut at an \
+         interrupt's return (a holder preempted there) and the walks cut short (the owner ran \
+         meanwhile)"
     );
     println!(
-        "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10}  note",
-        "kernel", "scenario", "root waits", "stacks", "in dm-thin", "preempted"
+        "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}  note",
+        "kernel", "scenario", "root waits", "stacks", "in dm-thin", "preempted", "cut short"
     );
     for (kernel, scenario, s) in runs {
         println!(
-            "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
             kernel,
             scenario,
             s.root_waits,
             s.with_stack,
             s.in_metadata_code,
             s.preempted,
+            s.cut_short,
             s.not_taken.as_deref().unwrap_or("")
         );
     }
