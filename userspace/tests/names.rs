@@ -60,6 +60,25 @@ fn record_this_process(path: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// `bufscope report --by BY --json PATH`'s rows, the command required to succeed.
+fn report_rows(path: &std::path::Path, by: &str) -> Vec<serde_json::Value> {
+    let report = bufscope()
+        .args(["report", "--by", by, "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let mut report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    match report["rows"].take() {
+        serde_json::Value::Array(rows) => rows,
+        other => panic!("no rows: {other}"),
+    }
+}
+
 /// Threads mapping, touching and unmapping memory in a loop: munmap takes the process's
 /// mmap_lock for writing, page faults take it for reading.
 fn mmap_storm(threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
@@ -258,18 +277,7 @@ fn pipe_mutex_waits_carry_their_holder() {
             common::PipeContention::WRITER_NAME
         })
     );
-    let report = bufscope()
-        .args(["report", "--by", "owner", "--json"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    let rows = report["rows"].as_array().expect("rows");
+    let rows = report_rows(&path, "owner");
     let named = |r: &&serde_json::Value| {
         r["name"]
             .as_str()
@@ -449,18 +457,7 @@ fn owner_stacks_say_what_a_sleeping_holder_is_doing() {
     }
     assert_eq!(checked, ROUNDS * WAITERS);
     // The report says what the holders were doing, with exactly these waits.
-    let report = bufscope()
-        .args(["report", "--by", "owner-stack", "--json"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    let rows = report["rows"].as_array().expect("rows");
+    let rows = report_rows(&path, "owner-stack");
     let in_userfault: u64 = rows
         .iter()
         .filter(|r| {

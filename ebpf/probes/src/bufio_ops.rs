@@ -83,24 +83,17 @@ impl OpStack {
             || current::read_field::<u64>(frame.stack_addr, 0) == Some(frame.stack_word)
     }
 
-    /// Whether `here` is on another stack than this thread's live frames: an interrupt (a
-    /// no-sleep client's dm-verity work runs in softirq, on top of whatever thread it
-    /// interrupted, maybe one inside a dm-bufio operation). Told by the task's stack bounds
-    /// where they are known ([`current::on_thread_stack`]); else guessed from the distance to
-    /// the outermost frame, which fails where the IRQ stack happens to lie within
-    /// [`STACK_SPAN`] of the thread's (seen on 6.12 and 7.3: hundreds of a run's returns found
-    /// no entry). 0 (unknown) is not.
+    /// Whether `here` is far enough from this thread's outermost live frame to be on another
+    /// stack, an interrupt's: the guess [`frames_at`] falls back to where the task's stack
+    /// bounds are unknown. It fails where the IRQ stack happens to lie within [`STACK_SPAN`] of
+    /// the thread's (seen on 6.12 and 7.3: hundreds of a run's returns found no entry). 0
+    /// (unknown) is not.
     #[inline(always)]
-    fn elsewhere(&self, here: u64) -> bool {
-        match current::on_thread_stack(here) {
-            Some(on_thread) => !on_thread,
-            None => {
-                self.depth > 0
-                    && here != 0
-                    && self.frames[0].stack_addr != 0
-                    && here.abs_diff(self.frames[0].stack_addr) > STACK_SPAN
-            }
-        }
+    fn far_from(&self, here: u64) -> bool {
+        self.depth > 0
+            && here != 0
+            && self.frames[0].stack_addr != 0
+            && here.abs_diff(self.frames[0].stack_addr) > STACK_SPAN
     }
 
     /// The operation a lock wait beginning at `here` is inside, given the frames of the stack
@@ -709,24 +702,25 @@ fn add_op_stats(client: u64, op: u32, outcome: u32, duration_ns: u64, lock_wait_
 /// interrupt's operations neither drop nor hide the thread's. `None` when the thread has none.
 #[inline(always)]
 pub(crate) fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
+    // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
+    let irq = || IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
+    // Every CPU's idle task is thread 0: what runs there runs in an interrupt, one per CPU.
     if tid == 0 {
-        // Every CPU's idle task is thread 0: what runs there runs in an interrupt, one per CPU.
-        // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
-        return IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
+        return irq();
     }
-    if current::on_thread_stack(here) == Some(false) {
-        // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
-        return IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq });
+    // Told by the task's stack bounds, read once; where unknown, guessed from the distance.
+    let on_thread = current::on_thread_stack(here);
+    if on_thread == Some(false) {
+        return irq();
     }
     let thread = OPS.get_ptr_mut(tid)?;
     // SAFETY: only this thread (or an interrupt on its CPU, which then keeps to IRQ_OPS)
     // writes its own frames.
     let thread = unsafe { &mut *thread };
-    if !thread.elsewhere(here) {
+    if on_thread == Some(true) || !thread.far_from(here) {
         return Some(thread);
     }
-    // SAFETY: this CPU's slot; an interrupt's programs finish before the CPU leaves it.
-    IRQ_OPS.get_ptr_mut(0).map(|irq| unsafe { &mut *irq })
+    irq()
 }
 
 /// [`frames_at`] for a lock wait, which only reads them: the common case, a thread outside

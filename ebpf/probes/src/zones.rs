@@ -6,7 +6,7 @@
 //! BPF_PROG_TEST_RUN.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use bufscope_abi::ZoneOffsets;
+use bufscope_abi::{TaskOffsets, ZoneOffsets};
 
 use crate::{ZONE_OFFSETS, current, maps::NODES};
 
@@ -19,7 +19,7 @@ pub fn find_nodes(_ctx: RawTracePointContext) -> i32 {
     let Some(css) = current::read_field::<u64>(css_set, offsets.css_set_memory) else {
         return 1;
     };
-    if css == 0 || offsets.memcg_css == ZoneOffsets::UNSET.memcg_css {
+    if css == 0 || offsets.memcg_css == TaskOffsets::ABSENT {
         return 1;
     }
     let memcg = css - u64::from(offsets.memcg_css);

@@ -423,7 +423,8 @@ pub fn check_results(
         lock_waits,
         preemptible_bpf,
     )?;
-    let thin_root_waits = if scenario == "thin-hotspot" || scenario == "small-cache" {
+    let thin = scenario == "thin-hotspot" || scenario == "small-cache";
+    let thin_root_waits = if thin {
         Some(check_thin_names(
             kernel, scenario, bufscope, &trace, results,
         )?)
@@ -440,7 +441,7 @@ pub fn check_results(
     } else {
         None
     };
-    let owner_stacks = if scenario == "thin-hotspot" || scenario == "small-cache" {
+    let owner_stacks = if thin {
         Some(check_owner_stacks(
             kernel, scenario, bufscope, &trace, results,
         )?)
@@ -499,6 +500,23 @@ fn report_rows(
     by: &str,
     args: &[&str],
 ) -> anyhow::Result<Vec<(String, u64)>> {
+    Ok(report_json_rows(context, bufscope, trace, by, args)?
+        .iter()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap_or("").to_string();
+            (name, r["contended"].as_u64().unwrap_or(0))
+        })
+        .collect())
+}
+
+/// [`report_rows`] whole, as the JSON rows (with their stacks, when `args` asks for them).
+fn report_json_rows(
+    context: &str,
+    bufscope: &Path,
+    trace: &Path,
+    by: &str,
+    args: &[&str],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let out = Command::new(bufscope)
         .args(["report", "--by", by, "--top", "0", "--json"])
         .args(args)
@@ -512,16 +530,11 @@ fn report_rows(
         );
         return Ok(Vec::new());
     }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(report["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let name = r["name"].as_str().unwrap_or("").to_string();
-            (name, r["contended"].as_u64().unwrap_or(0))
-        })
-        .collect())
+    let mut report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(match report["rows"].take() {
+        serde_json::Value::Array(rows) => rows,
+        _ => Vec::new(),
+    })
 }
 
 /// What the holders of dm-thin's root_lock were doing, from their stacks.
@@ -563,30 +576,13 @@ fn check_owner_stacks(
     results: &Path,
 ) -> anyhow::Result<OwnerStacks> {
     let context = format!("{kernel} {scenario}");
-    let out = Command::new(bufscope)
-        .args([
-            "report",
-            "--by",
-            "owner-stack",
-            "--lock",
-            "metadata root_lock",
-            "--stacks=0",
-            "--top",
-            "0",
-            "--json",
-        ])
-        .arg(trace)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: serde_json::Value = if out.status.success() {
-        serde_json::from_slice(&out.stdout)?
-    } else {
-        ensure!(
-            stderr.contains("match the filters"),
-            "{context}: bufscope report --by owner-stack failed: {stderr}"
-        );
-        serde_json::json!({ "rows": [] })
-    };
+    let rows = report_json_rows(
+        &context,
+        bufscope,
+        trace,
+        "owner-stack",
+        &["--lock", "metadata root_lock", "--stacks=0"],
+    )?;
     let metadata_code = |frame: &str| {
         ["dm_", "thin", "bufio", "btree", "sm_", "commit_transaction"]
             .iter()
@@ -604,7 +600,7 @@ fn check_owner_stacks(
             .map(|(_, why)| why.to_string()),
     };
     let mut outside = Vec::new();
-    for row in report["rows"].as_array().into_iter().flatten() {
+    for row in &rows {
         let contended = row["contended"].as_u64().unwrap_or(0);
         stacks.root_waits += contended;
         if row["name"] == "(no owner stack)" {
