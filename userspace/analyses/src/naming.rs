@@ -228,8 +228,18 @@ impl Names {
             .iter()
             .any(|p| f.starts_with(p))
         };
+        // A BPF JIT image has no unwind data: the kernel's unwinder stops at the helper a
+        // program called. A holder preempted there (7.3, bpf_ringbuf_submit → irq_work_queue →
+        // preempt_schedule) was running a BPF program, quite possibly bufscope's own.
+        let bpf_helper = frames
+            .last()
+            .and_then(|a| self.symbols.get(a))
+            .filter(|s| s.module.is_none() && is_bpf_machinery(&s.name))
+            .map(|s| s.name.clone());
         Some(if doing.is_empty() {
             "(scheduler and lock code only)".to_string()
+        } else if let Some(helper) = bpf_helper {
+            format!("(inside a BPF program, in {helper}: its stack ends there)")
         } else if doing.iter().all(interrupt_entry) {
             // A holder preempted as an interrupt returned (PREEMPT_LAZY, PREEMPT_FULL): the
             // kernel's unwinder stops at the interrupt's frame for a task it does not run.
@@ -255,16 +265,22 @@ impl Names {
             None => frames
                 .iter()
                 .position(|a| {
-                    self.symbols.get(a).is_some_and(|s| {
-                        !["bpf_", "__bpf_", "__traceiter_", "trace_contention"]
-                            .iter()
-                            .any(|p| s.name.starts_with(p))
-                    })
+                    self.symbols
+                        .get(a)
+                        .is_some_and(|s| !is_bpf_machinery(&s.name))
                 })
                 .unwrap_or(frames.len()),
         };
         Some(&frames[start..])
     }
+}
+
+/// Whether a kernel function is part of the tracing and BPF machinery that runs a program
+/// (helpers, trampolines, the tracepoint's iterator), by name.
+fn is_bpf_machinery(name: &str) -> bool {
+    ["bpf_", "__bpf_", "__traceiter_", "trace_contention"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]
@@ -381,6 +397,60 @@ mod tests {
             ]
         );
         assert_eq!(n.caller(8), None, "unknown stack");
+    }
+
+    #[test]
+    fn an_owner_is_doing_what_its_stack_shows_past_the_scheduler() {
+        let mut n = names();
+        let sym = |addr, name: &str, lock_text| Symbol {
+            addr,
+            name: name.into(),
+            module: None,
+            lock_text,
+        };
+        n.add(&Metadata::Symbols {
+            symbols: vec![
+                sym(0xb0, "__schedule+0x2f0", true),
+                sym(0xb1, "io_schedule+0x42", false),
+                sym(0xb2, "folio_wait_bit_common+0x130", false),
+                sym(0xb3, "dm_bufio_read+0x30", false),
+                sym(0xb4, "dm_thin_find_block+0x70", false),
+                sym(0xc0, "irqentry_exit+0x3e", false),
+                sym(0xc1, "asm_sysvec_apic_timer_interrupt+0x1a", false),
+                sym(0xd0, "preempt_schedule_thunk+0x16", false),
+                sym(0xd1, "irq_work_queue+0x4f", false),
+                sym(0xd2, "bpf_ringbuf_submit+0x5c", false),
+            ],
+        });
+        let stack = |n: &mut Names, id, frames: &[u64]| {
+            n.add(&Metadata::Stack {
+                id,
+                frames: frames.to_vec(),
+            })
+        };
+        stack(&mut n, 1, &[0xb0, 0xb1, 0xb2, 0xb3, 0xb4]);
+        stack(&mut n, 2, &[0xb0, 0xc0, 0xc1]);
+        // 7.3 thin-hotspot, a CI run of 2026-11-28: the root_lock's holder was preempted as
+        // bufscope's probe woke the reader, and the unwinder stopped at the program.
+        stack(&mut n, 3, &[0xb0, 0xd0, 0xd1, 0xd2]);
+        stack(&mut n, 4, &[0xb0]);
+        assert_eq!(
+            n.doing(1).as_deref(),
+            Some("io_schedule+0x42 ← folio_wait_bit_common+0x130 ← dm_bufio_read+0x30")
+        );
+        assert_eq!(
+            n.doing(2).as_deref(),
+            Some("(preempted on an interrupt's return: its stack ends there)")
+        );
+        assert_eq!(
+            n.doing(3).as_deref(),
+            Some("(inside a BPF program, in bpf_ringbuf_submit+0x5c: its stack ends there)")
+        );
+        assert_eq!(
+            n.doing(4).as_deref(),
+            Some("(scheduler and lock code only)")
+        );
+        assert_eq!(n.doing(5), None, "unknown stack");
     }
 
     #[test]

@@ -550,12 +550,18 @@ pub struct OwnerStacks {
     /// Stacks of one or two frames outside that code: a walk cut short (the owner woke and ran
     /// while the kernel walked its stack, which it does without stopping the task).
     pub cut_short: u64,
+    /// Stacks that end in a BPF helper: a holder preempted while it ran a BPF program (the
+    /// unwinder stops at a JIT image), in the guest bufscope's own probes.
+    pub in_bpf_program: u64,
     /// Why the kernel gave no owner stacks, when bufscope said so (no bpf_task_from_pid: 6.1).
     pub not_taken: Option<String>,
 }
 
 /// What `report --by owner-stack` calls a holder preempted as an interrupt returned.
 const PREEMPTED: &str = "(preempted on an interrupt's return: its stack ends there)";
+
+/// How `report --by owner-stack` names a holder whose stack ends in a BPF program.
+const IN_BPF_PROGRAM: &str = "(inside a BPF program, in ";
 
 /// Thin scenarios record with `--owner-stacks`. Whoever holds a pool's root_lock is inside
 /// dm-thin's metadata code (a lookup, an insert, a commit), so every owner stack of a root_lock
@@ -567,7 +573,10 @@ const PREEMPTED: &str = "(preempted on an interrupt's return: its stack ends the
 /// the interrupt (7.3 small-cache, 2026-11-29: 1 of 153): counted apart, as the report names it.
 /// And the kernel walks a sleeping owner's stack without stopping it: an owner woken meanwhile
 /// can leave a walk of one or two frames (6.12 thin-hotspot, a CI-like run of 2026-11-29: 1 of
-/// 164, "cache_get+0x50"), counted apart too, and allowed up to 5 % of the stacks.
+/// 164, "cache_get+0x50"), counted apart too. A holder preempted while it ran one of
+/// bufscope's probes has a stack that ends at the program's helper (7.3 thin-hotspot, CI of
+/// 2026-11-28: 1 of 169, "preempt_schedule_thunk ← irq_work_queue ← bpf_ringbuf_submit"): a cost
+/// of the probe itself, counted apart. Those two together may be at most 5 % of the stacks.
 fn check_owner_stacks(
     kernel: &str,
     scenario: &str,
@@ -594,6 +603,7 @@ fn check_owner_stacks(
         in_metadata_code: 0,
         preempted: 0,
         cut_short: 0,
+        in_bpf_program: 0,
         not_taken: fs::read_to_string(results.join("record.log"))?
             .lines()
             .find_map(|l| l.split_once("owner stacks are not taken: "))
@@ -619,6 +629,12 @@ fn check_owner_stacks(
                 stacks.in_metadata_code += contended;
             } else if row["name"] == PREEMPTED {
                 stacks.preempted += contended;
+            } else if row["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(IN_BPF_PROGRAM))
+            {
+                stacks.in_bpf_program += contended;
+                outside.push(frames.join(" ← "));
             } else if frames.len() <= 2 {
                 stacks.cut_short += contended;
                 outside.push(frames.join(" ← "));
@@ -635,17 +651,22 @@ fn check_owner_stacks(
         ),
         None => ensure!(
             stacks.in_metadata_code > 0
-                && stacks.in_metadata_code + stacks.preempted + stacks.cut_short
+                && stacks.in_metadata_code
+                    + stacks.preempted
+                    + stacks.cut_short
+                    + stacks.in_bpf_program
                     == stacks.with_stack
-                && stacks.cut_short * 20 <= stacks.with_stack,
+                && (stacks.cut_short + stacks.in_bpf_program) * 20 <= stacks.with_stack,
             "{context}: of {} root_lock waits, {} have an owner stack; {} of those run through \
-             dm-thin's metadata code, {} end at an interrupt's return and {} were cut short \
-             (at most 5 % may be); the others: {outside:?}",
+             dm-thin's metadata code, {} end at an interrupt's return, {} were cut short and {} \
+             end in a BPF program (at most 5 % may be either of these two); the others: \
+             {outside:?}",
             stacks.root_waits,
             stacks.with_stack,
             stacks.in_metadata_code,
             stacks.preempted,
-            stacks.cut_short
+            stacks.cut_short,
+            stacks.in_bpf_program
         ),
     }
     Ok(stacks)

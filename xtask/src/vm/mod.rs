@@ -170,16 +170,23 @@ fn print_owner_stacks(rows: &[Outcome]) {
     println!(
         "owner stacks: dm-thin root_lock waits, those whose owner's stack was taken (a holder off \
          its CPU), and of those the ones inside dm-thin's metadata code, the ones cut at an \
-         interrupt's return (a holder preempted there) and the walks cut short (the owner ran \
-         meanwhile)"
+         interrupt's return (a holder preempted there), the walks cut short (the owner ran \
+         meanwhile) and the ones ending in a BPF program (a holder preempted in a probe)"
     );
     println!(
-        "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}  note",
-        "kernel", "scenario", "root waits", "stacks", "in dm-thin", "preempted", "cut short"
+        "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  note",
+        "kernel",
+        "scenario",
+        "root waits",
+        "stacks",
+        "in dm-thin",
+        "preempted",
+        "cut short",
+        "in BPF"
     );
     for (kernel, scenario, s) in runs {
         println!(
-            "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<6} {:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
             kernel,
             scenario,
             s.root_waits,
@@ -187,6 +194,7 @@ fn print_owner_stacks(rows: &[Outcome]) {
             s.in_metadata_code,
             s.preempted,
             s.cut_short,
+            s.in_bpf_program,
             s.not_taken.as_deref().unwrap_or("")
         );
     }
