@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     kernel::{
         lock_classes,
-        symbols::{LockText, static_lock_names, symbolize_kernel},
+        symbols::{KernelSymbols, static_lock_names},
         system,
     },
     probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
@@ -488,7 +488,7 @@ fn write_stacks<W: Write>(
         return Ok(None);
     }
     let addrs: Vec<u64> = addrs.into_iter().collect();
-    let (symbols, note) = symbolize_kernel(&addrs, &LockText::from_kallsyms());
+    let (symbols, note) = KernelSymbols::new().symbolize(&addrs);
     writer.write_metadata(&Metadata::Symbols { symbols })?;
     Ok(note.map(|note| format!("{note}; stacks are kept as addresses")))
 }

@@ -21,12 +21,6 @@ pub struct LockText {
 }
 
 impl LockText {
-    pub fn from_kallsyms() -> Self {
-        fs::read_to_string("/proc/kallsyms")
-            .map(|text| Self::parse(&text))
-            .unwrap_or_default()
-    }
-
     pub fn parse(kallsyms: &str) -> Self {
         let mut marks = std::collections::HashMap::new();
         for line in kallsyms.lines() {
@@ -85,9 +79,62 @@ impl KernelSymbols {
         }
     }
 
-    /// As [`symbolize_kernel`], with what was parsed before.
+    /// Names kernel addresses (stack frames); addresses that cannot be named get their hex
+    /// value, so a stack always reads. Returns the symbols and a note when symbolization failed
+    /// as a whole.
     pub fn symbolize(&self, addrs: &[u64]) -> (Vec<Symbol>, Option<String>) {
-        symbolize_with(&self.symbolizer, addrs, &self.lock_text)
+        let src = Source::Kernel(Kernel {
+            kallsyms: MaybeDefault::Default,
+            vmlinux: MaybeDefault::Default,
+            ..Kernel::default()
+        });
+        let (resolved, note) = match self.symbolizer.symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(resolved) => (resolved, None),
+            Err(e) => (Vec::new(), Some(format!("kernel symbols unavailable: {e}"))),
+        };
+        let symbols = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let (name, module) = match resolved.get(i) {
+                    Some(Symbolized::Sym(sym)) if self.inside(addr, sym.offset, sym.size) => (
+                        if sym.offset == 0 {
+                            sym.name.to_string()
+                        } else {
+                            format!("{}+{:#x}", sym.name, sym.offset)
+                        },
+                        sym.module
+                            .as_ref()
+                            .map(|m| m.to_string_lossy().trim_matches(['[', ']']).to_string()),
+                    ),
+                    _ => (format!("{addr:#x}"), None),
+                };
+                Symbol {
+                    addr,
+                    name,
+                    module,
+                    lock_text: self.lock_text.contains(addr),
+                }
+            })
+            .collect();
+        (symbols, note)
+    }
+
+    /// Whether `addr`, `offset` bytes past the start of the symbol the symbolizer found, can be
+    /// in that symbol: within its size where that is known. Else (kallsyms gives no sizes) the
+    /// symbol kallsyms lists last at or below `addr` must be code and the address below the
+    /// next symbol, and no function is longer than [`MAX_FUNCTION_BYTES`].
+    ///
+    /// Code kallsyms does not list (BPF programs and trampolines, where BPF's kallsyms entries
+    /// are off) otherwise takes the name of whatever symbol lies below it: a BPF trampoline
+    /// became "__init_scratch_end+0xf886b7c" in the 6.12 test bed, and a BPF program, loaded
+    /// in the module area, "__kstrtabns_dm_bufio_set_sector_offset+0x5d76" (module rodata) in
+    /// 7.3's, so that a `--stack bufio` filter kept waits in wait4.
+    fn inside(&self, addr: u64, offset: usize, size: Option<usize>) -> bool {
+        match size {
+            Some(size) if size > 0 => offset < size,
+            _ => offset < MAX_FUNCTION_BYTES && self.data.in_code(addr).unwrap_or(true),
+        }
     }
 
     /// As [`static_lock_names`], from the kallsyms read when this was made.
@@ -110,65 +157,6 @@ impl std::fmt::Debug for KernelSymbols {
     }
 }
 
-/// Symbolizes kernel addresses; addresses that cannot be named get their hex value, so a
-/// stack always reads. Returns the symbols and a note when symbolization failed as a whole.
-pub fn symbolize_kernel(addrs: &[u64], lock_text: &LockText) -> (Vec<Symbol>, Option<String>) {
-    symbolize_with(&Symbolizer::new(), addrs, lock_text)
-}
-
-fn symbolize_with(
-    symbolizer: &Symbolizer,
-    addrs: &[u64],
-    lock_text: &LockText,
-) -> (Vec<Symbol>, Option<String>) {
-    let src = Source::Kernel(Kernel {
-        kallsyms: MaybeDefault::Default,
-        vmlinux: MaybeDefault::Default,
-        ..Kernel::default()
-    });
-    let (resolved, note) = match symbolizer.symbolize(&src, Input::AbsAddr(addrs)) {
-        Ok(resolved) => (resolved, None),
-        Err(e) => (Vec::new(), Some(format!("kernel symbols unavailable: {e}"))),
-    };
-    let symbols = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, &addr)| {
-            let (name, module) = match resolved.get(i) {
-                Some(Symbolized::Sym(sym)) if inside(sym.offset, sym.size) => (
-                    if sym.offset == 0 {
-                        sym.name.to_string()
-                    } else {
-                        format!("{}+{:#x}", sym.name, sym.offset)
-                    },
-                    sym.module
-                        .as_ref()
-                        .map(|m| m.to_string_lossy().trim_matches(['[', ']']).to_string()),
-                ),
-                _ => (format!("{addr:#x}"), None),
-            };
-            Symbol {
-                addr,
-                name,
-                module,
-                lock_text: lock_text.contains(addr),
-            }
-        })
-        .collect();
-    (symbols, note)
-}
-
-/// Whether an address `offset` bytes past a symbol's start can be in it: within its size where
-/// that is known, else within [`MAX_FUNCTION_BYTES`]. An address in code kallsyms does not list
-/// (a BPF trampoline, where BPF's kallsyms entries are off) otherwise takes the name of the last
-/// symbol below it, however far: "__init_scratch_end+0xf886b7c" in the 6.12 test bed.
-fn inside(offset: usize, size: Option<usize>) -> bool {
-    match size {
-        Some(size) if size > 0 => offset < size,
-        _ => offset < MAX_FUNCTION_BYTES,
-    }
-}
-
 /// Larger than any kernel function (the largest are a few tens of KiB).
 const MAX_FUNCTION_BYTES: usize = 1 << 20;
 
@@ -186,15 +174,39 @@ fn static_lock_names_in(kallsyms: &str, addrs: &[u64]) -> Vec<Symbol> {
     DataSymbols::parse(kallsyms).lock_names(kallsyms, addrs)
 }
 
-/// Every kallsyms symbol in address order, marked data or not, so a data symbol is bounded by
-/// the next one; names are ranges of the text they were parsed from.
+/// Every kallsyms symbol in address order, with what kind of symbol it is, so that a symbol is
+/// bounded by the next one; names are ranges of the text they were parsed from.
 #[derive(Debug, Default)]
 struct DataSymbols {
     sorted: Vec<KallsymsEntry>,
+    /// `_etext`: the kernel image's symbols from here on are data, whatever letter kallsyms
+    /// gives them (7.3 lists `tasklist_lock` and `mmlist_lock` as `T`).
+    text_end: Option<u64>,
 }
 
-/// One kallsyms line: address, whether it is data, and its name's and module's place in the text.
-type KallsymsEntry = (u64, bool, Range<usize>, Option<Range<usize>>);
+/// What a kallsyms symbol's type letter says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SymbolKind {
+    /// `t`, `T`, `w`, `W`: a function.
+    Code,
+    /// `d`, `D`, `b`, `B`: writable data, where locks live.
+    Data,
+    /// Read-only data, section markers and the rest.
+    Other,
+}
+
+impl SymbolKind {
+    fn of(letter: &str) -> Self {
+        match letter {
+            "t" | "T" | "w" | "W" => Self::Code,
+            "d" | "D" | "b" | "B" => Self::Data,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// One kallsyms line: address, kind, and its name's and module's place in the text.
+type KallsymsEntry = (u64, SymbolKind, Range<usize>, Option<Range<usize>>);
 
 impl DataSymbols {
     fn parse(kallsyms: &str) -> Self {
@@ -211,16 +223,21 @@ impl DataSymbols {
                 let kind = f.next()?;
                 let name = f.next()?;
                 let module = f.next().map(|m| range(m.trim_matches(['[', ']'])));
-                let data = matches!(kind, "d" | "D" | "b" | "B");
                 // Per-CPU offsets and hidden (zeroed) addresses are not lock addresses.
-                (addr >= 0xffff_0000_0000_0000).then(|| (addr, data, range(name), module))
+                (addr >= 0xffff_0000_0000_0000)
+                    .then(|| (addr, SymbolKind::of(kind), range(name), module))
             })
             .collect();
         sorted.sort_by_key(|s| s.0);
-        Self { sorted }
+        let text_end = sorted
+            .iter()
+            .find(|s| s.3.is_none() && &kallsyms[s.2.clone()] == "_etext")
+            .map(|s| s.0);
+        Self { sorted, text_end }
     }
 
-    /// Names of the addresses that fall inside a data symbol (within 4 KiB of its start);
+    /// Names of the addresses that fall inside a data symbol (within 4 KiB of its start, below
+    /// the next symbol): one kallsyms calls data, or any of the kernel image's past `_etext`;
     /// `kallsyms` is the text this was parsed from.
     fn lock_names(&self, kallsyms: &str, addrs: &[u64]) -> Vec<Symbol> {
         let all = &self.sorted;
@@ -228,11 +245,13 @@ impl DataSymbols {
             .iter()
             .filter_map(|&addr| {
                 let i = all.partition_point(|s| s.0 <= addr).checked_sub(1)?;
-                let (start, data, name, module) = &all[i];
+                let (start, kind, name, module) = &all[i];
                 let name = &kallsyms[name.clone()];
                 let next = all.get(i + 1).map_or(u64::MAX, |s| s.0);
                 let offset = addr - start;
-                (*data && addr < next && offset < 4096).then(|| Symbol {
+                let data = *kind == SymbolKind::Data
+                    || (module.is_none() && self.text_end.is_some_and(|end| *start >= end));
+                (data && addr < next && offset < 4096).then(|| Symbol {
                     addr,
                     name: if offset == 0 {
                         name.to_string()
@@ -244,6 +263,27 @@ impl DataSymbols {
                 })
             })
             .collect()
+    }
+
+    /// Whether `addr` lies in a function kallsyms lists: the last symbol at or below it is code
+    /// and the next one is above it. `None` when kallsyms gave no addresses (not root).
+    fn in_code(&self, addr: u64) -> Option<bool> {
+        if self.sorted.is_empty() {
+            return None;
+        }
+        let i = match self.sorted.partition_point(|s| s.0 <= addr).checked_sub(1) {
+            Some(i) => i,
+            None => return Some(false),
+        };
+        // Aliases share an address: any of them being code makes it code.
+        let at = self.sorted[i].0;
+        let code = self.sorted[..=i]
+            .iter()
+            .rev()
+            .take_while(|s| s.0 == at)
+            .any(|s| s.1 == SymbolKind::Code);
+        let next = self.sorted.get(i + 1).map_or(u64::MAX, |s| s.0);
+        Some(code && addr < next)
     }
 }
 
@@ -257,7 +297,10 @@ mod tests {
 ffffffff82000000 D text_mutex
 ffffffff82000020 d other_thing
 ffffffff82000100 T some_function
+ffffffff82000200 T _etext
+ffffffff82001000 T tasklist_lock
 ffffffffc0010000 b pool_lock\t[dm_thin_pool]
+ffffffffc0010100 t pool_function\t[dm_thin_pool]
 ";
         let names = static_lock_names_in(
             text,
@@ -265,7 +308,9 @@ ffffffffc0010000 b pool_lock\t[dm_thin_pool]
                 0xffff_ffff_8200_0000,
                 0xffff_ffff_8200_0028,
                 0xffff_ffff_8200_0100,
+                0xffff_ffff_8200_1000,
                 0xffff_ffff_c001_0000,
+                0xffff_ffff_c001_0100,
                 0xffff_8881_0000_0000,
             ],
         );
@@ -278,9 +323,10 @@ ffffffffc0010000 b pool_lock\t[dm_thin_pool]
             [
                 ("text_mutex", None),
                 ("other_thing+0x8", None),
+                ("tasklist_lock", None),
                 ("pool_lock", Some("dm_thin_pool"))
             ],
-            "text addresses and heap addresses get no lock name"
+            "text addresses and heap addresses get no lock name; 7.3 calls some data `T`"
         );
     }
 
@@ -324,20 +370,40 @@ ffffffff81000000 T _text
             crate::skip_or_fail("kallsyms shows no address for schedule (not root?)");
             return;
         };
-        let (symbols, note) = symbolize_kernel(&[addr + 4], &LockText::from_kallsyms());
+        let (symbols, note) = KernelSymbols::new().symbolize(&[addr + 4]);
         assert_eq!(note, None);
         assert_eq!(symbols[0].name, "schedule+0x4");
         assert!(symbols[0].lock_text, "schedule is in the scheduler text");
     }
 
     #[test]
-    fn an_address_far_past_the_last_symbol_below_it_keeps_its_address() {
-        assert!(inside(0x52, Some(0x200)));
-        assert!(!inside(0x200, Some(0x200)));
-        assert!(inside(0x1000, None));
-        assert!(
-            !inside(0xf88_6b7c, None),
-            "a trampoline 260 MB past __init_scratch_end"
+    fn only_an_address_inside_a_listed_function_is_code() {
+        // 7.3's test bed: a BPF program loaded in the module area, above dm_bufio's rodata.
+        let text = "\
+ffffffff81000000 T _stext
+ffffffff81000100 T schedule
+ffffffff81000100 t __pfx_alias
+ffffffff82000000 D text_mutex
+ffffffffc0010000 t dm_bufio_lock\t[dm_bufio]
+ffffffffc0010080 t dm_bufio_unlock\t[dm_bufio]
+ffffffffc0012000 r __kstrtabns_dm_bufio_set_sector_offset\t[dm_bufio]
+";
+        let kallsyms = DataSymbols::parse(text);
+        assert_eq!(kallsyms.in_code(0xffff_ffff_8100_0104), Some(true));
+        assert_eq!(kallsyms.in_code(0xffff_ffff_c001_0090), Some(true));
+        assert_eq!(
+            kallsyms.in_code(0xffff_ffff_c001_7d76),
+            Some(false),
+            "past the module's rodata: a BPF program, not dm-bufio"
         );
+        assert_eq!(kallsyms.in_code(0xffff_ffff_8200_0008), Some(false), "data");
+        assert_eq!(
+            kallsyms.in_code(0xffff_ffff_8000_0000),
+            Some(false),
+            "below all"
+        );
+        assert_eq!(DataSymbols::parse("").in_code(0xffff_ffff_8100_0104), None);
+        let hidden = "0000000000000000 T schedule\n";
+        assert_eq!(DataSymbols::parse(hidden).in_code(0x100), None, "not root");
     }
 }
