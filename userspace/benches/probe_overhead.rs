@@ -1,7 +1,7 @@
 //! What watching costs the watched, and whether the waits reported are the kernel's: a
 //! pipe-contention workload (8 threads writing 64-byte chunks into one pipe) with no probes, under
 //! a minimal bpftrace pairing, `bufscope record` (also with `--exact-stacks`, `--no-stacks` and
-//! `--no-owners`) and `live --no-tui`, each
+//! `--no-owners` and `--ring-wakeup each`) and `live --no-tui`, each
 //! run alone (two observers attached together distort the workload together and agree), rounds
 //! interleaved so that drift on this shared machine hits every mode alike, median of three. Prints
 //! the truth table (throughput, the workload's sleeping-lock contentions/s and average wait as
@@ -33,10 +33,11 @@ enum Mode {
     RecordNoStacks,
     Live,
     RecordNoOwners,
+    RecordWakeEach,
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 8] = [
         Mode::None,
         Mode::Bpftrace,
         Mode::Record,
@@ -44,6 +45,7 @@ impl Mode {
         Mode::RecordNoStacks,
         Mode::Live,
         Mode::RecordNoOwners,
+        Mode::RecordWakeEach,
     ];
 
     fn name(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Mode {
             Mode::RecordNoStacks => "bufscope record --no-stacks",
             Mode::Live => "bufscope live --no-tui",
             Mode::RecordNoOwners => "bufscope record --no-owners",
+            Mode::RecordWakeEach => "bufscope record --ring-wakeup each",
         }
     }
 }
@@ -78,13 +81,18 @@ fn observe(mode: Mode, trace: &std::path::Path) -> Option<Observer> {
     let pid = std::process::id().to_string();
     match mode {
         Mode::None => None,
-        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks | Mode::RecordNoOwners => {
+        Mode::Record
+        | Mode::RecordExactStacks
+        | Mode::RecordNoStacks
+        | Mode::RecordNoOwners
+        | Mode::RecordWakeEach => {
             let mut cmd = bufscope();
             cmd.args(["record", "--force", "-o"]).arg(trace);
             match mode {
                 Mode::RecordNoStacks => cmd.arg("--no-stacks"),
                 Mode::RecordExactStacks => cmd.arg("--exact-stacks"),
                 Mode::RecordNoOwners => cmd.arg("--no-owners"),
+                Mode::RecordWakeEach => cmd.args(["--ring-wakeup", "each"]),
                 _ => &mut cmd,
             };
             Some(start_observer(cmd, "bufscope: recording"))
@@ -224,7 +232,11 @@ fn run_mode(mode: Mode, trace: &std::path::Path) -> Sample {
             sample.waits_per_s = Some(n as f64 / secs);
             sample.average_wait_ns = per_wait(n, total);
         }
-        Mode::Record | Mode::RecordExactStacks | Mode::RecordNoStacks | Mode::RecordNoOwners => {
+        Mode::Record
+        | Mode::RecordExactStacks
+        | Mode::RecordNoStacks
+        | Mode::RecordNoOwners
+        | Mode::RecordWakeEach => {
             let (n, total) = recorded_waits(trace);
             sample.waits_per_s = Some(n as f64 / secs);
             sample.average_wait_ns = per_wait(n, total);
@@ -338,6 +350,19 @@ fn main() {
             with - without
         );
     }
+    let wake_each = 7;
+    println!(
+        "probe_overhead: ring wakeups: record batched (default) vs woken at each event: \
+         {:.0} vs {:.0} chunks/s, {} vs {} waits/s, {} vs {} avg wait, {} vs {} BPF ns/event",
+        chunks[rec],
+        chunks[wake_each],
+        opt(waits[rec], ""),
+        opt(waits[wake_each], ""),
+        opt(avg[rec], " ns"),
+        opt(avg[wake_each], " ns"),
+        opt(bpf[rec], ""),
+        opt(bpf[wake_each], ""),
+    );
     let slowdown: Vec<f64> = chunks
         .iter()
         .map(|r| 1.0 - r / chunks[0].max(1e-9))

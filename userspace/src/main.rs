@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use bufscope::probes::{AttachMode, BufioProbes, DEFAULT_RINGBUF_BYTES};
+use bufscope::probes::{AttachMode, BufioProbes, DEFAULT_RINGBUF_BYTES, RingWakeup};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +44,9 @@ enum Command {
         /// Ring buffer size in bytes: a power of two, at least one page.
         #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_size)]
         ringbuf_size: u32,
+        /// When the probes wake bufscope to read their events.
+        #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
+        ring_wakeup: RingWakeup,
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
             duration,
             attach,
             ringbuf_size,
+            ring_wakeup,
             force,
             stacks,
             no_bufio,
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
             duration,
             attach,
             ringbuf_bytes: ringbuf_size,
+            ring_wakeup,
             force,
             stacks: stacks.mode(),
             owners: stacks.owners(),

@@ -1,7 +1,7 @@
 # probe-cost: what probing dm-bufio costs the workload it measures, all in one boot. 16 readers
 # of hot regions of a thin volume (no writer: every run does the same work) run alone, under
-# `bufscope record` (fentry/fexit), under `record --bufio-probes kprobe` and under
-# `live --no-tui`, in turns (the order rotating), for three rounds after a warm-up. Each run's driver report is
+# `bufscope record` (fentry/fexit), under `record --ring-wakeup each` (the kernel's default
+# wakeups), under `record --bufio-probes kprobe` and under `live --no-tui`, in turns (the order rotating), for three rounds after a warm-up. Each run's driver report is
 # /results/cost-<how>-<round>.json; `cargo xtask bench` compares them.
 SCENARIO=probe-cost
 . /scenarios/lib.sh
@@ -12,7 +12,7 @@ workload() {
         --duration 4s --json > "$1"
 }
 
-# Runs the workload under probe $1 (none, record, kprobe, live), its report to $2.
+# Runs the workload under probe $1 (none, record, wake-each, kprobe, live), its report to $2.
 under() {
     case $1 in
     none)
@@ -21,6 +21,11 @@ under() {
         ;;
     record)
         /bin/bufscope record -o /tmp/cost.bftrace --force --duration 300s 2> /tmp/probe.log &
+        ready="bufscope: recording"
+        ;;
+    wake-each)
+        /bin/bufscope record -o /tmp/cost.bftrace --force --duration 300s \
+            --ring-wakeup each 2> /tmp/probe.log &
         ready="bufscope: recording"
         ;;
     kprobe)
@@ -46,9 +51,9 @@ workload /tmp/warm-up.json
 # Each round starts one later in the list, so that no probe always follows the same one.
 for round in 1 2 3; do
     case $round in
-    1) order="none record kprobe live" ;;
-    2) order="record kprobe live none" ;;
-    3) order="kprobe live none record" ;;
+    1) order="none record wake-each kprobe live" ;;
+    2) order="record wake-each kprobe live none" ;;
+    3) order="wake-each kprobe live none record" ;;
     esac
     for how in $order; do
         under $how "/results/cost-$how-$round.json"

@@ -100,12 +100,15 @@ pub struct ProbeConfig {
     /// 1: name locks inside slab objects by their cache (the kfunc bpf_get_kmem_cache, Linux
     /// 6.13+, tp_btf programs only); 0: the kernel has no such kfunc, nothing is asked.
     pub slab_names: u32,
+    /// When events wake user space's reader: [`ProbeConfig::WAKE_BATCHED`] or
+    /// [`ProbeConfig::WAKE_EACH`].
+    pub ring_wakeup: u32,
 }
 assert_layout!(
     ProbeConfig,
-    size = 24,
+    size = 28,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl ProbeConfig {
@@ -132,6 +135,12 @@ impl ProbeConfig {
     /// Only the listed processes' waits.
     pub const LISTED_PROCESSES: u32 = 1;
 
+    /// The reader is woken once a quarter of the ring is waiting; it also reads on a timer.
+    pub const WAKE_BATCHED: u32 = 0;
+    /// The kernel's default: the reader is woken by the first event after it caught up (under
+    /// a lock storm, nearly every event: an irq_work, a self-IPI and a context switch each).
+    pub const WAKE_EACH: u32 = 1;
+
     pub const DEFAULT: Self = Self {
         stream_events: 1,
         stacks: Self::STACKS_REUSED,
@@ -139,6 +148,7 @@ impl ProbeConfig {
         owners: Self::OWNERS,
         lock_types: 0,
         slab_names: 0,
+        ring_wakeup: Self::WAKE_BATCHED,
     };
 }
 

@@ -21,7 +21,7 @@ use bufscope_abi::{
 
 use crate::{
     BUFIO_OFFSETS, PROBE_CONFIG, current,
-    maps::{CLIENTS, EVENTS, IRQ_OPS, OP_STATS, OPS, ZERO_OPS, count},
+    maps::{CLIENTS, EVENTS, IRQ_OPS, OP_STATS, OPS, ZERO_OPS, count, submit_flags},
     notes::count_noted,
 };
 
@@ -432,7 +432,7 @@ fn send_client(client: u64, how: u32) {
         client,
         at_ns: current::now_ns(),
     });
-    entry.submit(0);
+    entry.submit(submit_flags::<ClientEvent>());
 }
 
 /// The client and block of a `struct dm_buffer *`.
@@ -660,7 +660,7 @@ fn op_return(ip: u64, ret: u64, here: u64) {
         lock_wait_ns: frame.lock_wait_ns,
         lock_hold_ns: frame.lock_hold_ns,
     });
-    entry.submit(0);
+    entry.submit(submit_flags::<BufioOpEvent>());
     count(Counter::OpsSubmitted);
 }
 

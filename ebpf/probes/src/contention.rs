@@ -20,6 +20,7 @@ use crate::{
     maps::{
         EVENTS, LOCK_CLASSES, OPS, OWNER_STACK_SCRATCH, OWNER_STACKS, PENDING_BY_TID, PENDING_SPIN,
         PROCESSES, RQ_LOCK, SLAB_LOCKS, STACK_CACHE, STACKS, WAIT_HIST, ZERO_HIST, count,
+        submit_flags,
     },
     notes::count_noted,
 };
@@ -586,7 +587,7 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         owner_stack: wait.owner_stack,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(submit_flags::<LockWaitEvent>());
     count(Counter::Submitted);
 }
 

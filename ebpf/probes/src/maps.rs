@@ -2,25 +2,55 @@
 //! Map names are the statics' names; user space finds them through `bufscope_abi::names`.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     btf_maps::StackTrace,
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bufscope_abi::{
-    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, SlabName, WaitHist,
-    WaitHistKey, ZoneOffsets,
+    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, ProbeConfig, SlabName,
+    WaitHist, WaitHistKey, ZoneOffsets,
 };
 
 use crate::{
+    PROBE_CONFIG,
     bufio_ops::OpStack,
     contention::{CachedStack, PendingWait, StackCacheKey},
 };
 
 /// Events to user space. Sized by user space at load time when it wants a different size.
 /// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients); read
-/// by user space's ring-buffer reader.
+/// by user space's ring-buffer reader. Submitted with [`submit_flags`].
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// How an event of type `T` is submitted to [`EVENTS`]: by default
+/// ([`ProbeConfig::WAKE_BATCHED`]) without waking the reader, but for the one event that fills
+/// the ring past a quarter; user space reads on a short timer besides (`probes::stream`).
+///
+/// The kernel's default wakes the reader whenever it has caught up, which at a moderate event
+/// rate is nearly every event: each wakeup queues an irq_work inside the program, raises a
+/// self-IPI and schedules the reader onto a CPU the workload wanted. A holder was seen
+/// preempted inside `bpf_ringbuf_submit` → `irq_work_queue` while it held dm-thin's root_lock
+/// (7.3 guest, 2026-11-28): the probe lengthened the very hold its waiters measured. Only the
+/// crossing event forces a wakeup: forcing every event past the mark, while the reader is
+/// still asleep, cost 220 ns more per contention event than the kernel's default in the pipe
+/// storm bench.
+#[inline(always)]
+pub(crate) fn submit_flags<T>() -> u64 {
+    if PROBE_CONFIG.load().ring_wakeup == ProbeConfig::WAKE_EACH {
+        return 0;
+    }
+    // What the event takes in the ring: an 8-byte header, rounded up to 8 bytes.
+    let taken = ((size_of::<T>() as u64 + 8) + 7) & !7;
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let mark = EVENTS.query(BPF_RB_RING_SIZE.into()) / 4;
+    if waiting >= mark && waiting < mark + taken {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
 
 /// Sleeping-lock waits in flight, by thread id. A sleeping waiter can migrate between CPUs, so
 /// its begin and end meet only through the thread id. contention_begin inserts, contention_end

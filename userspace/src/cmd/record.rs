@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 use bufscope::{
     kernel::system,
-    probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter},
+    probes::{AttachMode, AttachOptions, BufioProbes, LockProbes, ProcessFilter, RingWakeup},
     record::{Recorder, RecordingOutcome, RecordingStart, StopReason, record_until_stopped},
     wait_filter::WaitFilter,
     watched::{CommandStdio, Watched, shell_status},
@@ -27,6 +27,7 @@ pub struct Options {
     pub attach: AttachMode,
     pub bufio_probes: BufioProbes,
     pub ringbuf_bytes: u32,
+    pub ring_wakeup: RingWakeup,
     pub force: bool,
     /// The probes' stack mode (`ProbeConfig::NO_STACKS`, ...).
     pub stacks: u32,
@@ -72,6 +73,7 @@ async fn record(options: Options) -> anyhow::Result<ExitCode> {
             stacks: options.stacks,
             owners: options.owners,
             lock_types: options.lock_types,
+            ring_wakeup: options.ring_wakeup.config_value(),
             ..ProbeConfig::DEFAULT
         },
         bufio: options.bufio,

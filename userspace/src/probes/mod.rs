@@ -25,7 +25,7 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::ProgramError,
 };
-use bufscope_abi::{OpStats, OpStatsKey, WaitHist, WaitHistKey};
+use bufscope_abi::{OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
 
 pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
 pub(crate) use bufscope_analyses::units::error_chain;
@@ -62,6 +62,28 @@ pub enum BufioProbes {
     Fentry,
     /// kprobes and kretprobes only.
     Kprobe,
+}
+
+/// When the probes wake the reader of their events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RingWakeup {
+    /// Once a quarter of the ring buffer is waiting; bufscope also reads it every 20 ms.
+    #[default]
+    Batched,
+    /// The kernel's default: at the first event after the reader caught up, which under a lock
+    /// storm is nearly every event (an irq_work, a self-IPI and a context switch each, paid by
+    /// the workload). For measuring that cost.
+    Each,
+}
+
+impl RingWakeup {
+    /// The value of `ProbeConfig::ring_wakeup`.
+    pub fn config_value(self) -> u32 {
+        match self {
+            RingWakeup::Batched => ProbeConfig::WAKE_BATCHED,
+            RingWakeup::Each => ProbeConfig::WAKE_EACH,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

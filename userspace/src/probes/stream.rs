@@ -56,10 +56,17 @@ pub enum Event {
 /// The most records one [`EventStream::next_batch`] reads: about a millisecond of decoding.
 pub const MAX_BATCH: usize = 16 * 1024;
 
+/// How often the ring is read when the probes have not woken the reader: the longest an event
+/// waits before the live view or the recorder sees it. Under a storm the ring wakes the reader
+/// itself long before (a quarter of 4 MiB is about 12k events).
+pub const READ_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Events from the ring buffer, in batches as they become available.
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
     malformed: u64,
+    /// The last read stopped at [`MAX_BATCH`] with records left: the next one reads at once.
+    more: bool,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -75,27 +82,39 @@ impl EventStream {
         // SAFETY: the ring buffer owns its fd, which stays open as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(Self { ring, malformed: 0 })
+        Ok(Self {
+            ring,
+            malformed: 0,
+            more: false,
+        })
     }
 
-    /// Waits until events are available, then appends up to [`MAX_BATCH`] of them to `out`.
+    /// Waits until the probes wake the reader or [`READ_EVERY`] passes, then appends up to
+    /// [`MAX_BATCH`] events to `out` (none, when none came).
+    ///
+    /// The probes wake the reader only when a quarter of the ring is waiting (see the eBPF
+    /// object's `submit_flags`: a wakeup per event costs the workload an IPI and a context
+    /// switch), hence the timer.
     ///
     /// Bounded so that a flood the reader cannot keep up with does not hold the caller's loop:
     /// with the kernel writing as fast as it is read, "everything there is" never ends, and keys,
-    /// ticks and frames would wait for it. What is left keeps the stream ready, so the next call
-    /// returns at once.
+    /// ticks and frames would wait for it. What is left is read by the next call, without
+    /// waiting. Cancel-safe: events are taken from the ring only after the last await.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         // Lets the runtime turn its drivers first. A stream that is always ready (events come
         // faster than the caller takes them) would otherwise keep a current-thread runtime from
         // firing timers and delivering signals for as long as it lasts: the live view drew no
         // frame and record did not see Ctrl-C for minutes under a pipe storm in a debug build.
         tokio::task::yield_now().await;
-        let mut guard = self.ring.readable_mut().await?;
-        let (malformed, left) = drain(guard.get_inner_mut(), out, MAX_BATCH);
-        if !left {
-            guard.clear_ready();
+        if !self.more {
+            // Woken, or the timer's turn: either way the ring is read below.
+            if let Ok(guard) = tokio::time::timeout(READ_EVERY, self.ring.readable_mut()).await {
+                guard?.clear_ready();
+            }
         }
+        let (malformed, more) = drain(self.ring.get_mut(), out, MAX_BATCH);
         self.malformed += malformed;
+        self.more = more;
         Ok(())
     }
 

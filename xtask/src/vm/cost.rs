@@ -1,7 +1,8 @@
 //! The test bed's half of the probe-overhead benchmark: what recording and watching dm-bufio
 //! cost the workload they measure, on each kernel, in one boot per kernel (xtask/vm/probe-cost.sh:
 //! 16 readers of a thin volume's hot regions run alone, under `record` with fentry/fexit, under
-//! `record --bufio-probes kprobe` and under `live --no-tui`, in rotating turns, three rounds).
+//! `record --ring-wakeup each`, under `record --bufio-probes kprobe` and under `live --no-tui`,
+//! in rotating turns, three rounds).
 //! Printed with the targets: record keeps ≥ 90 % of the unprobed reads/s, live ≥ 97 %.
 
 use std::{fs, path::Path};
@@ -17,10 +18,11 @@ use crate::{
 };
 
 /// The ways the workload runs, in the order the table prints them, with the share of the
-/// unprobed reads/s each must keep (none for the kprobe row: it is there for comparison).
+/// unprobed reads/s each must keep (none for the rows there for comparison).
 const HOW: &[(&str, &str, Option<f64>)] = &[
     ("none", "no probe", None),
     ("record", "record (fentry/fexit)", Some(0.90)),
+    ("wake-each", "record --ring-wakeup each", None),
     ("kprobe", "record --bufio-probes kprobe", None),
     ("live", "live --no-tui", Some(0.97)),
 ];
