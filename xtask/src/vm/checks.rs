@@ -329,6 +329,11 @@ pub struct BufioCounts {
     pub stale_waits: u64,
     /// How dm_bufio_get was probed ("fentry + fexit", ...).
     pub attached_as: String,
+    /// Average run time of the contention_begin and contention_end programs, in ns: what each
+    /// wait costs the guest on top of the waits it measures (the begin's work is outside the
+    /// measured interval, but a waiter's CPU is busy with it all the same).
+    pub begin_ns_per_run: Option<u64>,
+    pub end_ns_per_run: Option<u64>,
 }
 
 /// What the guest wrote must show real dm-bufio traffic and a readable recording.
@@ -926,6 +931,19 @@ fn check_bufio(
     ) else {
         anyhow::bail!("{kernel} {scenario}: the recording has no loss counts");
     };
+    let per_run = |prefix: &str| -> Option<u64> {
+        let (time, runs) = info["programs"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["program"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .fold((0, 0), |(t, n), p| {
+                (
+                    t + p["run_time_ns"].as_u64().unwrap_or(0),
+                    n + p["run_count"].as_u64().unwrap_or(0),
+                )
+            });
+        (runs > 0).then(|| time / runs)
+    };
     let skipped_runs = info["programs"]
         .as_array()
         .map(|programs| {
@@ -967,6 +985,8 @@ fn check_bufio(
         skipped_runs,
         stale_waits: kernel_counter("wait_op_stale").unwrap_or(0),
         attached_as: how("dm_bufio_get"),
+        begin_ns_per_run: per_run("contention_begin"),
+        end_ns_per_run: per_run("contention_end"),
     })
 }
 

@@ -104,11 +104,13 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<14} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
+        "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
         "lock waits",
+        "begin/run",
+        "end/run",
         "kp get",
         "kp read",
         "kp rel",
@@ -126,11 +128,13 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     );
     for r in &rows {
         println!(
-            "{:<6} {:<14} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
+            "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
             r.lock_waits,
+            micros(r.bufio.begin_ns_per_run),
+            micros(r.bufio.end_ns_per_run),
             r.gets,
             r.reads,
             r.releases,
@@ -155,6 +159,11 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     print_no_sleep(&rows);
     print_owner_stacks(&rows);
     Ok(())
+}
+
+/// A program's average run time as the results table shows it: "9.9us", or "-" when it never ran.
+fn micros(ns: Option<u64>) -> String {
+    ns.map_or("-".to_string(), |ns| format!("{:.1}us", ns as f64 / 1000.0))
 }
 
 /// What the holders of dm-thin's root_lock were doing (`record --owner-stacks`).
