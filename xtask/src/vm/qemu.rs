@@ -37,11 +37,13 @@ pub struct GuestResults {
 enum TcgPatching {
     /// A vCPU hit the temporary int3 after the patcher had already retired it: an int3 Oops.
     Int3Oops,
-    /// The patcher waited for ever for the other vCPUs to acknowledge its sync IPI: the watchdog
-    /// saw a soft lockup with text_poke in the stuck CPU's stack (seen once in CI on 6.1
-    /// verity-nosleep, 4 vCPUs: 500 s in smp_call_function_many_cond under text_poke_bp_batch
-    /// while arming a kprobe on dm_bufio).
-    StuckInTextPoke,
+    /// The patcher waited for ever for the other vCPUs to acknowledge its IPI: the watchdog saw
+    /// a soft lockup with the stuck CPU patching kernel text ([`PATCHING`] in its stack). Seen
+    /// in CI on 6.1: verity-nosleep, 500 s in smp_call_function_many_cond under
+    /// text_poke_bp_batch while arming a kprobe on dm_bufio; bufio-hotspot, 27 s in the same
+    /// function under arch_ftrace_update_trampoline's TLB flush while arming the test bed's
+    /// kprobe counters, the other vCPU looping in exc_int3 at a patched site of __schedule.
+    StuckPatchingText,
 }
 
 impl std::fmt::Display for TcgPatching {
@@ -51,10 +53,10 @@ impl std::fmt::Display for TcgPatching {
                 f,
                 "the guest died of an int3 Oops (TCG running half-patched kernel code)"
             ),
-            TcgPatching::StuckInTextPoke => write!(
+            TcgPatching::StuckPatchingText => write!(
                 f,
-                "the guest's kernel text patching never finished (soft lockup in text_poke: \
-                 TCG did not let a vCPU acknowledge the patcher's sync IPI)"
+                "the guest's kernel text patching never finished (soft lockup while patching \
+                 kernel text: TCG did not let a vCPU acknowledge the patcher's IPI)"
             ),
         }
     }
@@ -102,8 +104,19 @@ struct LockupWatch {
     /// the first call trace after it).
     in_report: bool,
     soft_lockup: Option<String>,
-    in_text_poke: bool,
+    patching: bool,
 }
+
+/// Frames of the kernel patching its own text, in the stuck CPU's stack: text_poke_bp_batch and
+/// text_poke_finish (6.1, 6.12) or smp_text_poke_batch_finish (7.x); arming a kprobe; making an
+/// ftrace or BPF trampoline.
+const PATCHING: [&str; 5] = [
+    "text_poke",
+    "arm_kprobe",
+    "ftrace_update_trampoline",
+    "register_ftrace_function",
+    "bpf_trampoline_update",
+];
 
 impl LockupWatch {
     fn line(&mut self, line: &str) {
@@ -114,8 +127,7 @@ impl LockupWatch {
             }
             self.in_report = true;
         } else if self.in_report {
-            // text_poke_bp_batch / text_poke_finish (6.1, 6.12), smp_text_poke_batch_finish (7.x).
-            self.in_text_poke |= line.contains("text_poke");
+            self.patching |= PATCHING.iter().any(|frame| line.contains(frame));
             self.in_report &= !line.contains("</TASK>");
         }
     }
@@ -124,8 +136,8 @@ impl LockupWatch {
     fn tcg_patching(&self) -> Option<TcgPatching> {
         if self.int3_oops {
             Some(TcgPatching::Int3Oops)
-        } else if self.soft_lockup.is_some() && self.in_text_poke {
-            Some(TcgPatching::StuckInTextPoke)
+        } else if self.soft_lockup.is_some() && self.patching {
+            Some(TcgPatching::StuckPatchingText)
         } else {
             None
         }
@@ -309,15 +321,37 @@ mod tests {
 [  544.923230]  </TASK>
 ";
 
+    /// The CI console of 6.1 bufio-hotspot that hung (trimmed): CPU 1 arms a kprobe through
+    /// tracefs and waits in the TLB flush of an ftrace trampoline made read-only.
+    const STUCK_IN_FTRACE_TRAMPOLINE: &str = "\
+[   40.821004] watchdog: BUG: soft lockup - CPU#1 stuck for 27s! [sh:118]
+[   40.824561] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+[   40.828046] Call Trace:
+[   40.828633]  <TASK>
+[   40.829453]  on_each_cpu_cond_mask+0x20/0x40
+[   40.830044]  __purge_vmap_area_lazy+0xd6/0x750
+[   40.832478]  set_memory_ro+0x26/0x30
+[   40.832911]  arch_ftrace_update_trampoline+0x2e9/0x320
+[   40.835191]  __register_ftrace_function+0x8a/0xe0
+[   40.837074]  arm_kprobe+0xd1/0x100
+[   40.849229]  </TASK>
+[   40.850692] NMI backtrace for cpu 0
+[   40.852655] RIP: 0010:exc_int3+0xe/0x120
+";
+
     #[test]
-    fn a_soft_lockup_in_text_poke_is_the_tcg_hazard() {
-        let watch = watch(STUCK_IN_TEXT_POKE);
+    fn a_soft_lockup_while_patching_text_is_the_tcg_hazard() {
+        let text_poke = watch(STUCK_IN_TEXT_POKE);
         assert!(matches!(
-            watch.tcg_patching(),
-            Some(TcgPatching::StuckInTextPoke)
+            text_poke.tcg_patching(),
+            Some(TcgPatching::StuckPatchingText)
+        ));
+        assert!(matches!(
+            watch(STUCK_IN_FTRACE_TRAMPOLINE).tcg_patching(),
+            Some(TcgPatching::StuckPatchingText)
         ));
         assert_eq!(
-            watch.soft_lockup.as_deref(),
+            text_poke.soft_lockup.as_deref(),
             Some("[  544.808027] watchdog: BUG: soft lockup - CPU#1 stuck for 496s! [sh:131]")
         );
     }
