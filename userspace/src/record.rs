@@ -13,11 +13,7 @@ use bufscope_trace::{Metadata, ProgramRun, Thread, TraceHeader, TraceWriter};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    kernel::{
-        lock_classes,
-        symbols::{KernelSymbols, static_lock_names},
-        system,
-    },
+    kernel::{lock_classes, symbols::KernelSymbols, system},
     probes::{ClientHow, ClientSighting, Event, LockProbes, ProbeError},
     stop::sleep_until,
     wait_filter::{WaitFilter, WaitSelector},
@@ -318,9 +314,12 @@ impl Recorder {
         };
         let writer = &mut self.writer;
         self.seen.threads.write(writer).map_err(failed)?;
-        let symbols_note = write_stacks(writer, probes, &self.seen.stack_ids).map_err(failed)?;
+        // One read of kallsyms names both the stacks' frames and the static locks.
+        let kernel_symbols = KernelSymbols::new();
+        let symbols_note =
+            write_stacks(writer, probes, &self.seen.stack_ids, &kernel_symbols).map_err(failed)?;
         let static_locks: Vec<u64> = self.seen.static_locks.iter().copied().collect();
-        let mut lock_symbols = static_lock_names(&static_locks);
+        let mut lock_symbols = kernel_symbols.static_lock_names(&static_locks);
         let classes = lock_classes::class_symbols(&probes.lock_classes());
         // A slab cache names only what nothing more specific names (a dm-thin pool's root_lock
         // lives in a kmalloc'd object too, and the thin probe may name it later).
@@ -476,6 +475,7 @@ fn write_stacks<W: Write>(
     writer: &mut TraceWriter<W>,
     probes: &LockProbes,
     ids: &BTreeSet<u32>,
+    symbols: &KernelSymbols,
 ) -> std::io::Result<Option<String>> {
     let mut addrs = BTreeSet::new();
     for &id in ids {
@@ -488,7 +488,7 @@ fn write_stacks<W: Write>(
         return Ok(None);
     }
     let addrs: Vec<u64> = addrs.into_iter().collect();
-    let (symbols, note) = KernelSymbols::new().symbolize(&addrs);
+    let (symbols, note) = symbols.symbolize(&addrs);
     writer.write_metadata(&Metadata::Symbols { symbols })?;
     Ok(note.map(|note| format!("{note}; stacks are kept as addresses")))
 }

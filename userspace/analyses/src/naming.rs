@@ -287,6 +287,16 @@ fn is_bpf_machinery(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A kernel symbol (no module) as a trace's metadata names it.
+    fn sym(addr: u64, name: &str, lock_text: bool) -> Symbol {
+        Symbol {
+            addr,
+            name: name.into(),
+            module: None,
+            lock_text,
+        }
+    }
+
     fn names() -> Names {
         let mut names = Names::default();
         names.add(&Metadata::Client {
@@ -303,12 +313,6 @@ mod tests {
             seen_ns: 0,
             destroyed_ns: None,
         });
-        let sym = |addr, name: &str, lock_text| Symbol {
-            addr,
-            name: name.into(),
-            module: None,
-            lock_text,
-        };
         names.add(&Metadata::Symbols {
             symbols: vec![
                 sym(0xa0, "bpf_trace_run2+0x50", false),
@@ -402,12 +406,6 @@ mod tests {
     #[test]
     fn an_owner_is_doing_what_its_stack_shows_past_the_scheduler() {
         let mut n = names();
-        let sym = |addr, name: &str, lock_text| Symbol {
-            addr,
-            name: name.into(),
-            module: None,
-            lock_text,
-        };
         n.add(&Metadata::Symbols {
             symbols: vec![
                 sym(0xb0, "__schedule+0x2f0", true),

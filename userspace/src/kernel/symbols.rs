@@ -57,7 +57,7 @@ impl LockText {
 }
 
 /// Names kernel addresses again and again in one session (the live view names each new stack
-/// as it comes): one symbolizer, which keeps what it parsed of kallsyms, and the data symbols and
+/// as it comes): one symbolizer, which keeps what it parsed of kallsyms, and the kallsyms index and
 /// lock text read once. Made afresh for each batch, symbolizing re-read and re-parsed kallsyms
 /// every time: 0.3–2.3 s per refresh in a debug build, with the view frozen meanwhile.
 pub struct KernelSymbols {
@@ -65,7 +65,7 @@ pub struct KernelSymbols {
     lock_text: LockText,
     /// /proc/kallsyms as read when the session started, for the static locks' names.
     kallsyms: String,
-    data: DataSymbols,
+    index: KallsymsIndex,
 }
 
 impl KernelSymbols {
@@ -74,7 +74,7 @@ impl KernelSymbols {
         Self {
             symbolizer: Symbolizer::new(),
             lock_text: LockText::parse(&kallsyms),
-            data: DataSymbols::parse(&kallsyms),
+            index: KallsymsIndex::parse(&kallsyms),
             kallsyms,
         }
     }
@@ -133,13 +133,15 @@ impl KernelSymbols {
     fn inside(&self, addr: u64, offset: usize, size: Option<usize>) -> bool {
         match size {
             Some(size) if size > 0 => offset < size,
-            _ => offset < MAX_FUNCTION_BYTES && self.data.in_code(addr).unwrap_or(true),
+            _ => offset < MAX_FUNCTION_BYTES && self.index.in_code(addr).unwrap_or(true),
         }
     }
 
-    /// As [`static_lock_names`], from the kallsyms read when this was made.
+    /// Names of static locks (kernel or module data, as `perf lock contention -l` names them)
+    /// from the kallsyms read when this was made: `rtnl_mutex`, or `symbol+0x10` inside a
+    /// struct. Heap addresses get no name.
     pub fn static_lock_names(&self, addrs: &[u64]) -> Vec<Symbol> {
-        self.data.lock_names(&self.kallsyms, addrs)
+        self.index.lock_names(&self.kallsyms, addrs)
     }
 }
 
@@ -160,24 +162,10 @@ impl std::fmt::Debug for KernelSymbols {
 /// Larger than any kernel function (the largest are a few tens of KiB).
 const MAX_FUNCTION_BYTES: usize = 1 << 20;
 
-/// Names of static locks (kernel or module data, as `perf lock contention -l` names them) from
-/// /proc/kallsyms' data symbols: `rtnl_mutex`, or `symbol+0x10` inside a struct. Heap addresses
-/// get no name.
-pub fn static_lock_names(addrs: &[u64]) -> Vec<Symbol> {
-    match fs::read_to_string("/proc/kallsyms") {
-        Ok(text) => static_lock_names_in(&text, addrs),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn static_lock_names_in(kallsyms: &str, addrs: &[u64]) -> Vec<Symbol> {
-    DataSymbols::parse(kallsyms).lock_names(kallsyms, addrs)
-}
-
 /// Every kallsyms symbol in address order, with what kind of symbol it is, so that a symbol is
 /// bounded by the next one; names are ranges of the text they were parsed from.
 #[derive(Debug, Default)]
-struct DataSymbols {
+struct KallsymsIndex {
     sorted: Vec<KallsymsEntry>,
     /// `_etext`: the kernel image's symbols from here on are data, whatever letter kallsyms
     /// gives them (7.3 lists `tasklist_lock` and `mmlist_lock` as `T`).
@@ -208,7 +196,7 @@ impl SymbolKind {
 /// One kallsyms line: address, kind, and its name's and module's place in the text.
 type KallsymsEntry = (u64, SymbolKind, Range<usize>, Option<Range<usize>>);
 
-impl DataSymbols {
+impl KallsymsIndex {
     fn parse(kallsyms: &str) -> Self {
         let base = kallsyms.as_ptr() as usize;
         let range = |s: &str| {
@@ -302,7 +290,7 @@ ffffffff82001000 T tasklist_lock
 ffffffffc0010000 b pool_lock\t[dm_thin_pool]
 ffffffffc0010100 t pool_function\t[dm_thin_pool]
 ";
-        let names = static_lock_names_in(
+        let names = KallsymsIndex::parse(text).lock_names(
             text,
             &[
                 0xffff_ffff_8200_0000,
@@ -388,7 +376,7 @@ ffffffffc0010000 t dm_bufio_lock\t[dm_bufio]
 ffffffffc0010080 t dm_bufio_unlock\t[dm_bufio]
 ffffffffc0012000 r __kstrtabns_dm_bufio_set_sector_offset\t[dm_bufio]
 ";
-        let kallsyms = DataSymbols::parse(text);
+        let kallsyms = KallsymsIndex::parse(text);
         assert_eq!(kallsyms.in_code(0xffff_ffff_8100_0104), Some(true));
         assert_eq!(kallsyms.in_code(0xffff_ffff_c001_0090), Some(true));
         assert_eq!(
@@ -402,8 +390,15 @@ ffffffffc0012000 r __kstrtabns_dm_bufio_set_sector_offset\t[dm_bufio]
             Some(false),
             "below all"
         );
-        assert_eq!(DataSymbols::parse("").in_code(0xffff_ffff_8100_0104), None);
+        assert_eq!(
+            KallsymsIndex::parse("").in_code(0xffff_ffff_8100_0104),
+            None
+        );
         let hidden = "0000000000000000 T schedule\n";
-        assert_eq!(DataSymbols::parse(hidden).in_code(0x100), None, "not root");
+        assert_eq!(
+            KallsymsIndex::parse(hidden).in_code(0x100),
+            None,
+            "not root"
+        );
     }
 }
