@@ -275,13 +275,35 @@ pub fn start_observer(mut cmd: Command, ready: &str) -> Observer {
 
 impl Observer {
     /// SIGINT, wait, and everything it printed after attaching.
-    pub fn stop(mut self) -> Vec<String> {
+    pub fn stop(self) -> Vec<String> {
+        self.stop_with_status().1
+    }
+
+    /// As [`Observer::stop`], with how it exited.
+    pub fn stop_with_status(mut self) -> (std::process::ExitStatus, Vec<String>) {
         // SAFETY: kill with a child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().expect("observer exits");
+        let status = self.child.wait().expect("observer exits");
         let mut lines = Vec::new();
         while let Ok(line) = self.output.recv_timeout(Duration::from_millis(500)) {
             lines.push(line);
+        }
+        (status, lines)
+    }
+
+    /// Waits until `count` lines starting with `prefix` have come, however slowly this machine
+    /// runs today (at most 2 minutes, then panics with what came); returns every line read.
+    pub fn lines_until(&mut self, prefix: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut lines: Vec<String> = Vec::new();
+        while lines.iter().filter(|l| l.starts_with(prefix)).count() < count {
+            match self
+                .output
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("fewer than {count} lines starting `{prefix}`: {lines:#?}"),
+            }
         }
         lines
     }
