@@ -78,8 +78,8 @@ impl BufioOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeConfig {
-    /// 1: send each lock wait and operation to the ring buffer (recording); 0: only the
-    /// in-kernel histograms and counters (a cheap live view).
+    /// 1: send each lock wait and operation to the ring buffer (recording, the live screen);
+    /// 0: send nothing.
     pub stream_events: u32,
     /// Kernel stacks at contention_begin: [`ProbeConfig::NO_STACKS`], [`ProbeConfig::STACKS_REUSED`]
     /// or [`ProbeConfig::STACKS_EVERY_WAIT`].
@@ -103,12 +103,17 @@ pub struct ProbeConfig {
     /// When events wake user space's reader: [`ProbeConfig::WAKE_BATCHED`] or
     /// [`ProbeConfig::WAKE_EACH`].
     pub ring_wakeup: u32,
+    /// 1: fold each lock wait and operation into the in-kernel histograms and per-operation
+    /// stats (`live --no-tui` reads nothing else); 0: leave them empty. A recording takes
+    /// everything from its events, and a contended lock's waiter folds its wait in while it
+    /// holds the lock: work there lengthens every other waiter's wait.
+    pub histograms: u32,
 }
 assert_layout!(
     ProbeConfig,
-    size = 28,
+    size = 32,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl ProbeConfig {
@@ -149,6 +154,7 @@ impl ProbeConfig {
         lock_types: 0,
         slab_names: 0,
         ring_wakeup: Self::WAKE_BATCHED,
+        histograms: 0,
     };
 }
 

@@ -66,6 +66,14 @@ const MAX_FRAMES: usize = 4;
 pub(crate) struct OpStack {
     pub(crate) depth: u32,
     _pad: u32,
+    /// The base of the kernel stack of the thread that last ran on it (`task_struct.stack`), 0
+    /// until known: [`frames_at`] tells the thread's own stack from an interrupt's by it without
+    /// reading the task each time. Unused in `IRQ_OPS`.
+    stack_base: u64,
+    /// The client of this thread's last operation, once `CLIENTS` showed it announced: the
+    /// thread's next operations on it skip that look-up (a thread mostly works for one client).
+    /// A client destroyed and created again at the same address is announced at its creation.
+    known_client: u64,
     pub(crate) frames: [OpFrame; MAX_FRAMES],
 }
 
@@ -393,14 +401,11 @@ pub fn bufio_unlock_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
-/// Tells user space about a client the first time it is seen.
+/// Tells user space about a client the first time it is seen (`how` [`ClientEvent::SEEN`]: the
+/// caller found it missing from `CLIENTS`) or when it is created.
 #[inline(always)]
 fn announce_client(client: u64, how: u32) {
     if client == 0 {
-        return;
-    }
-    // SAFETY: read-only look-up.
-    if how == ClientEvent::SEEN && unsafe { CLIENTS.get(client) }.is_some() {
         return;
     }
     // Two CPUs can meet a new client at once: only the one whose insert wins announces it.
@@ -552,8 +557,13 @@ fn op_entry<C: Call>(ctx: &C, op: u32, client: u64, block: u64, arg0: u32, arg1:
         arg1,
     };
     stack.depth = depth as u32 + 1;
-    if depth == 0 && op != op::CLIENT_CREATE {
-        announce_client(client, ClientEvent::SEEN);
+    if depth == 0 && op != op::CLIENT_CREATE && client != stack.known_client {
+        // SAFETY: read-only look-up.
+        if client != 0 && unsafe { CLIENTS.get(client) }.is_some() {
+            stack.known_client = client;
+        } else {
+            announce_client(client, ClientEvent::SEEN);
+        }
     }
 }
 
@@ -569,7 +579,7 @@ fn is_err_ptr(value: u64) -> bool {
 /// ones after it.
 #[inline(always)]
 fn op_return(ip: u64, ret: u64, here: u64) {
-    let tid = current::tid();
+    let (tid, tgid) = current::tid_tgid();
     let Some(stack) = frames_at(tid, here) else {
         count_noted(Counter::OpUnmatchedReturn);
         return;
@@ -635,15 +645,17 @@ fn op_return(ip: u64, ret: u64, here: u64) {
     };
     let end_ns = current::now_ns();
     let duration_ns = end_ns.saturating_sub(frame.start_ns);
-    add_op_stats(client, frame.op, outcome, duration_ns, frame.lock_wait_ns);
-    if PROBE_CONFIG.load().stream_events == 0 {
+    let config = PROBE_CONFIG.load();
+    if config.histograms != 0 {
+        add_op_stats(client, frame.op, outcome, duration_ns, frame.lock_wait_ns);
+    }
+    if config.stream_events == 0 {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<BufioOpEvent>(0) else {
         count_noted(Counter::ReserveFailed);
         return;
     };
-    let (tid, tgid) = current::tid_tgid();
     entry.write(BufioOpEvent {
         kind: EventKind::BufioOp as u32,
         op: frame.op,
@@ -708,16 +720,31 @@ pub(crate) fn frames_at(tid: u32, here: u64) -> Option<&'static mut OpStack> {
     if tid == 0 {
         return irq();
     }
-    // Told by the task's stack bounds, read once; where unknown, guessed from the distance.
-    let on_thread = current::on_thread_stack(here);
+    // SAFETY: only this thread (or an interrupt on its CPU, which then keeps to IRQ_OPS)
+    // writes its own frames.
+    let thread = OPS.get_ptr_mut(tid).map(|thread| unsafe { &mut *thread });
+    // The common case: `here` lies on the stack the thread's entry remembers. That settles it
+    // even where the entry is an exited thread's whose id was reused: interrupt stacks are
+    // allocated once per CPU and never overlap a task's stack, so `here`, on one or the other,
+    // is on this task's.
+    if thread
+        .as_ref()
+        .is_some_and(|thread| current::within_thread_stack(here, thread.stack_base))
+    {
+        return thread;
+    }
+    // Told by the task's stack bounds, read (and remembered); where unknown, guessed from the
+    // distance.
+    let (on_thread, base) = current::on_thread_stack(here);
     if on_thread == Some(false) {
         return irq();
     }
-    let thread = OPS.get_ptr_mut(tid)?;
-    // SAFETY: only this thread (or an interrupt on its CPU, which then keeps to IRQ_OPS)
-    // writes its own frames.
-    let thread = unsafe { &mut *thread };
-    if on_thread == Some(true) || !thread.far_from(here) {
+    let thread = thread?;
+    if on_thread == Some(true) {
+        thread.stack_base = base;
+        return Some(thread);
+    }
+    if !thread.far_from(here) {
         return Some(thread);
     }
     irq()

@@ -555,11 +555,14 @@ fn process_wanted() -> bool {
 #[inline(always)]
 fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
     let wait_ns = end_ns.saturating_sub(wait.start_ns);
-    add_to_histogram(wait, wait_ns);
+    let config = PROBE_CONFIG.load();
+    if config.histograms != 0 {
+        add_to_histogram(wait, wait_ns);
+    }
     if wait.op_client != 0 {
         charge_client_mutex_wait(wait, wait_ns);
     }
-    if PROBE_CONFIG.load().stream_events == 0 {
+    if config.stream_events == 0 {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<LockWaitEvent>(0) else {

@@ -74,15 +74,26 @@ pub(crate) fn stack_position(ctx: *mut core::ffi::c_void) -> u64 {
 /// Whether `here` lies on the current task's own kernel stack (`task_struct.stack`, THREAD_SIZE
 /// long): `Some(false)` on another, an interrupt's (x86-64 runs softirqs on the CPU's IRQ
 /// stack, on top of whatever task they interrupted). `None` when it cannot be told: `here` or
-/// the offsets unknown.
+/// the offsets unknown. Also the stack's base, read from the task (0 when unknown), for
+/// [`within_thread_stack`] to check against later without reading the task again.
 #[inline(always)]
-pub(crate) fn on_thread_stack(here: u64) -> Option<bool> {
+pub(crate) fn on_thread_stack(here: u64) -> (Option<bool>, u64) {
     let offsets = crate::TASK_OFFSETS.load();
     if here == 0 || offsets.thread_size == 0 {
-        return None;
+        return (None, 0);
     }
-    let base = read_field::<u64>(task(), offsets.task_stack)?;
-    Some(here >= base && here - base < u64::from(offsets.thread_size))
+    let Some(base) = read_field::<u64>(task(), offsets.task_stack) else {
+        return (None, 0);
+    };
+    (Some(within_thread_stack(here, base)), base)
+}
+
+/// Whether `here` lies on the THREAD_SIZE-long kernel stack at `base`; false for an unknown
+/// (0) `here` or `base`.
+#[inline(always)]
+pub(crate) fn within_thread_stack(here: u64, base: u64) -> bool {
+    let size = u64::from(crate::TASK_OFFSETS.load().thread_size);
+    here != 0 && base != 0 && here >= base && here - base < size
 }
 
 /// [`read_field`], where a failed read (not a field this kernel lacks, nor a null base) is worth

@@ -3,10 +3,11 @@
 //!
 //! Data flow: the dm-bufio programs ([`bufio_ops`]) keep each thread's operations in progress in
 //! [`maps::OPS`]. The contention programs ([`contention`]) pair a wait from its first begin to its
-//! end, tag it with the thread's outermost operation and client, fold it into per-CPU log2
-//! histograms ([`maps::WAIT_HIST`]) and charge client-mutex waits to that operation. Outermost
-//! operations are folded into [`maps::OP_STATS`] when they return. When user space streams,
-//! waits, operations and first-seen clients also go to the ring buffer [`maps::EVENTS`]. Anything
+//! end, tag it with the thread's outermost operation and client, and charge client-mutex waits
+//! to that operation. For the headless live view (`ProbeConfig::histograms`) waits are folded
+//! into per-CPU log2 histograms ([`maps::WAIT_HIST`]) and outermost operations into
+//! [`maps::OP_STATS`] when they return; when user space streams, waits, operations and first-seen
+//! clients go to the ring buffer [`maps::EVENTS`]. Anything
 //! nested, repeated, unpaired or lost is only counted ([`maps::COUNTERS`]), never turned into a
 //! duration; the first time a loss counter moves on a CPU, [`notes`] says so through aya-log.
 //! The thin probe ([`thin`]) names dm-thin pools' metadata locks in

@@ -84,14 +84,14 @@ pub(crate) static STACKS: StackTrace<8192, 0, MAX_STACK_FRAMES> = StackTrace::ne
 pub(crate) static STACK_CACHE: LruHashMap<StackCacheKey, CachedStack> =
     LruHashMap::with_max_entries(16384, 0);
 
-/// Live wait histograms per (lock, operation, lock type). contention_end folds every paired wait
-/// in; the live view reads it without any event streaming.
+/// Live wait histograms per (lock, operation, lock type). With `ProbeConfig::histograms`,
+/// contention_end folds every paired wait in; the headless live view reads it.
 #[map]
 pub(crate) static WAIT_HIST: PerCpuHashMap<WaitHistKey, WaitHist> =
     PerCpuHashMap::with_max_entries(4096, 0);
 
-/// Live operation counts per (client, operation). The operation return program adds every
-/// outermost operation; the live view reads it.
+/// Live operation counts per (client, operation). With `ProbeConfig::histograms`, the
+/// operation return program adds every outermost operation; the headless live view reads it.
 #[map]
 pub(crate) static OP_STATS: PerCpuHashMap<OpStatsKey, OpStats> =
     PerCpuHashMap::with_max_entries(1024, 0);

@@ -126,6 +126,8 @@ pub fn attach(settings: &HeadlessSettings) -> Result<LockProbes, SessionError> {
             // Only streamed events carry owners.
             owners: u32::from(streaming),
             lock_types: settings.lock_types,
+            // The tables come from the histograms alone.
+            histograms: 1,
             ..ProbeConfig::DEFAULT
         },
         bufio: true,
