@@ -256,6 +256,8 @@ fn main() {
         println!("probe_overhead: SKIPPED: bpftrace is not installed (cargo xtask setup)");
         return;
     }
+    // bpftrace finds tracepoints in tracefs and, unlike bufscope and perf, does not mount it.
+    bufscope::kernel::system::ensure_tracefs().expect("tracefs mounts");
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = dir.path().join("overhead.bftrace");
     // Keeps BPF run-time statistics on for every program, bpftrace's included.

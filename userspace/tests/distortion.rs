@@ -114,6 +114,9 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
         );
         return;
     }
+    // bpftrace finds tracepoints in tracefs and, unlike bufscope and perf, does not mount it (a
+    // fresh machine boots without it).
+    bufscope::kernel::system::ensure_tracefs().expect("tracefs mounts");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("storm.bftrace");
     let (mut theirs, mut ours) = (Vec::new(), Vec::new());
