@@ -73,11 +73,19 @@ pub enum Counter {
     /// An owner stack was taken but not stored: its map was full, or another stack had the same
     /// hash (told apart by comparing frames, never mixed up).
     OwnerStackLost,
+    /// Sleeping-lock waits whose start is the waiter's arrival, before the probe's own work: the
+    /// lock was still held by another thread when that work was done, so the waiter waited
+    /// through it anyway. The other paired waits start when the work was done.
+    WaitFromArrival,
+    /// Sleeping-lock waits whose start is midway through the probe's own work: the lock was held
+    /// by another thread at the waiter's arrival and free once that work was done, so the holder
+    /// let go at a moment the probe cannot tell.
+    WaitFromMidpoint,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 27;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -105,6 +113,8 @@ impl Counter {
         Counter::FieldReadFailed,
         Counter::OwnerStackNone,
         Counter::OwnerStackLost,
+        Counter::WaitFromArrival,
+        Counter::WaitFromMidpoint,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -144,6 +154,8 @@ impl Counter {
             Counter::FieldReadFailed => "field_read_failed",
             Counter::OwnerStackNone => "owner_stack_none",
             Counter::OwnerStackLost => "owner_stack_lost",
+            Counter::WaitFromArrival => "wait_from_arrival",
+            Counter::WaitFromMidpoint => "wait_from_midpoint",
         }
     }
 }

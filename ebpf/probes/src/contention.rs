@@ -142,9 +142,18 @@ impl StackPlace for TracePointContext {
 /// Everything the probe does for a waiter happens before its wait's start is taken, so the wait
 /// reported is the kernel's, not the probe's: the operation lookup, the stack walk and the
 /// pending map's insert all run first (they delay the waiter like a slower caller would, and
-/// never lengthen anyone's hold of the lock).
+/// never lengthen anyone's hold of the lock). Where the lock is still held by another thread once
+/// that work is done ([`held_by_another`]), the waiter would have waited through it anyway, and
+/// its wait starts when it arrived. Where it was held at arrival and free once the work was done,
+/// the holder let go at some moment in between: the wait starts midway, the estimate that is
+/// right on average. Where it was free at arrival, or that cannot be told (spinning locks, rwsems
+/// held by readers), it starts when the work was done. Starting every wait after the work instead
+/// cut short every wait on a lock held past it: the pipe storm's mutex waits averaged a third of
+/// what a minimal bpftrace pairing measured alone.
 #[inline(always)]
 fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
+    let arrived_ns = current::now_ns();
+    let held_at_arrival = held_by_another(lock_addr, flags);
     count(Counter::BeginSeen);
     let config = PROBE_CONFIG.load();
     if !process_wanted() || !type_wanted(&config, flags) {
@@ -223,9 +232,49 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     }
     // The insert's own cost stays outside the wait too.
     if let Some(pending) = PENDING_BY_TID.get_ptr_mut(tid) {
+        let ready_ns = current::now_ns();
+        let start_ns = if held_by_another(lock_addr, flags) {
+            count(Counter::WaitFromArrival);
+            arrived_ns
+        } else if held_at_arrival {
+            // Let go while the probe worked, at a moment it cannot tell: the middle, so that
+            // neither the probe's time nor the part of the wait it overlapped is lost on average.
+            count(Counter::WaitFromMidpoint);
+            arrived_ns + (ready_ns - arrived_ns) / 2
+        } else {
+            ready_ns
+        };
         // SAFETY: only this thread writes its own key.
-        unsafe { (*pending).start_ns = current::now_ns() };
+        unsafe { (*pending).start_ns = start_ns };
     }
+}
+
+/// Whether a sleeping lock is held, now, by a thread other than the running one: a mutex whose
+/// owner word names a task, or an rwsem a writer holds. False where that cannot be told: an
+/// rwsem held by readers (its owner word keeps the last reader after it leaves), other types,
+/// or offsets this kernel lacks.
+#[inline(always)]
+fn held_by_another(lock_addr: u64, flags: u32) -> bool {
+    let offsets = TASK_OFFSETS.load();
+    let other = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
+    let task = if flags & LockFlags::MUTEX != 0 {
+        let Some(word) = current::read_field::<u64>(lock_addr, offsets.mutex_owner) else {
+            return false;
+        };
+        word & !TaskOffsets::MUTEX_OWNER_FLAGS
+    } else if flags & other == 0 && flags & (LockFlags::READ | LockFlags::WRITE) != 0 {
+        let Some(word) = current::read_field::<u64>(lock_addr, offsets.rwsem_owner) else {
+            return false;
+        };
+        if word & TaskOffsets::RWSEM_READER_OWNED != 0 {
+            return false;
+        }
+        word & !TaskOffsets::RWSEM_OWNER_FLAGS
+    } else {
+        return false;
+    };
+    // A mutex handed off to this waiter names it.
+    task != 0 && task != current::task()
 }
 
 /// The owner of a contended mutex or rwsem, as the lock's owner word says at the waiter's

@@ -205,6 +205,15 @@ fn print_text(s: &TraceSummary) {
                 thousands(get(Counter::NestedBegin)),
                 thousands(get(Counter::RepeatedBegin)),
             );
+            if get(Counter::WaitFromArrival) + get(Counter::WaitFromMidpoint) > 0 {
+                println!(
+                    "wait starts     {} sleeping-lock waits from the waiter's arrival (the lock \
+                     still held by another once the probe's work was done), {} from midway \
+                     through that work (let go during it), the rest from its end",
+                    thousands(get(Counter::WaitFromArrival)),
+                    thousands(get(Counter::WaitFromMidpoint)),
+                );
+            }
             if get(Counter::StackReused) + get(Counter::StackRechecked) > 0 {
                 println!(
                     "stacks          {} reused from the thread's last wait on the lock, {} reuses \
