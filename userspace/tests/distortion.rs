@@ -1,10 +1,23 @@
 //! The waits `bufscope record` reports must be the kernel's, not its probes' cost: the pipe storm
 //! recorded with default settings (stacks on) against a minimal bpftrace pairing run alone, each
-//! three times, alternating, compared on the share of the workload's sleeping-lock waits shorter
-//! than 1 µs. A probe's work inside the measured interval (a stack walk costs microseconds) moves
-//! every wait above that, so the share collapses; the average wait, by contrast, swings several-
-//! fold between runs of the same tool on two CPUs (the pipe mutex's spinning and sleeping waits
-//! mix differently each time) and is printed, not asserted.
+//! three times, alternating, compared on the medians of the workload's sleeping-lock waits: the
+//! share shorter than 1 µs (at least half bpftrace's), how many (within 40 %) and their average
+//! (within 2x). A probe's work inside the measured interval (a stack walk costs microseconds)
+//! lengthens every wait and collapses the short share; a wait started only after the probe's work
+//! even where the lock was held through it is cut short (record's average was 0.29x bpftrace's
+//! before `held_by_another`); a probe that steals the workload's CPU changes how many there are
+//! (a debug build's reader: 0.21x).
+//!
+//! The bounds are the ones that hold run after run, not the issue's 25 %: the pipe storm flips
+//! between a regime where nearly every wait spins briefly (98 % under 1 µs, a few long sleeps)
+//! and one where a third sleep (averages 1.0-1.7 µs), independently in each run, so three runs'
+//! medians of the average differ by 25-30 % in about half of the tests; and record, costlier per
+//! wait than bpftrace, makes the workload contend 5-31 % less (measured 2026-11-29, six tests).
+//! `cargo xtask bench` prints the figures against the issue's targets.
+//!
+//! Run against a release build: a debug build's reader takes a CPU of the two from the workload
+//! (it recorded 303,629 waits where bpftrace saw 1,409,394). `cargo xtask test` runs it with the
+//! static release binary (`BUFSCOPE_BIN`); a debug `cargo test` without it says so and skips.
 
 mod common;
 
@@ -13,8 +26,8 @@ use std::{process::Command, thread, time::Duration};
 use bufscope_abi::LockFlags;
 use bufscope_trace::{Record, TraceReader};
 use common::{
-    MINIMAL_PAIRING, PipeContention, bpftrace_count, root_or_skip, skip, start_observer,
-    start_recording,
+    BUFSCOPE_BIN, MINIMAL_PAIRING, PipeContention, bpftrace_count, bufscope_path, root_or_skip,
+    skip, start_observer, start_recording,
 };
 
 const WRITERS: usize = 8;
@@ -22,6 +35,10 @@ const RUN: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 3;
 /// A wait shorter than this is "short".
 const SHORT_NS: u64 = 1_000;
+/// How far record's median count may be from bpftrace's.
+const COUNT_WITHIN: f64 = 0.40;
+/// How many times longer or shorter record's median average wait may be than bpftrace's.
+const AVERAGE_WITHIN: f64 = 2.0;
 
 /// What one tool saw of the workload's sleeping-lock waits.
 #[derive(Clone, Copy, Debug)]
@@ -30,15 +47,18 @@ struct Seen {
     average_ns: f64,
     /// Share of the waits shorter than [`SHORT_NS`].
     short_share: f64,
+    /// Average of the others, the waits that slept.
+    long_average_ns: f64,
 }
 
 impl Seen {
-    fn new(waits: u64, total_ns: u64, short: u64) -> Self {
+    fn new(waits: u64, total_ns: u64, short: u64, short_ns: u64) -> Self {
         assert!(waits > 0, "no waits seen");
         Self {
             waits,
             average_ns: total_ns as f64 / waits as f64,
             short_share: short as f64 / waits as f64,
+            long_average_ns: (total_ns - short_ns) as f64 / (waits - short).max(1) as f64,
         }
     }
 }
@@ -47,7 +67,10 @@ impl Seen {
 fn bpftrace_alone() -> Seen {
     let script = MINIMAL_PAIRING.replace(
         "@waits = count();",
-        &format!("@waits = count(); if ($now - @start[tid] < {SHORT_NS}) {{ @short = count(); }}"),
+        &format!(
+            "@waits = count(); if ($now - @start[tid] < {SHORT_NS}) {{ @short = count(); \
+             @short_ns = sum($now - @start[tid]); }}"
+        ),
     );
     assert_ne!(script, MINIMAL_PAIRING, "the short-wait count went in");
     let mut bpftrace = Command::new("bpftrace");
@@ -65,6 +88,7 @@ fn bpftrace_alone() -> Seen {
         bpftrace_count(&lines, "waits"),
         bpftrace_count(&lines, "wait_ns"),
         bpftrace_count(&lines, "short"),
+        bpftrace_count(&lines, "short_ns"),
     )
 }
 
@@ -79,7 +103,7 @@ fn record_alone(path: &std::path::Path) -> Seen {
     let out = child.wait_with_output().expect("record exits");
     assert!(out.status.success(), "record failed: {out:?}");
     let me = std::process::id();
-    let (mut n, mut total, mut short) = (0u64, 0u64, 0u64);
+    let (mut n, mut total, mut short, mut short_ns) = (0u64, 0u64, 0u64, 0u64);
     let mut reader = TraceReader::open(path).expect("the trace reads");
     while let Some(record) = reader.next_record().expect("the trace reads") {
         if let Record::LockWaits(waits) = record {
@@ -89,11 +113,14 @@ fn record_alone(path: &std::path::Path) -> Seen {
             {
                 n += 1;
                 total += w.wait_ns;
-                short += u64::from(w.wait_ns < SHORT_NS);
+                if w.wait_ns < SHORT_NS {
+                    short += 1;
+                    short_ns += w.wait_ns;
+                }
             }
         }
     }
-    Seen::new(n, total, short)
+    Seen::new(n, total, short, short_ns)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -111,6 +138,17 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
         skip(
             test,
             "bpftrace is not installed (`cargo xtask setup` installs it)",
+        );
+        return;
+    }
+    if cfg!(debug_assertions) && std::env::var_os(BUFSCOPE_BIN).is_none() {
+        skip(
+            test,
+            &format!(
+                "{} is a debug build, whose reader takes a CPU from the workload it measures; \
+                 run `cargo test --release`, or set {BUFSCOPE_BIN} to a release binary",
+                bufscope_path().to_string_lossy()
+            ),
         );
         return;
     }
@@ -140,14 +178,32 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
         record * 100.0,
         bpftrace * 100.0
     );
-    eprintln!(
-        "short waits: record {:.1}%, bpftrace {:.1}%; waits: record {:.0}, bpftrace {:.0}; \
-         average wait: record {:.0} ns, bpftrace {:.0} ns (medians of {ROUNDS})",
-        record * 100.0,
-        bpftrace * 100.0,
+    let (record_waits, bpftrace_waits) = (
         median(ours.iter().map(|s| s.waits as f64).collect()),
         median(theirs.iter().map(|s| s.waits as f64).collect()),
+    );
+    assert!(
+        (record_waits / bpftrace_waits - 1.0).abs() <= COUNT_WITHIN,
+        "record saw {record_waits:.0} waits, bpftrace {bpftrace_waits:.0}: more than {:.0} % \
+         apart\n{runs}",
+        COUNT_WITHIN * 100.0
+    );
+    let (record_avg, bpftrace_avg) = (
         median(ours.iter().map(|s| s.average_ns).collect()),
         median(theirs.iter().map(|s| s.average_ns).collect()),
+    );
+    assert!(
+        record_avg <= AVERAGE_WITHIN * bpftrace_avg && bpftrace_avg <= AVERAGE_WITHIN * record_avg,
+        "record's average wait {record_avg:.0} ns, bpftrace's {bpftrace_avg:.0} ns: more than \
+         {AVERAGE_WITHIN}x apart\n{runs}"
+    );
+    eprintln!(
+        "short waits: record {:.1}%, bpftrace {:.1}%; waits: record {record_waits:.0}, bpftrace \
+         {bpftrace_waits:.0}; average wait: record {record_avg:.0} ns, bpftrace {bpftrace_avg:.0} \
+         ns; the others' average: record {:.0} ns, bpftrace {:.0} ns (medians of {ROUNDS})",
+        record * 100.0,
+        bpftrace * 100.0,
+        median(ours.iter().map(|s| s.long_average_ns).collect()),
+        median(theirs.iter().map(|s| s.long_average_ns).collect()),
     );
 }

@@ -13,6 +13,9 @@ use crate::{
     setup,
 };
 
+/// The test that measures bufscope's own cost: run after the release binary is built, with it.
+const RELEASE_ONLY_TEST: &str = "recorded_waits_are_as_short_as_a_minimal_probe_sees_them";
+
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     run_checked(
@@ -75,6 +78,9 @@ pub fn run() -> anyhow::Result<()> {
                 "--exclude",
                 "bufscope-ebpf",
                 "--locked",
+                "--",
+                "--skip",
+                RELEASE_ONLY_TEST,
             ])
             .env("BUFSCOPE_REQUIRE_ALL_TESTS", "1"),
     )?;
@@ -82,6 +88,24 @@ pub fn run() -> anyhow::Result<()> {
     // the one the test bed boots (one build, target/static), so this costs a few seconds more.
     let packages = crate::dist::run()?;
     crate::dist::check(&packages)?;
+    // What recording costs the workload it measures, with the binary users run: a debug build's
+    // reader takes a CPU of the two from the workload.
+    run_checked(
+        "test",
+        Command::new("cargo")
+            .args([
+                "test",
+                "--locked",
+                "--package",
+                "bufscope",
+                "--test",
+                "distortion",
+                "--",
+                RELEASE_ONLY_TEST,
+            ])
+            .env("BUFSCOPE_REQUIRE_ALL_TESTS", "1")
+            .env("BUFSCOPE_BIN", &packages.binary),
+    )?;
     // Every fuzz target, briefly: a crash fails the run and is kept as a seed.
     crate::fuzz::run(&crate::fuzz::TARGETS, crate::fuzz::SUITE_SECONDS)?;
     // The real-kernel test bed: Debian 6.1, 6.12 and 7.3 under qemu, with dm-bufio.

@@ -18,9 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The bufscope binary under test: `BUFSCOPE_BIN` where set (`cargo xtask test` sets it to the
+/// static release binary for the tests that measure bufscope's cost), else this build's.
 pub fn bufscope() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bufscope"))
+    Command::new(bufscope_path())
 }
+
+pub fn bufscope_path() -> std::ffi::OsString {
+    std::env::var_os(BUFSCOPE_BIN).unwrap_or_else(|| env!("CARGO_BIN_EXE_bufscope").into())
+}
+
+/// Names the bufscope binary the tests run, overriding this build's.
+pub const BUFSCOPE_BIN: &str = "BUFSCOPE_BIN";
 
 /// Set to 1 by `cargo xtask test`: a run that skips is not a pass, so there a skip fails.
 const REQUIRE_ALL_TESTS: &str = "BUFSCOPE_REQUIRE_ALL_TESTS";
