@@ -153,14 +153,12 @@ impl StackPlace for TracePointContext {
 #[inline(always)]
 fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     let arrived_ns = current::now_ns();
-    let held_at_arrival = held_by_another(lock_addr, flags);
     count(Counter::BeginSeen);
     let config = PROBE_CONFIG.load();
     if !process_wanted() || !type_wanted(&config, flags) {
         count(Counter::Filtered);
         return;
     }
-    classify(lock_addr, flags);
     let tid = current::tid();
     let mut wait = PendingWait {
         start_ns: 0,
@@ -176,6 +174,15 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
         owner_op: 0,
         owner_stack: 0,
     };
+    // The owner as the waiter arrived, before the rest of the probe's work: under a storm of
+    // short holds, a read after it finds most locks already let go.
+    let held_at_arrival = if config.owners != ProbeConfig::NO_OWNERS {
+        read_owner(lock_addr, flags, &mut wait);
+        wait.owner_state == owner::THREAD && wait.owner_tid != tid
+    } else {
+        held_by_another(lock_addr, flags)
+    };
+    classify(lock_addr, flags);
     // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
     // client's operation in softirq).
     let here = ctx.stack_place();
@@ -185,11 +192,8 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
         wait.op = frame.op;
         wait.op_client = frame.client;
     }
-    if config.owners != ProbeConfig::NO_OWNERS {
-        read_owner(lock_addr, flags, &mut wait);
-        if config.owners == ProbeConfig::OWNER_STACKS && wait.owner_state == owner::THREAD {
-            wait.owner_stack = owner_stack(wait.owner_tid);
-        }
+    if config.owners == ProbeConfig::OWNER_STACKS && wait.owner_state == owner::THREAD {
+        wait.owner_stack = owner_stack(wait.owner_tid);
     }
     match config.stacks {
         ProbeConfig::NO_STACKS => {}
