@@ -369,18 +369,33 @@ fn main() {
         .iter()
         .map(|r| 1.0 - r / chunks[0].max(1e-9))
         .collect();
+    // The storm's throughput flips between regimes from run to run (a spinning one and a
+    // sleeping one, up to 2x apart); when its unprobed runs spread that far, a median slowdown
+    // says which regime the runs fell in, not what the probes cost.
+    let unprobed: Vec<f64> = samples[0].iter().map(|s| s.chunks_per_s).collect();
+    let (lo, hi) = unprobed
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let settled = hi <= 1.25 * lo;
+    let slowdown_verdict = |ok: bool| {
+        if settled {
+            verdict(ok).to_string()
+        } else {
+            format!("cannot tell: the unprobed runs spread {lo:.0}-{hi:.0} chunks/s")
+        }
+    };
     println!(
         "probe_overhead: slowdown record {:.1}% vs bpftrace {:.1}%: ratio {:.2} (target <= 0.50: {})",
         slowdown[rec] * 100.0,
         slowdown[bt] * 100.0,
         slowdown[rec] / slowdown[bt].max(1e-9),
-        verdict(slowdown[rec] <= 0.5 * slowdown[bt])
+        slowdown_verdict(slowdown[rec] <= 0.5 * slowdown[bt])
     );
     println!(
         "probe_overhead: slowdown live {:.1}% vs bpftrace {:.1}%: ratio {:.2} (target <= 0.25: {})",
         slowdown[live] * 100.0,
         slowdown[bt] * 100.0,
         slowdown[live] / slowdown[bt].max(1e-9),
-        verdict(slowdown[live] <= 0.25 * slowdown[bt])
+        slowdown_verdict(slowdown[live] <= 0.25 * slowdown[bt])
     );
 }
