@@ -5,8 +5,8 @@
 //! (within 2x). A probe's work inside the measured interval (a stack walk costs microseconds)
 //! lengthens every wait and collapses the short share; a wait started only after the probe's work
 //! even where the lock was held through it is cut short (record's average was 0.29x bpftrace's
-//! before `held_by_another`); a probe that steals the workload's CPU changes how many there are
-//! (a debug build's reader: 0.21x).
+//! before waits started at arrival); a probe that steals the workload's CPU changes how many
+//! there are (a debug build's reader: 0.21x).
 //!
 //! The bounds are the ones that hold run after run, not the 25 %: the pipe storm flips
 //! between a regime where nearly every wait spins briefly (98 % under 1 µs, a few long sleeps)

@@ -87,21 +87,29 @@ probe_stop() {
     rm -f /tmp/cost.bftrace
 }
 
+# Runs `$1 FILE` under each probe of each round's order (the arguments after $3, one per round),
+# FILE being /results/$2-<how>-<round>.$3.
+in_rounds() {
+    run=$1 prefix=$2 ext=$3
+    shift 3
+    round=0
+    for order in "$@"; do
+        round=$((round + 1))
+        for how in $order; do
+            probe_start $how
+            $run "/results/$prefix-$how-$round.$ext"
+            probe_stop $how
+            echo "BUFSCOPE-STEP $prefix round $round $how"
+        done
+    done
+}
+
 workload /tmp/warm-up.json
 # Each round starts one later in the list, so that no probe always follows the same one.
-for round in 1 2 3; do
-    case $round in
-    1) order="none record wake-each kprobe live graph" ;;
-    2) order="record wake-each kprobe live graph none" ;;
-    3) order="wake-each kprobe live graph none record" ;;
-    esac
-    for how in $order; do
-        probe_start $how
-        workload "/results/cost-$how-$round.json"
-        probe_stop $how
-        echo "BUFSCOPE-STEP round $round $how"
-    done
-done
+in_rounds workload cost json \
+    "none record wake-each kprobe live graph" \
+    "record wake-each kprobe live graph none" \
+    "wake-each kprobe live graph none record"
 
 if [ -f /fixtures/bufio_hotspot.ko ]; then
     dmsetup remove thin
@@ -122,17 +130,6 @@ if [ -f /fixtures/bufio_hotspot.ko ]; then
     }
     seed_run /tmp/seed-warm-up.txt
     PROBE_NICE=-10
-    for round in 1 2; do
-        case $round in
-        1) order="none record nobufio live graph" ;;
-        2) order="graph live nobufio record none" ;;
-        esac
-        for how in $order; do
-            probe_start $how
-            seed_run "/results/seed-$how-$round.txt"
-            probe_stop $how
-            echo "BUFSCOPE-STEP seed round $round $how"
-        done
-    done
+    in_rounds seed_run seed txt "none record nobufio live graph" "graph live nobufio record none"
 fi
 echo 0 > /tmp/scenario.rc

@@ -38,7 +38,7 @@ pub(crate) struct PendingWait {
     /// The waiter: a spinning wait is paired by CPU, and only its own end closes it.
     tid: u32,
     op_client: u64,
-    /// The lock's owner at begin (see [`read_owner`]).
+    /// The lock's owner at begin (see [`describe_owner`]).
     owner_state: u32,
     owner_tid: u32,
     owner_tgid: u32,
@@ -143,13 +143,13 @@ impl StackPlace for TracePointContext {
 /// reported is the kernel's, not the probe's: the operation lookup, the stack walk and the
 /// pending map's insert all run first (they delay the waiter like a slower caller would, and
 /// never lengthen anyone's hold of the lock). Where the lock is still held by another thread once
-/// that work is done ([`held_by_another`]), the waiter would have waited through it anyway, and
-/// its wait starts when it arrived. Where it was held at arrival and free once the work was done,
-/// the holder let go at some moment in between: the wait starts midway, the estimate that is
-/// right on average. Where it was free at arrival, or that cannot be told (spinning locks, rwsems
-/// held by readers), it starts when the work was done. Starting every wait after the work instead
-/// cut short every wait on a lock held past it: the pipe storm's mutex waits averaged a third of
-/// what a minimal bpftrace pairing measured alone.
+/// that work is done ([`OwnerWord::held_by_another`]), the waiter would have waited through it
+/// anyway, and its wait starts when it arrived. Where it was held at arrival and free once the
+/// work was done, the holder let go at some moment in between: the wait starts midway, the
+/// estimate that is right on average. Where it was free at arrival, or that cannot be told
+/// (spinning locks, rwsems held by readers), it starts when the work was done. Starting every
+/// wait after the work instead cut short every wait on a lock held past it: the pipe storm's
+/// mutex waits averaged a third of what a minimal bpftrace pairing measured alone.
 #[inline(always)]
 fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     let arrived_ns = current::now_ns();
@@ -176,12 +176,10 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     };
     // The owner as the waiter arrived, before the rest of the probe's work: under a storm of
     // short holds, a read after it finds most locks already let go.
-    let held_at_arrival = if config.owners != ProbeConfig::NO_OWNERS {
-        read_owner(lock_addr, flags, &mut wait);
-        wait.owner_state == owner::THREAD && wait.owner_tid != tid
-    } else {
-        held_by_another(lock_addr, flags)
-    };
+    let at_arrival = owner_word(lock_addr, flags);
+    if config.owners != ProbeConfig::NO_OWNERS {
+        describe_owner(at_arrival, &mut wait);
+    }
     classify(lock_addr, flags);
     // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
     // client's operation in softirq).
@@ -237,10 +235,10 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     // The insert's own cost stays outside the wait too.
     if let Some(pending) = PENDING_BY_TID.get_ptr_mut(tid) {
         let ready_ns = current::now_ns();
-        let start_ns = if held_by_another(lock_addr, flags) {
+        let start_ns = if owner_word(lock_addr, flags).held_by_another() {
             count(Counter::WaitFromArrival);
             arrived_ns
-        } else if held_at_arrival {
+        } else if at_arrival.held_by_another() {
             // Let go while the probe worked, at a moment it cannot tell: the middle, so that
             // neither the probe's time nor the part of the wait it overlapped is lost on average.
             count(Counter::WaitFromMidpoint);
@@ -253,65 +251,69 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     }
 }
 
-/// Whether a sleeping lock is held, now, by a thread other than the running one: a mutex whose
-/// owner word names a task, or an rwsem a writer holds. False where that cannot be told: an
-/// rwsem held by readers (its owner word keeps the last reader after it leaves), other types,
-/// or offsets this kernel lacks.
-#[inline(always)]
-fn held_by_another(lock_addr: u64, flags: u32) -> bool {
-    let offsets = TASK_OFFSETS.load();
-    let other = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
-    let task = if flags & LockFlags::MUTEX != 0 {
-        let Some(word) = current::read_field::<u64>(lock_addr, offsets.mutex_owner) else {
-            return false;
-        };
-        word & !TaskOffsets::MUTEX_OWNER_FLAGS
-    } else if flags & other == 0 && flags & (LockFlags::READ | LockFlags::WRITE) != 0 {
-        let Some(word) = current::read_field::<u64>(lock_addr, offsets.rwsem_owner) else {
-            return false;
-        };
-        if word & TaskOffsets::RWSEM_READER_OWNED != 0 {
-            return false;
-        }
-        word & !TaskOffsets::RWSEM_OWNER_FLAGS
-    } else {
-        return false;
-    };
-    // A mutex handed off to this waiter names it.
-    task != 0 && task != current::task()
+/// What a sleeping lock's owner word says, read now.
+#[derive(Clone, Copy)]
+enum OwnerWord {
+    /// Not known: another type of lock (spinning locks keep no owner), an offset this kernel
+    /// lacks, or a failed read.
+    Unknown,
+    /// An rwsem held by readers (the word then names only the last reader, even after it left).
+    Readers,
+    /// A mutex's owner or an rwsem's writer, `task_struct *`; 0 for free.
+    Task(u64),
 }
 
-/// The owner of a contended mutex or rwsem, as the lock's owner word says at the waiter's
-/// begin: free, held by readers, or a thread (its ids and the dm-bufio operation it is inside).
-/// Unknown for other lock types (spinning locks keep no owner) or when a read fails.
+impl OwnerWord {
+    /// Whether a thread other than the running one holds the lock (a mutex handed off to this
+    /// waiter names it). False where that cannot be told.
+    #[inline(always)]
+    fn held_by_another(self) -> bool {
+        matches!(self, OwnerWord::Task(task) if task != 0 && task != current::task())
+    }
+}
+
+/// The owner word of a contended mutex or rwsem (`mutex.owner`, `rw_semaphore.owner`), its flag
+/// bits cleared.
 #[inline(always)]
-fn read_owner(lock_addr: u64, flags: u32, wait: &mut PendingWait) {
+fn owner_word(lock_addr: u64, flags: u32) -> OwnerWord {
     let offsets = TASK_OFFSETS.load();
     let sleeping_rw = LockFlags::READ | LockFlags::WRITE;
     let other = LockFlags::SPIN | LockFlags::MUTEX | LockFlags::RT | LockFlags::PERCPU;
-    let task = if flags & LockFlags::MUTEX != 0 {
-        let Some(word) = current::read_btf_field::<u64>(lock_addr, offsets.mutex_owner) else {
-            return;
-        };
-        word & !TaskOffsets::MUTEX_OWNER_FLAGS
+    if flags & LockFlags::MUTEX != 0 {
+        match current::read_btf_field::<u64>(lock_addr, offsets.mutex_owner) {
+            Some(word) => OwnerWord::Task(word & !TaskOffsets::MUTEX_OWNER_FLAGS),
+            None => OwnerWord::Unknown,
+        }
     } else if flags & other == 0 && flags & sleeping_rw != 0 {
-        let Some(word) = current::read_btf_field::<u64>(lock_addr, offsets.rwsem_owner) else {
-            return;
-        };
-        if word & TaskOffsets::RWSEM_READER_OWNED != 0 {
+        match current::read_btf_field::<u64>(lock_addr, offsets.rwsem_owner) {
+            Some(word) if word & TaskOffsets::RWSEM_READER_OWNED != 0 => OwnerWord::Readers,
+            Some(word) => OwnerWord::Task(word & !TaskOffsets::RWSEM_OWNER_FLAGS),
+            None => OwnerWord::Unknown,
+        }
+    } else {
+        OwnerWord::Unknown
+    }
+}
+
+/// The wait's owner from its lock's owner word at the waiter's begin: free, held by readers, or
+/// a thread (its ids and the dm-bufio operation it is inside). Unknown when the word is, or the
+/// thread's ids cannot be read.
+#[inline(always)]
+fn describe_owner(word: OwnerWord, wait: &mut PendingWait) {
+    let task = match word {
+        OwnerWord::Unknown => return,
+        OwnerWord::Readers => {
             wait.owner_state = owner::READERS;
             return;
         }
-        word & !TaskOffsets::RWSEM_OWNER_FLAGS
-    } else {
-        return;
+        OwnerWord::Task(0) => {
+            wait.owner_state = owner::FREE;
+            return;
+        }
+        OwnerWord::Task(task) => task,
     };
-    if task == 0 {
-        wait.owner_state = owner::FREE;
-        return;
-    }
     // task_struct.pid and .tgid are adjacent pid_t's (checked by user space).
-    let Some(ids) = current::read_btf_field::<u64>(task, offsets.task_pid) else {
+    let Some(ids) = current::read_btf_field::<u64>(task, TASK_OFFSETS.load().task_pid) else {
         return;
     };
     wait.owner_state = owner::THREAD;

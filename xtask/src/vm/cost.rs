@@ -90,37 +90,40 @@ pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
 
 /// Reads/s of every run, by way of running: `runs[how][round]`.
 fn read_runs(results: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
-    HOW.iter()
-        .map(|(how, _, _)| {
-            (1..=ROUNDS)
-                .map(|round| {
-                    let path = results.join(format!("cost-{how}-{round}.json"));
-                    let report: serde_json::Value = serde_json::from_slice(
-                        &fs::read(&path).with_context(|| format!("{}", path.display()))?,
-                    )?;
-                    report["reads"]["ops_per_s"]
-                        .as_f64()
-                        .with_context(|| format!("{}: no reads.ops_per_s", path.display()))
-                })
-                .collect()
-        })
-        .collect()
+    runs_by_way(results, HOW, ROUNDS, "cost", "json", |text, path| {
+        let report: serde_json::Value = serde_json::from_str(text)?;
+        report["reads"]["ops_per_s"]
+            .as_f64()
+            .with_context(|| format!("{}: no reads.ops_per_s", path.display()))
+    })
 }
 
 /// The hotspot threads' reads per second of their own time inside dm_bufio_read (the inverse of
 /// their mean acquisition time, the module's timing), by way of running: `runs[how][round]`.
 fn read_seed_runs(results: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
-    SEED_HOW
-        .iter()
+    runs_by_way(results, SEED_HOW, SEED_ROUNDS, "seed", "txt", |text, _| {
+        Ok(1e9 / ModuleRun::parse(text)?.hotspot_mean_ns())
+    })
+}
+
+/// Each run's figure, `rate(its file's text, its path)`, by way of running: `runs[how][round]`,
+/// from probe-cost.sh's `/results/{prefix}-{how}-{round}.{ext}`.
+fn runs_by_way(
+    results: &Path,
+    how: &[(&str, &str, Option<f64>)],
+    rounds: u32,
+    prefix: &str,
+    ext: &str,
+    rate: impl Fn(&str, &Path) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    how.iter()
         .map(|(how, _, _)| {
-            (1..=SEED_ROUNDS)
+            (1..=rounds)
                 .map(|round| {
-                    let path = results.join(format!("seed-{how}-{round}.txt"));
+                    let path = results.join(format!("{prefix}-{how}-{round}.{ext}"));
                     let text =
                         fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-                    let run =
-                        ModuleRun::parse(&text).with_context(|| format!("{}", path.display()))?;
-                    Ok(1e9 / run.hotspot_mean_ns())
+                    rate(&text, &path).with_context(|| format!("{}", path.display()))
                 })
                 .collect()
         })
