@@ -179,6 +179,10 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     let at_arrival = owner_word(lock_addr, flags);
     if config.owners != ProbeConfig::NO_OWNERS {
         describe_owner(at_arrival, &mut wait);
+        // Right after: later, the owner may have let go and moved on.
+        if config.owners == ProbeConfig::OWNER_STACKS && wait.owner_state == owner::THREAD {
+            wait.owner_stack = owner_stack(wait.owner_tid);
+        }
     }
     classify(lock_addr, flags);
     // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
@@ -189,9 +193,6 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     {
         wait.op = frame.op;
         wait.op_client = frame.client;
-    }
-    if config.owners == ProbeConfig::OWNER_STACKS && wait.owner_state == owner::THREAD {
-        wait.owner_stack = owner_stack(wait.owner_tid);
     }
     match config.stacks {
         ProbeConfig::NO_STACKS => {}
