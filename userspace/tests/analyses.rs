@@ -71,8 +71,9 @@ fn report_on_6_1_puts_the_client_mutex_among_the_top_locks_with_its_numbers() {
         .find(|r| r["name"] == "dm-bufio 7:0 client mutex")
         .unwrap();
     let contended = mutex["contended"].as_u64().unwrap();
+    // 7,024 in the sample of 2026-11-29 (its .txt: "waits named: client mutex 7024").
     assert!(
-        contended > 10_000,
+        contended > 5_000,
         "6.1's hotspot waits on its client mutex: {contended}"
     );
     let (p50, p99, max) = (
@@ -291,8 +292,9 @@ fn compare_puts_kernel_and_designs_side_by_side_and_names_the_closest() {
             .find(|f| f[0] == op && f[1] == "client mutex" && f[2] == source)
             .map_or(0, |f| f[8].parse().unwrap())
     };
+    // 690, 2,666 and 3,668 in the sample of 2026-11-29.
     for op in ["dm_bufio_get", "dm_bufio_read", "dm_bufio_release"] {
-        assert!(waits(op, "kernel") > 1_000, "{op}:\n{csv}");
+        assert!(waits(op, "kernel") > 100, "{op}:\n{csv}");
     }
     let all = |source| {
         ["dm_bufio_get", "dm_bufio_read", "dm_bufio_release"]
@@ -448,6 +450,36 @@ fn calibration_accounts_for_every_operation_and_puts_the_device_read_outside_the
         ],
         "no dm-bufio operations",
     );
+}
+
+/// The samples' client-mutex holds obey one holder at a time: a sample recorded while the
+/// probes timed a 6.1 thread's runqueue wait inside mutex_lock as hold (0.54 % of 6.1
+/// thin-hotspot's holds impossible, by up to 8 ms) would calibrate the models with holds up to
+/// thousands of times too long.
+#[test]
+fn bundled_samples_hold_each_client_mutex_one_thread_at_a_time() {
+    let _others = others_may_run();
+    for kernel in ["6.1", "6.12"] {
+        for scenario in [
+            "bufio-hotspot",
+            "thin-hotspot",
+            "small-cache",
+            "verity-read",
+        ] {
+            let name = format!("{kernel}-{scenario}.bftrace");
+            let c: serde_json::Value =
+                serde_json::from_str(&ok(&["report", &sample(&name), "--calibration", "--json"]))
+                    .unwrap();
+            let check = &c["hold_check"];
+            let n = |k: &str| check[k].as_u64().unwrap();
+            // 6.1 takes the client mutex in every operation; 6.12 in its misses and dirtyings.
+            assert!(n("measured") > 0, "{name}: no holds measured: {check}");
+            assert!(
+                n("impossible") as f64 <= 0.000_5 * n("measured") as f64,
+                "{name}: {check}"
+            );
+        }
+    }
 }
 
 /// The Python with Perfetto's protos and pyarrow that `cargo xtask setup` installs; `None`

@@ -182,13 +182,18 @@ pub struct TaskOffsets {
     /// ...which is this many bytes long (THREAD_SIZE): anything running elsewhere runs on an
     /// interrupt's stack (a softirq on top of the task).
     pub thread_size: u32,
+    /// `task_struct.sched_info.run_delay` (u64, ns; CONFIG_SCHED_INFO): how long the task has
+    /// waited on a runqueue, runnable but not running. A client-mutex hold leaves out what it
+    /// grew by: under voluntary preemption `mutex_lock` may give up the CPU (`might_sleep`)
+    /// before it takes the lock.
+    pub task_run_delay: u32,
 }
 assert_layout!(
     TaskOffsets,
-    size = 56,
+    size = 60,
     align = 4,
     fields = [
-        u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32
+        u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32
     ]
 );
 
@@ -210,6 +215,7 @@ impl TaskOffsets {
         kmem_cache_name: Self::ABSENT,
         task_stack: Self::ABSENT,
         thread_size: 0,
+        task_run_delay: Self::ABSENT,
     };
 
     /// The low bits of `mutex.owner` that are flags, not the task pointer (MUTEX_FLAGS).

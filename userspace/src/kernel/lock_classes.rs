@@ -74,6 +74,7 @@ pub fn task_offsets() -> Result<TaskOffsets, BtfLayoutError> {
             .unwrap_or(TaskOffsets::ABSENT),
         task_stack: offset(&task, "stack").unwrap_or(TaskOffsets::ABSENT),
         thread_size: thread_size(&super::system::kernel_release()),
+        task_run_delay: offset(&task, "sched_info.run_delay").unwrap_or(TaskOffsets::ABSENT),
     })
 }
 
@@ -220,5 +221,7 @@ mod tests {
         // Owners: mutex.owner is its first member, rw_semaphore.owner follows its count.
         assert_eq!((o.mutex_owner, o.rwsem_owner), (0, 8), "{o:?}");
         assert!(o.task_pid > 0 && o.task_pid < 16_384, "{o:?}");
+        // CONFIG_SCHED_INFO (distribution kernels have it): holds leave out runqueue time.
+        assert!(o.task_run_delay > 0 && o.task_run_delay < 16_384, "{o:?}");
     }
 }

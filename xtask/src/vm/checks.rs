@@ -5,7 +5,10 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, ensure};
 
-use super::hotspot::ModuleRun;
+use super::{
+    holds::{HoldCheck, check_holds},
+    hotspot::ModuleRun,
+};
 
 /// What one boot measured.
 pub struct Outcome {
@@ -40,6 +43,8 @@ pub struct Outcome {
     /// Thin scenarios (recorded with `--owner-stacks`): the root_lock's waits and their owners'
     /// stacks.
     pub owner_stacks: Option<OwnerStacks>,
+    /// Client-mutex holds against the rule of one holder at a time (see [`super::holds`]).
+    pub holds: HoldCheck,
 }
 
 /// The scenario whose dm-bufio client is a no-sleep one (dm-verity's `try_verify_in_tasklet`).
@@ -469,6 +474,7 @@ pub fn check_results(
         }
     };
     let bufio = check_bufio(kernel, scenario, &info, results)?;
+    let holds = check_holds(kernel, scenario, bufscope, &trace)?;
     let missing_share = check_counts(
         kernel,
         scenario,
@@ -493,6 +499,7 @@ pub fn check_results(
         no_sleep,
         thin_root_waits,
         owner_stacks,
+        holds,
     })
 }
 

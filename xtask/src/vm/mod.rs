@@ -9,6 +9,7 @@
 mod checks;
 mod cost;
 mod fixture;
+mod holds;
 mod hotspot;
 mod initramfs;
 mod kernels;
@@ -104,7 +105,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
     }
     println!();
     println!(
-        "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9}  {:<16} kernel release",
+        "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9}  {:<16} kernel release",
         "kernel",
         "scenario",
         "reads/s",
@@ -123,12 +124,13 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
         "missing",
         "misattr.",
         "stale w",
+        "bad holds",
         "thin root",
         "dm_bufio_get as",
     );
     for r in &rows {
         println!(
-            "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>9}  {:<16} {}",
+            "{:<6} {:<14} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>7} {:>6.2}% {:>8} {:>7} {:>8.3}% {:>9}  {:<16} {}",
             r.kernel,
             r.scenario,
             r.reads_per_sec,
@@ -147,6 +149,7 @@ pub fn run(kernel: &str, scenario: &str, keep: bool, save_samples: bool) -> anyh
             r.missing_share * 100.0,
             r.misattributed,
             r.bufio.stale_waits,
+            r.holds.impossible_share() * 100.0,
             r.thin_root_waits.map_or("-".to_string(), |n| n.to_string()),
             r.bufio.attached_as,
             r.release
