@@ -216,24 +216,28 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
         self.acquire(rec, block, true)
     }
 
+    /// As 6.1's: one hold of the client mutex over the blocks already cached, let go only to
+    /// read a block that is not (and taken again for the next).
     fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
+        let mut state = self.client.lock(rec);
         for block in block..block.saturating_add(n) {
-            let mut state = self.client.lock(rec);
             if state.tree.contains_key(&block) {
                 continue;
             }
             if state.tree.len() >= self.config.capacity {
-                return; // prefetch gives up rather than evict
+                break; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
             state.tree.insert(block, Arc::clone(&buffer));
             state.lists.insert(Arc::clone(&buffer));
             drop(state);
-            if read_into(self.io.as_ref(), rec, &buffer).is_err() {
-                let mut state = self.client.lock(rec);
+            let read = read_into(self.io.as_ref(), rec, &buffer);
+            state = self.client.lock(rec);
+            if read.is_err() {
                 Self::forget_locked(&mut state, block);
             }
         }
+        rec.spend_hit();
     }
 
     fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {

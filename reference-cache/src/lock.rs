@@ -133,6 +133,7 @@ fn acquire<G>(
     }
     let started = clock().raw();
     let guard = lock();
+    recorder.spend_contended();
     let acquired = clock().raw();
     let wait_ns = clock().delta_as_nanos(started, acquired);
     recorder.acquired(class, Some(wait_ns));
@@ -427,6 +428,56 @@ mod tests {
         let mut report = crate::Report::default();
         report.add(&rec);
         assert_eq!(report.class(LockClass::ClientMutex).contended, 1);
+    }
+
+    #[test]
+    fn a_contended_acquisition_takes_the_kernel_s_cost_of_one_and_an_uncontended_does_not() {
+        use crate::timing::StepCost;
+        const CONTENDED_NS: u64 = 20_000_000;
+        let cost = StepCost {
+            contended_ns: CONTENDED_NS,
+            ..StepCost::default()
+        };
+        let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
+        let holding = Arc::new(Barrier::new(2));
+        let holder = {
+            let (lock, holding) = (Arc::clone(&lock), Arc::clone(&holding));
+            thread::spawn(move || {
+                let rec = ThreadRecorder::new();
+                rec.set_step_cost(cost);
+                let guard = lock.lock(&rec);
+                holding.wait();
+                thread::sleep(Duration::from_millis(5));
+                drop(guard);
+                rec.class(LockClass::ClientMutex)
+            })
+        };
+        holding.wait();
+        let rec = ThreadRecorder::new();
+        rec.set_step_cost(cost);
+        let started = std::time::Instant::now();
+        let guard = lock.lock(&rec);
+        // The cost is spent holding the lock, once it is taken, and counts in the wait (which
+        // would otherwise end with the holder's 5 ms sleep).
+        let waited = started.elapsed();
+        drop(guard);
+        let (waiter, holder) = (rec.class(LockClass::ClientMutex), holder.join().unwrap());
+        assert_eq!((waiter.contended, holder.contended), (1, 0));
+        assert!(
+            waited >= Duration::from_nanos(CONTENDED_NS),
+            "took {waited:?}"
+        );
+        let wait = waiter.wait_ns.max();
+        assert!(
+            wait >= waiter.wait_ns.lowest_equivalent(CONTENDED_NS),
+            "waited {wait} ns"
+        );
+        // The holder took the lock uncontended: no cost spent, its hold is its 5 ms sleep.
+        assert!(
+            holder.hold_ns.max() < CONTENDED_NS,
+            "held {} ns",
+            holder.hold_ns.max()
+        );
     }
 
     #[test]

@@ -212,6 +212,16 @@ impl ThreadRecorder {
         }
     }
 
+    /// A contended acquisition just took its lock: spends the current step's
+    /// [`StepCost::contended_ns`], the kernel's own cost of a contended acquisition, holding it.
+    pub(crate) fn spend_contended(&self) {
+        if let Some(step) = self.step.get()
+            && step.cost.contended_ns > 0
+        {
+            spin_until(clock().raw(), step.cost.contended_ns);
+        }
+    }
+
     /// Spends the current step's hit (or no-outcome) hold, once: designs call this inside the
     /// critical section of a hit, a release, a dirtying or a writeback's collection. The section
     /// lasts at least that long from when its lock was taken (from the step's start where the

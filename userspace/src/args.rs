@@ -41,8 +41,10 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 76_800, value_parser = at_least_one())]
     pub capacity: usize,
     /// How long the designs' steps take: `kernel` (each kind of operation's critical section as
-    /// long as the recording kernel's median hold for that kind and outcome, and memory reads as
-    /// long as its misses' median read; see `report --calibration`), `host` (as fast as this machine runs them), or `auto`:
+    /// long as the recording kernel's median hold for that kind and outcome, each contended
+    /// acquisition longer by the kernel's shortest waits, and memory reads as long as its misses'
+    /// median read; see `report --calibration`), `host` (as fast as this machine runs them), or
+    /// `auto`:
     /// kernel for a recording that measured the kernel's lock holds, host otherwise (synthetic
     /// traces, older files).
     #[arg(long, value_enum, default_value_t = TimingArg::Auto)]

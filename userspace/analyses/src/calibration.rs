@@ -62,6 +62,24 @@ pub struct Calibration {
     pub steps: Vec<StepCost>,
     /// The holds checked against a mutex's rule of one holder at a time.
     pub hold_check: HoldCheck,
+    /// The client's lock waits that timed the kernel's own cost of a contended acquisition...
+    pub contended_waits: u64,
+    /// ...and that cost: the shortest 1 % of those waits (0 under [`MIN_CONTENDED_WAITS`]).
+    pub contended_p1_ns: u64,
+}
+
+/// Fewer waits than this say nothing of the shortest 1 %.
+pub const MIN_CONTENDED_WAITS: u64 = 100;
+
+/// The kernel's own cost of a contended acquisition: the shortest 1 % of `waits` (ns), where
+/// there are at least [`MIN_CONTENDED_WAITS`] of them.
+fn contended_cost(mut waits: Vec<u64>) -> (u64, u64) {
+    let count = waits.len() as u64;
+    if count < MIN_CONTENDED_WAITS {
+        return (count, 0);
+    }
+    waits.sort_unstable();
+    (count, quantile(&waits, 0.01))
 }
 
 /// Client-mutex holds checked against what a mutex allows: one holder at a time.
@@ -132,7 +150,8 @@ impl Calibration {
     /// client-mutex hold inside its critical section (for a hit, or a step without outcome, and
     /// for a miss), and the rest of its median net time after it, outside any lock. Where the
     /// kernel held no client mutex for a step (6.4+ hits and releases), the step's whole net time
-    /// is its critical section: it ran under a tree lock, which the probes do not time.
+    /// is its critical section: it ran under a tree lock, which the probes do not time. Each
+    /// contended acquisition takes the kernel's own cost of one on top ([`Self::contended_p1_ns`]).
     pub fn timing(&self) -> Timing {
         let mut costs = [SectionCost::default(); Step::KINDS];
         for kind in OpKind::ALL {
@@ -160,6 +179,7 @@ impl Calibration {
             if let Some(miss) = row("miss") {
                 cost.miss_hold_ns = miss.hold_p50_ns;
             }
+            cost.contended_ns = self.contended_p1_ns;
         }
         Timing::kernel(costs)
     }
@@ -205,6 +225,14 @@ impl Calibration {
                     "-".to_string()
                 },
             ]);
+        }
+        if self.contended_p1_ns > 0 {
+            out += &format!(
+                "a contended acquisition costs at least {} (the shortest 1 % of the client's {} \
+                 lock waits), added to each in the designs\n",
+                duration_ns(self.contended_p1_ns),
+                thousands(self.contended_waits)
+            );
         }
         let check = &self.hold_check;
         if check.measured > 0 {
@@ -254,12 +282,16 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         ops.clone()
             .map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op)))),
     );
+    let (contended_waits, contended_p1_ns) =
+        contended_cost(waits.values().flatten().map(|&(_, wait)| wait).collect());
     Some(Calibration {
         client,
         device: input.device,
         holds_measured,
         steps,
         hold_check: HoldCheck::of(ops),
+        contended_waits,
+        contended_p1_ns,
     })
 }
 
@@ -269,12 +301,21 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
 pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration {
     let ops = ops.iter().filter(|o| o.client == client);
     let (steps, holds_measured) = step_costs(ops.clone().map(|op| (op, op.lock_wait_ns)));
+    // Without the waits themselves, each operation's client-mutex wait (mostly one wait).
+    let (contended_waits, contended_p1_ns) = contended_cost(
+        ops.clone()
+            .map(|op| op.lock_wait_ns)
+            .filter(|&w| w > 0)
+            .collect(),
+    );
     Calibration {
         client,
         device: device.to_string(),
         holds_measured,
         steps,
         hold_check: HoldCheck::of(ops),
+        contended_waits,
+        contended_p1_ns,
     }
 }
 
@@ -539,6 +580,8 @@ mod tests {
                 step("mark_buffer_dirty", "-", 1_500, 4_000),
             ],
             hold_check: HoldCheck::default(),
+            contended_waits: 0,
+            contended_p1_ns: 0,
         };
         let timing = c.timing();
         let read = timing.cost(Step::Read);
