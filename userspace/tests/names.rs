@@ -250,10 +250,30 @@ fn pipe_mutex_waits_carry_their_holder() {
         .filter(|o| storm.contains(&o.tid) && o.tgid == me)
         .count();
     assert!(
-        held.len() * 2 >= mutex.len() && (held.len() + free) * 100 >= mutex.len() * 99,
+        (held.len() + free) * 100 >= mutex.len() * 99,
         "of {} mutex waits {} held by a thread, {free} free as the wait began",
         mutex.len(),
         held.len()
+    );
+    // How many find it free depends on the storm's regime: where most waits spin for well under
+    // a microsecond, the holder often lets go before contention_begin runs (69 % of 419,347 in
+    // one CI-like run's debug workspace run). A wait of a microsecond or more waited for a
+    // holder: there most must name one (an owner read late, after the probe's work, would
+    // find many of them already gone).
+    let long: Vec<&&LockWait> = mutex.iter().filter(|w| w.wait_ns >= 1_000).collect();
+    let long_held = long.iter().filter(|w| w.owner.thread().is_some()).count();
+    eprintln!(
+        "of {} mutex waits {} held by a thread, {free} free; of the {} waits of 1 us or more, {long_held} held",
+        mutex.len(),
+        held.len(),
+        long.len()
+    );
+    assert!(
+        long.len() >= 100 && long_held * 2 >= long.len(),
+        "of {} mutex waits of 1 us or more {long_held} held by a thread (all: {} of {}, {free} free)",
+        long.len(),
+        held.len(),
+        mutex.len()
     );
     assert!(
         by_storm * 100 >= held.len() * 99,
