@@ -387,17 +387,6 @@ fn written_log(steps: usize) -> Vec<LoggedOp> {
     log
 }
 
-/// Paced steps sleep until they are due, and Linux lets a sleeping thread wake up to 50 µs late
-/// (its timer slack) to batch wake-ups: measured on a 6.1 trace, replay threads began their steps
-/// a median 60 µs late, which scatters operations the kernel made microseconds apart (the
-/// collisions a lock's waits come from). A slack of 1 ns brings that median to about 15 µs.
-fn precise_sleeps() {
-    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread's slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
-}
-
 fn run_thread(
     cache: &dyn BufferCache,
     steps: Vec<(usize, TimedStep)>,
@@ -426,9 +415,6 @@ fn run_thread(
     };
     let mut held = Held::default();
     let clock = clock();
-    if speed.is_some() {
-        precise_sleeps();
-    }
     start.wait();
     let began = *zero.get_or_init(Instant::now);
     // As fast as possible, one clock read per step: each step ends when the next one begins.
