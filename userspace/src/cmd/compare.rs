@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use bufscope_analyses::{
-    compare::{Comparison, SourceStats, WaitStats, compare},
+    compare::{ALIKE, Comparison, SourceStats, WaitStats, compare},
     models::{ReplayInput, as_trace, run_design},
     plot,
     report::{self, Filter, GroupBy, SortKey},
@@ -329,7 +329,7 @@ fn print_text(c: &Comparison, trace: &TraceData) {
         .map(|d| format!("{} {:.2}", d.design, d.overall))
         .collect();
     match ranked.as_slice() {
-        [best, second, ..] if (second.overall - best.overall).abs() < 0.01 => println!(
+        [best, second, ..] if (second.overall - best.overall).abs() < ALIKE => println!(
             "closest to the kernel: {} and {} alike (distance {})",
             best.design,
             second.design,

@@ -284,21 +284,23 @@ fn a_changed_byte_in_a_real_recording_costs_only_its_record() {
         whole.error.is_none() && whole.skipped.is_empty(),
         "{whole:?}"
     );
-    // Byte 300,000 lies in record 9, a chunk of operations; record 10 is a chunk of lock waits.
-    let (nine, ten) = (&records[9], &records[10]);
-    assert!(
-        nine.offset < 300_000 && 300_000 < nine.offset + nine.bytes,
-        "{nine:?}"
-    );
+    // Byte 300,000 lies in a chunk of operations (record 8 of the sample of 2026-11-29), the
+    // record after it is a chunk of lock waits.
+    let at = records
+        .iter()
+        .position(|r| r.offset <= 300_000 && 300_000 < r.offset + r.bytes)
+        .expect("byte 300,000 lies in a record");
+    let (ops, next) = (&records[at], &records[at + 1]);
     assert_eq!(
-        (nine.kind, ten.kind),
-        (RecordKind::BufioOpsV2, RecordKind::LockWaitsV2)
+        (ops.kind, next.kind),
+        (RecordKind::BufioOpsV2, RecordKind::LockWaitsV4),
+        "{ops:?} {next:?}"
     );
     let cases = [
         (
             "payload",
             300_000,
-            9,
+            at,
             Damage::PayloadChecksum {
                 stored: 0,
                 computed: 0,
@@ -306,8 +308,8 @@ fn a_changed_byte_in_a_real_recording_costs_only_its_record() {
         ),
         (
             "stored length",
-            ten.offset + 9,
-            10,
+            next.offset + 9,
+            at + 1,
             Damage::HeaderChecksum {
                 stored: 0,
                 computed: 0,
@@ -315,15 +317,16 @@ fn a_changed_byte_in_a_real_recording_costs_only_its_record() {
         ),
         (
             "sync marker",
-            ten.offset + 1,
-            10,
+            next.offset + 1,
+            at + 1,
             Damage::NoSync { found: [0; 4] },
         ),
-        // Finding record 10 means scanning past 110 kB, more than the reader looks ahead at once.
+        // Finding the next record means scanning past 122 kB, more than the reader looks ahead
+        // at once.
         (
             "payload checksum",
-            nine.offset + 21,
-            9,
+            ops.offset + 21,
+            at,
             Damage::HeaderChecksum {
                 stored: 0,
                 computed: 0,
