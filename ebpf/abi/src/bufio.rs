@@ -49,12 +49,15 @@ pub struct BufioOffsets {
     pub buffer_client: u32,
     /// `struct dm_bufio_client`: `no_sleep` (bool, Linux 6.0 on), or [`Self::ABSENT`].
     pub client_no_sleep: u32,
+    /// `struct dm_bufio_client`: `spinlock`, the client lock a no-sleep client takes instead of
+    /// its mutex (Linux 6.0 on), or [`Self::ABSENT`].
+    pub client_spinlock: u32,
 }
 assert_layout!(
     BufioOffsets,
-    size = 32,
+    size = 36,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl BufioOffsets {
@@ -71,6 +74,7 @@ impl BufioOffsets {
         buffer_block: Self::ABSENT,
         buffer_client: Self::ABSENT,
         client_no_sleep: Self::ABSENT,
+        client_spinlock: Self::ABSENT,
     };
 }
 

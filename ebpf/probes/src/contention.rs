@@ -690,14 +690,15 @@ fn add_to_histogram(wait: &PendingWait, wait_ns: u64) {
     }
 }
 
-/// A wait on the client mutex of the operation in progress counts toward its lock wait, and its
-/// hold of the mutex starts at the wait's end.
+/// A wait on the client lock of the operation in progress (its mutex, or a no-sleep client's
+/// spinlock) counts toward its lock wait, and its hold of the lock starts at the wait's end.
 #[inline(always)]
 fn charge_client_mutex_wait(wait: &PendingWait, wait_ns: u64, end_ns: u64) {
     let offsets = BUFIO_OFFSETS.load();
-    if offsets.client_lock == BufioOffsets::ABSENT
-        || wait.lock_addr != wait.op_client + u64::from(offsets.client_lock)
-    {
+    let is_client_lock = |offset: u32| {
+        offset != BufioOffsets::ABSENT && wait.lock_addr == wait.op_client + u64::from(offset)
+    };
+    if !is_client_lock(offsets.client_lock) && !is_client_lock(offsets.client_spinlock) {
         return;
     }
     let tid = current::tid();

@@ -303,6 +303,9 @@ impl Layout {
             client_no_sleep: field(btf, &client, "no_sleep")
                 .map(|f| f.0)
                 .unwrap_or(BufioOffsets::ABSENT),
+            client_spinlock: field(btf, &client, "spinlock")
+                .map(|f| f.0)
+                .unwrap_or(BufioOffsets::ABSENT),
         };
         // 6.0 on: a no-sleep client's lock.
         let spinlock = field(btf, &client, "spinlock").ok().map(|f| u64::from(f.0));

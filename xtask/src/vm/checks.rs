@@ -474,7 +474,13 @@ pub fn check_results(
         }
     };
     let bufio = check_bufio(kernel, scenario, &info, results)?;
-    let holds = check_holds(kernel, scenario, bufscope, &trace)?;
+    let holds = check_holds(
+        kernel,
+        scenario,
+        bufscope,
+        &trace,
+        scenario != NO_SLEEP_SCENARIO,
+    )?;
     let missing_share = check_counts(
         kernel,
         scenario,
