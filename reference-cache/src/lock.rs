@@ -393,22 +393,34 @@ mod tests {
         assert_eq!(stats.hold_ns.len(), 100);
     }
 
-    #[test]
-    fn a_blocked_acquisition_records_its_wait() {
-        let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
+    /// Another thread takes `lock` (spending `cost`'s timing), and holds it for `hold` once this
+    /// one returns; joined, it gives its client-mutex figures.
+    fn held_elsewhere(
+        lock: &Arc<InstrumentedMutex<()>>,
+        cost: crate::timing::StepCost,
+        hold: Duration,
+    ) -> thread::JoinHandle<crate::recorder::ClassStats> {
         let holding = Arc::new(Barrier::new(2));
         let holder = {
-            let (lock, holding) = (Arc::clone(&lock), Arc::clone(&holding));
+            let (lock, holding) = (Arc::clone(lock), Arc::clone(&holding));
             thread::spawn(move || {
                 let rec = ThreadRecorder::new();
+                rec.set_step_cost(cost);
                 let guard = lock.lock(&rec);
                 holding.wait();
-                thread::sleep(Duration::from_millis(30));
+                thread::sleep(hold);
                 drop(guard);
                 rec.class(LockClass::ClientMutex)
             })
         };
         holding.wait();
+        holder
+    }
+
+    #[test]
+    fn a_blocked_acquisition_records_its_wait() {
+        let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
+        let holder = held_elsewhere(&lock, Default::default(), Duration::from_millis(30));
         let rec = ThreadRecorder::new();
         drop(lock.lock(&rec));
         let waiter = rec.class(LockClass::ClientMutex);
@@ -439,20 +451,7 @@ mod tests {
             ..StepCost::default()
         };
         let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
-        let holding = Arc::new(Barrier::new(2));
-        let holder = {
-            let (lock, holding) = (Arc::clone(&lock), Arc::clone(&holding));
-            thread::spawn(move || {
-                let rec = ThreadRecorder::new();
-                rec.set_step_cost(cost);
-                let guard = lock.lock(&rec);
-                holding.wait();
-                thread::sleep(Duration::from_millis(5));
-                drop(guard);
-                rec.class(LockClass::ClientMutex)
-            })
-        };
-        holding.wait();
+        let holder = held_elsewhere(&lock, cost, Duration::from_millis(5));
         let rec = ThreadRecorder::new();
         rec.set_step_cost(cost);
         let started = std::time::Instant::now();

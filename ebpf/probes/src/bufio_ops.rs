@@ -347,7 +347,7 @@ fn run_delay_ns() -> u64 {
 }
 
 /// `dm_bufio_lock(c)` entry: the client mutex is about to be taken. Its hold is timed from here
-/// until a wait for it ends ([`mutex_acquired`]) or, uncontended, until `dm_bufio_unlock`.
+/// until a wait for it ends ([`client_lock_acquired`]) or, uncontended, until `dm_bufio_unlock`.
 #[inline(always)]
 fn lock(client: u64, here: u64) {
     if let Some(frame) = current_op(here)
@@ -358,9 +358,10 @@ fn lock(client: u64, here: u64) {
     }
 }
 
-/// A wait for the client mutex ended at `end_ns`: the operation in `frame` holds it from then.
+/// A wait for the client lock (the mutex, or a no-sleep client's spinlock) ended at `end_ns`: the
+/// operation in `frame` holds it from then.
 #[inline(always)]
-pub(crate) fn mutex_acquired(frame: &mut OpFrame, end_ns: u64) {
+pub(crate) fn client_lock_acquired(frame: &mut OpFrame, end_ns: u64) {
     if frame.lock_enter_ns != 0 {
         frame.lock_enter_ns = end_ns;
         frame.lock_run_delay = run_delay_ns();

@@ -616,7 +616,7 @@ fn emit(wait: &PendingWait, end_ns: u64, ret: i32) {
         add_to_histogram(wait, wait_ns);
     }
     if wait.op_client != 0 {
-        charge_client_mutex_wait(wait, wait_ns, end_ns);
+        charge_client_lock_wait(wait, wait_ns, end_ns);
     }
     if config.stream_events == 0 {
         return;
@@ -693,7 +693,7 @@ fn add_to_histogram(wait: &PendingWait, wait_ns: u64) {
 /// A wait on the client lock of the operation in progress (its mutex, or a no-sleep client's
 /// spinlock) counts toward its lock wait, and its hold of the lock starts at the wait's end.
 #[inline(always)]
-fn charge_client_mutex_wait(wait: &PendingWait, wait_ns: u64, end_ns: u64) {
+fn charge_client_lock_wait(wait: &PendingWait, wait_ns: u64, end_ns: u64) {
     let offsets = BUFIO_OFFSETS.load();
     let is_client_lock = |offset: u32| {
         offset != BufioOffsets::ABSENT && wait.lock_addr == wait.op_client + u64::from(offset)
@@ -707,7 +707,7 @@ fn charge_client_mutex_wait(wait: &PendingWait, wait_ns: u64, end_ns: u64) {
         let stack = unsafe { &mut *stack };
         if stack.depth > 0 && stack.frames[0].client == wait.op_client {
             stack.frames[0].lock_wait_ns += wait_ns;
-            bufio_ops::mutex_acquired(&mut stack.frames[0], end_ns);
+            bufio_ops::client_lock_acquired(&mut stack.frames[0], end_ns);
         }
     }
 }

@@ -60,8 +60,9 @@ pub struct Calibration {
     /// attached): without them the hold columns are zero and mean nothing.
     pub holds_measured: bool,
     pub steps: Vec<StepCost>,
-    /// The holds checked against a mutex's rule of one holder at a time.
-    pub hold_check: HoldCheck,
+    /// The holds checked against a mutex's rule of one holder at a time; a trace's calibration
+    /// has it, a live window's (which only sets the designs' timing) does not.
+    pub hold_check: Option<HoldCheck>,
     /// The client's lock waits that timed the kernel's own cost of a contended acquisition...
     pub contended_waits: u64,
     /// ...and that cost: the shortest 1 % of those waits (0 under [`MIN_CONTENDED_WAITS`]).
@@ -100,6 +101,9 @@ pub struct HoldCheck {
     pub impossible: u64,
     /// The largest such excess.
     pub worst_excess_ns: u64,
+    /// At most [`HoldCheck::TRUSTED_SHARE`] of the holds impossible: the hold columns can be
+    /// used (kept with the counts, so that readers of `--json` need not know the threshold).
+    pub trusted: bool,
 }
 
 impl HoldCheck {
@@ -133,15 +137,12 @@ impl HoldCheck {
                 check.worst_excess_ns = check.worst_excess_ns.max(excess);
             }
         }
+        check.trusted = check.impossible_share() <= Self::TRUSTED_SHARE;
         check
     }
 
     pub fn impossible_share(&self) -> f64 {
         self.impossible as f64 / self.measured.max(1) as f64
-    }
-
-    pub fn trusted(&self) -> bool {
-        self.impossible_share() <= Self::TRUSTED_SHARE
     }
 }
 
@@ -234,8 +235,7 @@ impl Calibration {
                 thousands(self.contended_waits)
             );
         }
-        let check = &self.hold_check;
-        if check.measured > 0 {
+        if let Some(check) = self.hold_check.filter(|c| c.measured > 0) {
             out += &format!(
                 "holds against one holder at a time: {} of {} longer than their operation leaves \
                  room for beside the other threads' holds inside it ({:.3} %{})\n",
@@ -248,7 +248,7 @@ impl Calibration {
                     String::new()
                 }
             );
-            if !check.trusted() {
+            if !check.trusted {
                 out += "warning: the holds overstate: time the thread did not hold the mutex was \
                         timed as held (a recording older than the probes that leave out a 6.1 \
                         thread's runqueue wait inside mutex_lock)\n";
@@ -289,7 +289,7 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         device: input.device,
         holds_measured,
         steps,
-        hold_check: HoldCheck::of(ops),
+        hold_check: Some(HoldCheck::of(ops)),
         contended_waits,
         contended_p1_ns,
     })
@@ -297,7 +297,8 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
 
 /// The calibration of one client's operations without the lock waits around them (a window of
 /// the live view): each operation's own client-mutex wait field is what it waited. On 6.4+
-/// kernels that leaves out the rare tree-lock waits, which a trace's calibration subtracts.
+/// kernels that leaves out the rare tree-lock waits, which a trace's calibration subtracts. No
+/// hold check: the window only sets the designs' timing, and the check costs a sort per window.
 pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration {
     let ops = ops.iter().filter(|o| o.client == client);
     let (steps, holds_measured) = step_costs(ops.clone().map(|op| (op, op.lock_wait_ns)));
@@ -313,7 +314,7 @@ pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration 
         device: device.to_string(),
         holds_measured,
         steps,
-        hold_check: HoldCheck::of(ops),
+        hold_check: None,
         contended_waits,
         contended_p1_ns,
     }
@@ -579,7 +580,7 @@ mod tests {
                 step("release", "-", 0, 2_000),
                 step("mark_buffer_dirty", "-", 1_500, 4_000),
             ],
-            hold_check: HoldCheck::default(),
+            hold_check: None,
             contended_waits: 0,
             contended_p1_ns: 0,
         };
@@ -650,16 +651,17 @@ mod tests {
             HoldCheck {
                 measured: 3,
                 impossible: 0,
-                worst_excess_ns: 0
+                worst_excess_ns: 0,
+                trusted: true
             }
         );
-        assert!(check.trusted());
+        assert!(check.trusted);
         // Thread 1 "holds" 90 µs while thread 2 held 40 µs inside it: 30 µs too many.
         let mut broken = fits;
         broken[0].lock_hold_ns = 90_000;
         let check = HoldCheck::of(broken.iter());
         assert_eq!((check.impossible, check.worst_excess_ns), (1, 30_000));
-        assert!(!check.trusted());
+        assert!(!check.trusted);
     }
 
     #[test]
@@ -682,7 +684,8 @@ mod tests {
             HoldCheck {
                 measured: 2,
                 impossible: 0,
-                worst_excess_ns: 0
+                worst_excess_ns: 0,
+                trusted: true
             }
         );
     }

@@ -7,10 +7,6 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, ensure};
 
-/// At most this share of the busiest client's holds may be impossible (measured after the fix:
-/// 0.007 % of 355,499 on 6.1 thin-hotspot; before it 0.54 %). The report's own threshold.
-const IMPOSSIBLE_SHARE: f64 = 0.000_5;
-
 /// What the hold check found in one recording.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HoldCheck {
@@ -19,6 +15,9 @@ pub struct HoldCheck {
     /// Holds longer than their operation leaves room for beside the other threads' holds.
     pub impossible: u64,
     pub worst_excess_ns: u64,
+    /// Few enough impossible for the report to trust the holds (at most 0.05 %; measured after
+    /// the fix: 0.007 % of 355,499 on 6.1 thin-hotspot, before it 0.54 %).
+    pub trusted: bool,
 }
 
 impl HoldCheck {
@@ -27,8 +26,8 @@ impl HoldCheck {
     }
 }
 
-/// Fails where more than [`IMPOSSIBLE_SHARE`] of the recording's measured holds are impossible,
-/// if `enforced`. It is not for a no-sleep client (dm-verity's `try_verify_in_tasklet`): its
+/// Fails where `report --calibration` does not trust the recording's holds (too many of them
+/// impossible), if `enforced`. It is not for a no-sleep client (dm-verity's `try_verify_in_tasklet`): its
 /// operations run in softirq on whatever task they interrupted, and 0.16-0.18 % of its holds
 /// break the rule on 6.1 (up to 17.6 ms), with the wait for its spinlock charged to the
 /// operation. Not understood yet; the share is still shown.
@@ -50,21 +49,23 @@ pub fn check_holds(
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{kernel} {scenario}: report --calibration --json"))?;
-    let field = |name: &str| report["hold_check"][name].as_u64().unwrap_or(0);
+    let hold_check = &report["hold_check"];
+    let field = |name: &str| hold_check[name].as_u64().unwrap_or(0);
     let check = HoldCheck {
         measured: field("measured"),
         impossible: field("impossible"),
         worst_excess_ns: field("worst_excess_ns"),
+        trusted: hold_check["trusted"].as_bool().unwrap_or(false),
     };
     ensure!(
-        !enforced || check.impossible_share() <= IMPOSSIBLE_SHARE,
-        "{kernel} {scenario}: {} of {} client-mutex holds ({:.3} %, allowed {:.3} %) are longer \
-         than their operation leaves room for beside the other threads' holds inside it (worst \
-         by {:.1} us): time the thread did not hold the mutex was timed as held",
+        !enforced || check.trusted,
+        "{kernel} {scenario}: {} of {} client-mutex holds ({:.3} %, more than report \
+         --calibration trusts) are longer than their operation leaves room for beside the other \
+         threads' holds inside it (worst by {:.1} us): time the thread did not hold the mutex \
+         was timed as held",
         check.impossible,
         check.measured,
         check.impossible_share() * 100.0,
-        IMPOSSIBLE_SHARE * 100.0,
         check.worst_excess_ns as f64 / 1e3
     );
     Ok(check)
