@@ -169,16 +169,12 @@ fn check_hotspot(
         ModuleRun::parse(&text).with_context(|| format!("{kernel} bufio-hotspot: {file}"))
     };
     let (alone, recorded) = (run("module-alone.txt")?, run("module-recorded.txt")?);
-    let report = Command::new(bufscope)
-        .args(["report", "--ops", "--by", "role", "--op", "read", "--json"])
-        .arg(trace)
-        .output()?;
-    ensure!(
-        report.status.success(),
-        "{kernel} bufio-hotspot: bufscope report --ops failed: {}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout)?;
+    let report = bufscope_json(
+        bufscope,
+        &["report", "--ops", "--by", "role", "--op", "read", "--json"],
+        trace,
+        &format!("{kernel} bufio-hotspot: bufscope report --ops failed"),
+    )?;
     let row = report["rows"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["key"] == "bufio_hot"))
@@ -237,8 +233,9 @@ fn check_holders(
     trace: &Path,
     recorded: &ModuleRun,
 ) -> anyhow::Result<(u64, u64)> {
-    let out = Command::new(bufscope)
-        .args([
+    let report = bufscope_json(
+        bufscope,
+        &[
             "report",
             "--by",
             "owner",
@@ -246,16 +243,13 @@ fn check_holders(
             "dm-bufio",
             "--comm",
             "bufio_hot",
-        ])
-        .args(["--top", "0", "--json"])
-        .arg(trace)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{kernel} bufio-hotspot: bufscope report --by owner failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            "--top",
+            "0",
+            "--json",
+        ],
+        trace,
+        &format!("{kernel} bufio-hotspot: bufscope report --by owner failed"),
+    )?;
     let rows: Vec<(String, u64)> = report["rows"]
         .as_array()
         .into_iter()
@@ -375,16 +369,12 @@ pub fn check_results(
     }
 
     let trace = results.join(format!("{scenario}.bftrace"));
-    let info = Command::new(bufscope)
-        .args(["info", "--json"])
-        .arg(&trace)
-        .output()?;
-    ensure!(
-        info.status.success(),
-        "{kernel}: the guest's recording does not read back: {}",
-        String::from_utf8_lossy(&info.stderr)
-    );
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+    let info = bufscope_json(
+        bufscope,
+        &["info", "--json"],
+        &trace,
+        &format!("{kernel}: the guest's recording does not read back"),
+    )?;
     let lock_waits = info["lock_waits"].as_u64().unwrap_or(0);
     ensure!(lock_waits > 0, "{kernel}: the guest recorded no lock waits");
 
@@ -525,6 +515,24 @@ fn report_rows(
             (name, r["contended"].as_u64().unwrap_or(0))
         })
         .collect())
+}
+
+/// What `bufscope ARGS TRACE` prints as JSON; fails with `failure` and bufscope's stderr when it
+/// fails.
+pub(super) fn bufscope_json(
+    bufscope: &Path,
+    args: &[&str],
+    trace: &Path,
+    failure: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(bufscope).args(args).arg(trace).output()?;
+    ensure!(
+        out.status.success(),
+        "{failure}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bufscope {args:?} printed no JSON"))
 }
 
 /// [`report_rows`] whole, as the JSON rows (with their stacks, when `args` asks for them).

@@ -3,9 +3,11 @@
 //! A recording whose holds break it would calibrate the models with time its threads spent on
 //! a runqueue before taking the mutex (6.1, voluntary preemption: `mutex_lock`'s might_sleep).
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
+
+use super::checks::bufscope_json;
 
 /// What the hold check found in one recording.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,17 +40,12 @@ pub fn check_holds(
     trace: &Path,
     enforced: bool,
 ) -> anyhow::Result<HoldCheck> {
-    let out = Command::new(bufscope)
-        .args(["report", "--calibration", "--json"])
-        .arg(trace)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{kernel} {scenario}: bufscope report --calibration failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{kernel} {scenario}: report --calibration --json"))?;
+    let report = bufscope_json(
+        bufscope,
+        &["report", "--calibration", "--json"],
+        trace,
+        &format!("{kernel} {scenario}: bufscope report --calibration failed"),
+    )?;
     let hold_check = &report["hold_check"];
     let field = |name: &str| hold_check[name].as_u64().unwrap_or(0);
     let check = HoldCheck {
