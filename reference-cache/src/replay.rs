@@ -198,6 +198,11 @@ pub struct ReplayResult {
     pub report: Report,
     /// Latency of each step kind in ns, indexed like [`Step::NAMES`].
     pub latency_ns: Vec<Histogram<u64>>,
+    /// At a recorded pace ([`ReplayOptions::speed`]): how late each step began after its due
+    /// time, in ns (the sleep's wake-up, or the thread's previous step running past it). Two
+    /// recorded operations closer together than this may meet in a replay where they never did
+    /// on the kernel, or miss each other where they met there. `None` as fast as possible.
+    pub late_ns: Option<Histogram<u64>>,
     pub mismatches: Mismatches,
     /// The first I/O error's message, when there were any.
     pub first_io_error: Option<String>,
@@ -212,9 +217,12 @@ impl ReplayResult {
 }
 
 fn histograms() -> Vec<Histogram<u64>> {
-    (0..Step::NAMES.len())
-        .map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"))
-        .collect()
+    (0..Step::NAMES.len()).map(|_| ns_histogram()).collect()
+}
+
+/// Nanoseconds from 1 ns to 100 s, three significant digits.
+fn ns_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
 }
 
 /// Runs `streams` through `cache`.
@@ -275,6 +283,7 @@ pub fn replay(
         steps: 0,
         report: Report::default(),
         latency_ns: histograms(),
+        late_ns: options.speed.map(|_| ns_histogram()),
         mismatches: Mismatches::default(),
         first_io_error: None,
         log: options.log.then(ReplayLog::default),
@@ -292,6 +301,9 @@ pub fn replay(
         }
         result.report.add(&rec);
         for (mine, theirs) in result.latency_ns.iter_mut().zip(&latency) {
+            mine.add(theirs).expect("same bounds");
+        }
+        if let (Some(mine), Some(theirs)) = (&mut result.late_ns, &outcome.late) {
             mine.add(theirs).expect("same bounds");
         }
         result.steps += steps;
@@ -360,6 +372,7 @@ impl Held {
 struct ThreadOutcome {
     rec: ThreadRecorder,
     latency: Vec<Histogram<u64>>,
+    late: Option<Histogram<u64>>,
     steps: u64,
     mismatches: Mismatches,
     first_io_error: Option<String>,
@@ -407,6 +420,7 @@ fn run_thread(
         Vec::new()
     };
     let mut latency = histograms();
+    let mut late = speed.map(|_| ns_histogram());
     let mut mismatches = Mismatches::default();
     let mut first_io_error = None;
     let mut io_error = |mismatches: &mut Mismatches, e: crate::CacheError| {
@@ -431,7 +445,12 @@ fn run_thread(
                 if let Some(wait) = due.checked_sub(began.elapsed()) {
                     thread::sleep(wait);
                 }
-                clock.raw()
+                let now = clock.raw();
+                if let Some(late) = &mut late {
+                    let late_ns = began.elapsed().saturating_sub(due).as_nanos();
+                    late.saturating_record(u64::try_from(late_ns).unwrap_or(u64::MAX).max(1));
+                }
+                now
             }
             None => last_end,
         };
@@ -552,6 +571,7 @@ fn run_thread(
     ThreadOutcome {
         rec,
         latency,
+        late,
         steps: steps.len() as u64,
         mismatches,
         first_io_error,
@@ -730,6 +750,44 @@ mod tests {
         );
         assert!(slow.elapsed > fast.elapsed * 2);
         assert_eq!(slow.mismatches, Mismatches::default());
+    }
+
+    #[test]
+    fn a_paced_replay_measures_how_late_each_step_began() {
+        use crate::timing::StepCost;
+        // Reads due every 200 µs that each take at least 1 ms: read k begins at least
+        // k x 800 µs after its due time.
+        let mut costs = [StepCost::default(); Step::KINDS];
+        costs[Step::Read.index()] = StepCost {
+            outside_ns: 1_000_000,
+            ..StepCost::default()
+        };
+        let steps: Vec<(u64, u64, Step)> = (0..5u64)
+            .flat_map(|k| {
+                [
+                    (k * 200_000, 1, Step::Read),
+                    (k * 200_000 + 1, 1, Step::Release),
+                ]
+            })
+            .collect();
+        let options = ReplayOptions {
+            speed: Some(1.0),
+            timing: Timing::kernel(costs),
+            ..Default::default()
+        };
+        let paced = replay(cache(Design::Classic), vec![stream(1, &steps)], options);
+        let late = paced.late_ns.expect("paced");
+        assert_eq!(late.len(), 10, "one per step");
+        assert!(late.max() >= 4 * 800_000, "read 4: {} ns late", late.max());
+        let asap = replay(
+            cache(Design::Classic),
+            vec![stream(1, &steps)],
+            ReplayOptions {
+                speed: None,
+                ..options
+            },
+        );
+        assert!(asap.late_ns.is_none(), "nothing is due as fast as possible");
     }
 
     #[test]

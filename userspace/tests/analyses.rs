@@ -250,7 +250,19 @@ fn compare_puts_kernel_and_designs_side_by_side_and_names_the_closest() {
             d["ops"]["dm_bufio_get"]["count"], kernel_get["count"],
             "every get replayed"
         );
+        // Paced, so each replay says how far behind the recorded pace it ran.
+        let late = |q: &str| d["late"][q].as_u64().unwrap_or_else(|| panic!("{q}: {d}"));
+        assert!(
+            0 < late("p50_ns") && late("p50_ns") <= late("p90_ns"),
+            "{}",
+            d["late"]
+        );
+        assert!(late("p90_ns") <= late("p99_ns"), "{}", d["late"]);
     }
+    assert!(
+        c["kernel"].get("late").is_none(),
+        "the kernel kept its own pace"
+    );
     let distance = |design: &str| {
         c["distances"]
             .as_array()

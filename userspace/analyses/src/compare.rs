@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bufscope_trace::OpKind;
 use bufscope_trace::OpResult;
+use reference_cache::replay::ReplayResult;
 use serde::Serialize;
 
 use crate::{
@@ -82,6 +83,31 @@ pub struct SourceStats {
     /// Buffer acquisitions (get, read, new) by thread role: how long they took, so a design's
     /// run predicts what the kernel's threads would have waited for their buffers.
     pub acquisitions: Vec<op_latency::OpRow>,
+    /// A design's replay at a recorded pace: how late it began the operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<Lateness>,
+}
+
+/// How late a paced replay began its operations after their due times, in ns. Operations the
+/// kernel began closer together than this may meet in the replay where they never met in the
+/// kernel, or the other way round: the replay's waits between them are its own timing's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Lateness {
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+}
+
+impl Lateness {
+    /// `None` for a replay as fast as possible, which has no due times.
+    pub fn of(result: &ReplayResult) -> Option<Self> {
+        let late = result.late_ns.as_ref()?;
+        Some(Self {
+            p50_ns: late.value_at_quantile(0.5),
+            p90_ns: late.value_at_quantile(0.9),
+            p99_ns: late.value_at_quantile(0.99),
+        })
+    }
 }
 
 impl SourceStats {
@@ -172,6 +198,15 @@ impl SourceStats {
             wait_hist,
             unattributed_waits: unattributed,
             acquisitions: op_latency::acquisitions_by_role(trace),
+            late: None,
+        }
+    }
+
+    /// A design's replay: its trace's figures, and how late it kept the recorded pace.
+    pub fn of_replay(source: &str, model: &TraceData, result: &ReplayResult) -> Self {
+        Self {
+            late: Lateness::of(result),
+            ..Self::of(source, model)
         }
     }
 }

@@ -114,7 +114,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         }
         let result = run_design(design, &input, &options)?;
         let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
-        designs.push(SourceStats::of(design.name(), &model));
+        designs.push(SourceStats::of_replay(design.name(), &model, &result));
     }
     let comparison = compare(&o.file.display().to_string(), kernel, designs);
     if let Some(path) = &o.plot {
@@ -321,6 +321,7 @@ fn print_text(c: &Comparison, trace: &TraceData) {
             duration_ns(other.total_ns)
         );
     }
+    print_lateness(c);
     println!();
     let mut ranked: Vec<_> = c.distances.iter().collect();
     ranked.sort_by(|a, b| a.overall.total_cmp(&b.overall));
@@ -343,6 +344,34 @@ fn print_text(c: &Comparison, trace: &TraceData) {
         [] => println!("no design to compare with"),
     }
     println!("distance: {}", c.distance_definition);
+}
+
+/// How far behind the recorded pace each design's replay ran: the limit of its timing.
+fn print_lateness(c: &Comparison) {
+    let late: Vec<String> = c
+        .designs
+        .iter()
+        .filter_map(|d| {
+            let l = d.late?;
+            Some(format!(
+                "{} p50 {}, p90 {}, p99 {}",
+                d.source,
+                duration_ns(l.p50_ns),
+                duration_ns(l.p90_ns),
+                duration_ns(l.p99_ns)
+            ))
+        })
+        .collect();
+    if late.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "the replays began their operations this late against the recorded pace: {}; \
+         operations the kernel began closer together than that may meet in a replay where they \
+         did not meet in the kernel",
+        late.join("; ")
+    );
 }
 
 fn write_csv(c: &Comparison, out: impl Write) -> anyhow::Result<()> {

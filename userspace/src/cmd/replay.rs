@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bufscope_analyses::{
+    compare::Lateness,
     models::{ReplayInput, as_trace, run_design},
     op_latency::{AcquisitionRatio, OpRow, acquisition_ratios, acquisitions_by_role},
     tracedata::TraceData,
@@ -235,6 +236,7 @@ fn to_json(r: &ReplayResult, acquisitions: &[OpRow]) -> serde_json::Value {
         "design": r.design.name(),
         "latency": latency,
         "elapsed_s": r.elapsed.as_secs_f64(),
+        "late": Lateness::of(r),
         "ops_per_s": r.steps_per_sec(),
         "hits": ops.hits,
         "misses": ops.misses,
@@ -310,6 +312,17 @@ fn print_table(results: &[ReplayResult]) {
         }
         if let Some(error) = &r.first_io_error {
             println!("{}: first I/O error: {error}", r.design);
+        }
+        if let Some(l) = Lateness::of(r) {
+            println!(
+                "{}: began its operations late against the recorded pace by p50 {}, p90 {}, p99 \
+                 {} (operations recorded closer together than that may meet here where they did \
+                 not in the kernel)",
+                r.design,
+                duration_ns(l.p50_ns),
+                duration_ns(l.p90_ns),
+                duration_ns(l.p99_ns)
+            );
         }
     }
 }
