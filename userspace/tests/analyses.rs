@@ -258,11 +258,25 @@ fn compare_puts_kernel_and_designs_side_by_side_and_names_the_closest() {
             d["late"]
         );
         assert!(late("p90_ns") <= late("p99_ns"), "{}", d["late"]);
+        // Every wait of the design is checked against the kernel's operations.
+        let waits: u64 = d["waits"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|w| w["waits"].as_u64().unwrap())
+            .sum();
+        let check = &d["replay_check"];
+        assert_eq!(check["waits"].as_u64(), Some(waits), "{check}");
+        assert!(
+            check["apart_in_kernel"].as_u64().unwrap() <= waits,
+            "{check}"
+        );
     }
     assert!(
         c["kernel"].get("late").is_none(),
         "the kernel kept its own pace"
     );
+    assert!(c["kernel"].get("replay_check").is_none());
     let distance = |design: &str| {
         c["distances"]
             .as_array()

@@ -11,10 +11,12 @@
 //!   2x of the ratio between the two kernels;
 //! - the closest design is classic on 6.1 traces and sharded on 6.12 traces.
 //!
-//! Beside each row, how late the design's replay began its operations (p90). Pacing by sleeps
-//! wakes tens of microseconds late, and unevenly, which is more than the gaps between many of
-//! the kernel's operations: on 6.1 thin-hotspot, 9,343 of classic's 11,004 waits were between
-//! operations that never overlapped in the kernel (2026-11-29, kernel timing).
+//! Beside each row, how late the design's replay began its operations (p90), and the share of
+//! its waits that were between operations that never overlapped in the kernel ("apart": the
+//! replay's timing made them, see `bufscope_analyses::replay_check`). Pacing by sleeps wakes
+//! tens of microseconds late, and unevenly, which is more than the gaps between many of the
+//! kernel's operations: on 6.1 thin-hotspot, 9,343 of classic's 11,004 waits were apart
+//! (2026-11-29, kernel timing).
 //!
 //! The waits counted are those made inside dm-bufio operations: the kernel's waits outside them
 //! come from dm-bufio's own background eviction (6.12 small-cache: 198 of its 256 client-mutex
@@ -71,6 +73,8 @@ struct Figures {
     hot_mean_ns: Option<u64>,
     /// A design's: how late its replay began the operations, p90.
     late_p90_ns: Option<u64>,
+    /// A design's: the share of its waits between operations the kernel kept apart.
+    apart_share: Option<f64>,
 }
 
 fn figures(stats: &SourceStats, trace: &TraceData) -> Figures {
@@ -106,6 +110,10 @@ fn figures(stats: &SourceStats, trace: &TraceData) -> Figures {
             .find(|r| r.key == "bufio_hot")
             .map(|r| r.avg_ns),
         late_p90_ns: stats.late.map(|l| l.p90_ns),
+        apart_share: stats
+            .replay_check
+            .filter(|r| r.waits > 0)
+            .map(|r| r.apart_in_kernel as f64 / r.waits as f64),
     }
 }
 
@@ -140,7 +148,7 @@ fn run(trace: &TraceData, kernel_timing: bool) -> Run {
     for design in Design::DEFAULT {
         let result = run_design(design, &input, &options).expect("the design runs");
         let model = as_trace(&result, &input, trace).expect("logged");
-        let s = SourceStats::of_replay(design.name(), &model, &result);
+        let s = SourceStats::of_replay(trace, &input, &result, &model);
         designs.push((design, figures(&s, &model)));
         stats.push(s);
     }
@@ -172,8 +180,16 @@ fn main() {
              the design of its kernel"
         );
         println!(
-            "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9}",
-            "sample", "kernel", "design", "design's", "ratio", "bound", "closest", "late p90"
+            "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6}",
+            "sample",
+            "kernel",
+            "design",
+            "design's",
+            "ratio",
+            "bound",
+            "closest",
+            "late p90",
+            "apart"
         );
         for (kernel_index, (kernel, design)) in
             [("6.1", Design::Classic), ("6.12", Design::Sharded)]
@@ -219,7 +235,7 @@ fn main() {
                     "-".to_string()
                 };
                 println!(
-                    "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9}",
+                    "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6}",
                     name,
                     show(&k),
                     design.name(),
@@ -228,6 +244,8 @@ fn main() {
                     if checked { verdict(bound) } else { "(< 100)" },
                     format!("{} {}", r.closest, verdict(closest_ok)),
                     d.late_p90_ns.map_or("-".to_string(), ns),
+                    d.apart_share
+                        .map_or("-".to_string(), |s| format!("{:.0}%", 100.0 * s)),
                 );
                 if k.outside_ops > 0 && kernel_timing {
                     println!(

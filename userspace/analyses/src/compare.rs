@@ -18,7 +18,9 @@ use reference_cache::replay::ReplayResult;
 use serde::Serialize;
 
 use crate::{
+    models::ReplayInput,
     op_latency,
+    replay_check::{self, ReplayCheck},
     report::{BUCKETS, bucket_of, quantile},
     tracedata::{TraceData, WaitClass},
 };
@@ -86,6 +88,9 @@ pub struct SourceStats {
     /// A design's replay at a recorded pace: how late it began the operations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late: Option<Lateness>,
+    /// A design's replay: how many of its waits were between operations the kernel kept apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_check: Option<ReplayCheck>,
 }
 
 /// How late a paced replay began its operations after their due times, in ns. Operations the
@@ -199,14 +204,23 @@ impl SourceStats {
             unattributed_waits: unattributed,
             acquisitions: op_latency::acquisitions_by_role(trace),
             late: None,
+            replay_check: None,
         }
     }
 
-    /// A design's replay: its trace's figures, and how late it kept the recorded pace.
-    pub fn of_replay(source: &str, model: &TraceData, result: &ReplayResult) -> Self {
+    /// A design's replay of `input` (from `kernel`), whose run as a trace is `model`: its
+    /// figures, how late it kept the recorded pace, and how many of its waits the kernel's
+    /// operations could not have made.
+    pub fn of_replay(
+        kernel: &TraceData,
+        input: &ReplayInput,
+        result: &ReplayResult,
+        model: &TraceData,
+    ) -> Self {
         Self {
             late: Lateness::of(result),
-            ..Self::of(source, model)
+            replay_check: Some(replay_check::check(kernel, input.client, model)),
+            ..Self::of(result.design.name(), model)
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod models;
 pub mod naming;
 pub mod op_latency;
 pub mod plot;
+pub mod replay_check;
 pub mod report;
 pub mod summary;
 pub mod synth;

@@ -114,7 +114,7 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
         }
         let result = run_design(design, &input, &options)?;
         let model = as_trace(&result, &input, &trace).expect("the replay kept a log");
-        designs.push(SourceStats::of_replay(design.name(), &model, &result));
+        designs.push(SourceStats::of_replay(&trace, &input, &result, &model));
     }
     let comparison = compare(&o.file.display().to_string(), kernel, designs);
     if let Some(path) = &o.plot {
@@ -321,7 +321,7 @@ fn print_text(c: &Comparison, trace: &TraceData) {
             duration_ns(other.total_ns)
         );
     }
-    print_lateness(c);
+    print_replay_timing(c);
     println!();
     let mut ranked: Vec<_> = c.distances.iter().collect();
     ranked.sort_by(|a, b| a.overall.total_cmp(&b.overall));
@@ -346,32 +346,40 @@ fn print_text(c: &Comparison, trace: &TraceData) {
     println!("distance: {}", c.distance_definition);
 }
 
-/// How far behind the recorded pace each design's replay ran: the limit of its timing.
-fn print_lateness(c: &Comparison) {
-    let late: Vec<String> = c
+/// How far behind the recorded pace each design's replay ran, and how many of its waits that
+/// timing made rather than the design: the limits of its prediction.
+fn print_replay_timing(c: &Comparison) {
+    let lines: Vec<String> = c
         .designs
         .iter()
         .filter_map(|d| {
-            let l = d.late?;
-            Some(format!(
-                "{} p50 {}, p90 {}, p99 {}",
-                d.source,
-                duration_ns(l.p50_ns),
-                duration_ns(l.p90_ns),
-                duration_ns(l.p99_ns)
-            ))
+            let late = d.late.map(|l| {
+                format!(
+                    "began its operations late against the recorded pace by p50 {}, p90 {}, p99 {}",
+                    duration_ns(l.p50_ns),
+                    duration_ns(l.p90_ns),
+                    duration_ns(l.p99_ns)
+                )
+            });
+            let apart = d.replay_check.filter(|r| r.waits > 0).map(|r| {
+                format!(
+                    "{} of its {} waits were between operations that never overlapped in the \
+                     kernel (at least: made by the replay's timing, not by the design)",
+                    thousands(r.apart_in_kernel),
+                    thousands(r.waits)
+                )
+            });
+            let said: Vec<String> = late.into_iter().chain(apart).collect();
+            (!said.is_empty()).then(|| format!("{}: {}", d.source, said.join("; ")))
         })
         .collect();
-    if late.is_empty() {
+    if lines.is_empty() {
         return;
     }
     println!();
-    println!(
-        "the replays began their operations this late against the recorded pace: {}; \
-         operations the kernel began closer together than that may meet in a replay where they \
-         did not meet in the kernel",
-        late.join("; ")
-    );
+    for line in lines {
+        println!("{line}");
+    }
 }
 
 fn write_csv(c: &Comparison, out: impl Write) -> anyhow::Result<()> {
