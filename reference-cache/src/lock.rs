@@ -372,12 +372,90 @@ impl<T, R: RawRwLock> DerefMut for WriteGuard<'_, T, R> {
 #[cfg(test)]
 mod tests {
     use std::{
-        sync::{Arc, Barrier},
+        sync::{
+            Arc, Barrier,
+            atomic::{AtomicI32, Ordering},
+        },
         thread,
-        time::Duration,
+        time::{Duration, Instant},
     };
 
     use super::*;
+
+    /// How a thread that announced it was about to take a lock was seen stuck on it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Stuck {
+        /// Asleep in the kernel: parked.
+        Asleep,
+        /// Still runnable, having spent a millisecond of CPU since it announced: spinning.
+        Spinning,
+    }
+
+    /// A thread about to take a lock, announced so that the thread holding it can keep it until
+    /// the other is stuck on it, however late the scheduler runs either: whether an acquisition
+    /// is contended is then decided by the test, not by a sleep outlasting a busy machine.
+    #[derive(Default)]
+    struct Announced {
+        /// The announcing thread's id; 0 until it announces.
+        tid: AtomicI32,
+    }
+
+    impl Announced {
+        /// Called by the thread that will take the lock, immediately before it does: nothing
+        /// between here and the attempt may sleep.
+        fn about_to_lock(&self) {
+            // SAFETY: gettid has no preconditions.
+            self.tid.store(unsafe { libc::gettid() }, Ordering::Release);
+        }
+
+        /// Waits until the announced thread is asleep or has spun for 1 ms of CPU since it
+        /// announced (its attempt, which takes nanoseconds, has failed by then).
+        fn wait_until_stuck(&self) -> Stuck {
+            const SPUN_NS: u64 = 1_000_000;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let tid = loop {
+                match self.tid.load(Ordering::Acquire) {
+                    0 => thread::yield_now(),
+                    tid => break tid,
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the waiter never announced itself"
+                );
+            };
+            let started = Self::cpu_ns(tid);
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                    .expect("read the waiter's /proc stat");
+                // "pid (comm) S ...": the state follows the last ')'.
+                let state = stat[stat.rfind(')').expect("a /proc stat line") + 2..]
+                    .chars()
+                    .next();
+                if matches!(state, Some('S' | 'D')) {
+                    return Stuck::Asleep;
+                }
+                if Self::cpu_ns(tid) - started >= SPUN_NS {
+                    return Stuck::Spinning;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the waiter neither slept nor spun in 60 s"
+                );
+                thread::yield_now();
+            }
+        }
+
+        /// The thread's time on a CPU so far (the first field of its schedstat).
+        fn cpu_ns(tid: i32) -> u64 {
+            let schedstat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+                .expect("read the waiter's /proc schedstat");
+            schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse().ok())
+                .expect("a schedstat line starts with nanoseconds on a CPU")
+        }
+    }
 
     #[test]
     fn uncontended_acquisitions_are_not_waits() {
@@ -393,38 +471,77 @@ mod tests {
         assert_eq!(stats.hold_ns.len(), 100);
     }
 
-    /// Another thread takes `lock` (spending `cost`'s timing), and holds it for `hold` once this
-    /// one returns; joined, it gives its client-mutex figures.
+    /// The calling thread's time on a CPU so far.
+    fn thread_cpu_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec to write to.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    /// What the thread of [`held_elsewhere`] saw.
+    struct Holder {
+        /// Its client-mutex figures.
+        stats: crate::recorder::ClassStats,
+        /// How the waiter was seen stuck.
+        stuck: Stuck,
+        /// CPU time its own (uncontended) acquisition took.
+        acquisition_cpu_ns: u64,
+    }
+
+    /// Another thread takes `lock` (spending `cost`'s timing) and, once this one has announced
+    /// and is stuck on it, holds it `hold` longer. This thread must call `lock` right after
+    /// `about_to_lock`.
     fn held_elsewhere(
         lock: &Arc<InstrumentedMutex<()>>,
         cost: crate::timing::StepCost,
         hold: Duration,
-    ) -> thread::JoinHandle<crate::recorder::ClassStats> {
+    ) -> (Arc<Announced>, thread::JoinHandle<Holder>) {
         let holding = Arc::new(Barrier::new(2));
+        let waiter = Arc::new(Announced::default());
         let holder = {
-            let (lock, holding) = (Arc::clone(lock), Arc::clone(&holding));
+            let (lock, holding, waiter) =
+                (Arc::clone(lock), Arc::clone(&holding), Arc::clone(&waiter));
             thread::spawn(move || {
                 let rec = ThreadRecorder::new();
                 rec.set_step_cost(cost);
+                let before = thread_cpu_ns();
                 let guard = lock.lock(&rec);
+                let acquisition_cpu_ns = thread_cpu_ns() - before;
                 holding.wait();
+                let stuck = waiter.wait_until_stuck();
                 thread::sleep(hold);
                 drop(guard);
-                rec.class(LockClass::ClientMutex)
+                Holder {
+                    stats: rec.class(LockClass::ClientMutex),
+                    stuck,
+                    acquisition_cpu_ns,
+                }
             })
         };
         holding.wait();
-        holder
+        (waiter, holder)
     }
 
     #[test]
     fn a_blocked_acquisition_records_its_wait() {
         let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
-        let holder = held_elsewhere(&lock, Default::default(), Duration::from_millis(30));
+        let (announced, holder) =
+            held_elsewhere(&lock, Default::default(), Duration::from_millis(30));
         let rec = ThreadRecorder::new();
+        announced.about_to_lock();
         drop(lock.lock(&rec));
         let waiter = rec.class(LockClass::ClientMutex);
-        let holder = holder.join().unwrap();
+        let Holder {
+            stats: holder,
+            stuck,
+            ..
+        } = holder.join().unwrap();
+        assert_eq!(stuck, Stuck::Asleep, "a mutex's waiter sleeps");
         assert_eq!((waiter.acquisitions, waiter.contended), (1, 1));
         assert!(
             waiter.wait_ns.max() >= 20_000_000,
@@ -451,17 +568,18 @@ mod tests {
             ..StepCost::default()
         };
         let lock = Arc::new(InstrumentedMutex::new(LockClass::ClientMutex, ()));
-        let holder = held_elsewhere(&lock, cost, Duration::from_millis(5));
+        let (announced, holder) = held_elsewhere(&lock, cost, Duration::from_millis(5));
         let rec = ThreadRecorder::new();
         rec.set_step_cost(cost);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        announced.about_to_lock();
         let guard = lock.lock(&rec);
         // The cost is spent holding the lock, once it is taken, and counts in the wait (which
         // would otherwise end with the holder's 5 ms sleep).
         let waited = started.elapsed();
         drop(guard);
         let (waiter, holder) = (rec.class(LockClass::ClientMutex), holder.join().unwrap());
-        assert_eq!((waiter.contended, holder.contended), (1, 0));
+        assert_eq!((waiter.contended, holder.stats.contended), (1, 0));
         assert!(
             waited >= Duration::from_nanos(CONTENDED_NS),
             "took {waited:?}"
@@ -471,11 +589,12 @@ mod tests {
             wait >= waiter.wait_ns.lowest_equivalent(CONTENDED_NS),
             "waited {wait} ns"
         );
-        // The holder took the lock uncontended: no cost spent, its hold is its 5 ms sleep.
+        // The holder took the lock uncontended: no cost spent (spinning it would have taken a
+        // share of its 20 ms on a CPU, however busy the machine).
         assert!(
-            holder.hold_ns.max() < CONTENDED_NS,
-            "held {} ns",
-            holder.hold_ns.max()
+            holder.acquisition_cpu_ns < 1_000_000,
+            "its uncontended acquisition spent {} ns on a CPU",
+            holder.acquisition_cpu_ns
         );
     }
 
@@ -490,19 +609,22 @@ mod tests {
         let first = lock.read(&rec);
         let second = lock.read(&rec);
         assert_eq!(rec.class(LockClass::TreeRead).contended, 0, "readers share");
+        let announced = Arc::new(Announced::default());
         let writer = {
-            let lock = Arc::clone(&lock);
+            let (lock, announced) = (Arc::clone(&lock), Arc::clone(&announced));
             thread::spawn(move || {
                 let rec = ThreadRecorder::new();
+                announced.about_to_lock();
                 *lock.write(&rec) += 1;
                 rec.class(LockClass::TreeWrite)
             })
         };
+        assert_eq!(announced.wait_until_stuck(), Stuck::Asleep);
         thread::sleep(Duration::from_millis(20));
         drop((first, second));
         let writer = writer.join().unwrap();
         assert_eq!(writer.contended, 1);
-        assert!(writer.wait_ns.max() >= 10_000_000);
+        assert!(writer.wait_ns.max() >= 20_000_000);
         assert_eq!(*lock.read(&rec), 1);
     }
 
@@ -515,20 +637,28 @@ mod tests {
             ),
         );
         let holding = Arc::new(Barrier::new(2));
+        let announced = Arc::new(Announced::default());
         let holder = {
-            let (lock, holding) = (Arc::clone(&lock), Arc::clone(&holding));
+            let (lock, holding, announced) = (
+                Arc::clone(&lock),
+                Arc::clone(&holding),
+                Arc::clone(&announced),
+            );
             thread::spawn(move || {
                 let rec = ThreadRecorder::new();
                 let mut guard = lock.lock(&rec);
                 holding.wait();
+                let stuck = announced.wait_until_stuck();
                 thread::sleep(Duration::from_millis(30));
                 *guard += 1;
+                stuck
             })
         };
         let rec = ThreadRecorder::new();
         holding.wait();
+        announced.about_to_lock();
         assert_eq!(*lock.lock(&rec), 1, "acquired after the holder let go");
-        holder.join().unwrap();
+        assert_eq!(holder.join().unwrap(), Stuck::Spinning, "it never slept");
         let spin = rec.class(LockClass::ClientSpinlock);
         assert_eq!((spin.acquisitions, spin.contended), (1, 1));
         assert!(
