@@ -88,16 +88,8 @@ fn single_thread_replay(design: Design) -> f64 {
             (0..1024u64).flat_map(move |block| {
                 let at_ns = (round * 1024 + block) * 1000;
                 [
-                    TimedStep {
-                        at_ns,
-                        block,
-                        step: Step::Read,
-                    },
-                    TimedStep {
-                        at_ns: at_ns + 500,
-                        block,
-                        step: Step::Release,
-                    },
+                    TimedStep::new(at_ns, block, Step::Read),
+                    TimedStep::new(at_ns + 500, block, Step::Release),
                 ]
             })
         })

@@ -13,7 +13,8 @@
 //!   locks spin: a client spinlock, and (6.4+) rwlock trees ([`NoSleep`]).
 //!
 //! Every design implements [`BufferCache`]; each shared field states which lock protects it.
-//! [`timing`] makes their critical sections take what a recording kernel's took.
+//! [`timing`] makes their critical sections take what a recording kernel's took; [`replay`] runs
+//! recorded streams through a design on real threads, or in virtual time ([`simulate`]).
 //! Buffers come from a [`BlockIo`]: memory or a real file or device. No eBPF and no root: this
 //! crate builds and tests with stable Rust anywhere.
 
@@ -27,6 +28,7 @@ mod lru;
 mod recorder;
 pub mod replay;
 mod sharded;
+pub mod simulate;
 pub mod timing;
 pub mod workload;
 

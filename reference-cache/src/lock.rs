@@ -12,7 +12,7 @@ use std::{
 
 use parking_lot::lock_api::{self, RawMutex, RawRwLock};
 
-use crate::recorder::{ThreadRecorder, clock};
+use crate::recorder::{PlanEvent, ThreadRecorder, clock};
 
 /// How a design's locks wait: the raw locks under its [`InstrumentedMutex`] and
 /// [`InstrumentedRwLock`], and the classes they are recorded under.
@@ -125,6 +125,7 @@ fn acquire<G>(
     try_lock: impl FnOnce() -> Option<G>,
     lock: impl FnOnce() -> G,
 ) -> (G, u64) {
+    recorder.note(PlanEvent::Acquire { class, instance });
     if let Some(guard) = try_lock() {
         recorder.acquired(class, None);
         let acquired = clock().raw();
@@ -188,6 +189,7 @@ impl<T, R: RawMutex> InstrumentedMutex<T, R> {
             guard,
             recorder,
             class: self.class,
+            instance: self.instance,
             acquired_at,
         }
     }
@@ -197,6 +199,7 @@ pub struct MutexGuard<'a, T, R: RawMutex = parking_lot::RawMutex> {
     guard: lock_api::MutexGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
+    instance: u32,
     acquired_at: u64,
 }
 
@@ -211,7 +214,7 @@ impl<T, R: RawMutex> fmt::Debug for MutexGuard<'_, T, R> {
 impl<T, R: RawMutex> Drop for MutexGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
-        self.recorder.released(self.class, held);
+        self.recorder.released(self.class, self.instance, held);
     }
 }
 
@@ -284,6 +287,7 @@ impl<T, R: RawRwLock> InstrumentedRwLock<T, R> {
             guard,
             recorder,
             class: self.read_class,
+            instance: self.instance,
             acquired_at,
         }
     }
@@ -300,6 +304,7 @@ impl<T, R: RawRwLock> InstrumentedRwLock<T, R> {
             guard,
             recorder,
             class: self.write_class,
+            instance: self.instance,
             acquired_at,
         }
     }
@@ -309,6 +314,7 @@ pub struct ReadGuard<'a, T, R: RawRwLock = parking_lot::RawRwLock> {
     guard: lock_api::RwLockReadGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
+    instance: u32,
     acquired_at: u64,
 }
 
@@ -323,7 +329,7 @@ impl<T, R: RawRwLock> fmt::Debug for ReadGuard<'_, T, R> {
 impl<T, R: RawRwLock> Drop for ReadGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
-        self.recorder.released(self.class, held);
+        self.recorder.released(self.class, self.instance, held);
     }
 }
 
@@ -338,6 +344,7 @@ pub struct WriteGuard<'a, T, R: RawRwLock = parking_lot::RawRwLock> {
     guard: lock_api::RwLockWriteGuard<'a, R, T>,
     recorder: &'a ThreadRecorder,
     class: LockClass,
+    instance: u32,
     acquired_at: u64,
 }
 
@@ -352,7 +359,7 @@ impl<T, R: RawRwLock> fmt::Debug for WriteGuard<'_, T, R> {
 impl<T, R: RawRwLock> Drop for WriteGuard<'_, T, R> {
     fn drop(&mut self) {
         let held = clock().delta_as_nanos(self.acquired_at, clock().raw());
-        self.recorder.released(self.class, held);
+        self.recorder.released(self.class, self.instance, held);
     }
 }
 

@@ -83,6 +83,29 @@ pub struct ThreadRecorder {
     /// The current step's calibrated timing (see [`crate::timing`]); `None` at host speed.
     step: Cell<Option<StepClock>>,
     log: Option<RefCell<Vec<LoggedWait>>>,
+    /// What the thread's steps did, in order, when made with [`ThreadRecorder::planning`].
+    plan: Option<RefCell<Vec<PlanEvent>>>,
+}
+
+/// One thing a step did that takes time in a simulated replay ([`crate::simulate`]), noted by a
+/// [`ThreadRecorder::planning`] recorder as the design's code runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PlanEvent {
+    /// Took a lock.
+    Acquire { class: LockClass, instance: u32 },
+    /// Let it go.
+    Release { class: LockClass, instance: u32 },
+    /// Asked to spend the step's hold (inside whatever lock it holds).
+    Spend(Hold),
+    /// Read or wrote a block on the device.
+    Io,
+}
+
+/// Which of a step's calibrated holds the design asked to spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    Hit,
+    Miss,
 }
 
 /// Where the current step is in spending its calibrated cost; raw clock readings.
@@ -171,6 +194,28 @@ impl ThreadRecorder {
             tag: Cell::new(0),
             step: Cell::new(None),
             log: None,
+            plan: None,
+        }
+    }
+
+    /// A recorder that notes, in order, the locks each step takes and lets go, where it asks to
+    /// spend its hold and its device I/O ([`ThreadRecorder::take_plan`]).
+    pub(crate) fn planning() -> Self {
+        Self {
+            plan: Some(RefCell::new(Vec::new())),
+            ..Self::new()
+        }
+    }
+
+    /// Takes what was noted since the last call (empty unless made with
+    /// [`ThreadRecorder::planning`]).
+    pub(crate) fn take_plan(&self) -> Vec<PlanEvent> {
+        self.plan.as_ref().map(|p| p.take()).unwrap_or_default()
+    }
+
+    pub(crate) fn note(&self, event: PlanEvent) {
+        if let Some(plan) = &self.plan {
+            plan.borrow_mut().push(event);
         }
     }
 
@@ -227,12 +272,14 @@ impl ThreadRecorder {
     /// lasts at least that long from when its lock was taken (from the step's start where the
     /// design takes no lock).
     pub(crate) fn spend_hit(&self) {
+        self.note(PlanEvent::Spend(Hold::Hit));
         self.spend_hold(|cost| cost.hit_hold_ns);
     }
 
     /// Spends the current step's miss hold, once: designs call this inside the critical section
     /// of a miss, before its read goes to the device.
     pub(crate) fn spend_miss(&self) {
+        self.note(PlanEvent::Spend(Hold::Miss));
         self.spend_hold(|cost| cost.miss_hold_ns);
     }
 
@@ -312,9 +359,13 @@ impl ThreadRecorder {
 
     /// Counts a cache event.
     pub(crate) fn count(&self, event: impl FnOnce(&mut OpCounts)) {
-        let mut ops = self.ops.get();
+        let before = self.ops.get();
+        let mut ops = before;
         event(&mut ops);
         self.ops.set(ops);
+        for _ in 0..(ops.reads + ops.writes).saturating_sub(before.reads + before.writes) {
+            self.note(PlanEvent::Io);
+        }
     }
 
     /// This thread's cache events.
@@ -335,7 +386,8 @@ impl ThreadRecorder {
         }
     }
 
-    pub(crate) fn released(&self, class: LockClass, hold_ns: u64) {
+    pub(crate) fn released(&self, class: LockClass, instance: u32, hold_ns: u64) {
+        self.note(PlanEvent::Release { class, instance });
         self.classes.borrow_mut()[class.index()]
             .hold_ns
             .saturating_record(hold_ns.max(1));
@@ -367,6 +419,11 @@ impl Default for Report {
 }
 
 impl Report {
+    /// Adds cache events counted elsewhere (a simulated replay's plan run).
+    pub(crate) fn add_ops(&mut self, ops: OpCounts) {
+        self.ops.add(ops);
+    }
+
     pub fn add(&mut self, recorder: &ThreadRecorder) {
         for (mine, theirs) in self
             .classes

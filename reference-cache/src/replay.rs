@@ -21,8 +21,9 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
-    BufferCache, BufferRef, Design, LockClass, Report, ThreadRecorder, recorder::clock,
-    timing::Timing,
+    BufferCache, BufferRef, Design, LockClass, Report, ThreadRecorder,
+    recorder::clock,
+    timing::{StepCost, Timing},
 };
 
 /// One operation of a stream.
@@ -94,6 +95,44 @@ pub struct TimedStep {
     pub at_ns: u64,
     pub block: u64,
     pub step: Step,
+    /// How long the recording kernel held its client lock in this very operation, where it was
+    /// measured. A simulated replay ([`ReplayClock::Simulated`]) with kernel timing makes the
+    /// step's critical section take it, instead of the median of its kind: a kernel's waits
+    /// follow its holds' tail, not their median alone. Real threads take the median.
+    pub kernel_hold: Option<KernelHold>,
+}
+
+impl TimedStep {
+    /// A step without a recorded hold (synthetic streams; kernels whose operation took no
+    /// client lock).
+    pub fn new(at_ns: u64, block: u64, step: Step) -> Self {
+        Self {
+            at_ns,
+            block,
+            step,
+            kernel_hold: None,
+        }
+    }
+}
+
+/// One operation's client-lock hold on the recording kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelHold {
+    pub ns: u64,
+    /// Whether that operation missed (its hold made room and inserted the buffer).
+    pub miss: bool,
+}
+
+impl KernelHold {
+    /// `cost` with its hit or miss hold set to this one.
+    pub fn applied_to(self, mut cost: StepCost) -> StepCost {
+        if self.miss {
+            cost.miss_hold_ns = self.ns;
+        } else {
+            cost.hit_hold_ns = self.ns;
+        }
+        cost
+    }
 }
 
 /// One recorded thread's operations, in order.
@@ -113,6 +152,21 @@ pub struct ReplayOptions {
     pub log: bool,
     /// How long each step takes: host speed, or a recording kernel's costs.
     pub timing: Timing,
+    /// Real threads on this machine's clock, or a simulation in virtual time.
+    pub clock: ReplayClock,
+}
+
+/// Whose clock a replay runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ReplayClock {
+    /// One real thread per replay thread, on this machine's scheduler: the designs' code and
+    /// locks as they run here, with the scheduler's timing in every figure.
+    #[default]
+    Real,
+    /// A discrete-event simulation in virtual time ([`crate::simulate`]): the designs' code
+    /// decides which locks each step takes, their calibrated costs how long; each device read or
+    /// write takes `io_ns`. The cache's own I/O should take no time. Same figures on every run.
+    Simulated { io_ns: u64 },
 }
 
 /// How an operation ended, as a kernel recording says it.
@@ -179,7 +233,7 @@ pub struct Mismatches {
 }
 
 impl Mismatches {
-    fn add(&mut self, o: Mismatches) {
+    pub(crate) fn add(&mut self, o: Mismatches) {
         self.not_held += o.not_held;
         self.extra_hits += o.extra_hits;
         self.cold_gets += o.cold_gets;
@@ -216,12 +270,12 @@ impl ReplayResult {
     }
 }
 
-fn histograms() -> Vec<Histogram<u64>> {
+pub(crate) fn histograms() -> Vec<Histogram<u64>> {
     (0..Step::NAMES.len()).map(|_| ns_histogram()).collect()
 }
 
 /// Nanoseconds from 1 ns to 100 s, three significant digits.
-fn ns_histogram() -> Histogram<u64> {
+pub(crate) fn ns_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
 }
 
@@ -231,6 +285,9 @@ pub fn replay(
     streams: Vec<Stream>,
     options: ReplayOptions,
 ) -> ReplayResult {
+    if let ReplayClock::Simulated { io_ns } = options.clock {
+        return crate::simulate::simulate(cache.as_ref(), streams, options, io_ns);
+    }
     let threads = options
         .threads
         .unwrap_or(streams.len())
@@ -330,7 +387,7 @@ pub fn replay(
 }
 
 /// Interleaves a replay thread's streams by time, each stream's own order kept.
-fn merge(streams: Vec<Stream>) -> Vec<(usize, TimedStep)> {
+pub(crate) fn merge(streams: Vec<Stream>) -> Vec<(usize, TimedStep)> {
     let mut merged: Vec<(usize, TimedStep)> = streams
         .into_iter()
         .enumerate()
@@ -345,7 +402,7 @@ fn merge(streams: Vec<Stream>) -> Vec<(usize, TimedStep)> {
 /// time (dm-thin at most six per thread), so a short list searched from its most recent end beats
 /// a hash map; a stream may hold the same block more than once.
 #[derive(Default)]
-struct Held(Vec<((usize, u64), BufferRef)>);
+pub(crate) struct Held(Vec<((usize, u64), BufferRef)>);
 
 impl Held {
     fn push(&mut self, key: (usize, u64), buf: BufferRef) {
@@ -366,6 +423,99 @@ impl Held {
 
     fn drain(&mut self) -> impl Iterator<Item = BufferRef> + '_ {
         self.0.drain(..).map(|(_, buf)| buf)
+    }
+}
+
+/// What one replay thread (or a simulated replay's plan run) keeps between steps: the buffers it
+/// holds and where it parted ways with the recording.
+#[derive(Default)]
+pub(crate) struct Stepper {
+    pub(crate) held: Held,
+    pub(crate) mismatches: Mismatches,
+    /// The first I/O error's message.
+    pub(crate) first_io_error: Option<String>,
+}
+
+impl Stepper {
+    fn io_error(&mut self, e: crate::CacheError) {
+        self.mismatches.io_errors += 1;
+        self.first_io_error.get_or_insert_with(|| e.with_causes());
+    }
+
+    /// Runs one step of stream `key.0` on block `key.1`; for a get, whether it got a buffer.
+    pub(crate) fn run(
+        &mut self,
+        cache: &dyn BufferCache,
+        rec: &ThreadRecorder,
+        key: (usize, u64),
+        step: Step,
+    ) -> Option<bool> {
+        let block = key.1;
+        let mut got = None;
+        match step {
+            Step::Get { missed } => match cache.get(rec, block).inspect(|_| got = Some(true)) {
+                Some(buf) if missed => {
+                    self.mismatches.extra_hits += 1;
+                    cache.release(rec, buf);
+                }
+                Some(buf) => self.held.push(key, buf),
+                None if missed => got = Some(false),
+                None => {
+                    got = Some(false);
+                    self.mismatches.cold_gets += 1;
+                    match cache.read(rec, block) {
+                        Ok(buf) => self.held.push(key, buf),
+                        Err(e) => self.io_error(e),
+                    }
+                }
+            },
+            Step::Read | Step::New => {
+                let got = if step == Step::Read {
+                    cache.read(rec, block)
+                } else {
+                    cache.new_buffer(rec, block)
+                };
+                match got {
+                    Ok(buf) => self.held.push(key, buf),
+                    Err(e) => self.io_error(e),
+                }
+            }
+            Step::Prefetch { blocks } => cache.prefetch(rec, block, u64::from(blocks)),
+            Step::Release => match self.held.take(key) {
+                Some(buf) => cache.release(rec, buf),
+                None => self.mismatches.not_held += 1,
+            },
+            Step::MarkDirty | Step::MarkPartialDirty { .. } => match self.held.get(key) {
+                Some(buf) => match step {
+                    Step::MarkPartialDirty { start, end } => {
+                        cache.mark_partial_dirty(rec, buf, start, end)
+                    }
+                    _ => cache.mark_dirty(rec, buf),
+                },
+                None => self.mismatches.not_held += 1,
+            },
+            Step::WriteDirtyAsync => {
+                if let Err(e) = cache.write_dirty_buffers_async(rec) {
+                    self.io_error(e);
+                }
+            }
+            Step::WriteDirty => {
+                if let Err(e) = cache.write_dirty_buffers(rec) {
+                    self.io_error(e);
+                }
+            }
+            Step::Forget => cache.forget(rec, block),
+            Step::ForgetBuffers { blocks } => cache.forget_buffers(rec, block, u64::from(blocks)),
+        }
+        got
+    }
+
+    /// Releases what the stream still holds at its end, counting each.
+    pub(crate) fn release_held(&mut self, cache: &dyn BufferCache, rec: &ThreadRecorder) {
+        for buf in self.held.drain() {
+            self.mismatches.held_at_end += 1;
+            cache.release(rec, buf);
+        }
     }
 }
 
@@ -421,22 +571,26 @@ fn run_thread(
     };
     let mut latency = histograms();
     let mut late = speed.map(|_| ns_histogram());
-    let mut mismatches = Mismatches::default();
-    let mut first_io_error = None;
-    let mut io_error = |mismatches: &mut Mismatches, e: crate::CacheError| {
-        mismatches.io_errors += 1;
-        first_io_error.get_or_insert_with(|| e.with_causes());
-    };
-    let mut held = Held::default();
+    let mut stepper = Stepper::default();
     let clock = clock();
     start.wait();
     let began = *zero.get_or_init(Instant::now);
     // As fast as possible, one clock read per step: each step ends when the next one begins.
     let mut last_end = clock.raw();
-    for &(stream, TimedStep { at_ns, block, step }) in &steps {
+    for &(
+        stream,
+        TimedStep {
+            at_ns, block, step, ..
+        },
+    ) in &steps
+    {
         let before = options.log.then(|| {
             rec.set_tag(ops_log.len() as u32);
-            (rec.client_lock_totals(), rec.ops(), mismatches.io_errors)
+            (
+                rec.client_lock_totals(),
+                rec.ops(),
+                stepper.mismatches.io_errors,
+            )
         });
         let op_began = match speed {
             Some(speed) => {
@@ -455,63 +609,7 @@ fn run_thread(
             None => last_end,
         };
         rec.set_step_cost(options.timing.cost(step));
-        let key = (stream, block);
-        let mut got = None;
-        match step {
-            Step::Get { missed } => match cache.get(&rec, block).inspect(|_| got = Some(true)) {
-                Some(buf) if missed => {
-                    mismatches.extra_hits += 1;
-                    cache.release(&rec, buf);
-                }
-                Some(buf) => held.push(key, buf),
-                None if missed => got = Some(false),
-                None => {
-                    got = Some(false);
-                    mismatches.cold_gets += 1;
-                    match cache.read(&rec, block) {
-                        Ok(buf) => held.push(key, buf),
-                        Err(e) => io_error(&mut mismatches, e),
-                    }
-                }
-            },
-            Step::Read | Step::New => {
-                let got = if step == Step::Read {
-                    cache.read(&rec, block)
-                } else {
-                    cache.new_buffer(&rec, block)
-                };
-                match got {
-                    Ok(buf) => held.push(key, buf),
-                    Err(e) => io_error(&mut mismatches, e),
-                }
-            }
-            Step::Prefetch { blocks } => cache.prefetch(&rec, block, u64::from(blocks)),
-            Step::Release => match held.take(key) {
-                Some(buf) => cache.release(&rec, buf),
-                None => mismatches.not_held += 1,
-            },
-            Step::MarkDirty | Step::MarkPartialDirty { .. } => match held.get(key) {
-                Some(buf) => match step {
-                    Step::MarkPartialDirty { start, end } => {
-                        cache.mark_partial_dirty(&rec, buf, start, end)
-                    }
-                    _ => cache.mark_dirty(&rec, buf),
-                },
-                None => mismatches.not_held += 1,
-            },
-            Step::WriteDirtyAsync => {
-                if let Err(e) = cache.write_dirty_buffers_async(&rec) {
-                    io_error(&mut mismatches, e);
-                }
-            }
-            Step::WriteDirty => {
-                if let Err(e) = cache.write_dirty_buffers(&rec) {
-                    io_error(&mut mismatches, e);
-                }
-            }
-            Step::Forget => cache.forget(&rec, block),
-            Step::ForgetBuffers { blocks } => cache.forget_buffers(&rec, block, u64::from(blocks)),
-        }
+        let got = stepper.run(cache, &rec, (stream, block), step);
         rec.spend_outside();
         last_end = clock.raw();
         let duration_ns = clock.delta_as_nanos(op_began, last_end);
@@ -519,7 +617,7 @@ fn run_thread(
         if let Some((totals, counts, io_errors)) = before {
             let now = rec.client_lock_totals();
             let after = rec.ops();
-            let result = if mismatches.io_errors > io_errors {
+            let result = if stepper.mismatches.io_errors > io_errors {
                 StepResult::Error
             } else {
                 match (step, got) {
@@ -542,10 +640,7 @@ fn run_thread(
             });
         }
     }
-    for buf in held.drain() {
-        mismatches.held_at_end += 1;
-        cache.release(&rec, buf);
-    }
+    stepper.release_held(cache, &rec);
     let log = options.log.then(|| {
         let waits = rec
             .take_log()
@@ -573,8 +668,8 @@ fn run_thread(
         latency,
         late,
         steps: steps.len() as u64,
-        mismatches,
-        first_io_error,
+        mismatches: stepper.mismatches,
+        first_io_error: stepper.first_io_error,
         log,
     }
 }
@@ -589,7 +684,7 @@ mod tests {
             tid,
             steps: steps
                 .iter()
-                .map(|&(at_ns, block, step)| TimedStep { at_ns, block, step })
+                .map(|&(at_ns, block, step)| TimedStep::new(at_ns, block, step))
                 .collect(),
         }
     }

@@ -15,7 +15,11 @@ use bufscope_analyses::{
     models::{Backing, ModelOptions},
     tracedata::TraceData,
 };
-use reference_cache::{Design, replay::ReplayOptions, timing::Timing};
+use reference_cache::{
+    Design,
+    replay::{ReplayClock, ReplayOptions},
+    timing::Timing,
+};
 
 /// How the designs run: shared by `replay`, `compare` and `live`.
 #[derive(Debug, clap::Args)]
@@ -49,6 +53,18 @@ pub struct ModelArgs {
     /// traces, older files).
     #[arg(long, value_enum, default_value_t = TimingArg::Auto)]
     pub timing: TimingArg,
+    /// Whose clock the designs run on: `real` (a thread per recorded thread on this machine, its
+    /// scheduler's timing in every figure) or `simulated` (the designs' code decides which locks
+    /// each operation takes, a simulation in virtual time when: the same figures on every run).
+    #[arg(long, value_enum, default_value_t = ClockArg::Real)]
+    pub clock: ClockArg,
+}
+
+/// `--clock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockArg {
+    Real,
+    Simulated,
 }
 
 /// `--timing`.
@@ -109,6 +125,11 @@ impl ModelArgs {
                 speed,
                 log,
                 timing: calibration.map_or(Timing::HOST, Calibration::timing),
+                clock: match self.clock {
+                    ClockArg::Real => ReplayClock::Real,
+                    // The device's latency is filled in from the backing (models::run_design).
+                    ClockArg::Simulated => ReplayClock::Simulated { io_ns: 0 },
+                },
             },
         }
     }

@@ -10,7 +10,10 @@ use bufscope_trace::{BufioOp, ClientLocks, LockOwner, LockWait, Metadata, OpKind
 use reference_cache::{
     BlockIo, BufferCache, CacheConfig, Design, FileIo, FileIoOptions, Latency, LockClass, MemoryIo,
     build,
-    replay::{ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep, replay},
+    replay::{
+        KernelHold, ReplayClock, ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep,
+        replay,
+    },
 };
 
 use crate::tracedata::TraceData;
@@ -92,6 +95,10 @@ pub fn streams_of<'a>(ops: impl Iterator<Item = &'a BufioOp>, origin_ns: u64) ->
             at_ns: op.start_ns.saturating_sub(origin_ns),
             block: op.block,
             step,
+            kernel_hold: (op.lock_hold_ns > 0).then_some(KernelHold {
+                ns: op.lock_hold_ns,
+                miss: op.result == OpResult::Miss,
+            }),
         });
     }
     let mut streams: Vec<Stream> = threads
@@ -187,8 +194,32 @@ pub fn run_design(
     input: &ReplayInput,
     options: &ModelOptions,
 ) -> Result<ReplayResult, ModelError> {
-    let cache = build_cache(design, input.block_size, options)?;
-    Ok(replay(cache, input.streams.clone(), options.replay))
+    let (build, replay_options) = for_clock(options);
+    let cache = build_cache(design, input.block_size, &build)?;
+    Ok(replay(cache, input.streams.clone(), replay_options))
+}
+
+/// What a design's cache is built with and what its replay runs with, for the options' clock: a
+/// simulated replay times the device itself (each I/O the backing's latency, in virtual time), so
+/// the memory under its cache answers at once.
+pub fn for_clock(options: &ModelOptions) -> (ModelOptions, ReplayOptions) {
+    let ReplayClock::Simulated { .. } = options.replay.clock else {
+        return (options.clone(), options.replay);
+    };
+    let (backing, io_ns) = match &options.backing {
+        Backing::MemoryWithLatency(latency) => (Backing::Memory, latency.as_nanos() as u64),
+        other => (other.clone(), 0),
+    };
+    (
+        ModelOptions {
+            backing,
+            ..options.clone()
+        },
+        ReplayOptions {
+            clock: ReplayClock::Simulated { io_ns },
+            ..options.replay
+        },
+    )
 }
 
 /// An empty cache of `design` for blocks of `block_size` bytes, on the options' backing.

@@ -25,7 +25,7 @@ use reference_cache::{
 
 use super::hist::Log2Hist;
 use bufscope_analyses::{
-    models::{ModelOptions, build_cache},
+    models::{ModelOptions, build_cache, for_clock},
     units::error_chain,
 };
 
@@ -170,7 +170,7 @@ fn run_worker(
         let key = (window.client, window.block_size);
         let result = match &cache {
             Some((k, c)) if *k == key => Ok(Arc::clone(c)),
-            _ => build_cache(design, window.block_size, options).inspect(|c| {
+            _ => build_cache(design, window.block_size, &for_clock(options).0).inspect(|c| {
                 cache = Some((key, Arc::clone(c)));
             }),
         }
@@ -182,7 +182,7 @@ fn run_worker(
                     log: true,
                     speed: window.speed.or(options.replay.speed),
                     timing: window.timing.unwrap_or(options.replay.timing),
-                    ..options.replay
+                    ..for_clock(options).1
                 },
             )
         });
@@ -236,16 +236,8 @@ mod tests {
                     .flat_map(|i| {
                         let block = i % 4;
                         [
-                            TimedStep {
-                                at_ns: i * 10,
-                                block,
-                                step: Step::Read,
-                            },
-                            TimedStep {
-                                at_ns: i * 10 + 5,
-                                block,
-                                step: Step::Release,
-                            },
+                            TimedStep::new(i * 10, block, Step::Read),
+                            TimedStep::new(i * 10 + 5, block, Step::Release),
                         ]
                     })
                     .collect(),

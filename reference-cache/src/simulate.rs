@@ -1,0 +1,764 @@
+//! Simulated replay: the design's own code decides which locks each step takes; a discrete-event
+//! simulation in virtual time decides when each is taken, waited for and let go.
+//!
+//! A replay on real threads ([`crate::replay`]) times its steps with this machine's scheduler:
+//! a thread sleeping until its next step is due wakes tens of microseconds late, and unevenly,
+//! which is longer than the gaps between many of a kernel's operations. Operations that never
+//! overlapped in the kernel then meet in the replay, and its waits are the replay's timing, not
+//! the design's (`compare` counts them: `replay_check`). A simulated replay has no such noise.
+//!
+//! 1. **Plan.** The steps of every stream run through the design once, on one thread, in
+//!    recorded order. A planning [`ThreadRecorder`] notes what each step did that takes time:
+//!    each lock it took and let go (class and instance), where it asked to spend its hold
+//!    ([`crate::timing`]), and each device read or write. The cache's state, hits and misses,
+//!    mismatches and I/O errors come from this run.
+//! 2. **Simulate.** Each replay thread then runs its steps in virtual time. A step begins when it
+//!    is due (its recorded time scaled by the speed) or when the thread's previous step ends,
+//!    whichever is later. Its lock sections follow the plan. A hold lasts the step's calibrated
+//!    hit or miss hold from when its lock was taken (once a step, as on real threads); a device
+//!    I/O takes the given latency; the step lasts, net of its waits, at least its hold and its
+//!    time outside the lock. A lock that is not free is waited for in a first-come queue: a
+//!    mutex passes to its first waiter, a rw-lock to its first writer or to the run of readers
+//!    at the head of its queue (readers queue behind a waiting writer, as on a rw_semaphore).
+//!    A contended acquisition holds the lock [`StepCost::contended_ns`] longer, as on real
+//!    threads.
+//!
+//! The figures are the same on every run, in debug and release builds, on a busy machine or an
+//! idle one. What the simulation leaves out: the design's own code takes no virtual time (the
+//! calibrated costs stand for it), and every thread has a CPU of its own (the kernel's holds,
+//! from which the costs come, already include the preemption the recording saw).
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    BufferCache, LockClass, Report, ThreadRecorder,
+    recorder::{Hold, PlanEvent},
+    replay::{
+        LoggedLockWait, LoggedOp, Mismatches, ReplayLog, ReplayOptions, ReplayResult, Step,
+        StepResult, Stepper, Stream, TimedStep, histograms, merge, ns_histogram,
+    },
+    timing::StepCost,
+};
+
+/// Runs `streams` through `cache` in virtual time, each device read or write taking `io_ns`.
+/// The cache's own I/O should take no time (it is not waited for).
+pub(crate) fn simulate(
+    cache: &dyn BufferCache,
+    streams: Vec<Stream>,
+    options: ReplayOptions,
+    io_ns: u64,
+) -> ReplayResult {
+    let plan = Plan::run(cache, streams, options);
+    let mut sim = Simulation::new(plan.threads, io_ns, options.log);
+    sim.run();
+    let mut report = Report::default();
+    report.add_ops(plan.ops);
+    let mut result = ReplayResult {
+        design: cache.design(),
+        elapsed: Duration::ZERO,
+        steps: 0,
+        report,
+        latency_ns: histograms(),
+        late_ns: options.speed.map(|_| ns_histogram()),
+        mismatches: plan.mismatches,
+        first_io_error: plan.first_io_error,
+        log: options.log.then(ReplayLog::default),
+    };
+    let (mut first, mut last) = (u64::MAX, 0);
+    for thread in sim.threads {
+        result.report.add(&thread.rec);
+        for (mine, theirs) in result.latency_ns.iter_mut().zip(&thread.latency) {
+            mine.add(theirs).expect("same bounds");
+        }
+        if let Some(late) = &mut result.late_ns {
+            late.add(&thread.late).expect("same bounds");
+        }
+        result.steps += thread.steps.len() as u64;
+        first = first.min(thread.began);
+        last = last.max(thread.t);
+        if let Some(log) = &mut result.log {
+            log.ops.extend(thread.ops);
+            log.waits.extend(thread.waits);
+        }
+    }
+    result.elapsed = Duration::from_nanos(last.saturating_sub(first));
+    if let Some(log) = &mut result.log {
+        // From the first operation's start, as a recording's clock would read.
+        let first = log.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
+        for op in &mut log.ops {
+            op.start_ns -= first;
+        }
+        for wait in &mut log.waits {
+            wait.start_ns = wait.start_ns.saturating_sub(first);
+        }
+        log.ops.sort_by_key(|o| o.start_ns);
+        log.waits.sort_by_key(|w| w.start_ns);
+    }
+    result
+}
+
+/// One step as planned: when it is due, its cost, and what its run through the design did.
+#[derive(Debug)]
+struct PlannedStep {
+    tid: u32,
+    step: Step,
+    block: u64,
+    due_ns: u64,
+    cost: StepCost,
+    result: StepResult,
+    events: Vec<PlanEvent>,
+}
+
+/// One replay thread's recorded threads (by stream index) and its steps, each with its stream.
+type ThreadSteps = (Vec<u32>, Vec<(usize, TimedStep)>);
+
+/// The plan run's outcome: each replay thread's planned steps, in its order.
+struct Plan {
+    threads: Vec<Vec<PlannedStep>>,
+    ops: crate::OpCounts,
+    mismatches: Mismatches,
+    first_io_error: Option<String>,
+}
+
+impl Plan {
+    /// Runs every step once, in recorded order across all threads (each thread's own order
+    /// kept), noting what each did.
+    fn run(cache: &dyn BufferCache, streams: Vec<Stream>, options: ReplayOptions) -> Self {
+        let threads = options
+            .threads
+            .unwrap_or(streams.len())
+            .clamp(1, streams.len().max(1));
+        let origin_ns = streams
+            .iter()
+            .flat_map(|s| s.steps.iter().map(|step| step.at_ns))
+            .min()
+            .unwrap_or(0);
+        let mut dealt: Vec<Vec<Stream>> = vec![Vec::new(); threads];
+        for (i, stream) in streams.into_iter().enumerate() {
+            dealt[i % threads].push(stream);
+        }
+        // Each replay thread's steps in its order, and every step's place in the recording's.
+        let per_thread: Vec<ThreadSteps> = dealt
+            .into_iter()
+            .map(|streams| (streams.iter().map(|s| s.tid).collect(), merge(streams)))
+            .collect();
+        let mut order: Vec<(u64, usize, usize)> = per_thread
+            .iter()
+            .enumerate()
+            .flat_map(|(t, (_, steps))| {
+                steps
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, (_, step))| (step.at_ns, t, k))
+            })
+            .collect();
+        // Stable: equal times keep the threads' and each thread's order.
+        order.sort_by_key(|&(at, _, _)| at);
+
+        let rec = ThreadRecorder::planning();
+        let mut steppers: Vec<Stepper> = per_thread.iter().map(|_| Stepper::default()).collect();
+        let mut planned: Vec<Vec<Option<PlannedStep>>> = per_thread
+            .iter()
+            .map(|(_, steps)| steps.iter().map(|_| None).collect())
+            .collect();
+        for (_, t, k) in order {
+            let (tids, steps) = &per_thread[t];
+            let (
+                stream,
+                TimedStep {
+                    at_ns,
+                    block,
+                    step,
+                    kernel_hold,
+                },
+            ) = steps[k];
+            let stepper = &mut steppers[t];
+            let (misses, io_errors) = (rec.ops().misses, stepper.mismatches.io_errors);
+            let got = stepper.run(cache, &rec, (stream, block), step);
+            let result = if stepper.mismatches.io_errors > io_errors {
+                StepResult::Error
+            } else {
+                match (step, got) {
+                    (Step::Get { .. }, Some(true)) => StepResult::Hit,
+                    (Step::Get { .. }, _) => StepResult::Miss,
+                    (Step::Read, _) if rec.ops().misses > misses => StepResult::Miss,
+                    (Step::Read, _) => StepResult::Hit,
+                    _ => StepResult::None,
+                }
+            };
+            let due_ns = options.speed.map_or(0, |speed| {
+                (at_ns.saturating_sub(origin_ns) as f64 / speed) as u64
+            });
+            planned[t][k] = Some(PlannedStep {
+                tid: tids[stream],
+                step,
+                block,
+                due_ns,
+                cost: match kernel_hold {
+                    Some(hold) if !options.timing.is_host() => {
+                        hold.applied_to(options.timing.cost(step))
+                    }
+                    _ => options.timing.cost(step),
+                },
+                result,
+                events: rec.take_plan(),
+            });
+        }
+        let mut mismatches = Mismatches::default();
+        let mut first_io_error = None;
+        for stepper in &mut steppers {
+            // Buffers held at a stream's end are let go without a step of their own.
+            stepper.release_held(cache, &rec);
+            mismatches.add(stepper.mismatches);
+            if first_io_error.is_none() {
+                first_io_error = stepper.first_io_error.take();
+            }
+        }
+        Self {
+            threads: planned
+                .into_iter()
+                .map(|steps| steps.into_iter().map(|s| s.expect("planned")).collect())
+                .collect(),
+            ops: rec.ops(),
+            mismatches,
+            first_io_error,
+        }
+    }
+}
+
+/// A lock as the simulation knows it: the client lock, a tree by index, or a global one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum LockId {
+    Client,
+    Tree(u32),
+    Global(u32),
+}
+
+/// Which lock a class and instance name, and whether the class takes it shared.
+fn lock_of(class: LockClass, instance: u32) -> (LockId, bool) {
+    match class {
+        LockClass::ClientMutex | LockClass::ClientSpinlock => (LockId::Client, false),
+        LockClass::TreeRead | LockClass::TreeRwlockRead => (LockId::Tree(instance), true),
+        LockClass::TreeWrite | LockClass::TreeRwlockWrite => (LockId::Tree(instance), false),
+        LockClass::Global => (LockId::Global(instance), false),
+    }
+}
+
+/// A lock's state in virtual time.
+#[derive(Debug, Default)]
+struct SimLock {
+    writer: bool,
+    readers: u32,
+    /// Threads waiting for it, first come first served, and whether each wants it shared.
+    queue: VecDeque<(usize, bool)>,
+}
+
+impl SimLock {
+    fn free_for(&self, shared: bool) -> bool {
+        !self.writer && (shared || self.readers == 0)
+    }
+
+    /// Takes it at once if it is free and nobody is queued.
+    fn try_take(&mut self, shared: bool) -> bool {
+        let free = self.queue.is_empty() && self.free_for(shared);
+        if free {
+            self.take(shared);
+        }
+        free
+    }
+
+    fn take(&mut self, shared: bool) {
+        if shared {
+            self.readers += 1;
+        } else {
+            self.writer = true;
+        }
+    }
+
+    /// Lets a hold go; returns the waiters that take it now: a writer alone, or the run of
+    /// readers at the head of the queue.
+    fn release(&mut self, shared: bool) -> Vec<usize> {
+        if shared {
+            self.readers -= 1;
+        } else {
+            self.writer = false;
+        }
+        let mut granted = Vec::new();
+        while let Some(&(thread, shared)) = self.queue.front() {
+            if !self.free_for(shared) {
+                break;
+            }
+            self.queue.pop_front();
+            self.take(shared);
+            granted.push(thread);
+            if !shared {
+                break;
+            }
+        }
+        granted
+    }
+}
+
+/// Where a thread is in its current step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the step to be due.
+    Start,
+    /// Going through the step's planned events.
+    Events,
+    /// Spending the rest of the step's time.
+    Finish,
+}
+
+/// One replay thread in virtual time.
+struct SimThread {
+    steps: Vec<PlannedStep>,
+    /// The current step and its next event.
+    k: usize,
+    e: usize,
+    phase: Phase,
+    /// The thread's clock: virtual ns.
+    t: u64,
+    /// When its first step began.
+    began: u64,
+    /// The current step's start, its lock waits so far, when it last took a lock (or its start)
+    /// and the hold it spent.
+    start: u64,
+    waited: u64,
+    section: u64,
+    hold: Option<u64>,
+    /// Its client-lock wait and hold in the current step.
+    client_wait: u64,
+    client_hold: u64,
+    /// Locks it holds: class, instance, since when.
+    holding: Vec<(LockClass, u32, u64)>,
+    /// The acquisition it is queued for: class, instance, when it tried.
+    pending: Option<(LockClass, u32, u64)>,
+    rec: ThreadRecorder,
+    latency: Vec<Histogram<u64>>,
+    late: Histogram<u64>,
+    ops: Vec<LoggedOp>,
+    waits: Vec<LoggedLockWait>,
+}
+
+struct Simulation {
+    threads: Vec<SimThread>,
+    locks: HashMap<LockId, SimLock>,
+    /// Threads to resume, by virtual time, ties in the order they were queued.
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    queued: u64,
+    io_ns: u64,
+    log: bool,
+}
+
+impl Simulation {
+    fn new(threads: Vec<Vec<PlannedStep>>, io_ns: u64, log: bool) -> Self {
+        let threads: Vec<SimThread> = threads
+            .into_iter()
+            .map(|steps| SimThread {
+                steps,
+                k: 0,
+                e: 0,
+                phase: Phase::Start,
+                t: 0,
+                began: u64::MAX,
+                start: 0,
+                waited: 0,
+                section: 0,
+                hold: None,
+                client_wait: 0,
+                client_hold: 0,
+                holding: Vec::new(),
+                pending: None,
+                rec: ThreadRecorder::new(),
+                latency: histograms(),
+                late: ns_histogram(),
+                ops: Vec::new(),
+                waits: Vec::new(),
+            })
+            .collect();
+        Self {
+            threads,
+            locks: HashMap::new(),
+            queue: BinaryHeap::new(),
+            queued: 0,
+            io_ns,
+            log,
+        }
+    }
+
+    fn resume_at(&mut self, thread: usize, t: u64) {
+        self.threads[thread].t = t;
+        self.queue.push(Reverse((t, self.queued, thread)));
+        self.queued += 1;
+    }
+
+    fn run(&mut self) {
+        for thread in 0..self.threads.len() {
+            self.resume_at(thread, 0);
+        }
+        while let Some(Reverse((_, _, thread))) = self.queue.pop() {
+            self.advance(thread);
+        }
+        debug_assert!(
+            self.threads.iter().all(|t| t.k == t.steps.len()),
+            "every thread ran to its end (a thread left waiting means a lock never let go)"
+        );
+    }
+
+    /// Runs `i` from its clock until it must wait: for time to pass (it is queued to resume) or
+    /// for a lock (its holder's release resumes it), or until it has no steps left.
+    fn advance(&mut self, i: usize) {
+        loop {
+            let io_ns = self.io_ns;
+            let th = &mut self.threads[i];
+            let Some(planned) = th.steps.get(th.k) else {
+                return;
+            };
+            match th.phase {
+                Phase::Start => {
+                    if planned.due_ns > th.t {
+                        let due = planned.due_ns;
+                        self.resume_at(i, due);
+                        return;
+                    }
+                    th.late.saturating_record((th.t - planned.due_ns).max(1));
+                    th.began = th.began.min(th.t);
+                    (th.start, th.section) = (th.t, th.t);
+                    (th.waited, th.hold, th.client_wait, th.client_hold) = (0, None, 0, 0);
+                    (th.e, th.phase) = (0, Phase::Events);
+                }
+                Phase::Events => {
+                    let Some(&event) = planned.events.get(th.e) else {
+                        th.phase = Phase::Finish;
+                        continue;
+                    };
+                    th.e += 1;
+                    match event {
+                        PlanEvent::Acquire { class, instance } => {
+                            let (id, shared) = lock_of(class, instance);
+                            let lock = self.locks.entry(id).or_default();
+                            if lock.try_take(shared) {
+                                th.rec.acquired(class, None);
+                                th.holding.push((class, instance, th.t));
+                                th.section = th.t;
+                            } else {
+                                lock.queue.push_back((i, shared));
+                                th.pending = Some((class, instance, th.t));
+                                return;
+                            }
+                        }
+                        PlanEvent::Release { class, instance } => {
+                            let at = th
+                                .holding
+                                .iter()
+                                .rposition(|&(c, n, _)| (c, n) == (class, instance))
+                                .expect("a design lets go only of a lock it took");
+                            let (_, _, since) = th.holding.remove(at);
+                            let held = th.t - since;
+                            th.rec.released(class, instance, held);
+                            if class.is_client_lock() {
+                                th.client_hold += held;
+                            }
+                            let (id, shared) = lock_of(class, instance);
+                            let now = th.t;
+                            let granted = self
+                                .locks
+                                .get_mut(&id)
+                                .expect("a held lock is known")
+                                .release(shared);
+                            for waiter in granted {
+                                self.granted(waiter, now);
+                            }
+                        }
+                        PlanEvent::Spend(kind) => {
+                            if th.hold.is_none() {
+                                let hold = match kind {
+                                    Hold::Hit => planned.cost.hit_hold_ns,
+                                    Hold::Miss => planned.cost.miss_hold_ns,
+                                };
+                                th.hold = Some(hold);
+                                let until = th.section + hold;
+                                if until > th.t {
+                                    self.resume_at(i, until);
+                                    return;
+                                }
+                            }
+                        }
+                        PlanEvent::Io => {
+                            if io_ns > 0 {
+                                let until = th.t + io_ns;
+                                self.resume_at(i, until);
+                                return;
+                            }
+                        }
+                    }
+                }
+                Phase::Finish => {
+                    let cost = planned.cost;
+                    let until = th.start
+                        + th.waited
+                        + th.hold.unwrap_or(cost.hit_hold_ns)
+                        + cost.outside_ns;
+                    if until > th.t {
+                        self.resume_at(i, until);
+                        return;
+                    }
+                    let duration = th.t - th.start;
+                    th.latency[planned.step.index()].saturating_record(duration.max(1));
+                    if self.log {
+                        th.ops.push(LoggedOp {
+                            tid: planned.tid,
+                            step: planned.step,
+                            block: planned.block,
+                            start_ns: th.start,
+                            duration_ns: duration,
+                            result: planned.result,
+                            mutex_wait_ns: th.client_wait,
+                            mutex_hold_ns: th.client_hold,
+                        });
+                    }
+                    (th.k, th.phase) = (th.k + 1, Phase::Start);
+                }
+            }
+        }
+    }
+
+    /// Thread `i`, queued for a lock, takes it at `now`: its contended acquisition's cost
+    /// follows, holding the lock, and it resumes after that.
+    fn granted(&mut self, i: usize, now: u64) {
+        let th = &mut self.threads[i];
+        let (class, instance, tried) = th.pending.take().expect("a queued thread waits");
+        let planned = &th.steps[th.k];
+        let acquired = now + planned.cost.contended_ns;
+        let wait = acquired - tried;
+        th.rec.acquired(class, Some(wait));
+        th.waited += wait;
+        if class.is_client_lock() {
+            th.client_wait += wait;
+        }
+        th.holding.push((class, instance, acquired));
+        th.section = acquired;
+        if self.log {
+            th.waits.push(LoggedLockWait {
+                tid: planned.tid,
+                start_ns: tried,
+                wait_ns: wait,
+                class,
+                instance,
+                step: planned.step,
+            });
+        }
+        self.resume_at(i, acquired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        CacheConfig, Design, Latency, MemoryIo, build,
+        replay::{KernelHold, ReplayClock, replay},
+        timing::Timing,
+    };
+
+    fn cache(design: Design) -> Arc<dyn BufferCache> {
+        let io = Arc::new(MemoryIo::new(512, Latency::None));
+        Arc::from(build(design, CacheConfig::new(512, 64), io))
+    }
+
+    fn stream(tid: u32, steps: &[(u64, u64, Step)]) -> Stream {
+        Stream {
+            tid,
+            steps: steps
+                .iter()
+                .map(|&(at_ns, block, step)| TimedStep::new(at_ns, block, step))
+                .collect(),
+        }
+    }
+
+    /// Every kind of step costing `hold_ns` inside its lock, and `contended_ns` more when its
+    /// acquisition was contended.
+    fn timing(hold_ns: u64, contended_ns: u64) -> Timing {
+        Timing::kernel(
+            [StepCost {
+                hit_hold_ns: hold_ns,
+                miss_hold_ns: hold_ns,
+                outside_ns: 0,
+                contended_ns,
+            }; Step::KINDS],
+        )
+    }
+
+    fn simulated(design: Design, streams: Vec<Stream>, timing: Timing, io_ns: u64) -> ReplayResult {
+        replay(
+            cache(design),
+            streams,
+            ReplayOptions {
+                speed: Some(1.0),
+                log: true,
+                timing,
+                clock: ReplayClock::Simulated { io_ns },
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_step_due_while_another_holds_the_mutex_waits_exactly_the_rest_of_that_hold() {
+        // Thread 1 creates block 1 at 0 and holds the classic mutex 10 µs; thread 2 comes at
+        // 4 µs, waits the 6 µs left and its contended acquisition's 500 ns, then holds 10 µs.
+        let streams = vec![
+            stream(1, &[(0, 1, Step::New), (1_000_000, 1, Step::Release)]),
+            stream(2, &[(4_000, 2, Step::New), (2_000_000, 2, Step::Release)]),
+        ];
+        let result = simulated(Design::Classic, streams, timing(10_000, 500), 0);
+        let log = result.log.expect("logged");
+        let waits: Vec<_> = log
+            .waits
+            .iter()
+            .map(|w| (w.tid, w.start_ns, w.wait_ns, w.class, w.step))
+            .collect();
+        assert_eq!(
+            waits,
+            [(2, 4_000, 6_500, LockClass::ClientMutex, Step::New)],
+            "one wait: thread 2's"
+        );
+        let news: Vec<_> = log
+            .ops
+            .iter()
+            .filter(|o| o.step == Step::New)
+            .map(|o| (o.tid, o.start_ns, o.duration_ns, o.mutex_wait_ns))
+            .collect();
+        // Thread 2's step: its wait, then its hold.
+        assert_eq!(news, [(1, 0, 10_000, 0), (2, 4_000, 16_500, 6_500)]);
+        let mutex = result.report.class(LockClass::ClientMutex);
+        assert_eq!((mutex.acquisitions, mutex.contended), (4, 1));
+        // Steps began when due: nobody's previous step ran late.
+        assert_eq!(result.late_ns.expect("paced").max(), 1);
+    }
+
+    #[test]
+    fn an_operation_s_recorded_hold_replaces_its_kinds_median() {
+        let mut first = TimedStep::new(0, 1, Step::New);
+        first.kernel_hold = Some(KernelHold {
+            ns: 30_000,
+            miss: true,
+        });
+        let streams = vec![
+            Stream {
+                tid: 1,
+                steps: vec![first],
+            },
+            stream(2, &[(4_000, 2, Step::New)]),
+        ];
+        let result = simulated(Design::Classic, streams, timing(10_000, 0), 0);
+        let waits: Vec<_> = result
+            .log
+            .expect("logged")
+            .waits
+            .iter()
+            .map(|w| (w.tid, w.wait_ns))
+            .collect();
+        assert_eq!(waits, [(2, 26_000)]);
+    }
+
+    #[test]
+    fn a_miss_reads_outside_the_lock_for_the_device_s_latency() {
+        // Thread 1's read misses: 10 µs inside the mutex, then 100 µs reading. Thread 2 comes
+        // at 20 µs, during the read, and does not wait.
+        let streams = vec![
+            stream(1, &[(0, 1, Step::Read)]),
+            stream(2, &[(20_000, 2, Step::New)]),
+        ];
+        let result = simulated(Design::Classic, streams, timing(10_000, 0), 100_000);
+        let log = result.log.expect("logged");
+        assert!(log.waits.is_empty(), "{:?}", log.waits);
+        let read = log.ops.iter().find(|o| o.step == Step::Read).expect("read");
+        assert_eq!((read.result, read.duration_ns), (StepResult::Miss, 110_000));
+    }
+
+    #[test]
+    fn a_late_step_begins_when_its_thread_s_previous_one_ends() {
+        // One thread: a 50 µs hold, then a step due 10 µs in, 40 µs late.
+        let streams = vec![stream(1, &[(0, 1, Step::New), (10_000, 1, Step::Release)])];
+        let result = simulated(Design::Classic, streams, timing(50_000, 0), 0);
+        let late = result.late_ns.expect("paced");
+        assert_eq!(late.len(), 2);
+        assert_eq!(late.max(), late.highest_equivalent(40_000));
+        assert_eq!(result.elapsed, Duration::from_micros(100));
+    }
+
+    #[test]
+    fn readers_share_a_tree_and_a_writer_waits_for_them_then_readers_for_it() {
+        let mut lock = SimLock::default();
+        assert!(lock.try_take(true));
+        assert!(lock.try_take(true), "readers share");
+        assert!(!lock.try_take(false), "a writer waits for the readers");
+        lock.queue.push_back((7, false));
+        assert!(
+            !lock.try_take(true),
+            "a reader queues behind a waiting writer"
+        );
+        lock.queue.push_back((8, true));
+        lock.queue.push_back((9, true));
+        assert_eq!(
+            lock.release(true),
+            [] as [usize; 0],
+            "one reader still holds"
+        );
+        assert_eq!(lock.release(true), [7], "the writer, alone");
+        assert_eq!(
+            lock.release(false),
+            [8, 9],
+            "the readers behind it, together"
+        );
+        assert_eq!((lock.readers, lock.writer), (2, false));
+    }
+
+    #[test]
+    fn the_plan_meets_the_recording_as_a_real_replay_does_and_runs_alike_every_time() {
+        let streams = || {
+            (0..4u32)
+                .map(|t| {
+                    let steps: Vec<_> = (0..200u64)
+                        .flat_map(|i| {
+                            // 48 blocks in a 64-buffer cache: no eviction, so hits and
+                            // misses do not depend on how a real replay's threads interleave.
+                            let block = (i * 7 + u64::from(t)) % 48;
+                            let at = i * 3_000 + u64::from(t) * 700;
+                            [(at, block, Step::Read), (at + 2_000, block, Step::Release)]
+                        })
+                        .collect();
+                    stream(t, &steps)
+                })
+                .collect::<Vec<_>>()
+        };
+        for design in Design::ALL {
+            let real = replay(cache(design), streams(), ReplayOptions::default());
+            let once = simulated(design, streams(), timing(2_000, 300), 5_000);
+            let again = simulated(design, streams(), timing(2_000, 300), 5_000);
+            assert_eq!(once.steps, real.steps, "{design}");
+            assert_eq!(once.mismatches, real.mismatches, "{design}");
+            assert_eq!(once.report.ops(), real.report.ops(), "{design}");
+            let (a, b) = (once.log.expect("logged"), again.log.expect("logged"));
+            assert_eq!(a.ops, b.ops, "{design}");
+            assert_eq!(a.waits, b.waits, "{design}");
+            assert_eq!(once.elapsed, again.elapsed, "{design}");
+            if design != Design::LockFree {
+                assert!(
+                    !a.waits.is_empty(),
+                    "{design}: 4 threads 700 ns apart, 2 µs holds"
+                );
+            }
+        }
+    }
+}
