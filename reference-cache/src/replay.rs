@@ -95,11 +95,11 @@ pub struct TimedStep {
     pub at_ns: u64,
     pub block: u64,
     pub step: Step,
-    /// How long the recording kernel held its client lock in this very operation, where it was
-    /// measured. A simulated replay ([`ReplayClock::Simulated`]) with kernel timing makes the
-    /// step's critical section take it, instead of the median of its kind: a kernel's waits
-    /// follow its holds' tail, not their median alone. Real threads take the median.
-    pub kernel_hold: Option<KernelHold>,
+    /// What this very operation took on the recording kernel, where it was measured. A
+    /// simulated replay ([`ReplayClock::Simulated`]) with kernel timing makes the step take it
+    /// instead of the median of its kind: a kernel's waits follow its holds' tail, not their
+    /// median alone. Real threads take the median.
+    pub kernel: Option<KernelOp>,
 }
 
 impl TimedStep {
@@ -110,27 +110,32 @@ impl TimedStep {
             at_ns,
             block,
             step,
-            kernel_hold: None,
+            kernel: None,
         }
     }
 }
 
-/// One operation's client-lock hold on the recording kernel.
+/// One operation on the recording kernel: its client-lock hold and its whole time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelHold {
-    pub ns: u64,
+pub struct KernelOp {
+    /// Client-lock hold.
+    pub hold_ns: u64,
+    /// The operation's duration net of its lock waits (the hold included).
+    pub net_ns: u64,
     /// Whether that operation missed (its hold made room and inserted the buffer).
     pub miss: bool,
 }
 
-impl KernelHold {
-    /// `cost` with its hit or miss hold set to this one.
+impl KernelOp {
+    /// `cost` with its hit or miss hold set to this one's, and its time outside the lock what
+    /// this one's net time leaves.
     pub fn applied_to(self, mut cost: StepCost) -> StepCost {
         if self.miss {
-            cost.miss_hold_ns = self.ns;
+            cost.miss_hold_ns = self.hold_ns;
         } else {
-            cost.hit_hold_ns = self.ns;
+            cost.hit_hold_ns = self.hold_ns;
         }
+        cost.outside_ns = self.net_ns.saturating_sub(self.hold_ns);
         cost
     }
 }

@@ -17,7 +17,8 @@
 //!    whichever is later. Its lock sections follow the plan. A hold lasts the step's calibrated
 //!    hit or miss hold from when its lock was taken (once a step, as on real threads); a device
 //!    I/O takes the given latency; the step lasts, net of its waits, at least its hold and its
-//!    time outside the lock. A lock that is not free is waited for in a first-come queue: a
+//!    time outside the lock. Where the trace measured the very operation ([`crate::replay::KernelOp`]), its own
+//!    hold and net time stand in for its kind's medians. A lock that is not free is waited for in a first-come queue: a
 //!    mutex passes to its first waiter, a rw-lock to its first writer or to the run of readers
 //!    at the head of its queue (readers queue behind a waiting writer, as on a rw_semaphore).
 //!    A contended acquisition holds the lock [`StepCost::contended_ns`] longer, as on real
@@ -175,7 +176,7 @@ impl Plan {
                     at_ns,
                     block,
                     step,
-                    kernel_hold,
+                    kernel,
                 },
             ) = steps[k];
             let stepper = &mut steppers[t];
@@ -195,17 +196,16 @@ impl Plan {
             let due_ns = options.speed.map_or(0, |speed| {
                 (at_ns.saturating_sub(origin_ns) as f64 / speed) as u64
             });
+            let cost = match kernel {
+                Some(op) if !options.timing.is_host() => op.applied_to(options.timing.cost(step)),
+                _ => options.timing.cost(step),
+            };
             planned[t][k] = Some(PlannedStep {
                 tid: tids[stream],
                 step,
                 block,
                 due_ns,
-                cost: match kernel_hold {
-                    Some(hold) if !options.timing.is_host() => {
-                        hold.applied_to(options.timing.cost(step))
-                    }
-                    _ => options.timing.cost(step),
-                },
+                cost,
                 result,
                 events: rec.take_plan(),
             });
@@ -340,6 +340,7 @@ struct SimThread {
     holding: Vec<(LockClass, u32, u64)>,
     /// The acquisition it is queued for: class, instance, when it tried.
     pending: Option<(LockClass, u32, u64)>,
+
     rec: ThreadRecorder,
     latency: Vec<Histogram<u64>>,
     late: Histogram<u64>,
@@ -566,7 +567,7 @@ mod tests {
     use super::*;
     use crate::{
         CacheConfig, Design, Latency, MemoryIo, build,
-        replay::{KernelHold, ReplayClock, replay},
+        replay::{KernelOp, ReplayClock, replay},
         timing::Timing,
     };
 
@@ -647,10 +648,11 @@ mod tests {
     }
 
     #[test]
-    fn an_operation_s_recorded_hold_replaces_its_kinds_median() {
+    fn an_operation_s_recorded_hold_and_time_replace_its_kinds_medians() {
         let mut first = TimedStep::new(0, 1, Step::New);
-        first.kernel_hold = Some(KernelHold {
-            ns: 30_000,
+        first.kernel = Some(KernelOp {
+            hold_ns: 30_000,
+            net_ns: 50_000,
             miss: true,
         });
         let streams = vec![
@@ -661,14 +663,12 @@ mod tests {
             stream(2, &[(4_000, 2, Step::New)]),
         ];
         let result = simulated(Design::Classic, streams, timing(10_000, 0), 0);
-        let waits: Vec<_> = result
-            .log
-            .expect("logged")
-            .waits
-            .iter()
-            .map(|w| (w.tid, w.wait_ns))
-            .collect();
+        let log = result.log.expect("logged");
+        let waits: Vec<_> = log.waits.iter().map(|w| (w.tid, w.wait_ns)).collect();
         assert_eq!(waits, [(2, 26_000)]);
+        // And its own net time its kind's: 30 µs held, 20 µs more outside the lock.
+        let durations: Vec<_> = log.ops.iter().map(|o| (o.tid, o.duration_ns)).collect();
+        assert_eq!(durations, [(1, 50_000), (2, 36_000)]);
     }
 
     #[test]

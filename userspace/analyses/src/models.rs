@@ -11,7 +11,7 @@ use reference_cache::{
     BlockIo, BufferCache, CacheConfig, Design, FileIo, FileIoOptions, Latency, LockClass, MemoryIo,
     build,
     replay::{
-        KernelHold, ReplayClock, ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep,
+        KernelOp, ReplayClock, ReplayOptions, ReplayResult, Step, StepResult, Stream, TimedStep,
         replay,
     },
 };
@@ -95,8 +95,9 @@ pub fn streams_of<'a>(ops: impl Iterator<Item = &'a BufioOp>, origin_ns: u64) ->
             at_ns: op.start_ns.saturating_sub(origin_ns),
             block: op.block,
             step,
-            kernel_hold: (op.lock_hold_ns > 0).then_some(KernelHold {
-                ns: op.lock_hold_ns,
+            kernel: (op.lock_hold_ns > 0).then_some(KernelOp {
+                hold_ns: op.lock_hold_ns,
+                net_ns: op.duration_ns.saturating_sub(op.lock_wait_ns),
                 miss: op.result == OpResult::Miss,
             }),
         });

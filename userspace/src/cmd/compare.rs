@@ -13,6 +13,7 @@ use bufscope_analyses::{
     tracedata::{TraceData, WaitClass},
     units::{duration_ns, thousands},
 };
+use reference_cache::replay::ReplayClock;
 
 use crate::args::{
     DamageArgs, DesignArg, ModelArgs, at_least_one, chosen_designs, parse_design, parse_plot_path,
@@ -106,6 +107,11 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     let mut designs = Vec::new();
     for design in chosen_designs(&o.designs) {
         match speed {
+            Some(speed) if matches!(options.replay.clock, ReplayClock::Simulated { .. }) => {
+                eprintln!(
+                    "bufscope: simulating {design} in virtual time at {speed}x recorded speed..."
+                )
+            }
             Some(speed) => eprintln!(
                 "bufscope: replaying through {design} at {speed}x recorded speed (about {:.0} s)...",
                 span_s / speed
