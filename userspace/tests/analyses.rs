@@ -435,6 +435,73 @@ fn a_simulated_compare_gives_the_same_waits_every_run_where_the_kernel_s_operati
     assert!(late["p50_ns"].as_u64().unwrap() <= 1_000, "{late}");
 }
 
+/// A simulated design's figures on a bundled sample against the kernel's: dm-bufio lock waits
+/// made inside operations, and the client mutex's p50 and p99 wait (0 without one).
+fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] {
+    let c: serde_json::Value = serde_json::from_str(&ok(&[
+        "compare",
+        &sample(sample_name),
+        "--clock",
+        "simulated",
+        "--design",
+        design,
+        "--json",
+    ]))
+    .unwrap();
+    let figures = |source: &serde_json::Value| {
+        let waits = source["waits"].as_object().unwrap();
+        let bufio: u64 = waits
+            .iter()
+            .filter(|(class, _)| *class != "other locks")
+            .map(|(_, w)| w["waits"].as_u64().unwrap())
+            .sum();
+        let inside = bufio - source["unattributed_waits"].as_u64().unwrap();
+        let mutex = |q: &str| {
+            waits
+                .get("client mutex")
+                .map_or(0, |m| m[q].as_u64().unwrap())
+        };
+        [inside, mutex("p50_ns"), mutex("p99_ns")]
+    };
+    let (kernel, model) = (figures(&c["kernel"]), figures(&c["designs"][0]));
+    std::array::from_fn(|i| (model[i], kernel[i]))
+}
+
+fn within_2x((model, kernel): (u64, u64)) -> bool {
+    model > 0 && kernel > 0 && model <= 2 * kernel && kernel <= 2 * model
+}
+
+#[test]
+fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_bench_meets_it() {
+    // The calibrated-model issue's bounds, on the rows the simulated clock meets (`cargo bench
+    // -p bufscope-analyses --bench fidelity`): no scheduler in the figures, so they hold in a
+    // debug build beside other tests as in the bench. 6.1 thin-hotspot and small-cache miss
+    // (classic waits 2.3-2.9x as often as the kernel) and are not asserted here.
+    let _others = others_may_run();
+    for (sample_name, design) in [
+        ("6.1-bufio-hotspot.bftrace", "classic"),
+        ("6.1-verity-read.bftrace", "classic"),
+    ] {
+        let [waits, p50, p99] = simulated_against_kernel(sample_name, design);
+        eprintln!(
+            "{sample_name}, {design} against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
+        );
+        assert!(waits.1 > 1_000, "{sample_name}: {waits:?}");
+        for (what, figure) in [("waits", waits), ("p50", p50), ("p99", p99)] {
+            assert!(
+                within_2x(figure),
+                "{sample_name}, {design}: {what} {figure:?}"
+            );
+        }
+    }
+    let [waits, ..] = simulated_against_kernel("6.12-bufio-hotspot.bftrace", "sharded");
+    assert!(waits.1 >= 100, "{waits:?}");
+    assert!(
+        within_2x(waits),
+        "6.12-bufio-hotspot, sharded: waits {waits:?}"
+    );
+}
+
 #[test]
 fn compare_refuses_what_it_cannot_compare() {
     let _others = others_may_run();
