@@ -11,9 +11,11 @@
 //!   2x of the ratio between the two kernels;
 //! - the closest design is classic on 6.1 traces and sharded on 6.12 traces.
 //!
-//! Beside each row, how late the design's replay began its operations (p90), and the share of
+//! Beside each row, how late the design's replay began its operations (p90), the share of
 //! its waits that were between operations that never overlapped in the kernel ("apart": the
-//! replay's timing made them, see `bufscope_analyses::replay_check`). Pacing by sleeps wakes
+//! replay's timing made them, see `bufscope_analyses::replay_check`), and of the kernel's
+//! operations that began inside another thread's hold by the trace's timestamps, the share that
+//! waited ("stamps": a replay makes a wait of each, see `calibration::TimelineCheck`). Pacing by sleeps wakes
 //! tens of microseconds late, and unevenly, which is more than the gaps between many of the
 //! kernel's operations: on 6.1 thin-hotspot, 9,343 of classic's 11,004 waits were apart
 //! (2026-11-29, kernel timing).
@@ -67,6 +69,9 @@ const SCENARIOS: [&str; 4] = [
 /// One design's run of one trace, and the kernel's figures beside it.
 struct Run {
     kernel: Figures,
+    /// Of the kernel's operations that began inside another thread's hold by its timestamps,
+    /// the share that waited (`calibration::TimelineCheck`).
+    stamps_share: Option<f64>,
     designs: Vec<(Design, Figures)>,
     closest: String,
 }
@@ -172,6 +177,10 @@ fn run(trace: &TraceData, kernel_timing: bool, clock: ReplayClock) -> Run {
     let c = compare("fidelity", kernel_stats, stats);
     Run {
         kernel,
+        stamps_share: calibration
+            .timeline
+            .filter(|t| t.began_inside > 0)
+            .map(|t| t.waited_share()),
         designs,
         closest: c.closest.unwrap_or_else(|| "-".into()),
     }
@@ -206,7 +215,7 @@ fn main() {
              p50 / p99), kernel and the design of its kernel"
         );
         println!(
-            "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6}",
+            "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6} {:>7}",
             "sample",
             "kernel",
             "design",
@@ -215,7 +224,8 @@ fn main() {
             "bound",
             "closest",
             "late p90",
-            "apart"
+            "apart",
+            "stamps"
         );
         for (kernel_index, (kernel, design)) in
             [("6.1", Design::Classic), ("6.12", Design::Sharded)]
@@ -261,7 +271,7 @@ fn main() {
                     "-".to_string()
                 };
                 println!(
-                    "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6}",
+                    "{:<22} {:>26} {:>9} {:>26} {:>7}  {:<8} {:<14} {:>9} {:>6} {:>7}",
                     name,
                     show(&k),
                     design.name(),
@@ -271,6 +281,8 @@ fn main() {
                     format!("{} {}", r.closest, verdict(closest_ok)),
                     d.late_p90_ns.map_or("-".to_string(), ns),
                     d.apart_share
+                        .map_or("-".to_string(), |s| format!("{:.0}%", 100.0 * s)),
+                    r.stamps_share
                         .map_or("-".to_string(), |s| format!("{:.0}%", 100.0 * s)),
                 );
                 if k.outside_ops > 0 && kernel_timing {
