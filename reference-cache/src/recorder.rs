@@ -363,8 +363,10 @@ impl ThreadRecorder {
         let mut ops = before;
         event(&mut ops);
         self.ops.set(ops);
-        for _ in 0..(ops.reads + ops.writes).saturating_sub(before.reads + before.writes) {
-            self.note(PlanEvent::Io);
+        if self.plan.is_some() {
+            for _ in 0..(ops.reads + ops.writes).saturating_sub(before.reads + before.writes) {
+                self.note(PlanEvent::Io);
+            }
         }
     }
 

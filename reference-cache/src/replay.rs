@@ -221,6 +221,22 @@ pub struct ReplayLog {
     pub waits: Vec<LoggedLockWait>,
 }
 
+impl ReplayLog {
+    /// Times every entry from the first operation's start, as a recording's clock would read,
+    /// and sorts each list by start.
+    pub(crate) fn timed_from_first_op(&mut self) {
+        let first = self.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
+        for op in &mut self.ops {
+            op.start_ns -= first;
+        }
+        for wait in &mut self.waits {
+            wait.start_ns = wait.start_ns.saturating_sub(first);
+        }
+        self.ops.sort_by_key(|o| o.start_ns);
+        self.waits.sort_by_key(|w| w.start_ns);
+    }
+}
+
 /// Where the replay and the recording parted ways.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mismatches {
@@ -270,6 +286,21 @@ pub struct ReplayResult {
 }
 
 impl ReplayResult {
+    /// A result with nothing replayed yet, with the histograms and log `options` ask for.
+    pub(crate) fn empty(design: Design, options: ReplayOptions) -> Self {
+        Self {
+            design,
+            elapsed: Duration::ZERO,
+            steps: 0,
+            report: Report::default(),
+            latency_ns: histograms(),
+            late_ns: options.speed.map(|_| ns_histogram()),
+            mismatches: Mismatches::default(),
+            first_io_error: None,
+            log: options.log.then(ReplayLog::default),
+        }
+    }
+
     pub fn steps_per_sec(&self) -> f64 {
         self.steps as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -293,14 +324,8 @@ pub fn replay(
     if let ReplayClock::Simulated { io_ns } = options.clock {
         return crate::simulate::simulate(cache.as_ref(), streams, options, io_ns);
     }
-    let threads = options
-        .threads
-        .unwrap_or(streams.len())
-        .clamp(1, streams.len().max(1));
-    let mut dealt: Vec<Vec<Stream>> = vec![Vec::new(); threads];
-    for (i, stream) in streams.into_iter().enumerate() {
-        dealt[i % threads].push(stream);
-    }
+    let (dealt, origin_ns) = deal(streams, options.threads);
+    let threads = dealt.len();
     // The caller waits at the barrier too, so the clock starts when every thread has its steps
     // merged and ready.
     let start = Arc::new(Barrier::new(threads + 1));
@@ -309,14 +334,6 @@ pub fn replay(
     // whole schedule.
     let zero = Arc::new(OnceLock::new());
     let epoch = ThreadRecorder::now_raw();
-    // At a given speed every thread keeps its steps' times relative to the earliest step of any
-    // stream: one origin for all, so threads start as far apart as they did when recorded.
-    let origin_ns = dealt
-        .iter()
-        .flatten()
-        .flat_map(|s| s.steps.iter().map(|step| step.at_ns))
-        .min()
-        .unwrap_or(0);
     let handles: Vec<_> = dealt
         .into_iter()
         .map(|streams| {
@@ -339,17 +356,7 @@ pub fn replay(
     // The same time zero as the threads': a caller scheduled late after the barrier would
     // otherwise measure less than the paced replay took.
     let began = *zero.get_or_init(Instant::now);
-    let mut result = ReplayResult {
-        design: cache.design(),
-        elapsed: Duration::ZERO,
-        steps: 0,
-        report: Report::default(),
-        latency_ns: histograms(),
-        late_ns: options.speed.map(|_| ns_histogram()),
-        mismatches: Mismatches::default(),
-        first_io_error: None,
-        log: options.log.then(ReplayLog::default),
-    };
+    let mut result = ReplayResult::empty(cache.design(), options);
     for handle in handles {
         let outcome = handle.join().expect("replay thread panicked");
         let (rec, latency, steps, mismatches) = (
@@ -377,18 +384,53 @@ pub fn replay(
     }
     result.elapsed = began.elapsed();
     if let Some(log) = &mut result.log {
-        // From the first operation's start, as a recording's clock would read.
-        let first = log.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
-        for op in &mut log.ops {
-            op.start_ns -= first;
-        }
-        for wait in &mut log.waits {
-            wait.start_ns = wait.start_ns.saturating_sub(first);
-        }
-        log.ops.sort_by_key(|o| o.start_ns);
-        log.waits.sort_by_key(|w| w.start_ns);
+        log.timed_from_first_op();
     }
     result
+}
+
+/// Deals `streams` onto `threads` replay threads (`None`: one per stream), and gives the
+/// earliest step's time: at a given speed every thread keeps its steps' times relative to it,
+/// one origin for all, so threads start as far apart as they did when recorded.
+pub(crate) fn deal(streams: Vec<Stream>, threads: Option<usize>) -> (Vec<Vec<Stream>>, u64) {
+    let threads = threads
+        .unwrap_or(streams.len())
+        .clamp(1, streams.len().max(1));
+    let origin_ns = streams
+        .iter()
+        .flat_map(|s| s.steps.iter().map(|step| step.at_ns))
+        .min()
+        .unwrap_or(0);
+    let mut dealt: Vec<Vec<Stream>> = vec![Vec::new(); threads];
+    for (i, stream) in streams.into_iter().enumerate() {
+        dealt[i % threads].push(stream);
+    }
+    (dealt, origin_ns)
+}
+
+/// When a step recorded at `at_ns` is due, in ns from the replay's start, at `speed`.
+pub(crate) fn due_ns(at_ns: u64, origin_ns: u64, speed: f64) -> u64 {
+    (at_ns.saturating_sub(origin_ns) as f64 / speed) as u64
+}
+
+/// How a logged step ended, as a kernel recording would say: `got`, for a get, whether it got a
+/// buffer; `errored`, whether its I/O failed; `missed`, whether the design counted a miss in it.
+pub(crate) fn step_result(
+    step: Step,
+    got: Option<bool>,
+    errored: bool,
+    missed: bool,
+) -> StepResult {
+    if errored {
+        return StepResult::Error;
+    }
+    match (step, got) {
+        (Step::Get { .. }, Some(true)) => StepResult::Hit,
+        (Step::Get { .. }, _) => StepResult::Miss,
+        (Step::Read, _) if missed => StepResult::Miss,
+        (Step::Read, _) => StepResult::Hit,
+        _ => StepResult::None,
+    }
 }
 
 /// Interleaves a replay thread's streams by time, each stream's own order kept.
@@ -599,8 +641,7 @@ fn run_thread(
         });
         let op_began = match speed {
             Some(speed) => {
-                let due =
-                    Duration::from_nanos((at_ns.saturating_sub(origin_ns) as f64 / speed) as u64);
+                let due = Duration::from_nanos(due_ns(at_ns, origin_ns, speed));
                 if let Some(wait) = due.checked_sub(began.elapsed()) {
                     thread::sleep(wait);
                 }
@@ -622,17 +663,12 @@ fn run_thread(
         if let Some((totals, counts, io_errors)) = before {
             let now = rec.client_lock_totals();
             let after = rec.ops();
-            let result = if stepper.mismatches.io_errors > io_errors {
-                StepResult::Error
-            } else {
-                match (step, got) {
-                    (Step::Get { .. }, Some(true)) => StepResult::Hit,
-                    (Step::Get { .. }, _) => StepResult::Miss,
-                    (Step::Read, _) if after.misses > counts.misses => StepResult::Miss,
-                    (Step::Read, _) => StepResult::Hit,
-                    _ => StepResult::None,
-                }
-            };
+            let result = step_result(
+                step,
+                got,
+                stepper.mismatches.io_errors > io_errors,
+                after.misses > counts.misses,
+            );
             ops_log.push(LoggedOp {
                 tid: tids[stream],
                 step,

@@ -45,11 +45,11 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
-    BufferCache, LockClass, Report, ThreadRecorder,
+    BufferCache, LockClass, ThreadRecorder,
     recorder::{Hold, PlanEvent},
     replay::{
-        LoggedLockWait, LoggedOp, Mismatches, ReplayLog, ReplayOptions, ReplayResult, Step,
-        StepResult, Stepper, Stream, TimedStep, histograms, merge, ns_histogram,
+        LoggedLockWait, LoggedOp, Mismatches, ReplayOptions, ReplayResult, Step, StepResult,
+        Stepper, Stream, TimedStep, deal, due_ns, histograms, merge, ns_histogram, step_result,
     },
     timing::StepCost,
 };
@@ -65,19 +65,12 @@ pub(crate) fn simulate(
     let plan = Plan::run(cache, streams, options);
     let mut sim = Simulation::new(plan.threads, io_ns, options.log);
     sim.run();
-    let mut report = Report::default();
-    report.add_ops(plan.ops);
     let mut result = ReplayResult {
-        design: cache.design(),
-        elapsed: Duration::ZERO,
-        steps: 0,
-        report,
-        latency_ns: histograms(),
-        late_ns: options.speed.map(|_| ns_histogram()),
         mismatches: plan.mismatches,
         first_io_error: plan.first_io_error,
-        log: options.log.then(ReplayLog::default),
+        ..ReplayResult::empty(cache.design(), options)
     };
+    result.report.add_ops(plan.ops);
     let (mut first, mut last) = (u64::MAX, 0);
     for thread in sim.threads {
         result.report.add(&thread.rec);
@@ -97,16 +90,7 @@ pub(crate) fn simulate(
     }
     result.elapsed = Duration::from_nanos(last.saturating_sub(first));
     if let Some(log) = &mut result.log {
-        // From the first operation's start, as a recording's clock would read.
-        let first = log.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
-        for op in &mut log.ops {
-            op.start_ns -= first;
-        }
-        for wait in &mut log.waits {
-            wait.start_ns = wait.start_ns.saturating_sub(first);
-        }
-        log.ops.sort_by_key(|o| o.start_ns);
-        log.waits.sort_by_key(|w| w.start_ns);
+        log.timed_from_first_op();
     }
     result
 }
@@ -138,19 +122,7 @@ impl Plan {
     /// Runs every step once, in recorded order across all threads (each thread's own order
     /// kept), noting what each did.
     fn run(cache: &dyn BufferCache, streams: Vec<Stream>, options: ReplayOptions) -> Self {
-        let threads = options
-            .threads
-            .unwrap_or(streams.len())
-            .clamp(1, streams.len().max(1));
-        let origin_ns = streams
-            .iter()
-            .flat_map(|s| s.steps.iter().map(|step| step.at_ns))
-            .min()
-            .unwrap_or(0);
-        let mut dealt: Vec<Vec<Stream>> = vec![Vec::new(); threads];
-        for (i, stream) in streams.into_iter().enumerate() {
-            dealt[i % threads].push(stream);
-        }
+        let (dealt, origin_ns) = deal(streams, options.threads);
         // Each replay thread's steps in its order, and every step's place in the recording's.
         let per_thread: Vec<ThreadSteps> = dealt
             .into_iter()
@@ -189,20 +161,15 @@ impl Plan {
             let stepper = &mut steppers[t];
             let (misses, io_errors) = (rec.ops().misses, stepper.mismatches.io_errors);
             let got = stepper.run(cache, &rec, (stream, block), step);
-            let result = if stepper.mismatches.io_errors > io_errors {
-                StepResult::Error
-            } else {
-                match (step, got) {
-                    (Step::Get { .. }, Some(true)) => StepResult::Hit,
-                    (Step::Get { .. }, _) => StepResult::Miss,
-                    (Step::Read, _) if rec.ops().misses > misses => StepResult::Miss,
-                    (Step::Read, _) => StepResult::Hit,
-                    _ => StepResult::None,
-                }
-            };
-            let due_ns = options.speed.map_or(0, |speed| {
-                (at_ns.saturating_sub(origin_ns) as f64 / speed) as u64
-            });
+            let result = step_result(
+                step,
+                got,
+                stepper.mismatches.io_errors > io_errors,
+                rec.ops().misses > misses,
+            );
+            let due_ns = options
+                .speed
+                .map_or(0, |speed| due_ns(at_ns, origin_ns, speed));
             let cost = match kernel {
                 Some(op) if !options.timing.is_host() => op.applied_to(options.timing.cost(step)),
                 _ => options.timing.cost(step),

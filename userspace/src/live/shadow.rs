@@ -166,11 +166,12 @@ fn run_worker(
 ) {
     // The cache of the client being compared; a new client (or block size) starts a new one.
     let mut cache: Option<((u64, u32), Arc<dyn BufferCache>)> = None;
+    let (build_options, replay_options) = for_clock(options);
     while let Ok(window) = windows.recv() {
         let key = (window.client, window.block_size);
         let result = match &cache {
             Some((k, c)) if *k == key => Ok(Arc::clone(c)),
-            _ => build_cache(design, window.block_size, &for_clock(options).0).inspect(|c| {
+            _ => build_cache(design, window.block_size, &build_options).inspect(|c| {
                 cache = Some((key, Arc::clone(c)));
             }),
         }
@@ -180,9 +181,9 @@ fn run_worker(
                 window.streams.clone(),
                 ReplayOptions {
                     log: true,
-                    speed: window.speed.or(options.replay.speed),
-                    timing: window.timing.unwrap_or(options.replay.timing),
-                    ..for_clock(options).1
+                    speed: window.speed.or(replay_options.speed),
+                    timing: window.timing.unwrap_or(replay_options.timing),
+                    ..replay_options
                 },
             )
         });
