@@ -86,6 +86,8 @@ fn one_second(second: u64) -> Vec<Ev> {
                 arg1: 0,
                 lock_wait_ns: 0,
                 lock_hold_ns: 0,
+                lock_attempt_ns: 0,
+                lock_release_ns: 0,
             }));
         }
     }

@@ -305,7 +305,7 @@ pub struct ProcessArgs {
     pub cgroup: Vec<PathBuf>,
     /// Keep bufscope's own lock waits too: by default the probes leave out every process whose
     /// executable is named bufscope (this one's design threads and reader, a replay running
-    /// beside it).
+    /// beside it), but for `bufscope stress`, a workload watched like any other.
     #[arg(long)]
     pub include_self: bool,
 }

@@ -214,7 +214,7 @@ fn info_shows_what_a_cut_recording_holds_then_fails() {
 }
 
 /// The bundled dm-verity recording with byte 300,000 changed, as the issue found it: that byte
-/// lies in record 8, a chunk of 14,336 dm-bufio operations (the sample of 2026-11-29).
+/// lies in record 6, a chunk of 14,633 dm-bufio operations (the sample of 2026-11-29, format 1.5).
 fn damaged_sample(dir: &Path) -> PathBuf {
     let mut bytes = std::fs::read(sample("6.1-verity-read.bftrace")).unwrap();
     bytes[300_000] ^= 0x01;
@@ -230,9 +230,9 @@ fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
     let file = damaged.to_str().unwrap();
     let whole = sample("6.1-verity-read.bftrace");
     let said = format!(
-        "bufscope: {file}: skipped 1 damaged record at offset 201,426 (record 8, 122,421 bytes: \
-         payload checksum mismatch); by the end record's counts it held 14,336 dm-bufio \
-         operations; read the other 39 records\n"
+        "bufscope: {file}: skipped 1 damaged record at offset 171,526 (record 6, 174,055 bytes: \
+         payload checksum mismatch); by the end record's counts it held 14,633 dm-bufio \
+         operations; read the other 41 records\n"
     );
 
     let (ok, stdout, stderr) = run(&["info", "--json", file]);
@@ -243,7 +243,7 @@ fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
     assert_eq!(info["lock_waits"], undamaged["lock_waits"]);
     assert_eq!(
         info["bufio_ops"].as_u64().unwrap(),
-        undamaged["bufio_ops"].as_u64().unwrap() - 14_336
+        undamaged["bufio_ops"].as_u64().unwrap() - 14_633
     );
     assert_eq!(
         info["records"].as_u64().unwrap(),
@@ -253,14 +253,14 @@ fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
     let skipped = &info["skipped"];
     assert_eq!(
         (skipped["records"].as_u64(), skipped["bytes"].as_u64()),
-        (Some(1), Some(122_421))
+        (Some(1), Some(174_055))
     );
-    assert_eq!(skipped["listed"][0]["offset"], 201_426);
-    assert_eq!(skipped["listed"][0]["record"], 8);
-    assert_eq!(skipped["listed"][0]["kind"], "bufio_ops_v2");
-    assert_eq!(skipped["listed"][0]["items"], 14_336);
+    assert_eq!(skipped["listed"][0]["offset"], 171_526);
+    assert_eq!(skipped["listed"][0]["record"], 6);
+    assert_eq!(skipped["listed"][0]["kind"], "bufio_ops_v5");
+    assert_eq!(skipped["listed"][0]["items"], 14_633);
     assert_eq!(skipped["listed"][0]["damage"]["why"], "payload_checksum");
-    assert_eq!(skipped["lost"]["bufio_ops"], 14_336);
+    assert_eq!(skipped["lost"]["bufio_ops"], 14_633);
 
     let (ok, stdout, stderr) = run(&["report", file, "--ops", "--by", "op", "--json"]);
     assert!(ok, "{stderr}");

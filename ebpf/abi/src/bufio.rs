@@ -191,13 +191,19 @@ pub struct BufioOpEvent {
     pub lock_wait_ns: u64,
     /// Time the client mutex was held, dm_bufio_lock to dm_bufio_unlock, less the wait.
     pub lock_hold_ns: u64,
+    /// CLOCK_MONOTONIC at the operation's first dm_bufio_lock entry: when it first tried for the
+    /// client lock (0: it never did).
+    pub lock_attempt_ns: u64,
+    /// CLOCK_MONOTONIC at the operation's last dm_bufio_unlock entry: when it last let the client
+    /// lock go (0: it never did). With one hold, the hold began `lock_hold_ns` before it.
+    pub lock_release_ns: u64,
 }
 assert_layout!(
     BufioOpEvent,
-    size = 80,
+    size = 96,
     align = 8,
     fields = [
-        u32, u32, u32, u32, u32, u32, u64, u64, u64, u64, u32, u32, u64, u64
+        u32, u32, u32, u32, u32, u32, u64, u64, u64, u64, u32, u32, u64, u64, u64, u64
     ]
 );
 

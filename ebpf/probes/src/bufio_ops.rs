@@ -51,6 +51,10 @@ pub(crate) struct OpFrame {
     lock_run_delay: u64,
     pub(crate) lock_wait_ns: u64,
     lock_hold_ns: u64,
+    /// The first dm_bufio_lock entry's time, 0 before it.
+    lock_attempt_ns: u64,
+    /// The last dm_bufio_unlock entry's time, 0 before it.
+    lock_release_ns: u64,
     pub(crate) op: u32,
     /// result::MISS once the miss-only function ran inside this operation.
     result: u32,
@@ -353,7 +357,11 @@ fn lock(client: u64, here: u64) {
     if let Some(frame) = current_op(here)
         && frame.client == client
     {
-        frame.lock_enter_ns = current::now_ns();
+        let now = current::now_ns();
+        frame.lock_enter_ns = now;
+        if frame.lock_attempt_ns == 0 {
+            frame.lock_attempt_ns = now;
+        }
         frame.lock_run_delay = run_delay_ns();
     }
 }
@@ -388,6 +396,7 @@ fn unlock(client: u64, here: u64) {
             .saturating_sub(frame.lock_enter_ns)
             .saturating_sub(runqueue);
         frame.lock_enter_ns = 0;
+        frame.lock_release_ns = now;
     }
 }
 
@@ -577,6 +586,8 @@ fn op_entry<C: Call>(ctx: &C, op: u32, client: u64, block: u64, arg0: u32, arg1:
         lock_run_delay: 0,
         lock_wait_ns: 0,
         lock_hold_ns: 0,
+        lock_attempt_ns: 0,
+        lock_release_ns: 0,
         op,
         result: result::NONE,
         arg0,
@@ -697,6 +708,8 @@ fn op_return(ip: u64, ret: u64, here: u64) {
         arg1: frame.arg1,
         lock_wait_ns: frame.lock_wait_ns,
         lock_hold_ns: frame.lock_hold_ns,
+        lock_attempt_ns: frame.lock_attempt_ns,
+        lock_release_ns: frame.lock_release_ns,
     });
     entry.submit(submit_flags::<BufioOpEvent>());
     count(Counter::OpsSubmitted);

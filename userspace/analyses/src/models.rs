@@ -341,6 +341,9 @@ pub fn as_trace(
                 arg1,
                 lock_wait_ns: o.mutex_wait_ns,
                 lock_hold_ns: o.mutex_hold_ns,
+                // The replay's log keeps how long, not when.
+                lock_attempt_ns: 0,
+                lock_release_ns: 0,
             }
         })
         .collect();

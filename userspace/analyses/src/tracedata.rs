@@ -318,8 +318,8 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Byte 300,000 of the dm-verity sample (of 2026-11-29) lies in record 8, a chunk of 14,336
-    /// operations: only those are lost, and the line says so.
+    /// Byte 300,000 of the dm-verity sample (of 2026-11-29, format 1.5) lies in record 6, a chunk
+    /// of 14,633 operations: only those are lost, and the line says so.
     #[test]
     fn a_damaged_record_costs_only_its_own_events_and_is_told() {
         let bytes = sample("6.1-verity-read.bftrace");
@@ -330,21 +330,21 @@ mod tests {
         let trace = TraceData::from_bytes(&damaged, "verity.bftrace").unwrap();
         assert_eq!(trace.problem, None);
         assert_eq!(trace.waits, whole.waits);
-        assert_eq!(trace.ops.len(), whole.ops.len() - 14_336);
+        assert_eq!(trace.ops.len(), whole.ops.len() - 14_633);
         assert_eq!(trace.metadata, whole.metadata);
         assert_eq!(trace.records, whole.records - 1);
         assert_eq!(
             trace.skipped_message().as_deref(),
             Some(
-                "verity.bftrace: skipped 1 damaged record at offset 201,426 (record 8, 122,421 \
-                 bytes: payload checksum mismatch); by the end record's counts it held 14,336 \
-                 dm-bufio operations; read the other 39 records"
+                "verity.bftrace: skipped 1 damaged record at offset 171,526 (record 6, 174,055 \
+                 bytes: payload checksum mismatch); by the end record's counts it held 14,633 \
+                 dm-bufio operations; read the other 41 records"
             )
         );
 
         // Two more: each named, the total counted.
         damaged[bytes.len() / 2] ^= 0x01;
-        damaged[600_000] ^= 0x01;
+        damaged[1_000_000] ^= 0x01;
         let trace = TraceData::from_bytes(&damaged, "verity.bftrace").unwrap();
         let message = trace.skipped_message().unwrap();
         assert!(
@@ -353,7 +353,7 @@ mod tests {
         );
         assert_eq!(message.matches("at offset").count(), 3, "{message}");
         assert!(
-            message.ends_with("; read the other 37 records"),
+            message.ends_with("; read the other 39 records"),
             "{message}"
         );
     }

@@ -153,6 +153,8 @@ mod tests {
             arg1: 0,
             lock_wait_ns: 0,
             lock_hold_ns: 0,
+            lock_attempt_ns: 0,
+            lock_release_ns: 0,
         });
         t
     }

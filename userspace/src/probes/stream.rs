@@ -203,6 +203,8 @@ fn decode(record: &[u8]) -> Option<Event> {
                 arg1: e.arg1,
                 lock_wait_ns: e.lock_wait_ns,
                 lock_hold_ns: e.lock_hold_ns,
+                lock_attempt_ns: e.lock_attempt_ns,
+                lock_release_ns: e.lock_release_ns,
             }))
         }
         EventKind::Client => {
@@ -320,6 +322,8 @@ mod tests {
             arg1: 0,
             lock_wait_ns: 120,
             lock_hold_ns: 30,
+            lock_attempt_ns: 1_010,
+            lock_release_ns: 1_160,
         };
         let Some(Event::Op(decoded)) = decode(&bytes_of(&op)) else {
             panic!("decodes as an operation");
@@ -331,6 +335,10 @@ mod tests {
         assert_eq!(
             (decoded.block, decoded.lock_wait_ns, decoded.lock_hold_ns),
             (77, 120, 30)
+        );
+        assert_eq!(
+            (decoded.lock_attempt_ns, decoded.lock_release_ns),
+            (1_010, 1_160)
         );
         let bad = BufioOpEvent { op: 99, ..op };
         assert_eq!(decode(&bytes_of(&bad)), None, "unknown operation kind");

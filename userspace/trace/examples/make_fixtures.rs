@@ -10,8 +10,8 @@ use std::{fs, path::PathBuf};
 use bufscope_trace::{
     TraceReader,
     fuzzing::{
-        encode_bufio_op_chunk, encode_lock_wait_chunk, encode_lock_wait_chunk_v3,
-        encode_lock_wait_chunk_v4, undamaged_trace,
+        encode_bufio_op_chunk, encode_bufio_op_chunk_v5, encode_lock_wait_chunk,
+        encode_lock_wait_chunk_v3, encode_lock_wait_chunk_v4, undamaged_trace,
     },
 };
 
@@ -59,9 +59,9 @@ fn main() -> std::io::Result<()> {
         println!("trace_reader/{name}: {} bytes", bytes.len());
     }
 
-    // The chunk decoders' input: selector (modulo 8: lock waits V1, operations V1, lock waits
-    // V2, operations V2, lock waits V3, operations V2, lock waits V4, operations V2), claimed
-    // count (u32 LE), then a raw chunk.
+    // The chunk decoders' input: selector (modulo 10: lock waits V1, operations V1, lock waits
+    // V2, operations V2, lock waits V3, operations V2, lock waits V4, operations V2, lock waits
+    // V2, operations V5), claimed count (u32 LE), then a raw chunk.
     let dir = dir.join("../chunk_decoder");
     fs::create_dir_all(&dir)?;
     let input = |selector: u8, count: usize, raw: Vec<u8>| {
@@ -74,9 +74,11 @@ fn main() -> std::io::Result<()> {
     let owned = |n| input(4, n, encode_lock_wait_chunk_v3(&common::events(n)));
     let owner_stacks = |n| input(6, n, encode_lock_wait_chunk_v4(&common::events(n)));
     let ops = |n| input(3, n, encode_bufio_op_chunk(&common::ops(n)));
+    let timed_ops = |n| input(9, n, encode_bufio_op_chunk_v5(&common::ops(n)));
     let mut wrong_count = waits(20);
     wrong_count[1] = 21;
-    let seeds: [(&str, Vec<u8>); 9] = [
+    let seeds: [(&str, Vec<u8>); 10] = [
+        ("seed-valid-v5-ops-30", timed_ops(30)),
         ("seed-valid-v4-waits-20", owner_stacks(20)),
         ("seed-valid-v3-waits-20", owned(20)),
         ("seed-valid-v3-waits-1", owned(1)),

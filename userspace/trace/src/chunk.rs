@@ -26,6 +26,10 @@
 //! Layout V4 (format 1.4, record kind 8; lock waits only) appends to V3's: `n × varint owner
 //! stack` (the owner's stack id + 1, 0 for none; only a thread owner has one).
 //!
+//! Layout V5 (format 1.5, record kind 9; operations only) appends to V2's: `n × varint` first
+//! client-lock attempt, `n × varint` last client-lock release, each as its offset from the
+//! operation's start + 1 (0 for none). A time outside its operation is written clamped to it.
+//!
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
 //! order, so their deltas are small, and so are the block deltas of scans.
 
@@ -53,6 +57,8 @@ pub(crate) enum Layout {
     V3,
     /// Format 1.4 on, lock waits only (record kind 8).
     V4,
+    /// Format 1.5 on, operations only (record kind 9).
+    V5,
 }
 
 /// A dictionary in first-seen order, reused across chunks.
@@ -278,6 +284,39 @@ impl ChunkEncoder {
         for o in ops {
             put(out, o.lock_hold_ns);
         }
+        if layout != Layout::V5 {
+            return;
+        }
+        for o in ops {
+            put(out, offset_in(o, o.lock_attempt_ns));
+        }
+        for o in ops {
+            put(out, offset_in(o, o.lock_release_ns));
+        }
+    }
+}
+
+/// A time inside operation `o` as its offset from the start + 1, clamped to the operation; 0
+/// for none.
+fn offset_in(o: &BufioOp, at_ns: u64) -> u64 {
+    if at_ns == 0 {
+        return 0;
+    }
+    at_ns.clamp(o.start_ns, o.start_ns.saturating_add(o.duration_ns)) - o.start_ns + 1
+}
+
+/// The time an [`offset_in`] `o` of `encoded` stands for.
+fn time_in(o: &BufioOp, encoded: u64, what: &str, at: usize) -> Result<u64, String> {
+    match encoded {
+        0 => Ok(0),
+        offset if offset - 1 <= o.duration_ns && o.start_ns.checked_add(offset - 1).is_some() => {
+            Ok(o.start_ns + (offset - 1))
+        }
+        offset => Err(format!(
+            "{what} {} ns after its operation's start, outside its {} ns, at byte {at} of the chunk",
+            offset - 1,
+            o.duration_ns
+        )),
     }
 }
 
@@ -574,6 +613,18 @@ pub(crate) fn decode_bufio_ops(
             o.lock_hold_ns = cur.varint("client-mutex hold")?;
         }
     }
+    if layout == Layout::V5 {
+        for o in ops.iter_mut() {
+            let at = cur.pos;
+            let encoded = cur.varint("client-lock attempt")?;
+            o.lock_attempt_ns = time_in(o, encoded, "client-lock attempt", at)?;
+        }
+        for o in ops.iter_mut() {
+            let at = cur.pos;
+            let encoded = cur.varint("client-lock release")?;
+            o.lock_release_ns = time_in(o, encoded, "client-lock release", at)?;
+        }
+    }
     cur.finish()?;
     Ok(ops)
 }
@@ -712,5 +763,62 @@ mod tests {
         bad[kind_column] = 99;
         let err = decode_bufio_ops(&bad, 200, Layout::V1).expect_err("unknown kind");
         assert!(err.contains("unknown operation kind 99"), "{err}");
+    }
+
+    #[test]
+    fn v5_keeps_lock_attempts_and_releases_inside_their_operations() {
+        let ops: Vec<BufioOp> = (0..10u64)
+            .map(|i| BufioOp {
+                start_ns: 1_000_000 + 5_000 * i,
+                duration_ns: 4_000,
+                lock_hold_ns: if i == 4 { 0 } else { 900 },
+                lock_attempt_ns: if i == 4 {
+                    0
+                } else {
+                    1_000_000 + 5_000 * i + 100 * i
+                },
+                lock_release_ns: if i == 4 {
+                    0
+                } else {
+                    1_000_000 + 5_000 * i + 4_000 - i
+                },
+                ..BufioOp::default()
+            })
+            .collect();
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_bufio_ops(&ops, Layout::V5, &mut raw);
+        assert_eq!(
+            decode_bufio_ops(&raw, 10, Layout::V5).expect("decodes"),
+            ops
+        );
+        let err = decode_bufio_ops(&raw, 10, Layout::V2).expect_err("V2 sees extra bytes");
+        assert!(err.contains("left over"), "{err}");
+
+        // A time outside its operation is written clamped to it.
+        let mut early = ops.clone();
+        early[0].lock_attempt_ns = early[0].start_ns - 50;
+        early[1].lock_release_ns = early[1].end_ns() + 50;
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_bufio_ops(&early, Layout::V5, &mut raw);
+        let decoded = decode_bufio_ops(&raw, 10, Layout::V5).expect("decodes");
+        assert_eq!(
+            (decoded[0].lock_attempt_ns, decoded[1].lock_release_ns),
+            (ops[0].start_ns, ops[1].end_ns())
+        );
+
+        // A chunk that says otherwise is refused, naming the column and the byte.
+        let mut raw = Vec::new();
+        ChunkEncoder::default().encode_bufio_ops(&ops[..1], Layout::V2, &mut raw);
+        put(&mut raw, 1u64);
+        let at = raw.len();
+        put(&mut raw, 4_002u64);
+        let err = decode_bufio_ops(&raw, 1, Layout::V5).expect_err("release after the return");
+        assert_eq!(
+            err,
+            format!(
+                "client-lock release 4001 ns after its operation's start, outside its 4000 ns, \
+                 at byte {at} of the chunk"
+            )
+        );
     }
 }

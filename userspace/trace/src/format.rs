@@ -34,7 +34,8 @@
 //! end record's counts unmatched, so it reports the file as damaged instead of showing too little.
 //! 1.3 writes lock waits as kind 7 (adding the lock's owner: thread, process and the dm-bufio
 //! operation it was inside); operations stay kind 6. 1.4 writes lock waits as kind 8 (adding the
-//! owner's stack).
+//! owner's stack). 1.5 writes operations as kind 9 (adding when each first tried for the client
+//! lock and last let it go).
 //! Metadata types can be added without a new version: a reader that does not know a metadata
 //! record's `type` (e.g. `threads`, added in 1.2) keeps it as unknown and reads on.
 
@@ -43,7 +44,7 @@ pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 4;
+pub const FORMAT_MINOR: u16 = 5;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.
@@ -79,6 +80,8 @@ pub enum RecordKind {
     LockWaitsV3 = 7,
     /// Lock waits with the owner's stack column too (format 1.4 on).
     LockWaitsV4 = 8,
+    /// dm-bufio operations with client-lock attempt and release columns too (format 1.5 on).
+    BufioOpsV5 = 9,
 }
 
 impl RecordKind {
@@ -92,6 +95,7 @@ impl RecordKind {
             6 => Some(Self::BufioOpsV2),
             7 => Some(Self::LockWaitsV3),
             8 => Some(Self::LockWaitsV4),
+            9 => Some(Self::BufioOpsV5),
             _ => None,
         }
     }

@@ -182,17 +182,19 @@ pub mod fuzzing {
     }
 
     /// Decodes a chunk's raw (decompressed) payload said to hold `expected` items: `selector`
-    /// modulo 8 picks lock waits V1, operations V1, lock waits V2, operations V2, lock waits V3
-    /// (with owners), operations V2, lock waits V4 (with owner stacks), operations V2. Whatever
+    /// modulo 10 picks lock waits V1, operations V1, lock waits V2, operations V2, lock waits V3
+    /// (with owners), operations V2, lock waits V4 (with owner stacks), operations V2, lock
+    /// waits V2, operations V5 (with client-lock attempt and release). Whatever
     /// decodes must survive an encode/decode round trip (panics otherwise). Returns the items
     /// decoded.
     pub fn check_chunk(selector: u8, raw: &[u8], expected: u32) -> Result<usize, String> {
         let mut encoder = chunk::ChunkEncoder::default();
         let mut again = Vec::new();
-        let layout = match selector % 8 {
+        let layout = match selector % 10 {
             0 | 1 => Layout::V1,
             4 => Layout::V3,
             6 => Layout::V4,
+            9 => Layout::V5,
             _ => Layout::V2,
         };
         if selector.is_multiple_of(2) {
@@ -244,6 +246,14 @@ pub mod fuzzing {
     pub fn encode_bufio_op_chunk(ops: &[BufioOp]) -> Vec<u8> {
         let mut raw = Vec::new();
         chunk::ChunkEncoder::default().encode_bufio_ops(ops, Layout::V2, &mut raw);
+        raw
+    }
+
+    /// Encodes dm-bufio operations with their client-lock attempts and releases as one chunk's
+    /// raw payload (for seeds).
+    pub fn encode_bufio_op_chunk_v5(ops: &[BufioOp]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        chunk::ChunkEncoder::default().encode_bufio_ops(ops, Layout::V5, &mut raw);
         raw
     }
 }

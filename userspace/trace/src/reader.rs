@@ -378,11 +378,11 @@ impl<R: Read> TraceReader<R> {
                     .map_err(undecodable("lock-wait chunk"))?;
                 Record::LockWaits(events)
             }
-            RecordKind::BufioOps | RecordKind::BufioOpsV2 => {
-                let layout = if kind == RecordKind::BufioOps {
-                    Layout::V1
-                } else {
-                    Layout::V2
+            RecordKind::BufioOps | RecordKind::BufioOpsV2 | RecordKind::BufioOpsV5 => {
+                let layout = match kind {
+                    RecordKind::BufioOps => Layout::V1,
+                    RecordKind::BufioOpsV2 => Layout::V2,
+                    _ => Layout::V5,
                 };
                 let ops = chunk::decode_bufio_ops(&self.raw, item_count, layout)
                     .map_err(undecodable("dm-bufio operation chunk"))?;

@@ -216,6 +216,13 @@ pub struct BufioOp {
     pub lock_wait_ns: u64,
     /// Time holding the client mutex inside the operation (format 1.2 on; 0 if unknown).
     pub lock_hold_ns: u64,
+    /// Event clock when the operation first tried for the client lock (its first dm_bufio_lock;
+    /// format 1.5 on; 0 if unknown or never).
+    pub lock_attempt_ns: u64,
+    /// Event clock when the operation last let the client lock go (its last dm_bufio_unlock;
+    /// format 1.5 on; 0 if unknown or never). With one hold, the hold began `lock_hold_ns`
+    /// before it.
+    pub lock_release_ns: u64,
 }
 
 impl Default for BufioOp {
@@ -234,6 +241,8 @@ impl Default for BufioOp {
             arg1: 0,
             lock_wait_ns: 0,
             lock_hold_ns: 0,
+            lock_attempt_ns: 0,
+            lock_release_ns: 0,
         }
     }
 }

@@ -199,9 +199,9 @@ impl<W: Write> TraceWriter<W> {
         }
         self.raw.clear();
         self.encoder
-            .encode_bufio_ops(&self.pending_ops, Layout::V2, &mut self.raw);
+            .encode_bufio_ops(&self.pending_ops, Layout::V5, &mut self.raw);
         let count = self.pending_ops.len() as u32;
-        self.write_record(RecordKind::BufioOpsV2, count)?;
+        self.write_record(RecordKind::BufioOpsV5, count)?;
         self.bufio_ops += u64::from(count);
         self.pending_ops.clear();
         Ok(())

@@ -156,7 +156,7 @@ fn lost(record: &Layout) -> LostCounts {
             lock_waits: n,
             ..LostCounts::default()
         },
-        RecordKind::BufioOps | RecordKind::BufioOpsV2 => LostCounts {
+        RecordKind::BufioOps | RecordKind::BufioOpsV2 | RecordKind::BufioOpsV5 => LostCounts {
             bufio_ops: n,
             ..LostCounts::default()
         },
@@ -284,7 +284,7 @@ fn a_changed_byte_in_a_real_recording_costs_only_its_record() {
         whole.error.is_none() && whole.skipped.is_empty(),
         "{whole:?}"
     );
-    // Byte 300,000 lies in a chunk of operations (record 8 of the sample of 2026-11-29), the
+    // Byte 300,000 lies in a chunk of operations (record 6 of the sample of 2026-11-29), the
     // record after it is a chunk of lock waits.
     let at = records
         .iter()
@@ -293,7 +293,7 @@ fn a_changed_byte_in_a_real_recording_costs_only_its_record() {
     let (ops, next) = (&records[at], &records[at + 1]);
     assert_eq!(
         (ops.kind, next.kind),
-        (RecordKind::BufioOpsV2, RecordKind::LockWaitsV4),
+        (RecordKind::BufioOpsV5, RecordKind::LockWaitsV4),
         "{ops:?} {next:?}"
     );
     let cases = [

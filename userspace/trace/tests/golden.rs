@@ -406,3 +406,41 @@ fn format_1_4_reads_back_exactly() {
         .count();
     assert_eq!((frozen_1_4_events().len(), with_stacks), (90, 15));
 }
+
+/// 1.5: operations with when each first tried for the client lock and last let it go (inside
+/// the operation; none where it held no lock).
+fn frozen_1_5_ops() -> Vec<BufioOp> {
+    frozen_1_2_ops()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut o)| {
+            if i % 7 != 3 {
+                o.lock_attempt_ns = o.start_ns + 20 + i as u64 % 9;
+                o.lock_release_ns = o.end_ns() - i as u64 % 13;
+            }
+            o
+        })
+        .collect()
+}
+
+#[test]
+fn format_1_5_reads_back_exactly() {
+    let mut metadata = frozen_1_2_metadata();
+    metadata.push(Metadata::Stack {
+        id: 0x8000_0001,
+        frames: vec![0xffff_ffff_8110_0000, 0xffff_ffff_8120_0040],
+    });
+    reads_back_exactly(Frozen {
+        version: (1, 5),
+        chunk_events: 40,
+        events: frozen_1_4_events(),
+        ops: frozen_1_5_ops(),
+        metadata,
+        finished_unix_ns: 1_795_460_060_000_000_000,
+    });
+    let timed = frozen_1_5_ops()
+        .iter()
+        .filter(|o| o.lock_attempt_ns != 0 && o.lock_release_ns != 0)
+        .count();
+    assert_eq!((frozen_1_5_ops().len(), timed), (202, 173));
+}

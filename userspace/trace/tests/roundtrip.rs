@@ -91,14 +91,19 @@ fn any_op() -> impl Strategy<Value = BufioOp> {
             any::<u32>(),
             any::<u32>(),
         ),
-        (any::<u64>(), any::<u64>()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<Option<u64>>(),
+        ),
     )
         .prop_map(
             |(
                 (start_ns, duration_ns, client),
                 (block, tid, tgid, cpu),
                 (kind, result, arg0, arg1),
-                (lock_wait_ns, lock_hold_ns),
+                (lock_wait_ns, lock_hold_ns, attempt, release),
             )| BufioOp {
                 start_ns,
                 duration_ns,
@@ -113,8 +118,17 @@ fn any_op() -> impl Strategy<Value = BufioOp> {
                 arg1,
                 lock_wait_ns,
                 lock_hold_ns,
+                lock_attempt_ns: inside(start_ns, duration_ns, attempt),
+                lock_release_ns: inside(start_ns, duration_ns, release),
             },
         )
+}
+
+/// A time inside an operation (the format keeps only those), from a random draw; 0 for none.
+fn inside(start_ns: u64, duration_ns: u64, draw: Option<u64>) -> u64 {
+    let Some(draw) = draw else { return 0 };
+    let span = duration_ns.min(u64::MAX - start_ns);
+    start_ns + span.checked_add(1).map_or(draw, |len| draw % len)
 }
 
 proptest! {

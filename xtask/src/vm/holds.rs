@@ -2,6 +2,12 @@
 //! (`bufscope report --calibration`'s hold check, `bufscope_analyses::calibration::HoldCheck`).
 //! A recording whose holds break it would calibrate the models with time its threads spent on
 //! a runqueue before taking the mutex (6.1, voluntary preemption: `mutex_lock`'s might_sleep).
+//!
+//! And the same rule the other way (`calibration::TimelineCheck`): a thread that tried for the
+//! mutex while another held it, as the probes stamped both, must have waited. A recording that
+//! loses waits breaks it: with `bufscope stress`'s own waits left out as bufscope's, 37 % of the
+//! 6.1 thin-hotspot attempts inside another's hold had waited; once kept, 95 % (6.1 samples of
+//! 2026-11-29: 91-95 %; 6.12 bufio-hotspot 100 %).
 
 use std::path::Path;
 
@@ -20,13 +26,32 @@ pub struct HoldCheck {
     /// Few enough impossible for the report to trust the holds (at most 0.05 %; measured after
     /// the fix: 0.007 % of 355,499 on 6.1 thin-hotspot, before it 0.54 %).
     pub trusted: bool,
+    /// Attempts on the mutex inside another thread's hold, by the probes' stamps (0 for a
+    /// recording without them).
+    pub tried_inside: u64,
+    /// Of those, the ones that waited.
+    pub waited: u64,
 }
 
 impl HoldCheck {
     pub fn impossible_share(&self) -> f64 {
         self.impossible as f64 / self.measured.max(1) as f64
     }
+
+    /// The share of the attempts inside another's hold that waited (1 with none).
+    pub fn waited_share(&self) -> f64 {
+        if self.tried_inside == 0 {
+            return 1.0;
+        }
+        self.waited as f64 / self.tried_inside as f64
+    }
 }
+
+/// Attempts inside another's hold enough for the share that waited to say something.
+const MIN_TRIED_INSIDE: u64 = 1_000;
+
+/// The least share of them that must have waited.
+const MIN_WAITED_SHARE: f64 = 0.85;
 
 /// Fails where `report --calibration` does not trust the recording's holds (too many of them
 /// impossible), if `enforced`. It is not for a no-sleep client (dm-verity's `try_verify_in_tasklet`): its
@@ -48,12 +73,41 @@ pub fn check_holds(
     )?;
     let hold_check = &report["hold_check"];
     let field = |name: &str| hold_check[name].as_u64().unwrap_or(0);
+    let timeline = &report["timeline"];
+    let stamped = timeline["stamped"].as_bool().unwrap_or(false);
+    let timeline_field = |name: &str| {
+        if stamped {
+            timeline[name].as_u64().unwrap_or(0)
+        } else {
+            0
+        }
+    };
     let check = HoldCheck {
         measured: field("measured"),
         impossible: field("impossible"),
         worst_excess_ns: field("worst_excess_ns"),
         trusted: hold_check["trusted"].as_bool().unwrap_or(false),
+        tried_inside: timeline_field("began_inside"),
+        waited: timeline_field("waited"),
     };
+    ensure!(
+        !enforced || check.measured == 0 || stamped,
+        "{kernel} {scenario}: {} operations held the client mutex, but not all carry the \
+         probes' lock-attempt and release stamps (format 1.5 on)",
+        check.measured
+    );
+    ensure!(
+        !enforced
+            || check.tried_inside < MIN_TRIED_INSIDE
+            || check.waited_share() >= MIN_WAITED_SHARE,
+        "{kernel} {scenario}: of {} client-mutex attempts made while another thread held the \
+         mutex (by the probes' stamps), {} waited ({:.0} %, fewer than {:.0} %): waits were lost, \
+         or the stamps do not say where the mutex was held",
+        check.tried_inside,
+        check.waited,
+        check.waited_share() * 100.0,
+        MIN_WAITED_SHARE * 100.0
+    );
     ensure!(
         !enforced || check.trusted,
         "{kernel} {scenario}: {} of {} client-mutex holds ({:.3} %, more than report \

@@ -131,6 +131,16 @@ pub const COLUMNS: &[Column] = &[
         "bufio_op: time holding the client mutex inside it",
     ),
     col(
+        "mutex_attempt_ns",
+        "INT64 (UINT_64), null",
+        "bufio_op: when it first tried for the client mutex (event clock; format 1.5 on)",
+    ),
+    col(
+        "mutex_release_ns",
+        "INT64 (UINT_64), null",
+        "bufio_op: when it last let the client mutex go (event clock; format 1.5 on)",
+    ),
+    col(
         "owner_state",
         "BYTE_ARRAY (UTF8), null",
         "lock_wait (mutex, rwsem): \"thread\" (the owner_ columns say which), \"free\" (let go \
@@ -189,6 +199,8 @@ pub struct EventRow {
     pub arg1: Option<u32>,
     pub mutex_wait_ns: Option<u64>,
     pub mutex_hold_ns: Option<u64>,
+    pub mutex_attempt_ns: Option<u64>,
+    pub mutex_release_ns: Option<u64>,
     pub owner_state: Option<&'static str>,
     pub owner_tid: Option<u32>,
     pub owner_tgid: Option<u32>,
@@ -266,6 +278,8 @@ pub fn rows(trace: &TraceData) -> impl Iterator<Item = EventRow> + '_ {
         arg1: Some(o.arg1),
         mutex_wait_ns: Some(o.lock_wait_ns),
         mutex_hold_ns: Some(o.lock_hold_ns),
+        mutex_attempt_ns: (o.lock_attempt_ns != 0).then_some(o.lock_attempt_ns),
+        mutex_release_ns: (o.lock_release_ns != 0).then_some(o.lock_release_ns),
         ..base.clone()
     });
     waits.chain(ops)
@@ -364,6 +378,8 @@ fn column_values(name: &str, rows: &[EventRow]) -> Values {
         "arg1" => u32s(&|r| r.arg1),
         "mutex_wait_ns" => u64s(&|r| r.mutex_wait_ns),
         "mutex_hold_ns" => u64s(&|r| r.mutex_hold_ns),
+        "mutex_attempt_ns" => u64s(&|r| r.mutex_attempt_ns),
+        "mutex_release_ns" => u64s(&|r| r.mutex_release_ns),
         "owner_state" => text(&|r| r.owner_state),
         "owner_tid" => u32s(&|r| r.owner_tid),
         "owner_tgid" => u32s(&|r| r.owner_tgid),

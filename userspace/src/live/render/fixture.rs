@@ -60,6 +60,8 @@ pub(crate) fn op(client: u64, kind: OpKind, block: u64, result: OpResult) -> Buf
         arg1: 0,
         lock_wait_ns: 0,
         lock_hold_ns: 0,
+        lock_attempt_ns: 0,
+        lock_release_ns: 0,
     }
 }
 

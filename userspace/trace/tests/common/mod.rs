@@ -54,6 +54,16 @@ pub fn events(n: usize) -> Vec<LockWait> {
 pub fn ops(n: usize) -> Vec<BufioOp> {
     (0..n as u64)
         .map(|i| {
+            let (start_ns, duration_ns) = (5_000_000_000 + i * 911, 80 + (i * 31) % 700);
+            let lock_hold_ns = (i % 5) * 40;
+            // Inside the operation, when it took the lock at all.
+            let within = |offset: u64| {
+                if lock_hold_ns > 0 {
+                    start_ns + offset
+                } else {
+                    0
+                }
+            };
             let kind = [
                 OpKind::Read,
                 OpKind::MarkDirty,
@@ -61,8 +71,8 @@ pub fn ops(n: usize) -> Vec<BufioOp> {
                 OpKind::Prefetch,
             ][(i % 4) as usize];
             BufioOp {
-                start_ns: 5_000_000_000 + i * 911,
-                duration_ns: 80 + (i * 31) % 700,
+                start_ns,
+                duration_ns,
                 client: 0xffff_8881_5000_0000,
                 block: 4096 + (i / 4) % 64,
                 tid: 2000 + (i % 3) as u32,
@@ -77,7 +87,9 @@ pub fn ops(n: usize) -> Vec<BufioOp> {
                 arg0: if kind == OpKind::Prefetch { 8 } else { 0 },
                 arg1: 0,
                 lock_wait_ns: (i % 7) * 300,
-                lock_hold_ns: (i % 5) * 40,
+                lock_hold_ns,
+                lock_attempt_ns: within(i % 3),
+                lock_release_ns: within(duration_ns - i % 2),
             }
         })
         .collect()
