@@ -124,6 +124,9 @@ pub struct KernelOp {
     pub net_ns: u64,
     /// Whether that operation missed (its hold made room and inserted the buffer).
     pub miss: bool,
+    /// Of its time outside the lock, what it spent before it tried for the lock, where the
+    /// trace timed that (format 1.5 on); the rest follows the hold. 0: it tried at once.
+    pub before_ns: u64,
 }
 
 impl KernelOp {
@@ -137,6 +140,11 @@ impl KernelOp {
         }
         cost.outside_ns = self.net_ns.saturating_sub(self.hold_ns);
         cost
+    }
+
+    /// The time before the first attempt on a lock, at most the time outside it.
+    pub fn before_lock_ns(self) -> u64 {
+        self.before_ns.min(self.net_ns.saturating_sub(self.hold_ns))
     }
 }
 

@@ -103,6 +103,8 @@ struct PlannedStep {
     block: u64,
     due_ns: u64,
     cost: StepCost,
+    /// Of `cost.outside_ns`, the part spent before the step's first lock attempt.
+    before_ns: u64,
     result: StepResult,
     events: Vec<PlanEvent>,
 }
@@ -170,9 +172,12 @@ impl Plan {
             let due_ns = options
                 .speed
                 .map_or(0, |speed| due_ns(at_ns, origin_ns, speed));
-            let cost = match kernel {
-                Some(op) if !options.timing.is_host() => op.applied_to(options.timing.cost(step)),
-                _ => options.timing.cost(step),
+            let (cost, before_ns) = match kernel {
+                Some(op) if !options.timing.is_host() => (
+                    op.applied_to(options.timing.cost(step)),
+                    op.before_lock_ns(),
+                ),
+                _ => (options.timing.cost(step), 0),
             };
             planned[t][k] = Some(PlannedStep {
                 tid: tids[stream],
@@ -180,6 +185,7 @@ impl Plan {
                 block,
                 due_ns,
                 cost,
+                before_ns,
                 result,
                 events: rec.take_plan(),
             });
@@ -408,6 +414,12 @@ impl Simulation {
                     (th.start, th.section) = (th.t, th.t);
                     (th.waited, th.hold, th.client_wait, th.client_hold) = (0, None, 0, 0);
                     (th.e, th.phase) = (0, Phase::Events);
+                    if planned.before_ns > 0 {
+                        let tries = th.t + planned.before_ns;
+                        th.section = tries;
+                        self.resume_at(i, tries);
+                        return;
+                    }
                 }
                 Phase::Events => {
                     let Some(&event) = planned.events.get(th.e) else {
@@ -628,6 +640,7 @@ mod tests {
             hold_ns: 30_000,
             net_ns: 50_000,
             miss: true,
+            before_ns: 0,
         });
         let streams = vec![
             Stream {
@@ -643,6 +656,46 @@ mod tests {
         // And its own net time its kind's: 30 µs held, 20 µs more outside the lock.
         let durations: Vec<_> = log.ops.iter().map(|o| (o.tid, o.duration_ns)).collect();
         assert_eq!(durations, [(1, 50_000), (2, 36_000)]);
+    }
+
+    #[test]
+    fn an_operation_tries_for_the_lock_when_the_kernel_s_did() {
+        // Thread 1's operation spent 20 µs before it tried for the mutex, held it 30 µs, and
+        // ended 10 µs after. Thread 2 came at 4 µs and held 10 µs: before thread 1 tried, so
+        // neither waited. Thread 3 came at 25 µs, inside thread 1's hold.
+        let mut first = TimedStep::new(0, 1, Step::New);
+        first.kernel = Some(KernelOp {
+            hold_ns: 30_000,
+            net_ns: 60_000,
+            miss: true,
+            before_ns: 20_000,
+        });
+        let streams = vec![
+            Stream {
+                tid: 1,
+                steps: vec![first],
+            },
+            stream(2, &[(4_000, 2, Step::New)]),
+            stream(3, &[(25_000, 3, Step::New)]),
+        ];
+        let result = simulated(Design::Classic, streams, timing(10_000, 0), 0);
+        let log = result.log.expect("logged");
+        let waits: Vec<_> = log
+            .waits
+            .iter()
+            .map(|w| (w.tid, w.start_ns, w.wait_ns))
+            .collect();
+        assert_eq!(waits, [(3, 25_000, 25_000)]);
+        let durations: Vec<_> = log.ops.iter().map(|o| (o.tid, o.duration_ns)).collect();
+        assert_eq!(durations, [(1, 60_000), (2, 10_000), (3, 35_000)]);
+        // More time before the lock than the operation spent outside it is cut to that.
+        let over = KernelOp {
+            hold_ns: 30_000,
+            net_ns: 40_000,
+            miss: false,
+            before_ns: 25_000,
+        };
+        assert_eq!(over.before_lock_ns(), 10_000);
     }
 
     #[test]

@@ -85,6 +85,26 @@ impl ReplayInput {
     }
 }
 
+/// How long `op` ran before it tried for the client lock, from the probes' stamps (format 1.5
+/// on; 0 without them). One that waited tried at its first `dm_bufio_lock`. One that did not
+/// took the lock at once, but `mutex_lock` may have given up its CPU before taking it (6.1's
+/// voluntary preemption): that runqueue time the probes leave out of the hold, so its hold began
+/// `lock_hold_ns` before its release, and it tried then. An operation with several holds
+/// (writeback) is placed by their sum, so its first hold begins no earlier than it did.
+fn before_lock_ns(op: &BufioOp) -> u64 {
+    if op.lock_attempt_ns == 0 || op.lock_release_ns == 0 {
+        return 0;
+    }
+    let tried = if op.lock_wait_ns > 0 {
+        op.lock_attempt_ns
+    } else {
+        op.lock_release_ns
+            .saturating_sub(op.lock_hold_ns)
+            .max(op.lock_attempt_ns)
+    };
+    tried.saturating_sub(op.start_ns)
+}
+
 /// Operations as replay streams, one per thread in tid order, each in time order, times from
 /// `origin_ns`. Operations without a replay step (client create, destroy) are left out.
 pub fn streams_of<'a>(ops: impl Iterator<Item = &'a BufioOp>, origin_ns: u64) -> Vec<Stream> {
@@ -99,6 +119,7 @@ pub fn streams_of<'a>(ops: impl Iterator<Item = &'a BufioOp>, origin_ns: u64) ->
                 hold_ns: op.lock_hold_ns,
                 net_ns: op.duration_ns.saturating_sub(op.lock_wait_ns),
                 miss: op.result == OpResult::Miss,
+                before_ns: before_lock_ns(op),
             }),
         });
     }
@@ -379,4 +400,40 @@ pub fn as_trace(
         })
         .collect();
     Some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(wait: u64, attempt: u64, release: u64) -> BufioOp {
+        BufioOp {
+            start_ns: 1_000_000,
+            duration_ns: 20_000,
+            kind: OpKind::Get,
+            result: OpResult::Hit,
+            lock_wait_ns: wait,
+            lock_hold_ns: 3_000,
+            lock_attempt_ns: attempt,
+            lock_release_ns: release,
+            ..BufioOp::default()
+        }
+    }
+
+    #[test]
+    fn an_operation_tries_for_the_lock_where_the_probes_stamped_it() {
+        // Waited: it tried at its dm_bufio_lock, 1 µs in.
+        assert_eq!(before_lock_ns(&op(5_000, 1_001_000, 1_010_000)), 1_000);
+        // Did not wait, but was off its CPU 4 µs before it took the lock: its 3 µs hold ended
+        // 9 µs in, so it took the lock 6 µs in.
+        assert_eq!(before_lock_ns(&op(0, 1_001_000, 1_009_000)), 6_000);
+        // No stamps (an older trace): at once.
+        assert_eq!(before_lock_ns(&op(0, 0, 0)), 0);
+        let streams = streams_of([op(0, 1_001_000, 1_009_000)].iter(), 1_000_000);
+        let kernel = streams[0].steps[0].kernel.expect("a measured hold");
+        assert_eq!(
+            (kernel.hold_ns, kernel.net_ns, kernel.before_ns),
+            (3_000, 20_000, 6_000)
+        );
+    }
 }
