@@ -30,11 +30,14 @@
 //! which the costs come, already include the preemption the recording saw); a hit on a buffer
 //! another thread is still reading does not wait for that read (the plan run finished it).
 //!
-//! A hold begins at its operation's recorded start (after any wait). How far the kernel's own
-//! timestamps bear that out, `report --calibration` says (`TimelineCheck` in bufscope's
-//! analyses): of the kernel's operations that began inside another thread's hold so placed,
-//! 80 % waited on 6.1 bufio-hotspot, where classic's simulated waits come to 0.72x the kernel's,
-//! and 18 % on 6.1 thin-hotspot, where they come to 2.85x (2026-11-29).
+//! A step tries for its first lock at its operation's recorded start, or, where the trace stamped
+//! the operation's lock attempt and release (format 1.5 on,
+//! [`crate::replay::KernelOp::before_ns`]), as long after it as the kernel's did. How far the
+//! kernel's own stamps bear out a mutex's rule (who tries while another holds, waits), `report
+//! --calibration` says (`TimelineCheck` in bufscope's analyses): 91-100 % on every sample of
+//! 2026-11-29. That check once found 37 % on 6.1 thin-hotspot: the recorder had left out the waits
+//! of `bufscope stress`, the workload, and the simulated classic's 2.85x the kernel's waits there
+//! was the kernel's count falling short, not the model overshooting (0.65x of the true count now).
 
 use std::{
     cmp::Reverse,
