@@ -475,9 +475,16 @@ fn within_2x((model, kernel): (u64, u64)) -> bool {
 fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_bench_meets_it() {
     // The calibrated-model issue's bounds, on the rows the simulated clock meets (`cargo bench
     // -p bufscope-analyses --bench fidelity`): no scheduler in the figures, so they hold in a
-    // debug build beside other tests as in the bench. 6.1 thin-hotspot and small-cache miss
-    // (classic waits 2.3-2.9x as often as the kernel) and are not asserted here.
+    // debug build beside other tests as in the bench. On 6.1 thin-hotspot and small-cache the
+    // count is met (classic 0.65x the kernel's waits, samples of 2026-11-29) and the p99 is not
+    // (2.4x shorter): the count alone is asserted there.
     let _others = others_may_run();
+    for sample_name in ["6.1-thin-hotspot.bftrace", "6.1-small-cache.bftrace"] {
+        let [waits, ..] = simulated_against_kernel(sample_name, "classic");
+        eprintln!("{sample_name}, classic against the kernel: waits {waits:?}");
+        assert!(waits.1 > 1_000, "{sample_name}: {waits:?}");
+        assert!(within_2x(waits), "{sample_name}, classic: waits {waits:?}");
+    }
     for (sample_name, design) in [
         ("6.1-bufio-hotspot.bftrace", "classic"),
         ("6.1-verity-read.bftrace", "classic"),
@@ -500,6 +507,36 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
         within_2x(waits),
         "6.12-bufio-hotspot, sharded: waits {waits:?}"
     );
+}
+
+/// The bundled 6.1 recordings keep a mutex's rule by their own stamps: an operation that tried
+/// for the client mutex while another thread held it waited. Before the recorder kept the waits
+/// of `bufscope stress` (the workload of the thin and small-cache samples), 37 % of those on
+/// thin-hotspot had; the test bed checks every recording it makes the same way.
+#[test]
+fn the_bundled_recordings_attempts_inside_another_s_hold_waited() {
+    let _others = others_may_run();
+    for name in [
+        "6.1-thin-hotspot.bftrace",
+        "6.1-small-cache.bftrace",
+        "6.1-bufio-hotspot.bftrace",
+        "6.1-verity-read.bftrace",
+    ] {
+        let c: serde_json::Value =
+            serde_json::from_str(&ok(&["report", &sample(name), "--calibration", "--json"]))
+                .unwrap();
+        let timeline = &c["timeline"];
+        let (inside, waited) = (
+            timeline["began_inside"].as_u64().unwrap(),
+            timeline["waited"].as_u64().unwrap(),
+        );
+        assert_eq!(timeline["stamped"], true, "{name}: {timeline}");
+        assert!(inside >= 1_000, "{name}: {timeline}");
+        assert!(
+            waited as f64 >= 0.85 * inside as f64,
+            "{name}: {waited} of {inside} attempts inside another's hold waited"
+        );
+    }
 }
 
 #[test]
