@@ -567,8 +567,8 @@ fn report_json_rows(
 pub struct OwnerStacks {
     /// Waits on the root_lock, and of them those with an owner's stack (a holder off its CPU),
     /// and of those the ones whose stack runs through dm-thin, persistent-data or dm-bufio code,
-    /// and the ones whose stack ends at an interrupt's return (a holder preempted there: the
-    /// unwinder does not walk a sleeping task past the interrupt's frame).
+    /// and the ones whose stack ends at an interrupt's return or a preemption point (a holder
+    /// preempted there: the unwinder does not walk a sleeping task far past either).
     pub root_waits: u64,
     pub with_stack: u64,
     pub in_metadata_code: u64,
@@ -597,7 +597,11 @@ const IN_BPF_PROGRAM: &str = "(inside a BPF program, in ";
 /// worker sleeps on I/O while holding the lock: 87 of 381 waits on 6.12, 2026-11-29); where it
 /// does not, bufscope must have said so and taken none. On a kernel that preempts in an
 /// interrupt's return (7.3, PREEMPT_LAZY), a holder preempted there has a stack that ends at
-/// the interrupt (7.3 small-cache, 2026-11-29: 1 of 153): counted apart, as the report names it.
+/// the interrupt (7.3 small-cache, 2026-11-29: 1 of 153): counted apart, as the report names it;
+/// so is one preempted at a preemption point, whose walk stops a few frames past the thunk (7.3
+/// small-cache, a CI-like run of 2026-11-29 once the readers' waits were kept: 1 of 2,815,
+/// "preempt_schedule_thunk ← loop_queue_rq ← __blk_mq_issue_directly", a metadata read issued
+/// under the lock).
 /// And the kernel walks a sleeping owner's stack without stopping it: an owner woken meanwhile
 /// can leave a walk of one or two frames (6.12 thin-hotspot, a CI-like run of 2026-11-29: 1 of
 /// 164, "cache_get+0x50"), or a pool worker's stack back in its queue's loop (6.12 small-cache,
@@ -636,6 +640,13 @@ fn check_owner_stacks(
         .iter()
         .any(|part| frame.contains(part))
     };
+    // A holder preempted at a preemption point (preempt_enable on a preemptible kernel): the
+    // unwinder stops a few frames past the thunk, short of dm-thin's.
+    let preempted_at_a_point = |frames: &[&str]| {
+        frames
+            .first()
+            .is_some_and(|f| f.starts_with("preempt_schedule"))
+    };
     // A pool worker back in its queue's loop, nothing of dm-thin left on its stack.
     let moved_on = |frames: &[&str]| {
         frames
@@ -672,7 +683,7 @@ fn check_owner_stacks(
             let contended = stack["contended"].as_u64().unwrap_or(0);
             if frames.iter().any(|f| metadata_code(f)) {
                 stacks.in_metadata_code += contended;
-            } else if row["name"] == PREEMPTED {
+            } else if row["name"] == PREEMPTED || preempted_at_a_point(&frames) {
                 stacks.preempted += contended;
             } else if row["name"]
                 .as_str()
