@@ -54,15 +54,19 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = TimingArg::Auto)]
     pub timing: TimingArg,
     /// Whose clock the designs run on: `real` (a thread per recorded thread on this machine, its
-    /// scheduler's timing in every figure) or `simulated` (the designs' code decides which locks
-    /// each operation takes, a simulation in virtual time when: the same figures on every run).
-    #[arg(long, value_enum, default_value_t = ClockArg::Real)]
+    /// scheduler's timing in every figure), `simulated` (the designs' code decides which locks
+    /// each operation takes, a simulation in virtual time when: the same figures on every run),
+    /// or `auto`: simulated where the designs take a recording kernel's calibrated costs in
+    /// memory (the fidelity bench: within 2x of the 6.1 kernels' waits on every sample, where
+    /// the real clock meets none), real otherwise (synthetic traces, --device, --timing host).
+    #[arg(long, value_enum, default_value_t = ClockArg::Auto)]
     pub clock: ClockArg,
 }
 
 /// `--clock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClockArg {
+    Auto,
     Real,
     Simulated,
 }
@@ -125,10 +129,14 @@ impl ModelArgs {
                 speed,
                 log,
                 timing: calibration.map_or(Timing::HOST, Calibration::timing),
-                clock: match self.clock {
-                    ClockArg::Real => ReplayClock::Real,
+                clock: match (self.clock, calibration, &self.device) {
+                    (ClockArg::Real, ..)
+                    | (ClockArg::Auto, None, _)
+                    | (ClockArg::Auto, _, Some(_)) => ReplayClock::Real,
                     // The device's latency is filled in from the backing (models::run_design).
-                    ClockArg::Simulated => ReplayClock::Simulated { io_ns: 0 },
+                    (ClockArg::Simulated | ClockArg::Auto, ..) => {
+                        ReplayClock::Simulated { io_ns: 0 }
+                    }
                 },
             },
         }
@@ -505,5 +513,40 @@ mod tests {
             [Design::LockFree]
         );
         assert_eq!(chosen_designs(&[]), Design::DEFAULT, "none named");
+    }
+
+    #[derive(clap::Parser)]
+    struct Model {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn the_auto_clock_simulates_a_calibrated_kernel_recording_and_runs_the_rest_on_threads() {
+        use clap::Parser;
+        let clock = |args: &[&str], calibrated: bool| {
+            let model = Model::try_parse_from([&["model"], args].concat())
+                .unwrap()
+                .model;
+            let calibration = calibrated.then(|| {
+                let mut ops = bufscope_analyses::calibration::calibrate_ops(1, "7:0", &[]);
+                ops.holds_measured = true;
+                ops
+            });
+            model
+                .options(None, None, false, calibration.as_ref())
+                .replay
+                .clock
+        };
+        let simulated = ReplayClock::Simulated { io_ns: 0 };
+        assert_eq!(clock(&[], true), simulated);
+        assert_eq!(
+            clock(&[], false),
+            ReplayClock::Real,
+            "synthetic, or --timing host"
+        );
+        assert_eq!(clock(&["--device", "/dev/null"], true), ReplayClock::Real);
+        assert_eq!(clock(&["--clock", "real"], true), ReplayClock::Real);
+        assert_eq!(clock(&["--clock", "simulated"], false), simulated);
     }
 }
