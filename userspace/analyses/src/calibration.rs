@@ -180,10 +180,7 @@ impl TimelineCheck {
     pub fn of<'a>(ops: impl Iterator<Item = &'a BufioOp>) -> Self {
         use std::{cmp::Reverse, collections::BinaryHeap};
         let mut held: Vec<&BufioOp> = ops.filter(|o| o.lock_hold_ns > 0).collect();
-        let stamped = !held.is_empty()
-            && held
-                .iter()
-                .all(|o| o.lock_attempt_ns != 0 && o.lock_release_ns != 0);
+        let stamped = !held.is_empty() && held.iter().all(|o| o.lock_stamped());
         let tried = |o: &BufioOp| {
             if stamped {
                 o.lock_attempt_ns
@@ -198,7 +195,7 @@ impl TimelineCheck {
             .iter()
             .map(|o| {
                 let begin = if stamped {
-                    o.lock_release_ns.saturating_sub(o.lock_hold_ns)
+                    o.hold_began_ns()
                 } else {
                     o.start_ns.saturating_add(o.lock_wait_ns)
                 };

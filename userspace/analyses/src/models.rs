@@ -92,15 +92,13 @@ impl ReplayInput {
 /// `lock_hold_ns` before its release, and it tried then. An operation with several holds
 /// (writeback) is placed by their sum, so its first hold begins no earlier than it did.
 fn before_lock_ns(op: &BufioOp) -> u64 {
-    if op.lock_attempt_ns == 0 || op.lock_release_ns == 0 {
+    if !op.lock_stamped() {
         return 0;
     }
     let tried = if op.lock_wait_ns > 0 {
         op.lock_attempt_ns
     } else {
-        op.lock_release_ns
-            .saturating_sub(op.lock_hold_ns)
-            .max(op.lock_attempt_ns)
+        op.hold_began_ns().max(op.lock_attempt_ns)
     };
     tried.saturating_sub(op.start_ns)
 }

@@ -211,9 +211,11 @@ pub fn bufscope_processes(proc: &Path) -> Vec<u32> {
             let exe = std::fs::read_link(e.path().join("exe")).ok()?;
             // A rebuilt binary reads "bufscope (deleted)".
             let name = exe.file_name()?.to_str()?;
+            if name != "bufscope" && name != "bufscope (deleted)" {
+                return None;
+            }
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            ((name == "bufscope" || name == "bufscope (deleted)") && !is_stress(&cmdline))
-                .then_some(tgid)
+            (!is_stress(&cmdline)).then_some(tgid)
         })
         .collect();
     found.sort_unstable();

@@ -252,6 +252,18 @@ impl BufioOp {
     pub fn end_ns(&self) -> u64 {
         self.start_ns.wrapping_add(self.duration_ns)
     }
+
+    /// Whether the probes stamped when it first tried for the client lock and last let it go
+    /// (format 1.5 on, an operation that took the lock).
+    pub fn lock_stamped(&self) -> bool {
+        self.lock_attempt_ns != 0 && self.lock_release_ns != 0
+    }
+
+    /// When its hold of the client lock began by the stamps: `lock_hold_ns` before its release
+    /// (with several holds, their sum before the last release).
+    pub fn hold_began_ns(&self) -> u64 {
+        self.lock_release_ns.saturating_sub(self.lock_hold_ns)
+    }
 }
 
 /// Metadata that lets a trace be read on another machine and tells what it is missing.
