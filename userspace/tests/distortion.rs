@@ -1,19 +1,25 @@
 //! The waits `bufscope record` reports must be the kernel's, not its probes' cost: the pipe storm
 //! recorded with default settings (stacks on) against a minimal bpftrace pairing run alone, each
 //! three times, alternating, compared on the medians of the workload's sleeping-lock waits: the
-//! share shorter than 1 µs (at least half bpftrace's), how many (within 40 %) and their average
-//! (within 2x). A probe's work inside the measured interval (a stack walk costs microseconds)
+//! share shorter than 1 µs, the ones that spun (at least half bpftrace's), the average of those
+//! short waits (within 2x), how many waits (within 40 %) and their average (at most 2x
+//! bpftrace's). A probe's work inside the measured interval (a stack walk costs microseconds)
 //! lengthens every wait and collapses the short share; a wait started only after the probe's work
 //! even where the lock was held through it is cut short (record's average was 0.29x bpftrace's
-//! before waits started at arrival); a probe that steals the workload's CPU changes how many
-//! there are (a debug build's reader: 0.21x).
+//! before waits started at arrival), and the short waits most of all; a probe that steals the
+//! workload's CPU changes how many there are (a debug build's reader: 0.21x).
 //!
-//! The bounds are the ones that hold run after run, not the issue's 25 %: the pipe storm flips
-//! between a regime where nearly every wait spins briefly (98 % under 1 µs, a few long sleeps)
-//! and one where a third sleep (averages 1.0-1.7 µs), independently in each run, so three runs'
-//! medians of the average differ by 25-30 % in about half of the tests; and record, costlier per
-//! wait than bpftrace, makes the workload contend 5-31 % less (measured 2026-11-29, six tests).
-//! `cargo xtask bench` prints the figures against the issue's targets.
+//! The bounds are the ones that hold run after run, not the issue's 25 %. The pipe storm flips
+//! between a regime where nearly every wait spins briefly (95-98 % under 1 µs, averages
+//! 0.6-0.95 µs) and one where a third to a half sleep (averages 1.2-1.7 µs), run by run, so the
+//! overall averages of two tools' medians can be 2x apart with neither probe at fault (CI,
+//! 2026-11-30: record 650 ns with two of its three runs spinning, bpftrace 1,339 ns with none).
+//! Hence the lower bound is on the short waits' average, which is the same in both regimes
+//! (0.50-0.70 µs record, 0.68-0.76 µs bpftrace, whose map update after its begin stamp is inside
+//! its waits), and the overall average has only the upper bound that a probe's work inside the
+//! interval would break. Record, costlier per wait than bpftrace, makes the workload contend
+//! 5-31 % less (measured 2026-11-29, six tests). `cargo xtask bench` prints the figures against
+//! the issue's targets.
 //!
 //! Run against a release build: a debug build's reader takes a CPU of the two from the workload
 //! (it recorded 303,629 waits where bpftrace saw 1,409,394). `cargo xtask test` runs it with the
@@ -37,7 +43,8 @@ const ROUNDS: usize = 3;
 const SHORT_NS: u64 = 1_000;
 /// How far record's median count may be from bpftrace's.
 const COUNT_WITHIN: f64 = 0.40;
-/// How many times longer or shorter record's median average wait may be than bpftrace's.
+/// How many times longer record's median average wait may be than bpftrace's, and how many times
+/// longer or shorter the median average of its short waits.
 const AVERAGE_WITHIN: f64 = 2.0;
 
 /// What one tool saw of the workload's sleeping-lock waits.
@@ -47,6 +54,8 @@ struct Seen {
     average_ns: f64,
     /// Share of the waits shorter than [`SHORT_NS`].
     short_share: f64,
+    /// Average of the short waits, the ones that spun.
+    short_average_ns: f64,
     /// Average of the others, the waits that slept.
     long_average_ns: f64,
 }
@@ -58,6 +67,7 @@ impl Seen {
             waits,
             average_ns: total_ns as f64 / waits as f64,
             short_share: short as f64 / waits as f64,
+            short_average_ns: short_ns as f64 / short.max(1) as f64,
             long_average_ns: (total_ns - short_ns) as f64 / (waits - short).max(1) as f64,
         }
     }
@@ -188,17 +198,28 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
          apart\n{runs}",
         COUNT_WITHIN * 100.0
     );
+    let (record_short_avg, bpftrace_short_avg) = (
+        median(ours.iter().map(|s| s.short_average_ns).collect()),
+        median(theirs.iter().map(|s| s.short_average_ns).collect()),
+    );
+    assert!(
+        record_short_avg <= AVERAGE_WITHIN * bpftrace_short_avg
+            && bpftrace_short_avg <= AVERAGE_WITHIN * record_short_avg,
+        "record's short waits average {record_short_avg:.0} ns, bpftrace's \
+         {bpftrace_short_avg:.0} ns: more than {AVERAGE_WITHIN}x apart\n{runs}"
+    );
     let (record_avg, bpftrace_avg) = (
         median(ours.iter().map(|s| s.average_ns).collect()),
         median(theirs.iter().map(|s| s.average_ns).collect()),
     );
     assert!(
-        record_avg <= AVERAGE_WITHIN * bpftrace_avg && bpftrace_avg <= AVERAGE_WITHIN * record_avg,
+        record_avg <= AVERAGE_WITHIN * bpftrace_avg,
         "record's average wait {record_avg:.0} ns, bpftrace's {bpftrace_avg:.0} ns: more than \
-         {AVERAGE_WITHIN}x apart\n{runs}"
+         {AVERAGE_WITHIN}x longer\n{runs}"
     );
     eprintln!(
-        "short waits: record {:.1}%, bpftrace {:.1}%; waits: record {record_waits:.0}, bpftrace \
+        "short waits: record {:.1}%, bpftrace {:.1}%, averaging record {record_short_avg:.0} ns, \
+         bpftrace {bpftrace_short_avg:.0} ns; waits: record {record_waits:.0}, bpftrace \
          {bpftrace_waits:.0}; average wait: record {record_avg:.0} ns, bpftrace {bpftrace_avg:.0} \
          ns; the others' average: record {:.0} ns, bpftrace {:.0} ns (medians of {ROUNDS})",
         record * 100.0,
