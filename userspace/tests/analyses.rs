@@ -475,29 +475,25 @@ fn within_2x((model, kernel): (u64, u64)) -> bool {
 fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_bench_meets_it() {
     // The calibrated-model issue's bounds, on the rows the simulated clock meets (`cargo bench
     // -p bufscope-analyses --bench fidelity`): no scheduler in the figures, so they hold in a
-    // debug build beside other tests as in the bench. On 6.1 thin-hotspot and small-cache the
-    // count is met (classic 0.65x the kernel's waits, samples of 2026-11-29) and the p99 is not
-    // (2.4x shorter): the count alone is asserted there.
+    // debug build beside other tests as in the bench. Every 6.1 sample's waits, p50 and p99,
+    // since the client mutex runs as the kernel's with its handoffs drawn from the stamps (on
+    // thin-hotspot and small-cache the p50 and p99 were 0.4-0.5x the kernel's before).
     let _others = others_may_run();
-    for sample_name in ["6.1-thin-hotspot.bftrace", "6.1-small-cache.bftrace"] {
-        let [waits, ..] = simulated_against_kernel(sample_name, "classic");
-        eprintln!("{sample_name}, classic against the kernel: waits {waits:?}");
-        assert!(waits.1 > 1_000, "{sample_name}: {waits:?}");
-        assert!(within_2x(waits), "{sample_name}, classic: waits {waits:?}");
-    }
-    for (sample_name, design) in [
-        ("6.1-bufio-hotspot.bftrace", "classic"),
-        ("6.1-verity-read.bftrace", "classic"),
+    for sample_name in [
+        "6.1-thin-hotspot.bftrace",
+        "6.1-small-cache.bftrace",
+        "6.1-bufio-hotspot.bftrace",
+        "6.1-verity-read.bftrace",
     ] {
-        let [waits, p50, p99] = simulated_against_kernel(sample_name, design);
+        let [waits, p50, p99] = simulated_against_kernel(sample_name, "classic");
         eprintln!(
-            "{sample_name}, {design} against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
+            "{sample_name}, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
         );
         assert!(waits.1 > 1_000, "{sample_name}: {waits:?}");
         for (what, figure) in [("waits", waits), ("p50", p50), ("p99", p99)] {
             assert!(
                 within_2x(figure),
-                "{sample_name}, {design}: {what} {figure:?}"
+                "{sample_name}, classic: {what} {figure:?}"
             );
         }
     }

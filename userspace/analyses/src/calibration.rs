@@ -11,6 +11,9 @@
 //! - for misses of read, new and prefetch, **miss I/O**: net less hold, the time outside the
 //!   lock, dominated by the read from the device.
 //!
+//! And how the client mutex passed from a holder to a waiter (**handoffs**, from the lock
+//! stamps of format 1.5 on), which the simulated clock draws from ([`MutexHandoff`]).
+//!
 //! Medians are the figures to use: on a machine with fewer CPUs than threads a holder is often
 //! preempted inside its critical section, and the means carry that tail (6.1-bufio-hotspot: read
 //! hit hold median 2.1 µs, mean 127 µs). Both are given.
@@ -20,10 +23,10 @@ use std::{
     time::Duration,
 };
 
-use bufscope_trace::{BufioOp, OpKind, OpResult};
+use bufscope_trace::{BufioOp, ClientLock, OpKind, OpResult};
 use reference_cache::{
     replay::Step,
-    timing::{StepCost as SectionCost, Timing},
+    timing::{MutexHandoff, StepCost as SectionCost, Timing},
 };
 use serde::Serialize;
 
@@ -70,6 +73,17 @@ pub struct Calibration {
     pub contended_waits: u64,
     /// ...and that cost: the shortest 1 % of those waits (0 under [`MIN_CONTENDED_WAITS`]).
     pub contended_p1_ns: u64,
+    /// Client-mutex waits during which a holder let the mutex go (the handoffs timed)...
+    pub handoffs: u64,
+    /// ...their spread, where there are enough of them ([`MutexHandoff::MIN_HANDOFFS`]): the
+    /// simulated clock then runs the client mutex as the kernel's...
+    #[serde(skip)]
+    pub handoff: Option<MutexHandoff>,
+    /// ...its p50 and p99 (0 without it)...
+    pub handoff_p50_ns: u64,
+    pub handoff_p99_ns: u64,
+    /// ...and the share of contended acquisitions taken as the holder let go (spinning).
+    pub spin_share: f64,
 }
 
 /// Fewer waits than this say nothing of the shortest 1 %.
@@ -279,7 +293,7 @@ impl Calibration {
             }
             cost.contended_ns = self.contended_p1_ns;
         }
-        Timing::kernel(costs)
+        Timing::kernel(costs).with_handoff(self.handoff)
     }
 
     /// The table `report --calibration` prints (and `replay`/`compare --timing kernel` before
@@ -323,6 +337,17 @@ impl Calibration {
                     "-".to_string()
                 },
             ]);
+        }
+        if let Some(handoff) = &self.handoff {
+            out += &format!(
+                "the client mutex passed to a waiter in {} at p50, {} at p99 after its holder let \
+                 go ({} handoffs in the lock stamps), {:.0} % of them as fast as a spinner's; the \
+                 simulated clock runs the mutex as the kernel's, with handoffs drawn from these\n",
+                duration_ns(handoff.quantile_ns(0.5)),
+                duration_ns(handoff.quantile_ns(0.99)),
+                thousands(self.handoffs),
+                handoff.spin_share() * 100.0
+            );
         }
         if self.contended_p1_ns > 0 {
             out += &format!(
@@ -397,6 +422,8 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
     );
     let (contended_waits, contended_p1_ns) =
         contended_cost(waits.values().flatten().map(|&(_, wait)| wait).collect());
+    let handoffs = handoffs(trace, client, ops.clone());
+    let handoff = MutexHandoff::from_handoffs(handoffs.clone());
     Some(Calibration {
         client,
         device: input.device,
@@ -406,6 +433,11 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         timeline: Some(TimelineCheck::of(ops)),
         contended_waits,
         contended_p1_ns,
+        handoffs: handoffs.len() as u64,
+        handoff_p50_ns: handoff.map_or(0, |h| h.quantile_ns(0.5)),
+        handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
+        spin_share: handoff.map_or(0.0, |h| h.spin_share()),
+        handoff,
     })
 }
 
@@ -432,6 +464,11 @@ pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration 
         timeline: None,
         contended_waits,
         contended_p1_ns,
+        handoffs: 0,
+        handoff: None,
+        handoff_p50_ns: 0,
+        handoff_p99_ns: 0,
+        spin_share: 0.0,
     }
 }
 
@@ -526,6 +563,37 @@ fn bufio_waits_by_tid(trace: &TraceData, client: u64) -> HashMap<u32, Vec<(u64, 
         waits.sort_unstable();
     }
     by_tid
+}
+
+/// The client mutex's handoffs by the lock stamps: for each wait on it inside an operation during
+/// which an operation let it go, the time from the last such release to the wait's end.
+fn handoffs<'a>(
+    trace: &TraceData,
+    client: u64,
+    ops: impl Iterator<Item = &'a BufioOp>,
+) -> Vec<u64> {
+    let mut releases: Vec<u64> = ops
+        .filter(|op| op.lock_stamped())
+        .map(|op| op.lock_release_ns)
+        .collect();
+    releases.sort_unstable();
+    trace
+        .waits
+        .iter()
+        .filter(|w| {
+            w.op.is_some()
+                && w.op_client == client
+                && matches!(
+                    trace.names.bufio_lock(w.lock_addr),
+                    Some((_, ClientLock::Mutex))
+                )
+        })
+        .filter_map(|w| {
+            let end = w.start_ns.saturating_add(w.wait_ns);
+            let last = releases[..releases.partition_point(|&r| r <= end)].last()?;
+            (*last >= w.start_ns).then(|| end - last)
+        })
+        .collect()
 }
 
 /// The operation's thread's dm-bufio lock waits that began inside it.
@@ -683,6 +751,48 @@ mod tests {
     }
 
     #[test]
+    fn handoffs_are_timed_from_the_last_release_inside_each_client_mutex_wait() {
+        let mut t = trace();
+        let stamped = |tid, start_ns, released_ns| BufioOp {
+            lock_attempt_ns: start_ns + 100,
+            lock_release_ns: released_ns,
+            ..op(tid, start_ns, OpKind::Get, OpResult::Hit, 30_000, 1_000)
+        };
+        // Releases at 10, 12 and 30 µs; one operation unstamped (an older format).
+        t.ops.push(stamped(1, 0, 10_000));
+        t.ops.push(stamped(6, 0, 12_000));
+        t.ops.push(stamped(3, 20_000, 30_000));
+        t.ops
+            .push(op(7, 0, OpKind::Get, OpResult::Hit, 40_000, 1_000));
+        let wait = |tid, start_ns, wait_ns, lock_addr, op| LockWait {
+            start_ns,
+            wait_ns,
+            lock_addr,
+            tid,
+            tgid: 1,
+            op,
+            op_client: CLIENT,
+            ..LockWait::default()
+        };
+        t.waits.extend([
+            // Two releases inside: timed from the later, 12 µs, to its end at 13 µs.
+            wait(2, 5_000, 8_000, MUTEX, Some(OpKind::Get)),
+            // None inside: its holder let go before it began (at 10 µs, or not stamped).
+            wait(4, 12_500, 3_000, MUTEX, Some(OpKind::Get)),
+            // The release at 30 µs, 1.5 µs before its end.
+            wait(5, 20_000, 11_500, MUTEX, Some(OpKind::Read)),
+            // Another lock, and a wait outside any operation: not the client mutex's handoffs.
+            wait(8, 5_000, 8_000, MUTEX + 8, Some(OpKind::Get)),
+            wait(9, 5_000, 8_000, MUTEX, None),
+        ]);
+        let ops = t.ops.clone();
+        assert_eq!(handoffs(&t, CLIENT, ops.iter()), [1_000, 1_500]);
+        let c = calibrate(&t).expect("operations");
+        assert_eq!(c.handoffs, 2);
+        assert_eq!(c.handoff, None, "too few to draw from");
+    }
+
+    #[test]
     fn each_step_takes_the_costs_of_the_operation_it_replays() {
         // A 6.1-like hit (held 1 µs of 3) and miss (held 20 µs); a 6.12-like release (no mutex).
         let c = Calibration {
@@ -699,6 +809,11 @@ mod tests {
             timeline: None,
             contended_waits: 0,
             contended_p1_ns: 0,
+            handoffs: 0,
+            handoff: None,
+            handoff_p50_ns: 0,
+            handoff_p99_ns: 0,
+            spin_share: 0.0,
         };
         let timing = c.timing();
         let read = timing.cost(Step::Read);
