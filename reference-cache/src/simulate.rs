@@ -50,7 +50,7 @@
 //! --calibration` says (`TimelineCheck` in bufscope's analyses): 91-100 % on every sample of
 //! 2026-11-29. That check once found 37 % on 6.1 thin-hotspot: the recorder had left out the waits
 //! of `bufscope stress`, the workload, and the simulated classic's 2.85x the kernel's waits there
-//! was the kernel's count falling short, not the model overshooting (0.65x of the true count now).
+//! was the kernel's count falling short, not the model overshooting.
 
 use std::{
     cmp::Reverse,

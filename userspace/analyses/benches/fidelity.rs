@@ -22,15 +22,16 @@
 //!
 //! The last table runs the designs in virtual time (`--clock simulated`,
 //! `reference_cache::simulate`): the design's code decides which locks each operation takes, each
-//! operation's own recorded hold and net time how long, and no scheduler adds its timing.
-//! 2026-11-29: classic's waits per 1k operations are 0.72x 6.1 bufio-hotspot's (p99 37 against
-//! 23 us: met; 124.7 us on real threads), 0.99x 6.1 verity-read's (0.17x on real threads) and
-//! sharded's 0.81x 6.12 bufio-hotspot's; on 6.1 thin-hotspot and small-cache classic waits
-//! 2.3-2.9x as often as the kernel and sharded comes out closest, though only 3-4 % of classic's
-//! waits are apart (84 % on real threads, where the counts meet by accident). Almost all of those
-//! extra waits are between operations that overlapped in the kernel on different vCPUs without
-//! waiting there: where inside its operation the kernel took the lock is not in the trace.
-//!
+//! operation's own recorded hold and net time how long, and no scheduler adds its timing; the
+//! client mutex passes between threads as the kernel's, its handoffs drawn from the lock stamps.
+//! 2026-11-30 (samples of 2026-11-29): classic's client-mutex waits per 1k operations, p50 and
+//! p99 against 6.1's: bufio-hotspot 1.47x / 1.16x / 1.84x, thin-hotspot 0.80x / 1.17x / 0.68x,
+//! small-cache 0.83x / 1.00x / 0.64x, verity-read 1.18x / 1.48x / 0.90x, all met; sharded's waits
+//! 0.68x 6.12 bufio-hotspot's. With a constant cost per handoff, first come first served, thin
+//! and small-cache came to 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Missed: 6.12
+//! small-cache and verity-read, whose kernels waited on tree locks (0.3-1.1 per 1k operations)
+//! where sharded makes none.
+
 //! The waits counted are those made inside dm-bufio operations: the kernel's waits outside them
 //! come from dm-bufio's own background eviction (6.12 small-cache: 198 of its 256 client-mutex
 //! waits were do_global_cleanup's), which a replay of the operations cannot make; they are
