@@ -15,7 +15,7 @@ use anyhow::Context;
 
 use super::{
     PROBE_COST, build_initramfs, fetch_kernel, hotspot::ModuleRun, kernels::KERNELS,
-    qemu::boot_retrying_tcg_patching,
+    qemu::boot_retrying_tcg_hazards,
 };
 use crate::{
     cmd::{heading, workspace_root},
@@ -57,7 +57,7 @@ pub fn probe_cost(kernel: &str) -> anyhow::Result<()> {
         let extracted = fetch_kernel(&work, line)?;
         let initramfs = build_initramfs(&work, line, &extracted, &bufscope)?;
         let guest =
-            boot_retrying_tcg_patching(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
+            boot_retrying_tcg_hazards(&work, line.name, &extracted, &initramfs, PROBE_COST.0)?;
         let runs = read_runs(&guest.dir)
             .with_context(|| format!("{} {}: reading the runs", line.name, PROBE_COST.0))?;
         print_table(

@@ -26,7 +26,7 @@ use crate::{
 use checks::{Hotspot, NO_SLEEP_SCENARIO, Outcome, check_results};
 use initramfs::build_initramfs;
 use kernels::{KERNELS, KernelLine, fetch_kernel};
-use qemu::boot_retrying_tcg_patching;
+use qemu::boot_retrying_tcg_hazards;
 
 pub use cost::probe_cost;
 
@@ -310,7 +310,7 @@ fn run_scenario(
     bufscope: &Path,
     keep: bool,
 ) -> anyhow::Result<Outcome> {
-    let guest = boot_retrying_tcg_patching(work, line.name, extracted, initramfs, scenario)?;
+    let guest = boot_retrying_tcg_hazards(work, line.name, extracted, initramfs, scenario)?;
     let outcome = check_results(
         line.name,
         scenario,

@@ -29,12 +29,13 @@ pub struct GuestResults {
     pub disk: PathBuf,
 }
 
-/// The guest died of a known hazard of multi-threaded TCG with cross-modifying code, not a
-/// kernel or bufscope fault: static keys, kprobes, tracepoints and BPF trampolines are armed by
-/// live-patching kernel text through int3 (text_poke_bp), and a vCPU may run the patched code
-/// from a stale translation.
+/// The guest died of a known hazard of multi-threaded TCG, not a kernel or bufscope fault. Most
+/// come of cross-modifying code: static keys, kprobes, tracepoints and BPF trampolines are armed
+/// by live-patching kernel text through int3 (text_poke_bp), and a vCPU may run the patched code
+/// from a stale translation. The rest of a vCPU that TCG does not run while another CPU waits
+/// for every CPU (stop_machine).
 #[derive(Debug)]
-enum TcgPatching {
+enum TcgHazard {
     /// A vCPU hit the temporary int3 after the patcher had already retired it: an int3 Oops.
     Int3Oops,
     /// The patcher waited for ever for the other vCPUs to acknowledge its IPI: the watchdog saw
@@ -44,29 +45,39 @@ enum TcgPatching {
     /// function under arch_ftrace_update_trampoline's TLB flush while arming the test bed's
     /// kprobe counters, the other vCPU looping in exc_int3 at a patched site of __schedule.
     StuckPatchingText,
+    /// A CPU waited for ever in stop_machine for the others to stop with it ([`STOPPING`] in
+    /// its stack): one vCPU never ran. Seen in a CI-like run on 6.1: verity-nosleep (4 vCPUs
+    /// on a 2-core host), 26 s in multi_cpu_stop at 1 s into the boot, after the MTRR
+    /// warnings (MTRR updates stop the machine), before the scenario began.
+    StuckStoppingMachine,
 }
 
-impl std::fmt::Display for TcgPatching {
+impl std::fmt::Display for TcgHazard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TcgPatching::Int3Oops => write!(
+            TcgHazard::Int3Oops => write!(
                 f,
                 "the guest died of an int3 Oops (TCG running half-patched kernel code)"
             ),
-            TcgPatching::StuckPatchingText => write!(
+            TcgHazard::StuckPatchingText => write!(
                 f,
                 "the guest's kernel text patching never finished (soft lockup while patching \
                  kernel text: TCG did not let a vCPU acknowledge the patcher's IPI)"
+            ),
+            TcgHazard::StuckStoppingMachine => write!(
+                f,
+                "the guest's stop_machine never finished (soft lockup in multi_cpu_stop: TCG \
+                 did not run a vCPU to stop with the others)"
             ),
         }
     }
 }
 
-impl std::error::Error for TcgPatching {}
+impl std::error::Error for TcgHazard {}
 
-/// Boots, and boots again (at most twice more) only when the guest died of [`TcgPatching`].
+/// Boots, and boots again (at most twice more) only when the guest died of a [`TcgHazard`].
 /// Each failed attempt's console is kept beside the run as `console.attemptN.log`.
-pub fn boot_retrying_tcg_patching(
+pub fn boot_retrying_tcg_hazards(
     work: &Path,
     kernel: &str,
     extracted: &Path,
@@ -76,7 +87,7 @@ pub fn boot_retrying_tcg_patching(
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         match boot(work, kernel, extracted, initramfs, scenario) {
-            Err(e) if e.is::<TcgPatching>() && attempt < ATTEMPTS => {
+            Err(e) if e.is::<TcgHazard>() && attempt < ATTEMPTS => {
                 let console = work.join(format!("run-{kernel}-{scenario}/console.log"));
                 let kept = work.join(format!("console-{kernel}-{scenario}.attempt{attempt}.log"));
                 let _ = fs::rename(&console, &kept);
@@ -105,6 +116,7 @@ struct LockupWatch {
     in_report: bool,
     soft_lockup: Option<String>,
     patching: bool,
+    stopping: bool,
 }
 
 /// Frames of the kernel patching its own text, in the stuck CPU's stack: text_poke_bp_batch and
@@ -118,6 +130,9 @@ const PATCHING: [&str; 5] = [
     "bpf_trampoline_update",
 ];
 
+/// Frames of a CPU that stops the machine and waits for every other CPU to stop with it.
+const STOPPING: [&str; 2] = ["multi_cpu_stop", "stop_machine_cpuslocked"];
+
 impl LockupWatch {
     fn line(&mut self, line: &str) {
         self.int3_oops |= line.contains("Oops: int3");
@@ -128,16 +143,19 @@ impl LockupWatch {
             self.in_report = true;
         } else if self.in_report {
             self.patching |= PATCHING.iter().any(|frame| line.contains(frame));
+            self.stopping |= STOPPING.iter().any(|frame| line.contains(frame));
             self.in_report &= !line.contains("</TASK>");
         }
     }
 
     /// The hazard the guest died of, if it was one.
-    fn tcg_patching(&self) -> Option<TcgPatching> {
+    fn tcg_hazard(&self) -> Option<TcgHazard> {
         if self.int3_oops {
-            Some(TcgPatching::Int3Oops)
+            Some(TcgHazard::Int3Oops)
         } else if self.soft_lockup.is_some() && self.patching {
-            Some(TcgPatching::StuckPatchingText)
+            Some(TcgHazard::StuckPatchingText)
+        } else if self.soft_lockup.is_some() && self.stopping {
+            Some(TcgHazard::StuckStoppingMachine)
         } else {
             None
         }
@@ -175,7 +193,7 @@ fn boot(
     );
     let mut qemu = Command::new("qemu-system-x86_64")
         // Multi-threaded TCG, so the vCPUs really run in parallel and locks really contend
-        // (single-threaded TCG hides most of 6.1's mutex contention). Its cost: see TcgPatching.
+        // (single-threaded TCG hides most of 6.1's mutex contention). Its cost: see TcgHazard.
         .args([
             "-accel",
             "tcg",
@@ -263,7 +281,7 @@ fn boot(
             started.elapsed().as_secs_f64()
         ),
     );
-    if let Some(hazard) = lockups.tcg_patching() {
+    if let Some(hazard) = lockups.tcg_hazard() {
         return Err(hazard.into());
     }
     if let Some(lockup) = &lockups.soft_lockup {
@@ -343,17 +361,39 @@ mod tests {
     fn a_soft_lockup_while_patching_text_is_the_tcg_hazard() {
         let text_poke = watch(STUCK_IN_TEXT_POKE);
         assert!(matches!(
-            text_poke.tcg_patching(),
-            Some(TcgPatching::StuckPatchingText)
+            text_poke.tcg_hazard(),
+            Some(TcgHazard::StuckPatchingText)
         ));
         assert!(matches!(
-            watch(STUCK_IN_FTRACE_TRAMPOLINE).tcg_patching(),
-            Some(TcgPatching::StuckPatchingText)
+            watch(STUCK_IN_FTRACE_TRAMPOLINE).tcg_hazard(),
+            Some(TcgHazard::StuckPatchingText)
         ));
         assert_eq!(
             text_poke.soft_lockup.as_deref(),
             Some("[  544.808027] watchdog: BUG: soft lockup - CPU#1 stuck for 496s! [sh:131]")
         );
+    }
+
+    /// The console of 6.1 verity-nosleep that hung at boot in a CI-like run (trimmed): CPU 0's
+    /// stopper waits for the other vCPUs.
+    const STUCK_STOPPING_THE_MACHINE: &str = "\
+[   28.524146] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [migration/0:16]
+[   28.525101] Stopper: multi_cpu_stop+0x0/0x120 <- stop_machine_cpuslocked+0x16c/0x1b0
+[   28.527907] RIP: 0010:stop_machine_yield+0x2/0x10
+[   28.527907] Call Trace:
+[   28.527907]  <TASK>
+[   28.527907]  multi_cpu_stop+0x9d/0x120
+[   28.527907]  cpu_stopper_thread+0x93/0x140
+[   28.527907]  </TASK>
+[   28.527907] Kernel panic - not syncing: softlockup: hung tasks
+";
+
+    #[test]
+    fn a_soft_lockup_stopping_the_machine_is_the_tcg_hazard_too() {
+        assert!(matches!(
+            watch(STUCK_STOPPING_THE_MACHINE).tcg_hazard(),
+            Some(TcgHazard::StuckStoppingMachine)
+        ));
     }
 
     #[test]
@@ -370,17 +410,17 @@ mod tests {
 [  30.7]  text_poke_bp_batch+0xb7/0x300
 ";
         let watch = watch(console);
-        assert!(watch.tcg_patching().is_none());
+        assert!(watch.tcg_hazard().is_none());
         assert!(watch.soft_lockup.is_some());
     }
 
     #[test]
     fn an_int3_oops_is_the_tcg_hazard_and_a_clean_console_is_nothing() {
         assert!(matches!(
-            watch("[ 12.0] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI").tcg_patching(),
-            Some(TcgPatching::Int3Oops)
+            watch("[ 12.0] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI").tcg_hazard(),
+            Some(TcgHazard::Int3Oops)
         ));
         let clean = watch("BUFSCOPE-START scenario=thin-hotspot\nBUFSCOPE-DONE rc=0");
-        assert!(clean.tcg_patching().is_none() && clean.soft_lockup.is_none());
+        assert!(clean.tcg_hazard().is_none() && clean.soft_lockup.is_none());
     }
 }
