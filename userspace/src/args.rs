@@ -57,8 +57,10 @@ pub struct ModelArgs {
     /// scheduler's timing in every figure), `simulated` (the designs' code decides which locks
     /// each operation takes, a simulation in virtual time when: the same figures on every run),
     /// or `auto`: simulated where the designs take a recording kernel's calibrated costs in
-    /// memory (the fidelity bench: within 2x of the 6.1 kernels' waits on every sample, where
-    /// the real clock meets none), real otherwise (synthetic traces, --device, --timing host).
+    /// memory (the fidelity bench: within 2x of the 6.1 kernels' waits, p50 and p99 on every
+    /// sample, where the real clock meets none), real otherwise (synthetic traces, --device,
+    /// --timing host). In the live view, each window whose own operations calibrate the designs
+    /// runs simulated, the others on real threads.
     #[arg(long, value_enum, default_value_t = ClockArg::Auto)]
     pub clock: ClockArg,
 }
@@ -97,6 +99,15 @@ impl ModelArgs {
             return None;
         }
         calibrate(trace).filter(|c| mode.uses(c))
+    }
+
+    /// Whether the live view's windows that calibrate the designs from their own operations run
+    /// in virtual time: `--clock auto` in memory, with the kernel's costs.
+    pub fn simulates_calibrated_windows(&self) -> bool {
+        self.clock == ClockArg::Auto
+            && self.device.is_none()
+            && self.io_latency.is_none()
+            && self.timing != TimingArg::Host
     }
 
     /// How the designs run. `calibration`: from [`ModelArgs::calibration`] (without one the
@@ -548,5 +559,24 @@ mod tests {
         assert_eq!(clock(&["--device", "/dev/null"], true), ReplayClock::Real);
         assert_eq!(clock(&["--clock", "real"], true), ReplayClock::Real);
         assert_eq!(clock(&["--clock", "simulated"], false), simulated);
+
+        // The live view decides window by window: simulated where a window calibrates the
+        // designs, unless something here says real threads.
+        let live = |args: &[&str]| {
+            Model::try_parse_from([&["model"], args].concat())
+                .unwrap()
+                .model
+                .simulates_calibrated_windows()
+        };
+        assert!(live(&[]));
+        for real in [
+            &["--device", "/dev/null"][..],
+            &["--io-latency", "100us"],
+            &["--timing", "host"],
+            &["--clock", "real"],
+            &["--clock", "simulated"],
+        ] {
+            assert!(!live(real), "{real:?}");
+        }
     }
 }

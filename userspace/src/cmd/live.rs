@@ -185,6 +185,7 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
         metrics: options.metrics,
         shadow: options.model.options(None, Some(1.0), true, None),
         timing: options.model.timing.into(),
+        simulate_calibrated: options.model.simulates_calibrated_windows(),
         waits: options.names.filter(),
     };
     // The runtime first: the command's child process is watched through it.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
-use reference_cache::Design;
+use reference_cache::{Design, replay::ReplayClock};
 
 use super::{
     hist::Log2Hist,
@@ -22,7 +22,7 @@ use super::{
     shadow::{DesignResult, Window},
 };
 use bufscope_analyses::{
-    calibration::{TimingMode, calibrate_ops},
+    calibration::{Calibration, TimingMode, calibrate_ops},
     models::{step_of, streams_of},
     naming::{Names, thread_role},
 };
@@ -350,6 +350,9 @@ pub struct Comparison {
     /// view: `--timing`); `Host` leaves the shadow's options in charge (a replay, which set them
     /// from the whole file's calibration).
     pub window_timing: TimingMode,
+    /// Whether a window the designs take its own costs from replays in virtual time (the live
+    /// view's `--clock auto`); otherwise, and for the rest, the shadow's options decide.
+    pub simulate_calibrated: bool,
     names: Names,
     block_sizes: HashMap<u64, u32>,
     client_ops: HashMap<u64, u64>,
@@ -374,6 +377,7 @@ impl Comparison {
             kernel: Log2Hist::default(),
             designs: designs.iter().map(|d| DesignColumn::new(*d)).collect(),
             window_timing: TimingMode::Host,
+            simulate_calibrated: false,
             names: Names::default(),
             block_sizes: HashMap::new(),
             client_ops: HashMap::new(),
@@ -479,10 +483,17 @@ impl Comparison {
         if self.designs.is_empty() || ops.is_empty() {
             return None;
         }
-        let timing = (self.window_timing != TimingMode::Host)
+        let calibration = (self.window_timing != TimingMode::Host)
             .then(|| calibrate_ops(client, &self.device, &ops))
-            .filter(|c| self.window_timing.uses(c))
-            .map(|c| c.timing());
+            .filter(|c| self.window_timing.uses(c));
+        let timing = calibration.as_ref().map(Calibration::timing);
+        // A miss's read takes what the window's took, in virtual time.
+        let clock =
+            calibration
+                .filter(|_| self.simulate_calibrated)
+                .map(|c| ReplayClock::Simulated {
+                    io_ns: c.read_io().map_or(0, |io| io.as_nanos() as u64),
+                });
         let streams = streams_of(ops.iter(), start.unwrap_or(0));
         let id = self.next_id;
         self.next_id += 1;
@@ -502,6 +513,7 @@ impl Comparison {
             streams,
             speed: None,
             timing,
+            clock,
         })
     }
 
@@ -1154,6 +1166,24 @@ mod tests {
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
         assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+    }
+
+    #[test]
+    fn a_window_calibrated_from_its_own_operations_runs_in_virtual_time_where_asked() {
+        let window = |timing, simulate, hold_ns| {
+            let mut m = compared(timing);
+            m.comparison.simulate_calibrated = simulate;
+            read_hits(&mut m, hold_ns);
+            m.tick(1.0, LockSort::Total, "").unwrap()
+        };
+        // No misses in the window: reads take no time in the simulation.
+        let simulated = Some(ReplayClock::Simulated { io_ns: 0 });
+        assert_eq!(window(TimingMode::Auto, true, 2_000).clock, simulated);
+        assert_eq!(window(TimingMode::Auto, false, 2_000).clock, None);
+        // Not calibrated (no holds, auto timing): the shadow's options, on real threads.
+        let uncalibrated = window(TimingMode::Auto, true, 0);
+        assert_eq!((uncalibrated.timing, uncalibrated.clock), (None, None));
+        assert_eq!(window(TimingMode::Host, true, 2_000).clock, None);
     }
 
     /// With `--owner-stacks`, a holder is listed once per thing it was doing, named from its

@@ -196,8 +196,10 @@ pub struct LiveSettings {
     pub record: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub shadow: ModelOptions,
-    /// Whether each window's designs run at the costs that window's operations measured.
+    /// Whether each window's designs run at the costs that window's operations measured...
     pub timing: TimingMode,
+    /// ...and whether those that do run in virtual time.
+    pub simulate_calibrated: bool,
     /// The lock waits shown and recorded (`--lock`, `--stack`).
     pub waits: WaitFilter,
 }
@@ -262,6 +264,7 @@ pub async fn run_live(
         &settings.designs,
     );
     model.comparison.window_timing = settings.timing;
+    model.comparison.simulate_calibrated = settings.simulate_calibrated;
     if let Some(sample) = &sample {
         for m in &sample.trace.metadata {
             model.comparison.add_metadata(m);

@@ -19,7 +19,7 @@ use std::{
 
 use reference_cache::{
     BufferCache, Design,
-    replay::{ReplayOptions, Stream, replay},
+    replay::{ReplayClock, ReplayOptions, Stream, replay},
     timing::Timing,
 };
 
@@ -45,6 +45,10 @@ pub struct Window {
     /// What the designs' steps cost (the window's own calibration); `None`: the shadow's
     /// options decide.
     pub timing: Option<Timing>,
+    /// Whose clock the window runs on (virtual time for a window calibrated from its own
+    /// operations, whose misses then read in the given time); `None`: the shadow's options
+    /// decide. The designs' caches answer at once either way (no `--device` then).
+    pub clock: Option<ReplayClock>,
 }
 
 /// What one design measured on one window.
@@ -183,6 +187,7 @@ fn run_worker(
                     log: true,
                     speed: window.speed.or(replay_options.speed),
                     timing: window.timing.unwrap_or(replay_options.timing),
+                    clock: window.clock.unwrap_or(replay_options.clock),
                     ..replay_options
                 },
             )
@@ -251,7 +256,56 @@ mod tests {
             streams,
             speed: None,
             timing: None,
+            clock: None,
         }
+    }
+
+    /// The designs' results on `window`, from a shadow of its own.
+    fn results_of(designs: &[Design], window: Window) -> Vec<DesignResult> {
+        let options = ModelOptions {
+            backing: Backing::Memory,
+            capacity: 1024,
+            cpus: Some(4),
+            replay: ReplayOptions::default(),
+        };
+        let shadow = Shadow::start(designs, &options).unwrap();
+        assert!(shadow.submit(window), "a first window always fits");
+        let mut results = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while results.len() < designs.len() && Instant::now() < deadline {
+            results.extend(shadow.results());
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(results.len(), designs.len(), "every design reported");
+        results.sort_by_key(|r| r.design);
+        results
+    }
+
+    #[test]
+    fn a_window_on_the_simulated_clock_gives_the_same_waits_every_time() {
+        // Each read hit holding classic's mutex 2 µs, every thread due every 10 ns: they queue.
+        let timing = Timing::kernel(
+            [reference_cache::timing::StepCost {
+                hit_hold_ns: 2_000,
+                miss_hold_ns: 2_000,
+                outside_ns: 0,
+                contended_ns: 500,
+            }; Step::KINDS],
+        );
+        let window = || Window {
+            timing: Some(timing),
+            clock: Some(ReplayClock::Simulated { io_ns: 0 }),
+            ..hot_window(0)
+        };
+        let (first, again) = (
+            results_of(&[Design::Classic], window()),
+            results_of(&[Design::Classic], window()),
+        );
+        assert_eq!(first[0].steps, 8 * 4_000);
+        assert_eq!(first[0].waits, again[0].waits, "the same figures every run");
+        // Eight threads due at once on one mutex held 2 µs a step: every acquisition but the
+        // first of each turn waits; a run on threads, at host speed, waits far less.
+        assert!(first[0].waits.count > 8 * 4_000 / 2, "{:?}", first[0].waits);
     }
 
     #[test]

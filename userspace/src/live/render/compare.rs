@@ -139,8 +139,13 @@ pub(super) fn draw_compare(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui
     }
     notes.push(Line::styled(
         format!(
-            "{}'s dm-bufio lock waits; designs replay each window as recorded, one behind{}",
+            "{}'s dm-bufio lock waits; designs replay each window as recorded, one behind{}{}",
             c.device,
+            if c.simulate_calibrated {
+                ", in virtual time at the costs it measured"
+            } else {
+                ""
+            },
             if c.skipped > 0 {
                 format!("; {} windows skipped (designs busy)", thousands(c.skipped))
             } else {
