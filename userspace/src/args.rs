@@ -540,7 +540,7 @@ mod tests {
                 .unwrap()
                 .model;
             let calibration = calibrated.then(|| {
-                let mut ops = bufscope_analyses::calibration::calibrate_ops(1, "7:0", &[]);
+                let mut ops = bufscope_analyses::calibration::calibrate_ops(1, "7:0", &[], &[]);
                 ops.holds_measured = true;
                 ops
             });

@@ -422,7 +422,7 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
     );
     let (contended_waits, contended_p1_ns) =
         contended_cost(waits.values().flatten().map(|&(_, wait)| wait).collect());
-    let handoffs = handoffs(trace, client, ops.clone());
+    let handoffs = handoffs(ops.clone(), client_mutex_waits(trace, client));
     let handoff = MutexHandoff::from_handoffs(handoffs.clone());
     Some(Calibration {
         client,
@@ -445,8 +445,17 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
 /// the live view): each operation's own client-mutex wait field is what it waited. On 6.4+
 /// kernels that leaves out the rare tree-lock waits, which a trace's calibration subtracts. No
 /// hold check: the window only sets the designs' timing, and the check costs a sort per window.
-pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration {
+/// `mutex_waits`, the client-mutex waits made inside operations (start, length), time the
+/// mutex's handoffs.
+pub fn calibrate_ops(
+    client: u64,
+    device: &str,
+    ops: &[BufioOp],
+    mutex_waits: &[(u64, u64)],
+) -> Calibration {
     let ops = ops.iter().filter(|o| o.client == client);
+    let handoffs = handoffs(ops.clone(), mutex_waits.iter().copied());
+    let handoff = MutexHandoff::from_handoffs(handoffs.clone());
     let (steps, holds_measured) = step_costs(ops.clone().map(|op| (op, op.lock_wait_ns)));
     // Without the waits themselves, each operation's client-mutex wait (mostly one wait).
     let (contended_waits, contended_p1_ns) = contended_cost(
@@ -464,11 +473,11 @@ pub fn calibrate_ops(client: u64, device: &str, ops: &[BufioOp]) -> Calibration 
         timeline: None,
         contended_waits,
         contended_p1_ns,
-        handoffs: 0,
-        handoff: None,
-        handoff_p50_ns: 0,
-        handoff_p99_ns: 0,
-        spin_share: 0.0,
+        handoffs: handoffs.len() as u64,
+        handoff_p50_ns: handoff.map_or(0, |h| h.quantile_ns(0.5)),
+        handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
+        spin_share: handoff.map_or(0.0, |h| h.spin_share()),
+        handoff,
     }
 }
 
@@ -565,22 +574,12 @@ fn bufio_waits_by_tid(trace: &TraceData, client: u64) -> HashMap<u32, Vec<(u64, 
     by_tid
 }
 
-/// The client mutex's handoffs by the lock stamps: for each wait on it inside an operation during
-/// which an operation let it go, the time from the last such release to the wait's end.
-fn handoffs<'a>(
-    trace: &TraceData,
-    client: u64,
-    ops: impl Iterator<Item = &'a BufioOp>,
-) -> Vec<u64> {
-    let mut releases: Vec<u64> = ops
-        .filter(|op| op.lock_stamped())
-        .map(|op| op.lock_release_ns)
-        .collect();
-    releases.sort_unstable();
+/// The client's mutex waits made inside its operations: (start, length).
+fn client_mutex_waits(trace: &TraceData, client: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
     trace
         .waits
         .iter()
-        .filter(|w| {
+        .filter(move |w| {
             w.op.is_some()
                 && w.op_client == client
                 && matches!(
@@ -588,10 +587,26 @@ fn handoffs<'a>(
                     Some((_, ClientLock::Mutex))
                 )
         })
-        .filter_map(|w| {
-            let end = w.start_ns.saturating_add(w.wait_ns);
+        .map(|w| (w.start_ns, w.wait_ns))
+}
+
+/// The client mutex's handoffs by the lock stamps of `ops`: for each of `mutex_waits` (start,
+/// length) during which an operation let the mutex go, the time from the last such release to
+/// the wait's end.
+fn handoffs<'a>(
+    ops: impl Iterator<Item = &'a BufioOp>,
+    mutex_waits: impl Iterator<Item = (u64, u64)>,
+) -> Vec<u64> {
+    let mut releases: Vec<u64> = ops
+        .filter(|op| op.lock_stamped())
+        .map(|op| op.lock_release_ns)
+        .collect();
+    releases.sort_unstable();
+    mutex_waits
+        .filter_map(|(start, wait)| {
+            let end = start.saturating_add(wait);
             let last = releases[..releases.partition_point(|&r| r <= end)].last()?;
-            (*last >= w.start_ns).then(|| end - last)
+            (*last >= start).then(|| end - last)
         })
         .collect()
 }
@@ -786,7 +801,10 @@ mod tests {
             wait(9, 5_000, 8_000, MUTEX, None),
         ]);
         let ops = t.ops.clone();
-        assert_eq!(handoffs(&t, CLIENT, ops.iter()), [1_000, 1_500]);
+        assert_eq!(
+            handoffs(ops.iter(), client_mutex_waits(&t, CLIENT)),
+            [1_000, 1_500]
+        );
         let c = calibrate(&t).expect("operations");
         assert_eq!(c.handoffs, 2);
         assert_eq!(c.handoff, None, "too few to draw from");

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bufscope_abi::LockFlags;
-use bufscope_trace::{BufioOp, LockOwner, LockWait, Metadata, OpKind, OpResult};
+use bufscope_trace::{BufioOp, ClientLock, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
 use reference_cache::{Design, replay::ReplayClock};
 
@@ -359,6 +359,9 @@ pub struct Comparison {
     window_start: Option<u64>,
     window_ops: HashMap<u64, Vec<BufioOp>>,
     window_waits: HashMap<u64, Log2Hist>,
+    /// The window's waits on each client's mutex inside its operations (start, length), which
+    /// time the mutex's handoffs.
+    window_mutex_waits: HashMap<u64, Vec<(u64, u64)>>,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
 }
@@ -384,6 +387,7 @@ impl Comparison {
             window_start: None,
             window_ops: HashMap::new(),
             window_waits: HashMap::new(),
+            window_mutex_waits: HashMap::new(),
             next_id: 0,
             pending: BTreeMap::new(),
         }
@@ -414,6 +418,7 @@ impl Comparison {
         self.window_start = None;
         self.window_ops.clear();
         self.window_waits.clear();
+        self.window_mutex_waits.clear();
     }
 
     /// Compares `client` from the next window on (columns start over).
@@ -444,21 +449,36 @@ impl Comparison {
     }
 
     /// An event of a trace played back (the bundled sample).
+    /// Takes a played event. At a loop of the playback, the window gathered so far is dropped:
+    /// its operations from the trace's end and from its start would replay as one burst (all
+    /// due at once, the later ones timed before the window's start), where the designs' waits
+    /// came to 3x the kernel's with 3-s windows on the bundled sample.
     pub fn add_played(&mut self, e: Played) {
         match e {
             Played::Wait(w) => self.add_wait(w),
             Played::Op(o) => self.add_op(o),
+            Played::Rewound => self.discard_window(),
         }
     }
 
     /// Counts a kernel wait if it is on a dm-bufio client's lock inside that client's
-    /// operation.
+    /// operation, and keeps it if that lock is the client's mutex.
     pub fn add_wait(&mut self, w: &LockWait) {
-        if w.op.is_some() && self.names.bufio_lock(w.lock_addr).is_some() {
-            self.window_waits
+        if w.op.is_none() {
+            return;
+        }
+        let Some((_, lock)) = self.names.bufio_lock(w.lock_addr) else {
+            return;
+        };
+        self.window_waits
+            .entry(w.op_client)
+            .or_default()
+            .add(w.wait_ns);
+        if lock == ClientLock::Mutex {
+            self.window_mutex_waits
                 .entry(w.op_client)
                 .or_default()
-                .add(w.wait_ns);
+                .push((w.start_ns, w.wait_ns));
         }
     }
 
@@ -468,6 +488,7 @@ impl Comparison {
         let start = self.window_start.take();
         let mut ops = std::mem::take(&mut self.window_ops);
         let mut waits = std::mem::take(&mut self.window_waits);
+        let mut mutex_waits = std::mem::take(&mut self.window_mutex_waits);
         let client = self.chosen.or_else(|| {
             self.client_ops
                 .iter()
@@ -484,7 +505,10 @@ impl Comparison {
             return None;
         }
         let calibration = (self.window_timing != TimingMode::Host)
-            .then(|| calibrate_ops(client, &self.device, &ops))
+            .then(|| {
+                let mutex_waits = mutex_waits.remove(&client).unwrap_or_default();
+                calibrate_ops(client, &self.device, &ops, &mutex_waits)
+            })
             .filter(|c| self.window_timing.uses(c));
         let timing = calibration.as_ref().map(Calibration::timing);
         // A miss's read takes what the window's took, in virtual time.
@@ -759,6 +783,7 @@ impl Model {
         match e {
             Played::Wait(w) => self.add_wait(w),
             Played::Op(o) => self.add_op(o),
+            Played::Rewound => self.comparison.discard_window(),
         }
     }
 
@@ -1166,6 +1191,82 @@ mod tests {
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
         assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+    }
+
+    #[test]
+    fn a_loop_of_the_played_sample_drops_the_window_it_cuts_through() {
+        let mut m = compared(TimingMode::Auto);
+        read_hits(&mut m, 2_000);
+        m.add_played(Played::Rewound);
+        assert!(
+            m.tick(1.0, LockSort::Total, "").is_none(),
+            "nothing left to replay"
+        );
+        read_hits(&mut m, 2_000);
+        let window = m
+            .tick(1.0, LockSort::Total, "")
+            .expect("the next window replays");
+        assert_eq!(
+            window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
+            10
+        );
+    }
+
+    #[test]
+    fn a_window_times_its_client_mutex_s_handoffs_from_its_own_waits_and_stamps() {
+        use bufscope_trace::ClientLocks;
+        const CLIENT: u64 = 7;
+        const MUTEX: u64 = CLIENT + 0x40;
+        let mut m = compared(TimingMode::Auto);
+        m.add_metadata(&Metadata::Client {
+            addr: CLIENT,
+            device: "7:0".into(),
+            block_size: 4096,
+            locks: Some(ClientLocks {
+                mutex: MUTEX,
+                ..Default::default()
+            }),
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        // 150 read hits 10 µs apart, each holding the mutex 2 µs up to its release at +3 µs;
+        // each of another thread's waits spans one release and ends 1 µs after it.
+        for i in 0..150u64 {
+            let start_ns = 1_000 + i * 10_000;
+            m.add_op(&BufioOp {
+                start_ns,
+                duration_ns: 5_000,
+                lock_hold_ns: 2_000,
+                lock_attempt_ns: start_ns + 1_000,
+                lock_release_ns: start_ns + 3_000,
+                client: CLIENT,
+                block: i,
+                tid: 1,
+                tgid: 1,
+                kind: OpKind::Read,
+                result: OpResult::Hit,
+                ..BufioOp::default()
+            });
+            m.add_wait(&LockWait {
+                start_ns: start_ns + 2_000,
+                wait_ns: 2_000,
+                lock_addr: MUTEX,
+                tid: 2,
+                tgid: 1,
+                op: Some(OpKind::Get),
+                op_client: CLIENT,
+                ..LockWait::default()
+            });
+        }
+        let window = m.tick(1.0, LockSort::Total, "").unwrap();
+        let handoff = *window
+            .timing
+            .unwrap()
+            .handoff()
+            .expect("150 handoffs timed");
+        assert_eq!(handoff.quantile_ns(0.5), 1_000);
+        // All alike, so all as fast as the fastest: spinners'.
+        assert_eq!(handoff.spins_per_1000, 1_000);
     }
 
     #[test]

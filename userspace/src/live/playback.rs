@@ -13,6 +13,9 @@ use bufscope_analyses::tracedata::TraceData;
 pub enum Played<'a> {
     Wait(&'a LockWait),
     Op(&'a BufioOp),
+    /// A looping playback went back to the trace's start: the events after this begin earlier
+    /// than those before it.
+    Rewound,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,7 @@ impl Playback {
                     break;
                 }
                 self.rewind();
+                take(Played::Rewound);
             }
         }
         covered as f64 / 1e9
@@ -168,6 +172,7 @@ mod tests {
             counts.set(match e {
                 Played::Wait(_) => (w + 1, o),
                 Played::Op(_) => (w, o + 1),
+                Played::Rewound => panic!("a playback that does not loop never rewinds"),
             });
         };
         // 100 ms of wall time at 2x: the first 200 ms of the trace, waits at 0, 100 ms.
@@ -183,6 +188,7 @@ mod tests {
         let backward = p.seek(1_550_000_000, |e| match e {
             Played::Wait(_) => w2 += 1,
             Played::Op(_) => o2 += 1,
+            Played::Rewound => panic!("a seek's taker was reset: no rewind is handed over"),
         });
         assert!(backward);
         assert_eq!(
@@ -192,9 +198,13 @@ mod tests {
         );
 
         let mut looping = Playback::new(trace(), 1.0, true).unwrap();
-        let mut n = 0;
-        let _ = looping.advance(Duration::from_millis(2_000), |_| n += 1);
+        let (mut n, mut rewinds) = (0, 0);
+        let _ = looping.advance(Duration::from_millis(2_000), |e| match e {
+            Played::Rewound => rewinds += 1,
+            _ => n += 1,
+        });
         assert_eq!(looping.loops, 2, "0.9 s of trace: twice round in 2 s");
+        assert_eq!(rewinds, 2, "each loop says so");
         assert!(looping.playing);
         assert!(n > 22);
     }
