@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use bufscope_trace::{BufioOp, ClientLock, OpKind, OpResult};
+use bufscope_trace::{BufioOp, ClientLock, Metadata, OpKind, OpResult};
 use reference_cache::{
     replay::Step,
     timing::{MutexHandoff, StepCost as SectionCost, Timing},
@@ -84,6 +84,27 @@ pub struct Calibration {
     pub handoff_p99_ns: u64,
     /// ...and the share of contended acquisitions taken as the holder let go (spinning).
     pub spin_share: f64,
+    /// Where operations of one kind and outcome held the mutex both after a wait and without
+    /// one (at least [`MIN_CONTENDED_WAITS`] of each), their p50 holds side by side...
+    pub hold_after_wait: Vec<HoldAfterWait>,
+    /// ...and the mean run of the probes' contention_end program in this recording, which runs
+    /// with the lock just taken: part of that difference is the probes' own (0 where unknown).
+    pub end_probe_ns: u64,
+}
+
+/// The client-mutex hold of one kind and outcome of operation, p50, without a wait and after
+/// one. After a wait the hold also takes what follows the acquisition in the kernel's slow path,
+/// the contention_end tracepoint with the probes' program included (6.1 thin-hotspot under TCG,
+/// samples of 2026-11-29: get hits 1.31 µs uncontended, 5.37 µs after a wait, with
+/// contention_end's program at 4.24 µs a run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HoldAfterWait {
+    pub op: &'static str,
+    pub result: &'static str,
+    pub uncontended_p50_ns: u64,
+    pub after_wait_p50_ns: u64,
+    /// The operations that held it after a wait.
+    pub waited: u64,
 }
 
 /// Fewer waits than this say nothing of the shortest 1 %.
@@ -349,6 +370,36 @@ impl Calibration {
                 handoff.spin_share() * 100.0
             );
         }
+        if !self.hold_after_wait.is_empty() {
+            let rows: Vec<String> = self
+                .hold_after_wait
+                .iter()
+                .map(|h| {
+                    let what = match h.result {
+                        "-" => h.op.to_string(),
+                        result => format!("{} {result}", h.op),
+                    };
+                    format!(
+                        "{what} {} -> {}",
+                        duration_ns(h.uncontended_p50_ns),
+                        duration_ns(h.after_wait_p50_ns)
+                    )
+                })
+                .collect();
+            out += &format!(
+                "the mutex is held longer after a wait than without one (p50): {}{}\n",
+                rows.join(", "),
+                if self.end_probe_ns > 0 {
+                    format!(
+                        "; the probes' contention_end program, which runs with the lock just \
+                         taken, took {} a run in this recording",
+                        duration_ns(self.end_probe_ns)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         if self.contended_p1_ns > 0 {
             out += &format!(
                 "a contended acquisition costs at least {} (the shortest 1 % of the client's {} \
@@ -424,6 +475,10 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         contended_cost(waits.values().flatten().map(|&(_, wait)| wait).collect());
     let handoffs = handoffs(ops.clone(), client_mutex_waits(trace, client));
     let handoff = MutexHandoff::from_handoffs(handoffs.clone());
+    let hold_after_wait = hold_after_wait(
+        ops.clone()
+            .map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op)))),
+    );
     Some(Calibration {
         client,
         device: input.device,
@@ -438,6 +493,8 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
         spin_share: handoff.map_or(0.0, |h| h.spin_share()),
         handoff,
+        hold_after_wait,
+        end_probe_ns: end_probe_ns(trace),
     })
 }
 
@@ -478,7 +535,48 @@ pub fn calibrate_ops(
         handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
         spin_share: handoff.map_or(0.0, |h| h.spin_share()),
         handoff,
+        hold_after_wait: Vec::new(),
+        end_probe_ns: 0,
     }
+}
+
+/// Per operation kind and outcome with enough of both, the p50 client-mutex hold without a wait
+/// and after one, of `ops` (each with what it waited on the client's locks inside it).
+fn hold_after_wait<'a>(ops: impl Iterator<Item = (&'a BufioOp, u64)>) -> Vec<HoldAfterWait> {
+    let mut groups: BTreeMap<(OpKind, u8), (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+    for (op, waited) in ops.filter(|(op, _)| op.lock_hold_ns > 0) {
+        let (alone, after) = groups.entry((op.kind, op.result as u8)).or_default();
+        if waited > 0 { after } else { alone }.push(op.lock_hold_ns);
+    }
+    let enough = MIN_CONTENDED_WAITS as usize;
+    groups
+        .into_iter()
+        .filter(|(_, (alone, after))| alone.len() >= enough && after.len() >= enough)
+        .map(|((kind, result), (mut alone, mut after))| HoldAfterWait {
+            op: op_name(kind),
+            result: result_name(OpResult::from_u8(result).unwrap_or_default()),
+            uncontended_p50_ns: median(&mut alone),
+            after_wait_p50_ns: median(&mut after),
+            waited: after.len() as u64,
+        })
+        .collect()
+}
+
+/// The mean run of the probes' contention_end program over the recording (0 where the trace
+/// does not say).
+fn end_probe_ns(trace: &TraceData) -> u64 {
+    trace
+        .metadata
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Metadata::Probes { programs, .. } => programs
+                .iter()
+                .find(|p| p.program.starts_with("contention_end") && p.run_count > 0)
+                .map(|p| p.run_time_ns / p.run_count),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Per operation kind and outcome, the costs of `ops` (each with what it waited on the client's
@@ -766,6 +864,69 @@ mod tests {
     }
 
     #[test]
+    fn holds_after_a_wait_are_set_beside_uncontended_ones_with_the_end_probe_s_cost() {
+        let mut t = trace();
+        for i in 0..MIN_CONTENDED_WAITS {
+            // Read hits held 1 µs without a wait, 3 µs after one (in their own field or as a
+            // recorded wait inside them); releases too few to compare.
+            t.ops.push(op(
+                1,
+                i * 100_000,
+                OpKind::Read,
+                OpResult::Hit,
+                5_000,
+                1_000,
+            ));
+            let mut waited = op(2, i * 100_000, OpKind::Read, OpResult::Hit, 9_000, 3_000);
+            if i % 2 == 0 {
+                waited.lock_wait_ns = 4_000;
+            } else {
+                t.waits.push(LockWait {
+                    start_ns: waited.start_ns + 500,
+                    wait_ns: 4_000,
+                    lock_addr: MUTEX,
+                    tid: 2,
+                    tgid: 1,
+                    op: Some(OpKind::Read),
+                    op_client: CLIENT,
+                    ..LockWait::default()
+                });
+            }
+            t.ops.push(waited);
+        }
+        t.ops
+            .push(op(3, 1_000, OpKind::Release, OpResult::None, 2_000, 1_000));
+        t.add_metadata(Metadata::Probes {
+            bufio_design: None,
+            missing: Default::default(),
+            programs: vec![bufscope_trace::ProgramRun {
+                program: "contention_end_btf".into(),
+                run_count: 10,
+                run_time_ns: 42_400,
+                recursion_misses: 0,
+            }],
+        });
+        let c = calibrate(&t).expect("operations");
+        assert_eq!(
+            c.hold_after_wait,
+            [HoldAfterWait {
+                op: "read",
+                result: "hit",
+                uncontended_p50_ns: 1_000,
+                after_wait_p50_ns: 3_000,
+                waited: MIN_CONTENDED_WAITS,
+            }]
+        );
+        assert_eq!(c.end_probe_ns, 4_240);
+        assert!(
+            c.table().contains("read hit 1.00 us -> 3.00 us")
+                && c.table().contains("took 4.24 us a run"),
+            "{}",
+            c.table()
+        );
+    }
+
+    #[test]
     fn handoffs_are_timed_from_the_last_release_inside_each_client_mutex_wait() {
         let mut t = trace();
         let stamped = |tid, start_ns, released_ns| BufioOp {
@@ -832,6 +993,8 @@ mod tests {
             handoff_p50_ns: 0,
             handoff_p99_ns: 0,
             spin_share: 0.0,
+            hold_after_wait: Vec::new(),
+            end_probe_ns: 0,
         };
         let timing = c.timing();
         let read = timing.cost(Step::Read);
