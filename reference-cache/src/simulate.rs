@@ -776,19 +776,15 @@ mod tests {
     }
 
     /// Three threads creating a block each on classic (10 µs holds, 500 ns per contended
-    /// acquisition) at 0, 4 and 11 µs, the client mutex run as the kernel's with every handoff
-    /// taking 3 µs and `spins_per_1000` of the waiters spinning: each thread's (start, wait).
-    fn kernel_mutex_waits(spins_per_1000: u16) -> Vec<(u32, u64, u64)> {
+    /// acquisition) at 0, 4 and 11 µs, the client mutex run with `handoff`: each thread's
+    /// (start, wait).
+    fn three_threads_waits(handoff: Option<MutexHandoff>) -> Vec<(u32, u64, u64)> {
         let streams = vec![
             stream(1, &[(0, 1, Step::New), (1_000_000, 1, Step::Release)]),
             stream(2, &[(4_000, 2, Step::New), (2_000_000, 2, Step::Release)]),
             stream(3, &[(11_000, 3, Step::New), (3_000_000, 3, Step::Release)]),
         ];
-        let handoff = MutexHandoff {
-            spins_per_1000,
-            latency_ns: [3_000; crate::timing::HANDOFF_POINTS],
-        };
-        let timing = timing(10_000, 500).with_handoff(Some(handoff));
+        let timing = timing(10_000, 500).with_handoff(handoff);
         let result = simulated(Design::Classic, streams, timing, 0);
         let mut waits: Vec<_> = result
             .log
@@ -799,6 +795,15 @@ mod tests {
             .collect();
         waits.sort_unstable();
         waits
+    }
+
+    /// The same, the client mutex run as the kernel's with every handoff taking 3 µs and
+    /// `spins_per_1000` of the waiters spinning.
+    fn kernel_mutex_waits(spins_per_1000: u16) -> Vec<(u32, u64, u64)> {
+        three_threads_waits(Some(MutexHandoff {
+            spins_per_1000,
+            latency_ns: [3_000; crate::timing::HANDOFF_POINTS],
+        }))
     }
 
     #[test]
@@ -812,21 +817,10 @@ mod tests {
             [(2, 4_000, 20_500), (3, 11_000, 500)]
         );
         // First come, first served instead: thread 2 at 10.5 µs, thread 3 behind it.
-        let streams = vec![
-            stream(1, &[(0, 1, Step::New), (1_000_000, 1, Step::Release)]),
-            stream(2, &[(4_000, 2, Step::New), (2_000_000, 2, Step::Release)]),
-            stream(3, &[(11_000, 3, Step::New), (3_000_000, 3, Step::Release)]),
-        ];
-        let result = simulated(Design::Classic, streams, timing(10_000, 500), 0);
-        let mut waits: Vec<_> = result
-            .log
-            .expect("logged")
-            .waits
-            .iter()
-            .map(|w| (w.tid, w.start_ns, w.wait_ns))
-            .collect();
-        waits.sort_unstable();
-        assert_eq!(waits, [(2, 4_000, 6_500), (3, 11_000, 10_000)]);
+        assert_eq!(
+            three_threads_waits(None),
+            [(2, 4_000, 6_500), (3, 11_000, 10_000)]
+        );
     }
 
     #[test]

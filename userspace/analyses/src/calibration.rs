@@ -73,23 +73,49 @@ pub struct Calibration {
     pub contended_waits: u64,
     /// ...and that cost: the shortest 1 % of those waits (0 under [`MIN_CONTENDED_WAITS`]).
     pub contended_p1_ns: u64,
-    /// Client-mutex waits during which a holder let the mutex go (the handoffs timed)...
-    pub handoffs: u64,
-    /// ...their spread, where there are enough of them ([`MutexHandoff::MIN_HANDOFFS`]): the
-    /// simulated clock then runs the client mutex as the kernel's...
-    #[serde(skip)]
-    pub handoff: Option<MutexHandoff>,
-    /// ...its p50 and p99 (0 without it)...
-    pub handoff_p50_ns: u64,
-    pub handoff_p99_ns: u64,
-    /// ...and the share of contended acquisitions taken as the holder let go (spinning).
-    pub spin_share: f64,
+    /// How the client mutex passed from holders to waiters, by the lock stamps.
+    #[serde(flatten)]
+    pub handoffs: Handoffs,
     /// Where operations of one kind and outcome held the mutex both after a wait and without
     /// one (at least [`MIN_CONTENDED_WAITS`] of each), their p50 holds side by side...
     pub hold_after_wait: Vec<HoldAfterWait>,
     /// ...and the mean run of the probes' contention_end program in this recording, which runs
     /// with the lock just taken: part of that difference is the probes' own (0 where unknown).
     pub end_probe_ns: u64,
+}
+
+/// The client mutex's handoffs a calibration timed, and what they say.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Handoffs {
+    /// Client-mutex waits during which a holder let the mutex go (the handoffs timed)...
+    #[serde(rename = "handoffs")]
+    pub count: u64,
+    /// ...their spread, where there are enough of them ([`MutexHandoff::MIN_HANDOFFS`]): the
+    /// simulated clock then runs the client mutex as the kernel's...
+    #[serde(skip)]
+    pub drawn: Option<MutexHandoff>,
+    /// ...its p50 and p99 (0 without it)...
+    #[serde(rename = "handoff_p50_ns")]
+    pub p50_ns: u64,
+    #[serde(rename = "handoff_p99_ns")]
+    pub p99_ns: u64,
+    /// ...and the share of contended acquisitions taken as the holder let go (spinning).
+    pub spin_share: f64,
+}
+
+impl Handoffs {
+    /// From the handoffs timed (ns, in any order).
+    fn of(handoffs: Vec<u64>) -> Self {
+        let count = handoffs.len() as u64;
+        let drawn = MutexHandoff::from_handoffs(handoffs);
+        Self {
+            count,
+            drawn,
+            p50_ns: drawn.map_or(0, |h| h.quantile_ns(0.5)),
+            p99_ns: drawn.map_or(0, |h| h.quantile_ns(0.99)),
+            spin_share: drawn.map_or(0.0, |h| h.spin_share()),
+        }
+    }
 }
 
 /// The client-mutex hold of one kind and outcome of operation, p50, without a wait and after
@@ -314,7 +340,7 @@ impl Calibration {
             }
             cost.contended_ns = self.contended_p1_ns;
         }
-        Timing::kernel(costs).with_handoff(self.handoff)
+        Timing::kernel(costs).with_handoff(self.handoffs.drawn)
     }
 
     /// The table `report --calibration` prints (and `replay`/`compare --timing kernel` before
@@ -359,14 +385,14 @@ impl Calibration {
                 },
             ]);
         }
-        if let Some(handoff) = &self.handoff {
+        if let Some(handoff) = &self.handoffs.drawn {
             out += &format!(
                 "the client mutex passed to a waiter in {} at p50, {} at p99 after its holder let \
                  go ({} handoffs in the lock stamps), {:.0} % of them as fast as a spinner's; the \
                  simulated clock runs the mutex as the kernel's, with handoffs drawn from these\n",
                 duration_ns(handoff.quantile_ns(0.5)),
                 duration_ns(handoff.quantile_ns(0.99)),
-                thousands(self.handoffs),
+                thousands(self.handoffs.count),
                 handoff.spin_share() * 100.0
             );
         }
@@ -467,18 +493,13 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
     let client = input.client;
     let waits = bufio_waits_by_tid(trace, client);
     let ops = trace.ops.iter().filter(|o| o.client == client);
-    let (steps, holds_measured) = step_costs(
-        ops.clone()
-            .map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op)))),
-    );
+    let waited: Vec<(&BufioOp, u64)> = ops
+        .clone()
+        .map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op))))
+        .collect();
+    let (steps, holds_measured) = step_costs(waited.iter().copied());
     let (contended_waits, contended_p1_ns) =
         contended_cost(waits.values().flatten().map(|&(_, wait)| wait).collect());
-    let handoffs = handoffs(ops.clone(), client_mutex_waits(trace, client));
-    let handoff = MutexHandoff::from_handoffs(handoffs.clone());
-    let hold_after_wait = hold_after_wait(
-        ops.clone()
-            .map(|op| (op, op.lock_wait_ns.max(waited_inside(&waits, op)))),
-    );
     Some(Calibration {
         client,
         device: input.device,
@@ -488,12 +509,11 @@ pub fn calibrate(trace: &TraceData) -> Option<Calibration> {
         timeline: Some(TimelineCheck::of(ops)),
         contended_waits,
         contended_p1_ns,
-        handoffs: handoffs.len() as u64,
-        handoff_p50_ns: handoff.map_or(0, |h| h.quantile_ns(0.5)),
-        handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
-        spin_share: handoff.map_or(0.0, |h| h.spin_share()),
-        handoff,
-        hold_after_wait,
+        handoffs: Handoffs::of(handoffs(
+            trace.ops.iter().filter(|o| o.client == client),
+            client_mutex_waits(trace, client),
+        )),
+        hold_after_wait: hold_after_wait(waited.iter().copied()),
         end_probe_ns: end_probe_ns(trace),
     })
 }
@@ -511,8 +531,6 @@ pub fn calibrate_ops(
     mutex_waits: &[(u64, u64)],
 ) -> Calibration {
     let ops = ops.iter().filter(|o| o.client == client);
-    let handoffs = handoffs(ops.clone(), mutex_waits.iter().copied());
-    let handoff = MutexHandoff::from_handoffs(handoffs.clone());
     let (steps, holds_measured) = step_costs(ops.clone().map(|op| (op, op.lock_wait_ns)));
     // Without the waits themselves, each operation's client-mutex wait (mostly one wait).
     let (contended_waits, contended_p1_ns) = contended_cost(
@@ -530,11 +548,7 @@ pub fn calibrate_ops(
         timeline: None,
         contended_waits,
         contended_p1_ns,
-        handoffs: handoffs.len() as u64,
-        handoff_p50_ns: handoff.map_or(0, |h| h.quantile_ns(0.5)),
-        handoff_p99_ns: handoff.map_or(0, |h| h.quantile_ns(0.99)),
-        spin_share: handoff.map_or(0.0, |h| h.spin_share()),
-        handoff,
+        handoffs: Handoffs::of(handoffs(ops, mutex_waits.iter().copied())),
         hold_after_wait: Vec::new(),
         end_probe_ns: 0,
     }
@@ -967,8 +981,8 @@ mod tests {
             [1_000, 1_500]
         );
         let c = calibrate(&t).expect("operations");
-        assert_eq!(c.handoffs, 2);
-        assert_eq!(c.handoff, None, "too few to draw from");
+        assert_eq!(c.handoffs.count, 2);
+        assert_eq!(c.handoffs.drawn, None, "too few to draw from");
     }
 
     #[test]
@@ -988,11 +1002,7 @@ mod tests {
             timeline: None,
             contended_waits: 0,
             contended_p1_ns: 0,
-            handoffs: 0,
-            handoff: None,
-            handoff_p50_ns: 0,
-            handoff_p99_ns: 0,
-            spin_share: 0.0,
+            handoffs: Handoffs::default(),
             hold_after_wait: Vec::new(),
             end_probe_ns: 0,
         };
