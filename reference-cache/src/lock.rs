@@ -381,7 +381,7 @@ mod tests {
     use std::{
         sync::{
             Arc, Barrier,
-            atomic::{AtomicI32, Ordering},
+            atomic::{AtomicI32, AtomicU64, Ordering},
         },
         thread,
         time::{Duration, Instant},
@@ -405,12 +405,17 @@ mod tests {
     struct Announced {
         /// The announcing thread's id; 0 until it announces.
         tid: AtomicI32,
+        /// Its `pthread_t`, for its CPU clock; set before `tid`.
+        thread: AtomicU64,
     }
 
     impl Announced {
         /// Called by the thread that will take the lock, immediately before it does: nothing
         /// between here and the attempt may sleep.
         fn about_to_lock(&self) {
+            // SAFETY: pthread_self has no preconditions.
+            let thread = unsafe { libc::pthread_self() };
+            self.thread.store(thread as u64, Ordering::Relaxed);
             // SAFETY: gettid has no preconditions.
             self.tid.store(unsafe { libc::gettid() }, Ordering::Release);
         }
@@ -430,7 +435,7 @@ mod tests {
                     "the waiter never announced itself"
                 );
             };
-            let started = Self::cpu_ns(tid);
+            let started = self.cpu_ns();
             loop {
                 let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
                     .expect("read the waiter's /proc stat");
@@ -441,7 +446,7 @@ mod tests {
                 if matches!(state, Some('S' | 'D')) {
                     return Stuck::Asleep;
                 }
-                if Self::cpu_ns(tid) - started >= SPUN_NS {
+                if self.cpu_ns() - started >= SPUN_NS {
                     return Stuck::Spinning;
                 }
                 assert!(
@@ -452,15 +457,25 @@ mod tests {
             }
         }
 
-        /// The thread's time on a CPU so far (the first field of its schedstat).
-        fn cpu_ns(tid: i32) -> u64 {
-            let schedstat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-                .expect("read the waiter's /proc schedstat");
-            schedstat
-                .split_whitespace()
-                .next()
-                .and_then(|ns| ns.parse().ok())
-                .expect("a schedstat line starts with nanoseconds on a CPU")
+        /// The announced thread's time on a CPU so far, read from its CPU clock, which brings
+        /// a running thread's time up to date. (Its /proc schedstat does not: there a running
+        /// thread's time lags until the next tick, and a jump then can carry time it ran before
+        /// it announced, enough to pass for a millisecond of spinning.)
+        fn cpu_ns(&self) -> u64 {
+            let thread = self.thread.load(Ordering::Relaxed) as libc::pthread_t;
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: `thread` is a live thread's (it is stuck on a lock the caller holds) and
+            // `clock` is a valid clockid_t to write to.
+            let rc = unsafe { libc::pthread_getcpuclockid(thread, &mut clock) };
+            assert_eq!(rc, 0, "pthread_getcpuclockid of the waiter");
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `now` is a valid timespec to write to.
+            let rc = unsafe { libc::clock_gettime(clock, &mut now) };
+            assert_eq!(rc, 0, "clock_gettime of the waiter's CPU clock");
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
         }
     }
 
