@@ -248,6 +248,12 @@ pub struct CacheConfig {
     pub capacity: usize,
     /// CPUs the sharded design sizes its trees for (the kernel uses num_online_cpus()).
     pub cpus: usize,
+    /// Evict as the kernel does: a miss (or prefetch) allocates whatever the cache's size, as
+    /// the kernel's do while memory lasts, and only [`BufferCache::global_cleanup`] evicts, as
+    /// dm-bufio's kworker does. Off (the default), a miss that finds the cache full evicts
+    /// itself and a prefetch gives up, which keeps a replay without cleanup runs (a synthetic
+    /// trace, a recording older than them) within its capacity.
+    pub background_eviction: bool,
 }
 
 impl CacheConfig {
@@ -256,7 +262,18 @@ impl CacheConfig {
             block_size,
             capacity: capacity.max(1),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            background_eviction: false,
         }
+    }
+
+    /// Whether a miss makes room itself (see [`CacheConfig::background_eviction`]).
+    pub(crate) fn miss_evicts(&self) -> bool {
+        !self.background_eviction
+    }
+
+    /// Whether a prefetch finding `buffers` cached stops short of reading more.
+    pub(crate) fn prefetch_stops_at(&self, buffers: usize) -> bool {
+        !self.background_eviction && buffers >= self.capacity
     }
 }
 
@@ -318,6 +335,17 @@ pub trait BufferCache: Send + Sync + fmt::Debug {
     fn forget(&self, rec: &ThreadRecorder, block: u64);
     /// [`forget`](Self::forget) for `n` blocks from `block` (dm_bufio_forget_buffers).
     fn forget_buffers(&self, rec: &ThreadRecorder, block: u64, n: u64);
+    /// dm-bufio's global cleanup for this client (`do_global_cleanup`, from a kworker), under
+    /// the client lock, where the cache holds more than 15/16 of its capacity. Before 6.4 (the
+    /// classic designs) it evicts down to that from the LRU's tail, writing dirty victims; from
+    /// 6.4 (`evict_old`) it evicts clean buffers by the clock in batches of up to 64, however
+    /// far below that a batch takes it.
+    fn global_cleanup(&self, rec: &ThreadRecorder) -> Result<(), CacheError>;
+    /// Background work whose effect the model does not keep (the shrinker's `shrink_work`,
+    /// evicting what memory reclaim asks for; the periodic `work_fn`, evicting buffers older
+    /// than minutes): the client lock taken and held for the step's cost, the cache left as
+    /// it is.
+    fn background_work(&self, rec: &ThreadRecorder);
     /// Buffers and dirty buffers now (takes the client mutex).
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy;
 }

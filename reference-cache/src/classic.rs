@@ -5,8 +5,10 @@
 //!
 //! Simplifications, each checked against what the lock waits depend on:
 //! - Allocation never fails. A miss that finds the cache full evicts down to 15/16 of capacity
-//!   itself, under the mutex. The kernel's global cleanup does the same from a worker, also under
-//!   the client mutex, so readers wait behind the same work.
+//!   itself, under the mutex. The kernel's misses allocate instead while memory lasts, and its
+//!   global cleanup evicts from a worker, also under the client mutex, so readers wait behind the
+//!   same work: a recording that has the cleanup's runs replays them too
+//!   ([`BufferCache::global_cleanup`]), each holding the mutex as long as the kernel's did.
 //! - Eviction passes over buffers with I/O in flight instead of waiting for them; if nothing can
 //!   be evicted the cache grows past capacity rather than sleeping for a free buffer.
 //! - Prefetch reads in the calling thread, outside the mutex, instead of asynchronously.
@@ -152,7 +154,9 @@ impl<L: Locking> ClassicCache<L> {
             return Ok(buffer);
         }
         rec.count(|ops| ops.misses += 1);
-        self.make_room(&mut state, rec)?;
+        if self.config.miss_evicts() {
+            self.make_room(&mut state, rec)?;
+        }
         let writes = if state.lists.over_writeback_watermark() {
             Self::collect_writes(&mut state)
         } else {
@@ -224,7 +228,7 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
             if state.tree.contains_key(&block) {
                 continue;
             }
-            if state.tree.len() >= self.config.capacity {
+            if self.config.prefetch_stops_at(state.tree.len()) {
                 break; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
@@ -290,6 +294,17 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
         for block in blocks {
             Self::forget_locked(&mut state, block);
         }
+    }
+
+    fn global_cleanup(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let mut state = self.client.lock(rec);
+        rec.spend_hit();
+        self.make_room(&mut state, rec)
+    }
+
+    fn background_work(&self, rec: &ThreadRecorder) {
+        let _state = self.client.lock(rec);
+        rec.spend_hit();
     }
 
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {

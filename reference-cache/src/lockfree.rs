@@ -54,7 +54,7 @@ use crate::{
         new_held_buffer, read_into, state, submit_writes,
     },
     lock::{InstrumentedMutex, LockClass},
-    lru::{Lists, clock_make_room},
+    lru::{Lists, clock_evict_old, clock_make_room},
     recorder::ThreadRecorder,
 };
 
@@ -233,13 +233,15 @@ impl LockFreeCache {
             return Ok(buffer);
         }
         rec.count(|ops| ops.misses += 1);
-        clock_make_room(
-            &mut lists,
-            self.config.capacity,
-            self.io.as_ref(),
-            rec,
-            |b| self.remove_if_unheld(b),
-        )?;
+        if self.config.miss_evicts() {
+            clock_make_room(
+                &mut lists,
+                self.config.capacity,
+                self.io.as_ref(),
+                rec,
+                |b| self.remove_if_unheld(b),
+            )?;
+        }
         let writes = if lists.over_writeback_watermark() {
             Self::collect_writes(&mut lists)
         } else {
@@ -297,7 +299,7 @@ impl BufferCache for LockFreeCache {
             if self.index.pin().contains_key(&block) {
                 continue;
             }
-            if lists.total() >= self.config.capacity {
+            if self.config.prefetch_stops_at(lists.total()) {
                 return; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
@@ -371,6 +373,20 @@ impl BufferCache for LockFreeCache {
         for buffer in found {
             self.forget_one(&mut lists, &buffer);
         }
+    }
+
+    fn global_cleanup(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let mut lists = self.client.lock(rec);
+        rec.spend_hit();
+        clock_evict_old(&mut lists, self.config.capacity, rec, |b| {
+            self.remove_if_unheld(b)
+        });
+        Ok(())
+    }
+
+    fn background_work(&self, rec: &ThreadRecorder) {
+        let _lists = self.client.lock(rec);
+        rec.spend_hit();
     }
 
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {

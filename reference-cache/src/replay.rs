@@ -50,6 +50,12 @@ pub enum Step {
     ForgetBuffers {
         blocks: u32,
     },
+    /// dm-bufio's global cleanup, from its kworker ([`BufferCache::global_cleanup`]).
+    GlobalCleanup,
+    /// The shrinker's work ([`BufferCache::background_work`]).
+    ShrinkWork,
+    /// The periodic age cleanup ([`BufferCache::background_work`]).
+    AgeCleanup,
 }
 
 impl Step {
@@ -57,7 +63,7 @@ impl Step {
     pub const KINDS: usize = Self::NAMES.len();
 
     /// Short names, for results.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 14] = [
         "get",
         "read",
         "new",
@@ -69,6 +75,9 @@ impl Step {
         "write_dirty",
         "forget",
         "forget_buffers",
+        "global_cleanup",
+        "shrink_work",
+        "age_cleanup",
     ];
 
     /// Index into [`Step::NAMES`].
@@ -85,6 +94,9 @@ impl Step {
             Step::WriteDirty => 8,
             Step::Forget => 9,
             Step::ForgetBuffers { .. } => 10,
+            Step::GlobalCleanup => 11,
+            Step::ShrinkWork => 12,
+            Step::AgeCleanup => 13,
         }
     }
 }
@@ -561,6 +573,12 @@ impl Stepper {
             }
             Step::Forget => cache.forget(rec, block),
             Step::ForgetBuffers { blocks } => cache.forget_buffers(rec, block, u64::from(blocks)),
+            Step::GlobalCleanup => {
+                if let Err(e) = cache.global_cleanup(rec) {
+                    self.io_error(e);
+                }
+            }
+            Step::ShrinkWork | Step::AgeCleanup => cache.background_work(rec),
         }
         got
     }

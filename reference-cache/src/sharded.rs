@@ -29,7 +29,7 @@ use crate::{
         new_held_buffer, read_into, state, submit_writes,
     },
     lock::{InstrumentedMutex, InstrumentedRwLock, Locking, Sleeping},
-    lru::{Lists, clock_make_room},
+    lru::{Lists, clock_evict_old, clock_make_room},
     recorder::ThreadRecorder,
 };
 
@@ -198,13 +198,15 @@ impl<L: Locking> ShardedCache<L> {
             return Ok(buffer);
         }
         rec.count(|ops| ops.misses += 1);
-        clock_make_room(
-            &mut lists,
-            self.config.capacity,
-            self.io.as_ref(),
-            rec,
-            |b| self.remove_if(rec, b, is_idle),
-        )?;
+        if self.config.miss_evicts() {
+            clock_make_room(
+                &mut lists,
+                self.config.capacity,
+                self.io.as_ref(),
+                rec,
+                |b| self.remove_if(rec, b, is_idle),
+            )?;
+        }
         let writes = if lists.over_writeback_watermark() {
             self.collect_writes(rec, &mut lists)
         } else {
@@ -266,7 +268,7 @@ impl<L: Locking> BufferCache for ShardedCache<L> {
             if self.tree(block).read(rec).contains_key(&block) {
                 continue;
             }
-            if lists.total() >= self.config.capacity {
+            if self.config.prefetch_stops_at(lists.total()) {
                 return; // prefetch gives up rather than evict
             }
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
@@ -339,6 +341,20 @@ impl<L: Locking> BufferCache for ShardedCache<L> {
                 lists.remove(&buffer);
             }
         }
+    }
+
+    fn global_cleanup(&self, rec: &ThreadRecorder) -> Result<(), CacheError> {
+        let mut lists = self.client.lock(rec);
+        rec.spend_hit();
+        clock_evict_old(&mut lists, self.config.capacity, rec, |b| {
+            self.remove_if(rec, b, is_idle)
+        });
+        Ok(())
+    }
+
+    fn background_work(&self, rec: &ThreadRecorder) {
+        let _lists = self.client.lock(rec);
+        rec.spend_hit();
     }
 
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy {

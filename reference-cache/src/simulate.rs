@@ -859,6 +859,48 @@ mod tests {
     }
 
     #[test]
+    fn the_global_cleanup_s_recorded_hold_keeps_a_sharded_miss_waiting_and_a_hit_not() {
+        // dm-bufio's kworker holds the client mutex 200 µs from 10 µs (as the kernel's did); on
+        // 6.4+ a miss at 60 µs waits the 150 µs left, while a hit at 70 µs, which takes a tree
+        // lock alone, does not wait. Block 7 is read in beforehand by thread 3.
+        let mut cleanup = TimedStep::new(10_000, 0, Step::GlobalCleanup);
+        cleanup.kernel = Some(KernelOp {
+            hold_ns: 200_000,
+            net_ns: 200_000,
+            miss: false,
+            before_ns: 0,
+        });
+        let streams = vec![
+            stream(3, &[(0, 7, Step::Read), (1_000, 7, Step::Release)]),
+            Stream {
+                tid: 1,
+                steps: vec![cleanup],
+            },
+            stream(2, &[(60_000, 2, Step::Read), (1_000_000, 2, Step::Release)]),
+            stream(4, &[(70_000, 7, Step::Read), (80_000, 7, Step::Release)]),
+        ];
+        let result = simulated(Design::Sharded, streams, timing(5_000, 0), 0);
+        let log = result.log.expect("logged");
+        let waits: Vec<_> = log
+            .waits
+            .iter()
+            .map(|w| (w.tid, w.start_ns, w.wait_ns, w.class, w.step))
+            .collect();
+        assert_eq!(
+            waits,
+            [(2, 60_000, 150_000, LockClass::ClientMutex, Step::Read)],
+            "the miss waits out the cleanup's hold; the hit passes"
+        );
+        let cleanups: Vec<_> = log
+            .ops
+            .iter()
+            .filter(|o| o.step == Step::GlobalCleanup)
+            .map(|o| (o.tid, o.start_ns, o.duration_ns))
+            .collect();
+        assert_eq!(cleanups, [(1, 10_000, 200_000)]);
+    }
+
+    #[test]
     fn an_operation_tries_for_the_lock_when_the_kernel_s_did() {
         // Thread 1's operation spent 20 µs before it tried for the mutex, held it 30 µs, and
         // ended 10 µs after. Thread 2 came at 4 µs and held 10 µs: before thread 1 tried, so

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use reference_cache::{
-    BlockIo, BufferCache, CacheConfig, Design, Latency, MemoryIo, ThreadRecorder, build,
+    BlockIo, BufferCache, CacheConfig, Design, Latency, LockClass, MemoryIo, ThreadRecorder, build,
 };
 
 fn cache(design: Design, capacity: usize) -> (Box<dyn BufferCache>, Arc<MemoryIo>) {
@@ -251,6 +251,112 @@ fn a_leaked_handle_is_caught_in_debug_builds() {
         assert!(
             text.contains("block 1 dropped without release"),
             "{design}: {text}"
+        );
+    }
+}
+
+/// The client lock's class: a no-sleep client's spinlock, else the mutex.
+fn client_lock(design: Design) -> LockClass {
+    if design.no_sleep() {
+        LockClass::ClientSpinlock
+    } else {
+        LockClass::ClientMutex
+    }
+}
+
+/// What one global cleanup of a cache of `clean` idle clean buffers over its capacity of 32
+/// leaves: before 6.4 (do_global_cleanup's walk of the global LRU) it evicts down to 15/16 of the
+/// capacity; from 6.4 (`evict_old`) a batch of up to 64 clean buffers, whatever the target.
+fn after_cleanup(design: Design, clean: u64) -> u64 {
+    match design {
+        Design::Classic | Design::ClassicNoSleep => 30,
+        Design::Sharded | Design::ShardedNoSleep | Design::LockFree => clean.saturating_sub(64),
+    }
+}
+
+#[test]
+fn global_cleanup_evicts_a_full_cache_as_its_kernel_s_does_under_the_client_lock() {
+    for design in Design::ALL {
+        let (cache, _) = cache(design, 32);
+        let rec = ThreadRecorder::new();
+        for block in 0..32u64 {
+            let b = cache.read(&rec, block).unwrap();
+            cache.release(&rec, b);
+        }
+        assert_eq!(
+            cache.occupancy(&rec).buffers,
+            32,
+            "{design}: full, not over"
+        );
+        let client = client_lock(design);
+        let before = rec.class(client).acquisitions;
+        cache.global_cleanup(&rec).unwrap();
+        assert_eq!(
+            rec.class(client).acquisitions,
+            before + 1,
+            "{design}: one hold of the client lock"
+        );
+        let left = after_cleanup(design, 32);
+        assert_eq!(
+            (cache.occupancy(&rec).buffers, rec.ops().evictions),
+            (left, 32 - left),
+            "{design}"
+        );
+        cache.global_cleanup(&rec).unwrap();
+        assert_eq!(
+            (cache.occupancy(&rec).buffers, rec.ops().evictions),
+            (left, 32 - left),
+            "{design}: under capacity, nothing to do"
+        );
+    }
+}
+
+#[test]
+fn background_work_holds_the_client_lock_and_leaves_the_cache_as_it_is() {
+    for design in Design::ALL {
+        let (cache, _) = cache(design, 4);
+        let rec = ThreadRecorder::new();
+        for block in 0..4u64 {
+            let b = cache.read(&rec, block).unwrap();
+            cache.release(&rec, b);
+        }
+        let client = client_lock(design);
+        let before = rec.class(client).acquisitions;
+        cache.background_work(&rec);
+        assert_eq!(rec.class(client).acquisitions, before + 1, "{design}");
+        assert_eq!(cache.occupancy(&rec).buffers, 4, "{design}");
+        assert_eq!(rec.ops().evictions, 0, "{design}");
+    }
+}
+
+#[test]
+fn with_background_eviction_misses_grow_the_cache_and_only_global_cleanup_shrinks_it() {
+    for design in Design::ALL {
+        let io = Arc::new(MemoryIo::new(64, Latency::None));
+        let mut config = CacheConfig::new(64, 16);
+        config.background_eviction = true;
+        let cache = build(design, config, io as Arc<dyn BlockIo>);
+        let rec = ThreadRecorder::new();
+        for block in 0..40u64 {
+            let b = cache.read(&rec, block).unwrap();
+            cache.release(&rec, b);
+        }
+        cache.prefetch(&rec, 100, 4);
+        assert_eq!(
+            (cache.occupancy(&rec).buffers, rec.ops().evictions),
+            (44, 0),
+            "{design}: misses and prefetches allocate past the capacity, as the kernel's do"
+        );
+        // Classic down to 16 - 16/16; the others 44 clean buffers in one batch.
+        let left = match after_cleanup(design, 44) {
+            30 => 15,
+            left => left,
+        };
+        cache.global_cleanup(&rec).unwrap();
+        assert_eq!(
+            (cache.occupancy(&rec).buffers, rec.ops().evictions),
+            (left, 44 - left),
+            "{design}"
         );
     }
 }

@@ -223,7 +223,7 @@ fn main() {
     // The designs' threads: a second's operations (500k) through each, as fast as they go.
     let options = ModelOptions {
         backing: Backing::Memory,
-        capacity: 76_800,
+        capacity: None,
         cpus: Some(16),
         replay: ReplayOptions::default(),
     };

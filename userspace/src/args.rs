@@ -41,9 +41,11 @@ pub struct ModelArgs {
     /// for a device; default: none).
     #[arg(long, value_parser = parse_positive_duration, conflicts_with = "device")]
     pub io_latency: Option<Duration>,
-    /// Cache capacity in buffers (the hotspot test's 300 MiB of 4 KiB blocks by default).
-    #[arg(long, default_value_t = 76_800, value_parser = at_least_one())]
-    pub capacity: usize,
+    /// Cache capacity in buffers [default: the recording kernel's dm-bufio cache size over the
+    /// block size where the trace says (format 1.6 on), else 76800: the hotspot test's 300 MiB
+    /// of 4 KiB blocks]
+    #[arg(long, value_parser = at_least_one())]
+    pub capacity: Option<usize>,
     /// How long the designs' steps take: `kernel` (each kind of operation's critical section as
     /// long as the recording kernel's median hold for that kind and outcome, each contended
     /// acquisition longer by the kernel's shortest waits, and memory reads as long as its misses'

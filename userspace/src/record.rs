@@ -190,6 +190,8 @@ pub struct Recorder {
     seen: SeenReferences,
     selector: WaitSelector,
     kept: Vec<Event>,
+    /// dm-bufio's cache size as the recording began (None without dm-bufio).
+    cache_size_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -233,6 +235,7 @@ impl Recorder {
             seen: SeenReferences::default(),
             selector: WaitSelector::new(WaitFilter::default()),
             kept: Vec::new(),
+            cache_size_bytes: crate::kernel::bufio::cache_size_bytes(),
         })
     }
 
@@ -345,6 +348,7 @@ impl Recorder {
         writer
             .write_metadata(&Metadata::Probes {
                 bufio_design: bufio.design.map(|d| d.describe().to_string()),
+                cache_size_bytes: self.cache_size_bytes,
                 missing: match &bufio.unavailable {
                     Some(why) => BTreeMap::from([("dm-bufio".to_string(), why.to_string())]),
                     None => bufio.missing_reasons().into_iter().collect(),

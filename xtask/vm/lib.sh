@@ -3,10 +3,12 @@ T=/sys/kernel/tracing
 export DM_DISABLE_UDEV=1
 
 # Counts dm_bufio calls with kprobes; tracing_on 0 keeps the hit counts without writing events.
-# The _with_ioprio variants (dm-verity's, 6.9 on) are counted where the kernel has them.
+# The _with_ioprio variants (dm-verity's, 6.9 on) are counted where the kernel has them, and
+# do_global_cleanup, dm-bufio's background eviction.
 count_bufio_calls() {
     echo 0 > $T/tracing_on
-    for fn in dm_bufio_get dm_bufio_read dm_bufio_read_with_ioprio dm_bufio_release; do
+    for fn in dm_bufio_get dm_bufio_read dm_bufio_read_with_ioprio dm_bufio_release \
+        do_global_cleanup; do
         if grep -q " $fn\b" /proc/kallsyms; then
             echo "p:bufscope/$fn dm_bufio:$fn" >> $T/kprobe_events
         fi

@@ -18,6 +18,13 @@ pub mod op {
     pub const FORGET_BUFFERS: u32 = 11;
     pub const CLIENT_CREATE: u32 = 12;
     pub const CLIENT_DESTROY: u32 = 13;
+    /// dm-bufio's own background work, which takes the client mutex from a kworker: global
+    /// cleanup (`do_global_cleanup`, eviction down to the cache size), the shrinker's work
+    /// (`shrink_work`) and the periodic age cleanup (`work_fn`). Their client is the first one
+    /// they lock.
+    pub const GLOBAL_CLEANUP: u32 = 14;
+    pub const SHRINK_WORK: u32 = 15;
+    pub const AGE_CLEANUP: u32 = 16;
 }
 
 /// Operation results, numbered as bufscope-trace's `OpResult`.

@@ -223,6 +223,13 @@ fn buffer_range<C: Call>(ctx: &C, op: u32) {
     op_entry(ctx, op, client, block, start, end);
 }
 
+/// `(struct work_struct *)`: dm-bufio's background work, whose client is the first it locks
+/// ([`lock`]).
+#[inline(always)]
+fn background<C: Call>(ctx: &C, op: u32) {
+    op_entry(ctx, op, 0, 0, 0, 0);
+}
+
 /// `dm_bufio_client_create(bdev, block_size, ...)`: the client is the return value.
 #[inline(always)]
 fn client_create<C: Call>(ctx: &C, op: u32) {
@@ -308,6 +315,24 @@ operation!(
     client_destroy,
     op::CLIENT_DESTROY
 );
+operation!(
+    bufio_global_cleanup,
+    bufio_global_cleanup_fentry,
+    background,
+    op::GLOBAL_CLEANUP
+);
+operation!(
+    bufio_shrink_work,
+    bufio_shrink_work_fentry,
+    background,
+    op::SHRINK_WORK
+);
+operation!(
+    bufio_age_cleanup,
+    bufio_age_cleanup_fentry,
+    background,
+    op::AGE_CLEANUP
+);
 
 /// Every operation function's return, as a kretprobe: one program for all of them.
 #[kretprobe]
@@ -352,11 +377,19 @@ fn run_delay_ns() -> u64 {
 
 /// `dm_bufio_lock(c)` entry: the client mutex is about to be taken. Its hold is timed from here
 /// until a wait for it ends ([`client_lock_acquired`]) or, uncontended, until `dm_bufio_unlock`.
+/// Background work, which names no client at its entry, works for the first it locks.
 #[inline(always)]
 fn lock(client: u64, here: u64) {
     if let Some(frame) = current_op(here)
-        && frame.client == client
+        && (frame.client == client || (frame.client == 0 && is_background(frame.op)))
     {
+        if frame.client == 0 {
+            frame.client = client;
+            // SAFETY: read-only look-up.
+            if unsafe { CLIENTS.get(client) }.is_none() {
+                announce_client(client, ClientEvent::SEEN);
+            }
+        }
         let now = current::now_ns();
         frame.lock_enter_ns = now;
         if frame.lock_attempt_ns == 0 {
@@ -384,12 +417,18 @@ pub(crate) fn client_lock_acquired(frame: &mut OpFrame, end_ns: u64) {
 /// operations held the same mutex inside them). Runqueue time while truly holding (after a
 /// sleep inside the section) is left out too: rare on the paths that matter, and the waiters of
 /// such a hold record their waits all the same.
+///
+/// Background work whose first lock was a trylock (6.1's global cleanup; inlined, so unseen)
+/// names its client here, its hold untimed.
 #[inline(always)]
 fn unlock(client: u64, here: u64) {
-    if let Some(frame) = current_op(here)
-        && frame.client == client
-        && frame.lock_enter_ns != 0
-    {
+    let Some(frame) = current_op(here) else {
+        return;
+    };
+    if frame.client == 0 && is_background(frame.op) {
+        frame.client = client;
+    }
+    if frame.client == client && frame.lock_enter_ns != 0 {
         let now = current::now_ns();
         let runqueue = run_delay_ns().saturating_sub(frame.lock_run_delay);
         frame.lock_hold_ns += now
@@ -602,6 +641,12 @@ fn op_entry<C: Call>(ctx: &C, op: u32, client: u64, block: u64, arg0: u32, arg1:
             announce_client(client, ClientEvent::SEEN);
         }
     }
+}
+
+/// dm-bufio's background work ([`op::GLOBAL_CLEANUP`] and after).
+#[inline(always)]
+fn is_background(op: u32) -> bool {
+    matches!(op, op::GLOBAL_CLEANUP | op::SHRINK_WORK | op::AGE_CLEANUP)
 }
 
 #[inline(always)]

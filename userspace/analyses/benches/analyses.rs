@@ -110,7 +110,7 @@ fn main() {
     let input = ReplayInput::from_trace(&t).expect("the trace has operations");
     let options = ModelOptions {
         backing: Backing::Memory,
-        capacity: 76_800,
+        capacity: None,
         cpus: Some(16),
         replay: ReplayOptions {
             threads: None,

@@ -24,18 +24,20 @@
 //! `reference_cache::simulate`): the design's code decides which locks each operation takes, each
 //! operation's own recorded hold and net time how long, and no scheduler adds its timing; the
 //! client mutex passes between threads as the kernel's, its handoffs drawn from the lock stamps.
-//! 2026-11-30 (samples of 2026-11-29): classic's client-mutex waits per 1k operations, p50 and
-//! p99 against 6.1's: bufio-hotspot 1.47x / 1.16x / 1.84x, thin-hotspot 0.80x / 1.17x / 0.68x,
-//! small-cache 0.83x / 1.00x / 0.64x, verity-read 1.18x / 1.48x / 0.90x, all met; sharded's waits
-//! 0.68x 6.12 bufio-hotspot's. With a constant cost per handoff, first come first served, thin
-//! and small-cache came to 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Missed: 6.12
-//! small-cache and verity-read, whose kernels waited on tree locks (0.3-1.1 per 1k operations)
-//! where sharded makes none.
+//! 2026-11-30 (6.12 small-cache of 2026-11-30, the others of 2026-11-29): classic's client-mutex
+//! waits per 1k operations, p50 and p99 against 6.1's: bufio-hotspot 1.69x / 1.20x / 1.98x,
+//! thin-hotspot 0.80x / 1.17x / 0.68x, small-cache 0.83x / 1.00x / 0.64x, verity-read 1.18x /
+//! 1.48x / 0.90x, all met; sharded's waits 0.72x 6.12 bufio-hotspot's and 1.14x small-cache's.
+//! With a constant cost per handoff, first come first served, thin and small-cache came to 0.65x
+//! the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's 6.12 kernel waits mostly in
+//! dm-bufio's global cleanup, which the recorder now takes as operations and the designs replay:
+//! before, 0.02x. Missed: 6.12 verity-read (0.00x): its 158 waits are two verity workers
+//! prefetching the same cold 64-block ranges at once, taking the client mutex block by block;
+//! the plan runs one prefetch whole before the other, which then finds every block cached.
 
-//! The waits counted are those made inside dm-bufio operations: the kernel's waits outside them
-//! come from dm-bufio's own background eviction (6.12 small-cache: 198 of its 256 client-mutex
-//! waits were do_global_cleanup's), which a replay of the operations cannot make; they are
-//! printed apart.
+//! The waits counted are those made inside dm-bufio operations (dm-bufio's own background work
+//! included, where the recording has it as operations: format 1.6 on); the kernel's waits outside
+//! them (older recordings' background work) a replay cannot make; they are printed apart.
 //!
 //! The recorded kernels' acquisition times carry the probes' own cost (the probe-cost bench
 //! measures the seed's experiment at a quarter to a third of its unprobed rate under `record` in
@@ -81,8 +83,8 @@ struct Run {
 struct Figures {
     /// Waits on dm-bufio's locks made inside dm-bufio operations, per 1,000 operations: what a
     /// replay of the operations can make. The kernel's other waits on them were made by
-    /// dm-bufio's own background work (its eviction worker and shrinker on a small cache), which
-    /// no design models: [`Figures::outside_ops`].
+    /// dm-bufio's own background work where a recording older than format 1.6 did not take it as
+    /// operations: [`Figures::outside_ops`].
     waits_per_1k: f64,
     /// Waits on dm-bufio's locks inside no operation of their thread.
     outside_ops: u64,
@@ -146,7 +148,7 @@ fn run(trace: &TraceData, kernel_timing: bool, clock: ReplayClock) -> Run {
             (true, Some(io)) => Backing::MemoryWithLatency(io),
             _ => Backing::Memory,
         },
-        capacity: 76_800,
+        capacity: None,
         cpus: Some(trace.header.cpus.max(1) as usize),
         replay: ReplayOptions {
             speed: Some(1.0),
@@ -289,7 +291,8 @@ fn main() {
                 if k.outside_ops > 0 && kernel_timing {
                     println!(
                         "  {name}: and {} kernel waits on dm-bufio locks outside any operation \
-                         (dm-bufio's own background work, which the designs do not model)",
+                         (dm-bufio's own background work, recorded as operations from format \
+                         1.6 on)",
                         k.outside_ops
                     );
                 }

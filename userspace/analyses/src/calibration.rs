@@ -912,6 +912,7 @@ mod tests {
             .push(op(3, 1_000, OpKind::Release, OpResult::None, 2_000, 1_000));
         t.add_metadata(Metadata::Probes {
             bufio_design: None,
+            cache_size_bytes: None,
             missing: Default::default(),
             programs: vec![bufscope_trace::ProgramRun {
                 program: "contention_end_btf".into(),

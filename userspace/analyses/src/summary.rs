@@ -123,6 +123,8 @@ pub struct TraceSummary {
     pub stacks: u64,
     /// dm-bufio design seen at recording, and probe points that were missing, with why.
     pub bufio_design: Option<String>,
+    /// dm-bufio's cache size in bytes as the recording began (format 1.6 on).
+    pub cache_size_bytes: Option<u64>,
     pub missing_probes: BTreeMap<String, String>,
     /// The eBPF programs' runs over the recording.
     pub programs: Vec<ProgramRun>,
@@ -171,6 +173,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
         waits_with_stack: 0,
         stacks: 0,
         bufio_design: None,
+        cache_size_bytes: None,
         missing_probes: BTreeMap::new(),
         programs: Vec::new(),
         metadata: BTreeMap::new(),
@@ -290,8 +293,10 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                                 bufio_design,
                                 missing,
                                 programs,
+                                cache_size_bytes,
                             } => {
                                 summary.bufio_design = bufio_design;
+                                summary.cache_size_bytes = cache_size_bytes;
                                 summary.missing_probes = missing;
                                 summary.programs = programs;
                             }

@@ -64,6 +64,8 @@ pub struct TraceData {
     pub design: Option<String>,
     /// The kernel's dm-bufio design as seen at recording ("classic" or "sharded").
     pub kernel_design: Option<String>,
+    /// dm-bufio's cache size in bytes as the recording began (format 1.6 on).
+    pub cache_size_bytes: Option<u64>,
     /// Records read.
     pub records: u64,
     /// Damaged records skipped (everything around them is kept).
@@ -126,11 +128,15 @@ impl TraceData {
     pub fn add_metadata(&mut self, m: Metadata) {
         self.names.add(&m);
         if let Metadata::Probes {
-            bufio_design: Some(design),
+            bufio_design,
+            cache_size_bytes,
             ..
         } = &m
         {
-            self.kernel_design.get_or_insert_with(|| design.clone());
+            if let Some(design) = bufio_design {
+                self.kernel_design.get_or_insert_with(|| design.clone());
+            }
+            self.cache_size_bytes = self.cache_size_bytes.or(*cache_size_bytes);
         }
         self.metadata.push(m);
     }

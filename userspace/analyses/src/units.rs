@@ -27,6 +27,23 @@ pub fn duration_ns(ns: u64) -> String {
     }
 }
 
+/// Bytes in the largest binary unit that keeps a whole number in front: `65536` → `64 KiB`,
+/// `314572800` → `300 MiB`, `1536` → `1.5 KiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// A rate or count in at most six characters: `987`, `12.3k`, `4.56M`.
 pub fn compact(x: f64) -> String {
     let x = x.max(0.0);
@@ -61,6 +78,10 @@ mod tests {
 
     #[test]
     fn formats_counts_durations_and_rates() {
+        assert_eq!(
+            [0, 1023, 1536, 64 << 10, 300 << 20, 5 << 40].map(bytes),
+            ["0 B", "1023 B", "1.5 KiB", "64 KiB", "300 MiB", "5 TiB"]
+        );
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");

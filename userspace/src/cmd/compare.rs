@@ -103,6 +103,10 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
             String::new()
         }
     );
+    eprintln!(
+        "bufscope: the designs' caches: {}",
+        input.kernel_cache.describe(&options)
+    );
     let kernel = SourceStats::of("kernel", &trace);
     let mut designs = Vec::new();
     for design in chosen_designs(&o.designs) {

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use bufscope_abi::Counter;
 use bufscope_analyses::summary::{TraceSummary, WaitRow, summarize};
 
-use bufscope_analyses::units::{duration_ns, thousands};
+use bufscope_analyses::units::{bytes, duration_ns, thousands};
 
 use crate::args::DamageArgs;
 
@@ -164,6 +164,12 @@ fn print_text(s: &TraceSummary) {
     }
     if let Some(design) = &s.bufio_design {
         println!("dm-bufio        {design}");
+    }
+    if let Some(size) = s.cache_size_bytes {
+        println!(
+            "dm-bufio cache  {} (max_cache_size_bytes, all clients together)",
+            bytes(size)
+        );
     }
     for (function, why) in &s.missing_probes {
         println!("missing probe   {function}: {why}");

@@ -124,6 +124,12 @@ pub fn run(o: &Options) -> anyhow::Result<ExitCode> {
     }
     // Logged: each operation's duration gives the acquisitions by role.
     let options = o.model.options(o.cpus, o.speed, true, calibration.as_ref());
+    if !o.json {
+        eprintln!(
+            "bufscope: the designs' caches: {}",
+            input.kernel_cache.describe(&options)
+        );
+    }
     let mut results = Vec::new();
     let mut acquisitions = Vec::new();
     for &design in &designs {

@@ -13,6 +13,22 @@ use bufscope_trace::ClientLocks;
 pub const MODULE_BTF: &str = "/sys/kernel/btf/dm_bufio";
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// dm-bufio's cache size parameter: the bytes of buffers all its clients together keep before
+/// its global cleanup evicts (the module computes a default from memory at load, so it is never
+/// 0 once loaded).
+pub const CACHE_SIZE_PARAMETER: &str = "/sys/module/dm_bufio/parameters/max_cache_size_bytes";
+
+/// dm-bufio's cache size in bytes now; `None` where the module is not loaded (or the file does
+/// not read as a number).
+pub fn cache_size_bytes() -> Option<u64> {
+    fs::read_to_string(CACHE_SIZE_PARAMETER)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&bytes| bytes > 0)
+}
+
 /// What a probe point is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -68,6 +84,19 @@ pub const OPERATIONS: &[ProbePoint] = &[
     op("dm_bufio_forget_buffers", "bufio_forget_buffers", "all"),
     op("dm_bufio_client_create", "bufio_client_create", "all"),
     op("dm_bufio_client_destroy", "bufio_client_destroy", "all"),
+    // dm-bufio's background work: static functions, each a work item's function (never
+    // inlined), whose client mutex holds readers wait behind.
+    op(
+        "do_global_cleanup",
+        "bufio_global_cleanup",
+        "all (a static function)",
+    ),
+    op(
+        "shrink_work",
+        "bufio_shrink_work",
+        "all (a static function)",
+    ),
+    op("work_fn", "bufio_age_cleanup", "all (a static function)"),
 ];
 
 /// The internal points: each is optional, and each missing one only loses a detail.
@@ -135,11 +164,13 @@ impl Symbols {
     }
 
     /// Keeps text symbols of the dm_bufio module, and built-in ones whose names say dm-bufio
-    /// or are the internal functions bufscope probes.
+    /// or are the internal functions bufscope probes. `shrink_work` and `work_fn` are names
+    /// other built-in code has too: they are kept from the module only.
     pub fn parse(kallsyms: &str) -> Self {
         let wanted_builtin: HashSet<&str> = OPERATIONS
             .iter()
             .map(|p| p.function)
+            .filter(|f| !matches!(*f, "shrink_work" | "work_fn"))
             .chain(["__bufio_new", "__link_buffer", "cache_get"])
             .collect();
         let mut names = HashSet::new();
@@ -462,6 +493,19 @@ ffffffffc0500000 T dm_thin_foo\t[dm_thin_pool]
         );
         assert!(!symbols.has("schedule") && !symbols.has("dm_thin_foo"));
         assert_eq!(symbols.design(), Design::Sharded);
+
+        let builtin = Symbols::parse(
+            "\
+ffffffff81200000 t do_global_cleanup
+ffffffff81200100 t work_fn
+ffffffff81300000 t shrink_work\t[dm_bufio]
+",
+        );
+        assert!(builtin.has("do_global_cleanup") && builtin.has("shrink_work"));
+        assert!(
+            !builtin.has("work_fn"),
+            "a built-in work_fn may be anyone's: dm-bufio's is taken from its module only"
+        );
 
         let classic = Symbols::parse("ffffffffc0400200 T dm_bufio_client_create\t[dm_bufio]\n");
         assert_eq!(classic.design(), Design::Classic);

@@ -23,7 +23,7 @@ use super::{
 };
 use bufscope_analyses::{
     calibration::{Calibration, TimingMode, calibrate_ops},
-    models::{step_of, streams_of},
+    models::{OwnedWaits, step_of, streams_of},
     naming::{Names, thread_role},
 };
 use hdrhistogram::Histogram;
@@ -518,7 +518,8 @@ impl Comparison {
                 .map(|c| ReplayClock::Simulated {
                     io_ns: c.read_io().map_or(0, |io| io.as_nanos() as u64),
                 });
-        let streams = streams_of(ops.iter(), start.unwrap_or(0));
+        // The window keeps its waits' spans, not their owners: the probes' holds.
+        let streams = streams_of(ops.iter(), start.unwrap_or(0), &OwnedWaits::default());
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(

@@ -25,7 +25,7 @@ use reference_cache::{
 
 use super::hist::Log2Hist;
 use bufscope_analyses::{
-    models::{ModelOptions, build_cache, for_clock},
+    models::{KernelCache, ModelOptions, build_cache, for_clock},
     units::error_chain,
 };
 
@@ -175,7 +175,13 @@ fn run_worker(
         let key = (window.client, window.block_size);
         let result = match &cache {
             Some((k, c)) if *k == key => Ok(Arc::clone(c)),
-            _ => build_cache(design, window.block_size, &build_options).inspect(|c| {
+            _ => build_cache(
+                design,
+                window.block_size,
+                &build_options,
+                KernelCache::default(),
+            )
+            .inspect(|c| {
                 cache = Some((key, Arc::clone(c)));
             }),
         }
@@ -264,7 +270,7 @@ mod tests {
     fn results_of(designs: &[Design], window: Window) -> Vec<DesignResult> {
         let options = ModelOptions {
             backing: Backing::Memory,
-            capacity: 1024,
+            capacity: Some(1024),
             cpus: Some(4),
             replay: ReplayOptions::default(),
         };
@@ -313,7 +319,7 @@ mod tests {
         let designs = vec![Design::Classic, Design::Sharded];
         let options = ModelOptions {
             backing: Backing::Memory,
-            capacity: 1024,
+            capacity: Some(1024),
             cpus: Some(4),
             replay: ReplayOptions::default(),
         };

@@ -380,6 +380,9 @@ mod tests {
             (op::FORGET_BUFFERS, OpKind::ForgetBuffers),
             (op::CLIENT_CREATE, OpKind::ClientCreate),
             (op::CLIENT_DESTROY, OpKind::ClientDestroy),
+            (op::GLOBAL_CLEANUP, OpKind::GlobalCleanup),
+            (op::SHRINK_WORK, OpKind::ShrinkWork),
+            (op::AGE_CLEANUP, OpKind::AgeCleanup),
         ];
         assert_eq!(pairs.len(), OpKind::ALL.len());
         for (number, kind) in pairs {

@@ -35,7 +35,9 @@
 //! 1.3 writes lock waits as kind 7 (adding the lock's owner: thread, process and the dm-bufio
 //! operation it was inside); operations stay kind 6. 1.4 writes lock waits as kind 8 (adding the
 //! owner's stack). 1.5 writes operations as kind 9 (adding when each first tried for the client
-//! lock and last let it go).
+//! lock and last let it go). 1.6 adds operation kinds 14-16, dm-bufio's background work
+//! (`OpKind::GlobalCleanup` and after), in operation chunks and in lock waits' operation columns;
+//! a 1.5 reader reports a chunk holding one as damaged and reads on.
 //! Metadata types can be added without a new version: a reader that does not know a metadata
 //! record's `type` (e.g. `threads`, added in 1.2) keeps it as unknown and reads on.
 
@@ -44,7 +46,7 @@ pub const MAGIC: [u8; 8] = *b"BUFSCOPE";
 /// Format major version this build writes and the newest it reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this build writes.
-pub const FORMAT_MINOR: u16 = 5;
+pub const FORMAT_MINOR: u16 = 6;
 /// Size of the fixed part of the file header.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Sync marker at the start of every record.

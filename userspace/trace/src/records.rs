@@ -121,10 +121,20 @@ pub enum OpKind {
     ForgetBuffers = 11,
     ClientCreate = 12,
     ClientDestroy = 13,
+    /// dm-bufio's global cleanup (`do_global_cleanup`, from its workqueue): evicts down to the
+    /// cache size when the module's buffers outgrow it, under each client's mutex (format 1.6
+    /// on). Its client is the first it locked.
+    GlobalCleanup = 14,
+    /// The shrinker's work (`shrink_work`): evicts what memory reclaim asked for, under the
+    /// client mutex (format 1.6 on).
+    ShrinkWork = 15,
+    /// The periodic cleanup (`work_fn`): writeback past the watermark and eviction of buffers
+    /// older than `max_age_seconds`, under each client's mutex (format 1.6 on).
+    AgeCleanup = 16,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 13] = [
+    pub const ALL: [OpKind; 16] = [
         OpKind::Get,
         OpKind::Read,
         OpKind::New,
@@ -138,6 +148,9 @@ impl OpKind {
         OpKind::ForgetBuffers,
         OpKind::ClientCreate,
         OpKind::ClientDestroy,
+        OpKind::GlobalCleanup,
+        OpKind::ShrinkWork,
+        OpKind::AgeCleanup,
     ];
 
     pub fn from_u8(value: u8) -> Option<Self> {
@@ -160,7 +173,18 @@ impl OpKind {
             OpKind::ForgetBuffers => "dm_bufio_forget_buffers",
             OpKind::ClientCreate => "dm_bufio_client_create",
             OpKind::ClientDestroy => "dm_bufio_client_destroy",
+            OpKind::GlobalCleanup => "do_global_cleanup",
+            OpKind::ShrinkWork => "shrink_work",
+            OpKind::AgeCleanup => "work_fn",
         }
+    }
+
+    /// dm-bufio's own background work, which no caller asked for.
+    pub fn is_background(self) -> bool {
+        matches!(
+            self,
+            OpKind::GlobalCleanup | OpKind::ShrinkWork | OpKind::AgeCleanup
+        )
     }
 }
 
@@ -308,6 +332,10 @@ pub enum Metadata {
         missing: BTreeMap<String, String>,
         #[serde(default)]
         programs: Vec<ProgramRun>,
+        /// dm-bufio's cache size in bytes (its `max_cache_size_bytes` parameter, shared by all
+        /// clients) when the recording began; absent before format 1.6 or without dm-bufio.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_size_bytes: Option<u64>,
     },
     /// Names of threads the events refer to, as the recorder learned them; a file may hold
     /// several such records, each adding to those before it. Readers that predate this record
