@@ -862,7 +862,8 @@ mod tests {
     fn the_global_cleanup_s_recorded_hold_keeps_a_sharded_miss_waiting_and_a_hit_not() {
         // dm-bufio's kworker holds the client mutex 200 µs from 10 µs (as the kernel's did); on
         // 6.4+ a miss at 60 µs waits the 150 µs left, while a hit at 70 µs, which takes a tree
-        // lock alone, does not wait. Block 7 is read in beforehand by thread 3.
+        // lock alone, does not wait. Block 7 is read in beforehand by thread 3, which holds it
+        // throughout: the cleanup, which evicts every clean buffer it may, leaves it.
         let mut cleanup = TimedStep::new(10_000, 0, Step::GlobalCleanup);
         cleanup.kernel = Some(KernelOp {
             hold_ns: 200_000,
@@ -871,7 +872,7 @@ mod tests {
             before_ns: 0,
         });
         let streams = vec![
-            stream(3, &[(0, 7, Step::Read), (1_000, 7, Step::Release)]),
+            stream(3, &[(0, 7, Step::Read), (1_000_000, 7, Step::Release)]),
             Stream {
                 tid: 1,
                 steps: vec![cleanup],
