@@ -359,9 +359,9 @@ pub struct Comparison {
     window_start: Option<u64>,
     window_ops: HashMap<u64, Vec<BufioOp>>,
     window_waits: HashMap<u64, Log2Hist>,
-    /// The window's waits on each client's mutex inside its operations (start, length), which
-    /// time the mutex's handoffs.
-    window_mutex_waits: HashMap<u64, Vec<(u64, u64)>>,
+    /// The window's waits on each client's mutex inside its operations: their spans time the
+    /// mutex's handoffs, their owners how long each holder held it.
+    window_mutex_waits: HashMap<u64, Vec<LockWait>>,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
 }
@@ -478,7 +478,7 @@ impl Comparison {
             self.window_mutex_waits
                 .entry(w.op_client)
                 .or_default()
-                .push((w.start_ns, w.wait_ns));
+                .push(*w);
         }
     }
 
@@ -504,10 +504,14 @@ impl Comparison {
         if self.designs.is_empty() || ops.is_empty() {
             return None;
         }
+        let mutex_waits = mutex_waits.remove(&client).unwrap_or_default();
         let calibration = (self.window_timing != TimingMode::Host)
             .then(|| {
-                let mutex_waits = mutex_waits.remove(&client).unwrap_or_default();
-                calibrate_ops(client, &self.device, &ops, &mutex_waits)
+                let spans: Vec<(u64, u64)> = mutex_waits
+                    .iter()
+                    .map(|w| (w.start_ns, w.wait_ns))
+                    .collect();
+                calibrate_ops(client, &self.device, &ops, &spans)
             })
             .filter(|c| self.window_timing.uses(c));
         let timing = calibration.as_ref().map(Calibration::timing);
@@ -518,8 +522,11 @@ impl Comparison {
                 .map(|c| ReplayClock::Simulated {
                     io_ns: c.read_io().map_or(0, |io| io.as_nanos() as u64),
                 });
-        // The window keeps its waits' spans, not their owners: the probes' holds.
-        let streams = streams_of(ops.iter(), start.unwrap_or(0), &OwnedWaits::default());
+        let streams = streams_of(
+            ops.iter(),
+            start.unwrap_or(0),
+            &OwnedWaits::of(mutex_waits.iter()),
+        );
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
@@ -1147,6 +1154,41 @@ mod tests {
         m
     }
 
+    /// Client [`CLIENT`] (device 7:0) and its mutex at [`MUTEX`].
+    const CLIENT: u64 = 7;
+    const MUTEX: u64 = CLIENT + 0x40;
+
+    /// Thread 2's wait on [`MUTEX`] inside a get, owner unknown.
+    fn mutex_wait(start_ns: u64, wait_ns: u64) -> LockWait {
+        LockWait {
+            start_ns,
+            wait_ns,
+            lock_addr: MUTEX,
+            tid: 2,
+            tgid: 1,
+            op: Some(OpKind::Get),
+            op_client: CLIENT,
+            ..LockWait::default()
+        }
+    }
+
+    /// [`compared`] with automatic timing, its client [`CLIENT`] announced with its mutex.
+    fn compared_on_client_7() -> Model {
+        let mut m = compared(TimingMode::Auto);
+        m.add_metadata(&Metadata::Client {
+            addr: CLIENT,
+            device: "7:0".into(),
+            block_size: 4096,
+            locks: Some(bufscope_trace::ClientLocks {
+                mutex: MUTEX,
+                ..Default::default()
+            }),
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        m
+    }
+
     /// Read hits of 5 µs that held the client mutex 2 µs and waited 1 µs for it: the window's
     /// calibration holds 2 µs and spends the other 2 µs outside the lock.
     fn read_hits(m: &mut Model, hold_ns: u64) {
@@ -1215,21 +1257,7 @@ mod tests {
 
     #[test]
     fn a_window_times_its_client_mutex_s_handoffs_from_its_own_waits_and_stamps() {
-        use bufscope_trace::ClientLocks;
-        const CLIENT: u64 = 7;
-        const MUTEX: u64 = CLIENT + 0x40;
-        let mut m = compared(TimingMode::Auto);
-        m.add_metadata(&Metadata::Client {
-            addr: CLIENT,
-            device: "7:0".into(),
-            block_size: 4096,
-            locks: Some(ClientLocks {
-                mutex: MUTEX,
-                ..Default::default()
-            }),
-            seen_ns: 0,
-            destroyed_ns: None,
-        });
+        let mut m = compared_on_client_7();
         // 150 read hits 10 µs apart, each holding the mutex 2 µs up to its release at +3 µs;
         // each of another thread's waits spans one release and ends 1 µs after it.
         for i in 0..150u64 {
@@ -1248,16 +1276,7 @@ mod tests {
                 result: OpResult::Hit,
                 ..BufioOp::default()
             });
-            m.add_wait(&LockWait {
-                start_ns: start_ns + 2_000,
-                wait_ns: 2_000,
-                lock_addr: MUTEX,
-                tid: 2,
-                tgid: 1,
-                op: Some(OpKind::Get),
-                op_client: CLIENT,
-                ..LockWait::default()
-            });
+            m.add_wait(&mutex_wait(start_ns + 2_000, 2_000));
         }
         let window = m.tick(1.0, LockSort::Total, "").unwrap();
         let handoff = *window
@@ -1268,6 +1287,45 @@ mod tests {
         assert_eq!(handoff.quantile_ns(0.5), 1_000);
         // All alike, so all as fast as the fastest: spinners'.
         assert_eq!(handoff.spins_per_1000, 1_000);
+    }
+
+    #[test]
+    fn a_window_s_holds_reach_back_to_where_its_waiters_saw_them_held() {
+        use bufscope_trace::{LockOwner, Owner};
+        let mut m = compared_on_client_7();
+        // Thread 1 tried at 2 µs and let go at 10 µs, 1 µs of hold by the probes (the rest on
+        // a runqueue); thread 2 found it holding the mutex at 3 µs.
+        m.add_op(&BufioOp {
+            start_ns: 1_000,
+            duration_ns: 10_000,
+            lock_hold_ns: 1_000,
+            lock_attempt_ns: 2_000,
+            lock_release_ns: 10_000,
+            client: CLIENT,
+            tid: 1,
+            tgid: 1,
+            kind: OpKind::Read,
+            result: OpResult::Hit,
+            ..BufioOp::default()
+        });
+        m.add_wait(&LockWait {
+            owner: LockOwner::Thread(Owner {
+                tid: 1,
+                tgid: 1,
+                op: Some(OpKind::Read),
+                stack_id: None,
+            }),
+            ..mutex_wait(3_000, 8_000)
+        });
+        let window = m.tick(1.0, LockSort::Total, "").unwrap();
+        let held = window.streams.iter().find(|s| s.tid == 1).unwrap().steps[0]
+            .kernel
+            .expect("a stamped hold");
+        assert_eq!(
+            (held.hold_ns, held.before_ns),
+            (7_000, 2_000),
+            "held from 3 µs, where the waiter saw it, to 10 µs; tried then"
+        );
     }
 
     #[test]
