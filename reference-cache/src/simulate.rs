@@ -695,7 +695,7 @@ mod tests {
     use super::*;
     use crate::{
         CacheConfig, Design, Latency, MemoryIo, build,
-        replay::{KernelOp, ReplayClock, replay},
+        replay::{KernelOp, ReplayClock, ReplayLog, replay},
         timing::Timing,
     };
 
@@ -741,6 +741,14 @@ mod tests {
         )
     }
 
+    /// A logged run's waits: (thread, start, length, lock class, step).
+    fn waits_of(log: &ReplayLog) -> Vec<(u32, u64, u64, LockClass, Step)> {
+        log.waits
+            .iter()
+            .map(|w| (w.tid, w.start_ns, w.wait_ns, w.class, w.step))
+            .collect()
+    }
+
     #[test]
     fn a_step_due_while_another_holds_the_mutex_waits_exactly_the_rest_of_that_hold() {
         // Thread 1 creates block 1 at 0 and holds the classic mutex 10 µs; thread 2 comes at
@@ -751,11 +759,7 @@ mod tests {
         ];
         let result = simulated(Design::Classic, streams, timing(10_000, 500), 0);
         let log = result.log.expect("logged");
-        let waits: Vec<_> = log
-            .waits
-            .iter()
-            .map(|w| (w.tid, w.start_ns, w.wait_ns, w.class, w.step))
-            .collect();
+        let waits = waits_of(&log);
         assert_eq!(
             waits,
             [(2, 4_000, 6_500, LockClass::ClientMutex, Step::New)],
@@ -882,11 +886,7 @@ mod tests {
         ];
         let result = simulated(Design::Sharded, streams, timing(5_000, 0), 0);
         let log = result.log.expect("logged");
-        let waits: Vec<_> = log
-            .waits
-            .iter()
-            .map(|w| (w.tid, w.start_ns, w.wait_ns, w.class, w.step))
-            .collect();
+        let waits = waits_of(&log);
         assert_eq!(
             waits,
             [(2, 60_000, 150_000, LockClass::ClientMutex, Step::Read)],

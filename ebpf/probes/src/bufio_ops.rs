@@ -375,21 +375,29 @@ fn run_delay_ns() -> u64 {
     current::read_field::<u64>(current::task(), TASK_OFFSETS.load().task_run_delay).unwrap_or(0)
 }
 
+/// Whether the operation in `frame` works for `client`: its own client, or, for background work,
+/// which names none at its entry, the first client it locks (or unlocks: 6.1's global cleanup
+/// takes its first lock with an inlined trylock, unseen, its hold then untimed), announced to
+/// user space where new.
+#[inline(always)]
+fn works_for(frame: &mut OpFrame, client: u64) -> bool {
+    if frame.client == 0 && is_background(frame.op) {
+        frame.client = client;
+        // SAFETY: read-only look-up.
+        if unsafe { CLIENTS.get(client) }.is_none() {
+            announce_client(client, ClientEvent::SEEN);
+        }
+    }
+    frame.client == client
+}
+
 /// `dm_bufio_lock(c)` entry: the client mutex is about to be taken. Its hold is timed from here
 /// until a wait for it ends ([`client_lock_acquired`]) or, uncontended, until `dm_bufio_unlock`.
-/// Background work, which names no client at its entry, works for the first it locks.
 #[inline(always)]
 fn lock(client: u64, here: u64) {
     if let Some(frame) = current_op(here)
-        && (frame.client == client || (frame.client == 0 && is_background(frame.op)))
+        && works_for(frame, client)
     {
-        if frame.client == 0 {
-            frame.client = client;
-            // SAFETY: read-only look-up.
-            if unsafe { CLIENTS.get(client) }.is_none() {
-                announce_client(client, ClientEvent::SEEN);
-            }
-        }
         let now = current::now_ns();
         frame.lock_enter_ns = now;
         if frame.lock_attempt_ns == 0 {
@@ -414,21 +422,16 @@ pub(crate) fn client_lock_acquired(frame: &mut OpFrame, end_ns: u64) {
 /// preemption `mutex_lock` gives up the CPU at `might_sleep` when the thread's slice is over,
 /// before it takes the mutex, and other threads take and let go of the mutex meanwhile (6.1
 /// thin-hotspot in the test bed: 1,710 "holds" over 100 µs, up to 9.7 ms, while 24,542 other
-/// operations held the same mutex inside them). Runqueue time while truly holding (after a
-/// sleep inside the section) is left out too: rare on the paths that matter, and the waiters of
-/// such a hold record their waits all the same.
-///
-/// Background work whose first lock was a trylock (6.1's global cleanup; inlined, so unseen)
-/// names its client here, its hold untimed.
+/// operations held the same mutex inside them). Runqueue time while truly holding (a holder
+/// preempted inside the section) is left out too; its waiters record their waits all the same,
+/// and the analyses stretch such a hold back to where a waiter found the thread holding
+/// (`models::held_through` in bufscope's analyses).
 #[inline(always)]
 fn unlock(client: u64, here: u64) {
-    let Some(frame) = current_op(here) else {
-        return;
-    };
-    if frame.client == 0 && is_background(frame.op) {
-        frame.client = client;
-    }
-    if frame.client == client && frame.lock_enter_ns != 0 {
+    if let Some(frame) = current_op(here)
+        && works_for(frame, client)
+        && frame.lock_enter_ns != 0
+    {
         let now = current::now_ns();
         let runqueue = run_delay_ns().saturating_sub(frame.lock_run_delay);
         frame.lock_hold_ns += now
