@@ -88,7 +88,8 @@ impl ReplayInput {
     pub fn from_trace(trace: &TraceData) -> Option<Self> {
         let mut per_client: HashMap<u64, usize> = HashMap::new();
         for op in &trace.ops {
-            if step_of(op).is_some() {
+            // Client 0: a background run that locked no client (it touched no cache).
+            if step_of(op).is_some() && op.client != 0 {
                 *per_client.entry(op.client).or_default() += 1;
             }
         }
@@ -730,5 +731,31 @@ mod tests {
                 .describe(&options(Some(500)))
                 .starts_with("500 buffers (--capacity)")
         );
+    }
+
+    #[test]
+    fn a_background_run_that_locked_no_client_is_no_client_of_the_replay() {
+        // 6.1's age cleanup skips a client whose trylock fails: its run binds to no client.
+        let client = 0xc0de;
+        let at = |start_ns, kind, client| BufioOp {
+            start_ns,
+            kind,
+            client,
+            ..BufioOp::default()
+        };
+        let trace = TraceData {
+            ops: vec![
+                at(500, OpKind::AgeCleanup, 0),
+                at(1_000, OpKind::Read, client),
+                at(1_500, OpKind::AgeCleanup, 0),
+                at(2_000, OpKind::Release, client),
+                at(2_500, OpKind::AgeCleanup, 0),
+            ],
+            ..TraceData::default()
+        };
+        let input = ReplayInput::from_trace(&trace).expect("operations");
+        assert_eq!((input.client, input.clients), (client, 1));
+        assert_eq!(input.first_ns, 1_000);
+        assert_eq!(input.steps, 2);
     }
 }

@@ -112,6 +112,10 @@ pub struct TraceSummary {
     pub clients: usize,
     /// Clients described by the file (device, block size, locks).
     pub client_list: Vec<ClientRow>,
+    /// dm-bufio's background runs (global cleanup, shrink work, age cleanup) that took no
+    /// client's lock through dm_bufio_lock/dm_bufio_unlock, so are bound to none: nothing to
+    /// evict, or a trylock that failed (6.1's age cleanup skips a busy client). Not a client.
+    pub clientless_runs: u64,
     /// The most contended locks by total wait, named.
     pub top_locks: Vec<WaitRow>,
     /// The callers with most total wait (from kernel stacks), named.
@@ -167,6 +171,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
         by_op: BTreeMap::new(),
         clients: 0,
         client_list: Vec::new(),
+        clientless_runs: 0,
         top_locks: Vec::new(),
         top_callers: Vec::new(),
         waits_by_op: BTreeMap::new(),
@@ -243,10 +248,17 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                             summary.last_ns =
                                 Some(summary.last_ns.map_or(op.end_ns(), |l| l.max(op.end_ns())));
                             threads.insert(op.tid);
-                            clients.insert(op.client);
-                            let (count, max_block) = ops_by_client.entry(op.client).or_default();
-                            *count += 1;
-                            *max_block = (*max_block).max(op.block);
+                            // Only a background run has no client (the probes bind it to the
+                            // first client it locks).
+                            if op.client == 0 {
+                                summary.clientless_runs += 1;
+                            } else {
+                                clients.insert(op.client);
+                                let (count, max_block) =
+                                    ops_by_client.entry(op.client).or_default();
+                                *count += 1;
+                                *max_block = (*max_block).max(op.block);
+                            }
                             let stats = summary.by_op.entry(op.kind.function()).or_default();
                             stats.count += 1;
                             stats.total_ns += op.duration_ns;
@@ -391,4 +403,51 @@ fn metadata_type(m: &Metadata) -> String {
         Metadata::Unknown => "unknown (newer format)",
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracedata::TraceData;
+    use bufscope_trace::{BufioOp, OpKind};
+
+    #[test]
+    fn background_runs_that_locked_no_client_are_counted_apart_from_the_clients() {
+        let client = 0xc0de;
+        let mut trace = TraceData::default();
+        trace.add_metadata(Metadata::Client {
+            addr: client,
+            device: "7:0".into(),
+            block_size: 4096,
+            locks: None,
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        let at = |start_ns, kind, client, block| BufioOp {
+            start_ns,
+            kind,
+            client,
+            block,
+            ..BufioOp::default()
+        };
+        trace.ops = vec![
+            at(1_000, OpKind::Read, client, 7),
+            at(2_000, OpKind::AgeCleanup, 0, 0),
+            at(3_000, OpKind::Release, client, 7),
+            at(4_000, OpKind::GlobalCleanup, 0, 0),
+            at(5_000, OpKind::GlobalCleanup, client, 0),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bftrace");
+        trace.write(&path, false).unwrap();
+
+        let s = summarize(&path).unwrap();
+        assert_eq!((s.bufio_ops, s.clients, s.clientless_runs), (5, 1, 2));
+        let devices: Vec<(&str, u64, u64)> = s
+            .client_list
+            .iter()
+            .map(|c| (c.device.as_str(), c.ops, c.max_block))
+            .collect();
+        assert_eq!(devices, [("7:0", 3, 7)]);
+    }
 }

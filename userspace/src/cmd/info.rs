@@ -99,12 +99,13 @@ fn print_text(s: &TraceSummary) {
     if !s.by_op.is_empty() {
         println!();
         println!(
-            "{:>12} {:>8} {:>8} {:>12}  dm-bufio operation ({} clients)",
+            "{:>12} {:>8} {:>8} {:>12}  dm-bufio operation ({} client{})",
             "count",
             "hits",
             "misses",
             "avg time",
-            thousands(s.clients as u64)
+            thousands(s.clients as u64),
+            if s.clients == 1 { "" } else { "s" }
         );
         for (function, op) in &s.by_op {
             println!(
@@ -132,6 +133,15 @@ fn print_text(s: &TraceSummary) {
                 c.device,
                 c.addr,
                 if c.no_sleep { ", no-sleep" } else { "" }
+            );
+        }
+        if s.clientless_runs > 0 {
+            println!(
+                "{:>12} {:>8} {:>6} {:>12}  (background runs that locked no client)",
+                thousands(s.clientless_runs),
+                "",
+                "",
+                ""
             );
         }
     }

@@ -440,7 +440,8 @@ impl Comparison {
     }
 
     pub fn add_op(&mut self, op: &BufioOp) {
-        if step_of(op).is_none() {
+        // Client 0: a background run that locked no client, so touched no client's cache.
+        if step_of(op).is_none() || op.client == 0 {
             return;
         }
         self.window_start.get_or_insert(op.start_ns);
@@ -771,10 +772,13 @@ impl Model {
     pub fn add_op(&mut self, op: &BufioOp) {
         self.ops += 1;
         self.interval_events += 1;
-        self.clients
-            .entry(op.client)
-            .or_insert_with(|| ClientStats::new(op.client, "?".into(), 0))
-            .add_op(op);
+        // Client 0: a background run that locked no client (not a client to show).
+        if op.client != 0 {
+            self.clients
+                .entry(op.client)
+                .or_insert_with(|| ClientStats::new(op.client, "?".into(), 0))
+                .add_op(op);
+        }
         if matches!(op.kind, OpKind::Get | OpKind::Read | OpKind::New) {
             self.acquisitions
                 .entry(op.tid)
@@ -1234,6 +1238,28 @@ mod tests {
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
         assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+    }
+
+    #[test]
+    fn a_background_run_that_locked_no_client_shows_as_no_client_and_replays_nowhere() {
+        let mut m = compared(TimingMode::Auto);
+        let cleanup = |start_ns| BufioOp {
+            start_ns,
+            duration_ns: 500_000,
+            kind: OpKind::AgeCleanup,
+            ..BufioOp::default()
+        };
+        m.add_op(&cleanup(0));
+        read_hits(&mut m, 2_000);
+        m.add_op(&cleanup(200_000));
+        assert_eq!(m.ops, 12);
+        assert_eq!(m.clients.keys().copied().collect::<Vec<_>>(), [7]);
+        let window = m.tick(1.0, LockSort::Total, "").expect("client 7 replays");
+        assert_eq!(
+            window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
+            10,
+            "the reads only"
+        );
     }
 
     #[test]

@@ -913,6 +913,19 @@ fn check_bufio(
             })
             .collect();
     let clients = info["client_list"].as_array().cloned().unwrap_or_default();
+    // Only dm-bufio's background work may run without a client (the probes bind a run to the
+    // first client it locks; 6.1's age cleanup skips a client its trylock finds busy).
+    let clientless = info["clientless_runs"].as_u64().unwrap_or(0);
+    let background: u64 = ["do_global_cleanup", "shrink_work", "work_fn"]
+        .iter()
+        .map(|op| info["by_op"][op]["count"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        clientless <= background,
+        "{kernel} {scenario}: {clientless} operations bound to no client, but only {background} \
+         background runs: {}",
+        info["by_op"]
+    );
     ensure!(
         !clients.is_empty(),
         "{kernel} {scenario}: no dm-bufio client was described"
