@@ -66,6 +66,20 @@ fn record_storm(dir: &Path, name: &str, verbose: bool) -> (u64, Vec<u32>) {
     (ringbuf_full(&path), cpus)
 }
 
+/// [`record_storm`] until the ring buffer was full at least once (3 tries): the claim is about
+/// what is told once events are lost. Under the storm a page is nearly always full within 2 s,
+/// but CI once saw a run with the machine busy that lost nothing.
+fn record_storm_until_full(dir: &Path, name: &str, verbose: bool) -> (u64, Vec<u32>) {
+    for attempt in 1..=3 {
+        let (lost, noted) = record_storm(dir, &format!("{attempt}-{name}"), verbose);
+        if lost > 0 {
+            return (lost, noted);
+        }
+        eprintln!("attempt {attempt}: a one-page ring buffer under the pipe storm lost nothing");
+    }
+    panic!("3 recordings through a one-page ring buffer under the pipe storm lost nothing");
+}
+
 #[test]
 fn a_full_ring_buffer_is_told_once_per_cpu_with_v_and_not_without() {
     if !root_or_skip("a_full_ring_buffer_is_told_once_per_cpu_with_v_and_not_without") {
@@ -74,11 +88,7 @@ fn a_full_ring_buffer_is_told_once_per_cpu_with_v_and_not_without() {
     let dir = tempfile::tempdir().unwrap();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
 
-    let (lost, noted) = record_storm(dir.path(), "v.bftrace", true);
-    assert!(
-        lost > 0,
-        "a one-page ring buffer under the pipe storm lost nothing"
-    );
+    let (lost, noted) = record_storm_until_full(dir.path(), "v.bftrace", true);
     let distinct: BTreeSet<u32> = noted.iter().copied().collect();
     assert_eq!(
         distinct.len(),
@@ -90,10 +100,9 @@ fn a_full_ring_buffer_is_told_once_per_cpu_with_v_and_not_without() {
         "{lost} events lost, told by CPUs {noted:?} of {cpus}"
     );
 
-    let (lost, noted) = record_storm(dir.path(), "quiet.bftrace", false);
+    let (lost, noted) = record_storm_until_full(dir.path(), "quiet.bftrace", false);
     assert!(
-        lost > 0,
-        "a one-page ring buffer under the pipe storm lost nothing"
+        noted.is_empty(),
+        "notes shown without -v ({lost} events lost): {noted:?}"
     );
-    assert!(noted.is_empty(), "notes shown without -v: {noted:?}");
 }
