@@ -320,6 +320,14 @@ pub trait BufferCache: Send + Sync + fmt::Debug {
     fn new_buffer(&self, rec: &ThreadRecorder, block: u64) -> Result<BufferRef, CacheError>;
     /// Starts reading `n` blocks from `block` that are not cached (dm_bufio_prefetch).
     fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64);
+    /// One block of [`prefetch`](Self::prefetch)'s loop, `more` blocks following it: a
+    /// simulated replay plans a kernel's prefetch block by block where lookups take no client
+    /// lock ([`Design::lookups_take_the_client_lock`]). False: the prefetch gives up (the cache
+    /// is full). The default prefetches the one block.
+    fn prefetch_block(&self, rec: &ThreadRecorder, block: u64, _more: bool) -> bool {
+        self.prefetch(rec, block, 1);
+        true
+    }
     /// Gives a held buffer back (dm_bufio_release).
     fn release(&self, rec: &ThreadRecorder, buf: BufferRef);
     /// Marks bytes `start..end` of a held buffer dirty (dm_bufio_mark_partial_buffer_dirty).
@@ -346,6 +354,16 @@ pub trait BufferCache: Send + Sync + fmt::Debug {
     /// than minutes): the client lock taken and held for the step's cost, the cache left as
     /// it is.
     fn background_work(&self, rec: &ThreadRecorder);
+    /// A lookup of `block` that missed while another thread was inserting it, and so took the
+    /// miss path, which found the buffer there: the locks that path takes, the cache left as it
+    /// is. In 6.4+ a lookup (`cache_get`) takes a tree lock while an insertion holds the client
+    /// mutex until its buffer is in the tree; a lookup between the two misses, waits for the
+    /// mutex, and `__bufio_new` finds the buffer (on 6.12 verity-read two kworkers prefetching
+    /// the same blocks met so at nearly every block). The simulated replay takes this path
+    /// before a step's hit where the inserting thread had not yet let go of the client lock.
+    /// Designs whose lookups wait for the insertion's own lock cannot meet one halfway: the
+    /// default takes nothing.
+    fn lookup_racing_insert(&self, _rec: &ThreadRecorder, _block: u64) {}
     /// Buffers and dirty buffers now (takes the client mutex).
     fn occupancy(&self, rec: &ThreadRecorder) -> Occupancy;
 }

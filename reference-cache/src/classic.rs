@@ -224,6 +224,7 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
     /// read a block that is not (and taken again for the next).
     fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
         let mut state = self.client.lock(rec);
+        let mut inserted = false;
         for block in block..block.saturating_add(n) {
             if state.tree.contains_key(&block) {
                 continue;
@@ -234,6 +235,7 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
             let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
             state.tree.insert(block, Arc::clone(&buffer));
             state.lists.insert(Arc::clone(&buffer));
+            inserted = true;
             drop(state);
             let read = read_into(self.io.as_ref(), rec, &buffer);
             state = self.client.lock(rec);
@@ -241,7 +243,12 @@ impl<L: Locking> BufferCache for ClassicCache<L> {
                 Self::forget_locked(&mut state, block);
             }
         }
-        rec.spend_hit();
+        // A prefetch that inserted a block holds as a miss, one that found them all as a hit.
+        if inserted {
+            rec.spend_miss();
+        } else {
+            rec.spend_hit();
+        }
     }
 
     fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {

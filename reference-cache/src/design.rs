@@ -58,6 +58,14 @@ impl Design {
         }
     }
 
+    /// Whether a lookup takes the client lock, as every operation of the classic designs does.
+    /// Where it does not (6.4+, ours), a lookup can miss a block another thread is inserting
+    /// ([`BufferCache::lookup_racing_insert`](crate::BufferCache::lookup_racing_insert)), and a
+    /// prefetch takes the client lock block by block, for the blocks it inserts.
+    pub fn lookups_take_the_client_lock(&self) -> bool {
+        matches!(self, Design::Classic | Design::ClassicNoSleep)
+    }
+
     /// A no-sleep client's design (DM_BUFIO_CLIENT_NO_SLEEP): spinning locks, no sleeping.
     pub fn no_sleep(&self) -> bool {
         matches!(self, Design::ClassicNoSleep | Design::ShardedNoSleep)

@@ -291,24 +291,36 @@ impl BufferCache for LockFreeCache {
     }
 
     fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
-        for block in block..block.saturating_add(n) {
-            if self.index.pin().contains_key(&block) {
-                continue;
-            }
-            let mut lists = self.client.lock(rec);
-            if self.index.pin().contains_key(&block) {
-                continue;
-            }
-            if self.config.prefetch_stops_at(lists.total()) {
-                return; // prefetch gives up rather than evict
-            }
-            let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
-            self.insert(&mut lists, &buffer);
-            drop(lists);
-            if read_into(self.io.as_ref(), rec, &buffer).is_err() {
-                self.forget_one(&mut self.client.lock(rec), &buffer);
+        let end = block.saturating_add(n);
+        for block in block..end {
+            if !self.prefetch_block(rec, block, block + 1 < end) {
+                return;
             }
         }
+    }
+
+    /// As sharded's, but the lock-free lookup takes no lock, and nothing takes the client lock
+    /// again after the read is submitted.
+    fn prefetch_block(&self, rec: &ThreadRecorder, block: u64, _more: bool) -> bool {
+        if self.index.pin().contains_key(&block) {
+            return true;
+        }
+        let mut lists = self.client.lock(rec);
+        if self.index.pin().contains_key(&block) {
+            rec.spend_hit();
+            return true;
+        }
+        if self.config.prefetch_stops_at(lists.total()) {
+            return false; // prefetch gives up rather than evict
+        }
+        let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
+        self.insert(&mut lists, &buffer);
+        rec.spend_miss();
+        drop(lists);
+        if read_into(self.io.as_ref(), rec, &buffer).is_err() {
+            self.forget_one(&mut self.client.lock(rec), &buffer);
+        }
+        true
     }
 
     fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {
@@ -385,6 +397,12 @@ impl BufferCache for LockFreeCache {
     }
 
     fn background_work(&self, rec: &ThreadRecorder) {
+        let _lists = self.client.lock(rec);
+        rec.spend_hit();
+    }
+
+    fn lookup_racing_insert(&self, rec: &ThreadRecorder, _block: u64) {
+        // The lock-free lookup missed; the miss path looks again under the client mutex.
         let _lists = self.client.lock(rec);
         rec.spend_hit();
     }

@@ -260,24 +260,42 @@ impl<L: Locking> BufferCache for ShardedCache<L> {
     }
 
     fn prefetch(&self, rec: &ThreadRecorder, block: u64, n: u64) {
-        for block in block..block.saturating_add(n) {
-            if self.tree(block).read(rec).contains_key(&block) {
-                continue;
-            }
-            let mut lists = self.client.lock(rec);
-            if self.tree(block).read(rec).contains_key(&block) {
-                continue;
-            }
-            if self.config.prefetch_stops_at(lists.total()) {
-                return; // prefetch gives up rather than evict
-            }
-            let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
-            self.insert(rec, &mut lists, &buffer);
-            drop(lists);
-            if read_into(self.io.as_ref(), rec, &buffer).is_err() {
-                self.forget_one(rec, &mut self.client.lock(rec), &buffer);
+        let end = block.saturating_add(n);
+        for block in block..end {
+            if !self.prefetch_block(rec, block, block + 1 < end) {
+                return;
             }
         }
+    }
+
+    fn prefetch_block(&self, rec: &ThreadRecorder, block: u64, more: bool) -> bool {
+        if self.tree(block).read(rec).contains_key(&block) {
+            return true;
+        }
+        let mut lists = self.client.lock(rec);
+        if self.tree(block).read(rec).contains_key(&block) {
+            // Inserted while this thread waited for the client lock: __bufio_new finds it.
+            rec.spend_hit();
+            return true;
+        }
+        if self.config.prefetch_stops_at(lists.total()) {
+            return false; // prefetch gives up rather than evict
+        }
+        let buffer = Arc::new(Buffer::new(block, self.config.block_size, state::READING));
+        self.insert(rec, &mut lists, &buffer);
+        rec.spend_miss();
+        drop(lists);
+        if read_into(self.io.as_ref(), rec, &buffer).is_err() {
+            self.forget_one(rec, &mut self.client.lock(rec), &buffer);
+        }
+        if more {
+            // The kernel's loop takes the client lock again after submitting a read, and lets
+            // it go at once at the loop's end (6.4-6.12 __dm_bufio_prefetch): a section of
+            // its own, where the thread prefetching the same blocks waits for it or it for
+            // that one.
+            drop(self.client.lock(rec));
+        }
+        true
     }
 
     fn release(&self, rec: &ThreadRecorder, buf: BufferRef) {
@@ -354,6 +372,14 @@ impl<L: Locking> BufferCache for ShardedCache<L> {
 
     fn background_work(&self, rec: &ThreadRecorder) {
         let _lists = self.client.lock(rec);
+        rec.spend_hit();
+    }
+
+    fn lookup_racing_insert(&self, rec: &ThreadRecorder, block: u64) {
+        // cache_get's tree lock, then __bufio_new's second look under the client lock.
+        drop(self.tree(block).read(rec));
+        let _lists = self.client.lock(rec);
+        drop(self.tree(block).read(rec));
         rec.spend_hit();
     }
 

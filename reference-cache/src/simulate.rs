@@ -36,6 +36,15 @@
 //!    of the kernel's on each (first-come handoffs at the constant cost: 0.41-0.68x on thin-hotspot,
 //!    small-cache and verity-read); first-come handoffs at the drawn latency instead
 //!    made 3.7x the kernel's waits on bufio-hotspot, a convoy the kernel's mutex does not form.
+//! 4. **Lookups that meet an insertion.** Where a design's lookups take no client lock (6.4+,
+//!    ours), a one-block lookup (read, new, a prefetch's block) that the plan found cached,
+//!    inserted by another thread's step, is timed against that step: if the inserting thread
+//!    has not yet let go of the client lock when the lookup is made, the lookup missed in the
+//!    kernel too, and takes the miss path that finds the buffer under the client lock
+//!    ([`BufferCache::lookup_racing_insert`]). A kernel-measured prefetch of several blocks is
+//!    planned block by block (`Part`), so that two threads prefetching the same blocks meet
+//!    at each one, as 6.12 verity-read's kworkers did (158 waits; 130 simulated, 0 before), and
+//!    a prefetch's reads take no time of its own (the kernel's does not wait for them).
 //!
 //! The figures are the same on every run, in debug and release builds, on a busy machine or an
 //! idle one. What the simulation leaves out: the design's own code takes no virtual time (the
@@ -64,8 +73,9 @@ use crate::{
     BufferCache, LockClass, ThreadRecorder,
     recorder::{Hold, PlanEvent},
     replay::{
-        LoggedLockWait, LoggedOp, Mismatches, ReplayOptions, ReplayResult, Step, StepResult,
-        Stepper, Stream, TimedStep, deal, due_ns, histograms, merge, ns_histogram, step_result,
+        KernelOp, LoggedLockWait, LoggedOp, Mismatches, ReplayOptions, ReplayResult, Step,
+        StepResult, Stepper, Stream, TimedStep, deal, due_ns, histograms, merge, ns_histogram,
+        step_result,
     },
     timing::MutexHandoff,
     timing::StepCost,
@@ -102,7 +112,7 @@ pub(crate) fn simulate(
         if let Some(late) = &mut result.late_ns {
             late.add(&thread.late).expect("same bounds");
         }
-        result.steps += thread.steps.len() as u64;
+        result.steps += thread.steps.iter().filter(|s| s.part.last).count() as u64;
         first = first.min(thread.began);
         last = last.max(thread.t);
         if let Some(log) = &mut result.log {
@@ -121,18 +131,119 @@ pub(crate) fn simulate(
 #[derive(Debug)]
 struct PlannedStep {
     tid: u32,
+    /// The operation's step and block, as logged (a part's whole prefetch).
     step: Step,
     block: u64,
+    part: Part,
     due_ns: u64,
     cost: StepCost,
     /// Of `cost.outside_ns`, the part spent before the step's first lock attempt.
     before_ns: u64,
     result: StepResult,
     events: Vec<PlanEvent>,
+    /// A hit on a block another replay thread's step inserted (thread, its step): where that
+    /// step has not let go of the client lock when this one looks, this one takes
+    /// `raced_events` instead ([`BufferCache::lookup_racing_insert`], then its own).
+    race: Option<(usize, usize)>,
+    raced_events: Vec<PlanEvent>,
 }
 
-/// One replay thread's recorded threads (by stream index) and its steps, each with its stream.
-type ThreadSteps = (Vec<u32>, Vec<(usize, TimedStep)>);
+/// Where a planned step stands in its operation. Where a design's lookups take no client lock
+/// (6.4+, ours), a prefetch of several blocks that the kernel measured is planned block by
+/// block, as such a kernel takes the client lock for each block it inserts, so that two threads
+/// prefetching the same blocks meet block by block as the kernel's did (6.12 verity-read: two
+/// kworkers each waited at nearly every one of 64 blocks, where one whole prefetch planned
+/// before the other left the second nothing to insert). A classic prefetch holds the client
+/// mutex across the blocks it finds cached, and runs whole. Parts log and time as their one
+/// operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    first: bool,
+    last: bool,
+    /// Parts of the operation (1: a whole step).
+    of: u32,
+}
+
+impl Part {
+    const WHOLE: Part = Part {
+        first: true,
+        last: true,
+        of: 1,
+    };
+}
+
+/// A step the plan runs: its stream, the step it runs, its part of the operation, and the
+/// operation's own step and block.
+#[derive(Clone, Copy, Debug)]
+struct PlanItem {
+    stream: usize,
+    timed: TimedStep,
+    part: Part,
+    op_step: Step,
+    op_block: u64,
+    op_at_ns: u64,
+}
+
+/// `timed` as the plan runs it (see [`Part`]): where `split` (kernel timing), a prefetch of
+/// n > 1 blocks with a kernel measurement becomes n one-block prefetches, each with an n-th of
+/// its hold; anything else runs whole. Where in the operation its time outside the lock went,
+/// the trace does not say. The parts take none of it: the first spends it all before its lock
+/// attempt, and the rest follow back to back. On 6.12 verity-read that is where the kernel's
+/// time went: the two kworkers' prefetches of the same 64 blocks spent 2.4 of their 5.1 ms on
+/// the first few blocks (one wait of 473 µs), then alternated block by block with 113 waits in
+/// 2.6 ms; spread evenly instead, the parts drifted apart and met 8 times in all.
+fn parts_of(stream: usize, timed: TimedStep, split: bool) -> Vec<PlanItem> {
+    let whole = PlanItem {
+        stream,
+        timed,
+        part: Part::WHOLE,
+        op_step: timed.step,
+        op_block: timed.block,
+        op_at_ns: timed.at_ns,
+    };
+    let (Step::Prefetch { blocks }, Some(op)) = (timed.step, timed.kernel) else {
+        return vec![whole];
+    };
+    if blocks <= 1 || !split {
+        return vec![whole];
+    }
+    let n = u64::from(blocks);
+    let hold_ns = op.hold_ns / n;
+    let first_ns = op.net_ns.saturating_sub(n * hold_ns);
+    (0..n)
+        .map(|i| PlanItem {
+            timed: TimedStep {
+                at_ns: timed.at_ns + if i == 0 { 0 } else { first_ns + i * hold_ns },
+                block: timed.block + i,
+                step: Step::Prefetch { blocks: 1 },
+                kernel: Some(if i == 0 {
+                    KernelOp {
+                        hold_ns,
+                        net_ns: first_ns + hold_ns,
+                        miss: op.miss,
+                        before_ns: first_ns,
+                    }
+                } else {
+                    KernelOp {
+                        hold_ns,
+                        net_ns: hold_ns,
+                        miss: op.miss,
+                        before_ns: 0,
+                    }
+                }),
+            },
+            part: Part {
+                first: i == 0,
+                last: i + 1 == n,
+                of: blocks,
+            },
+            ..whole
+        })
+        .collect()
+}
+
+/// One replay thread's recorded threads (by stream index) and the steps it plans.
+type ThreadSteps = (Vec<u32>, Vec<PlanItem>);
 
 /// The plan run's outcome: each replay thread's planned steps, in its order.
 struct Plan {
@@ -148,9 +259,17 @@ impl Plan {
     fn run(cache: &dyn BufferCache, streams: Vec<Stream>, options: ReplayOptions) -> Self {
         let (dealt, origin_ns) = deal(streams, options.threads);
         // Each replay thread's steps in its order, and every step's place in the recording's.
+        let split = !options.timing.is_host() && !cache.design().lookups_take_the_client_lock();
         let per_thread: Vec<ThreadSteps> = dealt
             .into_iter()
-            .map(|streams| (streams.iter().map(|s| s.tid).collect(), merge(streams)))
+            .map(|streams| {
+                let tids = streams.iter().map(|s| s.tid).collect();
+                let steps = merge(streams)
+                    .into_iter()
+                    .flat_map(|(stream, timed)| parts_of(stream, timed, split))
+                    .collect();
+                (tids, steps)
+            })
             .collect();
         let mut order: Vec<(u64, usize, usize)> = per_thread
             .iter()
@@ -159,7 +278,7 @@ impl Plan {
                 steps
                     .iter()
                     .enumerate()
-                    .map(move |(k, (_, step))| (step.at_ns, t, k))
+                    .map(move |(k, item)| (item.timed.at_ns, t, k))
             })
             .collect();
         // Stable: equal times keep the threads' and each thread's order.
@@ -171,45 +290,82 @@ impl Plan {
             .iter()
             .map(|(_, steps)| steps.iter().map(|_| None).collect())
             .collect();
+        // Which replay thread's step last inserted each block (a one-block lookup's).
+        let mut inserted_by: HashMap<u64, (usize, usize)> = HashMap::new();
         for (_, t, k) in order {
             let (tids, steps) = &per_thread[t];
-            let (
+            let PlanItem {
                 stream,
-                TimedStep {
-                    at_ns,
-                    block,
-                    step,
-                    kernel,
-                },
-            ) = steps[k];
+                timed:
+                    TimedStep {
+                        at_ns,
+                        block,
+                        step,
+                        kernel,
+                    },
+                part,
+                op_step,
+                op_block,
+                op_at_ns,
+            } = steps[k];
             let stepper = &mut steppers[t];
             let (misses, io_errors) = (rec.ops().misses, stepper.mismatches.io_errors);
-            let got = stepper.run(cache, &rec, (stream, block), step);
+            let got = if part.of > 1 {
+                cache.prefetch_block(&rec, block, !part.last);
+                None
+            } else {
+                stepper.run(cache, &rec, (stream, block), step)
+            };
             let result = step_result(
                 step,
                 got,
                 stepper.mismatches.io_errors > io_errors,
                 rec.ops().misses > misses,
             );
-            let due_ns = options
-                .speed
-                .map_or(0, |speed| due_ns(at_ns, origin_ns, speed));
+            // A part after the first is due with its operation: it begins when the one before
+            // it ends.
+            let due_ns = options.speed.map_or(0, |speed| {
+                due_ns(if part.first { at_ns } else { op_at_ns }, origin_ns, speed)
+            });
             let (cost, before_ns) = match kernel {
-                Some(op) if !options.timing.is_host() => (
-                    op.applied_to(options.timing.cost(step)),
-                    op.before_lock_ns(),
-                ),
+                Some(op) if !options.timing.is_host() => {
+                    let mut cost = op.applied_to(options.timing.cost(step));
+                    if part.of > 1 {
+                        // Whichever way a block went, its share of the operation's hold.
+                        (cost.hit_hold_ns, cost.miss_hold_ns) = (op.hold_ns, op.hold_ns);
+                    }
+                    (cost, op.before_lock_ns())
+                }
                 _ => (options.timing.cost(step), 0),
             };
+            let events = rec.take_plan();
+            let (mut race, mut raced_events) = (None, Vec::new());
+            if matches!(step, Step::Read | Step::New | Step::Prefetch { blocks: 1 }) {
+                if events.contains(&PlanEvent::Spend(Hold::Miss)) {
+                    inserted_by.insert(block, (t, k));
+                } else if let Some(&(by, its)) = inserted_by.get(&block)
+                    && by != t
+                {
+                    cache.lookup_racing_insert(&rec, block);
+                    raced_events = rec.take_plan();
+                    if !raced_events.is_empty() {
+                        race = Some((by, its));
+                        raced_events.extend_from_slice(&events);
+                    }
+                }
+            }
             planned[t][k] = Some(PlannedStep {
                 tid: tids[stream],
-                step,
-                block,
+                step: op_step,
+                block: op_block,
+                part,
                 due_ns,
                 cost,
                 before_ns,
                 result,
-                events: rec.take_plan(),
+                events,
+                race,
+                raced_events,
             });
         }
         let mut mismatches = Mismatches::default();
@@ -335,15 +491,22 @@ struct SimThread {
     t: u64,
     /// When its first step began.
     began: u64,
-    /// The current step's start, its lock waits so far, when it last took a lock (or its start)
-    /// and the hold it spent.
+    /// The current operation's start (its first part's), the current step's start, its lock
+    /// waits so far, when it last took a lock (or its start) and the hold it spent.
+    op_start: u64,
     start: u64,
     waited: u64,
     section: u64,
     hold: Option<u64>,
-    /// Its client-lock wait and hold in the current step.
+    /// Its client-lock wait and hold in the current operation.
     client_wait: u64,
     client_hold: u64,
+    /// Whether the current step has let go of the client lock (an insertion is then done).
+    released_client: bool,
+    /// Whether the current step's race (`PlannedStep::race`) was decided, and how: it met the
+    /// insertion before that let go of the client lock.
+    race_decided: bool,
+    raced: bool,
     /// Locks it holds: class, instance, since when.
     holding: Vec<(LockClass, u32, u64)>,
     /// The acquisition it is queued for: class, instance, when it tried.
@@ -391,12 +554,16 @@ impl Simulation {
                 phase: Phase::Start,
                 t: 0,
                 began: u64::MAX,
+                op_start: 0,
                 start: 0,
                 waited: 0,
                 section: 0,
                 hold: None,
                 client_wait: 0,
                 client_hold: 0,
+                released_client: false,
+                race_decided: false,
+                raced: false,
                 holding: Vec::new(),
                 pending: None,
                 woken: false,
@@ -446,6 +613,11 @@ impl Simulation {
             return;
         }
         loop {
+            if let Some(insertion) = self.race_to_decide(i) {
+                let raced = !self.inserted(insertion);
+                let th = &mut self.threads[i];
+                (th.race_decided, th.raced) = (true, raced);
+            }
             let io_ns = self.io_ns;
             let th = &mut self.threads[i];
             let Some(planned) = th.steps.get(th.k) else {
@@ -458,10 +630,14 @@ impl Simulation {
                         self.resume_at(i, due);
                         return;
                     }
-                    th.late.saturating_record((th.t - planned.due_ns).max(1));
+                    if planned.part.first {
+                        th.late.saturating_record((th.t - planned.due_ns).max(1));
+                        (th.op_start, th.client_wait, th.client_hold) = (th.t, 0, 0);
+                    }
                     th.began = th.began.min(th.t);
                     (th.start, th.section) = (th.t, th.t);
-                    (th.waited, th.hold, th.client_wait, th.client_hold) = (0, None, 0, 0);
+                    (th.waited, th.hold) = (0, None);
+                    (th.released_client, th.race_decided, th.raced) = (false, false, false);
                     (th.e, th.phase) = (0, Phase::Events);
                     if planned.before_ns > 0 {
                         let tries = th.t + planned.before_ns;
@@ -471,7 +647,12 @@ impl Simulation {
                     }
                 }
                 Phase::Events => {
-                    let Some(&event) = planned.events.get(th.e) else {
+                    let events = if th.raced {
+                        &planned.raced_events
+                    } else {
+                        &planned.events
+                    };
+                    let Some(&event) = events.get(th.e) else {
                         th.phase = Phase::Finish;
                         continue;
                     };
@@ -508,6 +689,7 @@ impl Simulation {
                             th.rec.released(class, instance, held);
                             if class.is_client_lock() {
                                 th.client_hold += held;
+                                th.released_client = true;
                             }
                             let (id, shared) = lock_of(class, instance);
                             let now = th.t;
@@ -538,6 +720,9 @@ impl Simulation {
                                 }
                             }
                         }
+                        // A prefetch submits its reads and goes on (the design reads in the
+                        // caller; the kernel's does not wait).
+                        PlanEvent::Io if matches!(planned.step, Step::Prefetch { .. }) => {}
                         PlanEvent::Io => {
                             if io_ns > 0 {
                                 let until = th.t + io_ns;
@@ -551,30 +736,56 @@ impl Simulation {
                     let cost = planned.cost;
                     let until = th.start
                         + th.waited
-                        + th.hold.unwrap_or(cost.hit_hold_ns)
+                        // A part that took no client lock (it found its block) takes none
+                        // of the operation's hold.
+                        + th.hold.unwrap_or(if planned.part.of > 1 {
+                            0
+                        } else {
+                            cost.hit_hold_ns
+                        })
                         + cost.outside_ns;
                     if until > th.t {
                         self.resume_at(i, until);
                         return;
                     }
-                    let duration = th.t - th.start;
+                    (th.k, th.phase) = (th.k + 1, Phase::Start);
+                    if !planned.part.last {
+                        continue;
+                    }
+                    let duration = th.t - th.op_start;
                     th.latency[planned.step.index()].saturating_record(duration.max(1));
                     if self.log {
                         th.ops.push(LoggedOp {
                             tid: planned.tid,
                             step: planned.step,
                             block: planned.block,
-                            start_ns: th.start,
+                            start_ns: th.op_start,
                             duration_ns: duration,
                             result: planned.result,
                             mutex_wait_ns: th.client_wait,
                             mutex_hold_ns: th.client_hold,
                         });
                     }
-                    (th.k, th.phase) = (th.k + 1, Phase::Start);
                 }
             }
         }
+    }
+
+    /// The insertion (thread, step) that thread `i`'s step may meet halfway, while that is
+    /// undecided: once the step reaches its events, before its first.
+    fn race_to_decide(&self, i: usize) -> Option<(usize, usize)> {
+        let th = &self.threads[i];
+        if !matches!(th.phase, Phase::Events) || th.race_decided {
+            return None;
+        }
+        th.steps.get(th.k)?.race
+    }
+
+    /// Whether thread `by`'s step `its` has inserted its block: it has let go of the client
+    /// lock, or the thread is past it.
+    fn inserted(&self, (by, its): (usize, usize)) -> bool {
+        let y = &self.threads[by];
+        y.k > its || (y.k == its && y.released_client)
     }
 
     /// Thread `i` tries for the kernel's client mutex at its clock: true when it took it without
@@ -939,6 +1150,95 @@ mod tests {
             before_ns: 25_000,
         };
         assert_eq!(over.before_lock_ns(), 10_000);
+    }
+
+    /// A logged operation's thread, start, duration and client-lock wait.
+    type OpFigures = [u64; 4];
+
+    /// Two threads prefetching blocks 0-3 at 0 and 1 µs, each measured on the kernel holding
+    /// the client lock 40 µs (10 µs a block) and nothing outside it, contended acquisitions
+    /// costing 500 ns: the logged waits (thread, start, length) and prefetches (thread, start,
+    /// duration, client-lock wait).
+    fn two_prefetches_of_the_same_blocks(design: Design) -> (Vec<(u32, u64, u64)>, Vec<OpFigures>) {
+        let prefetch = |at_ns| {
+            let mut step = TimedStep::new(at_ns, 0, Step::Prefetch { blocks: 4 });
+            step.kernel = Some(KernelOp {
+                hold_ns: 40_000,
+                net_ns: 40_000,
+                miss: true,
+                before_ns: 0,
+            });
+            step
+        };
+        let streams = vec![
+            Stream {
+                tid: 1,
+                steps: vec![prefetch(0)],
+            },
+            Stream {
+                tid: 2,
+                steps: vec![prefetch(1_000)],
+            },
+        ];
+        let result = simulated(design, streams, timing(5_000, 500), 0);
+        assert_eq!(result.steps, 2, "one step per prefetch, whatever its parts");
+        let log = result.log.expect("logged");
+        let waits = log
+            .waits
+            .iter()
+            .map(|w| {
+                assert_eq!(w.step, Step::Prefetch { blocks: 4 });
+                (w.tid, w.start_ns, w.wait_ns)
+            })
+            .collect();
+        let ops = log
+            .ops
+            .iter()
+            .map(|o| [u64::from(o.tid), o.start_ns, o.duration_ns, o.mutex_wait_ns])
+            .collect();
+        (waits, ops)
+    }
+
+    #[test]
+    fn two_sharded_prefetches_of_the_same_blocks_meet_block_by_block_as_the_kernel_s_do() {
+        let (waits, ops) = two_prefetches_of_the_same_blocks(Design::Sharded);
+        // Thread 1 inserts each block, 10 µs under the mutex. Thread 2's lookup misses while it
+        // does (it comes at 1 µs), waits, and finds the block under the mutex (10 µs); thread 1,
+        // taking the mutex again after its read is submitted (as 6.4-6.12's loop does), waits
+        // for that, and so on block by block: thread 2 waits at each of the four blocks, and
+        // thread 1 four times (twice for each of blocks 0 and 1) until thread 2 is done.
+        assert_eq!(
+            &waits[..5],
+            [
+                (2, 1_000, 9_500),
+                (1, 10_000, 11_000),
+                (2, 20_500, 1_000),
+                (1, 21_000, 11_000),
+                (2, 31_500, 11_000),
+            ]
+        );
+        let per_thread = |tid| waits.iter().filter(|w| w.0 == tid).count();
+        assert_eq!((per_thread(1), per_thread(2)), (4, 4));
+        // One operation each, from its start to its last block's end.
+        assert_eq!(ops.len(), 2);
+        let total: u64 = waits.iter().map(|w| w.2).sum();
+        assert_eq!(ops.iter().map(|o| o[3]).sum::<u64>(), total);
+        for [tid, start, duration, wait] in ops {
+            assert_eq!(start, (tid - 1) * 1_000);
+            assert!(
+                duration >= 40_000 + wait,
+                "{tid}: {duration} ns, {wait} waiting"
+            );
+        }
+    }
+
+    #[test]
+    fn a_classic_prefetch_runs_whole_and_the_second_finds_every_block_at_once() {
+        // One mutex for lookups and insertions: thread 2 waits once, for thread 1's whole
+        // prefetch (its hold, spent once, in its first section), then finds all four blocks.
+        let (waits, ops) = two_prefetches_of_the_same_blocks(Design::Classic);
+        assert_eq!(waits, [(2, 1_000, 39_500)]);
+        assert_eq!(ops.len(), 2);
     }
 
     #[test]

@@ -26,14 +26,16 @@
 //! client mutex passes between threads as the kernel's, its handoffs drawn from the lock stamps.
 //! 2026-11-30 (6.12 small-cache of 2026-11-30, the others of 2026-11-29): classic's client-mutex
 //! waits per 1k operations, p50 and p99 against 6.1's: bufio-hotspot 1.69x / 1.20x / 1.98x,
-//! thin-hotspot 0.80x / 1.17x / 0.68x, small-cache 0.83x / 1.00x / 0.64x, verity-read 1.18x /
-//! 1.48x / 0.90x, all met; sharded's waits 0.72x 6.12 bufio-hotspot's and 1.14x small-cache's.
-//! With a constant cost per handoff, first come first served, thin and small-cache came to 0.65x
-//! the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's 6.12 kernel waits mostly in
-//! dm-bufio's global cleanup, which the recorder now takes as operations and the designs replay:
-//! before, 0.02x. Missed: 6.12 verity-read (0.00x): its 158 waits are two verity workers
-//! prefetching the same cold 64-block ranges at once, taking the client mutex block by block;
-//! the plan runs one prefetch whole before the other, which then finds every block cached.
+//! thin-hotspot 0.80x / 1.17x / 0.68x, small-cache 0.83x / 1.00x / 0.64x, verity-read 1.17x /
+//! 1.48x / 0.90x, all met; sharded's waits 0.73x 6.12 bufio-hotspot's, 1.36x small-cache's and
+//! 0.82x verity-read's, all met. With a constant cost per handoff, first come first served, thin
+//! and small-cache came to 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's
+//! 6.12 kernel waits mostly in dm-bufio's global cleanup, which the recorder now takes as
+//! operations and the designs replay: before, 0.02x. Verity-read's 158 are two verity workers
+//! prefetching the same cold 64-block ranges at once, taking the client mutex block by block:
+//! while the plan ran one prefetch whole before the other, which then found every block cached,
+//! 0.00x; planned block by block, with a lookup that meets another thread's insertion taking
+//! the miss path, 0.82x.
 
 //! The waits counted are those made inside dm-bufio operations (dm-bufio's own background work
 //! included, where the recording has it as operations: format 1.6 on); the kernel's waits outside
