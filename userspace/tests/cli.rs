@@ -11,7 +11,9 @@ use std::{
 };
 
 use bufscope_analyses::tracedata::TraceData;
-use bufscope_trace::{BufioOp, LockWait, Metadata, OpKind, Thread, TraceHeader, TraceWriter};
+use bufscope_trace::{
+    BufioOp, LockWait, Metadata, OpKind, Record, Thread, TraceHeader, TraceReader, TraceWriter,
+};
 use common::bufscope;
 
 fn golden() -> PathBuf {
@@ -213,8 +215,30 @@ fn info_shows_what_a_cut_recording_holds_then_fails() {
     );
 }
 
+/// The record of the bundled dm-verity recording that byte 300,000 lies in, by reading the
+/// undamaged file record by record: its index, offset, length and dm-bufio operations (it must
+/// be a chunk of them).
+fn record_at_300_000() -> (u64, u64, u64, u64) {
+    let bytes = std::fs::read(sample("6.1-verity-read.bftrace")).unwrap();
+    let mut reader = TraceReader::new(&bytes[..], "whole").unwrap();
+    for index in 0.. {
+        let offset = reader.offset();
+        let record = reader
+            .next_record()
+            .unwrap()
+            .expect("byte 300,000 in a record");
+        if (offset..reader.offset()).contains(&300_000) {
+            let Record::BufioOps(ops) = record else {
+                panic!("record {index} at {offset} holds no operations");
+            };
+            return (index, offset, reader.offset() - offset, ops.len() as u64);
+        }
+    }
+    unreachable!()
+}
+
 /// The bundled dm-verity recording with byte 300,000 changed, as the issue found it: that byte
-/// lies in record 6, a chunk of 14,633 dm-bufio operations (the sample of 2026-11-29, format 1.5).
+/// lies in a chunk of dm-bufio operations ([`record_at_300_000`]).
 fn damaged_sample(dir: &Path) -> PathBuf {
     let mut bytes = std::fs::read(sample("6.1-verity-read.bftrace")).unwrap();
     bytes[300_000] ^= 0x01;
@@ -229,21 +253,28 @@ fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
     let damaged = damaged_sample(dir.path());
     let file = damaged.to_str().unwrap();
     let whole = sample("6.1-verity-read.bftrace");
+    let undamaged = report_json(&["info", "--json", whole.to_str().unwrap()]);
+    let (record, offset, length, ops) = record_at_300_000();
+    assert!(ops > 1_000, "a chunk of {ops} operations");
+    let thousands = bufscope_analyses::units::thousands;
     let said = format!(
-        "bufscope: {file}: skipped 1 damaged record at offset 171,526 (record 6, 174,055 bytes: \
-         payload checksum mismatch); by the end record's counts it held 14,633 dm-bufio \
-         operations; read the other 41 records\n"
+        "bufscope: {file}: skipped 1 damaged record at offset {} (record {record}, {} bytes: \
+         payload checksum mismatch); by the end record's counts it held {} dm-bufio \
+         operations; read the other {} records\n",
+        thousands(offset),
+        thousands(length),
+        thousands(ops),
+        undamaged["records"].as_u64().unwrap() - 1
     );
 
     let (ok, stdout, stderr) = run(&["info", "--json", file]);
     assert!(ok, "{stderr}");
     assert_eq!(stderr, said);
     let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let undamaged = report_json(&["info", "--json", whole.to_str().unwrap()]);
     assert_eq!(info["lock_waits"], undamaged["lock_waits"]);
     assert_eq!(
         info["bufio_ops"].as_u64().unwrap(),
-        undamaged["bufio_ops"].as_u64().unwrap() - 14_633
+        undamaged["bufio_ops"].as_u64().unwrap() - ops
     );
     assert_eq!(
         info["records"].as_u64().unwrap(),
@@ -253,14 +284,14 @@ fn a_damaged_record_costs_only_itself_in_every_command_unless_strict() {
     let skipped = &info["skipped"];
     assert_eq!(
         (skipped["records"].as_u64(), skipped["bytes"].as_u64()),
-        (Some(1), Some(174_055))
+        (Some(1), Some(length))
     );
-    assert_eq!(skipped["listed"][0]["offset"], 171_526);
-    assert_eq!(skipped["listed"][0]["record"], 6);
+    assert_eq!(skipped["listed"][0]["offset"], offset);
+    assert_eq!(skipped["listed"][0]["record"], record);
     assert_eq!(skipped["listed"][0]["kind"], "bufio_ops_v5");
-    assert_eq!(skipped["listed"][0]["items"], 14_633);
+    assert_eq!(skipped["listed"][0]["items"], ops);
     assert_eq!(skipped["listed"][0]["damage"]["why"], "payload_checksum");
-    assert_eq!(skipped["lost"]["bufio_ops"], 14_633);
+    assert_eq!(skipped["lost"]["bufio_ops"], ops);
 
     let (ok, stdout, stderr) = run(&["report", file, "--ops", "--by", "op", "--json"]);
     assert!(ok, "{stderr}");

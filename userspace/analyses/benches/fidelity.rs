@@ -24,18 +24,21 @@
 //! `reference_cache::simulate`): the design's code decides which locks each operation takes, each
 //! operation's own recorded hold and net time how long, and no scheduler adds its timing; the
 //! client mutex passes between threads as the kernel's, its handoffs drawn from the lock stamps.
-//! 2026-11-30 (6.12 small-cache of 2026-11-30, the others of 2026-11-29): classic's client-mutex
-//! waits per 1k operations, p50 and p99 against 6.1's: bufio-hotspot 1.69x / 1.20x / 1.98x,
-//! thin-hotspot 0.80x / 1.17x / 0.68x, small-cache 0.83x / 1.00x / 0.64x, verity-read 1.17x /
-//! 1.48x / 0.90x, all met; sharded's waits 0.73x 6.12 bufio-hotspot's, 1.36x small-cache's and
-//! 0.82x verity-read's, all met. With a constant cost per handoff, first come first served, thin
-//! and small-cache came to 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's
-//! 6.12 kernel waits mostly in dm-bufio's global cleanup, which the recorder now takes as
-//! operations and the designs replay: before, 0.02x. Verity-read's 158 are two verity workers
-//! prefetching the same cold 64-block ranges at once, taking the client mutex block by block:
-//! while the plan ran one prefetch whole before the other, which then found every block cached,
-//! 0.00x; planned block by block, with a lookup that meets another thread's insertion taking
-//! the miss path, 0.82x.
+//! 2026-11-30, on the samples regenerated that day (format 1.6): classic's client-mutex waits
+//! per 1k operations, p50 and p99 against 6.1's: thin-hotspot 0.81x / 1.22x / 0.70x,
+//! small-cache 0.80x / 1.13x / 0.85x, verity-read 1.20x / 1.61x / 0.94x, met; bufio-hotspot
+//! 2.50x / 1.27x / 1.63x, missed on the count (1.69x on the sample of 2026-11-29): the same time
+//! waiting (1.24 s against the kernel's 1.26 s) split into more, shorter waits, because every
+//! simulated thread has a CPU of its own where the kernel ran the experiment's 17 threads on 2.
+//! Sharded's waits: 0.82x 6.12 bufio-hotspot's, 1.05x small-cache's and 1.11x verity-read's,
+//! met. With a constant cost per handoff, first come first served, thin and small-cache came to
+//! 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's 6.12 kernel waits
+//! mostly in dm-bufio's global cleanup, which the recorder now takes as operations and the
+//! designs replay: before, 0.02x. Verity-read's are two verity workers prefetching the same
+//! cold 64-block ranges at once, taking the client mutex block by block: while the plan ran one
+//! prefetch whole before the other, which then found every block cached, 0.00x; planned block
+//! by block, with a lookup that meets another thread's insertion taking the miss path, 0.82x on
+//! the sample of 2026-11-29.
 
 //! The waits counted are those made inside dm-bufio operations (dm-bufio's own background work
 //! included, where the recording has it as operations: format 1.6 on); the kernel's waits outside

@@ -324,28 +324,53 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Byte 300,000 of the dm-verity sample (of 2026-11-29, format 1.5) lies in record 6, a chunk
-    /// of 14,633 operations: only those are lost, and the line says so.
+    /// Byte 300,000 of the dm-verity sample lies in a chunk of operations: only those are lost,
+    /// and the line says so. Where that chunk lies and what it holds comes from reading the
+    /// undamaged file record by record.
     #[test]
     fn a_damaged_record_costs_only_its_own_events_and_is_told() {
         let bytes = sample("6.1-verity-read.bftrace");
         let whole = TraceData::from_bytes(&bytes, "verity.bftrace").unwrap();
         assert_eq!((whole.skipped_message(), &whole.problem), (None, &None));
+        let (index, offset, length, ops) = {
+            let mut reader = TraceReader::new(&bytes[..], "whole").unwrap();
+            let mut index = 0;
+            loop {
+                let offset = reader.offset();
+                let record = reader
+                    .next_record()
+                    .unwrap()
+                    .expect("byte 300,000 in a record");
+                let end = reader.offset();
+                if (offset..end).contains(&300_000) {
+                    let Record::BufioOps(ops) = record else {
+                        panic!("record {index} at {offset} holds no operations");
+                    };
+                    break (index, offset, end - offset, ops.len());
+                }
+                index += 1;
+            }
+        };
+        assert!(ops > 1_000, "a chunk of {ops} operations");
         let mut damaged = bytes.clone();
         damaged[300_000] ^= 0x01;
         let trace = TraceData::from_bytes(&damaged, "verity.bftrace").unwrap();
         assert_eq!(trace.problem, None);
         assert_eq!(trace.waits, whole.waits);
-        assert_eq!(trace.ops.len(), whole.ops.len() - 14_633);
+        assert_eq!(trace.ops.len(), whole.ops.len() - ops);
         assert_eq!(trace.metadata, whole.metadata);
         assert_eq!(trace.records, whole.records - 1);
         assert_eq!(
-            trace.skipped_message().as_deref(),
-            Some(
-                "verity.bftrace: skipped 1 damaged record at offset 171,526 (record 6, 174,055 \
-                 bytes: payload checksum mismatch); by the end record's counts it held 14,633 \
-                 dm-bufio operations; read the other 41 records"
-            )
+            trace.skipped_message(),
+            Some(format!(
+                "verity.bftrace: skipped 1 damaged record at offset {} (record {index}, {} \
+                 bytes: payload checksum mismatch); by the end record's counts it held {} \
+                 dm-bufio operations; read the other {} records",
+                thousands(offset),
+                thousands(length),
+                thousands(ops as u64),
+                whole.records - 1
+            ))
         );
 
         // Two more: each named, the total counted.
@@ -359,7 +384,7 @@ mod tests {
         );
         assert_eq!(message.matches("at offset").count(), 3, "{message}");
         assert!(
-            message.ends_with("; read the other 39 records"),
+            message.ends_with(&format!("; read the other {} records", whole.records - 3)),
             "{message}"
         );
     }
