@@ -503,10 +503,9 @@ struct SimThread {
     client_hold: u64,
     /// Whether the current step has let go of the client lock (an insertion is then done).
     released_client: bool,
-    /// Whether the current step's race (`PlannedStep::race`) was decided, and how: it met the
-    /// insertion before that let go of the client lock.
-    race_decided: bool,
-    raced: bool,
+    /// Whether the current step met its race's insertion (`PlannedStep::race`) before that let
+    /// go of the client lock; `None` while undecided.
+    raced: Option<bool>,
     /// Locks it holds: class, instance, since when.
     holding: Vec<(LockClass, u32, u64)>,
     /// The acquisition it is queued for: class, instance, when it tried.
@@ -562,8 +561,7 @@ impl Simulation {
                 client_wait: 0,
                 client_hold: 0,
                 released_client: false,
-                race_decided: false,
-                raced: false,
+                raced: None,
                 holding: Vec::new(),
                 pending: None,
                 woken: false,
@@ -615,8 +613,7 @@ impl Simulation {
         loop {
             if let Some(insertion) = self.race_to_decide(i) {
                 let raced = !self.inserted(insertion);
-                let th = &mut self.threads[i];
-                (th.race_decided, th.raced) = (true, raced);
+                self.threads[i].raced = Some(raced);
             }
             let io_ns = self.io_ns;
             let th = &mut self.threads[i];
@@ -637,7 +634,7 @@ impl Simulation {
                     th.began = th.began.min(th.t);
                     (th.start, th.section) = (th.t, th.t);
                     (th.waited, th.hold) = (0, None);
-                    (th.released_client, th.race_decided, th.raced) = (false, false, false);
+                    (th.released_client, th.raced) = (false, None);
                     (th.e, th.phase) = (0, Phase::Events);
                     if planned.before_ns > 0 {
                         let tries = th.t + planned.before_ns;
@@ -647,7 +644,7 @@ impl Simulation {
                     }
                 }
                 Phase::Events => {
-                    let events = if th.raced {
+                    let events = if th.raced == Some(true) {
                         &planned.raced_events
                     } else {
                         &planned.events
@@ -775,7 +772,7 @@ impl Simulation {
     /// undecided: once the step reaches its events, before its first.
     fn race_to_decide(&self, i: usize) -> Option<(usize, usize)> {
         let th = &self.threads[i];
-        if !matches!(th.phase, Phase::Events) || th.race_decided {
+        if !matches!(th.phase, Phase::Events) || th.raced.is_some() {
             return None;
         }
         th.steps.get(th.k)?.race

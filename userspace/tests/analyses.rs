@@ -451,8 +451,9 @@ fn a_simulated_compare_gives_the_same_waits_every_run_where_the_kernel_s_operati
 }
 
 /// A simulated design's figures on a bundled sample against the kernel's: dm-bufio lock waits
-/// made inside operations, and the client mutex's p50 and p99 wait (0 without one).
-fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] {
+/// made inside operations, and the client mutex's p50 and p99 wait and total wait (0 without
+/// one).
+fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 4] {
     let c: serde_json::Value = serde_json::from_str(&ok(&[
         "compare",
         &sample(sample_name),
@@ -476,30 +477,10 @@ fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] 
                 .get("client mutex")
                 .map_or(0, |m| m[q].as_u64().unwrap())
         };
-        [inside, mutex("p50_ns"), mutex("p99_ns")]
+        [inside, mutex("p50_ns"), mutex("p99_ns"), mutex("total_ns")]
     };
     let (kernel, model) = (figures(&c["kernel"]), figures(&c["designs"][0]));
     std::array::from_fn(|i| (model[i], kernel[i]))
-}
-
-/// A simulated design's total client-mutex wait on a bundled sample against the kernel's.
-fn simulated_total_wait(sample_name: &str, design: &str) -> (u64, u64) {
-    let c: serde_json::Value = serde_json::from_str(&ok(&[
-        "compare",
-        &sample(sample_name),
-        "--clock",
-        "simulated",
-        "--design",
-        design,
-        "--json",
-    ]))
-    .unwrap();
-    let total = |source: &serde_json::Value| {
-        source["waits"]["client mutex"]["total_ns"]
-            .as_u64()
-            .unwrap()
-    };
-    (total(&c["designs"][0]), total(&c["kernel"]))
 }
 
 fn within_2x((model, kernel): (u64, u64)) -> bool {
@@ -519,8 +500,7 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
     // every simulated thread has a CPU of its own, where the kernel ran the experiment's 17
     // threads on 2. Its p50 and p99 and its total wait are within 2x.
     let _others = others_may_run();
-    let [waits, p50, p99] = simulated_against_kernel("6.1-bufio-hotspot.bftrace", "classic");
-    let total = simulated_total_wait("6.1-bufio-hotspot.bftrace", "classic");
+    let [waits, p50, p99, total] = simulated_against_kernel("6.1-bufio-hotspot.bftrace", "classic");
     eprintln!(
         "6.1-bufio-hotspot, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}, \
          total wait {total:?}"
@@ -536,7 +516,7 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
         "6.1-small-cache.bftrace",
         "6.1-verity-read.bftrace",
     ] {
-        let [waits, p50, p99] = simulated_against_kernel(sample_name, "classic");
+        let [waits, p50, p99, _] = simulated_against_kernel(sample_name, "classic");
         eprintln!(
             "{sample_name}, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
         );

@@ -88,8 +88,7 @@ impl ReplayInput {
     pub fn from_trace(trace: &TraceData) -> Option<Self> {
         let mut per_client: HashMap<u64, usize> = HashMap::new();
         for op in &trace.ops {
-            // Client 0: a background run that locked no client (it touched no cache).
-            if step_of(op).is_some() && op.client != 0 {
+            if step_of(op).is_some() && op.has_client() {
                 *per_client.entry(op.client).or_default() += 1;
             }
         }

@@ -189,7 +189,6 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
     };
     let mut threads = HashSet::new();
     let mut locks = HashSet::new();
-    let mut clients = HashSet::new();
     let mut names = Names::default();
     let mut by_lock: BTreeMap<(u64, u32), WaitRow> = BTreeMap::new();
     let mut by_stack: BTreeMap<u32, WaitRow> = BTreeMap::new();
@@ -248,16 +247,13 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
                             summary.last_ns =
                                 Some(summary.last_ns.map_or(op.end_ns(), |l| l.max(op.end_ns())));
                             threads.insert(op.tid);
-                            // Only a background run has no client (the probes bind it to the
-                            // first client it locks).
-                            if op.client == 0 {
-                                summary.clientless_runs += 1;
-                            } else {
-                                clients.insert(op.client);
+                            if op.has_client() {
                                 let (count, max_block) =
                                     ops_by_client.entry(op.client).or_default();
                                 *count += 1;
                                 *max_block = (*max_block).max(op.block);
+                            } else {
+                                summary.clientless_runs += 1;
                             }
                             let stats = summary.by_op.entry(op.kind.function()).or_default();
                             stats.count += 1;
@@ -328,7 +324,7 @@ pub fn summarize(path: &Path) -> Result<TraceSummary, TraceError> {
     summary.skipped = reader.skipped().clone();
     summary.threads = threads.len();
     summary.locks = locks.len();
-    summary.clients = clients.len();
+    summary.clients = ops_by_client.len();
 
     // Names come last: clients, stacks and symbols may be written after the events.
     for ((addr, flags), mut row) in by_lock {

@@ -440,8 +440,7 @@ impl Comparison {
     }
 
     pub fn add_op(&mut self, op: &BufioOp) {
-        // Client 0: a background run that locked no client, so touched no client's cache.
-        if step_of(op).is_none() || op.client == 0 {
+        if step_of(op).is_none() || !op.has_client() {
             return;
         }
         self.window_start.get_or_insert(op.start_ns);
@@ -772,8 +771,7 @@ impl Model {
     pub fn add_op(&mut self, op: &BufioOp) {
         self.ops += 1;
         self.interval_events += 1;
-        // Client 0: a background run that locked no client (not a client to show).
-        if op.client != 0 {
+        if op.has_client() {
             self.clients
                 .entry(op.client)
                 .or_insert_with(|| ClientStats::new(op.client, "?".into(), 0))

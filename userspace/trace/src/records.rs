@@ -288,6 +288,14 @@ impl BufioOp {
     pub fn hold_began_ns(&self) -> u64 {
         self.lock_release_ns.saturating_sub(self.lock_hold_ns)
     }
+
+    /// Whether it worked for a client. Only dm-bufio's background work (global cleanup, shrink
+    /// work, age cleanup) can have none: it names no client at its entry, and the probes bind it
+    /// to the first client it locks, so a run that locked none (nothing to do, or 6.1's age
+    /// cleanup finding a client busy at its trylock) has client 0 and touched no cache.
+    pub fn has_client(&self) -> bool {
+        self.client != 0
+    }
 }
 
 /// Metadata that lets a trace be read on another machine and tells what it is missing.
