@@ -97,8 +97,11 @@ pub(crate) enum PlanEvent {
     Release { class: LockClass, instance: u32 },
     /// Asked to spend the step's hold (inside whatever lock it holds).
     Spend(Hold),
-    /// Read or wrote a block on the device.
-    Io,
+    /// Read a block from the device.
+    Read,
+    /// Wrote a block to the device. The designs submit a step's writes together, as dm-bufio
+    /// does, so a run of them is one wait for the device ([`crate::simulate`]).
+    Write,
 }
 
 /// Which of a step's calibrated holds the design asked to spend.
@@ -364,8 +367,11 @@ impl ThreadRecorder {
         event(&mut ops);
         self.ops.set(ops);
         if self.plan.is_some() {
-            for _ in 0..(ops.reads + ops.writes).saturating_sub(before.reads + before.writes) {
-                self.note(PlanEvent::Io);
+            for _ in 0..ops.reads.saturating_sub(before.reads) {
+                self.note(PlanEvent::Read);
+            }
+            for _ in 0..ops.writes.saturating_sub(before.writes) {
+                self.note(PlanEvent::Write);
             }
         }
     }

