@@ -437,16 +437,15 @@ fn a_simulated_compare_gives_the_same_waits_every_run_where_the_kernel_s_operati
     assert!(late["p50_ns"].as_u64().unwrap() <= 1_000, "{late}");
 }
 
-/// A simulated design's figures on a bundled sample against the kernel's: dm-bufio lock waits
-/// made inside operations, and the client mutex's p50 and p99 wait (0 without one).
-fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] {
+/// Every design simulated on a bundled sample: the design `compare` names closest to the
+/// kernel, and `design`'s figures against the kernel's: dm-bufio lock waits made inside
+/// operations, and the client mutex's p50 and p99 wait (0 without one).
+fn simulated_against_kernel(sample_name: &str, design: &str) -> (String, [(u64, u64); 3]) {
     let c: serde_json::Value = serde_json::from_str(&ok(&[
         "compare",
         &sample(sample_name),
         "--clock",
         "simulated",
-        "--design",
-        design,
         "--json",
     ]))
     .unwrap();
@@ -465,8 +464,15 @@ fn simulated_against_kernel(sample_name: &str, design: &str) -> [(u64, u64); 3] 
         };
         [inside, mutex("p50_ns"), mutex("p99_ns")]
     };
-    let (kernel, model) = (figures(&c["kernel"]), figures(&c["designs"][0]));
-    std::array::from_fn(|i| (model[i], kernel[i]))
+    let ran = c["designs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source"] == design)
+        .unwrap_or_else(|| panic!("{sample_name}: no {design} in {}", c["designs"]));
+    let (kernel, model) = (figures(&c["kernel"]), figures(ran));
+    let closest = c["closest"].as_str().unwrap().to_owned();
+    (closest, std::array::from_fn(|i| (model[i], kernel[i])))
 }
 
 fn within_2x((model, kernel): (u64, u64)) -> bool {
@@ -477,7 +483,9 @@ fn within_2x((model, kernel): (u64, u64)) -> bool {
 fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_bench_meets_it() {
     // The calibrated-model issue's bounds, on the rows the simulated clock meets (`cargo bench
     // -p bufscope-analyses --bench fidelity`): no scheduler in the figures, so they hold in a
-    // debug build beside other tests as in the bench. Every 6.1 sample's waits, p50 and p99,
+    // debug build beside other tests as in the bench, and so does the design `compare` names
+    // closest (the issue asks it of debug and release builds, idle or busy: on real threads a
+    // debug build was seen to rank 6.1 wrongly). Every 6.1 sample's waits, p50 and p99,
     // since the client mutex runs as the kernel's with its handoffs drawn from the stamps (on
     // thin-hotspot and small-cache the p50 and p99 were 0.4-0.5x the kernel's before).
     //
@@ -492,10 +500,12 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
         "6.1-small-cache.bftrace",
         "6.1-verity-read.bftrace",
     ] {
-        let [waits, p50, p99] = simulated_against_kernel(sample_name, "classic");
+        let (closest, [waits, p50, p99]) = simulated_against_kernel(sample_name, "classic");
         eprintln!(
-            "{sample_name}, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}"
+            "{sample_name}, classic against the kernel: waits {waits:?}, p50 {p50:?}, p99 {p99:?}; \
+             closest {closest}"
         );
+        assert_eq!(closest, "classic", "{sample_name}: one client mutex");
         assert!(waits.1 > 1_000, "{sample_name}: {waits:?}");
         for (what, figure) in [("waits", waits), ("p50", p50), ("p99", p99)] {
             assert!(
@@ -509,13 +519,20 @@ fn simulated_designs_predict_the_kernel_s_waits_within_2x_where_the_fidelity_ben
     // cleanup's runs were recorded and replayed, with the kernel's cache size). On verity-read
     // all are two kworkers prefetching the same blocks, meeting block by block (0.00x before
     // prefetches were planned block by block).
+    // Every 6.12 sample names sharded closest; thin-hotspot's kernel made no dm-bufio wait.
     for sample_name in [
         "6.12-bufio-hotspot.bftrace",
         "6.12-small-cache.bftrace",
         "6.12-verity-read.bftrace",
+        "6.12-thin-hotspot.bftrace",
     ] {
-        let [waits, ..] = simulated_against_kernel(sample_name, "sharded");
-        eprintln!("{sample_name}, sharded against the kernel: waits {waits:?}");
+        let (closest, [waits, ..]) = simulated_against_kernel(sample_name, "sharded");
+        eprintln!("{sample_name}, sharded against the kernel: waits {waits:?}; closest {closest}");
+        assert_eq!(closest, "sharded", "{sample_name}: sharded trees");
+        if sample_name.contains("thin-hotspot") {
+            assert_eq!(waits.1, 0, "{sample_name}: the kernel's waits");
+            continue;
+        }
         assert!(waits.1 >= 100, "{sample_name}: {waits:?}");
         assert!(within_2x(waits), "{sample_name}, sharded: waits {waits:?}");
     }
