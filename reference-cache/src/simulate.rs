@@ -146,11 +146,6 @@ struct PlannedStep {
     cost: StepCost,
     /// Of `cost.outside_ns`, the part spent before the step's first lock attempt.
     before_ns: u64,
-    /// Whether the kernel's measured operation did this step's device reads, or its writes and
-    /// waited for them: its net time, which the step takes, includes them as they went on that
-    /// device, and the simulation charges them nothing more.
-    reads_measured: bool,
-    writes_measured: bool,
     result: StepResult,
     events: Vec<PlanEvent>,
     /// A hit on a block another replay thread's step inserted (thread, its step): where that
@@ -254,6 +249,30 @@ fn parts_of(stream: usize, timed: TimedStep, split: bool) -> Vec<PlanItem> {
         .collect()
 }
 
+/// `events`, a step's plan, with only the device I/O the step waits for on top of its time:
+/// none for a prefetch or an asynchronous writeback (the design does the I/O in the caller; the
+/// kernel's submits it and goes on); of a run of writes, the first (they go to the device
+/// together, and the first's wait covers the rest); and none that the kernel's measured
+/// operation did itself, a miss's read or a synchronous writeback's writes (its net time, which
+/// the step takes, holds them as they went on that device).
+fn waited_io(events: Vec<PlanEvent>, step: Step, measured: Option<KernelOp>) -> Vec<PlanEvent> {
+    let no_wait = matches!(step, Step::Prefetch { .. } | Step::WriteDirtyAsync);
+    let reads_measured = measured.is_some_and(|op| op.miss);
+    let writes_measured = measured.is_some() && step == Step::WriteDirty;
+    let mut previous = None;
+    events
+        .into_iter()
+        .filter(|&event| {
+            let after = previous.replace(event);
+            match event {
+                PlanEvent::Read => !no_wait && !reads_measured,
+                PlanEvent::Write => !no_wait && !writes_measured && after != Some(PlanEvent::Write),
+                _ => true,
+            }
+        })
+        .collect()
+}
+
 /// One replay thread's recorded threads (by stream index) and the steps it plans.
 type ThreadSteps = (Vec<u32>, Vec<PlanItem>);
 
@@ -340,8 +359,6 @@ impl Plan {
                 due_ns(if part.first { at_ns } else { op_at_ns }, origin_ns, speed)
             });
             let measured = kernel.filter(|_| !options.timing.is_host());
-            let reads_measured = measured.is_some_and(|op| op.miss);
-            let writes_measured = measured.is_some() && step == Step::WriteDirty;
             let (cost, before_ns) = match measured {
                 Some(op) => {
                     let mut cost = op.applied_to(options.timing.cost(step));
@@ -353,7 +370,7 @@ impl Plan {
                 }
                 _ => (options.timing.cost(step), 0),
             };
-            let events = rec.take_plan();
+            let events = waited_io(rec.take_plan(), step, measured);
             let (mut race, mut raced_events) = (None, Vec::new());
             if matches!(step, Step::Read | Step::New | Step::Prefetch { blocks: 1 }) {
                 if events.contains(&PlanEvent::Spend(Hold::Miss)) {
@@ -377,8 +394,6 @@ impl Plan {
                 due_ns,
                 cost,
                 before_ns,
-                reads_measured,
-                writes_measured,
                 result,
                 events,
                 race,
@@ -734,20 +749,7 @@ impl Simulation {
                                 }
                             }
                         }
-                        // A prefetch submits its reads and goes on, and so does an
-                        // asynchronous writeback with its writes (the design does the I/O in
-                        // the caller; the kernel's does not wait for it).
-                        PlanEvent::Read | PlanEvent::Write
-                            if matches!(
-                                planned.step,
-                                Step::Prefetch { .. } | Step::WriteDirtyAsync
-                            ) => {}
-                        // I/O the kernel's measured operation did: in its net time.
-                        PlanEvent::Read if planned.reads_measured => {}
-                        PlanEvent::Write if planned.writes_measured => {}
-                        // The writes of one run go to the device together: the first waits
-                        // for the device, the rest are done with it.
-                        PlanEvent::Write if th.e >= 2 && events[th.e - 2] == PlanEvent::Write => {}
+                        // Each I/O left in the plan waits for the device (`waited_io`).
                         PlanEvent::Read | PlanEvent::Write => {
                             if io_ns > 0 {
                                 let until = th.t + io_ns;
