@@ -2,24 +2,26 @@
 //! recorded with default settings (stacks on) against a minimal bpftrace pairing run alone, each
 //! three times, alternating, compared on the medians of the workload's sleeping-lock waits: the
 //! share shorter than 1 µs, the ones that spun (at least half bpftrace's), the average of those
-//! short waits (within 2x), how many waits (within 40 %) and their average (at most 2x
-//! bpftrace's). A probe's work inside the measured interval (a stack walk costs microseconds)
-//! lengthens every wait and collapses the short share; a wait started only after the probe's work
-//! even where the lock was held through it is cut short (record's average was 0.29x bpftrace's
-//! before waits started at arrival), and the short waits most of all; a probe that steals the
-//! workload's CPU changes how many there are (a debug build's reader: 0.21x).
+//! short waits (at most 2x bpftrace's, at least 1/2.4 of it), how many waits (at most 40 %
+//! fewer) and their average (at most 2x bpftrace's). A probe's work inside the measured interval
+//! (a stack walk costs microseconds) lengthens every wait and collapses the short share; a wait
+//! started only after the probe's work even where the lock was held through it is cut short
+//! (record's average was 0.29x bpftrace's before waits started at arrival), and the short waits
+//! most of all; a probe that steals the workload's CPU changes how many there are (a debug
+//! build's reader: 0.21x).
 //!
-//! The bounds are the ones that hold run after run, not the issue's 25 %. The pipe storm flips
-//! between a regime where nearly every wait spins briefly (95-98 % under 1 µs, averages
-//! 0.6-0.95 µs) and one where a third to a half sleep (averages 1.2-1.7 µs), run by run, so the
-//! overall averages of two tools' medians can be 2x apart with neither probe at fault (CI,
-//! 2026-11-30: record 650 ns with two of its three runs spinning, bpftrace 1,339 ns with none).
-//! Hence the lower bound is on the short waits' average, which is the same in both regimes
-//! (0.50-0.70 µs record, 0.68-0.76 µs bpftrace, whose map update after its begin stamp is inside
-//! its waits), and the overall average has only the upper bound that a probe's work inside the
-//! interval would break. Record, costlier per wait than bpftrace, makes the workload contend
-//! 5-31 % less (measured 2026-11-29, six tests). `cargo xtask bench` prints the figures against
-//! the issue's targets.
+//! The bounds are the ones that hold run after run, not the issue's 25 %, and they are not
+//! symmetric, because the minimal pairing is no neutral yardstick. Its contention_end runs
+//! while the new holder holds the pipe's mutex, and costs 800-900 ns a run against record's
+//! ~330 ns since waits are kept in per-thread slots (2026-11-30): each of its ends lengthens a
+//! hold, and so the waits it measures (two map updates more after its end stamp took its
+//! average from ~1.3 µs to ~1.8 µs, `cargo xtask bench`). The storm also flips between a regime
+//! where nearly every wait spins briefly (90-98 % under 1 µs, averages 0.6-0.95 µs) and one
+//! where a half or more sleep (averages 1.2-2.2 µs), run by run, and the pairing's longer holds
+//! push it toward the second (record 89-94 % short, bpftrace 15-44 %, eight tests 2026-11-30).
+//! Hence the overall average has only the upper bound that a probe's work inside the interval
+//! would break, and the lower bound is on the short waits' average. `cargo xtask bench` prints
+//! the figures against the issue's targets.
 //!
 //! Run against a release build: a debug build's reader takes a CPU of the two from the workload
 //! (it recorded 303,629 waits where bpftrace saw 1,409,394). `cargo xtask test` runs it with the
@@ -41,11 +43,18 @@ const RUN: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 3;
 /// A wait shorter than this is "short".
 const SHORT_NS: u64 = 1_000;
-/// How far record's median count may be from bpftrace's.
+/// How many fewer waits record's median count may have than bpftrace's. A costlier probe
+/// makes the workload contend less (a debug build's reader: 0.21x); record, now cheaper per
+/// wait than bpftrace, sees more (0.98-1.33x in five tests, 2026-11-30).
 const COUNT_WITHIN: f64 = 0.40;
-/// How many times longer record's median average wait may be than bpftrace's, and how many times
-/// longer or shorter the median average of its short waits.
+/// How many times longer record's median average wait may be than bpftrace's, and the median
+/// average of its short waits.
 const AVERAGE_WITHIN: f64 = 2.0;
+/// How many times shorter the median average of record's short waits may be than bpftrace's.
+/// bpftrace's end costs about 2.5x record's, inside the holds its waits measure, so its short
+/// waits are the longer: record's averaged 0.48-0.67x bpftrace's in eight tests (2026-11-30),
+/// and 0.35x with every wait started after the probe's work (the cut this bound catches).
+const SHORT_BELOW: f64 = 2.4;
 
 /// What one tool saw of the workload's sleeping-lock waits.
 #[derive(Clone, Copy, Debug)]
@@ -193,9 +202,9 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
         median(theirs.iter().map(|s| s.waits as f64).collect()),
     );
     assert!(
-        (record_waits / bpftrace_waits - 1.0).abs() <= COUNT_WITHIN,
+        record_waits >= (1.0 - COUNT_WITHIN) * bpftrace_waits,
         "record saw {record_waits:.0} waits, bpftrace {bpftrace_waits:.0}: more than {:.0} % \
-         apart\n{runs}",
+         fewer\n{runs}",
         COUNT_WITHIN * 100.0
     );
     let (record_short_avg, bpftrace_short_avg) = (
@@ -204,9 +213,10 @@ fn recorded_waits_are_as_short_as_a_minimal_probe_sees_them() {
     );
     assert!(
         record_short_avg <= AVERAGE_WITHIN * bpftrace_short_avg
-            && bpftrace_short_avg <= AVERAGE_WITHIN * record_short_avg,
+            && bpftrace_short_avg <= SHORT_BELOW * record_short_avg,
         "record's short waits average {record_short_avg:.0} ns, bpftrace's \
-         {bpftrace_short_avg:.0} ns: more than {AVERAGE_WITHIN}x apart\n{runs}"
+         {bpftrace_short_avg:.0} ns: record's more than {AVERAGE_WITHIN}x longer or \
+         {SHORT_BELOW}x shorter\n{runs}"
     );
     let (record_avg, bpftrace_avg) = (
         median(ours.iter().map(|s| s.average_ns).collect()),

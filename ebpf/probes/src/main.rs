@@ -16,6 +16,7 @@
 
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod bufio_ops;
 mod contention;

@@ -15,7 +15,7 @@ use bufscope_abi::{
 use crate::{
     PROBE_CONFIG,
     bufio_ops::OpStack,
-    contention::{CachedStack, PendingWait, StackCacheKey},
+    contention::{CachedStack, PendingSlot, PendingWait, StackCacheKey, THREAD_SLOTS},
 };
 
 /// Events to user space. Sized by user space at load time when it wants a different size.
@@ -52,11 +52,20 @@ pub(crate) fn submit_flags<T>() -> u64 {
     }
 }
 
-/// Sleeping-lock waits in flight, by thread id. A sleeping waiter can migrate between CPUs, so
-/// its begin and end meet only through the thread id. contention_begin inserts, contention_end
-/// takes out; in-kernel only.
+/// Sleeping-lock waits in flight, by thread id, for a thread whose [`PENDING_SLOTS`] slot
+/// another thread holds (or the idle task, tid 0). A sleeping waiter can migrate between CPUs,
+/// so its begin and end meet only through the thread id. contention_begin inserts,
+/// contention_end takes out; in-kernel only.
 #[map]
 pub(crate) static PENDING_BY_TID: HashMap<u32, PendingWait> = HashMap::with_max_entries(16384, 0);
+
+/// Sleeping-lock waits in flight, by thread: slot `tid % THREAD_SLOTS` (see
+/// [`PendingSlot`](crate::contention::PendingSlot)), claimed by the waiter at begin and let go
+/// at its end. An array slot costs a compare-and-swap where the hash map's insert, lookups and
+/// delete cost a few hundred nanoseconds a wait; a thread whose slot another holds falls back to
+/// [`PENDING_BY_TID`]. In-kernel only.
+#[map]
+pub(crate) static PENDING_SLOTS: Array<PendingSlot> = Array::with_max_entries(THREAD_SLOTS, 0);
 
 /// Spinning-lock waits in flight, by CPU: a spinner keeps its CPU, and a per-CPU slot avoids the
 /// hash map's own locking in the middle of someone else's spinlock slow path (perf does the same).
@@ -78,8 +87,9 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Cou
 pub(crate) static STACKS: StackTrace<8192, 0, MAX_STACK_FRAMES> = StackTrace::new();
 
 /// The stack last walked for a thread's wait on a lock inside an operation, for its next waits
-/// to reuse (see `ProbeConfig::STACKS_REUSED`). contention_begin reads and writes it; LRU, so
-/// exited threads and idle locks age out. In-kernel only.
+/// to reuse (see `ProbeConfig::STACKS_REUSED`), where the thread's slot does not remember it
+/// (its last wait was on another lock or operation). contention_begin reads and writes it;
+/// LRU, so exited threads and idle locks age out. In-kernel only.
 #[map]
 pub(crate) static STACK_CACHE: LruHashMap<StackCacheKey, CachedStack> =
     LruHashMap::with_max_entries(16384, 0);
