@@ -79,7 +79,7 @@ pub fn thread_cgroup(tgid: u32, tid: u32) -> Option<String> {
 /// it was first seen keeps its first name.
 #[derive(Debug, Default)]
 pub struct NewThreads {
-    seen: std::collections::HashSet<u32>,
+    seen: foldhash::HashSet<u32>,
 }
 
 impl NewThreads {

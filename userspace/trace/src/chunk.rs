@@ -33,7 +33,9 @@
 //! Columns of small, similar numbers are what zstd compresses best; end times arrive nearly in
 //! order, so their deltas are small, and so are the block deltas of scans.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use integer_encoding::VarInt;
 
