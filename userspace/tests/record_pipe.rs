@@ -1,22 +1,13 @@
 //! `bufscope record` on the real kernel (root): a pipe-contention workload runs while recording,
 //! and the file must hold the workload's own mutex waits, with kernel stacks whose callers are
 //! the pipe functions and the names of the threads that waited, and say why dm-bufio was not
-//! probed on a host without it. Also: both attach modes, clean stops on SIGINT and SIGTERM
-//! that keep the thread names, and two threads sharing a wait slot in the kernel.
+//! probed on a host without it. Also: both attach modes, and clean stops on SIGINT and SIGTERM
+//! that keep the thread names.
 
 mod common;
 
-use std::{
-    collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{collections::HashSet, thread, time::Duration};
 
-use bufscope_abi::PENDING_THREAD_SLOTS;
 use bufscope_trace::{Metadata, Record, TraceReader};
 use common::{PipeContention, bufscope, root_or_skip, start_recording};
 
@@ -289,146 +280,5 @@ fn live_prints_interval_tables_from_in_kernel_histograms() {
         } else {
             assert!(lock.starts_with("mutex 0x"), "{stdout}");
         }
-    }
-}
-
-/// Threads writing 4 MiB at a time over one tmpfs file, for
-/// [`threads_sharing_a_wait_slot_both_have_their_waits_recorded`]: each write holds the file's
-/// inode rwsem for a millisecond or so while the others wait on it. `others` of them have any
-/// ids, and two have ids [`PENDING_THREAD_SLOTS`] apart (a multiple), so that the kernel keeps
-/// their waits in flight in one slot: whichever waits second while the other waits keeps its
-/// wait in the hash map instead.
-struct SharedSlotWriters {
-    stop: Arc<AtomicBool>,
-    writers: Vec<thread::JoinHandle<()>>,
-    /// The two writers sharing a slot.
-    sharing: [u32; 2],
-    /// Every writer's id.
-    tids: Vec<u32>,
-}
-
-impl SharedSlotWriters {
-    const CHUNK: usize = 4 << 20;
-
-    fn start(file: &std::fs::File, others: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        // A writer whose thread id satisfies `wanted`, or none: the thread starts, and writes
-        // only if its id is wanted.
-        let writer = |wanted: &dyn Fn(u32) -> bool| -> Option<(thread::JoinHandle<()>, u32)> {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
-            let stop = Arc::clone(&stop);
-            let file = file.try_clone().expect("the file's descriptor duplicates");
-            let handle = thread::spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                tx.send(unsafe { libc::gettid() } as u32).unwrap();
-                if !go_rx.recv().unwrap() {
-                    return;
-                }
-                let chunk = vec![b'x'; Self::CHUNK];
-                while !stop.load(Ordering::Relaxed) {
-                    std::os::unix::fs::FileExt::write_all_at(&file, &chunk, 0)
-                        .expect("the tmpfs file takes the write");
-                }
-            });
-            let tid = rx.recv().unwrap();
-            let keep = wanted(tid);
-            go_tx.send(keep).unwrap();
-            if keep {
-                Some((handle, tid))
-            } else {
-                handle.join().unwrap();
-                None
-            }
-        };
-        let (first, first_tid) = writer(&|_| true).unwrap();
-        // Thread ids are handed out in turn, so one in every PENDING_THREAD_SLOTS new threads
-        // at most shares the first one's slot, unless the id space wraps first (pid_max).
-        let slot = first_tid % PENDING_THREAD_SLOTS;
-        let (second, second_tid) = (0..8 * PENDING_THREAD_SLOTS)
-            .find_map(|_| writer(&|tid| tid != first_tid && tid % PENDING_THREAD_SLOTS == slot))
-            .expect("a thread id sharing the first writer's slot");
-        let mut writers = vec![first, second];
-        let mut tids = vec![first_tid, second_tid];
-        for _ in 0..others {
-            let (handle, tid) = writer(&|_| true).unwrap();
-            writers.push(handle);
-            tids.push(tid);
-        }
-        Self {
-            stop,
-            writers,
-            sharing: [first_tid, second_tid],
-            tids,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.writers {
-            w.join().unwrap();
-        }
-    }
-}
-
-/// The kernel keeps a sleeping wait in flight in its thread's slot, and a thread whose slot
-/// another thread holds keeps it in a hash map: two writers sharing a slot, among two others,
-/// all waiting on one file's inode rwsem while one of them writes, each have about as many
-/// waits recorded as the others. Were the second waiter's wait lost (or paired with the other
-/// thread's end), the two would fall behind by the share of their waits that began while the
-/// other waited, which with one writer holding and three waiting is most of them.
-#[test]
-fn threads_sharing_a_wait_slot_both_have_their_waits_recorded() {
-    if !root_or_skip("threads_sharing_a_wait_slot_both_have_their_waits_recorded") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("slots.bftrace");
-    // tmpfs: a write is a copy into the page cache under the inode's rwsem, no disk.
-    let shm = tempfile::tempfile_in("/dev/shm").expect("a file in /dev/shm");
-    let (child, _) = start_recording(&[
-        "-o",
-        path.to_str().unwrap(),
-        "--duration",
-        "3s",
-        "--no-stacks",
-    ]);
-    let writers = SharedSlotWriters::start(&shm, 2);
-    thread::sleep(Duration::from_millis(1500));
-    let (sharing, tids) = (writers.sharing, writers.tids.clone());
-    writers.stop();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "record failed: {out:?}");
-
-    let recorded = read_trace(&path);
-    let waits_of = |tid: u32| {
-        recorded
-            .waits
-            .iter()
-            .filter(|w| w.tid == tid && w.flags == bufscope_abi::LockFlags::WRITE)
-            .count()
-    };
-    let mut others: Vec<usize> = tids
-        .iter()
-        .filter(|t| !sharing.contains(t))
-        .map(|&t| waits_of(t))
-        .collect();
-    others.sort_unstable();
-    let typical = others[others.len() / 2];
-    eprintln!(
-        "rwsem write waits: {:?} for the writers sharing a slot, {others:?} for the others",
-        sharing.map(waits_of)
-    );
-    assert!(
-        typical >= 50,
-        "the writers contended too little: {others:?}"
-    );
-    for tid in sharing {
-        let n = waits_of(tid);
-        assert!(
-            n * 10 >= typical * 7,
-            "writer {tid}, sharing its wait slot with {sharing:?}, has {n} rwsem waits recorded, \
-             the other writers {others:?}"
-        );
     }
 }

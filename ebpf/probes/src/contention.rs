@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
-    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, OwnerStack,
-    PENDING_THREAD_SLOTS, ProbeConfig, STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets,
-    WaitHist, WaitHistKey, owner, process,
+    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, OwnerStack, ProbeConfig,
+    STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets, WaitHist, WaitHistKey, owner,
+    process,
 };
 
 use crate::{
@@ -67,6 +67,10 @@ impl PendingWait {
     };
 }
 
+/// How many [`PendingSlot`]s there are: threads whose ids are a multiple of this apart share
+/// one, and the second of two such threads waiting at once falls back to the hash map.
+pub(crate) const THREAD_SLOTS: u32 = 16384;
+
 /// One thread's sleeping-lock wait in flight, in `PENDING_SLOTS`. In-kernel only.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -106,7 +110,7 @@ impl PendingSlot {
         if tid == 0 {
             return None;
         }
-        PENDING_SLOTS.get_ptr_mut(tid & (PENDING_THREAD_SLOTS - 1))
+        PENDING_SLOTS.get_ptr_mut(tid & (THREAD_SLOTS - 1))
     }
 
     /// Claims the slot for `tid` unless another thread holds it: the holder before, 0 when it
