@@ -141,10 +141,11 @@ impl PendingSlot {
         unsafe { core::ptr::read_volatile(&raw const (*slot).claimed_by) }
     }
 
-    /// Lets the slot go. A caller that read the wait first puts a compiler fence between the
-    /// read and this store: the next claimer may write the wait as soon as it sees 0.
+    /// Lets the slot go. The next claimer may write the wait as soon as it sees 0, so the
+    /// fence keeps the caller's reads of the wait before the store.
     #[inline(always)]
     fn release(slot: *mut PendingSlot) {
+        compiler_fence(Ordering::SeqCst);
         // SAFETY: as in `holder`; only the holder writes 0.
         unsafe { core::ptr::write_volatile(&raw mut (*slot).claimed_by, 0) };
     }
@@ -259,9 +260,11 @@ impl StackPlace for TracePointContext {
 /// The place is the thread's slot in an array, claimed with one compare-and-swap, and the slot
 /// remembers the thread's last stack and lock, so a thread waiting again on the same lock
 /// skips the stack cache's and the slab name's lookups: per run, begin went from ~1,050 to
-/// ~650 ns and end from ~550 to ~330 on the pipe storm (2026-11-30). Where the lock is still held by another thread once
-/// that work is done ([`OwnerWord::held_by_another`]), the waiter would have waited through it
-/// anyway, and its wait starts when it arrived. Where it was held at arrival and free once the
+/// ~650 ns and end from ~550 to ~330 on the pipe storm (2026-11-30).
+///
+/// Where the lock is still held by another thread once that work is done
+/// ([`OwnerWord::held_by_another`]), the waiter would have waited through it anyway, and its
+/// wait starts when it arrived. Where it was held at arrival and free once the
 /// work was done, the holder let go at some moment in between: the wait starts midway, the
 /// estimate that is right on average. Where it was free at arrival, or that cannot be told
 /// (spinning locks, rwsems held by readers), it starts when the work was done. Starting every
@@ -711,7 +714,6 @@ fn on_end(lock_addr: u64, ret: i32) {
             count(Counter::MismatchedEnd);
             return;
         }
-        compiler_fence(Ordering::SeqCst);
         PendingSlot::release(slot);
         emit(&wait, end_ns, ret);
         return;
