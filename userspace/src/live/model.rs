@@ -14,16 +14,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, ClientLock, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
-use reference_cache::{Design, replay::ReplayClock};
+use reference_cache::Design;
 
 use super::{
     hist::Log2Hist,
     playback::Played,
-    shadow::{DesignResult, Window},
+    shadow::{Cut, DesignResult},
 };
 use bufscope_analyses::{
-    calibration::{Calibration, TimingMode, calibrate_ops},
-    models::{OwnedWaits, step_of, streams_of},
+    calibration::TimingMode,
+    models::step_of,
     naming::{Names, thread_role},
 };
 use hdrhistogram::Histogram;
@@ -482,9 +482,9 @@ impl Comparison {
         }
     }
 
-    /// Ends the window: the compared client's operations as replay streams, or `None` when it
-    /// had none (or there are no designs).
-    fn cut(&mut self, at_secs: f64) -> Option<Window> {
+    /// Ends the window: the compared client's operations (turned into replay streams by the
+    /// shadow, [`Cut::prepare`]), or `None` when it had none (or there are no designs).
+    fn cut(&mut self, at_secs: f64) -> Option<Cut> {
         let start = self.window_start.take();
         let mut ops = std::mem::take(&mut self.window_ops);
         let mut waits = std::mem::take(&mut self.window_waits);
@@ -504,29 +504,6 @@ impl Comparison {
         if self.designs.is_empty() || ops.is_empty() {
             return None;
         }
-        let mutex_waits = mutex_waits.remove(&client).unwrap_or_default();
-        let calibration = (self.window_timing != TimingMode::Host)
-            .then(|| {
-                let spans: Vec<(u64, u64)> = mutex_waits
-                    .iter()
-                    .map(|w| (w.start_ns, w.wait_ns))
-                    .collect();
-                calibrate_ops(client, &self.device, &ops, &spans)
-            })
-            .filter(|c| self.window_timing.uses(c));
-        let timing = calibration.as_ref().map(Calibration::timing);
-        // A miss's read takes what the window's took, in virtual time.
-        let clock =
-            calibration
-                .filter(|_| self.simulate_calibrated)
-                .map(|c| ReplayClock::Simulated {
-                    io_ns: c.read_io().map_or(0, |io| io.as_nanos() as u64),
-                });
-        let streams = streams_of(
-            ops.iter(),
-            start.unwrap_or(0),
-            &OwnedWaits::of(mutex_waits.iter()),
-        );
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
@@ -538,14 +515,17 @@ impl Comparison {
                 results: vec![None; self.designs.len()],
             },
         );
-        Some(Window {
+        Some(Cut {
             id,
             client,
+            device: self.device.clone(),
             block_size: self.block_size,
-            streams,
+            start_ns: start.unwrap_or(0),
+            ops,
+            mutex_waits: mutex_waits.remove(&client).unwrap_or_default(),
             speed: None,
-            timing,
-            clock,
+            timing: self.window_timing,
+            simulate_calibrated: self.simulate_calibrated,
         })
     }
 
@@ -799,7 +779,7 @@ impl Model {
 
     /// Ends an interval of `secs` seconds on the source's clock: rates, series, the lock rows,
     /// and the comparison's next window for the designs (if any).
-    pub fn tick(&mut self, secs: f64, sort: LockSort, filter: &str) -> Option<Window> {
+    pub fn tick(&mut self, secs: f64, sort: LockSort, filter: &str) -> Option<Cut> {
         let secs = secs.max(1e-6);
         self.elapsed_secs += secs;
         let t = self.elapsed_secs;
@@ -1060,6 +1040,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use bufscope_trace::Thread;
+    use reference_cache::replay::ReplayClock;
 
     use super::*;
 
@@ -1215,17 +1196,30 @@ mod tests {
     fn windows_run_at_the_costs_their_operations_measured_as_timing_says() {
         let mut m = compared(TimingMode::Auto);
         read_hits(&mut m, 2_000);
-        let timing = m.tick(1.0, LockSort::Total, "").unwrap().timing.unwrap();
+        let timing = m
+            .tick(1.0, LockSort::Total, "")
+            .unwrap()
+            .prepare()
+            .timing
+            .unwrap();
         let read = timing.cost(reference_cache::replay::Step::Read);
         assert_eq!((read.hit_hold_ns, read.outside_ns), (2_000, 2_000));
 
         // Without measured holds, auto leaves the designs at host speed and kernel does not.
         let mut m = compared(TimingMode::Auto);
         read_hits(&mut m, 0);
-        assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+        assert_eq!(
+            m.tick(1.0, LockSort::Total, "").unwrap().prepare().timing,
+            None
+        );
         let mut m = compared(TimingMode::Kernel);
         read_hits(&mut m, 0);
-        let timing = m.tick(1.0, LockSort::Total, "").unwrap().timing.unwrap();
+        let timing = m
+            .tick(1.0, LockSort::Total, "")
+            .unwrap()
+            .prepare()
+            .timing
+            .unwrap();
         // No hold measured: the whole net time (5 - 1 µs) is taken as the critical section.
         assert_eq!(
             timing.cost(reference_cache::replay::Step::Read).hit_hold_ns,
@@ -1235,7 +1229,10 @@ mod tests {
         // Host: the shadow's own options decide.
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
-        assert_eq!(m.tick(1.0, LockSort::Total, "").unwrap().timing, None);
+        assert_eq!(
+            m.tick(1.0, LockSort::Total, "").unwrap().prepare().timing,
+            None
+        );
     }
 
     #[test]
@@ -1252,7 +1249,10 @@ mod tests {
         m.add_op(&cleanup(200_000));
         assert_eq!(m.ops, 12);
         assert_eq!(m.clients.keys().copied().collect::<Vec<_>>(), [7]);
-        let window = m.tick(1.0, LockSort::Total, "").expect("client 7 replays");
+        let window = m
+            .tick(1.0, LockSort::Total, "")
+            .expect("client 7 replays")
+            .prepare();
         assert_eq!(
             window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
             10,
@@ -1272,7 +1272,8 @@ mod tests {
         read_hits(&mut m, 2_000);
         let window = m
             .tick(1.0, LockSort::Total, "")
-            .expect("the next window replays");
+            .expect("the next window replays")
+            .prepare();
         assert_eq!(
             window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
             10
@@ -1302,7 +1303,7 @@ mod tests {
             });
             m.add_wait(&mutex_wait(start_ns + 2_000, 2_000));
         }
-        let window = m.tick(1.0, LockSort::Total, "").unwrap();
+        let window = m.tick(1.0, LockSort::Total, "").unwrap().prepare();
         let handoff = *window
             .timing
             .unwrap()
@@ -1341,7 +1342,7 @@ mod tests {
             }),
             ..mutex_wait(3_000, 8_000)
         });
-        let window = m.tick(1.0, LockSort::Total, "").unwrap();
+        let window = m.tick(1.0, LockSort::Total, "").unwrap().prepare();
         let held = window.streams.iter().find(|s| s.tid == 1).unwrap().steps[0]
             .kernel
             .expect("a stamped hold");
@@ -1358,7 +1359,7 @@ mod tests {
             let mut m = compared(timing);
             m.comparison.simulate_calibrated = simulate;
             read_hits(&mut m, hold_ns);
-            m.tick(1.0, LockSort::Total, "").unwrap()
+            m.tick(1.0, LockSort::Total, "").unwrap().prepare()
         };
         // No misses in the window: reads take no time in the simulation.
         let simulated = Some(ReplayClock::Simulated { io_ns: 0 });

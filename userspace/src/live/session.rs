@@ -119,10 +119,10 @@ impl ViewState {
 
     /// The end of a data interval of `secs` on the source's clock.
     fn tick(&mut self, secs: f64, speed: Option<f64>) {
-        if let Some(mut window) = self.model.tick(secs, self.ui.sort, &self.ui.filter) {
-            window.speed = speed;
-            let id = window.id;
-            let taken = self.shadow.as_ref().is_some_and(|s| s.submit(window));
+        if let Some(mut cut) = self.model.tick(secs, self.ui.sort, &self.ui.filter) {
+            cut.speed = speed;
+            let id = cut.id;
+            let taken = self.shadow.as_ref().is_some_and(|s| s.submit(cut));
             if !taken {
                 self.model.comparison.skip(id);
             }
@@ -297,13 +297,16 @@ pub async fn run_live(
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut hangup = handler(SignalKind::hangup(), "SIGHUP")?;
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
-    // A late loop (a busy machine) skips the ticks it missed rather than running them back to
-    // back: each tick measures the time since the last one.
+    // A late tick (a busy machine) puts the next one a whole period after it, rather than
+    // running missed ones back to back or at once: the event stream, below the ticks, is read
+    // in between. A tick that always found the next one due left the ring unread (the view
+    // showed "0 ev/s" and counted losses under a pipe storm). Each tick measures the time since
+    // the last one.
     let mut data_tick = tokio::time::interval(settings.interval);
-    data_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    data_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     data_tick.reset();
     let mut frame_tick = tokio::time::interval(FRAME);
-    frame_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    frame_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(4096);
     let mut last_tick = Instant::now();
     let mut last_frame = Instant::now();

@@ -4,6 +4,11 @@
 //! the design's lock waits sent back. The live view therefore shows the designs one window
 //! behind the kernel.
 //!
+//! The view hands over a window as it was cut ([`Cut`]): its operations are turned into replay
+//! streams and calibrated on the shadow's own thread, not the view's, so a busy window never
+//! holds up the view's keys, frames or event reading (on two CPUs under a pipe storm, a debug
+//! build's window took the view's loop more than a second).
+//!
 //! Buffers held across a window boundary are released at the window's end (the replay's
 //! "held at end"), and their later release counts as a mismatch; with one-second windows and
 //! dm-bufio's short holds, a few per window.
@@ -17,6 +22,7 @@ use std::{
     thread,
 };
 
+use bufscope_trace::{BufioOp, LockWait};
 use reference_cache::{
     BufferCache, Design,
     replay::{ReplayClock, ReplayOptions, Stream, replay},
@@ -25,7 +31,8 @@ use reference_cache::{
 
 use super::hist::Log2Hist;
 use bufscope_analyses::{
-    models::{KernelCache, ModelOptions, build_cache, for_clock},
+    calibration::{Calibration, TimingMode, calibrate_ops},
+    models::{KernelCache, ModelOptions, OwnedWaits, build_cache, for_clock, streams_of},
     units::error_chain,
 };
 
@@ -49,6 +56,74 @@ pub struct Window {
     /// operations, whose misses then read in the given time); `None`: the shadow's options
     /// decide. The designs' caches answer at once either way (no `--device` then).
     pub clock: Option<ReplayClock>,
+}
+
+/// One client's operations over one interval as the view cut them, before they are turned into
+/// a [`Window`] ([`Cut::prepare`], on the shadow's thread).
+#[derive(Clone, Debug)]
+pub struct Cut {
+    pub id: u64,
+    pub client: u64,
+    /// The client's device, named in the calibration.
+    pub device: String,
+    pub block_size: u32,
+    /// Where the window's streams start (its first operation's start).
+    pub start_ns: u64,
+    pub ops: Vec<BufioOp>,
+    /// The window's waits on the client's mutex inside its operations: their spans time the
+    /// mutex's handoffs, their owners how long each holder held it.
+    pub mutex_waits: Vec<LockWait>,
+    /// As [`Window::speed`].
+    pub speed: Option<f64>,
+    /// Whether the designs run at the costs the window's own operations measured (`Host`:
+    /// the shadow's options decide).
+    pub timing: TimingMode,
+    /// Whether a window so calibrated replays in virtual time.
+    pub simulate_calibrated: bool,
+}
+
+impl Cut {
+    /// The window's replay streams, and its costs and clock where [`Cut::timing`] asks for
+    /// them.
+    pub fn prepare(&self) -> Window {
+        let calibration = (self.timing != TimingMode::Host)
+            .then(|| {
+                let spans: Vec<(u64, u64)> = self
+                    .mutex_waits
+                    .iter()
+                    .map(|w| (w.start_ns, w.wait_ns))
+                    .collect();
+                calibrate_ops(self.client, &self.device, &self.ops, &spans)
+            })
+            .filter(|c| self.timing.uses(c));
+        // A miss's read takes what the window's took, in virtual time.
+        let clock = calibration
+            .as_ref()
+            .filter(|_| self.simulate_calibrated)
+            .map(|c| ReplayClock::Simulated {
+                io_ns: c.read_io().map_or(0, |io| io.as_nanos() as u64),
+            });
+        Window {
+            id: self.id,
+            client: self.client,
+            block_size: self.block_size,
+            streams: streams_of(
+                self.ops.iter(),
+                self.start_ns,
+                &OwnedWaits::of(self.mutex_waits.iter()),
+            ),
+            speed: self.speed,
+            timing: calibration.as_ref().map(Calibration::timing),
+            clock,
+        }
+    }
+}
+
+/// What the preparing thread is handed: a window still to prepare, or one ready.
+#[derive(Debug)]
+enum Job {
+    Cut(Box<Cut>),
+    Ready(Box<Window>),
 }
 
 /// What one design measured on one window.
@@ -78,12 +153,17 @@ pub enum ShadowError {
         design: Design,
         source: std::io::Error,
     },
+    #[error("starting the thread that prepares the designs' windows")]
+    Preparer(#[source] std::io::Error),
 }
 
-/// The designs' threads. Dropping it lets them finish their window and exit.
+/// The designs' threads, and the thread that prepares their windows. Dropping it lets them
+/// finish their window and exit.
 #[derive(Debug)]
 pub struct Shadow {
-    workers: Vec<Worker>,
+    /// Shared with the preparing thread, which hands each prepared window to every worker.
+    workers: Arc<Vec<Worker>>,
+    jobs: mpsc::Sender<Job>,
     results: Receiver<DesignResult>,
 }
 
@@ -113,16 +193,37 @@ impl Shadow {
                 in_flight,
             });
         }
-        Ok(Self { workers, results })
+        let workers = Arc::new(workers);
+        let (jobs, jobs_rx) = mpsc::channel();
+        let handed = Arc::clone(&workers);
+        thread::Builder::new()
+            .name("shadow-prepare".into())
+            .spawn(move || run_preparer(&jobs_rx, &handed))
+            .map_err(ShadowError::Preparer)?;
+        Ok(Self {
+            workers,
+            jobs,
+            results,
+        })
     }
 
     pub fn designs(&self) -> Vec<Design> {
         self.workers.iter().map(|w| w.design).collect()
     }
 
-    /// Hands the window to every design, or to none when any is still busy with
-    /// [`MAX_IN_FLIGHT`] windows (so the columns keep covering the same windows): `false` then.
-    pub fn submit(&self, window: Window) -> bool {
+    /// Hands the cut window to every design (prepared on the shadow's thread), or to none when
+    /// any is still busy with [`MAX_IN_FLIGHT`] windows (so the columns keep covering the same
+    /// windows): `false` then.
+    pub fn submit(&self, cut: Cut) -> bool {
+        self.hand_over(Job::Cut(Box::new(cut)))
+    }
+
+    /// As [`Shadow::submit`], for a window already prepared.
+    pub fn submit_window(&self, window: Window) -> bool {
+        self.hand_over(Job::Ready(Box::new(window)))
+    }
+
+    fn hand_over(&self, job: Job) -> bool {
         if self
             .workers
             .iter()
@@ -130,11 +231,14 @@ impl Shadow {
         {
             return false;
         }
-        let window = Arc::new(window);
-        for w in &self.workers {
+        // Counted in flight from here: the busy check above covers windows still being
+        // prepared.
+        for w in self.workers.iter() {
             w.in_flight.fetch_add(1, Ordering::AcqRel);
-            if w.tx.try_send(Arc::clone(&window)).is_err() {
-                // The thread is gone (it panicked): its column stays empty.
+        }
+        if self.jobs.send(job).is_err() {
+            // The preparing thread is gone (it panicked): every column stays empty.
+            for w in self.workers.iter() {
                 w.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -157,6 +261,23 @@ impl Shadow {
         self.workers
             .iter()
             .any(|w| w.in_flight.load(Ordering::Acquire) > 0)
+    }
+}
+
+/// Prepares each window and hands it to every design (each counted in flight already).
+fn run_preparer(jobs: &Receiver<Job>, workers: &[Worker]) {
+    while let Ok(job) = jobs.recv() {
+        let window = Arc::new(match job {
+            Job::Cut(cut) => cut.prepare(),
+            Job::Ready(window) => *window,
+        });
+        for w in workers {
+            // Never full: a design takes at most MAX_IN_FLIGHT windows, its channel's bound.
+            if w.tx.try_send(Arc::clone(&window)).is_err() {
+                // The design's thread is gone (it panicked): its column stays empty.
+                w.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -234,6 +355,7 @@ fn run_worker(
 mod tests {
     use std::time::{Duration, Instant};
 
+    use bufscope_trace::{OpKind, OpResult};
     use reference_cache::replay::{Step, TimedStep};
 
     use super::*;
@@ -268,6 +390,10 @@ mod tests {
 
     /// The designs' results on `window`, from a shadow of its own.
     fn results_of(designs: &[Design], window: Window) -> Vec<DesignResult> {
+        results_of_job(designs, Job::Ready(Box::new(window)))
+    }
+
+    fn results_of_job(designs: &[Design], job: Job) -> Vec<DesignResult> {
         let options = ModelOptions {
             backing: Backing::Memory,
             capacity: Some(1024),
@@ -275,7 +401,7 @@ mod tests {
             replay: ReplayOptions::default(),
         };
         let shadow = Shadow::start(designs, &options).unwrap();
-        assert!(shadow.submit(window), "a first window always fits");
+        assert!(shadow.hand_over(job), "a first window always fits");
         let mut results = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         while results.len() < designs.len() && Instant::now() < deadline {
@@ -314,6 +440,64 @@ mod tests {
         assert!(first[0].waits.count > 8 * 4_000 / 2, "{:?}", first[0].waits);
     }
 
+    /// Four threads' read hits on client 1, 10 µs apart, each holding the client's mutex 2 µs.
+    fn read_hits_cut() -> Cut {
+        let ops = (0..400u64)
+            .map(|i| {
+                let start_ns = 1_000 + i * 10_000;
+                BufioOp {
+                    start_ns,
+                    duration_ns: 5_000,
+                    lock_hold_ns: 2_000,
+                    lock_attempt_ns: start_ns + 1_000,
+                    lock_release_ns: start_ns + 3_000,
+                    client: 1,
+                    block: i % 16,
+                    tid: 1 + (i % 4) as u32,
+                    tgid: 1,
+                    kind: OpKind::Read,
+                    result: OpResult::Hit,
+                    ..BufioOp::default()
+                }
+            })
+            .collect();
+        Cut {
+            id: 0,
+            client: 1,
+            device: "dm-0".into(),
+            block_size: 4096,
+            start_ns: 1_000,
+            ops,
+            mutex_waits: Vec::new(),
+            speed: None,
+            timing: TimingMode::Kernel,
+            simulate_calibrated: true,
+        }
+    }
+
+    #[test]
+    fn a_cut_window_is_prepared_on_the_shadows_thread_as_it_would_be_by_hand() {
+        let cut = read_hits_cut();
+        let prepared = cut.prepare();
+        // A step per read; calibrated (kernel timing), on the simulated clock.
+        assert_eq!(
+            prepared
+                .streams
+                .iter()
+                .map(|s| s.steps.len())
+                .sum::<usize>(),
+            400
+        );
+        assert!(prepared.timing.is_some());
+        assert_eq!(prepared.clock, Some(ReplayClock::Simulated { io_ns: 0 }));
+        let handed = results_of_job(&[Design::Classic], Job::Cut(Box::new(cut)));
+        let by_hand = results_of(&[Design::Classic], prepared);
+        assert_eq!(handed[0].steps, 400, "every read replayed");
+        // Simulated time: the same figures however the window came.
+        assert_eq!(handed[0].waits, by_hand[0].waits);
+        assert_eq!(handed[0].steps, by_hand[0].steps);
+    }
+
     #[test]
     fn every_design_reports_on_every_window_it_took() {
         let designs = vec![Design::Classic, Design::Sharded];
@@ -326,7 +510,7 @@ mod tests {
         let shadow = Shadow::start(&designs, &options).unwrap();
         let mut taken = Vec::new();
         for id in 0..3 {
-            if shadow.submit(hot_window(id)) {
+            if shadow.submit_window(hot_window(id)) {
                 taken.push(id);
             }
         }
