@@ -18,11 +18,11 @@ use crate::{
     contention::{CachedStack, PendingSlot, PendingWait, StackCacheKey, THREAD_SLOTS},
 };
 
-/// Events to user space. Sized by user space at load time when it wants a different size.
+/// Events to user space. Sized by user space at load time (`--ringbuf-size`, 16 MiB by default).
 /// Written by contention_end (lock waits) and the dm-bufio programs (operations, clients); read
 /// by user space's ring-buffer reader. Submitted with [`submit_flags`].
 #[map]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// How an event of type `T` is submitted to [`EVENTS`]: by default
 /// ([`ProbeConfig::WAKE_BATCHED`]) without waking the reader, but for the one event that fills

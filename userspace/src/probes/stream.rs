@@ -58,7 +58,7 @@ pub const MAX_BATCH: usize = 16 * 1024;
 
 /// How often the ring is read when the probes have not woken the reader: the longest an event
 /// waits before the live view or the recorder sees it. Under a storm the ring wakes the reader
-/// itself long before (a quarter of 4 MiB is about 12k events).
+/// itself long before (a quarter of the default 16 MiB is about 44k events).
 pub const READ_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Events from the ring buffer, in batches as they become available.
