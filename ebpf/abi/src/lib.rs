@@ -132,6 +132,13 @@ pub const STACK_REUSE_NS: u64 = 10_000_000;
 /// [`Counter::StackRechecked`] and [`Counter::StackRecheckMismatch`]).
 pub const STACK_RECHECK_EVERY: u32 = 64;
 
+/// How many per-thread slots hold sleeping-lock waits in flight in the kernel: thread `tid`'s
+/// is slot `tid % PENDING_THREAD_SLOTS` (a power of two). Threads whose ids are a multiple of
+/// this apart share one, and the second of two such threads waiting at once keeps its wait in
+/// a hash map instead.
+pub const PENDING_THREAD_SLOTS: u32 = 16384;
+const _: () = assert!(PENDING_THREAD_SLOTS.is_power_of_two());
+
 /// Fails the build when a type has padding: the sum of its fields' sizes must equal its size.
 macro_rules! assert_layout {
     ($ty:ty, size = $size:expr, align = $align:expr, fields = [$($field:ty),* $(,)?]) => {

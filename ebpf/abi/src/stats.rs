@@ -81,11 +81,22 @@ pub enum Counter {
     /// by another thread at the waiter's arrival and free once that work was done, so the holder
     /// let go at a moment the probe cannot tell.
     WaitFromMidpoint,
+    /// Sleeping-lock waits kept in the per-thread hash map because another thread held the
+    /// waiter's slot (thread ids a multiple of the slot count apart), or because the waiter was
+    /// the idle task: each cost a map insert and delete instead of a compare-and-swap.
+    SlotShared,
+    /// Spinning waits not kept because contention_end's program was running on the CPU as they
+    /// began (a spinlock contended inside its own ring-buffer reserve or map update, or in an
+    /// interrupt that came in the middle of it): the kernel would skip their end.
+    BeginInsideEnd,
+    /// A CPU's spinning wait left behind by another thread (its end never reached the program)
+    /// and taken over by a new one: the old wait is lost.
+    SpinSlotStale,
 }
 
 impl Counter {
     /// Number of counters: the size of the per-CPU array.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 30;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BeginSeen,
@@ -115,6 +126,9 @@ impl Counter {
         Counter::OwnerStackLost,
         Counter::WaitFromArrival,
         Counter::WaitFromMidpoint,
+        Counter::SlotShared,
+        Counter::BeginInsideEnd,
+        Counter::SpinSlotStale,
     ];
 
     /// The counters of events lost: the ring buffer or a map was full, or a return was missed.
@@ -156,6 +170,9 @@ impl Counter {
             Counter::OwnerStackLost => "owner_stack_lost",
             Counter::WaitFromArrival => "wait_from_arrival",
             Counter::WaitFromMidpoint => "wait_from_midpoint",
+            Counter::SlotShared => "slot_shared",
+            Counter::BeginInsideEnd => "begin_inside_end",
+            Counter::SpinSlotStale => "spin_slot_stale",
         }
     }
 }

@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use bufscope_abi::{
-    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, OwnerStack, ProbeConfig,
-    STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets, WaitHist, WaitHistKey, owner,
-    process,
+    BufioOffsets, Counter, EventKind, LockClass, LockFlags, LockWaitEvent, OwnerStack,
+    PENDING_THREAD_SLOTS, ProbeConfig, STACK_RECHECK_EVERY, STACK_REUSE_NS, SlabName, TaskOffsets,
+    WaitHist, WaitHistKey, owner, process,
 };
 
 use crate::{
@@ -67,9 +67,21 @@ impl PendingWait {
     };
 }
 
-/// How many [`PendingSlot`]s there are: threads whose ids are a multiple of this apart share
-/// one, and the second of two such threads waiting at once falls back to the hash map.
-pub(crate) const THREAD_SLOTS: u32 = 16384;
+/// This CPU's spinning wait in flight, in `PENDING_SPIN`. In-kernel only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SpinSlot {
+    /// Free when its `lock_addr` is 0.
+    wait: PendingWait,
+    /// Non-zero while contention_end's program runs on this CPU. The kernel skips a program's
+    /// run that comes while that program is already running on the CPU, so the end of a
+    /// spinning wait that begins meanwhile never arrives: a spinlock contended inside the
+    /// program's own ring-buffer reserve (a plain raw spinlock before Linux 6.15, whose slow
+    /// path fires the tracepoint) or map update, or in an interrupt in the middle of it. Such a
+    /// wait is not kept.
+    ending: u32,
+    _pad: u32,
+}
 
 /// One thread's sleeping-lock wait in flight, in `PENDING_SLOTS`. In-kernel only.
 #[repr(C)]
@@ -110,7 +122,7 @@ impl PendingSlot {
         if tid == 0 {
             return None;
         }
-        PENDING_SLOTS.get_ptr_mut(tid & (THREAD_SLOTS - 1))
+        PENDING_SLOTS.get_ptr_mut(tid & (PENDING_THREAD_SLOTS - 1))
     }
 
     /// Claims the slot for `tid` unless another thread holds it: the holder before, 0 when it
@@ -380,14 +392,28 @@ impl Place {
         if LockFlags(flags).is_pure_spin() {
             let slot = PENDING_SPIN.get_ptr_mut(0)?;
             // SAFETY: this CPU's slot; a spinner cannot be preempted on this CPU mid-wait.
-            let pending = unsafe { &mut *slot };
+            let slot = unsafe { &mut *slot };
+            if slot.ending != 0 {
+                // Its end would be skipped (see `SpinSlot::ending`).
+                count(Counter::BeginInsideEnd);
+                return None;
+            }
+            let pending = &mut slot.wait;
             if pending.lock_addr != 0 {
-                return repeated(pending.lock_addr);
+                if pending.tid == tid {
+                    return repeated(pending.lock_addr);
+                }
+                // A spinner keeps its CPU until it has the lock: another thread's wait left
+                // here ended without its end reaching the program (a run the kernel skipped).
+                // Taken over: kept, it held the slot for good, and every later spinning wait
+                // on the CPU was dropped as nested (5,214 in one 4-s recording of the pipe
+                // storm, each with an end counted as unpaired).
+                count(Counter::SpinSlotStale);
             }
             // Marks the slot taken until the wait is written whole.
             pending.lock_addr = lock_addr;
             pending.tid = tid;
-            return Some(Place::Spin(slot));
+            return Some(Place::Spin(pending));
         }
         if let Some(slot) = PendingSlot::of(tid) {
             match PendingSlot::claim(slot, tid) {
@@ -428,6 +454,7 @@ impl Place {
             count_noted(Counter::PendingFull);
             return None;
         }
+        count(Counter::SlotShared);
         PENDING_BY_TID.get_ptr_mut(tid).map(Place::Hash)
     }
 
@@ -693,16 +720,27 @@ fn reuse_or_walk<C: StackIdContext>(ctx: &C, cached: &mut CachedStack, now: u64)
 fn on_end(lock_addr: u64, ret: i32) {
     let end_ns = current::now_ns();
     count(Counter::EndSeen);
+    let Some(spin) = PENDING_SPIN.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, as in on_begin; `ending` is cleared below on every path.
+    unsafe { (*spin).ending = 1 };
+    pair_end(spin, end_ns, lock_addr, ret);
+    // SAFETY: as above.
+    unsafe { (*spin).ending = 0 };
+}
+
+/// Finds the wait `on_end`'s end closes, and emits it.
+#[inline(always)]
+fn pair_end(spin: *mut SpinSlot, end_ns: u64, lock_addr: u64, ret: i32) {
     let tid = current::tid();
-    if let Some(slot) = PENDING_SPIN.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, as in on_begin.
-        let slot = unsafe { &mut *slot };
-        if slot.lock_addr != 0 && slot.lock_addr == lock_addr && slot.tid == tid {
-            let wait = *slot;
-            slot.lock_addr = 0;
-            emit(&wait, end_ns, ret);
-            return;
-        }
+    // SAFETY: per-CPU slot, as in on_begin.
+    let slot = unsafe { &mut (*spin).wait };
+    if slot.lock_addr != 0 && slot.lock_addr == lock_addr && slot.tid == tid {
+        let wait = *slot;
+        slot.lock_addr = 0;
+        emit(&wait, end_ns, ret);
+        return;
     }
     if let Some(slot) = PendingSlot::of(tid)
         && PendingSlot::holder(slot) == u64::from(tid)

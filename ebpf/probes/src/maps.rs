@@ -8,14 +8,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bufscope_abi::{
-    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, ProbeConfig, SlabName,
-    WaitHist, WaitHistKey, ZoneOffsets,
+    Counter, LockClass, MAX_STACK_FRAMES, OpStats, OpStatsKey, OwnerStack, PENDING_THREAD_SLOTS,
+    ProbeConfig, SlabName, WaitHist, WaitHistKey, ZoneOffsets,
 };
 
 use crate::{
     PROBE_CONFIG,
     bufio_ops::OpStack,
-    contention::{CachedStack, PendingSlot, PendingWait, StackCacheKey, THREAD_SLOTS},
+    contention::{CachedStack, PendingSlot, PendingWait, SpinSlot, StackCacheKey},
 };
 
 /// Events to user space. Sized by user space at load time (`--ringbuf-size`, 16 MiB by default).
@@ -59,20 +59,21 @@ pub(crate) fn submit_flags<T>() -> u64 {
 #[map]
 pub(crate) static PENDING_BY_TID: HashMap<u32, PendingWait> = HashMap::with_max_entries(16384, 0);
 
-/// Sleeping-lock waits in flight, by thread: slot `tid % THREAD_SLOTS` (see
+/// Sleeping-lock waits in flight, by thread: slot `tid % PENDING_THREAD_SLOTS` (see
 /// [`PendingSlot`](crate::contention::PendingSlot)), claimed by the waiter at begin and let go
 /// at its end. An array slot costs a compare-and-swap where the hash map's insert, lookups and
 /// delete cost a few hundred nanoseconds a wait; a thread whose slot another holds falls back to
 /// [`PENDING_BY_TID`]. In-kernel only.
 #[map]
-pub(crate) static PENDING_SLOTS: Array<PendingSlot> = Array::with_max_entries(THREAD_SLOTS, 0);
+pub(crate) static PENDING_SLOTS: Array<PendingSlot> =
+    Array::with_max_entries(PENDING_THREAD_SLOTS, 0);
 
 /// Spinning-lock waits in flight, by CPU: a spinner keeps its CPU, and a per-CPU slot avoids the
 /// hash map's own locking in the middle of someone else's spinlock slow path (perf does the same).
 /// A spinlock contended inside a sleeping lock's slow path (the mutex wait_lock) lands here while
 /// the sleeping wait stays pending in the hash map, so both pair correctly. In-kernel only.
 #[map]
-pub(crate) static PENDING_SPIN: PerCpuArray<PendingWait> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PENDING_SPIN: PerCpuArray<SpinSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU [`Counter`]s of what was seen, sent and lost. Every program adds to it through
 /// [`count`]; user space sums the CPUs for its loss report.

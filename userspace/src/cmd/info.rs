@@ -230,6 +230,23 @@ fn print_text(s: &TraceSummary) {
                     thousands(get(Counter::WaitFromMidpoint)),
                 );
             }
+            if get(Counter::BeginInsideEnd) + get(Counter::SpinSlotStale) > 0 {
+                println!(
+                    "spin waits      {} not kept (begun while contention_end's program ran on \
+                     the CPU, so the kernel would skip their end), {} left by a thread whose end \
+                     never came and taken over",
+                    thousands(get(Counter::BeginInsideEnd)),
+                    thousands(get(Counter::SpinSlotStale)),
+                );
+            }
+            if get(Counter::SlotShared) > 0 {
+                println!(
+                    "wait slots      {} sleeping-lock waits kept in the hash map: the thread's \
+                     slot was another's (thread ids a multiple of {} apart)",
+                    thousands(get(Counter::SlotShared)),
+                    bufscope_abi::PENDING_THREAD_SLOTS,
+                );
+            }
             if get(Counter::StackReused) + get(Counter::StackRechecked) > 0 {
                 println!(
                     "stacks          {} reused from the thread's last wait on the lock, {} reuses \

@@ -123,6 +123,20 @@ impl PipeContention {
     pub const WRITER_NAME: &str = "pipe-writer";
 
     pub fn start(threads: usize) -> Self {
+        Self::start_with_slot_mates(threads, 0)
+    }
+
+    /// As [`PipeContention::start`], with the last `mates` writers' thread ids each
+    /// [`bufscope_abi::PENDING_THREAD_SLOTS`] (or a multiple) after one of the first ones':
+    /// writer `threads - mates + i` shares writer `i`'s wait slot in the probes, so whichever
+    /// of the two begins a wait while the other waits keeps it in the hash map instead.
+    /// Finding the ids takes that many short-lived threads (a second or two).
+    pub fn start_with_slot_mates(threads: usize, mates: usize) -> Self {
+        assert!(
+            mates * 2 <= threads,
+            "{mates} mates need {} writers",
+            mates * 2
+        );
         let mut fds = [0i32; 2];
         // SAFETY: fds is a valid array of two ints.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe()");
@@ -152,32 +166,81 @@ impl PipeContention {
                 .expect("the pipe reader starts")
         };
         let reader_tid = tid_rx.recv().unwrap();
-        let writers = (0..threads)
-            .map(|_| {
-                let stop = Arc::clone(&stop);
-                let chunks = Arc::clone(&chunks);
-                let tid_tx = tid_tx.clone();
-                thread::Builder::new()
-                    .name(Self::WRITER_NAME.into())
-                    .spawn(move || {
-                        // SAFETY: gettid has no preconditions.
-                        tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-                        let chunk = [b'x'; 64];
-                        while !stop.load(Ordering::Relaxed) {
-                            // SAFETY: chunk is valid; write_fd stays open until the writers end.
-                            let n = unsafe {
-                                libc::write(write_fd, chunk.as_ptr().cast(), chunk.len())
-                            };
-                            if n <= 0 {
-                                break;
-                            }
-                            chunks.fetch_add(1, Ordering::Relaxed);
+        // A writer started, its id known, held at a gate: it writes once let through, and
+        // ends at once if not.
+        let gated_writer = || {
+            let (stop, chunks) = (Arc::clone(&stop), Arc::clone(&chunks));
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (gate_tx, gate_rx) = mpsc::channel::<bool>();
+            let handle = thread::Builder::new()
+                .name(Self::WRITER_NAME.into())
+                .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                    if !gate_rx.recv().unwrap_or(false) {
+                        return;
+                    }
+                    let chunk = [b'x'; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: chunk is valid; write_fd stays open until the writers end.
+                        let n =
+                            unsafe { libc::write(write_fd, chunk.as_ptr().cast(), chunk.len()) };
+                        if n <= 0 {
+                            break;
                         }
-                    })
-                    .expect("a pipe writer starts")
+                        chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .expect("a pipe writer starts");
+            (handle, tid_rx.recv().unwrap(), gate_tx)
+        };
+        let mut started: Vec<_> = (0..threads - mates).map(|_| gated_writer()).collect();
+        let slot = |tid: u32| tid % bufscope_abi::PENDING_THREAD_SLOTS;
+        let burn = || {
+            thread::spawn(|| {
+                // SAFETY: gettid has no preconditions.
+                unsafe { libc::gettid() as u32 }
+            })
+            .join()
+            .unwrap()
+        };
+        for i in 0..mates {
+            let wanted = slot(started[i].1);
+            // How many ids after `tid` the next one in the wanted slot is.
+            let before_wanted = |tid: u32| {
+                (wanted + bufscope_abi::PENDING_THREAD_SLOTS - slot(tid))
+                    % bufscope_abi::PENDING_THREAD_SLOTS
+            };
+            // Thread ids are handed out in turn, skipping those in use (the writers' own among
+            // them): threads that only end are started until the ids come near the slot, then
+            // writers until one lands in it; one that lands past it (the id was in use) ends,
+            // and the ids go round again (they wrap at pid_max).
+            let (mut last, mut tries) = (burn(), 0);
+            loop {
+                if !(1..=8).contains(&before_wanted(last)) {
+                    last = burn();
+                    continue;
+                }
+                let writer = gated_writer();
+                if slot(writer.1) == wanted {
+                    started.push(writer);
+                    break;
+                }
+                last = writer.1;
+                writer.2.send(false).unwrap();
+                writer.0.join().unwrap();
+                tries += 1;
+                assert!(tries < 64, "no free thread id in slot {wanted} in 64 tries");
+            }
+        }
+        let tids: Vec<u32> = started.iter().map(|w| w.1).collect();
+        let writers = started
+            .into_iter()
+            .map(|(handle, _, gate)| {
+                gate.send(true).unwrap();
+                handle
             })
             .collect();
-        let tids = (0..threads).map(|_| tid_rx.recv().unwrap()).collect();
         Self {
             stop,
             writers,
