@@ -119,12 +119,16 @@ pub struct ProbeConfig {
     /// everything from its events, and a contended lock's waiter folds its wait in while it
     /// holds the lock: work there lengthens every other waiter's wait.
     pub histograms: u32,
+    /// 1: dm-bufio's programs are loaded, and each lock wait looks up its thread's (and its
+    /// CPU's interrupt) operation frames to charge the wait to an operation; 0: they are not
+    /// (no dm-bufio, or `--no-bufio`), and a wait looks up nothing.
+    pub bufio_ops: u32,
 }
 assert_layout!(
     ProbeConfig,
-    size = 32,
+    size = 36,
     align = 4,
-    fields = [u32, u32, u32, u32, u32, u32, u32, u32]
+    fields = [u32, u32, u32, u32, u32, u32, u32, u32, u32]
 );
 
 impl ProbeConfig {
@@ -166,6 +170,7 @@ impl ProbeConfig {
         slab_names: 0,
         ring_wakeup: Self::WAKE_BATCHED,
         histograms: 0,
+        bufio_ops: 1,
     };
 }
 

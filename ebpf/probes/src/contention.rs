@@ -328,8 +328,9 @@ fn on_begin<C: StackPlace>(ctx: &C, lock_addr: u64, flags: u32) {
     // The frames of the stack the wait runs on: the thread's, or an interrupt's (a no-sleep
     // client's operation in softirq).
     let here = ctx.stack_place();
-    if let Some(frame) =
-        bufio_ops::frames_for_wait(tid, here).and_then(|stack| stack.outermost_at(here))
+    if config.bufio_ops != 0
+        && let Some(frame) =
+            bufio_ops::frames_for_wait(tid, here).and_then(|stack| stack.outermost_at(here))
     {
         wait.op = frame.op;
         wait.op_client = frame.client;
@@ -569,7 +570,8 @@ fn describe_owner(word: OwnerWord, wait: &mut PendingWait) {
     wait.owner_tgid = (ids >> 32) as u32;
     // SAFETY: another thread's entry, read while it may change it: at worst an operation that
     // just ended or began, never an out-of-bounds read (the value stays valid map memory).
-    if let Some(stack) = unsafe { OPS.get(wait.owner_tid) }
+    if PROBE_CONFIG.load().bufio_ops != 0
+        && let Some(stack) = unsafe { OPS.get(wait.owner_tid) }
         && stack.depth > 0
     {
         wait.owner_op = stack.frames[0].op;

@@ -851,6 +851,8 @@ fn load(
         processes: options.processes.config_value(),
         slab_names: u32::from(slab_names),
         owners,
+        // The operation programs are loaded where dm-bufio's layout was resolved.
+        bufio_ops: u32::from(offsets.bufio != BufioOffsets::UNSET),
         ..options.config
     };
     let ebpf = EbpfLoader::new()
