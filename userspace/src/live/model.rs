@@ -9,7 +9,9 @@
 //! trace file played back) or by its own source (a bundled sample, when this kernel has no
 //! dm-bufio): [`Comparison`] has its own names and windows for that reason.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use bufscope_abi::LockFlags;
 use bufscope_trace::{BufioOp, ClientLock, LockOwner, LockWait, Metadata, OpKind, OpResult};
@@ -1397,7 +1399,7 @@ mod tests {
             m.add_wait(&wait(holder(Some(0x8000_0001))));
         }
         m.add_wait(&wait(holder(None)));
-        assert_eq!(m.unnamed_stacks(), HashSet::from([0x8000_0001]));
+        assert_eq!(m.unnamed_stacks(), HashSet::from_iter([0x8000_0001]));
         m.add_metadata(&Metadata::Stack {
             id: 0x8000_0001,
             frames: vec![0x10, 0x20],
