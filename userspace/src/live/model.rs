@@ -1046,6 +1046,13 @@ mod tests {
 
     use super::*;
 
+    /// The window the next tick cuts, prepared as the shadow would.
+    fn window_of(m: &mut Model) -> crate::live::shadow::Window {
+        m.tick(1.0, LockSort::Total, "")
+            .expect("a window to compare")
+            .prepare()
+    }
+
     fn acquisition(tid: u32, kind: OpKind, duration_ns: u64, lock_wait_ns: u64) -> BufioOp {
         BufioOp {
             tid,
@@ -1198,30 +1205,17 @@ mod tests {
     fn windows_run_at_the_costs_their_operations_measured_as_timing_says() {
         let mut m = compared(TimingMode::Auto);
         read_hits(&mut m, 2_000);
-        let timing = m
-            .tick(1.0, LockSort::Total, "")
-            .unwrap()
-            .prepare()
-            .timing
-            .unwrap();
+        let timing = window_of(&mut m).timing.unwrap();
         let read = timing.cost(reference_cache::replay::Step::Read);
         assert_eq!((read.hit_hold_ns, read.outside_ns), (2_000, 2_000));
 
         // Without measured holds, auto leaves the designs at host speed and kernel does not.
         let mut m = compared(TimingMode::Auto);
         read_hits(&mut m, 0);
-        assert_eq!(
-            m.tick(1.0, LockSort::Total, "").unwrap().prepare().timing,
-            None
-        );
+        assert_eq!(window_of(&mut m).timing, None);
         let mut m = compared(TimingMode::Kernel);
         read_hits(&mut m, 0);
-        let timing = m
-            .tick(1.0, LockSort::Total, "")
-            .unwrap()
-            .prepare()
-            .timing
-            .unwrap();
+        let timing = window_of(&mut m).timing.unwrap();
         // No hold measured: the whole net time (5 - 1 µs) is taken as the critical section.
         assert_eq!(
             timing.cost(reference_cache::replay::Step::Read).hit_hold_ns,
@@ -1231,10 +1225,7 @@ mod tests {
         // Host: the shadow's own options decide.
         let mut m = compared(TimingMode::Host);
         read_hits(&mut m, 2_000);
-        assert_eq!(
-            m.tick(1.0, LockSort::Total, "").unwrap().prepare().timing,
-            None
-        );
+        assert_eq!(window_of(&mut m).timing, None);
     }
 
     #[test]
@@ -1251,10 +1242,7 @@ mod tests {
         m.add_op(&cleanup(200_000));
         assert_eq!(m.ops, 12);
         assert_eq!(m.clients.keys().copied().collect::<Vec<_>>(), [7]);
-        let window = m
-            .tick(1.0, LockSort::Total, "")
-            .expect("client 7 replays")
-            .prepare();
+        let window = window_of(&mut m);
         assert_eq!(
             window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
             10,
@@ -1272,10 +1260,7 @@ mod tests {
             "nothing left to replay"
         );
         read_hits(&mut m, 2_000);
-        let window = m
-            .tick(1.0, LockSort::Total, "")
-            .expect("the next window replays")
-            .prepare();
+        let window = window_of(&mut m);
         assert_eq!(
             window.streams.iter().map(|s| s.steps.len()).sum::<usize>(),
             10
@@ -1305,7 +1290,7 @@ mod tests {
             });
             m.add_wait(&mutex_wait(start_ns + 2_000, 2_000));
         }
-        let window = m.tick(1.0, LockSort::Total, "").unwrap().prepare();
+        let window = window_of(&mut m);
         let handoff = *window
             .timing
             .unwrap()
@@ -1344,7 +1329,7 @@ mod tests {
             }),
             ..mutex_wait(3_000, 8_000)
         });
-        let window = m.tick(1.0, LockSort::Total, "").unwrap().prepare();
+        let window = window_of(&mut m);
         let held = window.streams.iter().find(|s| s.tid == 1).unwrap().steps[0]
             .kernel
             .expect("a stamped hold");
@@ -1361,7 +1346,7 @@ mod tests {
             let mut m = compared(timing);
             m.comparison.simulate_calibrated = simulate;
             read_hits(&mut m, hold_ns);
-            m.tick(1.0, LockSort::Total, "").unwrap().prepare()
+            window_of(&mut m)
         };
         // No misses in the window: reads take no time in the simulation.
         let simulated = Some(ReplayClock::Simulated { io_ns: 0 });

@@ -119,10 +119,12 @@ impl Cut {
     }
 }
 
-/// What the preparing thread is handed: a window still to prepare, or one ready.
+/// What the preparing thread is handed: a window still to prepare, or (tests) one built by
+/// hand.
 #[derive(Debug)]
 enum Job {
     Cut(Box<Cut>),
+    #[cfg(test)]
     Ready(Box<Window>),
 }
 
@@ -218,11 +220,6 @@ impl Shadow {
         self.hand_over(Job::Cut(Box::new(cut)))
     }
 
-    /// As [`Shadow::submit`], for a window already prepared.
-    pub fn submit_window(&self, window: Window) -> bool {
-        self.hand_over(Job::Ready(Box::new(window)))
-    }
-
     fn hand_over(&self, job: Job) -> bool {
         if self
             .workers
@@ -269,6 +266,7 @@ fn run_preparer(jobs: &Receiver<Job>, workers: &[Worker]) {
     while let Ok(job) = jobs.recv() {
         let window = Arc::new(match job {
             Job::Cut(cut) => cut.prepare(),
+            #[cfg(test)]
             Job::Ready(window) => *window,
         });
         for w in workers {
@@ -510,7 +508,7 @@ mod tests {
         let shadow = Shadow::start(&designs, &options).unwrap();
         let mut taken = Vec::new();
         for id in 0..3 {
-            if shadow.submit_window(hot_window(id)) {
+            if shadow.hand_over(Job::Ready(Box::new(hot_window(id)))) {
                 taken.push(id);
             }
         }

@@ -103,6 +103,15 @@ pub fn start_recording_collecting(args: &[&str]) -> (Child, Vec<String>, Arc<Mut
     (child, seen, collected)
 }
 
+/// A pipe writer started and held before its first write, for
+/// [`PipeContention::start_with_slot_mates`]: `true` through `gate` lets it write, `false` ends
+/// it.
+struct GatedWriter {
+    handle: JoinHandle<()>,
+    tid: u32,
+    gate: mpsc::Sender<bool>,
+}
+
 /// Eight or more threads writing 64-byte chunks into one pipe: writers contend on the pipe's
 /// mutex, so the kernel emits lock:contention_begin/end with the MUTEX flag from these threads.
 /// The writers are named [`PipeContention::WRITER_NAME`], the reader `pipe-reader`.
@@ -146,7 +155,6 @@ impl PipeContention {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let reader = {
             let stop = Arc::clone(&stop);
-            let tid_tx = tid_tx.clone();
             thread::Builder::new()
                 .name("pipe-reader".into())
                 .spawn(move || {
@@ -192,7 +200,11 @@ impl PipeContention {
                     }
                 })
                 .expect("a pipe writer starts");
-            (handle, tid_rx.recv().unwrap(), gate_tx)
+            GatedWriter {
+                handle,
+                tid: tid_rx.recv().unwrap(),
+                gate: gate_tx,
+            }
         };
         let mut started: Vec<_> = (0..threads - mates).map(|_| gated_writer()).collect();
         let slot = |tid: u32| tid % bufscope_abi::PENDING_THREAD_SLOTS;
@@ -205,7 +217,7 @@ impl PipeContention {
             .unwrap()
         };
         for i in 0..mates {
-            let wanted = slot(started[i].1);
+            let wanted = slot(started[i].tid);
             // How many ids after `tid` the next one in the wanted slot is.
             let before_wanted = |tid: u32| {
                 (wanted + bufscope_abi::PENDING_THREAD_SLOTS - slot(tid))
@@ -222,23 +234,23 @@ impl PipeContention {
                     continue;
                 }
                 let writer = gated_writer();
-                if slot(writer.1) == wanted {
+                if slot(writer.tid) == wanted {
                     started.push(writer);
                     break;
                 }
-                last = writer.1;
-                writer.2.send(false).unwrap();
-                writer.0.join().unwrap();
+                last = writer.tid;
+                writer.gate.send(false).unwrap();
+                writer.handle.join().unwrap();
                 tries += 1;
                 assert!(tries < 64, "no free thread id in slot {wanted} in 64 tries");
             }
         }
-        let tids: Vec<u32> = started.iter().map(|w| w.1).collect();
+        let tids: Vec<u32> = started.iter().map(|w| w.tid).collect();
         let writers = started
             .into_iter()
-            .map(|(handle, _, gate)| {
-                gate.send(true).unwrap();
-                handle
+            .map(|w| {
+                w.gate.send(true).unwrap();
+                w.handle
             })
             .collect();
         Self {
