@@ -503,6 +503,21 @@ pub fn parse_plot_path(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A ring buffer size: a power of two, at least one page.
+pub fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if n < page || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least one page ({page} bytes)"
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

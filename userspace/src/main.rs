@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         attach: AttachMode,
         /// Ring buffer size in bytes: a power of two, at least one page.
-        #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_size)]
+        #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = args::parse_ringbuf_size)]
         ringbuf_size: u32,
         /// When the probes wake bufscope to read their events.
         #[arg(long, value_enum, default_value_t = RingWakeup::Batched)]
@@ -133,20 +133,6 @@ enum Command {
         #[arg(long, value_parser = cmd::man::parse_date)]
         date: Option<String>,
     },
-}
-
-fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
-    if n < page || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} is not a power of two of at least one page ({page} bytes)"
-        ));
-    }
-    Ok(n)
 }
 
 fn main() -> ExitCode {

@@ -439,6 +439,76 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     workload.stop();
 }
 
+/// The value of the metrics sample `name` (labels included), or the sum over every sample that
+/// starts with `name` and contains `with`.
+fn metric_sum(metrics: &str, name: &str, with: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(with))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// Under a flood its event ring cannot carry (the pipe storm's mutex waits, a 64 KiB ring), the
+/// view loses most events on the way, says how many, and still counts every wait: the lock
+/// table's counts come from the kernel's histograms. Compared in one snapshot of the metrics
+/// (one interval's): the mutex waits counted against the waits that arrived plus those lost,
+/// within 10 %. Counting only what arrived fails it by the losses; counting a wait twice, by
+/// the rest.
+#[test]
+fn live_tui_counts_the_waits_its_event_stream_loses() {
+    let test = "live_tui_counts_the_waits_its_event_stream_loses";
+    let _alone = one_at_a_time();
+    if !root_or_skip(test) {
+        return;
+    }
+    let workload = PipeContention::start(8);
+    let port = free_port();
+    let Some(tmux) = Tmux::start(
+        "lossy",
+        &shell(&format!(
+            "live --interval 500 --metrics {port} --type mutex --ringbuf-size 65536"
+        )),
+        100,
+        30,
+    ) else {
+        workload.stop();
+        return;
+    };
+    tmux.wait_for("the header", Duration::from_secs(60), |s| {
+        s.contains("bufscope live ·")
+    });
+    // Until the losses are many: the first intervals may have read all there was.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (counted, arrived, lost, metrics) = loop {
+        let metrics = get_metrics(port);
+        let counted = metric_sum(
+            &metrics,
+            "bufscope_lock_wait_seconds_count{",
+            "type=\"mutex\"",
+        );
+        let arrived = metric_sum(&metrics, "bufscope_events_total{kind=\"lock_wait\"}", "");
+        let lost = metric_sum(&metrics, "bufscope_events_lost_total ", "");
+        if lost >= 100_000 && arrived >= 10_000 {
+            break (counted, arrived, lost, metrics);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after a minute of the pipe storm, the view read {arrived} waits and lost only {lost} \
+             events through a 64 KiB ring: it cannot show that losses are counted\n{metrics}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let streamed_and_lost = (arrived + lost) as f64;
+    assert!(
+        counted as f64 >= 0.9 * streamed_and_lost && counted as f64 <= 1.1 * streamed_and_lost,
+        "the mutex rows count {counted} waits; {arrived} arrived and {lost} were lost\n{metrics}"
+    );
+    eprintln!("{test}: {counted} waits counted, {arrived} arrived, {lost} lost");
+    quit_and_check_terminal(&tmux);
+    workload.stop();
+}
+
 /// The lock waits of a recording, with its thread ids and process ids.
 fn recorded_waits(path: &Path) -> Vec<bufscope_trace::LockWait> {
     let mut reader = bufscope_trace::TraceReader::open(path).unwrap_or_else(|e| panic!("{e}"));

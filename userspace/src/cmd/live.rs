@@ -29,6 +29,7 @@ use bufscope_analyses::units::{duration_ns, thousands};
 use crate::args::{
     CommandArgs, DesignArg, LockTypeArgs, ModelArgs, ProcessArgs, StackArgs, WaitNameArgs,
     at_least_one, chosen_designs, parse_design, parse_metrics_addr, parse_positive_duration,
+    parse_ringbuf_size,
 };
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +55,12 @@ pub struct Options {
     /// kernel allows it, else kprobes (auto); or one kind only.
     #[arg(long, value_enum, default_value_t = BufioProbes::Auto)]
     pub bufio_probes: BufioProbes,
+    /// The full-screen view's event ring buffer in bytes: a power of two, at least one page. The
+    /// tables count every wait from in-kernel histograms whatever it loses; stacks, owners and
+    /// recordings are what it brings.
+    #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_size,
+          conflicts_with = "no_tui")]
+    pub ringbuf_size: u32,
     /// Record to this trace file while showing (`r` stops and starts recording).
     #[arg(long, value_name = "FILE", conflicts_with = "no_tui")]
     pub record: Option<PathBuf>,
@@ -161,12 +168,14 @@ pub fn run(options: &Options) -> anyhow::Result<ExitCode> {
     eprintln!("bufscope live: loading the eBPF programs…");
     let mut probes = LockProbes::attach(AttachOptions {
         mode: options.attach,
-        ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
+        ringbuf_bytes: options.ringbuf_size,
         config: ProbeConfig {
             stream_events: 1,
             stacks: options.stacks.mode(),
             owners: options.stacks.owners(),
             lock_types: options.types.mask(),
+            // The tables' counts: the stream loses events under a flood, these do not.
+            histograms: 1,
             ..ProbeConfig::DEFAULT
         },
         bufio: true,

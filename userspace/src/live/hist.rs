@@ -1,6 +1,7 @@
 //! A log2 histogram of wait times: cheap to add to at millions of waits a second, and the same
 //! buckets the in-kernel histograms and `report` use, so quantiles read alike everywhere.
 
+use bufscope_abi::{HIST_BUCKETS, WaitHist};
 use bufscope_analyses::report::{BUCKETS, bucket_of};
 
 /// Waits in log2 buckets (bucket `i` holds [2^(i-1), 2^i) ns), with exact count, sum and max.
@@ -74,9 +75,56 @@ impl Log2Hist {
     }
 }
 
+/// An in-kernel histogram (summed over CPUs) in this one's buckets. The kernel's bucket `i`
+/// holds [2^i, 2^(i+1)) ns, this one's bucket `i + 1`; its first also holds waits of 0 ns,
+/// which land one bucket up here, and its last everything from 2^31 ns (about 2.1 s) up, whose
+/// quantiles the maximum bounds.
+impl From<&WaitHist> for Log2Hist {
+    fn from(kernel: &WaitHist) -> Self {
+        let mut hist = Log2Hist {
+            count: kernel.count,
+            total_ns: kernel.total_ns,
+            max_ns: kernel.max_ns,
+            ..Log2Hist::default()
+        };
+        hist.buckets[1..=HIST_BUCKETS].copy_from_slice(&kernel.buckets);
+        hist
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_histogram_reads_as_the_same_waits_added_here() {
+        let waits = [
+            1,
+            2,
+            3,
+            700,
+            1023,
+            1024,
+            1500,
+            40_000,
+            9_000_000,
+            3_000_000_000,
+        ];
+        let mut kernel = WaitHist::ZERO;
+        let mut here = Log2Hist::default();
+        for ns in waits {
+            kernel.count += 1;
+            kernel.total_ns += ns;
+            kernel.max_ns = kernel.max_ns.max(ns);
+            kernel.buckets[WaitHist::bucket(ns)] += 1;
+            here.add(ns);
+        }
+        let converted = Log2Hist::from(&kernel);
+        assert_eq!(converted, here);
+        for q in [0.1, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(converted.quantile(q), here.quantile(q), "quantile {q}");
+        }
+    }
 
     #[test]
     fn quantiles_are_bucket_bounds_capped_by_the_maximum() {

@@ -166,14 +166,23 @@ pub fn render(model: &Model, format: Format) -> String {
         "Contended kernel lock waits, per lock.",
     );
     let mut locks: Vec<_> = model.locks.iter().collect();
-    locks.sort_by(|a, b| b.1.hist.total_ns.cmp(&a.1.hist.total_ns).then(a.0.cmp(b.0)));
+    locks.sort_by(|a, b| {
+        (b.1.counted().total_ns)
+            .cmp(&a.1.counted().total_ns)
+            .then(a.0.cmp(b.0))
+    });
     for (key, stats) in locks.into_iter().take(TOP_LOCKS) {
         let labels = format!(
             "lock=\"{}\",type=\"{}\"",
             label(&model.names.lock_name(key.addr, key.flags)),
             LockFlags(key.flags).type_name()
         );
-        histogram(&mut out, "bufscope_lock_wait_seconds", &labels, &stats.hist);
+        histogram(
+            &mut out,
+            "bufscope_lock_wait_seconds",
+            &labels,
+            stats.counted(),
+        );
     }
     family(
         &mut out,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use bufscope_abi::LockFlags;
+use bufscope_abi::{LockFlags, WaitHist, WaitHistKey};
 use bufscope_trace::{BufioOp, ClientLock, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
 use reference_cache::Design;
@@ -211,9 +211,16 @@ pub struct StackCount {
 
 #[derive(Clone, Debug, Default)]
 pub struct LockStats {
+    /// The waits that arrived in the event stream.
     pub hist: Log2Hist,
+    /// Every wait the kernel paired, from the in-kernel histograms (`live`'s full-screen view
+    /// reads them each interval): the stream loses events when its reader falls behind (a
+    /// storm of a million waits a second), these do not. `None` where no histogram has this
+    /// lock, or none was read.
+    pub kernel: Option<Log2Hist>,
     pub waits_per_sec: f64,
-    interval: u64,
+    /// [`LockStats::counted`]'s count at the last tick: the next interval's rate starts here.
+    counted_at_tick: u64,
     /// By stack id; waits without a stack are not here.
     pub stacks: HashMap<u32, StackCount>,
     /// By the lock's owner at each wait's begin (the first [`MAX_OWNERS`] kinds and threads);
@@ -222,6 +229,19 @@ pub struct LockStats {
     /// By the waiting thread (the first [`MAX_WAITERS`]), grouped by their cgroups when the
     /// rows are derived: a thread's name and cgroup may arrive after its waits.
     pub waiters: HashMap<u32, StackCount>,
+}
+
+impl LockStats {
+    /// The lock's waits as the tables count them: the in-kernel histogram's where it has seen
+    /// at least as many as the stream brought (a histogram map that filled up misses a lock's
+    /// later keys, counted as `hist_full`), else the stream's. Stacks, owners and waiters come
+    /// from the stream only: under losses they are a sample of these waits.
+    pub fn counted(&self) -> &Log2Hist {
+        match &self.kernel {
+            Some(kernel) if kernel.count >= self.hist.count => kernel,
+            _ => &self.hist,
+        }
+    }
 }
 
 /// Owners kept per lock: enough for any real holder set, bounded against thread churn.
@@ -241,6 +261,9 @@ pub struct LockRow {
     pub name: String,
     pub type_name: &'static str,
     pub waits: u64,
+    /// Of [`LockRow::waits`], those that reached the view in the event stream: the callers,
+    /// holders and cgroups are theirs.
+    pub streamed: u64,
     pub waits_per_sec: f64,
     pub total_ns: u64,
     pub mean_ns: u64,
@@ -658,7 +681,6 @@ pub struct Model {
     /// Seconds covered so far (on the source's clock).
     pub elapsed_secs: f64,
     interval_events: u64,
-    interval_waits: u64,
 }
 
 impl Model {
@@ -680,7 +702,6 @@ impl Model {
             },
             elapsed_secs: 0.0,
             interval_events: 0,
-            interval_waits: 0,
         }
     }
 
@@ -712,7 +733,6 @@ impl Model {
     pub fn add_wait(&mut self, w: &LockWait) {
         self.waits += 1;
         self.interval_events += 1;
-        self.interval_waits += 1;
         let stats = self
             .locks
             .entry(LockKey {
@@ -721,7 +741,6 @@ impl Model {
             })
             .or_default();
         stats.hist.add(w.wait_ns);
-        stats.interval += 1;
         if let Some(id) = w.stack_id {
             let s = stats.stacks.entry(id).or_default();
             s.waits += 1;
@@ -794,19 +813,38 @@ impl Model {
                 *n = 0;
             }
         }
+        let mut waits = 0;
         for lock in self.locks.values_mut() {
-            lock.waits_per_sec = lock.interval as f64 / secs;
-            lock.interval = 0;
+            let counted = lock.counted().count;
+            let n = counted.saturating_sub(lock.counted_at_tick);
+            lock.waits_per_sec = n as f64 / secs;
+            lock.counted_at_tick = counted;
+            waits += n;
         }
         push_point(&mut self.series.ops_per_sec, (t, ops as f64 / secs));
-        push_point(
-            &mut self.series.waits_per_sec,
-            (t, self.interval_waits as f64 / secs),
-        );
+        push_point(&mut self.series.waits_per_sec, (t, waits as f64 / secs));
         self.interval_events = 0;
-        self.interval_waits = 0;
         self.refresh_rows(sort, filter);
         self.comparison.cut(t)
+    }
+
+    /// The in-kernel wait histograms as read now (cumulative since the probes attached, per lock,
+    /// operation and lock type), for the tables' counts: a lock only they have seen gets a row
+    /// of its own, without stacks.
+    pub fn set_kernel_waits(&mut self, histograms: &[(WaitHistKey, WaitHist)]) {
+        let mut by_lock: HashMap<LockKey, Log2Hist> = HashMap::new();
+        for (key, hist) in histograms {
+            by_lock
+                .entry(LockKey {
+                    addr: key.lock_addr,
+                    flags: key.flags,
+                })
+                .or_default()
+                .merge(&Log2Hist::from(hist));
+        }
+        for (key, hist) in by_lock {
+            self.locks.entry(key).or_default().kernel = Some(hist);
+        }
     }
 
     /// Takes a stretch of events fed at once (a seek) without turning it into rates or a
@@ -816,10 +854,9 @@ impl Model {
             client.interval = [0; OP_KINDS];
         }
         for lock in self.locks.values_mut() {
-            lock.interval = 0;
+            lock.counted_at_tick = lock.counted().count;
         }
         self.interval_events = 0;
-        self.interval_waits = 0;
         self.comparison.discard_window();
         self.refresh_rows(sort, filter);
     }
@@ -970,17 +1007,19 @@ impl Model {
             .collect();
         cgroups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         cgroups.truncate(TOP_CALLERS);
+        let counted = s.counted();
         LockRow {
             key,
             name: self.names.lock_name(key.addr, key.flags),
             type_name: LockFlags(key.flags).type_name(),
-            waits: s.hist.count,
+            waits: counted.count,
+            streamed: s.hist.count,
             waits_per_sec: s.waits_per_sec,
-            total_ns: s.hist.total_ns,
-            mean_ns: s.hist.mean_ns(),
-            p50_ns: s.hist.quantile(0.5),
-            p99_ns: s.hist.quantile(0.99),
-            max_ns: s.hist.max_ns,
+            total_ns: counted.total_ns,
+            mean_ns: counted.mean_ns(),
+            p50_ns: counted.quantile(0.5),
+            p99_ns: counted.quantile(0.99),
+            max_ns: counted.max_ns,
             callers,
             holders,
             cgroups,
@@ -1407,6 +1446,93 @@ mod tests {
                 ("7: handle_userfault ← vfs_write".to_string(), 3),
                 ("7".to_string(), 1)
             ]
+        );
+    }
+
+    /// An in-kernel histogram of `count` waits of `ns` each.
+    fn kernel_hist(lock_addr: u64, op: u32, count: u64, ns: u64) -> (WaitHistKey, WaitHist) {
+        let mut hist = WaitHist::ZERO;
+        hist.count = count;
+        hist.total_ns = count * ns;
+        hist.max_ns = ns;
+        hist.buckets[WaitHist::bucket(ns)] = count;
+        (
+            WaitHistKey {
+                lock_addr,
+                op,
+                flags: 0,
+            },
+            hist,
+        )
+    }
+
+    #[test]
+    fn lock_rows_count_the_kernels_waits_not_only_those_streamed() {
+        const QUIET: u64 = 0x99;
+        const FULL_MAP: u64 = 0x55;
+        let mut m = live_model(&[]);
+        // The stream brought 10 of the mutex's waits, lost the rest; the kernel paired 1,000,
+        // 400 of them inside gets, and 5 on a lock none of whose waits arrived.
+        for i in 0..10 {
+            m.add_wait(&mutex_wait(i * 10_000, 1_000));
+        }
+        // A histogram map that filled up saw only 3 of the 20 waits the stream brought.
+        for i in 0..20 {
+            m.add_wait(&LockWait {
+                lock_addr: FULL_MAP,
+                ..mutex_wait(i * 10_000, 300)
+            });
+        }
+        m.set_kernel_waits(&[
+            kernel_hist(MUTEX, 0, 600, 1_000),
+            kernel_hist(MUTEX, OpKind::Get as u32, 400, 50_000),
+            kernel_hist(QUIET, 0, 5, 2_000),
+            kernel_hist(FULL_MAP, 0, 3, 300),
+        ]);
+        m.tick(2.0, LockSort::Total, "");
+        let row = |m: &Model, addr: u64| {
+            m.lock_rows
+                .iter()
+                .find(|r| r.key.addr == addr)
+                .cloned()
+                .unwrap_or_else(|| panic!("no row for {addr:#x}: {:?}", m.lock_rows))
+        };
+        let mutex = row(&m, MUTEX);
+        assert_eq!((mutex.waits, mutex.streamed), (1_000, 10));
+        assert_eq!(mutex.total_ns, 600 * 1_000 + 400 * 50_000);
+        assert_eq!(mutex.max_ns, 50_000);
+        assert_eq!(mutex.p50_ns, 1_024);
+        assert_eq!(mutex.waits_per_sec, 500.0);
+        let quiet = row(&m, QUIET);
+        assert_eq!((quiet.waits, quiet.streamed), (5, 0));
+        assert!(quiet.callers.is_empty());
+        let full = row(&m, FULL_MAP);
+        assert_eq!(
+            (full.waits, full.streamed),
+            (20, 20),
+            "the stream's, the fuller"
+        );
+        assert_eq!(
+            m.series.waits_per_sec.last().unwrap().1,
+            (1_000 + 5 + 20) as f64 / 2.0
+        );
+
+        // The next interval's rate is the kernel's count since the last tick.
+        m.add_wait(&mutex_wait(200_000, 1_000));
+        m.set_kernel_waits(&[
+            kernel_hist(MUTEX, 0, 900, 1_000),
+            kernel_hist(MUTEX, OpKind::Get as u32, 400, 50_000),
+        ]);
+        m.tick(1.0, LockSort::Total, "");
+        let mutex = row(&m, MUTEX);
+        assert_eq!((mutex.waits, mutex.streamed), (1_300, 11));
+        assert_eq!(mutex.waits_per_sec, 300.0);
+        // The metrics count the kernel's waits too.
+        let text = crate::live::metrics::render(&m, crate::live::metrics::Format::Classic);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("bufscope_lock_wait_seconds_count{") && l.ends_with(" 1300")),
+            "{text}"
         );
     }
 }

@@ -347,6 +347,11 @@ pub async fn run_live(
                     let programs = probes.program_stats();
                     session.model.header.lost =
                         lost_events(&counters) + stream.malformed() + skipped_runs(&programs);
+                    // The tables count every wait the kernel paired, not only those the stream
+                    // brought; under --lock or --stack, which judge each wait, only those.
+                    if selector.keeps_all() {
+                        session.model.set_kernel_waits(&probes.wait_histograms());
+                    }
                     let run_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
                     session.model.header.overhead =
                         Some(run_ns.saturating_sub(last_run_ns) as f64 / (secs.max(1e-6) * 1e9));

@@ -150,17 +150,27 @@ pub(super) fn draw_lock_detail(
         ]),
     ];
     if let Some(stats) = model.locks.get(&row.key)
-        && let Some((first, last)) = stats.hist.span()
+        && let Some((first, last)) = stats.counted().span()
     {
         lines.push(Line::from(vec![
             Span::styled("waits  ", dim),
             Span::raw(format!("{} ", duration_ns(bucket_floor(first)))),
             Span::styled(
-                hist_text(&stats.hist, first, last),
+                hist_text(stats.counted(), first, last),
                 Style::new().fg(Color::Cyan),
             ),
             Span::raw(format!(" {}", duration_ns(bucket_floor(last + 1)))),
         ]));
+    }
+    if row.streamed < row.waits {
+        lines.push(Line::styled(
+            format!(
+                "callers, holders, cgroups: of the {} waits the view read ({} lost on the way)",
+                thousands(row.streamed),
+                thousands(row.waits - row.streamed)
+            ),
+            dim,
+        ));
     }
     if row.callers.is_empty() {
         lines.push(Line::styled("no stacks: callers unknown", dim));
