@@ -193,8 +193,9 @@ pub fn render(model: &Model, format: Format) -> String {
         "dm-bufio operations, by client device and operation.",
     );
     for c in model.clients.values() {
+        let counted = c.counted();
         for kind in OpKind::ALL {
-            let n = c.ops[kind as usize - 1];
+            let n = counted.ops[kind as usize - 1];
             if n > 0 {
                 let _ = writeln!(
                     out,
@@ -214,7 +215,8 @@ pub fn render(model: &Model, format: Format) -> String {
         "dm-bufio gets, reads and news that found the block cached (hit) or not (miss).",
     );
     for c in model.clients.values() {
-        for (result, n) in [("hit", c.hits), ("miss", c.misses)] {
+        let counted = c.counted();
+        for (result, n) in [("hit", counted.hits), ("miss", counted.misses)] {
             let _ = writeln!(
                 out,
                 "bufscope_bufio_lookups_total{{device=\"{}\",result=\"{result}\"}} {n}",

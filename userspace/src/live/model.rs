@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use bufscope_abi::{LockFlags, WaitHist, WaitHistKey};
+use bufscope_abi::{LockFlags, OpStats, OpStatsKey, WaitHist, WaitHistKey};
 use bufscope_trace::{BufioOp, ClientLock, LockOwner, LockWait, Metadata, OpKind, OpResult};
 
 use reference_cache::Design;
@@ -110,19 +110,37 @@ impl Header {
     }
 }
 
+/// Operations by kind, with the lookups among them that hit and missed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpTally {
+    pub ops: [u64; OP_KINDS],
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl OpTally {
+    pub fn total(&self) -> u64 {
+        self.ops.iter().sum()
+    }
+}
+
 /// One dm-bufio client's figures.
 #[derive(Clone, Debug)]
 pub struct ClientStats {
     pub addr: u64,
     pub device: String,
     pub block_size: u32,
-    /// Operations so far, by kind.
+    /// Operations that arrived in the event stream so far, by kind.
     pub ops: [u64; OP_KINDS],
     /// Operations per second over the last interval, by kind.
     pub rates: [f64; OP_KINDS],
-    interval: [u64; OP_KINDS],
+    /// [`ClientStats::counted`]'s operations at the last tick: the next rates start here.
+    counted_at_tick: [u64; OP_KINDS],
     pub hits: u64,
     pub misses: u64,
+    /// Every outermost operation the kernel counted (`OP_STATS`, read each interval by the
+    /// full-screen view), which the stream may have lost; `None` until read.
+    pub kernel: Option<OpTally>,
     /// Blocks marked dirty and not written or forgotten since: an estimate from operations
     /// (write_dirty_buffers(_async) counts as writing them all).
     dirty: HashSet<u64>,
@@ -138,9 +156,10 @@ impl ClientStats {
             block_size,
             ops: [0; OP_KINDS],
             rates: [0.0; OP_KINDS],
-            interval: [0; OP_KINDS],
+            counted_at_tick: [0; OP_KINDS],
             hits: 0,
             misses: 0,
+            kernel: None,
             dirty: HashSet::new(),
             waits: Log2Hist::default(),
         }
@@ -154,14 +173,30 @@ impl ClientStats {
         self.rates.iter().sum()
     }
 
+    /// The operations as the tables count them: the kernel's counters' where they have seen at
+    /// least as many as the stream brought, else the stream's. The dirty estimate and the lock
+    /// waits come from the stream only.
+    pub fn counted(&self) -> OpTally {
+        let streamed = OpTally {
+            ops: self.ops,
+            hits: self.hits,
+            misses: self.misses,
+        };
+        match self.kernel {
+            Some(kernel) if kernel.total() >= streamed.total() => kernel,
+            _ => streamed,
+        }
+    }
+
     pub fn total_ops(&self) -> u64 {
-        self.ops.iter().sum()
+        self.counted().total()
     }
 
     /// Hits over hits and misses so far; `None` before the first lookup.
     pub fn hit_ratio(&self) -> Option<f64> {
-        let n = self.hits + self.misses;
-        (n > 0).then(|| self.hits as f64 / n as f64)
+        let counted = self.counted();
+        let n = counted.hits + counted.misses;
+        (n > 0).then(|| counted.hits as f64 / n as f64)
     }
 
     pub fn dirty_estimate(&self) -> usize {
@@ -171,7 +206,6 @@ impl ClientStats {
     fn add_op(&mut self, op: &BufioOp) {
         let i = op.kind as usize - 1;
         self.ops[i] += 1;
-        self.interval[i] += 1;
         match op.result {
             OpResult::Hit => self.hits += 1,
             OpResult::Miss => self.misses += 1,
@@ -807,10 +841,17 @@ impl Model {
         self.header.events_per_sec = self.interval_events as f64 / secs;
         let mut ops = 0;
         for client in self.clients.values_mut() {
-            for (rate, n) in client.rates.iter_mut().zip(client.interval.iter_mut()) {
-                *rate = *n as f64 / secs;
-                ops += *n;
-                *n = 0;
+            let counted = client.counted().ops;
+            for ((rate, at_tick), now) in client
+                .rates
+                .iter_mut()
+                .zip(client.counted_at_tick.iter_mut())
+                .zip(counted)
+            {
+                let n = now.saturating_sub(*at_tick);
+                *rate = n as f64 / secs;
+                ops += n;
+                *at_tick = now;
             }
         }
         let mut waits = 0;
@@ -847,11 +888,35 @@ impl Model {
         }
     }
 
+    /// The kernel's operation counters as read now (cumulative since the probes attached, per
+    /// client and kind), for the clients' counts, rates and hit ratios.
+    pub fn set_kernel_ops(&mut self, counts: &[(OpStatsKey, OpStats)]) {
+        let mut by_client: HashMap<u64, OpTally> = HashMap::new();
+        for (key, stats) in counts {
+            let Some(kind) = OpKind::from_u8(key.op as u8) else {
+                continue;
+            };
+            if key.client == 0 {
+                continue;
+            }
+            let tally = by_client.entry(key.client).or_default();
+            tally.ops[kind as usize - 1] += stats.count;
+            tally.hits += stats.hits;
+            tally.misses += stats.misses;
+        }
+        for (client, tally) in by_client {
+            self.clients
+                .entry(client)
+                .or_insert_with(|| ClientStats::new(client, "?".into(), 0))
+                .kernel = Some(tally);
+        }
+    }
+
     /// Takes a stretch of events fed at once (a seek) without turning it into rates or a
     /// comparison window: interval counts are dropped, totals kept.
     pub fn skip_interval(&mut self, sort: LockSort, filter: &str) {
         for client in self.clients.values_mut() {
-            client.interval = [0; OP_KINDS];
+            client.counted_at_tick = client.counted().ops;
         }
         for lock in self.locks.values_mut() {
             lock.counted_at_tick = lock.counted().count;
@@ -1532,6 +1597,68 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l.starts_with("bufscope_lock_wait_seconds_count{") && l.ends_with(" 1300")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn clients_count_the_kernels_operations_not_only_those_streamed() {
+        let mut m = live_model(&[]);
+        let get = BufioOp {
+            client: CLIENT,
+            ..acquisition(2, OpKind::Get, 1_000, 0)
+        };
+        for _ in 0..3 {
+            m.add_op(&get);
+        }
+        let counts = |gets: u64, reads: u64| {
+            [
+                (
+                    OpStatsKey {
+                        client: CLIENT,
+                        op: OpKind::Get as u32,
+                        _pad: 0,
+                    },
+                    OpStats {
+                        count: gets,
+                        hits: gets - 10,
+                        misses: 10,
+                        ..OpStats::default()
+                    },
+                ),
+                (
+                    OpStatsKey {
+                        client: CLIENT,
+                        op: OpKind::Read as u32,
+                        _pad: 0,
+                    },
+                    OpStats {
+                        count: reads,
+                        misses: reads,
+                        ..OpStats::default()
+                    },
+                ),
+            ]
+        };
+        m.set_kernel_ops(&counts(100, 50));
+        m.tick(1.0, LockSort::Total, "");
+        let client = &m.clients[&CLIENT];
+        assert_eq!(client.total_ops(), 150);
+        assert_eq!(
+            client.ops[OpKind::Get as usize - 1],
+            3,
+            "the stream's own count"
+        );
+        assert_eq!(client.rate(OpKind::Get), 100.0);
+        assert_eq!(client.ops_per_sec(), 150.0);
+        assert_eq!(client.hit_ratio(), Some(90.0 / 150.0));
+        m.set_kernel_ops(&counts(130, 50));
+        m.tick(2.0, LockSort::Total, "");
+        assert_eq!(m.clients[&CLIENT].rate(OpKind::Get), 15.0);
+        assert_eq!(m.series.ops_per_sec.last().unwrap().1, 15.0);
+        let text = crate::live::metrics::render(&m, crate::live::metrics::Format::Classic);
+        assert!(
+            text.contains("bufscope_bufio_lookups_total{device=\"?\",result=\"miss\"} 60"),
             "{text}"
         );
     }

@@ -352,6 +352,7 @@ pub async fn run_live(
                     if selector.keeps_all() {
                         session.model.set_kernel_waits(&probes.wait_histograms());
                     }
+                    session.model.set_kernel_ops(&probes.op_stats());
                     let run_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
                     session.model.header.overhead =
                         Some(run_ns.saturating_sub(last_run_ns) as f64 / (secs.max(1e-6) * 1e9));
