@@ -131,6 +131,13 @@ impl Names {
         self.clients.get(&client).map(|c| c.device.as_str())
     }
 
+    /// The client (its address) whose lock `addr` is, if it is a dm-bufio client lock.
+    pub fn bufio_lock_client(&self, addr: u64) -> Option<u64> {
+        self.clients
+            .iter()
+            .find_map(|(client, c)| c.locks.as_ref()?.classify(addr).map(|_| *client))
+    }
+
     /// Which dm-bufio client lock `addr` is, if it is one.
     pub fn bufio_lock(&self, addr: u64) -> Option<(&str, ClientLock)> {
         self.clients.values().find_map(|c| {

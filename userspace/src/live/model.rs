@@ -144,8 +144,12 @@ pub struct ClientStats {
     /// Blocks marked dirty and not written or forgotten since: an estimate from operations
     /// (write_dirty_buffers(_async) counts as writing them all).
     dirty: HashSet<u64>,
-    /// Waits on this client's own locks (mutex or trees).
+    /// Waits on this client's own locks (mutex or trees) inside its operations, as the stream
+    /// brought them.
     pub waits: Log2Hist,
+    /// The same from the in-kernel histograms (read each interval by the full-screen view);
+    /// `None` until read.
+    pub kernel_waits: Option<Log2Hist>,
 }
 
 impl ClientStats {
@@ -162,6 +166,7 @@ impl ClientStats {
             kernel: None,
             dirty: HashSet::new(),
             waits: Log2Hist::default(),
+            kernel_waits: None,
         }
     }
 
@@ -185,6 +190,15 @@ impl ClientStats {
         match self.kernel {
             Some(kernel) if kernel.total() >= streamed.total() => kernel,
             _ => streamed,
+        }
+    }
+
+    /// The lock waits as the tables count them: the in-kernel histograms' where they have seen
+    /// at least as many as the stream brought, else the stream's.
+    pub fn counted_waits(&self) -> &Log2Hist {
+        match &self.kernel_waits {
+            Some(kernel) if kernel.count >= self.waits.count => kernel,
+            _ => &self.waits,
         }
     }
 
@@ -882,6 +896,23 @@ impl Model {
                 })
                 .or_default()
                 .merge(&Log2Hist::from(hist));
+        }
+        // A client's waits are those on its own locks inside an operation, as the stream's.
+        let mut by_client: HashMap<u64, Log2Hist> = HashMap::new();
+        for (key, hist) in histograms {
+            if key.op != 0
+                && let Some(client) = self.names.bufio_lock_client(key.lock_addr)
+            {
+                by_client
+                    .entry(client)
+                    .or_default()
+                    .merge(&Log2Hist::from(hist));
+            }
+        }
+        for (client, hist) in by_client {
+            if let Some(stats) = self.clients.get_mut(&client) {
+                stats.kernel_waits = Some(hist);
+            }
         }
         for (key, hist) in by_lock {
             self.locks.entry(key).or_default().kernel = Some(hist);
@@ -1661,5 +1692,33 @@ mod tests {
             text.contains("bufscope_bufio_lookups_total{device=\"?\",result=\"miss\"} 60"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_clients_lock_waits_are_the_kernels_inside_its_operations() {
+        let mut m = live_model(&[]);
+        m.add_metadata(&Metadata::Client {
+            addr: CLIENT,
+            device: "7:0".into(),
+            block_size: 4096,
+            locks: Some(bufscope_trace::ClientLocks {
+                mutex: MUTEX,
+                ..Default::default()
+            }),
+            seen_ns: 0,
+            destroyed_ns: None,
+        });
+        m.add_wait(&mutex_wait(0, 50_000));
+        assert_eq!(m.clients[&CLIENT].counted_waits().count, 1);
+        // 400 waits inside gets, 600 outside any operation (not the client's), 7 on a lock
+        // that is no client's.
+        m.set_kernel_waits(&[
+            kernel_hist(MUTEX, OpKind::Get as u32, 400, 50_000),
+            kernel_hist(MUTEX, 0, 600, 1_000),
+            kernel_hist(0x99, OpKind::Get as u32, 7, 1_000),
+        ]);
+        let waits = m.clients[&CLIENT].counted_waits();
+        assert_eq!((waits.count, waits.max_ns), (400, 50_000));
+        assert_eq!(m.clients[&CLIENT].waits.count, 1, "the stream's own");
     }
 }

@@ -147,13 +147,14 @@ fn draw_client_table(frame: &mut Frame, area: Rect, model: &Model, ui: &Ui) {
                 .map_or("-".to_string(), |r| format!("{:.1}", r * 100.0)),
         ));
         cells.push(Cell::from(thousands(c.dirty_estimate() as u64)));
-        cells.push(Cell::from(if c.waits.is_empty() {
+        let waits = c.counted_waits();
+        cells.push(Cell::from(if waits.is_empty() {
             "0".to_string()
         } else {
             format!(
                 "{} p99 {}",
-                thousands(c.waits.count),
-                duration_ns(c.waits.quantile(0.99))
+                thousands(waits.count),
+                duration_ns(waits.quantile(0.99))
             )
         }));
         Row::new(cells)
