@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     kernel::system::{self, NewThreads},
-    probes::{Event, EventStream, LockProbes, ProbeError, lost_events, skipped_runs},
+    probes::{Event, EventStream, LockProbes, ProbeError, lost_streamed_events, skipped_runs},
     record::{RecordError, Recorder, RecordingStart},
     stop::sleep_until,
     wait_filter::{WaitFilter, WaitSelector},
@@ -346,7 +346,7 @@ pub async fn run_live(
                     let counters = probes.counters().unwrap_or_default();
                     let programs = probes.program_stats();
                     session.model.header.lost =
-                        lost_events(&counters) + stream.malformed() + skipped_runs(&programs);
+                        lost_streamed_events(&counters) + stream.malformed() + skipped_runs(&programs);
                     // The tables count every wait the kernel paired, not only those the stream
                     // brought; under --lock or --stack, which judge each wait, only those.
                     if selector.keeps_all() {

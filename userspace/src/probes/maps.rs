@@ -190,6 +190,14 @@ pub fn lost_events(counters: &BTreeMap<String, u64>) -> u64 {
         .sum()
 }
 
+/// Events lost to a reader of the event stream (the full-screen view): [`lost_events`] without
+/// the waits the full in-kernel histogram map turned away (`hist_full`), which still reached
+/// the stream, and which the view counts from it.
+pub fn lost_streamed_events(counters: &BTreeMap<String, u64>) -> u64 {
+    let turned_away = counters.get(Counter::HistFull.name()).copied();
+    lost_events(counters).saturating_sub(turned_away.unwrap_or(0))
+}
+
 /// A slab cache's name for a lock in one of its objects, as perf writes it: `&dentry`.
 fn slab_symbol(addr: u64, slab: &bufscope_abi::SlabName) -> Option<bufscope_trace::Symbol> {
     Some(bufscope_trace::Symbol {

@@ -29,7 +29,7 @@ use bufscope_abi::{OpStats, OpStatsKey, ProbeConfig, WaitHist, WaitHistKey};
 
 pub use attach::{AttachOptions, BufioReport, BufioUnavailable, PointError, PointReport};
 pub(crate) use bufscope_analyses::units::error_chain;
-pub use maps::{ProgramStats, lost_events, skipped_runs};
+pub use maps::{ProgramStats, lost_events, lost_streamed_events, skipped_runs};
 pub use processes::{ProcessFilter, bufscope_processes, descendants, keep_self_in};
 pub use stream::{ClientHow, ClientSighting, Event, EventStream};
 
@@ -216,6 +216,22 @@ mod tests {
     use std::error::Error;
 
     use super::*;
+
+    /// The full-screen view's "lost" leaves out the waits only the histogram map turned away.
+    #[test]
+    fn a_stream_reader_loses_what_the_ring_and_maps_dropped_not_the_histograms() {
+        let counters: std::collections::BTreeMap<String, u64> = [
+            ("ringbuf_full", 5),
+            ("hist_full", 7),
+            ("pending_full", 1),
+            ("submitted", 1_000),
+        ]
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), n))
+        .collect();
+        assert_eq!(lost_events(&counters), 13);
+        assert_eq!(lost_streamed_events(&counters), 6);
+    }
 
     /// `{:#}` (main) and doctor print the chain; `NoAttachMode` quotes each attempt whole.
     #[test]
