@@ -331,6 +331,20 @@ fn quit_and_check_terminal(tmux: &Tmux) {
     );
 }
 
+/// The pipe storm's eight writers, and the live view over them in tmux, refreshing every
+/// 500 ms and serving metrics on the port returned, with `options` besides; `None` (the
+/// workload stopped) when tmux is missing.
+fn live_on_the_pipe_storm(session: &str, options: &str) -> Option<(PipeContention, Tmux, u16)> {
+    let workload = PipeContention::start(8);
+    let port = free_port();
+    let command = format!("live --interval 500 --metrics {port} {options}");
+    let Some(tmux) = Tmux::start(session, &shell(command.trim_end()), 100, 30) else {
+        workload.stop();
+        return None;
+    };
+    Some((workload, tmux, port))
+}
+
 #[test]
 fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     let test = "live_tui_shows_the_pipe_workload_and_serves_metrics";
@@ -338,15 +352,7 @@ fn live_tui_shows_the_pipe_workload_and_serves_metrics() {
     if !root_or_skip(test) {
         return;
     }
-    let workload = PipeContention::start(8);
-    let port = free_port();
-    let Some(tmux) = Tmux::start(
-        "live",
-        &shell(&format!("live --interval 500 --metrics {port}")),
-        100,
-        30,
-    ) else {
-        workload.stop();
+    let Some((workload, tmux, port)) = live_on_the_pipe_storm("live", "") else {
         return;
     };
     // The header, then the lock table filtered to mutexes (f, by type and address: on Linux
@@ -462,17 +468,9 @@ fn live_tui_counts_the_waits_its_event_stream_loses() {
     if !root_or_skip(test) {
         return;
     }
-    let workload = PipeContention::start(8);
-    let port = free_port();
-    let Some(tmux) = Tmux::start(
-        "lossy",
-        &shell(&format!(
-            "live --interval 500 --metrics {port} --type mutex --ringbuf-size 65536"
-        )),
-        100,
-        30,
-    ) else {
-        workload.stop();
+    let Some((workload, tmux, port)) =
+        live_on_the_pipe_storm("lossy", "--type mutex --ringbuf-size 65536")
+    else {
         return;
     };
     tmux.wait_for("the header", Duration::from_secs(60), |s| {

@@ -67,6 +67,16 @@ impl Log2Hist {
         self.total_ns / self.count.max(1)
     }
 
+    /// Of the same waits counted twice, the in-kernel histogram (`kernel`) where it has seen at
+    /// least as many as the event stream brought (`streamed`), else the stream's: the stream
+    /// loses events under a flood, a histogram map that filled up loses keys.
+    pub fn fuller<'a>(kernel: Option<&'a Log2Hist>, streamed: &'a Log2Hist) -> &'a Log2Hist {
+        match kernel {
+            Some(kernel) if kernel.count >= streamed.count => kernel,
+            _ => streamed,
+        }
+    }
+
     /// The first and last non-empty buckets.
     pub fn span(&self) -> Option<(usize, usize)> {
         let first = self.buckets.iter().position(|&n| n > 0)?;

@@ -196,10 +196,7 @@ impl ClientStats {
     /// The lock waits as the tables count them: the in-kernel histograms' where they have seen
     /// at least as many as the stream brought, else the stream's.
     pub fn counted_waits(&self) -> &Log2Hist {
-        match &self.kernel_waits {
-            Some(kernel) if kernel.count >= self.waits.count => kernel,
-            _ => &self.waits,
-        }
+        Log2Hist::fuller(self.kernel_waits.as_ref(), &self.waits)
     }
 
     pub fn total_ops(&self) -> u64 {
@@ -285,10 +282,7 @@ impl LockStats {
     /// later keys, counted as `hist_full`), else the stream's. Stacks, owners and waiters come
     /// from the stream only: under losses they are a sample of these waits.
     pub fn counted(&self) -> &Log2Hist {
-        match &self.kernel {
-            Some(kernel) if kernel.count >= self.hist.count => kernel,
-            _ => &self.hist,
-        }
+        Log2Hist::fuller(self.kernel.as_ref(), &self.hist)
     }
 }
 
@@ -888,26 +882,22 @@ impl Model {
     /// of its own, without stacks.
     pub fn set_kernel_waits(&mut self, histograms: &[(WaitHistKey, WaitHist)]) {
         let mut by_lock: HashMap<LockKey, Log2Hist> = HashMap::new();
+        let mut by_client: HashMap<u64, Log2Hist> = HashMap::new();
         for (key, hist) in histograms {
+            let hist = Log2Hist::from(hist);
+            // A client's waits are those on its own locks inside an operation, as the stream's.
+            if key.op != 0
+                && let Some(client) = self.names.bufio_lock_client(key.lock_addr)
+            {
+                by_client.entry(client).or_default().merge(&hist);
+            }
             by_lock
                 .entry(LockKey {
                     addr: key.lock_addr,
                     flags: key.flags,
                 })
                 .or_default()
-                .merge(&Log2Hist::from(hist));
-        }
-        // A client's waits are those on its own locks inside an operation, as the stream's.
-        let mut by_client: HashMap<u64, Log2Hist> = HashMap::new();
-        for (key, hist) in histograms {
-            if key.op != 0
-                && let Some(client) = self.names.bufio_lock_client(key.lock_addr)
-            {
-                by_client
-                    .entry(client)
-                    .or_default()
-                    .merge(&Log2Hist::from(hist));
-            }
+                .merge(&hist);
         }
         for (client, hist) in by_client {
             if let Some(stats) = self.clients.get_mut(&client) {
@@ -1302,6 +1292,12 @@ mod tests {
     /// [`compared`] with automatic timing, its client [`CLIENT`] announced with its mutex.
     fn compared_on_client_7() -> Model {
         let mut m = compared(TimingMode::Auto);
+        announce_client_7(&mut m);
+        m
+    }
+
+    /// Client [`CLIENT`] (device 7:0, 4 KiB blocks) with its mutex at [`MUTEX`].
+    fn announce_client_7(m: &mut Model) {
         m.add_metadata(&Metadata::Client {
             addr: CLIENT,
             device: "7:0".into(),
@@ -1313,7 +1309,6 @@ mod tests {
             seen_ns: 0,
             destroyed_ns: None,
         });
-        m
     }
 
     /// Read hits of 5 µs that held the client mutex 2 µs and waited 1 µs for it: the window's
@@ -1697,17 +1692,7 @@ mod tests {
     #[test]
     fn a_clients_lock_waits_are_the_kernels_inside_its_operations() {
         let mut m = live_model(&[]);
-        m.add_metadata(&Metadata::Client {
-            addr: CLIENT,
-            device: "7:0".into(),
-            block_size: 4096,
-            locks: Some(bufscope_trace::ClientLocks {
-                mutex: MUTEX,
-                ..Default::default()
-            }),
-            seen_ns: 0,
-            destroyed_ns: None,
-        });
+        announce_client_7(&mut m);
         m.add_wait(&mutex_wait(0, 50_000));
         assert_eq!(m.clients[&CLIENT].counted_waits().count, 1);
         // 400 waits inside gets, 600 outside any operation (not the client's), 7 on a lock
