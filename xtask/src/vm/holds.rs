@@ -50,8 +50,11 @@ impl HoldCheck {
 /// Attempts inside another's hold enough for the share that waited to say something.
 const MIN_TRIED_INSIDE: u64 = 1_000;
 
-/// The least share of them that must have waited.
-const MIN_WAITED_SHARE: f64 = 0.85;
+/// The least share of them that must have waited. Both stamps are taken inside a probe, before
+/// the mutex is really tried or let go, so an attempt stamped just before a release may find
+/// the mutex free: with the same probes, 6.1 bufio-hotspot's share ran 82-96 % in seven CI-like
+/// runs (2026-11-30: 92.0, 88.5, 85.8, 92.1, 91.6, 95.6, 81.7 %). Lost waits took it to 37 %.
+const MIN_WAITED_SHARE: f64 = 0.75;
 
 /// Fails where `report --calibration` does not trust the recording's holds (too many of them
 /// impossible), if `enforced`. It is not for a no-sleep client (dm-verity's `try_verify_in_tasklet`): its
